@@ -1,0 +1,184 @@
+"""Sampler: plain/CRFM/CFG paths, per-sample seeding, batch equivalence, input checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from torch import nn
+
+from todsynth.models.mmdit import MaskMMDiT
+from todsynth.models.vae import decode_latents, encode_latents, mask_to_grey
+from todsynth.sample.crfm import CRFMConfig, judge_loss
+from todsynth.sample.sampler import SamplerConfig, initial_noise, sample
+
+SIZE, C = 16, 7
+
+
+@dataclass
+class StandInGenerator:
+    """Tiny generator with the Generator contract (transformer, vae, shift, encode_mask ...)."""
+
+    transformer: MaskMMDiT
+    vae: AutoencoderKL
+    shift: float = 3.0
+    num_train_timesteps: int = 1000
+    num_classes: int = C
+    image_size: int = SIZE
+    config: Any = None
+
+    def encode_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        return encode_latents(self.vae, mask_to_grey(mask, self.num_classes))
+
+
+@pytest.fixture(scope="module")
+def generator() -> StandInGenerator:
+    torch.manual_seed(0)  # test-side model init only
+    tr = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=16, out_channels=4,
+        pos_embed_max_size=16, dual_attention_layers=(0,), qk_norm="rms_norm",
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+        latent_channels=4, norm_num_groups=4, shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    return StandInGenerator(MaskMMDiT(tr, mask_init="image").eval(), vae.eval())
+
+
+@pytest.fixture(scope="module")
+def judge() -> nn.Module:
+    conv = nn.Conv2d(3, C, 1)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 3)
+        conv.bias.copy_(torch.randn(conv.bias.shape, generator=g))
+    return conv.requires_grad_(False)
+
+
+def _inputs(b: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    g = torch.Generator().manual_seed(2)
+    masks = torch.randint(0, C, (b, SIZE, SIZE), generator=g)
+    masks[:, :2, :2] = 255
+    return masks, torch.randn(b, 5, 16, generator=g), torch.randn(b, 16, generator=g), [11 * k + 3 for k in range(b)]
+
+
+CFG = SamplerConfig(num_inference_steps=3, batch_size=4)
+CRFM = CRFMConfig(rectified_step=2, max_step_size=0.5)
+
+
+def test_plain_sampling_matches_diffusers_scheduler_loop(generator) -> None:
+    masks, embeds, pooled, seeds = _inputs(2)
+    out = sample(generator, masks, embeds, pooled, seeds, CFG)
+    assert out.images.shape == (2, 3, SIZE, SIZE) and out.images.dtype == torch.float32
+    assert 0.0 <= out.images.min() and out.images.max() <= 1.0
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    sched.set_timesteps(3)
+    with torch.no_grad():
+        mask_latents = generator.encode_mask(masks)
+        x = initial_noise(seeds, (4, 8, 8))
+        for t in sched.timesteps:
+            v = generator.transformer(x, mask_latents, t.expand(2), embeds, pooled)
+            x = sched.step(v, t, x, return_dict=False)[0]
+        ref = decode_latents(generator.vae, x)
+    assert torch.allclose(out.images, ref, atol=1e-5)
+
+
+def test_rectified_step_zero_and_zero_alpha_equal_plain(generator, judge) -> None:
+    masks, embeds, pooled, seeds = _inputs()
+    plain = sample(generator, masks, embeds, pooled, seeds, CFG)
+    off = sample(generator, masks, embeds, pooled, seeds, CFG, CRFMConfig(rectified_step=0), judge)
+    assert torch.equal(off.images, plain.images) and off.judge_loss is None
+    zero = CRFMConfig(rectified_step=2, max_step_size=0.0, clamp=None)
+    zero_out = sample(generator, masks, embeds, pooled, seeds, CFG, zero, judge)
+    assert torch.equal(zero_out.images, plain.images)
+    assert zero_out.judge_loss is not None and zero_out.judge_loss.shape == (3, 2)
+    crfm_out = sample(generator, masks, embeds, pooled, seeds, CFG, CRFM, judge)
+    assert not torch.allclose(crfm_out.images, plain.images, atol=1e-4)
+
+
+def test_crfm_lowers_judge_loss_of_first_x0_estimate(generator, judge) -> None:
+    masks, embeds, pooled, seeds = _inputs()
+    cfg_x0 = CRFMConfig(rectified_step=0, return_x0=True)
+    plain = sample(generator, masks, embeds, pooled, seeds, CFG, cfg_x0, judge)
+    rect = sample(generator, masks, embeds, pooled, seeds, CFG,
+                  CRFMConfig(rectified_step=1, max_step_size=0.5, clamp=None, return_x0=True), judge)
+    assert plain.x0 is not None and rect.x0 is not None and len(rect.x0) == 3 and rect.x0[0].shape == (3, 4, 8, 8)
+    with torch.no_grad():
+        loss_plain = judge_loss(judge(decode_latents(generator.vae, plain.x0[0])), masks)[0]
+        loss_rect = judge_loss(judge(decode_latents(generator.vae, rect.x0[0])), masks)[0]
+    assert bool((loss_rect < loss_plain).all()), (loss_plain, loss_rect)
+    assert torch.allclose(rect.judge_loss[:, 0], loss_plain, atol=1e-5)  # recorded loss = before correction
+
+
+@pytest.mark.parametrize("crfm", [None, CRFM], ids=["plain", "crfm"])
+def test_batch_equals_single_samples(generator, judge, crfm) -> None:
+    masks, embeds, pooled, seeds = _inputs(3)
+    batch = sample(generator, masks, embeds, pooled, seeds, CFG, crfm, judge)
+    singles = torch.cat([
+        sample(generator, masks[k:k + 1], embeds[k:k + 1], pooled[k:k + 1], seeds[k:k + 1], CFG, crfm, judge).images
+        for k in range(3)
+    ])
+    assert torch.allclose(batch.images, singles, atol=1e-5)
+    chunked = sample(generator, masks, embeds, pooled, seeds, SamplerConfig(num_inference_steps=3, batch_size=2),
+                     crfm, judge)
+    assert torch.allclose(batch.images, chunked.images, atol=1e-5)
+
+
+def test_seeds_drive_the_output(generator) -> None:
+    masks, embeds, pooled, seeds = _inputs(2)
+    a = sample(generator, masks, embeds, pooled, seeds, CFG)
+    b = sample(generator, masks, embeds, pooled, seeds, CFG)
+    c = sample(generator, masks, embeds, pooled, [seeds[0], seeds[1] + 1], CFG)
+    assert torch.equal(a.images, b.images)
+    assert torch.equal(c.images[0], a.images[0]) and not torch.allclose(c.images[1], a.images[1], atol=1e-4)
+
+
+def test_cfg(generator) -> None:
+    masks, embeds, pooled, seeds = _inputs(2)
+    plain = sample(generator, masks, embeds, pooled, seeds, CFG)
+    cfg = SamplerConfig(num_inference_steps=3, guidance_scale=4.5)
+    same = sample(generator, masks, embeds, pooled, seeds, cfg, negative=(embeds, pooled))
+    assert torch.allclose(same.images, plain.images, atol=1e-5)  # uncond == cond -> guidance is a no-op
+    neg = (torch.zeros(1, 5, 16), torch.zeros(1, 16))
+    guided = sample(generator, masks, embeds, pooled, seeds, cfg, negative=neg)
+    assert not torch.allclose(guided.images, plain.images, atol=1e-4)
+
+
+def test_timings_and_seconds(generator, judge) -> None:
+    masks, embeds, pooled, seeds = _inputs(2)
+    out = sample(generator, masks, embeds, pooled, seeds, CFG, CRFM, judge)
+    assert len(out.seconds) == 2 and all(s > 0 for s in out.seconds)
+    for key in ("encode_mask", "transformer", "vae_decode", "judge", "euler", "final_decode", "total"):
+        assert out.timings[key] > 0, key
+    assert out.timings["total"] >= out.timings["transformer"] + out.timings["vae_decode"]
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"crfm": CRFMConfig(rectified_step=4)}, "rectified_step"),
+    ({"crfm": CRFM, "judge": None}, "judge"),
+    ({"masks": torch.zeros(2, 8, 8, dtype=torch.long)}, "masks size"),
+    ({"masks": torch.zeros(2, SIZE, SIZE)}, "masks"),
+    ({"seeds": [1]}, "seeds"),
+    ({"prompt_embeds": torch.zeros(1, 5, 16)}, "prompt_embeds"),
+    ({"pooled": torch.zeros(2, 3, 16)}, "pooled"),
+    ({"cfg": SamplerConfig(num_inference_steps=3, guidance_scale=2.0)}, "negative"),
+])
+def test_input_errors_name_the_argument(generator, judge, change, match) -> None:
+    masks, embeds, pooled, seeds = _inputs(2)
+    kwargs = dict(generator=generator, masks=masks, prompt_embeds=embeds, pooled=pooled, seeds=seeds,
+                  cfg=CFG, crfm=None, judge=judge) | change
+    with pytest.raises(ValueError, match=match):
+        sample(**kwargs)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("num_inference_steps", 0), ("shift", 0.0), ("guidance_scale", 0.5), ("batch_size", 0),
+])
+def test_sampler_config_validation(field, value) -> None:
+    with pytest.raises(ValueError, match=field):
+        SamplerConfig(**{field: value})

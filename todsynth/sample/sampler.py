@@ -1,0 +1,300 @@
+"""Mask-conditioned Euler flow sampler with optional CFG and CRFM.
+
+The loop reads like the paper's algorithm: velocity from the transformer (no gradient), CRFM correction
+for ``i < rectified_step``, Euler step; decode once at the end. Each sample's initial noise comes from
+its own ``torch.Generator(seed)`` (drawn on CPU, then moved), so a sample is reproducible alone, in any
+batch, and on any device.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from todsynth.sample.crfm import CRFMConfig, rectify_with_stats
+from todsynth.sample.euler import euler_step, flow_sigmas, timesteps_from_sigmas
+from todsynth.sample.timing import Stopwatch
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Sampling settings.
+
+    Args:
+        num_inference_steps: Euler steps (release: 28 plain, 23 with CRFM).
+        shift: timestep shift; None uses the generator's (SD3: 3.0).
+        guidance_scale: classifier-free guidance; 1.0 = off (the release's setting). Above 1 the
+            unconditional branch keeps the mask and swaps the prompt for the empty-prompt embedding.
+        batch_size: samples per transformer call; results do not depend on it.
+        cuda_timing: time sections with CUDA events (one sync per call) instead of perf counters.
+    """
+
+    num_inference_steps: int = 28
+    shift: float | None = None
+    guidance_scale: float = 1.0
+    batch_size: int = 4
+    cuda_timing: bool = False
+
+    def __post_init__(self) -> None:
+        n = self.num_inference_steps
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"SamplerConfig.num_inference_steps must be an int >= 1, got {n!r}")
+        if self.shift is not None and not self.shift > 0:
+            raise ValueError(f"SamplerConfig.shift must be > 0 or None, got {self.shift!r}")
+        if not self.guidance_scale >= 1.0:
+            raise ValueError(f"SamplerConfig.guidance_scale must be >= 1.0 (1.0 = CFG off), got {self.guidance_scale!r}")
+        b = self.batch_size
+        if not isinstance(b, int) or isinstance(b, bool) or b < 1:
+            raise ValueError(f"SamplerConfig.batch_size must be an int >= 1, got {b!r}")
+
+
+@dataclass
+class SampleOutput:
+    """Sampler result.
+
+    Attributes:
+        images: (B, 3, H, W) float32 in [0, 1], on CPU.
+        seconds: per-image wall seconds (each batch's time split evenly over its samples).
+        timings: seconds per section summed over the call: ``encode_mask``, ``transformer``, ``vae_decode``
+            (CRFM decode forward + backward), ``judge`` (forward + backward), ``euler``, ``final_decode``, ``total``.
+        x0: if ``crfm.return_x0``: one (B, c, h, w) CPU tensor per step, the clean-latent estimate
+            ``z_t - sigma * v`` of the (corrected) velocity used for that step.
+        judge_loss: (B, K) per-sample judge loss before each of the K = rectified_step * num_rectified
+            corrections (None without CRFM).
+        error_fraction: (B, K) fraction of valid pixels the judge got wrong before each correction.
+    """
+
+    images: Tensor
+    seconds: list[float]
+    timings: dict[str, float]
+    x0: list[Tensor] | None = None
+    judge_loss: Tensor | None = None
+    error_fraction: Tensor | None = None
+
+
+def _device_dtype(module: Any) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of a module's first parameter (CPU/float32 for parameter-free callables)."""
+    params = getattr(module, "parameters", None)
+    if params is not None:
+        for p in params():
+            return p.device, p.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def _image_hw(generator: Any) -> tuple[int, int]:
+    size = generator.image_size
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def check_inputs(
+    generator: Any,
+    masks: Tensor,
+    prompt_embeds: Tensor,
+    pooled: Tensor,
+    seeds: Sequence[int],
+    cfg: SamplerConfig,
+    crfm: CRFMConfig,
+    judge: Callable[[Tensor], Tensor] | None,
+    negative: tuple[Tensor, Tensor] | None,
+) -> None:
+    """Raise ``ValueError`` naming the argument before any work (as diffusers' ``check_inputs``)."""
+    if not isinstance(masks, Tensor) or masks.ndim != 3 or masks.dtype.is_floating_point:
+        shape = tuple(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
+        raise ValueError(f"masks must be an integer label tensor (B, H, W), got {shape}")
+    b = masks.shape[0]
+    if tuple(masks.shape[-2:]) != _image_hw(generator):
+        raise ValueError(
+            f"masks size {tuple(masks.shape[-2:])} does not match the generator's image_size {generator.image_size}"
+        )
+    if prompt_embeds.ndim != 3 or prompt_embeds.shape[0] != b:
+        raise ValueError(f"prompt_embeds must be (B={b}, L, D), got {tuple(prompt_embeds.shape)}")
+    if pooled.ndim != 2 or pooled.shape[0] != b:
+        raise ValueError(f"pooled must be (B={b}, P), got {tuple(pooled.shape)}")
+    if len(seeds) != b:
+        raise ValueError(f"seeds must have one seed per mask: len(seeds)={len(seeds)} but B={b}")
+    if crfm.rectified_step > cfg.num_inference_steps:
+        raise ValueError(
+            f"rectified_step={crfm.rectified_step} exceeds num_inference_steps={cfg.num_inference_steps}"
+        )
+    if crfm.enabled and judge is None:
+        raise ValueError(f"judge is required when rectified_step={crfm.rectified_step} > 0")
+    if cfg.guidance_scale > 1.0:
+        if negative is None:
+            raise ValueError(f"negative (empty-prompt embeds, pooled) is required when guidance_scale={cfg.guidance_scale} > 1")
+        neg_embeds, neg_pooled = negative
+        if neg_embeds.shape[-2:] != prompt_embeds.shape[-2:] or neg_pooled.shape[-1] != pooled.shape[-1]:
+            raise ValueError(
+                f"negative shapes {tuple(neg_embeds.shape)}, {tuple(neg_pooled.shape)} do not match "
+                f"prompt_embeds {tuple(prompt_embeds.shape)}, pooled {tuple(pooled.shape)}"
+            )
+
+
+def initial_noise(seeds: Sequence[int], shape: Sequence[int]) -> Tensor:
+    """(B, *shape) float32 CPU noise, sample k drawn from ``torch.Generator().manual_seed(seeds[k])``."""
+    return torch.stack(
+        [torch.randn(tuple(shape), generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds]
+    )
+
+
+def _decoder(generator: Any) -> Callable[[Tensor], Tensor]:
+    """Differentiable latent -> [0,1] image function for the generator's VAE (float32 out)."""
+    from todsynth.models.vae import decode_latents
+
+    _, vae_dtype = _device_dtype(generator.vae)
+
+    def decode(z: Tensor) -> Tensor:
+        return decode_latents(generator.vae, z.to(vae_dtype)).float()
+
+    return decode
+
+
+def _velocity(
+    transformer: Callable[..., Tensor],
+    x: Tensor,
+    mask_latents: Tensor,
+    t: Tensor,
+    embeds: Tensor,
+    pooled: Tensor,
+    guidance_scale: float,
+    negative: tuple[Tensor, Tensor] | None,
+    dtype: torch.dtype,
+) -> Tensor:
+    """Transformer velocity (float32); with CFG one call on [uncond; cond] and ``v_u + g (v_c - v_u)``."""
+    b = x.shape[0]
+    timestep = t.expand(b)
+    if guidance_scale <= 1.0 or negative is None:
+        return transformer(x.to(dtype), mask_latents, timestep, embeds, pooled).float()
+    neg_embeds = negative[0].to(embeds).expand(b, *embeds.shape[1:])
+    neg_pooled = negative[1].to(pooled).expand(b, *pooled.shape[1:])
+    v = transformer(
+        torch.cat([x, x]).to(dtype),
+        torch.cat([mask_latents, mask_latents]),
+        torch.cat([timestep, timestep]),
+        torch.cat([neg_embeds, embeds]),
+        torch.cat([neg_pooled, pooled]),
+    ).float()
+    v_uncond, v_cond = v.chunk(2)
+    return v_uncond + guidance_scale * (v_cond - v_uncond)
+
+
+def _sample_batch(
+    generator: Any,
+    masks: Tensor,
+    embeds: Tensor,
+    pooled: Tensor,
+    seeds: Sequence[int],
+    cfg: SamplerConfig,
+    crfm: CRFMConfig,
+    judge: Callable[[Tensor], Tensor] | None,
+    negative: tuple[Tensor, Tensor] | None,
+    sw: Stopwatch,
+) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor]]:
+    """One batch through the loop; returns images (CPU), x0 list, per-correction losses and error fractions."""
+    device, dtype = _device_dtype(generator.transformer)
+    masks = masks.to(device)
+    embeds, pooled = embeds.to(device, dtype), pooled.to(device, dtype)
+    decode = _decoder(generator)
+    n = cfg.num_inference_steps
+    shift = generator.shift if cfg.shift is None else cfg.shift
+    sigmas = flow_sigmas(n, float(shift), int(generator.num_train_timesteps))
+    timesteps = timesteps_from_sigmas(sigmas, int(generator.num_train_timesteps)).to(device)
+    alphas = crfm.step_sizes(n)
+    x0s: list[Tensor] = []
+    losses: list[Tensor] = []
+    errors: list[Tensor] = []
+    with torch.no_grad():
+        with sw.section("encode_mask"):
+            mask_latents = generator.encode_mask(masks).to(dtype)
+        x = initial_noise(seeds, mask_latents.shape[1:]).to(device)
+        for i in range(n):
+            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+            with sw.section("transformer"):
+                v = _velocity(
+                    generator.transformer, x, mask_latents, timesteps[i], embeds, pooled,
+                    cfg.guidance_scale, negative, dtype,
+                )
+            if i < crfm.rectified_step:
+                for _ in range(crfm.num_rectified):
+                    r = rectify_with_stats(
+                        v, x, sigma, decode, judge, masks, alphas[i],  # type: ignore[arg-type]
+                        l2_norm=crfm.l2_norm, shrink=crfm.shrink, clamp=crfm.clamp,
+                        error_only=crfm.error_only, ignore_index=crfm.ignore_index,
+                        skip_below_error=crfm.skip_below_error, judge_size=crfm.judge_size, stopwatch=sw,
+                    )
+                    v = r.v
+                    losses.append(r.loss.cpu())
+                    errors.append(r.error_fraction.cpu())
+            if crfm.return_x0:
+                x0s.append((x - sigma * v).cpu())
+            with sw.section("euler"):
+                x = euler_step(x, v, sigma, sigma_next)
+        with sw.section("final_decode"):
+            images = decode(x).clamp(0, 1).cpu()
+    return images, x0s, losses, errors
+
+
+def sample(
+    generator: Any,
+    masks: Tensor,
+    prompt_embeds: Tensor,
+    pooled: Tensor,
+    seeds: Sequence[int],
+    cfg: SamplerConfig,
+    crfm: CRFMConfig | None = None,
+    judge: Callable[[Tensor], Tensor] | None = None,
+    negative: tuple[Tensor, Tensor] | None = None,
+) -> SampleOutput:
+    """Generate one image per mask.
+
+    Args:
+        generator: a ``todsynth.models.generator.Generator`` (transformer, vae, shift, num_train_timesteps,
+            image_size, ``encode_mask``).
+        masks: (B, H, W) long reduced labels (255 = ignore), H = W = the generator's image size.
+        prompt_embeds: (B, L, D) cached prompt embeddings; pooled: (B, P).
+        seeds: one int per mask; sample k's initial noise depends only on ``seeds[k]``.
+        cfg: sampler settings; crfm: CRFM settings (None = off); judge: image [0,1] -> logits (B, C, H, W),
+            required when CRFM is on; negative: (embeds (1|B, L, D), pooled (1|B, P)) of the empty prompt for CFG.
+    """
+    crfm = crfm or CRFMConfig()
+    check_inputs(generator, masks, prompt_embeds, pooled, seeds, cfg, crfm, judge, negative)
+    sw = Stopwatch(cfg.cuda_timing)
+    images: list[Tensor] = []
+    seconds: list[float] = []
+    x0_chunks: list[list[Tensor]] = []
+    loss_chunks: list[list[Tensor]] = []
+    error_chunks: list[list[Tensor]] = []
+    t_start = time.perf_counter()
+    for lo in range(0, masks.shape[0], cfg.batch_size):
+        hi = min(lo + cfg.batch_size, masks.shape[0])
+        t0 = time.perf_counter()
+        imgs, x0s, losses, errors = _sample_batch(
+            generator, masks[lo:hi], prompt_embeds[lo:hi], pooled[lo:hi], seeds[lo:hi],
+            cfg, crfm, judge, negative, sw,
+        )
+        seconds += [(time.perf_counter() - t0) / (hi - lo)] * (hi - lo)
+        images.append(imgs)
+        x0_chunks.append(x0s)
+        loss_chunks.append(losses)
+        error_chunks.append(errors)
+    timings = sw.totals()
+    timings["total"] = time.perf_counter() - t_start
+
+    def _join(chunks: list[list[Tensor]]) -> Tensor | None:
+        if not chunks[0]:
+            return None
+        return torch.cat([torch.stack(c, dim=1) for c in chunks])
+
+    x0 = [torch.cat([c[i] for c in x0_chunks]) for i in range(len(x0_chunks[0]))] if crfm.return_x0 else None
+    return SampleOutput(
+        images=torch.cat(images),
+        seconds=seconds,
+        timings=timings,
+        x0=x0,
+        judge_loss=_join(loss_chunks),
+        error_fraction=_join(error_chunks),
+    )
