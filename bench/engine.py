@@ -1,0 +1,289 @@
+"""Run a suite: build its stage graph, compute or reuse each stage, track in MLflow, write results.json.
+
+Wiring only: the stages are plain functions in :mod:`bench.stages` (``(spec, inputs, out_dir) ->
+artifacts``), the cache (:mod:`bench.cache`) and the tracker (:mod:`bench.tracking`) wrap them from
+outside, so ``run``, ``tune`` and tests call the same functions. Tests inject fake stage functions
+through ``stage_fns``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.cache import CODE_VERSION, CachedStage, StageCache, stage_hash
+from bench.graph import Node, build_graph, select_forced
+from bench.provenance import git_commit, now_iso, package_versions
+from bench.results import collect_results, results_path, write_results
+from bench.schema import Suite, check_runnable
+from bench.suites import SuiteError, config_hash, resolved_dict, resolved_yaml
+from todsynth.errors import StageError, TodsynthError
+
+StageFn = Callable[[dict[str, Any], dict[str, CachedStage], Path], dict[str, Any]]
+RUNS_LOG = "runs.jsonl"
+
+
+@dataclass
+class RunOutcome:
+    """What one ``bench run`` did: results, which stages were computed or reused, where it is tracked."""
+
+    results: dict[str, Any]
+    results_file: Path
+    computed: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    parent_run_id: str | None = None
+    seconds: float = 0.0
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def stage_code_version(stage: str, versions: Mapping[str, int]) -> str:
+    """Code tag in a stage's hash: package version + the stage's own version (bumped when it changes)."""
+    return f"{CODE_VERSION}/{stage}-v{versions.get(stage, 1)}"
+
+
+def preflight(suite: Suite, force: list[str] | tuple[str, ...] = ()) -> list[Node]:
+    """Everything checked before the workspace is touched: local paths exist, ``--force`` names a stage."""
+    problems = check_runnable(suite)
+    nodes = build_graph(suite)
+    try:
+        select_forced(nodes, force)
+    except ValueError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise SuiteError(suite.name, problems)
+    return nodes
+
+
+def run_suite(
+    suite: Suite,
+    *,
+    force: list[str] | tuple[str, ...] = (),
+    stage_fns: Mapping[str, StageFn] | None = None,
+    stage_versions: Mapping[str, int] | None = None,
+    track: bool = True,
+    progress: bool = True,
+    console: Any = None,
+) -> RunOutcome:
+    """Run (or resume) every stage of ``suite`` and write ``<workspace>/<suite>/results.json``.
+
+    Args:
+        suite: a validated suite.
+        force: stage names or node keys to recompute (their dependents are recomputed too).
+        stage_fns: stage name -> function; defaults to :data:`bench.stages.STAGES`.
+        stage_versions: stage name -> version in the cache key; defaults to :data:`bench.stages.STAGE_VERSIONS`.
+        track: log to MLflow (tests of the cache alone may turn it off).
+        progress: show rich progress bars.
+        console: a rich Console for messages (default: a new one).
+    """
+    nodes = preflight(suite, force)
+    if stage_fns is None or stage_versions is None:
+        from bench import stages as _stages
+
+        stage_fns = stage_fns if stage_fns is not None else _stages.STAGES
+        stage_versions = stage_versions if stage_versions is not None else _stages.STAGE_VERSIONS
+    missing = sorted({n.stage for n in nodes} - set(stage_fns))
+    if missing:
+        raise StageError(f"no stage function for: {', '.join(missing)}")
+    forced = select_forced(nodes, force)
+    if console is None:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+
+    t_start = time.perf_counter()
+    ws = suite.workspace
+    suite_dir = ws / suite.name
+    suite_dir.mkdir(parents=True, exist_ok=True)
+    cache = StageCache(ws)
+    for d in cache.cleanup_stale():
+        console.print(f"[dim]removed leftover {d} of a killed run[/]")
+    chash = config_hash(suite)
+    device = resolve_device(suite.resources.device)
+
+    tracker = None
+    parent = None
+    if track:
+        from bench.tracking import Tracker
+
+        tracker = Tracker(suite.tracking_uri, suite.artifact_location, suite.experiment, ws)
+        for run_id in tracker.mark_stale_killed():
+            console.print(f"[yellow]marked MLflow run {run_id} KILLED (its process is gone)[/]")
+        versions = package_versions()
+        commit = git_commit()
+        tags = {
+            "todsynth.suite": suite.name,
+            "todsynth.suite_version": str(suite.version),
+            "todsynth.config_hash": chash,
+            "todsynth.git_commit": commit,
+            "mlflow.source.git.commit": commit.removesuffix("-dirty"),
+            **{f"todsynth.version.{k}": v for k, v in versions.items()},
+        }
+        parent = tracker.start_parent(f"{suite.name}@{chash[:8]}", resolved_dict(suite), tags, resolved_yaml(suite))
+    invocation = {"suite": suite.name, "config_hash": chash, "parent_run_id": parent, "pid": os.getpid(),
+                  "host": socket.gethostname(), "started": now_iso()}
+    _append_log(suite_dir / RUNS_LOG, {**invocation, "event": "start"})
+
+    outcome = RunOutcome(results={}, results_file=results_path(suite), parent_run_id=parent)
+    done: dict[str, CachedStage] = {}
+    hashes: dict[str, str] = {}
+    stage_rows: list[dict[str, Any]] = []
+    status = "FAILED"
+    bar = _Progress(len(nodes), console, enabled=progress)
+    try:
+        with bar:
+            for node in nodes:
+                inputs = {role: done[dep] for role, dep in node.deps.items()}
+                input_hashes = {role: hashes[dep] for role, dep in node.deps.items()}
+                code = stage_code_version(node.stage, stage_versions)
+                h = stage_hash(node.stage, node.spec, input_hashes, code)
+                hashes[node.key] = h
+                bar.start(node.key)
+                cached, computed, seconds = _run_node(
+                    node, h, inputs, input_hashes, code, cache, stage_fns[node.stage], tracker, suite, device,
+                    force=node.key in forced, console=console, log_dir=suite_dir / "logs",
+                )
+                done[node.key] = cached
+                (outcome.computed if computed else outcome.cached).append(node.key)
+                stage_rows.append({"key": node.key, "stage": node.stage, "hash": h,
+                                   "status": "computed" if computed else "cached", "dir": str(cached.dir),
+                                   "mlflow_run_id": cached.marker.get("mlflow_run_id"), "seconds": seconds})
+                bar.finish(node.key, computed, seconds)
+        results = collect_results(suite, nodes, done, chash, parent)
+        write_results(outcome.results_file, results)
+        outcome.results = results
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        outcome.seconds = time.perf_counter() - t_start
+        _append_log(suite_dir / RUNS_LOG, {**invocation, "event": "end", "status": status, "finished": now_iso(),
+                                          "computed": len(outcome.computed), "cached": len(outcome.cached),
+                                          "seconds": outcome.seconds})
+        if tracker is not None and parent is not None:
+            try:
+                tracker.log_text(parent, json.dumps(stage_rows, indent=2), "stages.json")
+                tracker.log_metrics(parent, {"stages_computed": len(outcome.computed),
+                                             "stages_cached": len(outcome.cached), "seconds": outcome.seconds})
+                if outcome.results:
+                    tracker.log_metrics(parent, {v["name"]: v["metrics"] for v in outcome.results["variants"]})
+                    tracker.log_artifact(parent, outcome.results_file)
+            finally:
+                tracker.end(parent, status)
+    return outcome
+
+
+def _run_node(
+    node: Node, h: str, inputs: dict[str, CachedStage], input_hashes: dict[str, str], code: str,
+    cache: StageCache, fn: StageFn, tracker: Any, suite: Suite, device: str, *, force: bool, console: Any,
+    log_dir: Path,
+) -> tuple[CachedStage, bool, float]:
+    """Compute or reuse one node; on new work, a child MLflow run wraps the stage function."""
+    meta: dict[str, Any] = {"key": node.key, "spec": node.spec, "inputs": input_hashes, "code_version": code}
+    spec = {**node.spec, "runtime": {"device": device, "launcher": node.launcher, "gpus": suite.resources.gpus}}
+    child: list[str] = []
+
+    def work(tmp: Path) -> dict[str, Any]:
+        if tracker is not None:
+            tags = {"todsynth.kind": "stage", "todsynth.stage": node.stage, "todsynth.key": node.key,
+                    "todsynth.stage_hash": h, "todsynth.suite": suite.name}
+            if node.variant is not None:
+                tags |= {"todsynth.variant": node.variant, "todsynth.seed": str(node.seed)}
+            child.append(tracker.start_child(node.key, node.spec, tags))
+            meta["mlflow_run_id"] = child[0]
+        if node.launcher == "inprocess":
+            return fn(spec, inputs, tmp)
+        from bench.launch import run_launched
+
+        job = tmp / ".launch"
+        try:
+            return run_launched(node.launcher, suite.resources.gpus, node.stage, spec, inputs, tmp, job)
+        finally:
+            shutil.rmtree(job, ignore_errors=True)
+
+    def waiting() -> None:
+        console.print(f"[dim]{node.key}: another run is computing it; waiting to reuse its output[/]")
+
+    t0 = time.perf_counter()
+    try:
+        cached, computed = cache.compute(node.stage, h, work, meta, force=force, on_wait=waiting)
+    except KeyboardInterrupt:
+        if child:
+            tracker.end(child[0], "KILLED")
+        raise
+    except Exception as exc:
+        if child:
+            tracker.end(child[0], "FAILED")
+        if isinstance(exc, TodsynthError):
+            raise
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = log_dir / f"{node.key.replace('/', '_')}.traceback.txt"
+        log.write_text(traceback.format_exc())
+        raise StageError(
+            f"stage {node.key} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            f"(traceback in {log}; finished stages are kept, rerun to resume)"
+        ) from exc
+    seconds = time.perf_counter() - t0
+    if computed and child:
+        arts = cached.artifacts
+        tracker.log_metrics(child[0], {**arts.get("metrics", {}), "stage_seconds": seconds})
+        for rel in arts.get("mlflow_artifacts", []):
+            tracker.log_artifact(child[0], cached.dir / rel)
+        tracker.end(child[0], "FINISHED")
+    return cached, computed, seconds
+
+
+def _append_log(path: Path, record: dict[str, Any]) -> None:
+    """One JSON line per invocation event (read by ``bench ls``)."""
+    with path.open("a") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+
+
+class _Progress:
+    """Rich progress over stages (done/total); a no-op when disabled."""
+
+    def __init__(self, total: int, console: Any, enabled: bool) -> None:
+        self.total, self.console, self.enabled = total, console, enabled
+        self._p: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._p = Progress(TextColumn("[bold]stages[/]"), BarColumn(), MofNCompleteColumn(),
+                               TextColumn("{task.description}"), TimeElapsedColumn(), console=self.console,
+                               transient=True)
+            self._p.__enter__()
+            self._task = self._p.add_task("", total=self.total)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._p is not None:
+            self._p.__exit__(*exc)
+
+    def start(self, key: str) -> None:
+        if self._p is not None:
+            self._p.update(self._task, description=key)
+
+    def finish(self, key: str, computed: bool, seconds: float) -> None:
+        mark = f"[green]done[/] {seconds:.1f}s" if computed else "[cyan]cached[/]"
+        if self.enabled:
+            self.console.print(f"  {key}: {mark}")
+        if self._p is not None:
+            self._p.advance(self._task)

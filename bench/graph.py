@@ -1,0 +1,184 @@
+"""The stage graph of a suite: which stages run, with which resolved spec, depending on what.
+
+``data -> prompts -> autoencoder (scratch only) -> generator -> judge, evaluator -> real_features ->
+synthesize[variant,seed] -> evaluate[variant,seed] -> downstream[variant,seed]``; ``report`` is the
+engine's final step. A node's ``spec`` is exactly what its cache hash covers; ``runtime`` (device,
+launcher) is passed to the stage but not hashed, so a CPU result is reused on a GPU box and vice versa.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from bench.schema import ResolvedVariant, Segmenter, Suite, resolve_variants
+
+STAGE_ORDER = (
+    "data", "prompts", "autoencoder", "generator", "judge", "evaluator", "real_features",
+    "synthesize", "evaluate", "downstream",
+)
+# Stages that would use several GPUs: generator training and sampling via accelerate, MMSeg via torchrun.
+ACCELERATE_STAGES = frozenset({"generator", "synthesize"})
+TORCHRUN_STAGES = frozenset({"judge", "evaluator", "downstream"})
+Launcher = Literal["inprocess", "accelerate", "torchrun"]
+
+
+@dataclass(frozen=True)
+class Node:
+    """One stage instance: ``key`` is unique in the graph (``synthesize[crfm,seed=0]``)."""
+
+    key: str
+    stage: str
+    spec: dict[str, Any]
+    deps: dict[str, str] = field(default_factory=dict)  # role -> node key
+    variant: str | None = None
+    seed: int | None = None
+    launcher: Launcher = "inprocess"
+
+
+def node_key(stage: str, variant: str | None = None, seed: int | None = None) -> str:
+    """``stage`` or ``stage[variant,seed=N]``."""
+    return stage if variant is None else f"{stage}[{variant},seed={seed}]"
+
+
+def fid_extractor(suite: Suite) -> Literal["inception", "evaluator"]:
+    """``auto`` -> Inception when its weights file exists, else the evaluator's features (not comparable)."""
+    if suite.fid.extractor != "auto":
+        return suite.fid.extractor
+    w = suite.fid.inception_weights
+    return "inception" if w is not None and w.is_file() else "evaluator"
+
+
+def _segmenter_spec(seg: Segmenter) -> dict[str, Any]:
+    if seg.checkpoint is not None:
+        return {"model": seg.model, "checkpoint": str(seg.checkpoint), "trust_checkpoint": seg.trust_checkpoint}
+    return seg.model_dump(mode="json", exclude={"checkpoint", "trust_checkpoint"})
+
+
+def n_synthetic(ratio: float, n_masks: int) -> int:
+    """Synthetic images for ``n_masks`` masks at ``ratio`` synthetic per real (at least one)."""
+    return max(1, round(ratio * n_masks))
+
+
+def synthesis_spec(suite: Suite, v: ResolvedVariant, seed: int) -> dict[str, Any]:
+    """The hashed spec of ``synthesize[v,seed]``; CRFM settings drop out when ``rectified_step == 0``."""
+    crfm = v.crfm.model_dump(mode="json") if v.crfm.rectified_step > 0 else None
+    return {
+        "sampling": v.sampling.model_dump(mode="json"),
+        "crfm": crfm,
+        "seed": seed,
+        "limit": suite.dataset.limit,
+        "ratio": suite.downstream.ratio,
+        "copies": math.ceil(suite.downstream.ratio),
+    }
+
+
+def build_graph(suite: Suite) -> list[Node]:
+    """All nodes of the suite, in an order where every dependency comes first."""
+    gpus = suite.resources.gpus
+
+    def launcher(stage: str) -> Launcher:
+        if gpus > 1 and stage in ACCELERATE_STAGES:
+            return "accelerate"
+        if gpus > 1 and stage in TORCHRUN_STAGES:
+            return "torchrun"
+        return "inprocess"
+
+    ds = suite.dataset
+    data_spec: dict[str, Any] = {"kind": ds.kind, "domains": list(ds.domains)}
+    if ds.kind == "procedural":
+        data_spec["procedural"] = ds.procedural.model_dump(mode="json")
+    else:
+        data_spec["root"] = str(ds.root)
+    gen = suite.generator
+    nodes = [
+        Node("data", "data", data_spec),
+        Node("prompts", "prompts", {"encoder": gen.text_encoder, "sd3_dir": _opt(gen.sd3_dir) if gen.text_encoder == "sd3" else None},
+             {"data": "data"}),
+    ]
+    gen_deps = {"data": "data", "prompts": "prompts"}
+    if gen.scratch:
+        nodes.append(Node("autoencoder", "autoencoder",
+                          {"preset": gen.preset, "overrides": gen.overrides, "train": gen.vae_train.model_dump(mode="json")},
+                          {"data": "data"}))
+        gen_deps["autoencoder"] = "autoencoder"
+    nodes.append(Node("generator", "generator", {
+        "preset": gen.preset,
+        "sd3_dir": _opt(gen.sd3_dir) if not gen.scratch else None,
+        "overrides": gen.overrides,
+        "train": gen.train.model_dump(mode="json"),
+    }, gen_deps, launcher=launcher("generator")))
+    nodes.append(Node("judge", "judge", _segmenter_spec(suite.judge), {"data": "data"}, launcher=launcher("judge")))
+    nodes.append(Node("evaluator", "evaluator", _segmenter_spec(suite.evaluator), {"data": "data"},
+                      launcher=launcher("evaluator")))
+    extractor = fid_extractor(suite)
+    feat_deps = {"data": "data"}
+    if extractor == "evaluator":
+        feat_deps["evaluator"] = "evaluator"
+    nodes.append(Node("real_features", "real_features", {
+        "extractor": extractor,
+        "weights": _opt(suite.fid.inception_weights) if extractor == "inception" else None,
+    }, feat_deps))
+
+    freemask = suite.downstream.freemask
+    down_base = suite.downstream.model_dump(mode="json", exclude={"ratio", "freemask", "seed"})
+    for v in resolve_variants(suite):
+        for seed in suite.seeds:
+            down_spec = {**down_base, "seed": suite.downstream.seed + seed, "val_limit": ds.val_limit}
+            down_deps = {"data": "data"}
+            if v.kind == "synthetic":
+                syn = node_key("synthesize", v.name, seed)
+                syn_deps = {"data": "data", "prompts": "prompts", "generator": "generator"}
+                if v.crfm.rectified_step > 0:
+                    syn_deps["judge"] = "judge"
+                nodes.append(Node(syn, "synthesize", synthesis_spec(suite, v, seed), syn_deps, v.name, seed,
+                                  launcher("synthesize")))
+                eval_deps = {"synthesize": syn, "evaluator": "evaluator", "real_features": "real_features"}
+                nodes.append(Node(node_key("evaluate", v.name, seed), "evaluate",
+                                  {"extractor": extractor}, eval_deps, v.name, seed))
+                down_deps["synthesize"] = syn
+                down_spec["freemask"] = freemask.model_dump(mode="json") if freemask.enabled else None
+                if freemask.enabled:
+                    down_deps["judge"] = "judge"
+            nodes.append(Node(node_key("downstream", v.name, seed), "downstream", down_spec, down_deps, v.name, seed,
+                              launcher("downstream")))
+    return _dedupe(nodes)
+
+
+def _opt(p: Any) -> str | None:
+    return None if p is None else str(p)
+
+
+def _dedupe(nodes: list[Node]) -> list[Node]:
+    """Nodes keyed uniquely (raises on a clash, like HELM's registry)."""
+    seen: dict[str, Node] = {}
+    for n in nodes:
+        if n.key in seen:
+            raise ValueError(f"duplicate stage key {n.key!r}")
+        seen[n.key] = n
+    return nodes
+
+
+def dependents(nodes: list[Node], roots: set[str]) -> set[str]:
+    """``roots`` plus every node that (transitively) depends on one of them."""
+    out = set(roots)
+    for n in nodes:  # topological order: one pass suffices
+        if any(d in out for d in n.deps.values()):
+            out.add(n.key)
+    return out
+
+
+def select_forced(nodes: list[Node], force: list[str] | tuple[str, ...]) -> set[str]:
+    """Keys to recompute for ``--force NAME`` (a stage name like ``generator`` or a full node key), with dependents.
+
+    Unknown names raise :class:`ValueError` listing the valid ones.
+    """
+    roots: set[str] = set()
+    for name in force:
+        hit = {n.key for n in nodes if n.stage == name or n.key == name}
+        if not hit:
+            stages = sorted({n.stage for n in nodes}, key=STAGE_ORDER.index)
+            raise ValueError(f"--force {name}: no such stage in this suite (stages: {', '.join(stages)}; or a key like {nodes[-1].key})")
+        roots |= hit
+    return dependents(nodes, roots)

@@ -1,0 +1,56 @@
+"""Provenance recorded with every result: git commit, date, package versions, host."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = (
+    "todsynth", "torch", "torchvision", "diffusers", "transformers", "accelerate", "peft", "mmsegmentation",
+    "mmengine", "mmcv-lite", "mmcv", "mlflow", "optuna", "clean-fid", "torchmetrics", "numpy",
+)
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    """HEAD commit of the source checkout (``-dirty`` when it has local changes), or ``unknown``."""
+    where = cwd or Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=where, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that shape results (absent ones are skipped)."""
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def now_iso() -> str:
+    """Current UTC time, ISO 8601 to the second."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def provenance() -> dict[str, object]:
+    """Everything above plus python/platform, as one JSON-safe dict."""
+    return {
+        "git_commit": git_commit(),
+        "date": now_iso(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": package_versions(),
+    }

@@ -1,0 +1,141 @@
+"""``<workspace>/<suite>/results.json``: the final table, one entry per variant (atomic write).
+
+Schema::
+
+    {"suite", "suite_version", "config_hash", "seeds",
+     "mlflow": {"tracking_uri", "experiment", "parent_run_id"},
+     "metric_specs": [{"name", "higher_is_better"}],
+     "provenance": {"git_commit", "date", "python", "platform", "packages"},
+     "variants": [{"name", "kind": "baseline"|"synthetic", "params": {...},
+                   "metrics": {...}, "metrics_std": {...}, "per_seed": [{"seed", "metrics"}]}]}
+
+Every variant has ``downstream_miou``, ``downstream_oa``, ``downstream_macc`` and ``per_class_iou``
+({class: IoU}); synthetic ones add ``fid``, ``kid``, ``fid_extractor``, ``fid_comparable``,
+``mask_miou`` and ``seconds_per_image``. With several seeds, ``metrics`` holds the mean over seeds
+and ``metrics_std`` the population standard deviation (``ddof=0``; 0.0 with one seed); non-numeric
+values (``fid_extractor``, ``fid_comparable``) are the common value across seeds. Raw floats, never rounded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from bench.cache import CachedStage
+from bench.graph import Node, node_key
+from bench.provenance import provenance
+from bench.schema import Suite, resolve_variants
+
+DOWNSTREAM_KEYS = ("downstream_miou", "downstream_oa", "downstream_macc", "per_class_iou")
+SYNTHETIC_KEYS = ("fid", "kid", "fid_extractor", "fid_comparable", "mask_miou", "seconds_per_image")
+
+
+def results_path(suite: Suite) -> Path:
+    """``<workspace>/<suite>/results.json``."""
+    return suite.workspace / suite.name / "results.json"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
+
+
+def aggregate(per_seed: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per-seed metric dicts -> (mean-or-common-value dict, std dict); nested dicts per key."""
+    keys = list(dict.fromkeys(k for m in per_seed for k in m))
+    mean: dict[str, Any] = {}
+    std: dict[str, Any] = {}
+    for k in keys:
+        vals = [m[k] for m in per_seed if k in m]
+        if all(isinstance(v, dict) for v in vals):
+            mean[k], std[k] = aggregate(vals)
+        elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
+            mean[k], std[k] = _mean_std([float(v) for v in vals])
+        else:
+            mean[k] = vals[0] if all(v == vals[0] for v in vals) else vals
+    return mean, std
+
+
+def collect_results(
+    suite: Suite, nodes: list[Node], done: dict[str, CachedStage], config_hash: str, parent_run_id: str | None
+) -> dict[str, Any]:
+    """Assemble results.json from the finished ``evaluate``/``downstream`` stages."""
+    keys = {n.key for n in nodes}
+    variants = []
+    for v in resolve_variants(suite):
+        per_seed = []
+        for seed in suite.seeds:
+            metrics: dict[str, Any] = {}
+            down = done[node_key("downstream", v.name, seed)].artifacts.get("metrics", {})
+            metrics.update({k: down[k] for k in DOWNSTREAM_KEYS if k in down})
+            ev_key = node_key("evaluate", v.name, seed)
+            if ev_key in keys:
+                ev = done[ev_key].artifacts.get("metrics", {})
+                metrics.update({k: ev[k] for k in SYNTHETIC_KEYS if k in ev})
+            per_seed.append({"seed": seed, "metrics": metrics})
+        mean, std = aggregate([p["metrics"] for p in per_seed])
+        params: dict[str, Any] = {"seeds": list(suite.seeds)}
+        if v.kind == "synthetic":
+            params |= {"sampling": v.sampling.model_dump(mode="json"), "crfm": v.crfm.model_dump(mode="json"),
+                       "ratio": suite.downstream.ratio}
+        params["downstream"] = suite.downstream.model_dump(mode="json", exclude={"ratio"})
+        variants.append({"name": v.name, "kind": v.kind, "params": params, "metrics": mean, "metrics_std": std,
+                         "per_seed": per_seed})
+    return {
+        "suite": suite.name,
+        "suite_version": suite.version,
+        "config_hash": config_hash,
+        "seeds": list(suite.seeds),
+        "mlflow": {"tracking_uri": suite.tracking_uri, "experiment": suite.experiment, "parent_run_id": parent_run_id},
+        "metric_specs": [m.model_dump() for m in suite.metrics],
+        "provenance": provenance(),
+        "variants": variants,
+    }
+
+
+def write_results(path: Path, results: dict[str, Any]) -> None:
+    """Write JSON atomically (temp file in the same dir, then ``os.replace``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=False, allow_nan=True))
+    os.replace(tmp, path)
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """Load a results.json."""
+    return json.loads(Path(path).read_text())
+
+
+TABLE_COLUMNS = ("downstream_miou", "downstream_oa", "downstream_macc", "mask_miou", "fid", "kid", "seconds_per_image")
+
+
+def results_table(results: dict[str, Any]) -> Any:
+    """A rich Table of the variants (mean ± std when several seeds)."""
+    from rich.table import Table
+
+    several = len(results.get("seeds", [])) > 1
+    table = Table(title=f"{results['suite']} ({results['config_hash'][:8]})")
+    table.add_column("variant")
+    table.add_column("kind")
+    for col in TABLE_COLUMNS:
+        table.add_column(col, justify="right")
+    for v in results["variants"]:
+        cells = []
+        for col in TABLE_COLUMNS:
+            val = v["metrics"].get(col)
+            if not isinstance(val, int | float) or isinstance(val, bool):
+                cells.append("-")
+                continue
+            cell = f"{val:.4g}"
+            if several and col in v.get("metrics_std", {}):
+                cell += f" ± {v['metrics_std'][col]:.2g}"
+            if col == "fid" and v["metrics"].get("fid_comparable") is False:
+                cell += "*"
+            cells.append(cell)
+        table.add_row(v["name"], v["kind"], *cells)
+    if any(v["metrics"].get("fid_comparable") is False for v in results["variants"]):
+        table.caption = "* FID/KID from a fallback extractor: not comparable with published Inception FID"
+    return table

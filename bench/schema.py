@@ -1,0 +1,642 @@
+"""Suite schema: pydantic v2 models (``extra="forbid"`` everywhere) and cross-field checks.
+
+A suite declares data, generator, judge, evaluator, downstream protocol, sampling variants, metrics,
+seeds and an optional tuning space. :func:`check_suite` adds the checks pydantic cannot express on one
+field (``rectified_step > num_inference_steps`` after merging a variant with the defaults, duplicate
+names, judge == evaluator); :func:`check_runnable` adds the checks that need the files on disk
+(``bench validate`` does not call it, ``bench run`` does, before creating anything).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+
+# Closed vocabularies (kept in step with todsynth.models.presets.PRESETS and todsynth.seg.models.SEG_MODELS;
+# tests/test_bench_schema.py checks that every name here exists there).
+PresetName = Literal["tiny", "sd3.5-medium"]
+SegModelName = Literal["fcn-r18", "deeplabv3plus-r18", "pspnet-r50", "deeplabv3plus-r50"]
+Domain = Literal["Urban", "Rural"]
+StepScheme = Literal["C", "LI", "LD", "cosine"]  # todsynth.sample.crfm.STEP_SCHEMES
+
+ENV_LOVEDA_ROOT = "TODSYNTH_LOVEDA_ROOT"
+ENV_SD3_DIR = "TODSYNTH_SD3_DIR"
+ENV_INCEPTION = "TODSYNTH_INCEPTION_WEIGHTS"
+
+# Metric name -> higher_is_better. Direction drives tune and report.
+KNOWN_METRICS: dict[str, bool] = {
+    "downstream_miou": True,
+    "downstream_oa": True,
+    "downstream_macc": True,
+    "mask_miou": True,
+    "mask_oa": True,
+    "fid": False,
+    "kid": False,
+    "seconds_per_image": False,
+}
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _env_path(value: Path | None, env: str) -> Path | None:
+    """Explicit suite value, else the environment variable, else None (absolute when set)."""
+    if value is None and os.environ.get(env):
+        value = Path(os.environ[env])
+    return value.expanduser().absolute() if value is not None else None
+
+
+class Tracking(Strict):
+    """MLflow store; ``None`` means ``sqlite:///<workspace>/mlflow.db`` and ``<workspace>/mlartifacts``."""
+
+    uri: str | None = None
+    artifacts: str | None = None
+    experiment: str | None = None
+
+
+class Procedural(Strict):
+    """Seeded procedural LoveDA-format scenes (CPU, no download)."""
+
+    n_train: PositiveInt = 48
+    n_val: PositiveInt = 16
+    size: int = Field(64, ge=16, le=2048)
+    seed: int = 0
+
+
+class Dataset(Strict):
+    """Where the real data comes from; ``limit`` caps the training masks used for synthesis (smoke mode)."""
+
+    kind: Literal["procedural", "loveda"] = "procedural"
+    root: Path | None = None
+    procedural: Procedural = Procedural()
+    domains: list[Domain] = ["Urban", "Rural"]
+    limit: PositiveInt | None = None
+    val_limit: PositiveInt | None = None
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("needs at least one of Urban, Rural")
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate domain in {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _root_from_env(self) -> Dataset:
+        if self.kind == "loveda":
+            object.__setattr__(self, "root", _env_path(self.root, ENV_LOVEDA_ROOT))
+        elif self.root is not None:
+            raise ValueError("dataset.root is only used with kind: loveda (procedural data lives in the workspace)")
+        return self
+
+
+class GeneratorTrain(Strict):
+    """Generator (MM-DiT) training budget: flow matching, AdamW, cosine LR with warm-up."""
+
+    steps: PositiveInt = 200
+    batch_size: PositiveInt = 4
+    lr: PositiveFloat = 1e-4
+    warmup_steps: NonNegativeInt = 0
+    grad_accum: PositiveInt = 1
+    seed: int = 0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    lora_rank: PositiveInt | None = None
+    checkpoint_every: PositiveInt | None = None
+
+
+class VaeTrain(Strict):
+    """Scratch VAE training budget (scratch presets only; SD3.5 uses its own VAE)."""
+
+    steps: PositiveInt = 100
+    batch_size: PositiveInt = 8
+    lr: PositiveFloat = 1e-3
+    seed: int = 0
+
+
+class GeneratorSpec(Strict):
+    """Generator preset; ``sd3_dir`` falls back to $TODSYNTH_SD3_DIR; ``overrides`` patch the preset dict."""
+
+    preset: PresetName = "tiny"
+    sd3_dir: Path | None = None
+    text_encoder: Literal["tiny", "sd3"] | None = None
+    overrides: dict[str, Any] = {}
+    train: GeneratorTrain = GeneratorTrain()
+    vae_train: VaeTrain = VaeTrain()
+
+    @model_validator(mode="after")
+    def _resolve(self) -> GeneratorSpec:
+        if self.text_encoder is None:
+            object.__setattr__(self, "text_encoder", "tiny" if self.preset == "tiny" else "sd3")
+        if self.preset != "tiny" or self.text_encoder == "sd3":
+            object.__setattr__(self, "sd3_dir", _env_path(self.sd3_dir, ENV_SD3_DIR))
+        return self
+
+    @property
+    def scratch(self) -> bool:
+        """True when the preset is built from config and trained here (needs the autoencoder stage)."""
+        return self.preset == "tiny"
+
+
+class Segmenter(Strict):
+    """A segmentation model trained on the real training set (or loaded from a user checkpoint)."""
+
+    model: SegModelName = "fcn-r18"
+    iters: PositiveInt = 200
+    batch_size: PositiveInt = 4
+    lr: PositiveFloat = 0.01
+    seed: int = 0
+    crop_size: PositiveInt | None = None
+    checkpoint: Path | None = None
+    trust_checkpoint: bool = False
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _abs(cls, v: Path | None) -> Path | None:
+        return v.expanduser().absolute() if v is not None else None
+
+
+class FreeMask(Strict):
+    """FreeMask-style filtering: synthetic pixels whose judge loss is anomalous become ignore (255)."""
+
+    enabled: bool = False
+    quantile: float = Field(0.9, gt=0.0, le=1.0)
+    min_loss: NonNegativeFloat = 0.0
+
+
+class Downstream(Strict):
+    """Downstream protocol: train on real (+ synthetic at ``ratio`` per real mask), evaluate on real Val."""
+
+    model: SegModelName = "deeplabv3plus-r18"
+    iters: PositiveInt = 200
+    batch_size: PositiveInt = 4
+    lr: PositiveFloat = 0.01
+    seed: int = 0
+    crop_size: PositiveInt | None = None
+    ratio: PositiveFloat = 3.0
+    freemask: FreeMask = FreeMask()
+
+
+class Sampling(Strict):
+    """Euler flow sampler; ``shift`` None = the preset's scheduler shift; guidance 1.0 = no CFG."""
+
+    num_inference_steps: PositiveInt = 28
+    shift: PositiveFloat | None = None
+    guidance_scale: float = Field(1.0, ge=0.0)
+    batch_size: PositiveInt = 4
+
+
+class CRFM(Strict):
+    """Control-rectify flow matching defaults; ``rectified_step: 0`` is plain sampling."""
+
+    rectified_step: NonNegativeInt = 0
+    num_rectified: PositiveInt = 1
+    max_step_size: NonNegativeFloat = 0.1
+    step_scheme: StepScheme = "LD"
+    l2_norm: bool = False
+    shrink: bool = False
+    clamp: PositiveFloat | None = 1.0
+    error_only: bool = True
+    skip_below_error: float | None = Field(None, ge=0.0, le=1.0)
+    judge_size: PositiveInt | None = None
+
+
+class SamplingOverride(Strict):
+    """Per-variant sampling overrides (None = suite default)."""
+
+    num_inference_steps: PositiveInt | None = None
+    shift: PositiveFloat | None = None
+    guidance_scale: float | None = Field(None, ge=0.0)
+    batch_size: PositiveInt | None = None
+
+
+class CRFMOverride(Strict):
+    """Per-variant CRFM overrides (None = suite default)."""
+
+    rectified_step: NonNegativeInt | None = None
+    num_rectified: PositiveInt | None = None
+    max_step_size: NonNegativeFloat | None = None
+    step_scheme: StepScheme | None = None
+    l2_norm: bool | None = None
+    shrink: bool | None = None
+    clamp: PositiveFloat | None = None
+    error_only: bool | None = None
+    skip_below_error: float | None = Field(None, ge=0.0, le=1.0)
+    judge_size: PositiveInt | None = None
+
+
+class Variant(Strict):
+    """One row of the comparison: ``baseline`` (real data only) or ``synthetic`` (real + generated)."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=80)
+    kind: Literal["baseline", "synthetic"] = "synthetic"
+    sampling: SamplingOverride = SamplingOverride()
+    crfm: CRFMOverride = CRFMOverride()
+
+
+class Matrix(Strict):
+    """Cartesian product of ``axes`` over ``base``; names ``<base.name>-<abbr><value>`` unless ``names`` given.
+
+    Axis keys are ``crfm.<field>`` or ``sampling.<field>``; the abbreviation is the initials of the
+    field (``rectified_step`` -> ``rs``), so ``crfm.rectified_step: [0, 2]`` gives ``crfm-rs0``, ``crfm-rs2``.
+    """
+
+    base: Variant
+    axes: dict[str, list[Any]]
+    names: list[str] | None = None
+
+    @field_validator("axes")
+    @classmethod
+    def _axes(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if not v:
+            raise ValueError("needs at least one axis, e.g. {crfm.rectified_step: [0, 2, 4]}")
+        for key, values in v.items():
+            section, _, field = key.partition(".")
+            model = {"crfm": CRFMOverride, "sampling": SamplingOverride}.get(section)
+            if model is None or field not in model.model_fields:
+                raise ValueError(f"axis {key!r} is not crfm.<field> or sampling.<field>")
+            if not values:
+                raise ValueError(f"axis {key!r} has no values")
+        return v
+
+    @model_validator(mode="after")
+    def _kind(self) -> Matrix:
+        if self.base.kind != "synthetic":
+            raise ValueError("matrix.base must be a synthetic variant")
+        n = 1
+        for values in self.axes.values():
+            n *= len(values)
+        if self.names is not None and len(self.names) != n:
+            raise ValueError(f"matrix.names has {len(self.names)} names for {n} combinations")
+        return self
+
+
+class MetricSpec(Strict):
+    """A reported metric and its direction (defaults to the known direction)."""
+
+    name: str
+    higher_is_better: bool | None = None
+
+    @model_validator(mode="after")
+    def _known(self) -> MetricSpec:
+        if self.name not in KNOWN_METRICS:
+            raise ValueError(f"unknown metric {self.name!r}; known: {', '.join(KNOWN_METRICS)}")
+        known = KNOWN_METRICS[self.name]
+        if self.higher_is_better is None:
+            object.__setattr__(self, "higher_is_better", known)
+        elif self.higher_is_better != known:
+            raise ValueError(f"{self.name} has higher_is_better={known}, not {self.higher_is_better}")
+        return self
+
+
+class Fid(Strict):
+    """FID/KID feature extractor: ``auto`` = Inception when weights exist, else the evaluator (not comparable)."""
+
+    extractor: Literal["auto", "inception", "evaluator"] = "auto"
+    inception_weights: Path | None = None
+
+    @model_validator(mode="after")
+    def _env(self) -> Fid:
+        object.__setattr__(self, "inception_weights", _env_path(self.inception_weights, ENV_INCEPTION))
+        return self
+
+
+class Resources(Strict):
+    """Where to run; ``gpus > 1`` launches generator/synthesis with accelerate and MMSeg with torchrun."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpus: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _cpu(self) -> Resources:
+        if self.device == "cpu" and self.gpus > 1:
+            raise ValueError(f"gpus: {self.gpus} needs device cuda or auto, not cpu")
+        return self
+
+
+class SearchDim(Strict):
+    """One tuning dimension: int/float range (``step``, ``log``) or categorical ``choices``."""
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> SearchDim:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty choices list")
+        else:
+            if self.low is None or self.high is None:
+                raise ValueError(f"{self.type} needs low and high")
+            if self.low > self.high:
+                raise ValueError(f"low {self.low} > high {self.high}")
+        return self
+
+
+class Objective(Strict):
+    """A tuning objective: a known metric and a direction."""
+
+    metric: str
+    direction: Literal["max", "min", "maximize", "minimize"]
+
+    @model_validator(mode="after")
+    def _known(self) -> Objective:
+        if self.metric not in KNOWN_METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; known: {', '.join(KNOWN_METRICS)}")
+        return self
+
+
+class Constraint(Strict):
+    """A tuning constraint on a metric: ``min`` <= value <= ``max``."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _known(self) -> Constraint:
+        if self.metric not in KNOWN_METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; known: {', '.join(KNOWN_METRICS)}")
+        if self.min is None and self.max is None:
+            raise ValueError("needs min or max")
+        return self
+
+
+class Tune(Strict):
+    """Optuna search over variant settings (keys ``crfm.<field>`` / ``sampling.<field>``)."""
+
+    search_space: dict[str, SearchDim]
+    objectives: list[Objective]
+    constraints: list[Constraint] = []
+    n_trials: PositiveInt = 20
+    sampler: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
+    seed: int = 0
+    storage: str | None = None
+    base_variant: str | None = None
+    timeout_s: PositiveFloat | None = None
+
+    @field_validator("search_space")
+    @classmethod
+    def _keys(cls, v: dict[str, SearchDim]) -> dict[str, SearchDim]:
+        if not v:
+            raise ValueError("needs at least one dimension")
+        for key in v:
+            section, _, field = key.partition(".")
+            model = {"crfm": CRFMOverride, "sampling": SamplingOverride}.get(section)
+            if model is None or field not in model.model_fields:
+                raise ValueError(f"search dimension {key!r} is not crfm.<field> or sampling.<field>")
+        return v
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list[Objective]) -> list[Objective]:
+        if not v:
+            raise ValueError("needs at least one objective")
+        return v
+
+
+class Suite(Strict):
+    """A declared benchmark suite (see suites/*.yaml)."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=80)
+    version: int | str = 1
+    description: str = ""
+    workspace: Path = Path("runs")
+    tracking: Tracking = Tracking()
+    dataset: Dataset = Dataset()
+    generator: GeneratorSpec = GeneratorSpec()
+    judge: Segmenter = Segmenter()
+    evaluator: Segmenter = Segmenter(model="deeplabv3plus-r18", seed=1)
+    downstream: Downstream = Downstream()
+    sampling: Sampling = Sampling()
+    crfm: CRFM = CRFM()
+    variants: list[Variant] = []
+    matrix: Matrix | None = None
+    metrics: list[MetricSpec] = [MetricSpec(name=n) for n in KNOWN_METRICS]
+    seeds: list[int] = [0]
+    fid: Fid = Fid()
+    resources: Resources = Resources()
+    tune: Tune | None = None
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("needs at least one seed")
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate seed in {v}")
+        return v
+
+    @field_validator("workspace")
+    @classmethod
+    def _ws(cls, v: Path) -> Path:
+        return v.expanduser().absolute()
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI (default ``sqlite:///<workspace>/mlflow.db``)."""
+        return self.tracking.uri or f"sqlite:///{self.workspace / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str:
+        """The MLflow artifact root (default ``<workspace>/mlartifacts``)."""
+        return self.tracking.artifacts or str(self.workspace / "mlartifacts")
+
+    @property
+    def experiment(self) -> str:
+        """The MLflow experiment name (``todsynth/<suite>`` by default)."""
+        return self.tracking.experiment or f"todsynth/{self.name}"
+
+
+class ResolvedVariant(BaseModel):
+    """A variant merged with the suite's sampling/crfm defaults (matrix rows included)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    kind: Literal["baseline", "synthetic"]
+    sampling: Sampling
+    crfm: CRFM
+    origin: str  # key path of its declaration, for error messages
+
+
+def _abbr(field: str) -> str:
+    """Initials of a snake_case field name (``rectified_step`` -> ``rs``)."""
+    return "".join(part[0] for part in field.split("_") if part)
+
+
+def _merge(base: BaseModel, override: BaseModel) -> dict[str, Any]:
+    """Defaults with every non-None override applied (None never overrides; False does)."""
+    merged = base.model_dump()
+    merged.update({k: v for k, v in override.model_dump().items() if v is not None})
+    return merged
+
+
+def expand_matrix(matrix: Matrix) -> list[tuple[str, Variant]]:
+    """Matrix -> ``(origin, Variant)`` per combination, in axis order (cartesian product)."""
+    keys = list(matrix.axes)
+    out: list[tuple[str, Variant]] = []
+    for i, combo in enumerate(itertools.product(*(matrix.axes[k] for k in keys))):
+        data = matrix.base.model_dump(exclude_none=True)
+        parts = [matrix.base.name]
+        for key, value in zip(keys, combo, strict=True):
+            section, _, field = key.partition(".")
+            data.setdefault(section, {})[field] = value
+            parts.append(f"{_abbr(field)}{value}")
+        data["name"] = matrix.names[i] if matrix.names else "-".join(str(p) for p in parts)
+        origin = f"matrix[{data['name']}]"
+        try:
+            out.append((origin, Variant.model_validate(data)))
+        except Exception as exc:  # pydantic ValidationError: re-raise with the matrix key path
+            raise ValueError(f"{origin}: {_first_error(exc)}") from None
+    return out
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        e = errors()[0]
+        return f"{format_loc(e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+    return str(exc)
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    """Pydantic location tuple -> ``variants[2].crfm.rectified_step``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<suite>"
+
+
+def resolve_variants(suite: Suite) -> list[ResolvedVariant]:
+    """Declared variants then matrix rows, each merged with the suite defaults."""
+    declared = [(f"variants[{i}]", v) for i, v in enumerate(suite.variants)]
+    if suite.matrix is not None:
+        declared += expand_matrix(suite.matrix)
+    return [
+        ResolvedVariant(
+            name=v.name,
+            kind=v.kind,
+            sampling=Sampling(**_merge(suite.sampling, v.sampling)),
+            crfm=CRFM(**_merge(suite.crfm, v.crfm)),
+            origin=origin,
+        )
+        for origin, v in declared
+    ]
+
+
+def check_suite(suite: Suite) -> list[str]:
+    """Cross-field problems, each prefixed with its key path; empty when the suite is consistent."""
+    problems: list[str] = []
+    try:
+        variants = resolve_variants(suite)
+    except ValueError as exc:
+        return [str(exc)]
+    if not variants:
+        problems.append("variants: the suite declares no variant (add `variants:` or `matrix:`)")
+    seen: dict[str, str] = {}
+    baselines = []
+    for v in variants:
+        if v.name in seen:
+            problems.append(f"{v.origin}.name: duplicate variant name {v.name!r} (first at {seen[v.name]})")
+        seen.setdefault(v.name, v.origin)
+        if v.kind == "baseline":
+            baselines.append(v.origin)
+            continue
+        n, rs = v.sampling.num_inference_steps, v.crfm.rectified_step
+        if rs > n:
+            problems.append(f"{v.origin}.crfm.rectified_step: {rs} > sampling.num_inference_steps {n}")
+    for origin in baselines[1:]:
+        problems.append(f"{origin}: a second baseline variant (real-only training is one row; remove it)")
+    for i, v in enumerate(suite.variants):
+        if v.kind == "baseline" and (v.sampling.model_dump(exclude_none=True) or v.crfm.model_dump(exclude_none=True)):
+            problems.append(f"variants[{i}]: a baseline variant takes no sampling/crfm settings")
+    same_ckpt = suite.judge.checkpoint is not None and suite.judge.checkpoint == suite.evaluator.checkpoint
+    same_train = (
+        suite.judge.checkpoint is None
+        and suite.evaluator.checkpoint is None
+        and suite.judge.model_dump() == suite.evaluator.model_dump()
+    )
+    if same_ckpt or same_train:
+        problems.append(
+            "evaluator: identical to judge; mask fidelity must be scored by an independent model "
+            "(change evaluator.seed or evaluator.model)"
+        )
+    if suite.tune is not None:
+        names = {v.name for v in variants}
+        if suite.tune.base_variant is not None and suite.tune.base_variant not in names:
+            problems.append(f"tune.base_variant: {suite.tune.base_variant!r} is not a variant ({', '.join(sorted(names))})")
+        for key, dim in suite.tune.search_space.items():
+            if key == "crfm.rectified_step" and dim.high is not None:
+                n = suite.sampling.num_inference_steps
+                if dim.high > n:
+                    problems.append(f"tune.search_space.{key}.high: {dim.high:g} > sampling.num_inference_steps {n}")
+    if suite.generator.preset != "tiny" and suite.generator.overrides.get("source") == "scratch":
+        problems.append("generator.overrides.source: scratch is only valid with preset tiny")
+    return problems
+
+
+def check_runnable(suite: Suite) -> list[str]:
+    """Problems that only matter when running: local data/weights that must exist (one per path)."""
+    problems: list[str] = []
+    if suite.dataset.kind == "loveda":
+        root = suite.dataset.root
+        if root is None:
+            problems.append(
+                f"dataset.root: not set; put the LoveDA root (holding Train/ and Val/) in the suite "
+                f"or export {ENV_LOVEDA_ROOT}=/path/to/LoveDA"
+            )
+        elif not (root / "Train").is_dir() or not (root / "Val").is_dir():
+            problems.append(
+                f"dataset.root: {root} has no Train/ and Val/ folders; download LoveDA "
+                f"(zenodo.org/record/5706578) there, or set dataset.root / {ENV_LOVEDA_ROOT}"
+            )
+    gen = suite.generator
+    if gen.preset != "tiny" or gen.text_encoder == "sd3":
+        if gen.sd3_dir is None:
+            problems.append(
+                f"generator.sd3_dir: not set; point it (or {ENV_SD3_DIR}) at a local "
+                "stabilityai/stable-diffusion-3.5-medium snapshot"
+            )
+        elif not (gen.sd3_dir / "model_index.json").is_file():
+            problems.append(
+                f"generator.sd3_dir: {gen.sd3_dir} holds no model_index.json; download "
+                f"stabilityai/stable-diffusion-3.5-medium there, or set generator.sd3_dir / {ENV_SD3_DIR}"
+            )
+    for role in ("judge", "evaluator"):
+        seg: Segmenter = getattr(suite, role)
+        if seg.checkpoint is not None and not seg.checkpoint.is_file():
+            problems.append(f"{role}.checkpoint: {seg.checkpoint} does not exist; fix the path or remove the key to train one")
+    if suite.fid.extractor == "inception":
+        w = suite.fid.inception_weights
+        if w is None or not w.is_file():
+            problems.append(
+                f"fid.inception_weights: {w or 'not set'} is not a file; put the pt_inception-2015-12-05 weights "
+                f"there (fid.inception_weights or {ENV_INCEPTION}), or use fid.extractor: auto"
+            )
+    return problems

@@ -1,0 +1,1 @@
+"""Suites shipped inside the package (the embedded default ``smoke.yaml``)."""

@@ -1,0 +1,35 @@
+"""Worker entry for launched stages: ``python -m bench.worker --stage S --job DIR --out DIR``.
+
+Every rank runs the stage function (the library uses accelerate / torch.distributed inside);
+rank 0 writes the returned artifacts to ``<job>/artifacts.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from bench.launch import read_job
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one stage from a job dir written by :func:`bench.launch.write_job`."""
+    from bench.cache import _jsonable
+    from bench.stages import STAGES
+
+    ap = argparse.ArgumentParser(prog="bench.worker")
+    ap.add_argument("--stage", required=True, choices=sorted(STAGES))
+    ap.add_argument("--job", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    args = ap.parse_args(argv)
+    spec, inputs = read_job(args.job)
+    artifacts = STAGES[args.stage](spec, inputs, args.out)
+    if int(os.environ.get("RANK", "0")) == 0:
+        (args.job / "artifacts.json").write_text(json.dumps(_jsonable(artifacts or {}, args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
