@@ -1,0 +1,157 @@
+"""Generator presets as data: a scratch ``tiny`` model for CPU and SD3.5-medium from a local directory.
+
+A preset is a plain dict; ``build_generator`` reads it the same way for every preset (no per-preset
+code path). Keys:
+    source: ``"scratch"`` (random init from ``transformer``/``vae`` kwargs, seeded by ``seed``) or
+        the path of a local SD3.5 directory (``transformer/``, ``vae/``, ``scheduler/`` sub-folders,
+        as published by Stability AI; loaded with ``local_files_only=True``).
+    image_size, num_classes, seed.
+    transformer: ``SD3Transformer2DModel`` kwargs (scratch) or ``{"subfolder": "transformer"}``
+        (pretrained: the directory's own config.json is authoritative, since weights must match it).
+    mask_stream: ``{"init": "fresh" | "image"}`` (see ``MaskMMDiT``).
+    vae: ``AutoencoderKL`` kwargs (scratch) or ``{"subfolder": "vae"}``; ``vae_path``: a directory
+        written by ``train_vae``/``save_vae`` that replaces the random scratch VAE.
+    scheduler: ``{"shift", "num_train_timesteps"}`` (scratch) or ``{"subfolder": "scheduler"}``.
+    text: prompt encoder kind and widths (``todsynth.text.build_prompt_encoder``).
+    vae_train, train: default training budgets (``train_vae`` kwargs, ``TrainConfig`` fields).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from todsynth.errors import ConfigError
+
+# Facts of the published SD3.5-medium transformer config (METHOD.md "Generator"); used to build the
+# model on the meta device for parameter counts and as documentation of what a local dir must hold.
+SD35_MEDIUM_TRANSFORMER: dict[str, Any] = {
+    "sample_size": 128,
+    "patch_size": 2,
+    "in_channels": 16,
+    "out_channels": 16,
+    "num_layers": 24,
+    "attention_head_dim": 64,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "caption_projection_dim": 1536,
+    "pooled_projection_dim": 2048,
+    "pos_embed_max_size": 384,
+    "dual_attention_layers": list(range(13)),
+    "qk_norm": "rms_norm",
+}
+
+SD35_DOWNLOAD_HINT = (
+    "download the gated repo stabilityai/stable-diffusion-3.5-medium (accept its licence on the Hub) on a "
+    "connected machine, e.g. `huggingface-cli download stabilityai/stable-diffusion-3.5-medium --local-dir DIR`, "
+    "copy DIR here and set the preset's source to it (--source DIR / preset override source: DIR)"
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "source": "scratch",
+        "seed": 0,
+        "image_size": 64,
+        "num_classes": 7,
+        "transformer": {
+            "sample_size": 16,
+            "patch_size": 2,
+            "in_channels": 4,
+            "out_channels": 4,
+            "num_layers": 3,
+            "attention_head_dim": 16,
+            "num_attention_heads": 4,
+            "joint_attention_dim": 64,
+            "caption_projection_dim": 64,
+            "pooled_projection_dim": 64,
+            "pos_embed_max_size": 32,
+            "dual_attention_layers": [0],
+            "qk_norm": "rms_norm",
+        },
+        "mask_stream": {"init": "fresh"},
+        "vae": {
+            "in_channels": 3,
+            "out_channels": 3,
+            "down_block_types": ["DownEncoderBlock2D"] * 3,
+            "up_block_types": ["UpDecoderBlock2D"] * 3,
+            "block_out_channels": [8, 16, 16],
+            "layers_per_block": 1,
+            "latent_channels": 4,
+            "norm_num_groups": 4,
+            "sample_size": 64,
+            "scaling_factor": 1.0,
+            "shift_factor": 0.0,
+            "use_quant_conv": False,
+            "use_post_quant_conv": False,
+            "mid_block_add_attention": False,
+        },
+        "vae_path": None,
+        "scheduler": {"shift": 3.0, "num_train_timesteps": 1000},
+        "text": {"kind": "tiny", "seed": 0, "seq_len": 16, "joint_dim": 64, "pooled_dim": 64},
+        # Budgets measured on 2 CPU cores with ~48 procedural 64 px scenes (see docs/internals.md).
+        "vae_train": {"steps": 300, "batch_size": 8, "lr": 2e-3},
+        "train": {
+            "steps": 600,
+            "batch_size": 8,
+            "lr": 1e-3,
+            "warmup_steps": 30,
+            "weight_decay": 0.0,
+            "caption_dropout": 0.1,
+            "checkpoint_every": 200,
+        },
+    },
+    "sd3.5-medium": {
+        "source": "models/stable-diffusion-3.5-medium",
+        "seed": 0,
+        "image_size": 512,
+        "num_classes": 7,
+        "transformer": {"subfolder": "transformer"},
+        "mask_stream": {"init": "fresh"},
+        "vae": {"subfolder": "vae"},
+        "vae_path": None,
+        "scheduler": {"subfolder": "scheduler"},
+        "text": {"kind": "sd3", "t5_max_length": 256},
+        "vae_train": None,
+        # Release defaults (METHOD.md): lr 1e-4, 20k steps, 512 px, batch 1 x accum 2 per GPU, bf16.
+        "train": {
+            "steps": 20000,
+            "batch_size": 1,
+            "grad_accum": 2,
+            "lr": 1e-4,
+            "warmup_steps": 500,
+            "mixed_precision": "bf16",
+            "gradient_checkpointing": True,
+            "checkpoint_every": 1000,
+        },
+    },
+}
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Copy of ``base`` with ``overrides`` merged in: nested dicts merge, other values replace."""
+    out = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_preset(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The preset ``name`` deep-merged with ``overrides`` (unknown top-level keys are refused)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown generator preset {name!r}; choose one of {sorted(PRESETS)}")
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(PRESETS[name]))
+    if unknown:
+        raise ConfigError(f"preset {name!r}: unknown override key(s) {unknown}; known keys: {sorted(PRESETS[name])}")
+    preset = deep_merge(PRESETS[name], overrides)
+    preset["name"] = name
+    return preset
+
+
+def is_scratch(preset: Mapping[str, Any]) -> bool:
+    """True for presets built from configs (random init), False for a local pretrained directory."""
+    return preset.get("source") == "scratch"

@@ -1,0 +1,108 @@
+"""VAE helpers: the ONE place for SD3's latent normalisation, the mask-to-grey rule, and VAE file I/O.
+
+SD3 latents are normalised as ``(z - shift) * scaling`` after encoding and un-normalised as
+``z / scaling + shift`` before decoding; pipelines repeat this inline, we keep it here only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL
+from safetensors.torch import load_file
+
+from todsynth.data.classes import IGNORE_INDEX
+from todsynth.errors import WeightsNotFoundError
+from todsynth.models.io import atomic_dir, save_tensors
+
+VAE_WEIGHTS = "vae.safetensors"
+VAE_CONFIG = "config.json"
+
+
+def _scaling_and_shift(vae: AutoencoderKL) -> tuple[float, float]:
+    """(scaling_factor, shift_factor) of a VAE; SD1-style VAEs have no shift (0)."""
+    scaling = float(vae.config.scaling_factor)
+    shift = vae.config.shift_factor
+    return scaling, float(shift) if shift is not None else 0.0
+
+
+def encode_latents(vae: AutoencoderKL, images_01: torch.Tensor) -> torch.Tensor:
+    """Images float (B,3,H,W) in [0,1] -> normalised latents (B,c,H/f,W/f) = (mean - shift) * scaling.
+
+    The posterior mean is used (deterministic), as for pre-encoded training latents.
+    """
+    if images_01.ndim != 4 or images_01.shape[1] != 3:
+        raise ValueError(f"images_01 must be (B,3,H,W), got {tuple(images_01.shape)}")
+    scaling, shift = _scaling_and_shift(vae)
+    x = images_01.to(device=vae.device, dtype=vae.dtype) * 2.0 - 1.0
+    z = vae.encode(x).latent_dist.mean
+    return (z - shift) * scaling
+
+
+def decode_latents(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
+    """Normalised latents (B,c,h,w) -> images float (B,3,h*f,w*f) in [0,1]; differentiable (no no_grad).
+
+    Values are clamped to [0,1] like SD3's post-processing; the gradient is zero where clamped.
+    """
+    if z.ndim != 4:
+        raise ValueError(f"z must be (B,c,h,w), got {tuple(z.shape)}")
+    scaling, shift = _scaling_and_shift(vae)
+    x = vae.decode(z.to(vae.dtype) / scaling + shift).sample
+    return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def mask_to_grey(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Reduced label map long (B,H,W) (0..C-1, 255 ignore) -> grey image float (B,3,H,W) in [0,1].
+
+    The grey level is the raw label (ignore -> 0, k -> k+1) times 255 / num_classes, floored to an
+    8-bit value as a PNG would hold it, and repeated on 3 channels so the image VAE can encode it.
+    """
+    if mask.ndim != 3:
+        raise ValueError(f"mask must be (B,H,W), got {tuple(mask.shape)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    mask = mask.long()
+    valid = mask != IGNORE_INDEX
+    if bool(((mask < 0) | ((mask >= num_classes) & valid)).any()):
+        bad = sorted(set(mask[valid].unique().tolist()) - set(range(num_classes)))
+        raise ValueError(f"mask holds labels {bad} outside 0..{num_classes - 1} (255 = ignore)")
+    raw = torch.where(valid, mask + 1, torch.zeros_like(mask))
+    grey = torch.div(raw * 255, num_classes, rounding_mode="floor").float() / 255.0
+    return grey.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+
+
+def vae_scale_factor(vae: AutoencoderKL) -> int:
+    """Spatial downsampling factor of a VAE: 2 ** (number of blocks - 1)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def save_vae(vae: AutoencoderKL, out_dir: str | Path) -> Path:
+    """Write ``vae.safetensors`` + ``config.json`` (AutoencoderKL kwargs) atomically (temp dir, rename)."""
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        save_tensors(vae.state_dict(), tmp / VAE_WEIGHTS)
+        (tmp / VAE_CONFIG).write_text(json.dumps(vae_kwargs(vae), indent=2, sort_keys=True))
+    return out_dir
+
+
+def load_vae(vae_dir: str | Path, device: str | torch.device = "cpu") -> AutoencoderKL:
+    """Rebuild an AutoencoderKL saved by :func:`save_vae` (safetensors, no pickle)."""
+    vae_dir = Path(vae_dir)
+    weights, config = vae_dir / VAE_WEIGHTS, vae_dir / VAE_CONFIG
+    if not weights.is_file() or not config.is_file():
+        raise WeightsNotFoundError(
+            f"VAE not found: {vae_dir} needs {VAE_WEIGHTS} and {VAE_CONFIG} "
+            "(train one with todsynth.train.train_vae or `todsynth gen train`, which trains it for scratch presets)"
+        )
+    vae = AutoencoderKL(**json.loads(config.read_text()))
+    vae.load_state_dict(load_file(str(weights)))
+    return vae.to(device).eval()
+
+
+def vae_kwargs(vae: AutoencoderKL) -> dict[str, Any]:
+    """The constructor kwargs of a VAE (its config without diffusers' private keys), JSON-ready."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vae.config.items() if not k.startswith("_")}
+
