@@ -2,52 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import pytest
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 
-from todsynth.models.mmdit import MaskMMDiT
-from todsynth.models.vae import decode_latents, encode_latents, mask_to_grey
+from todsynth.models.generator import Generator, build_generator
+from todsynth.models.presets import resolve_preset
+from todsynth.models.vae import decode_latents
 from todsynth.sample.crfm import CRFMConfig, judge_loss
 from todsynth.sample.sampler import SamplerConfig, initial_noise, sample
 
-SIZE, C = 16, 7
-
-
-@dataclass
-class StandInGenerator:
-    """Tiny generator with the Generator contract (transformer, vae, shift, encode_mask ...)."""
-
-    transformer: MaskMMDiT
-    vae: AutoencoderKL
-    shift: float = 3.0
-    num_train_timesteps: int = 1000
-    num_classes: int = C
-    image_size: int = SIZE
-    config: Any = None
-
-    def encode_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        return encode_latents(self.vae, mask_to_grey(mask, self.num_classes))
+SIZE, C = 32, 7
 
 
 @pytest.fixture(scope="module")
-def generator() -> StandInGenerator:
-    torch.manual_seed(0)  # test-side model init only
-    tr = SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
-        joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=16, out_channels=4,
-        pos_embed_max_size=16, dual_attention_layers=(0,), qk_norm="rms_norm",
-    )
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
-        latent_channels=4, norm_num_groups=4, shift_factor=0.0609, scaling_factor=1.5035,
-    )
-    return StandInGenerator(MaskMMDiT(tr, mask_init="image").eval(), vae.eval())
+def generator() -> Generator:
+    """The real tiny preset at 32 px (latents 4x8x8); mask stream copied from the image stream so masks matter."""
+    return build_generator(resolve_preset("tiny", {"image_size": SIZE, "mask_stream": {"init": "image"}}))
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +36,7 @@ def _inputs(b: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[
     g = torch.Generator().manual_seed(2)
     masks = torch.randint(0, C, (b, SIZE, SIZE), generator=g)
     masks[:, :2, :2] = 255
-    return masks, torch.randn(b, 5, 16, generator=g), torch.randn(b, 16, generator=g), [11 * k + 3 for k in range(b)]
+    return masks, torch.randn(b, 5, 64, generator=g), torch.randn(b, 64, generator=g), [11 * k + 3 for k in range(b)]
 
 
 CFG = SamplerConfig(num_inference_steps=3, batch_size=4)
@@ -144,7 +116,7 @@ def test_cfg(generator) -> None:
     cfg = SamplerConfig(num_inference_steps=3, guidance_scale=4.5)
     same = sample(generator, masks, embeds, pooled, seeds, cfg, negative=(embeds, pooled))
     assert torch.allclose(same.images, plain.images, atol=1e-5)  # uncond == cond -> guidance is a no-op
-    neg = (torch.zeros(1, 5, 16), torch.zeros(1, 16))
+    neg = (torch.zeros(1, 5, 64), torch.zeros(1, 64))
     guided = sample(generator, masks, embeds, pooled, seeds, cfg, negative=neg)
     assert not torch.allclose(guided.images, plain.images, atol=1e-4)
 
@@ -161,11 +133,11 @@ def test_timings_and_seconds(generator, judge) -> None:
 @pytest.mark.parametrize(("change", "match"), [
     ({"crfm": CRFMConfig(rectified_step=4)}, "rectified_step"),
     ({"crfm": CRFM, "judge": None}, "judge"),
-    ({"masks": torch.zeros(2, 8, 8, dtype=torch.long)}, "masks size"),
+    ({"masks": torch.zeros(2, 16, 16, dtype=torch.long)}, "masks size"),
     ({"masks": torch.zeros(2, SIZE, SIZE)}, "masks"),
     ({"seeds": [1]}, "seeds"),
-    ({"prompt_embeds": torch.zeros(1, 5, 16)}, "prompt_embeds"),
-    ({"pooled": torch.zeros(2, 3, 16)}, "pooled"),
+    ({"prompt_embeds": torch.zeros(1, 5, 64)}, "prompt_embeds"),
+    ({"pooled": torch.zeros(2, 3, 64)}, "pooled"),
     ({"cfg": SamplerConfig(num_inference_steps=3, guidance_scale=2.0)}, "negative"),
 ])
 def test_input_errors_name_the_argument(generator, judge, change, match) -> None:

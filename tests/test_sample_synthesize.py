@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_sample_sampler import generator, judge  # noqa: F401  (fixtures: tiny stand-in generator, 1x1 judge)
+from test_sample_sampler import generator, judge  # noqa: F401  (fixtures: tiny preset at 32 px, 1x1 judge)
 
 from todsynth.data.loveda import list_samples
 from todsynth.data.procedural import generate_dataset
@@ -21,7 +21,7 @@ CFG = SamplerConfig(num_inference_steps=2, batch_size=2)
 
 
 class HashPromptCache:
-    """Deterministic prompt embeddings (stand-in for PromptCache): (N, 5, 16), (N, 16)."""
+    """Deterministic prompt embeddings (stand-in for PromptCache): (N, 5, 64), (N, 64)."""
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
@@ -29,13 +29,13 @@ class HashPromptCache:
     def get(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         self.calls.append(list(prompts))
         gens = [torch.Generator().manual_seed(sum(p.encode()) + len(p)) for p in prompts]
-        return (torch.stack([torch.randn(5, 16, generator=g) for g in gens]),
-                torch.stack([torch.randn(16, generator=g) for g in gens]))
+        return (torch.stack([torch.randn(5, 64, generator=g) for g in gens]),
+                torch.stack([torch.randn(64, generator=g) for g in gens]))
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return generate_dataset(tmp_path_factory.mktemp("loveda"), n_train=4, n_val=0, size=16, seed=0)
+    return generate_dataset(tmp_path_factory.mktemp("loveda"), n_train=4, n_val=0, size=32, seed=0)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -55,7 +55,7 @@ def test_layout_manifest_and_seeds(generator, data, tmp_path) -> None:  # noqa: 
     assert manifest["settings"]["sampler"]["num_inference_steps"] == 2
     for s, entry in zip(samples, manifest["images"], strict=True):
         image = np.asarray(Image.open(tmp_path / entry["image"]))
-        assert image.shape == (16, 16, 3) and image.dtype == np.uint8 and image.std() > 0
+        assert image.shape == (32, 32, 3) and image.dtype == np.uint8 and image.std() > 0
         assert entry["image"] == f"Train/{s.domain}/images_png/{s.id}.png"
         assert (tmp_path / entry["mask"]).read_bytes() == s.mask_path.read_bytes()
         assert entry["seed"] == sample_seed(7, s) and entry["seconds"] > 0 and not entry["mask_resized"]
@@ -92,7 +92,7 @@ def test_shards_merge_to_the_single_process_result(generator, data, tmp_path) ->
 
 
 def test_crfm_cfg_and_resized_masks(generator, judge, tmp_path) -> None:  # noqa: F811
-    root = generate_dataset(tmp_path / "big", n_train=2, n_val=0, size=32, seed=1)
+    root = generate_dataset(tmp_path / "big", n_train=2, n_val=0, size=64, seed=1)
     samples = list_samples(root, "Train")
     cache = HashPromptCache()
     cfg = SamplerConfig(num_inference_steps=2, guidance_scale=2.0)
@@ -102,7 +102,7 @@ def test_crfm_cfg_and_resized_masks(generator, judge, tmp_path) -> None:  # noqa
     for entry in manifest["images"]:
         assert entry["mask_resized"] and len(entry["judge_loss"]) == 1 and len(entry["judge_error_fraction"]) == 1
         mask = np.asarray(Image.open(tmp_path / "out" / entry["mask"]))
-        assert mask.shape == (16, 16) and mask.max() <= 7
+        assert mask.shape == (32, 32) and mask.max() <= 7
     plain = synthesize(generator, samples, tmp_path / "plain", HashPromptCache(), cfg, progress=False)
     assert _files(tmp_path / "out").keys() == _files(tmp_path / "plain").keys()
     assert any(
