@@ -57,6 +57,15 @@ def stage_code_version(stage: str, versions: Mapping[str, int]) -> str:
     return f"{CODE_VERSION}/{stage}-v{versions.get(stage, 1)}"
 
 
+def graph_hashes(nodes: list[Node], stage_versions: Mapping[str, int]) -> dict[str, str]:
+    """Cache hash of every node (its spec, its inputs' hashes, its stage's code version), in graph order."""
+    hashes: dict[str, str] = {}
+    for node in nodes:
+        inputs = {role: hashes[dep] for role, dep in node.deps.items()}
+        hashes[node.key] = stage_hash(node.stage, node.spec, inputs, stage_code_version(node.stage, stage_versions))
+    return hashes
+
+
 def preflight(suite: Suite, force: list[str] | tuple[str, ...] = ()) -> list[Node]:
     """Everything checked before the workspace is touched: local paths exist, ``--force`` names a stage."""
     problems = check_runnable(suite)
@@ -141,7 +150,7 @@ def run_suite(
 
     outcome = RunOutcome(results={}, results_file=results_path(suite), parent_run_id=parent)
     done: dict[str, CachedStage] = {}
-    hashes: dict[str, str] = {}
+    hashes = graph_hashes(nodes, stage_versions)
     stage_rows: list[dict[str, Any]] = []
     status = "FAILED"
     bar = _Progress(len(nodes), console, enabled=progress)
@@ -151,8 +160,7 @@ def run_suite(
                 inputs = {role: done[dep] for role, dep in node.deps.items()}
                 input_hashes = {role: hashes[dep] for role, dep in node.deps.items()}
                 code = stage_code_version(node.stage, stage_versions)
-                h = stage_hash(node.stage, node.spec, input_hashes, code)
-                hashes[node.key] = h
+                h = hashes[node.key]
                 bar.start(node.key)
                 cached, computed, seconds = _run_node(
                     node, h, inputs, input_hashes, code, cache, stage_fns[node.stage], tracker, suite, device,

@@ -1,0 +1,118 @@
+"""`todsynth bench validate|run|ls` through the console script: exit codes, one-line errors, no side effects."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TODSYNTH = [str(Path(sys.executable).parent / "todsynth")] if (Path(sys.executable).parent / "todsynth").exists() else [
+    sys.executable, "-c", "import cli; cli.main()"]
+
+
+def _cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("TODSYNTH_LOVEDA_ROOT", None) if "TODSYNTH_LOVEDA_ROOT" not in (env or {}) else None
+    full_env.pop("TODSYNTH_SD3_DIR", None) if "TODSYNTH_SD3_DIR" not in (env or {}) else None
+    return subprocess.run([*TODSYNTH, *args], capture_output=True, text=True, cwd=cwd or REPO, env=full_env, timeout=120)
+
+
+BAD_SUITES = {
+    "unknown_key": ("name: x\nvariants: [{name: a}]\nsamplng: {num_inference_steps: 4}\n", ["samplng: unknown key"]),
+    "wrong_type": ("name: x\nvariants: [{name: a}]\nseeds: zero\n", ["seeds: Input should be a valid list"]),
+    "negative_steps": ("name: x\nvariants: [{name: a}]\nsampling: {num_inference_steps: -5}\n",
+                       ["sampling.num_inference_steps: Input should be greater than 0"]),
+    "rectified_gt_steps": ("name: x\nsampling: {num_inference_steps: 23}\nvariants:\n - {name: a}\n - {name: b}\n"
+                           " - {name: c, crfm: {rectified_step: 30}}\n",
+                           ["variants[2].crfm.rectified_step: 30 > sampling.num_inference_steps 23"]),
+    "yaml_syntax": ("name: x\nvariants: [{name: a}\n", ["YAML syntax error"]),
+    "two_problems": ("name: x\nvariants: [{name: a}]\nbogus: 1\njudge: {iters: 0}\n",
+                     ["bogus: unknown key", "judge.iters: Input should be greater than 0"]),
+}
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+@pytest.mark.parametrize("case", sorted(BAD_SUITES))
+def test_bad_suite_exits_2_one_line_each_nothing_created(tmp_path, command, case):
+    content, expected = BAD_SUITES[case]
+    suite = tmp_path / "bad.yaml"
+    suite.write_text(content)
+    ws = tmp_path / "ws"
+    proc = _cli("bench", command, str(suite), "--workspace", str(ws), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == len(expected), lines
+    for line in lines:
+        assert line.startswith("error: ") and str(suite) in line
+    for want in expected:
+        assert sum(want in line for line in lines) == 1, (want, lines)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not ws.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_missing_suite_file(tmp_path):
+    proc = _cli("bench", "run", str(tmp_path / "nope.yaml"), "--workspace", str(tmp_path / "ws"), cwd=tmp_path)
+    assert proc.returncode == 2 and "file not found" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "ws").exists()
+
+
+def test_bad_set_override(tmp_path):
+    proc = _cli("bench", "validate", str(REPO / "suites" / "smoke.yaml"), "--set", "sampling.num_inference_steps=-1")
+    assert proc.returncode == 2 and "sampling.num_inference_steps: Input should be greater than 0" in proc.stderr
+    proc = _cli("bench", "validate", str(REPO / "suites" / "smoke.yaml"), "--set", "crfm.rectified_step=40")
+    assert proc.returncode == 2
+    assert "variants[2].crfm.rectified_step: 40 > sampling.num_inference_steps 12" in proc.stderr
+
+
+def test_validate_ok_creates_nothing(tmp_path):
+    ws = tmp_path / "ws"
+    for name in ("smoke", "loveda", "tests"):
+        proc = _cli("bench", "validate", str(REPO / "suites" / f"{name}.yaml"), "--workspace", str(ws), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith(f"ok {name} v1:")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_loveda_run_without_data_names_each_missing_path(tmp_path):
+    ws = tmp_path / "ws"
+    proc = _cli("bench", "run", str(REPO / "suites" / "loveda.yaml"), "--workspace", str(ws), cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2
+    assert "dataset.root: not set" in lines[0] and "TODSYNTH_LOVEDA_ROOT" in lines[0]
+    assert "generator.sd3_dir: not set" in lines[1] and "TODSYNTH_SD3_DIR" in lines[1]
+    assert not ws.exists()
+    env = {"TODSYNTH_LOVEDA_ROOT": str(tmp_path / "L"), "TODSYNTH_SD3_DIR": str(tmp_path / "S")}
+    proc = _cli("bench", "run", str(REPO / "suites" / "loveda.yaml"), "--workspace", str(ws), cwd=tmp_path, env=env)
+    assert proc.returncode == 2 and str(tmp_path / "L") in proc.stderr and str(tmp_path / "S") in proc.stderr
+    assert not ws.exists()
+
+
+def test_run_unknown_force_stage(tmp_path):
+    ws = tmp_path / "ws"
+    proc = _cli("bench", "run", str(REPO / "suites" / "tests.yaml"), "-w", str(ws), "--force", "genrator", cwd=tmp_path)
+    assert proc.returncode == 2 and "--force genrator: no such stage" in proc.stderr
+    assert not ws.exists()
+
+
+def test_ls_empty_and_with_runs(tmp_path):
+    proc = _cli("bench", "ls", "--workspace", str(tmp_path / "none"))
+    assert proc.returncode == 0 and "no suite runs" in proc.stdout
+    suite_dir = tmp_path / "ws" / "demo"
+    suite_dir.mkdir(parents=True)
+    shutil.copy(REPO / "suites" / "smoke.yaml", tmp_path / "ws" / "demo.yaml")  # a stray file is ignored
+    (suite_dir / "runs.jsonl").write_text(
+        '{"suite": "demo", "config_hash": "abcdef123456789", "pid": 1, "started": "2026-01-01T00:00:00+00:00", '
+        '"event": "start"}\n'
+        '{"suite": "demo", "config_hash": "abcdef123456789", "pid": 1, "started": "2026-01-01T00:00:00+00:00", '
+        '"event": "end", "status": "FINISHED"}\n'
+    )
+    proc = _cli("bench", "ls", "--workspace", str(tmp_path / "ws"), env={"COLUMNS": "200"})
+    assert proc.returncode == 0
+    row = next(line for line in proc.stdout.splitlines() if "demo" in line)
+    assert "FINISHED" in row and "abcdef123456" in row

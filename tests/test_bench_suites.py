@@ -1,0 +1,210 @@
+"""Suite files: schema errors with key paths, --set overrides, matrix expansion, built-in default, hashing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.schema import KNOWN_METRICS, check_runnable, resolve_variants
+from bench.suites import (
+    SuiteError,
+    apply_overrides,
+    builtin_suite_path,
+    config_hash,
+    load_suite,
+    resolve_suite_path,
+    validate_data,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _problems(data) -> list[str]:
+    with pytest.raises(SuiteError) as info:
+        validate_data(data, "s.yaml")
+    return info.value.problems
+
+
+def test_shipped_suites_validate(monkeypatch):
+    monkeypatch.delenv("TODSYNTH_LOVEDA_ROOT", raising=False)
+    monkeypatch.delenv("TODSYNTH_SD3_DIR", raising=False)
+    for name in ("smoke", "loveda", "tests"):
+        suite = load_suite(REPO / "suites" / f"{name}.yaml")
+        assert suite.name == name
+    smoke = load_suite(REPO / "suites" / "smoke.yaml")
+    assert [v.name for v in resolve_variants(smoke)] == ["real-only", "plain", "crfm", "crfm-c"]
+
+
+def test_builtin_smoke_is_the_repo_copy():
+    assert builtin_suite_path().read_bytes() == (REPO / "suites" / "smoke.yaml").read_bytes()
+    assert resolve_suite_path(None) == builtin_suite_path()
+    assert resolve_suite_path("no/such/dir/smoke.yaml") == builtin_suite_path()
+    with pytest.raises(SuiteError, match="file not found"):
+        resolve_suite_path("no/such/other.yaml")
+
+
+def test_loveda_protocol(monkeypatch, tmp_path):
+    monkeypatch.delenv("TODSYNTH_LOVEDA_ROOT", raising=False)
+    monkeypatch.delenv("TODSYNTH_SD3_DIR", raising=False)
+    suite = load_suite(REPO / "suites" / "loveda.yaml")
+    names = [v.name for v in resolve_variants(suite)]
+    assert names == ["real-only", "plain", "crfm-rs0", "crfm-rs2", "crfm-rs4", "crfm-rs6"]
+    rs = {v.name: v.crfm.rectified_step for v in resolve_variants(suite)}
+    assert rs["crfm-rs6"] == 6 and rs["crfm-rs0"] == 0
+    assert suite.sampling.num_inference_steps == 23 and suite.crfm.step_scheme == "LD"
+    assert suite.downstream.ratio == 3.0 and suite.downstream.freemask.enabled
+    assert suite.downstream.model == "deeplabv3plus-r50" and suite.resources.gpus > 1
+    assert {o.metric for o in suite.tune.objectives} == {"mask_miou", "fid"}
+    assert set(suite.tune.search_space) == {"crfm.rectified_step", "crfm.max_step_size", "crfm.step_scheme"}
+    problems = check_runnable(suite)
+    assert len(problems) == 2
+    assert problems[0].startswith("dataset.root: not set") and "TODSYNTH_LOVEDA_ROOT" in problems[0]
+    assert problems[1].startswith("generator.sd3_dir: not set") and "TODSYNTH_SD3_DIR" in problems[1]
+    # env vars fill the paths; a dir without the expected content is still named
+    monkeypatch.setenv("TODSYNTH_LOVEDA_ROOT", str(tmp_path / "loveda"))
+    monkeypatch.setenv("TODSYNTH_SD3_DIR", str(tmp_path / "sd3"))
+    suite = load_suite(REPO / "suites" / "loveda.yaml")
+    assert suite.dataset.root == tmp_path / "loveda"
+    problems = check_runnable(suite)
+    assert str(tmp_path / "loveda") in problems[0] and str(tmp_path / "sd3") in problems[1]
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ({"name": "x", "bogus": 1}, "bogus: unknown key"),
+        ({"name": "x", "sampling": {"num_inference_steps": "many"}}, "sampling.num_inference_steps: Input should be a valid integer"),
+        ({"name": "x", "sampling": {"num_inference_steps": -2}}, "sampling.num_inference_steps: Input should be greater than 0"),
+        ({"name": "x", "sampling": {"num_inference_steps": 0}}, "sampling.num_inference_steps: Input should be greater than 0"),
+        ({"name": "x", "variants": [{"name": "a", "crfm": {"rectified_step": -1}}]}, "variants[0].crfm.rectified_step: Input should be greater than or equal to 0"),
+        ({"name": "x", "generator": {"preset": "huge"}}, "generator.preset: Input should be 'tiny' or 'sd3.5-medium'"),
+        ({"name": "x", "judge": {"model": "unet"}}, "judge.model: Input should be"),
+        ({"name": "x", "crfm": {"step_scheme": "XX"}}, "crfm.step_scheme: Input should be"),
+        ({"name": "x", "metrics": [{"name": "psnr"}]}, "metrics[0]: unknown metric 'psnr'"),
+        ({"name": "x", "metrics": [{"name": "fid", "higher_is_better": True}]}, "fid has higher_is_better=False"),
+        ({"name": "x", "seeds": []}, "seeds: needs at least one seed"),
+        ({"name": "bad name"}, "name: String should match pattern"),
+        ({"variants": [{"name": "a"}]}, "name: Field required"),
+        ({"name": "x", "matrix": {"base": {"name": "m"}, "axes": {"crfm.nope": [1]}}}, "axis 'crfm.nope'"),
+        ({"name": "x", "dataset": {"kind": "procedural", "root": "/data"}}, "only used with kind: loveda"),
+    ],
+)
+def test_schema_errors_carry_key_paths(data, expected):
+    problems = _problems(data)
+    assert any(expected in p for p in problems), problems
+
+
+def test_cross_field_errors():
+    data = {
+        "name": "x",
+        "sampling": {"num_inference_steps": 23},
+        "variants": [
+            {"name": "real", "kind": "baseline"},
+            {"name": "a"},
+            {"name": "b", "crfm": {"rectified_step": 30}},
+            {"name": "a"},
+            {"name": "real2", "kind": "baseline"},
+        ],
+        "judge": {"model": "fcn-r18", "seed": 3},
+        "evaluator": {"model": "fcn-r18", "seed": 3},
+    }
+    problems = _problems(data)
+    assert "variants[2].crfm.rectified_step: 30 > sampling.num_inference_steps 23" in problems
+    assert "variants[3].name: duplicate variant name 'a' (first at variants[1])" in problems
+    assert any(p.startswith("variants[4]: a second baseline") for p in problems)
+    assert any(p.startswith("evaluator: identical to judge") for p in problems)
+    # per-variant steps override lifts the limit for that variant only
+    ok = {"name": "x", "sampling": {"num_inference_steps": 4},
+          "variants": [{"name": "a", "sampling": {"num_inference_steps": 8}, "crfm": {"rectified_step": 6}}]}
+    assert validate_data(ok, "s").name == "x"
+    # matrix rows are checked too, with their derived names
+    mat = {"name": "x", "sampling": {"num_inference_steps": 4},
+           "matrix": {"base": {"name": "crfm"}, "axes": {"crfm.rectified_step": [2, 5]}}}
+    assert _problems(mat) == ["matrix[crfm-rs5].crfm.rectified_step: 5 > sampling.num_inference_steps 4"]
+
+
+def test_matrix_expansion_names():
+    data = {"name": "x", "sampling": {"num_inference_steps": 23},
+            "matrix": {"base": {"name": "crfm", "crfm": {"max_step_size": 0.2}},
+                       "axes": {"crfm.rectified_step": [2, 4], "crfm.step_scheme": ["C", "LD"]}}}
+    variants = resolve_variants(validate_data(data, "s"))
+    assert [v.name for v in variants] == ["crfm-rs2-ssC", "crfm-rs2-ssLD", "crfm-rs4-ssC", "crfm-rs4-ssLD"]
+    assert all(v.crfm.max_step_size == 0.2 for v in variants)
+    named = {**data, "matrix": {**data["matrix"], "names": ["a", "b", "c", "d"]}}
+    assert [v.name for v in resolve_variants(validate_data(named, "s"))] == ["a", "b", "c", "d"]
+    bad = {**data, "matrix": {**data["matrix"], "names": ["a"]}}
+    assert any("1 names for 4 combinations" in p for p in _problems(bad))
+
+
+def test_overrides_applied_before_validation(tmp_path):
+    base = {"name": "x", "variants": [{"name": "a"}, {"name": "b"}]}
+    out = apply_overrides(base, ["sampling.num_inference_steps=8", "variants.1.crfm.rectified_step=3",
+                                 "seeds=[1, 2]", "description=hello world"])
+    assert out["sampling"] == {"num_inference_steps": 8}
+    assert out["variants"][1]["crfm"] == {"rectified_step": 3}
+    assert out["seeds"] == [1, 2] and out["description"] == "hello world"
+    assert base == {"name": "x", "variants": [{"name": "a"}, {"name": "b"}]}  # input untouched
+    with pytest.raises(SuiteError, match="not key.path=value"):
+        apply_overrides(base, ["novalue"])
+    with pytest.raises(SuiteError, match="not an index"):
+        apply_overrides(base, ["variants.5.name=z"])
+    suite_file = tmp_path / "s.yaml"
+    suite_file.write_text("name: x\nvariants: [{name: a}]\nsampling: {num_inference_steps: 4}\n")
+    suite = load_suite(suite_file, ["sampling.num_inference_steps=9"], workspace=tmp_path / "w")
+    assert suite.sampling.num_inference_steps == 9 and suite.workspace == tmp_path / "w"
+    with pytest.raises(SuiteError, match=r"variants\[0\]\.crfm\.rectified_step: 9 > sampling.num_inference_steps 4"):
+        load_suite(suite_file, ["variants.0.crfm.rectified_step=9"])
+    with pytest.raises(SuiteError, match="unknown key"):
+        load_suite(suite_file, ["sampling.steps=9"])
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"", "empty file"),
+        (b"name: [x\n", "YAML syntax error at line 2"),
+        (b"- a\n- b\n", "top level is a list"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not a UTF-8 text file"),
+        (b"name: x\x00\n", "NUL bytes"),
+    ],
+)
+def test_unreadable_files_are_one_line_errors(tmp_path, content, expected):
+    f = tmp_path / "s.yaml"
+    f.write_bytes(content)
+    with pytest.raises(SuiteError) as info:
+        load_suite(f)
+    assert len(info.value.problems) == 1 and expected in info.value.problems[0]
+    assert str(f) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_defaults_and_tracking_paths(tmp_path):
+    suite = validate_data({"name": "x", "variants": [{"name": "a"}], "workspace": str(tmp_path)}, "s")
+    assert suite.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert suite.artifact_location == str(tmp_path / "mlartifacts")
+    assert suite.experiment == "todsynth/x"
+    assert suite.evaluator.model != suite.judge.model and suite.evaluator.seed != suite.judge.seed
+    assert [m.name for m in suite.metrics] == list(KNOWN_METRICS)
+    assert suite.generator.text_encoder == "tiny"
+
+
+def test_config_hash_is_stable_and_sensitive():
+    a = validate_data({"name": "x", "variants": [{"name": "a"}]}, "s")
+    b = validate_data({"variants": [{"name": "a"}], "name": "x", "seeds": [0]}, "s")  # same after defaults
+    assert config_hash(a) == config_hash(b) and len(config_hash(a)) == 64
+    c = validate_data({"name": "x", "variants": [{"name": "a"}], "crfm": {"max_step_size": 0.2}}, "s")
+    assert config_hash(c) != config_hash(a)
+
+
+def test_vocabularies_match_the_library():
+    """Schema literals name presets / models / schemes the library actually has."""
+    from typing import get_args
+
+    from bench.schema import PresetName, SegModelName, StepScheme
+    from todsynth.models.presets import PRESETS
+    from todsynth.sample.crfm import STEP_SCHEMES
+    from todsynth.seg.models import SEG_MODELS
+
+    assert set(get_args(PresetName)) <= set(PRESETS)
+    assert set(get_args(SegModelName)) <= set(SEG_MODELS)
+    assert set(get_args(StepScheme)) == set(STEP_SCHEMES)

@@ -1,0 +1,156 @@
+"""MLflow tracking of suite runs: parent/child runs, params/metrics/artifacts, reuse, KILLED marking."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from bench.engine import run_suite
+from bench.suites import config_hash, validate_data
+from bench.tracking import Tracker, clean_key, cut, flatten
+
+
+def _suite(data, ws):
+    return validate_data({**data, "workspace": str(ws)}, "test")
+
+
+def _children(client, exp_id, parent):
+    return client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent}'")
+
+
+def test_parent_and_child_runs(tiny_suite_data, bench_workspace, fake_stages):
+    fns, calls = fake_stages
+    suite = _suite(tiny_suite_data, bench_workspace)
+    out = run_suite(suite, stage_fns=fns, stage_versions={}, progress=False)
+    client = MlflowClient(tracking_uri=suite.tracking_uri)
+    exp = client.get_experiment_by_name("todsynth/t")
+    assert exp is not None
+    parent = client.get_run(out.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    tags = parent.data.tags
+    assert tags["todsynth.kind"] == "suite" and tags["todsynth.config_hash"] == config_hash(suite)
+    assert tags["todsynth.git_commit"] and "todsynth.version.torch" in tags
+    assert parent.data.params["sampling.num_inference_steps"] == "4"
+    assert parent.data.metrics["crfm/downstream_miou"] == pytest.approx(out.results["variants"][2]["metrics"]["downstream_miou"])
+    assert parent.data.metrics["stages_computed"] == len(calls)
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"suite.resolved.yaml", "stages.json", "results.json"} <= arts
+
+    children = _children(client, exp.experiment_id, out.parent_run_id)
+    assert len(children) == len(calls)  # one child per executed stage
+    by_name = {c.info.run_name: c for c in children}
+    assert all(c.info.status == "FINISHED" for c in children)
+    syn = by_name["synthesize[crfm,seed=0]"]
+    assert syn.data.params["crfm.rectified_step"] == "2"
+    assert syn.data.tags["todsynth.variant"] == "crfm" and syn.data.tags["todsynth.stage"] == "synthesize"
+    assert [a.path for a in client.list_artifacts(syn.info.run_id)] == ["grid.png"]
+    ev = by_name["evaluate[crfm,seed=0]"]
+    assert ev.data.metrics["fid"] == pytest.approx(94.0) and "stage_seconds" in ev.data.metrics
+    down = by_name["downstream[plain,seed=0]"]
+    assert down.data.metrics["per_class_iou/building"] == pytest.approx(0.65)
+    assert "per_class_iou.json" in {a.path for a in client.list_artifacts(down.info.run_id)}
+
+
+def test_rerun_logs_no_duplicate_children(tiny_suite_data, bench_workspace, fake_stages):
+    fns, _ = fake_stages
+    suite = _suite(tiny_suite_data, bench_workspace)
+    first = run_suite(suite, stage_fns=fns, stage_versions={}, progress=False)
+    second = run_suite(suite, stage_fns=fns, stage_versions={}, progress=False)
+    client = MlflowClient(tracking_uri=suite.tracking_uri)
+    exp = client.get_experiment_by_name("todsynth/t")
+    assert _children(client, exp.experiment_id, second.parent_run_id) == []
+    parents = client.search_runs([exp.experiment_id], "tags.`todsynth.kind` = 'suite'")
+    assert len(parents) == 2
+    # the reuse is recorded on the second parent, pointing at the first invocation's child runs
+    path = client.download_artifacts(second.parent_run_id, "stages.json", str(bench_workspace.parent))
+    rows = json.loads(open(path).read())
+    assert {r["status"] for r in rows} == {"cached"}
+    first_children = {c.info.run_id for c in _children(client, exp.experiment_id, first.parent_run_id)}
+    assert {r["mlflow_run_id"] for r in rows} == first_children
+    assert client.get_run(second.parent_run_id).data.metrics["stages_cached"] == len(rows)
+
+
+def test_failed_stage_marks_runs_failed(tiny_suite_data, bench_workspace, fake_stages):
+    from todsynth.errors import StageError
+
+    fns, _ = fake_stages
+
+    def boom(spec, inputs, out_dir):
+        raise RuntimeError("no")
+
+    suite = _suite(tiny_suite_data, bench_workspace)
+    with pytest.raises(StageError):
+        run_suite(suite, stage_fns={**fns, "judge": boom}, stage_versions={}, progress=False)
+    client = MlflowClient(tracking_uri=suite.tracking_uri)
+    exp = client.get_experiment_by_name("todsynth/t")
+    runs = client.search_runs([exp.experiment_id])
+    statuses = {r.info.run_name: r.info.status for r in runs}
+    assert statuses["judge"] == "FAILED"
+    assert statuses[f"t@{config_hash(suite)[:8]}"] == "FAILED"
+
+
+def test_stale_running_runs_marked_killed(bench_workspace):
+    uri = f"sqlite:///{bench_workspace / 'mlflow.db'}"
+    tracker = Tracker(uri, str(bench_workspace / "mlartifacts"), "todsynth/x", bench_workspace)
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    client = MlflowClient(tracking_uri=uri)
+    host = socket.gethostname()
+    stale = client.create_run(tracker.experiment_id, tags={"todsynth.pid": str(dead), "todsynth.host": host}).info.run_id
+    alive = client.create_run(tracker.experiment_id, tags={"todsynth.pid": str(os.getppid()), "todsynth.host": host}).info.run_id
+    other_host = client.create_run(tracker.experiment_id, tags={"todsynth.pid": str(dead), "todsynth.host": "elsewhere"}).info.run_id
+    foreign = client.create_run(tracker.experiment_id).info.run_id  # not ours: no pid tag
+    assert tracker.mark_stale_killed() == [stale]
+    assert client.get_run(stale).info.status == "KILLED"
+    for run_id in (alive, other_host, foreign):
+        assert client.get_run(run_id).info.status == "RUNNING"
+
+
+def test_killed_process_run_is_marked_on_next_invocation(tiny_suite_data, bench_workspace, fake_stages, tmp_path):
+    """A `bench run` killed mid-stage leaves RUNNING runs; the next run marks them KILLED and completes."""
+    fns, _ = fake_stages
+    suite = _suite(tiny_suite_data, bench_workspace)
+    suite_json = tmp_path / "suite.json"
+    suite_json.write_text(json.dumps({**tiny_suite_data, "workspace": str(bench_workspace)}))
+    script = f"""
+import json, os, sys
+sys.path.insert(0, {os.getcwd()!r})
+from bench.engine import run_suite
+from bench.suites import validate_data
+suite = validate_data(json.loads(open({str(suite_json)!r}).read()), 'x')
+def fake(spec, inputs, out):
+    (out / 'f.txt').write_text('1')
+    if out.parent.name == 'generator':
+        os.kill(os.getpid(), 9)  # die hard, mid-stage
+    return {{}}
+run_suite(suite, stage_fns={{s: fake for s in {sorted(fns)!r}}}, stage_versions={{}}, progress=False)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    client = MlflowClient(tracking_uri=suite.tracking_uri)
+    exp = client.get_experiment_by_name("todsynth/t")
+    running = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
+    assert {r.info.run_name for r in running} == {f"t@{config_hash(suite)[:8]}", "generator"}
+    leftovers = list((bench_workspace / "cache" / "generator").glob(".tmp-*"))
+    assert len(leftovers) == 1
+    out = run_suite(suite, stage_fns=fns, stage_versions={}, progress=False)
+    for r in running:
+        assert client.get_run(r.info.run_id).info.status == "KILLED"
+    assert not list((bench_workspace / "cache" / "generator").glob(".tmp-*"))
+    assert "data" in out.cached and "generator" in out.computed
+    from bench.workspace import list_suites
+
+    (row,) = list_suites(bench_workspace)
+    assert row["suite"] == "t" and row["runs"] == 2 and row["last_status"] == "FINISHED" and row["variants"] == 3
+
+
+def test_flatten_and_limits():
+    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": "x"}) == {"a.b": "1", "a.c": "[1, 2]", "d": "null", "e": "x"}
+    assert clean_key("synthesize[crfm,seed=0]") == "synthesize_crfm_seed_0_"
+    assert len(cut("x" * 7000, 6000)) == 6000 and cut("abc", 6000) == "abc"
