@@ -110,25 +110,38 @@ class Dataset(Strict):
 
 
 class GeneratorTrain(Strict):
-    """Generator (MM-DiT) training budget: flow matching, AdamW, cosine LR with warm-up."""
+    """Generator (MM-DiT) training: ``todsynth.train.TrainConfig`` fields; None = the preset's default budget."""
 
-    steps: PositiveInt = 200
-    batch_size: PositiveInt = 4
-    lr: PositiveFloat = 1e-4
-    warmup_steps: NonNegativeInt = 0
-    grad_accum: PositiveInt = 1
-    seed: int = 0
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    steps: PositiveInt | None = None
+    batch_size: PositiveInt | None = None
+    grad_accum: PositiveInt | None = None
+    lr: PositiveFloat | None = None
+    weight_decay: NonNegativeFloat | None = None
+    warmup_steps: NonNegativeInt | None = None
+    max_grad_norm: PositiveFloat | None = None
+    timestep_sampling: Literal["uniform", "logit_normal"] | None = None
+    trainable: Literal["branches", "lora"] | None = None
     lora_rank: PositiveInt | None = None
-    checkpoint_every: PositiveInt | None = None
+    lora_alpha: PositiveFloat | None = None
+    mask_init: Literal["fresh", "image"] | None = None
+    caption_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    hflip: bool | None = None
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
+    gradient_checkpointing: bool | None = None
+    cache_latents: bool | None = None
+    checkpoint_every: NonNegativeInt | None = None
+    keep_checkpoints: NonNegativeInt | None = None
+    seed: int = 0
 
 
 class VaeTrain(Strict):
-    """Scratch VAE training budget (scratch presets only; SD3.5 uses its own VAE)."""
+    """Scratch VAE training (``todsynth.train.train_vae``); None = the preset's ``vae_train`` budget."""
 
-    steps: PositiveInt = 100
-    batch_size: PositiveInt = 8
-    lr: PositiveFloat = 1e-3
+    steps: PositiveInt | None = None
+    batch_size: PositiveInt | None = None
+    lr: PositiveFloat | None = None
+    kl_weight: NonNegativeFloat | None = None
     seed: int = 0
 
 
@@ -596,9 +609,22 @@ def check_suite(suite: Suite) -> list[str]:
                 n = suite.sampling.num_inference_steps
                 if dim.high > n:
                     problems.append(f"tune.search_space.{key}.high: {dim.high:g} > sampling.num_inference_steps {n}")
-    if suite.generator.preset != "tiny" and suite.generator.overrides.get("source") == "scratch":
-        problems.append("generator.overrides.source: scratch is only valid with preset tiny")
+    problems += _preset_problems(suite.generator)
     return problems
+
+
+def _preset_problems(gen: GeneratorSpec) -> list[str]:
+    """Preset overrides the library refuses (unknown keys), named under ``generator.overrides``."""
+    from todsynth.errors import ConfigError
+    from todsynth.models.presets import resolve_preset
+
+    if "source" in gen.overrides:
+        return ["generator.overrides.source: set generator.sd3_dir (or $TODSYNTH_SD3_DIR) instead"]
+    try:
+        resolve_preset(gen.preset, gen.overrides)
+    except ConfigError as exc:
+        return [f"generator.overrides: {exc}"]
+    return []
 
 
 def check_runnable(suite: Suite) -> list[str]:

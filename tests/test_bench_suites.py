@@ -208,3 +208,18 @@ def test_vocabularies_match_the_library():
     assert set(get_args(PresetName)) <= set(PRESETS)
     assert set(get_args(SegModelName)) <= set(SEG_MODELS)
     assert set(get_args(StepScheme)) == set(STEP_SCHEMES)
+
+
+def test_generator_train_fields_are_trainconfig_fields():
+    import dataclasses
+
+    from bench.schema import GeneratorTrain
+    from todsynth.train import TrainConfig
+
+    assert set(GeneratorTrain.model_fields) <= {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_preset_overrides_checked_against_the_preset():
+    problems = _problems({"name": "x", "variants": [{"name": "a"}], "generator": {"overrides": {"imagesize": 32}}})
+    assert len(problems) == 1 and problems[0].startswith("generator.overrides: ") and "imagesize" in problems[0]
+    assert validate_data({"name": "x", "variants": [{"name": "a"}], "generator": {"overrides": {"image_size": 32}}}, "s")
