@@ -164,7 +164,7 @@ def run_suite(
                 bar.start(node.key)
                 cached, computed, seconds = _run_node(
                     node, h, inputs, input_hashes, code, cache, stage_fns[node.stage], tracker, suite, device,
-                    force=node.key in forced, console=console, log_dir=suite_dir / "logs",
+                    force=node.key in forced, console=console, log_dir=suite_dir / "logs", progress=progress,
                 )
                 done[node.key] = cached
                 (outcome.computed if computed else outcome.cached).append(node.key)
@@ -200,11 +200,13 @@ def run_suite(
 def _run_node(
     node: Node, h: str, inputs: dict[str, CachedStage], input_hashes: dict[str, str], code: str,
     cache: StageCache, fn: StageFn, tracker: Any, suite: Suite, device: str, *, force: bool, console: Any,
-    log_dir: Path,
+    log_dir: Path, progress: bool = False,
 ) -> tuple[CachedStage, bool, float]:
     """Compute or reuse one node; on new work, a child MLflow run wraps the stage function."""
     meta: dict[str, Any] = {"key": node.key, "spec": node.spec, "inputs": input_hashes, "code_version": code}
-    spec = {**node.spec, "runtime": {"device": device, "launcher": node.launcher, "gpus": suite.resources.gpus}}
+    work_dir = cache.root / node.stage / f".work-{h}"  # resumable checkpoints of long stages (kept across kills)
+    spec = {**node.spec, "runtime": {"device": device, "launcher": node.launcher, "gpus": suite.resources.gpus,
+                                     "work_dir": str(work_dir), "progress": progress}}
     child: list[str] = []
 
     def work(tmp: Path) -> dict[str, Any]:
@@ -264,34 +266,27 @@ def _append_log(path: Path, record: dict[str, Any]) -> None:
 
 
 class _Progress:
-    """Rich progress over stages (done/total); a no-op when disabled."""
+    """Stage counter lines (``[3/17] generator``); a stage's own rich bars (training, sampling) show beneath.
+
+    Not a rich Live display: only one may be active at a time, and long stages bring their own.
+    """
 
     def __init__(self, total: int, console: Any, enabled: bool) -> None:
         self.total, self.console, self.enabled = total, console, enabled
-        self._p: Any = None
+        self.done = 0
 
     def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._p = Progress(TextColumn("[bold]stages[/]"), BarColumn(), MofNCompleteColumn(),
-                               TextColumn("{task.description}"), TimeElapsedColumn(), console=self.console,
-                               transient=True)
-            self._p.__enter__()
-            self._task = self._p.add_task("", total=self.total)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._p is not None:
-            self._p.__exit__(*exc)
+        return None
 
     def start(self, key: str) -> None:
-        if self._p is not None:
-            self._p.update(self._task, description=key)
+        if self.enabled:
+            self.console.print(f"[bold][{self.done + 1}/{self.total}][/] {key} ...", highlight=False)
 
     def finish(self, key: str, computed: bool, seconds: float) -> None:
-        mark = f"[green]done[/] {seconds:.1f}s" if computed else "[cyan]cached[/]"
+        self.done += 1
         if self.enabled:
-            self.console.print(f"  {key}: {mark}")
-        if self._p is not None:
-            self._p.advance(self._task)
+            mark = f"[green]done[/] in {seconds:.1f}s" if computed else "[cyan]cached[/]"
+            self.console.print(f"[bold][{self.done}/{self.total}][/] {key}: {mark}", highlight=False)
