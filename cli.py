@@ -54,6 +54,92 @@ def fail(message: str, code: int = 2) -> None:
 # ---------------------------------------------------------------- gen
 # (section: gen)
 
+
+def _sample_device() -> str:
+    """This process's device: accelerate's under a multi-process launch, else CUDA when present, else CPU."""
+    import os
+
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        return str(PartialState().device)
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load_judge(path: Path, model_name: str, trust: bool, num_classes: int, device: str):  # noqa: ANN202
+    """A frozen differentiable judge from a saved segmentor dir, or a user .pth (weights_only unless trusted)."""
+    from todsynth.seg.judge import SegmentorLogits
+
+    if path.is_dir():
+        from todsynth.seg.io import load_segmentor
+
+        model = load_segmentor(path, device=device)
+    elif path.is_file():
+        from todsynth.seg.io import load_user_checkpoint
+
+        model = load_user_checkpoint(path, model_name, trust=trust, num_classes=num_classes)
+    else:
+        fail(f"--judge {path} does not exist (a dir written by `todsynth seg train`, or a .pth with --judge-model)")
+    return SegmentorLogits(model.to(device), num_classes=num_classes)
+
+
+@gen_app.command("sample")
+def gen_sample(
+    generator: Annotated[Path, typer.Option("--generator", help="Generator dir (written by `todsynth gen train`).")],
+    data: Annotated[Path, typer.Option("--data", help="LoveDA-layout root whose Train masks condition the images.")],
+    out: Annotated[Path, typer.Option("--out", help="Output root: Train/<domain>/{images_png,masks_png} + manifest.json.")],
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Euler steps (release: 28 plain, 23 with CRFM).")] = 28,
+    crfm: Annotated[bool, typer.Option("--crfm", help="Control-rectify the first --rectified-step steps (needs --judge).")] = False,
+    rectified_step: Annotated[int, typer.Option("--rectified-step", min=0, help="Rectified leading steps with --crfm.")] = 4,
+    max_step_size: Annotated[float, typer.Option("--max-step-size", min=0.0, help="CRFM alpha_max.")] = 0.1,
+    step_scheme: Annotated[str, typer.Option("--step-scheme", help="CRFM step sizes: C, LI, LD or cosine.")] = "LD",
+    judge: Annotated[Optional[Path], typer.Option("--judge", help="Judge segmentor: dir from `todsynth seg train`, or a .pth.")] = None,
+    judge_model: Annotated[str, typer.Option("--judge-model", help="Model name of a .pth judge (e.g. deeplabv3plus-r18).")] = "deeplabv3plus-r18",
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow full unpickling of a .pth judge you trust.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Run seed; each image's seed derives from it and the sample id.")] = 0,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use only the first N training masks.")] = None,
+    guidance: Annotated[float, typer.Option("--guidance", help="CFG scale; 1.0 = off (the release's setting).")] = 1.0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per transformer call.")] = 4,
+    prompt_cache: Annotated[Optional[Path], typer.Option("--prompt-cache", help="Prompt-embedding cache dir (default: OUT/prompt_cache).")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+) -> None:
+    """Generate one image per real training mask (optionally CRFM-guided) into a LoveDA-layout dataset."""
+    from todsynth.data.loveda import list_samples
+    from todsynth.models.generator import load_generator
+    from todsynth.sample.crfm import STEP_SCHEMES, CRFMConfig
+    from todsynth.sample.sampler import SamplerConfig
+    from todsynth.sample.synthesize import synthesize
+    from todsynth.text import PromptCache, build_prompt_encoder
+
+    if step_scheme not in STEP_SCHEMES:
+        fail(f"--step-scheme {step_scheme!r} is not one of {', '.join(STEP_SCHEMES)}")
+    if crfm and judge is None:
+        fail("--crfm needs --judge (a segmentor trained on the same real training set)")
+    if crfm and rectified_step > steps:
+        fail(f"--rectified-step {rectified_step} exceeds --steps {steps}")
+    if guidance < 1.0:
+        fail(f"--guidance {guidance} must be >= 1.0 (1.0 = CFG off)")
+    device = _sample_device()
+    gen = load_generator(generator, device=device)
+    samples = list_samples(data, "Train")
+    samples = samples[:limit] if limit else samples
+    text = dict(gen.config.get("text", {"kind": "tiny"}))
+    kind = text.pop("kind")
+    kw = {"sd3_dir": gen.config["source"], "device": device, **text} if kind == "sd3" else text
+    cache = PromptCache(prompt_cache or out / "prompt_cache", build_prompt_encoder(kind, **kw))
+    cfg = SamplerConfig(num_inference_steps=steps, guidance_scale=guidance, batch_size=batch_size)
+    crfm_cfg = CRFMConfig(rectified_step=rectified_step, max_step_size=max_step_size, step_scheme=step_scheme) if crfm else None  # type: ignore[arg-type]
+    judge_fn = _load_judge(judge, judge_model, trust_checkpoint, gen.num_classes, device) if crfm and judge else None
+    manifest = synthesize(gen, samples, out, cache, cfg, crfm_cfg, judge_fn, seed=seed, progress=not no_progress)
+    totals = manifest["totals"]
+    console.print(
+        f"[green]wrote[/] {totals['n_images']} images to {out} ({totals['seconds_per_image']:.2f} s/image"
+        f"{f', CRFM {rectified_step}/{steps} steps' if crfm else ''}); manifest: {out / 'manifest.json'}",
+        highlight=False, soft_wrap=True,
+    )
+
 # ---------------------------------------------------------------- seg
 # (section: seg)
 

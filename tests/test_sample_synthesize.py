@@ -84,7 +84,7 @@ def test_shards_merge_to_the_single_process_result(generator, data, tmp_path) ->
     assert merged["settings"] == single["settings"]
     # order and batching do not change an image (up to float rounding across batch shapes)
     rev = synthesize(generator, samples[::-1], tmp_path / "rev", HashPromptCache(), CFG, progress=False)
-    for name, content in _files(tmp_path / "one").items():
+    for name in _files(tmp_path / "one"):
         a = np.asarray(Image.open(tmp_path / "one" / name)).astype(int)
         b = np.asarray(Image.open(tmp_path / "rev" / name)).astype(int)
         assert np.abs(a - b).max() <= 1, name
@@ -103,7 +103,7 @@ def test_crfm_cfg_and_resized_masks(generator, judge, tmp_path) -> None:  # noqa
         assert entry["mask_resized"] and len(entry["judge_loss"]) == 1 and len(entry["judge_error_fraction"]) == 1
         mask = np.asarray(Image.open(tmp_path / "out" / entry["mask"]))
         assert mask.shape == (32, 32) and mask.max() <= 7
-    plain = synthesize(generator, samples, tmp_path / "plain", HashPromptCache(), cfg, progress=False)
+    synthesize(generator, samples, tmp_path / "plain", HashPromptCache(), cfg, progress=False)
     assert _files(tmp_path / "out").keys() == _files(tmp_path / "plain").keys()
     assert any(
         _files(tmp_path / "out")[k] != v for k, v in _files(tmp_path / "plain").items() if "images_png" in k
