@@ -1,0 +1,130 @@
+"""``TrainConfig``: every setting of generator training, validated before any work."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from todsynth.errors import ConfigError
+
+TimestepSampling = Literal["uniform", "logit_normal"]
+Trainable = Literal["branches", "lora"]
+MixedPrecision = Literal["no", "fp16", "bf16"]
+
+# Fields that may differ between a run and its resumption (they do not change the weights).
+RESUME_FREE_FIELDS = frozenset({"checkpoint_every", "keep_checkpoints", "log_every"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Generator training settings (flow matching on the mask-conditioned MM-DiT).
+
+    Args:
+        preset: generator preset name (``todsynth.models.presets.PRESETS``); preset_overrides: deep-merged
+            into it (e.g. ``{"source": "/models/sd3.5"}``).
+        vae_dir: a VAE written by ``train_vae`` (required for scratch presets, whose VAE is not pretrained).
+        steps: optimizer steps; batch_size: samples per step and process; grad_accum: micro-batches per step.
+        lr, weight_decay, adam_betas, adam_eps: AdamW; warmup_steps: linear warm-up, then cosine to 0.
+        max_grad_norm: gradient clipping (1.0 as in the release).
+        timestep_sampling: ``uniform`` (release) or ``logit_normal`` (SD3 paper; logit_mean/logit_std).
+        trainable: ``branches`` (image + mask streams fully trained, text stream frozen) or ``lora``
+            (LoRA on the image stream's attention + the full mask stream); lora_rank, lora_alpha (None = rank).
+        mask_init: None keeps the preset's ``mask_stream.init``; else ``fresh`` / ``image``.
+        caption_dropout: probability of replacing a sample's prompt by the empty prompt (for CFG).
+        hflip: flip image AND mask together with probability 0.5.
+        ema_decay: keep an EMA of the trained weights and save it as the final generator (None = off).
+        mixed_precision: accelerate's setting (``bf16``/``fp16`` on GPU).
+        gradient_checkpointing: recompute blocks in backward.
+        cache_latents: encode the dataset (both flips) once with the frozen VAE.
+        checkpoint_every: write ``checkpoint-<step>`` every K steps (0 = never); keep_checkpoints: how many.
+        log_every: steps between log lines; seed: all training randomness.
+    """
+
+    preset: str = "tiny"
+    preset_overrides: dict[str, Any] = field(default_factory=dict)
+    vae_dir: str | None = None
+    steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    timestep_sampling: TimestepSampling = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    trainable: Trainable = "branches"
+    lora_rank: int = 16
+    lora_alpha: float | None = None
+    mask_init: Literal["fresh", "image"] | None = None
+    caption_dropout: float = 0.0
+    hflip: bool = True
+    ema_decay: float | None = None
+    mixed_precision: MixedPrecision = "no"
+    gradient_checkpointing: bool = False
+    cache_latents: bool = True
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def bad(name: str, rule: str) -> ConfigError:
+            return ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: {rule}")
+
+        for name in ("steps", "batch_size", "grad_accum", "lora_rank", "log_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise bad(name, "must be an int >= 1")
+        for name in ("warmup_steps", "checkpoint_every", "keep_checkpoints"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise bad(name, "must be an int >= 0")
+        if not self.lr > 0:
+            raise bad("lr", "must be > 0")
+        if not self.max_grad_norm > 0:
+            raise bad("max_grad_norm", "must be > 0")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise bad("caption_dropout", "must be in [0, 1)")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise bad("ema_decay", "must be in (0, 1) or None")
+        choices = {
+            "timestep_sampling": ("uniform", "logit_normal"),
+            "trainable": ("branches", "lora"),
+            "mask_init": (None, "fresh", "image"),
+            "mixed_precision": ("no", "fp16", "bf16"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise bad(name, f"must be one of {allowed}")
+        if self.logit_std <= 0:
+            raise bad("logit_std", "must be > 0")
+        object.__setattr__(self, "adam_betas", tuple(float(b) for b in self.adam_betas))
+
+    @classmethod
+    def from_preset(cls, preset: str = "tiny", **overrides: Any) -> TrainConfig:
+        """The preset's default training budget (``PRESETS[preset]["train"]``) with ``overrides`` on top."""
+        from todsynth.models.presets import PRESETS
+
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown generator preset {preset!r}; choose one of {sorted(PRESETS)}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown TrainConfig field(s) {unknown}; known: {sorted(known)}")
+        values = {**(PRESETS[preset].get("train") or {}), **overrides, "preset": preset}
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of all fields."""
+        d = dataclasses.asdict(self)
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+    def resume_mismatch(self, saved: dict[str, Any]) -> list[str]:
+        """Fields (other than logging/checkpoint cadence) whose value differs from a saved run's."""
+        mine = self.to_dict()
+        return sorted(k for k in mine if k not in RESUME_FREE_FIELDS and saved.get(k) != mine[k])

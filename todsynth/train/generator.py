@@ -1,0 +1,311 @@
+"""Generator training with accelerate: flow matching on the mask-conditioned MM-DiT.
+
+Usable in-process on CPU and under ``accelerate launch`` (DDP, bf16/fp16). All randomness (data
+order, flips, caption dropout, timesteps, noise) comes from one CPU ``torch.Generator`` seeded by
+``cfg.seed``; every process draws the global batch and takes its own slice, so the generator state
+is the same on all processes and one saved copy resumes them all. A resumed run restores weights,
+optimizer, LR schedule, EMA, that generator and the epoch permutation, so it ends with exactly the
+weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from todsynth.errors import ConfigError
+from todsynth.models.generator import Generator, build_generator, save_generator, seeded_init
+from todsynth.models.presets import is_scratch, resolve_preset
+from todsynth.train.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
+from todsynth.train.config import TrainConfig
+from todsynth.train.data import LatentSet, PromptSource, encode_dataset, encode_pairs, load_items
+from todsynth.train.flow import flow_matching_loss, noisy_latents, sample_sigmas, train_sigma_table
+from todsynth.train.trainable import configure_trainable, ema_update, merge_lora
+
+SUMMARY_FILE = "train_summary.json"
+LOG_FILE = "log.jsonl"
+GENERATOR_DIR = "generator"
+
+
+def generator_preset(cfg: TrainConfig) -> dict[str, Any]:
+    """The resolved generator preset a training config describes (VAE dir and mask init folded in)."""
+    overrides = dict(cfg.preset_overrides)
+    if cfg.vae_dir is not None:
+        overrides["vae_path"] = str(cfg.vae_dir)
+    if cfg.mask_init is not None:
+        overrides["mask_stream"] = {**overrides.get("mask_stream", {}), "init": cfg.mask_init}
+    preset = resolve_preset(cfg.preset, overrides)
+    if is_scratch(preset) and not preset.get("vae_path"):
+        raise ConfigError(
+            f"preset {cfg.preset!r} is trained from scratch and needs a trained VAE: set vae_dir "
+            "(todsynth.train.train_vae writes one; `todsynth gen train` trains it first)"
+        )
+    return preset
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class _Batches:
+    """Epoch-wise shuffled indices drawn from the training generator (state: permutation + position)."""
+
+    def __init__(self, n: int, rng: torch.Generator) -> None:
+        self.n, self.rng = n, rng
+        self.perm = torch.randperm(n, generator=rng)
+        self.pos = 0
+
+    def take(self, count: int) -> Tensor:
+        out: list[Tensor] = []
+        need = count
+        while need:
+            if self.pos >= self.n:
+                self.perm = torch.randperm(self.n, generator=self.rng)
+                self.pos = 0
+            k = min(need, self.n - self.pos)
+            out.append(self.perm[self.pos : self.pos + k])
+            self.pos += k
+            need -= k
+        return torch.cat(out)
+
+
+def _batch_tensors(
+    gen: Generator,
+    data: LatentSet | None,
+    dataset: Any,
+    prompts: PromptSource,
+    idx: Tensor,
+    flip: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(x0 latents, mask latents, prompt embeds, pooled) of a batch, on CPU, float32."""
+    if data is not None:
+        k = flip.long()
+        x0 = data.latents[k, idx]
+        m = data.mask_latents[k, idx]
+        rows = data.prompt_index[idx]
+        return x0, m, data.embeds[rows], data.pooled[rows]
+    images, masks, texts = load_items(dataset, idx.tolist(), gen.image_size)
+    x0, m = encode_pairs(gen, images, masks, flip)
+    e, p = prompts.get(texts)
+    return x0, m, e.float().cpu(), p.float().cpu()
+
+
+def _completed(out_dir: Path, cfg: TrainConfig) -> bool:
+    """True when ``out_dir`` holds a finished run of this config (its generator is saved)."""
+    path = out_dir / SUMMARY_FILE
+    if not path.is_file() or not (out_dir / GENERATOR_DIR / "config.json").is_file():
+        return False
+    summary = json.loads(path.read_text())
+    return bool(summary.get("completed")) and not cfg.resume_mismatch(summary.get("config", {}))
+
+
+def train_generator(
+    cfg: TrainConfig,
+    dataset: Any,
+    prompt_cache: PromptSource,
+    out_dir: str | Path,
+    resume: bool = True,
+    progress: bool = True,
+    *,
+    stop_after: int | None = None,
+) -> Path:
+    """Train the mask-conditioned generator; returns ``out_dir/generator`` (a ``save_generator`` dir).
+
+    Args:
+        cfg: training settings. dataset: items ``{"image" (3,H,W) [0,1], "mask" long (H,W), "prompt"}``
+            (``todsynth.data.loveda.LoveDA``); resized to the preset's image size.
+        prompt_cache: ``get(prompts) -> (embeds, pooled)`` (``todsynth.text.PromptCache``); the empty
+            prompt "" is the caption-dropout / CFG unconditional embedding.
+        out_dir: run directory: ``checkpoint-<step>/``, ``log.jsonl``, ``train_summary.json``, ``generator/``.
+        resume: continue from the newest checkpoint (its config must match, except cadence fields);
+            False discards existing checkpoints. A finished run of the same config returns at once.
+        progress: show a rich progress bar (step, loss, it/s) on the main process.
+        stop_after: stop once this many steps are done in total, as if killed (no final checkpoint,
+            no generator); returns the newest checkpoint dir (or ``out_dir``). For tests and time boxes.
+    """
+    from accelerate import Accelerator
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if resume and _completed(out_dir, cfg):
+        return out_dir / GENERATOR_DIR
+    preset = generator_preset(cfg)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    gen = build_generator(preset)
+    gen.vae.to(accelerator.device)
+    model = gen.transformer
+    model.gradient_checkpointing = cfg.gradient_checkpointing
+    with seeded_init(cfg.seed + 2):
+        params = configure_trainable(model, cfg.trainable, cfg.lora_rank, cfg.lora_alpha)
+    n_trainable = sum(p.numel() for p in params.values())
+    n_mask = sum(p.numel() for p in model.mask_stream_parameters())
+
+    optimizer = torch.optim.AdamW(
+        list(params.values()), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
+    )
+    lr_scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+    ema = {n: p.detach().clone().float() for n, p in params.items()} if cfg.ema_decay is not None else None
+
+    t_encode = time.perf_counter()
+    uncond_embeds, uncond_pooled = (t.float().cpu() for t in prompt_cache.get([""]))
+    data = encode_dataset(gen, dataset, prompt_cache, flips=cfg.hflip) if cfg.cache_latents else None
+    t_encode = time.perf_counter() - t_encode
+    n_items = len(data) if data is not None else len(dataset)
+    sigmas, timesteps = train_sigma_table(gen.num_train_timesteps, gen.shift)
+
+    rng = torch.Generator().manual_seed(cfg.seed)
+    batches = _Batches(n_items, rng)
+    start = 0
+    ckpts = list_checkpoints(out_dir)
+    if ckpts and resume:
+        saved = json.loads((ckpts[-1] / "state.json").read_text())["config"]
+        mismatch = cfg.resume_mismatch(saved)
+        if mismatch:
+            raise ConfigError(
+                f"cannot resume {ckpts[-1]}: config differs in {mismatch}; use another out_dir or resume=False"
+            )
+        st = load_checkpoint(ckpts[-1], params, optimizer, lr_scheduler, ema, accelerator.scaler)
+        rng.set_state(st.rng_state)
+        batches.perm, batches.pos, start = st.perm, st.pos, st.step
+    elif ckpts:
+        prune_checkpoints(out_dir, 0)
+
+    log_path = out_dir / LOG_FILE
+    log_lines = [ln for ln in log_path.read_text().splitlines() if ln] if (log_path.exists() and start) else []
+    log_lines = [ln for ln in log_lines if json.loads(ln)["step"] <= start]
+    if accelerator.is_main_process:
+        log_path.write_text("".join(ln + "\n" for ln in log_lines))
+
+    b, g = cfg.batch_size, cfg.batch_size * world
+    mine = slice(rank * b, (rank + 1) * b)
+    device = accelerator.device
+    latent_shape = gen.latent_shape
+    window: list[float] = []
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    done = start
+    bar = _progress(progress and accelerator.is_main_process, cfg.steps, start)
+    with bar as pbar:
+        task = pbar.add_task("gen train", total=cfg.steps, completed=start, loss=float("nan"), its=0.0)
+        for step in range(start, cfg.steps):
+            if stop_after is not None and step >= stop_after:
+                break
+            prepared.train()
+            step_loss = 0.0
+            for micro in range(cfg.grad_accum):
+                idx = batches.take(g)
+                flip = torch.rand(g, generator=rng) < 0.5 if cfg.hflip else torch.zeros(g, dtype=torch.bool)
+                drop = torch.rand(g, generator=rng) < cfg.caption_dropout
+                sigma, t = sample_sigmas(
+                    cfg.timestep_sampling, g, sigmas, timesteps, rng, cfg.logit_mean, cfg.logit_std
+                )
+                noise = torch.randn((g, *latent_shape), generator=rng)
+                x0, m, e, p = _batch_tensors(gen, data, dataset, prompt_cache, idx[mine], flip[mine])
+                d = drop[mine]
+                e = torch.where(d[:, None, None], uncond_embeds.expand_as(e), e)
+                p = torch.where(d[:, None], uncond_pooled.expand_as(p), p)
+                x0, noise_b, m, e, p = (v.to(device) for v in (x0, noise[mine], m, e, p))
+                sigma_b, t_b = sigma[mine].to(device), t[mine].to(device)
+                sync = micro == cfg.grad_accum - 1
+                with nullcontext() if sync else accelerator.no_sync(prepared):
+                    pred = prepared(noisy_latents(x0, noise_b, sigma_b), m, t_b, e, p)
+                    loss = flow_matching_loss(pred, x0, noise_b)
+                    accelerator.backward(loss / cfg.grad_accum)
+                step_loss += loss.detach().item() / cfg.grad_accum
+            accelerator.clip_grad_norm_(list(params.values()), cfg.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema_update(ema, params, cfg.ema_decay)
+            done = step + 1
+            window.append(step_loss)
+            losses.append(step_loss)
+            its = (done - start) / max(time.perf_counter() - t0, 1e-9)
+            pbar.update(task, completed=done, loss=step_loss, its=its)
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                if accelerator.is_main_process:
+                    line = {
+                        "step": done,
+                        "loss": sum(window) / len(window),
+                        "lr": lr_scheduler.get_last_lr()[0],
+                        "it_per_s": its,
+                        "samples_per_s": its * g * cfg.grad_accum,
+                    }
+                    with log_path.open("a") as fh:
+                        fh.write(json.dumps(line) + "\n")
+                window = []
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+                if accelerator.is_main_process:
+                    save_checkpoint(
+                        out_dir, done, params, optimizer, lr_scheduler, rng, batches.perm, batches.pos,
+                        cfg.to_dict(), ema, accelerator.scaler,
+                    )
+                    prune_checkpoints(out_dir, cfg.keep_checkpoints)
+                accelerator.wait_for_everyone()
+    elapsed = time.perf_counter() - t0
+
+    if done < cfg.steps:
+        ckpts = list_checkpoints(out_dir)
+        return ckpts[-1] if ckpts else out_dir
+
+    model = accelerator.unwrap_model(prepared)
+    if ema is not None:
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(ema[name])
+    if cfg.trainable == "lora":
+        merge_lora(model)
+    model.gradient_checkpointing = False
+    model.requires_grad_(False).eval()
+    gen_dir = out_dir / GENERATOR_DIR
+    if accelerator.is_main_process:
+        save_generator(gen, gen_dir)
+        steps_run = done - start
+        tail = losses[-max(1, len(losses) // 10) :]
+        summary = {
+            "completed": True,
+            "config": cfg.to_dict(),
+            "steps": done,
+            "resumed_from": start,
+            "final_loss": sum(tail) / len(tail) if tail else None,
+            "train_seconds": elapsed,
+            "encode_seconds": t_encode,
+            "samples_per_s": steps_run * g * cfg.grad_accum / elapsed if steps_run else None,
+            "peak_rss_mb": _peak_rss_mb(),
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+            "trainable_params": n_trainable,
+            "mask_stream_params": n_mask,
+            "num_processes": world,
+            "device": str(device),
+        }
+        (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    accelerator.wait_for_everyone()
+    return gen_dir
+
+
+def _progress(enabled: bool, total: int, start: int) -> Any:
+    """A rich progress bar showing step, loss and it/s (a no-op context when disabled)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("{task.fields[its]:.2f} it/s"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
