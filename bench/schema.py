@@ -346,7 +346,7 @@ class Resources(Strict):
 
 
 class SearchDim(Strict):
-    """One tuning dimension: int/float range (``step``, ``log``) or categorical ``choices``."""
+    """One tuning dimension: int/float range (``step``, ``log``) or categorical ``choices`` (Optuna's suggest_*)."""
 
     type: Literal["int", "float", "categorical"]
     low: float | None = None
@@ -360,33 +360,79 @@ class SearchDim(Strict):
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("categorical needs a non-empty choices list")
-        else:
-            if self.low is None or self.high is None:
-                raise ValueError(f"{self.type} needs low and high")
-            if self.low > self.high:
-                raise ValueError(f"low {self.low} > high {self.high}")
+            if any(c is not None and not isinstance(c, bool | int | float | str) for c in self.choices):
+                raise ValueError(f"categorical choices must be scalars (None, bool, int, float, str), got {self.choices}")
+            if len({repr(c) for c in self.choices}) != len(self.choices):
+                raise ValueError(f"duplicate choice in {self.choices}")
+            if self.low is not None or self.high is not None or self.step is not None or self.log:
+                raise ValueError("categorical takes only choices (no low/high/step/log)")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"{self.type} takes low/high, not choices (use type: categorical)")
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.type} needs low and high")
+        if self.low > self.high:
+            raise ValueError(f"low {self.low:g} > high {self.high:g}")
+        if self.type == "int" and any(v is not None and v != int(v) for v in (self.low, self.high, self.step)):
+            raise ValueError(f"int needs integer low/high/step, got low {self.low:g}, high {self.high:g}")
+        if self.step is not None and self.step <= 0:
+            raise ValueError(f"step must be > 0, got {self.step:g}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log needs low > 0, got {self.low:g}")
+        if self.log and self.step is not None and self.step != 1:
+            raise ValueError("log and step cannot be combined")
         return self
+
+    def probe_values(self) -> list[Any]:
+        """Values that must all be valid for the field: the bounds and a midpoint, or every choice."""
+        if self.choices is not None:
+            return list(self.choices)
+        assert self.low is not None and self.high is not None  # checked in _shape
+        if self.type == "int":
+            return [int(self.low), int(self.high)]
+        return [self.low, self.high, (self.low + self.high) / 2]
 
 
 class Objective(Strict):
-    """A tuning objective: a known metric and a direction."""
+    """A tuning objective: a known metric; ``direction`` defaults to the metric's ``higher_is_better``.
+
+    Written as a mapping (``{metric: fid, direction: min}``) or as the bare metric name (``fid``).
+    """
 
     metric: str
-    direction: Literal["max", "min", "maximize", "minimize"]
+    direction: Literal["max", "min", "maximize", "minimize"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare(cls, data: Any) -> Any:
+        return {"metric": data} if isinstance(data, str) else data
 
     @model_validator(mode="after")
     def _known(self) -> Objective:
         if self.metric not in KNOWN_METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; known: {', '.join(KNOWN_METRICS)}")
+        want = "maximize" if KNOWN_METRICS[self.metric] else "minimize"
+        given = {"max": "maximize", "min": "minimize"}.get(self.direction or want, self.direction or want)
+        if given != want:
+            raise ValueError(f"{self.metric} is {'higher' if want == 'maximize' else 'lower'}-is-better; "
+                             f"direction must be {want[:3]}, not {self.direction}")
+        object.__setattr__(self, "direction", want)
         return self
+
+    @property
+    def optuna_direction(self) -> Literal["maximize", "minimize"]:
+        """``maximize`` or ``minimize`` (normalised)."""
+        return "maximize" if self.direction == "maximize" else "minimize"
 
 
 class Constraint(Strict):
-    """A tuning constraint on a metric: ``min`` <= value <= ``max``."""
+    """A tuning constraint ``min <= metric <= max``; with ``relative_to: <variant>`` the bounds are offsets from
+    that variant's value (``{metric: fid, relative_to: plain, max: 5}`` means FID <= FID(plain) + 5)."""
 
     metric: str
     min: float | None = None
     max: float | None = None
+    relative_to: str | None = None
 
     @model_validator(mode="after")
     def _known(self) -> Constraint:
@@ -394,21 +440,43 @@ class Constraint(Strict):
             raise ValueError(f"unknown metric {self.metric!r}; known: {', '.join(KNOWN_METRICS)}")
         if self.min is None and self.max is None:
             raise ValueError("needs min or max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} > max {self.max:g}")
         return self
+
+    @property
+    def name(self) -> str:
+        """A readable key (``fid<=plain+5``) used for Optuna constraint values and MLflow metrics."""
+        ref = f"{self.relative_to}+" if self.relative_to else ""
+        parts = []
+        if self.min is not None:
+            parts.append(f"{self.metric}>={ref}{self.min:g}")
+        if self.max is not None:
+            parts.append(f"{self.metric}<={ref}{self.max:g}")
+        return ",".join(parts)
 
 
 class Tune(Strict):
-    """Optuna search over variant settings (keys ``crfm.<field>`` / ``sampling.<field>``)."""
+    """Optuna search over variant settings (keys ``crfm.<field>`` / ``sampling.<field>``), run by ``bench tune``.
+
+    ``base_variant`` (default: the suite's sampling/crfm defaults) is what the searched keys override; its
+    own values are enqueued as the first trial (``enqueue_default``). ``heartbeat_s``/``grace_s`` decide
+    when a silent worker's trial counts as dead (FAIL, then retried up to ``max_retry`` times).
+    """
 
     search_space: dict[str, SearchDim]
     objectives: list[Objective]
     constraints: list[Constraint] = []
     n_trials: PositiveInt = 20
-    sampler: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
+    sampler: Literal["tpe", "gp", "random", "grid", "nsga2"] = "tpe"
     seed: int = 0
     storage: str | None = None
     base_variant: str | None = None
     timeout_s: PositiveFloat | None = None
+    enqueue_default: bool = True
+    heartbeat_s: PositiveInt = 30
+    grace_s: PositiveInt | None = None
+    max_retry: NonNegativeInt = 2
 
     @field_validator("search_space")
     @classmethod
@@ -427,7 +495,21 @@ class Tune(Strict):
     def _objectives(cls, v: list[Objective]) -> list[Objective]:
         if not v:
             raise ValueError("needs at least one objective")
+        metrics = [o.metric for o in v]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"duplicate objective metric in {metrics}")
         return v
+
+    @model_validator(mode="after")
+    def _grace(self) -> Tune:
+        if self.grace_s is not None and self.grace_s <= self.heartbeat_s:
+            raise ValueError(f"grace_s {self.grace_s} must exceed heartbeat_s {self.heartbeat_s}")
+        return self
+
+    @property
+    def grace_period_s(self) -> int:
+        """Seconds without a heartbeat after which a RUNNING trial is stale (default 4 heartbeats)."""
+        return self.grace_s if self.grace_s is not None else 4 * self.heartbeat_s
 
 
 class Suite(Strict):
@@ -601,15 +683,57 @@ def check_suite(suite: Suite) -> list[str]:
             "(change evaluator.seed or evaluator.model)"
         )
     if suite.tune is not None:
-        names = {v.name for v in variants}
-        if suite.tune.base_variant is not None and suite.tune.base_variant not in names:
-            problems.append(f"tune.base_variant: {suite.tune.base_variant!r} is not a variant ({', '.join(sorted(names))})")
-        for key, dim in suite.tune.search_space.items():
-            if key == "crfm.rectified_step" and dim.high is not None:
-                n = suite.sampling.num_inference_steps
-                if dim.high > n:
-                    problems.append(f"tune.search_space.{key}.high: {dim.high:g} > sampling.num_inference_steps {n}")
+        problems += _tune_problems(suite.tune, variants, suite)
     problems += _preset_problems(suite.generator)
+    return problems
+
+
+def _tune_problems(tune: Tune, variants: list[ResolvedVariant], suite: Suite) -> list[str]:
+    """``tune:`` checks that need the rest of the suite: base variant, field types of each dimension,
+    ``rectified_step`` against the step count, constraint references, grid-sampler discreteness."""
+    problems: list[str] = []
+    by_name = {v.name: v for v in variants}
+    base_steps = suite.sampling.num_inference_steps
+    if tune.base_variant is not None:
+        base = by_name.get(tune.base_variant)
+        if base is None:
+            problems.append(f"tune.base_variant: {tune.base_variant!r} is not a variant ({', '.join(sorted(by_name))})")
+        elif base.kind != "synthetic":
+            problems.append(f"tune.base_variant: {tune.base_variant!r} is a baseline; name a synthetic variant")
+        else:
+            base_steps = base.sampling.num_inference_steps
+    for key, dim in tune.search_space.items():
+        section, _, field = key.partition(".")
+        model = {"crfm": CRFMOverride, "sampling": SamplingOverride}[section]
+        for value in dim.probe_values():
+            try:
+                model.model_validate({field: value})
+            except Exception as exc:  # pydantic ValidationError
+                problems.append(f"tune.search_space.{key}: value {value!r} is not a valid {key} ({_first_error(exc)})")
+                break
+        if tune.sampler == "grid" and dim.type == "float" and dim.step is None:
+            problems.append(f"tune.search_space.{key}: the grid sampler needs a step (or type: categorical)")
+    steps_dim = tune.search_space.get("sampling.num_inference_steps")
+    if steps_dim is not None:
+        values = steps_dim.probe_values()
+        base_steps = int(min(values))
+    rs = tune.search_space.get("crfm.rectified_step")
+    if rs is not None:
+        top = max(v for v in rs.probe_values() if isinstance(v, int | float))
+        if top > base_steps:
+            what = "high" if rs.type != "categorical" else "choices"
+            problems.append(f"tune.search_space.crfm.rectified_step.{what}: {top:g} > sampling.num_inference_steps "
+                            f"{base_steps} (rectified steps cannot exceed the sampling steps)")
+    for i, c in enumerate(tune.constraints):
+        if c.relative_to is None:
+            continue
+        ref = by_name.get(c.relative_to)
+        if ref is None:
+            problems.append(f"tune.constraints[{i}].relative_to: {c.relative_to!r} is not a variant "
+                            f"({', '.join(sorted(by_name))})")
+        elif ref.kind == "baseline" and not c.metric.startswith("downstream_"):
+            problems.append(f"tune.constraints[{i}].relative_to: baseline {c.relative_to!r} has no {c.metric} "
+                            "(only downstream_* metrics)")
     return problems
 
 
