@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from bench.cache import CODE_VERSION, CachedStage, StageCache, stage_hash
 from bench.graph import Node, build_graph, select_forced
 from bench.provenance import git_commit, now_iso, package_versions
@@ -228,7 +230,7 @@ def _run_node(
             shutil.rmtree(job, ignore_errors=True)
 
     def waiting() -> None:
-        console.print(f"[dim]{node.key}: another run is computing it; waiting to reuse its output[/]")
+        console.print(f"[dim]{escape(node.key)}: another run is computing it; waiting to reuse its output[/]")
 
     t0 = time.perf_counter()
     try:
@@ -283,10 +285,10 @@ class _Progress:
 
     def start(self, key: str) -> None:
         if self.enabled:
-            self.console.print(f"[bold][{self.done + 1}/{self.total}][/] {key} ...", highlight=False)
+            self.console.print(f"[bold]\\[{self.done + 1}/{self.total}][/] {escape(key)} ...", highlight=False)
 
     def finish(self, key: str, computed: bool, seconds: float) -> None:
         self.done += 1
         if self.enabled:
             mark = f"[green]done[/] in {seconds:.1f}s" if computed else "[cyan]cached[/]"
-            self.console.print(f"[bold][{self.done}/{self.total}][/] {key}: {mark}", highlight=False)
+            self.console.print(f"[bold]\\[{self.done}/{self.total}][/] {escape(key)}: {mark}", highlight=False)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cache import CachedStage
+from todsynth.data.classes import NUM_CLASSES
 
 SAMPLES_FILE = "samples.json"
 # Bump a stage's version when its function changes what it computes: its cache entries (and their
@@ -116,9 +117,8 @@ def stage_data(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Pa
 
 def stage_prompts(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
     """Vectorize every training mask's prompt and the empty prompt once (safetensors per prompt)."""
-    from todsynth.data.classes import prompt_for_labels
+    from todsynth.data.classes import prompt_for_labels, reduce_labels
     from todsynth.data.loveda import read_raw_mask
-    from todsynth.data.classes import reduce_labels
     from todsynth.text import PromptCache, build_prompt_encoder
 
     kw: dict[str, Any] = {}
@@ -205,7 +205,7 @@ def _segmenter(role: str) -> Callable[[dict[str, Any], dict[str, CachedStage], P
                 batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"], crop_size=_crop(spec["crop_size"]),
                 progress=_progress(spec),
             )
-        save_segmentor(model, spec["model"], out_dir / "model")
+        save_segmentor(model, spec["model"], out_dir / "model", NUM_CLASSES)
         scores = evaluate_segmentor(model, val) if val else {}
         _write_json(out_dir / "val_scores.json", scores)
         return {
@@ -222,7 +222,7 @@ def _segmenter(role: str) -> Callable[[dict[str, Any], dict[str, CachedStage], P
 def _load_seg(stage: CachedStage, device: str) -> Any:
     from todsynth.seg.io import load_segmentor
 
-    return load_segmentor(artifact_path(stage, "model")).to(device).eval()
+    return load_segmentor(artifact_path(stage, "model"), device=device).eval()
 
 
 def _extractor(kind: str, weights: str | None, evaluator: CachedStage | None, device: str) -> Any:
@@ -373,7 +373,7 @@ def stage_downstream(spec: dict[str, Any], inputs: dict[str, CachedStage], out_d
         spec["model"], items, out_dir / "work", max_iters=spec["iters"], batch_size=spec["batch_size"], lr=spec["lr"],
         seed=spec["seed"], crop_size=_crop(spec["crop_size"]), repeat_factors=repeat, progress=_progress(spec),
     )
-    save_segmentor(model, spec["model"], out_dir / "model")
+    save_segmentor(model, spec["model"], out_dir / "model", NUM_CLASSES)
     scores = evaluate_segmentor(model, val)
     per_class = scores["per_class_iou"]
     (out_dir / "per_class_iou.csv").write_text(
