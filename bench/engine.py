@@ -22,10 +22,10 @@ from typing import Any
 from rich.markup import escape
 
 from bench.cache import CODE_VERSION, CachedStage, StageCache, stage_hash
-from bench.graph import Node, build_graph, select_forced
+from bench.graph import Node, build_graph, node_key, select_forced
 from bench.provenance import git_commit, now_iso, package_versions
 from bench.results import collect_results, results_path, write_results
-from bench.schema import Suite, check_runnable
+from bench.schema import CRFMOverride, ResolvedVariant, SamplingOverride, Suite, Variant, check_runnable
 from bench.suites import SuiteError, config_hash, resolved_dict, resolved_yaml
 from todsynth.errors import StageError, TodsynthError
 
@@ -197,6 +197,75 @@ def run_suite(
             finally:
                 tracker.end(parent, status)
     return outcome
+
+
+def variant_graph(suite: Suite, variant: ResolvedVariant, stages: tuple[str, ...] = ("synthesize", "evaluate")) -> list[Node]:
+    """Nodes computing ``stages`` of one synthetic variant (declared or not) for every seed, dependencies first.
+
+    ``bench tune`` builds a variant from a trial's parameters and runs these nodes: they hash exactly like a
+    declared variant with the same settings (the name is not hashed), so a repeated setting reuses the cache.
+    """
+    if variant.kind != "synthetic":
+        raise ValueError(f"variant {variant.name!r} is a baseline; only synthetic variants have synthesis stages")
+    declared = Variant(name=variant.name, kind="synthetic",
+                       sampling=SamplingOverride(**variant.sampling.model_dump()),
+                       crfm=CRFMOverride(**variant.crfm.model_dump()))
+    nodes = build_graph(suite.model_copy(update={"variants": [declared], "matrix": None}))
+    wanted = {node_key(stage, variant.name, seed) for stage in stages for seed in suite.seeds}
+    by_key = {n.key: n for n in nodes}
+    unknown = wanted - set(by_key)
+    if unknown:
+        raise ValueError(f"no such stage for variant {variant.name!r}: {', '.join(sorted(unknown))}")
+    keep: set[str] = set()
+    todo = list(wanted)
+    while todo:  # ancestors of the wanted nodes
+        key = todo.pop()
+        if key not in keep:
+            keep.add(key)
+            todo.extend(by_key[key].deps.values())
+    return [n for n in nodes if n.key in keep]
+
+
+def run_nodes(
+    suite: Suite,
+    nodes: list[Node],
+    *,
+    tracker: Any = None,
+    stage_fns: Mapping[str, StageFn] | None = None,
+    stage_versions: Mapping[str, int] | None = None,
+    console: Any = None,
+    progress: bool = False,
+) -> dict[str, CachedStage]:
+    """Compute or reuse ``nodes`` (dependencies first) exactly as :func:`run_suite` does, without its parent run.
+
+    New work is logged as child runs of ``tracker.parent_run_id`` when a tracker is given. Returns node key ->
+    finished stage. Used by ``bench tune`` for each trial.
+    """
+    if stage_fns is None or stage_versions is None:
+        from bench import stages as _stages
+
+        stage_fns = stage_fns if stage_fns is not None else _stages.STAGES
+        stage_versions = stage_versions if stage_versions is not None else _stages.STAGE_VERSIONS
+    missing = sorted({n.stage for n in nodes} - set(stage_fns))
+    if missing:
+        raise StageError(f"no stage function for: {', '.join(missing)}")
+    if console is None:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+    cache = StageCache(suite.workspace)
+    device = resolve_device(suite.resources.device)
+    hashes = graph_hashes(nodes, stage_versions)
+    done: dict[str, CachedStage] = {}
+    for node in nodes:
+        inputs = {role: done[dep] for role, dep in node.deps.items()}
+        input_hashes = {role: hashes[dep] for role, dep in node.deps.items()}
+        code = stage_code_version(node.stage, stage_versions)
+        done[node.key], _, _ = _run_node(
+            node, hashes[node.key], inputs, input_hashes, code, cache, stage_fns[node.stage], tracker, suite, device,
+            force=False, console=console, log_dir=suite.workspace / suite.name / "logs", progress=progress,
+        )
+    return done
 
 
 def _run_node(
