@@ -138,6 +138,7 @@ def build_graph(suite: Suite) -> list[Node]:
                 nodes.append(Node(node_key("evaluate", v.name, seed), "evaluate",
                                   {"extractor": extractor}, eval_deps, v.name, seed))
                 down_deps["synthesize"] = syn
+                down_spec["ratio"] = suite.downstream.ratio
                 down_spec["freemask"] = freemask.model_dump(mode="json") if freemask.enabled else None
                 if freemask.enabled:
                     down_deps["judge"] = "judge"

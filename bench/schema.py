@@ -188,15 +188,20 @@ class Segmenter(Strict):
 
 
 class FreeMask(Strict):
-    """FreeMask-style filtering: synthetic pixels whose judge loss is anomalous become ignore (255)."""
+    """FreeMask filtering (``todsynth.seg.freemask``): synthetic pixels of class c whose judge loss exceeds
+    ``margin`` x the class's mean loss become ignore; larger margins keep more pixels."""
 
     enabled: bool = False
-    quantile: float = Field(0.9, gt=0.0, le=1.0)
-    min_loss: NonNegativeFloat = 0.0
+    margin: PositiveFloat = 1.25
 
 
 class Downstream(Strict):
-    """Downstream protocol: train on real (+ synthetic at ``ratio`` per real mask), evaluate on real Val."""
+    """Downstream protocol: train on real (+ synthetic), evaluate on real Val.
+
+    ``ratio`` (synthetic:real) sets both how many images are synthesized per training mask
+    (``round(ratio * n_masks)``) and the sampling weights that draw synthetic images ``ratio`` times as
+    often as real ones (``todsynth.seg.downstream.downstream_items``).
+    """
 
     model: SegModelName = "deeplabv3plus-r18"
     iters: PositiveInt = 200

@@ -226,22 +226,26 @@ def _load_seg(stage: CachedStage, device: str) -> Any:
 
 
 def _extractor(kind: str, weights: str | None, evaluator: CachedStage | None, device: str) -> Any:
+    """FID feature extractor: Inception from a local file, or the evaluator's backbone ("segmenter")."""
     from todsynth.metrics.fid import build_extractor
 
-    model = _load_seg(evaluator, device) if kind == "evaluator" and evaluator is not None else None
-    return build_extractor(kind, weights=weights, evaluator=model)
+    if kind == "inception":
+        return build_extractor("inception", weights=weights, device=device)
+    if evaluator is None:
+        raise ValueError("the evaluator FID extractor needs the evaluator stage")
+    return build_extractor("segmenter", evaluator=_load_seg(evaluator, device), device=device)
 
 
 def stage_real_features(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
     """FID/KID reference features of the real training images (computed once, reused by every variant)."""
-    from safetensors.torch import save_file
-
-    from todsynth.metrics.fid import extract_features
+    from todsynth.metrics.fid import extract_features, save_features
 
     rt = _runtime(spec)
     extractor = _extractor(spec["extractor"], spec.get("weights"), inputs.get("evaluator"), rt["device"])
     feats = extract_features([s.image_path for s in _samples(inputs["data"], "Train")], extractor)
-    save_file({"features": feats.contiguous().cpu()}, str(out_dir / "features.safetensors"))
+    meta = {"extractor": getattr(extractor, "name", spec["extractor"]),
+            "comparable": bool(getattr(extractor, "comparable", False)), "split": "Train"}
+    save_features(out_dir / "features.safetensors", feats, meta)
     return {"features": out_dir / "features.safetensors", "metrics": {"n_real": int(feats.shape[0])}}
 
 
@@ -316,9 +320,7 @@ def stage_synthesize(spec: dict[str, Any], inputs: dict[str, CachedStage], out_d
 
 def stage_evaluate(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
     """Mask fidelity with the EVALUATOR (never the judge), FID/KID against the cached real features."""
-    from safetensors.torch import load_file
-
-    from todsynth.metrics.fid import extract_features, fid_kid
+    from todsynth.metrics.fid import extract_features, fid_kid, load_features
     from todsynth.metrics.fidelity import mask_fidelity
 
     rt = _runtime(spec)
@@ -329,8 +331,8 @@ def stage_evaluate(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir
     feat_spec = inputs["real_features"].marker["spec"]
     extractor = _extractor(feat_spec["extractor"], feat_spec.get("weights"), inputs["evaluator"], rt["device"])
     fake = extract_features([p[0] for p in pairs], extractor)
-    real = load_file(str(artifact_path(inputs["real_features"], "features")))["features"]
-    fk = fid_kid(real, fake)
+    real, meta = load_features(artifact_path(inputs["real_features"], "features"))
+    fk = fid_kid(real, fake, extractor=meta["extractor"], comparable=meta["comparable"])
     _write_json(out_dir / "fidelity.json", fidelity)
     _write_json(out_dir / "fid.json", fk)
     metrics = {
@@ -341,6 +343,28 @@ def stage_evaluate(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir
         "seconds_per_image": synth.artifacts["metrics"]["seconds_per_image"],
     }
     return {"metrics": metrics, "mlflow_artifacts": ["fidelity.json", "fid.json"]}
+
+
+def _freemask(pairs: list[tuple[Path, Path]], judge_stage: CachedStage, margin: float, out_dir: Path,
+              device: str) -> tuple[list[Any], dict[str, Any]]:
+    """FreeMask-filter synthetic masks with the judge; filtered copies live in ``out_dir/freemask``.
+
+    The masks are copied first: ``filter_masks`` writes beside its input masks, and the synthesize
+    stage's cached directory must never change.
+    """
+    from todsynth.seg.freemask import filter_masks
+    from todsynth.seg.judge import SegmentorLogits
+
+    copies = []
+    for i, (image, mask) in enumerate(pairs):
+        dest = out_dir / "freemask" / f"{i:06d}" / "masks_png" / mask.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(mask, dest)
+        copies.append((image, dest))
+    result = filter_masks(SegmentorLogits(_load_seg(judge_stage, device)), copies, margin=margin)
+    for _, dest in copies:  # only the filtered copies are needed
+        dest.unlink()
+    return result.items, result.stats
 
 
 def stage_downstream(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
@@ -363,12 +387,10 @@ def stage_downstream(spec: dict[str, Any], inputs: dict[str, CachedStage], out_d
 
         synth = synthetic_pairs(inputs["synthesize"])
         if spec.get("freemask"):
-            from todsynth.seg.freemask import freemask_filter
-
-            fm = spec["freemask"]
-            synth, kept = freemask_filter(_load_seg(inputs["judge"], rt["device"]), synth, out_dir / "freemask",
-                                          quantile=fm["quantile"], min_loss=fm["min_loss"])
-        items, repeat = downstream_items(real, synth)
+            synth, freemask_stats = _freemask(synth, inputs["judge"], spec["freemask"]["margin"], out_dir, rt["device"])
+            _write_json(out_dir / "freemask.json", freemask_stats)
+            kept = 1.0 - freemask_stats["filtered_fraction_total"]
+        items, repeat = downstream_items(real, synth, spec["ratio"])
     model = train_segmentor(
         spec["model"], items, out_dir / "work", max_iters=spec["iters"], batch_size=spec["batch_size"], lr=spec["lr"],
         seed=spec["seed"], crop_size=_crop(spec["crop_size"]), repeat_factors=repeat, progress=_progress(spec),
