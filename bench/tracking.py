@@ -17,6 +17,7 @@ retry with backoff on sqlite ``database is locked``.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -116,9 +117,11 @@ class Tracker:
         self.parent_run_id: str | None = None
 
     # ------------------------------------------------------------------ runs
-    def start_parent(self, run_name: str, params: dict[str, Any], tags: dict[str, str], resolved_yaml: str) -> str:
-        """Create the suite run (``todsynth.kind=suite``) with flattened params and the resolved YAML."""
-        run = self._create(run_name, {**tags, "todsynth.kind": "suite"})
+    def start_parent(self, run_name: str, params: dict[str, Any], tags: dict[str, str], resolved_yaml: str,
+                     kind: str = "suite") -> str:
+        """Create the top run (``todsynth.kind=suite``, or ``study`` for ``bench tune``) with flattened params and
+        the resolved YAML."""
+        run = self._create(run_name, {**tags, "todsynth.kind": kind})
         self.parent_run_id = run
         self.log_params(run, params)
         self.log_text(run, resolved_yaml, "suite.resolved.yaml")
@@ -137,6 +140,30 @@ class Tracker:
         tags = {clean_key(k): cut(str(v), MAX_TAG_VALUE) for k, v in tags.items()}
         run = retry(self.client.create_run, self.experiment_id, run_name=run_name, tags=tags)
         return run.info.run_id
+
+    def reopen(self, run_id: str) -> bool:
+        """Make an existing run of this experiment the parent again and mark it RUNNING (a continued study).
+
+        Returns False when this store has no such run (e.g. the study moved to another tracking server).
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = retry(self.client.get_run, run_id)
+        except MlflowException:
+            return False
+        if run.info.experiment_id != self.experiment_id or run.info.lifecycle_stage != "active":
+            return False
+        retry(self.client.update_run, run_id, status="RUNNING")
+        self.set_tags(run_id, {"todsynth.pid": os.getpid(), "todsynth.host": socket.gethostname()})
+        self.parent_run_id = run_id
+        return True
+
+    def with_parent(self, run_id: str) -> Tracker:
+        """A tracker sharing this client whose children hang under ``run_id`` (stage runs of a tuning trial)."""
+        other = copy.copy(self)
+        other.parent_run_id = run_id
+        return other
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         """Terminate a run (FINISHED, FAILED or KILLED)."""
