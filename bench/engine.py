@@ -200,16 +200,18 @@ def run_suite(
 
 
 def variant_graph(suite: Suite, variant: ResolvedVariant, stages: tuple[str, ...] = ("synthesize", "evaluate")) -> list[Node]:
-    """Nodes computing ``stages`` of one synthetic variant (declared or not) for every seed, dependencies first.
+    """Nodes computing ``stages`` of one variant (declared or not) for every seed, dependencies first.
 
     ``bench tune`` builds a variant from a trial's parameters and runs these nodes: they hash exactly like a
     declared variant with the same settings (the name is not hashed), so a repeated setting reuses the cache.
+    A baseline variant only has ``downstream``.
     """
-    if variant.kind != "synthetic":
-        raise ValueError(f"variant {variant.name!r} is a baseline; only synthetic variants have synthesis stages")
-    declared = Variant(name=variant.name, kind="synthetic",
-                       sampling=SamplingOverride(**variant.sampling.model_dump()),
-                       crfm=CRFMOverride(**variant.crfm.model_dump()))
+    if variant.kind == "baseline":
+        declared = Variant(name=variant.name, kind="baseline")
+    else:
+        declared = Variant(name=variant.name, kind="synthetic",
+                           sampling=SamplingOverride(**variant.sampling.model_dump()),
+                           crfm=CRFMOverride(**variant.crfm.model_dump()))
     nodes = build_graph(suite.model_copy(update={"variants": [declared], "matrix": None}))
     wanted = {node_key(stage, variant.name, seed) for stage in stages for seed in suite.seeds}
     by_key = {n.key: n for n in nodes}
