@@ -38,6 +38,13 @@ def artifact_path(stage: CachedStage, key: str) -> Path:
     return p if p.is_absolute() else stage.dir / p
 
 
+def _rank() -> int:
+    """This process's rank under ``accelerate launch`` / ``torchrun`` (0 when not launched)."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
 def _runtime(spec: dict[str, Any]) -> dict[str, Any]:
     return dict(spec.get("runtime") or {"device": "cpu"})
 
@@ -175,6 +182,8 @@ def stage_generator(spec: dict[str, Any], inputs: dict[str, CachedStage], out_di
     work = Path(rt.get("work_dir") or out_dir / "work")
     gen_dir = train_generator(cfg, dataset, _prompt_cache(inputs["prompts"], rt["device"]), work,
                               resume=True, progress=_progress(spec))
+    if _rank() != 0:  # accelerate: every rank trains, rank 0 publishes
+        return {}
     shutil.copytree(gen_dir, out_dir / "generator")
     metrics: dict[str, Any] = {}
     for name in ("train_summary.json", "log.jsonl"):
@@ -195,6 +204,10 @@ def _segmenter(role: str) -> Callable[[dict[str, Any], dict[str, CachedStage], P
         from todsynth.seg.io import load_user_checkpoint, save_segmentor
         from todsynth.seg.train import train_segmentor
 
+        if _rank() != 0:
+            # todsynth.seg trains on one process (mmengine launcher "none"): under torchrun, rank 0 alone
+            # trains, so the stage stays correct; data-parallel MMSeg needs launcher "pytorch" there.
+            return {}
         data = inputs["data"]
         val = _samples(data, "Val")
         if spec.get("checkpoint"):
@@ -305,8 +318,11 @@ def stage_synthesize(spec: dict[str, Any], inputs: dict[str, CachedStage], out_d
         manifest = synthesize(gen, chunk, root, cache, cfg, crfm, judge, seed=1000 * spec["seed"] + r,
                               progress=_progress(spec))
         copies.append(root)
-        seconds += manifest["totals"]["seconds"]
-        n_images += manifest["totals"]["n_images"]
+        if "totals" in manifest:  # the merged manifest (rank 0 under accelerate; always when not launched)
+            seconds += manifest["totals"]["seconds"]
+            n_images += manifest["totals"]["n_images"]
+    if _rank() != 0:
+        return {}
     arts: dict[str, Any] = {"copies": copies}
     grid = sample_grid(synthetic_pairs(CachedStage(out_dir, {"artifacts": {"copies": [c.name for c in copies]}})),
                        out_dir / "grid.png")
@@ -373,6 +389,8 @@ def stage_downstream(spec: dict[str, Any], inputs: dict[str, CachedStage], out_d
     from todsynth.seg.io import save_segmentor
     from todsynth.seg.train import train_segmentor
 
+    if _rank() != 0:  # see _segmenter: rank 0 alone trains under torchrun
+        return {}
     rt = _runtime(spec)
     data = inputs["data"]
     real = _samples(data, "Train")

@@ -1,0 +1,57 @@
+"""End to end with the real stages: suites/tests.yaml (32 px, a few steps) through the library, then a cached rerun.
+
+The real embedded smoke suite takes minutes: it is marked slow (`make test-slow`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bench.engine import run_suite
+from bench.graph import build_graph
+from bench.suites import load_suite
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _check_results(res: dict, variants: list[str]) -> None:
+    assert [v["name"] for v in res["variants"]] == variants
+    for v in res["variants"]:
+        m = v["metrics"]
+        for key in ("downstream_miou", "downstream_oa", "downstream_macc"):
+            assert 0.0 <= m[key] <= 1.0, (v["name"], key, m[key])
+        assert len(m["per_class_iou"]) == 7
+        if v["kind"] == "synthetic":
+            assert 0.0 <= m["mask_miou"] <= 1.0 and m["seconds_per_image"] > 0
+            assert m["fid_extractor"] and m["fid_comparable"] is False
+            assert math.isnan(m["fid"]) or m["fid"] >= 0
+
+
+def test_tests_suite_end_to_end_then_cached(bench_workspace):
+    suite = load_suite(REPO / "suites" / "tests.yaml", workspace=bench_workspace)
+    first = run_suite(suite, progress=False)
+    n = len(build_graph(suite))
+    assert len(first.computed) == n
+    res = json.loads((bench_workspace / "tests" / "results.json").read_text())
+    _check_results(res, ["real-only", "plain", "crfm"])
+    # synthetic images really exist, one per (limited) training mask at ratio 1
+    syn_dirs = list((bench_workspace / "cache" / "synthesize").glob("[0-9a-f]*"))
+    assert len(syn_dirs) == 2
+    for d in syn_dirs:
+        pngs = list(d.glob("copy-0/Train/*/images_png/*.png"))
+        assert len(pngs) == suite.dataset.limit
+        assert (d / "grid.png").is_file()
+    second = run_suite(suite, progress=False)
+    assert second.computed == [] and len(second.cached) == n
+    assert second.results["variants"] == first.results["variants"]
+
+
+@pytest.mark.slow
+def test_smoke_suite_end_to_end(bench_workspace):
+    suite = load_suite(REPO / "suites" / "smoke.yaml", workspace=bench_workspace)
+    out = run_suite(suite, progress=False)
+    _check_results(out.results, ["real-only", "plain", "crfm", "crfm-c"])
