@@ -1,0 +1,41 @@
+"""Data layer: LoveDA facts and reader, procedural LoveDA-format scenes, validation, index files.
+
+Re-exports resolve lazily (PEP 562), so ``import todsynth.data.classes`` does not pull in torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "CLASSES": "classes",
+    "IGNORE_INDEX": "classes",
+    "NUM_CLASSES": "classes",
+    "PALETTE": "classes",
+    "colorize": "classes",
+    "prompt_for_labels": "classes",
+    "raw_labels": "classes",
+    "reduce_labels": "classes",
+    "DOMAINS": "loveda",
+    "SPLITS": "loveda",
+    "LoveDA": "loveda",
+    "Sample": "loveda",
+    "list_samples": "loveda",
+    "load_image": "loveda",
+    "load_mask": "loveda",
+    "colour_lookup_accuracy": "procedural",
+    "generate_dataset": "procedural",
+    "generate_scene": "procedural",
+    "validate_dataset": "validate",
+    "build_index": "index",
+    "read_index": "index",
+    "write_index": "index",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"todsynth.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'todsynth.data' has no attribute {name!r}")
