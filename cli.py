@@ -45,11 +45,154 @@ def fail(message: str, code: int = 2) -> None:
 # ---------------------------------------------------------------- doctor
 # (section: foundation)
 
+
+@app.command("doctor")
+def doctor_cmd(
+    sd3_dir: Annotated[Optional[Path], typer.Option("--sd3-dir", help="Local SD3.5 dir (default: $TODSYNTH_SD3_DIR).")] = None,
+    inception: Annotated[
+        Optional[Path], typer.Option("--inception", help="Inception weights file (default: $TODSYNTH_INCEPTION_WEIGHTS).")
+    ] = None,
+    loveda_root: Annotated[
+        Optional[Path], typer.Option("--loveda-root", help="LoveDA root (default: $TODSYNTH_LOVEDA_ROOT).")
+    ] = None,
+) -> None:
+    """Versions, hardware, and whether the local SD3.5 / Inception / LoveDA paths exist (always exit 0)."""
+    from rich.table import Table
+
+    from todsynth.doctor import doctor_rows
+
+    colours = {"ok": "green", "missing": "red", "not set": "yellow", "info": "cyan"}
+    table = Table(title="todsynth doctor")
+    for col in ("item", "value", "status"):
+        table.add_column(col, overflow="fold")
+    for row in doctor_rows(sd3_dir, inception, loveda_root):
+        table.add_row(row.item, row.value, f"[{colours.get(row.status, 'white')}]{row.status}[/]")
+    console.print(table)
+
 # ---------------------------------------------------------------- data
 # (section: data)
 
+
+@data_app.command("procedural")
+def data_procedural(
+    out: Annotated[Path, typer.Argument(help="Output root; gets {Train,Val}/{Urban,Rural}/{images_png,masks_png}.")],
+    n_train: Annotated[int, typer.Option("--n-train", help="Train scenes (split Urban/Rural).")] = 16,
+    n_val: Annotated[int, typer.Option("--n-val", help="Val scenes (split Urban/Rural).")] = 8,
+    size: Annotated[int, typer.Option("--size", help="Tile size in pixels.")] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="Seed; the same seed writes byte-identical PNGs.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing Train/Val under OUT.")] = False,
+) -> None:
+    """Write seeded procedural land-cover scenes in LoveDA's exact layout."""
+    import time
+
+    from todsynth.data.procedural import generate_dataset
+
+    start = time.perf_counter()
+    try:
+        generate_dataset(out, n_train, n_val, size, seed, overwrite=overwrite)
+    except (ValueError, FileExistsError) as exc:
+        fail(str(exc))
+    console.print(
+        f"wrote {n_train} Train + {n_val} Val scenes ({size} px, seed {seed}) to {out} "
+        f"in {time.perf_counter() - start:.2f} s"
+    )
+
+
+@data_app.command("validate")
+def data_validate(root: Annotated[Path, typer.Argument(help="Dataset root in LoveDA layout.")]) -> None:
+    """Check pairing, PNG readability, modes, sizes and mask values; list every problem (exit 2 if any)."""
+    from rich.progress import Progress
+
+    from todsynth.data.validate import count_files, validate_dataset
+
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task("validating", total=count_files(root))
+        problems = validate_dataset(root, progress=lambda _path: progress.advance(task))
+    for problem in problems:
+        console.print(f"[red]x[/] {problem}", highlight=False, soft_wrap=True)
+    if problems:
+        fail(f"{len(problems)} problem(s) in {root}")
+    console.print(f"[green]ok[/] {root}: {count_files(root)} images checked", highlight=False, soft_wrap=True)
+
+
+@data_app.command("index")
+def data_index(
+    root: Annotated[Path, typer.Argument(help="Dataset root in LoveDA layout.")],
+    split: Annotated[str, typer.Option("--split", help="Train or Val (Test has no masks).")] = "Train",
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="Output .jsonl (default ROOT/index.jsonl, ROOT/index_val.jsonl).")
+    ] = None,
+) -> None:
+    """Write index.jsonl: source (mask), target (image), prompt; paths relative to ROOT."""
+    from todsynth.data.index import read_index, write_index
+
+    if out is None:
+        out = root / ("index.jsonl" if split == "Train" else f"index_{split.lower()}.jsonl")
+    try:
+        path = write_index(root, split, out)
+    except ValueError as exc:
+        fail(str(exc))
+    entries = read_index(path)
+    n_prompts = len({e["prompt"] for e in entries})
+    console.print(f"wrote {len(entries)} entries ({n_prompts} distinct prompts) to {path}", highlight=False, soft_wrap=True)
+
 # ---------------------------------------------------------------- prompts
 # (section: prompts)
+
+
+@prompts_app.command("vectorize")
+def prompts_vectorize(
+    index: Annotated[Path, typer.Argument(help="index.jsonl (from `todsynth data index`).")],
+    encoder: Annotated[str, typer.Option("--encoder", help="sd3 (CLIP-L + CLIP-G + T5 from --sd3-dir) or tiny.")],
+    sd3_dir: Annotated[Optional[Path], typer.Option("--sd3-dir", help="Local SD3.5 dir (default: $TODSYNTH_SD3_DIR).")] = None,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="Cache dir (default: INDEX's dir/prompt_cache).")] = None,
+    device: Annotated[str, typer.Option("--device", help="sd3: torch device.")] = "cpu",
+    dtype: Annotated[str, typer.Option("--dtype", help="sd3: float32, float16 or bfloat16.")] = "float32",
+    t5_max_length: Annotated[int, typer.Option("--t5-max-length", help="sd3: T5 tokens.")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per encoder call.")] = 8,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="tiny: tokens.")] = 16,
+    joint_dim: Annotated[int, typer.Option("--joint-dim", help="tiny: embedding width.")] = 64,
+    pooled_dim: Annotated[int, typer.Option("--pooled-dim", help="tiny: pooled width.")] = 64,
+) -> None:
+    """Encode every distinct prompt of INDEX once into a safetensors cache (cached prompts are skipped)."""
+    import os
+
+    import torch
+    from rich.progress import Progress
+
+    from todsynth.data.index import read_index
+    from todsynth.text import ENCODER_KINDS, PromptCache, build_prompt_encoder
+
+    if encoder not in ENCODER_KINDS:
+        fail(f"--encoder {encoder!r} is not one of {', '.join(ENCODER_KINDS)}")
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in dtypes:
+        fail(f"--dtype {dtype!r} is not one of {', '.join(dtypes)}")
+    if batch_size < 1:
+        fail(f"--batch-size must be >= 1, got {batch_size}")
+    prompts = list(dict.fromkeys(e["prompt"] for e in read_index(index)))
+    if not prompts:
+        fail(f"{index} holds no entries")
+    if encoder == "sd3":
+        sd3_dir = sd3_dir or (Path(os.environ["TODSYNTH_SD3_DIR"]) if os.environ.get("TODSYNTH_SD3_DIR") else None)
+        if sd3_dir is None:
+            fail("--encoder sd3 needs --sd3-dir DIR (or TODSYNTH_SD3_DIR)")
+        kw: dict = {"sd3_dir": sd3_dir, "device": device, "dtype": dtypes[dtype], "t5_max_length": t5_max_length}
+    else:
+        kw = {"seq_len": seq_len, "joint_dim": joint_dim, "pooled_dim": pooled_dim}
+    store = PromptCache(cache or index.parent / "prompt_cache", build_prompt_encoder(encoder, **kw))  # type: ignore[arg-type]
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task(f"vectorizing ({store.encoder.name})", total=len(prompts))
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            store.get(chunk)
+            progress.advance(task, len(chunk))
+    console.print(
+        f"{len(prompts)} distinct prompts: {store.prompts_encoded} encoded, {store.prompts_cached} cached "
+        f"-> {store.dir} ({store.encoder.name})",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 # ---------------------------------------------------------------- gen
 # (section: gen)
@@ -226,8 +369,96 @@ def bench_ls(workspace: Annotated[Path, typer.Option("--workspace", "-w", help="
     console.print(table)
 
 
+@bench_app.command("report")
+def bench_report(
+    suite: Annotated[Optional[Path], typer.Argument(help="Suite YAML; default: the embedded smoke suite.")] = None,
+    workspace: WorkspaceOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report dir (default: reports/<suite>).")] = None,
+    run: Annotated[Optional[str], typer.Option("--run", help="MLflow run id of the suite run (default: the latest finished).")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Markdown + HTML comparison report (with CSV, LaTeX, plots, sample grid) of a suite's run, read from MLflow."""
+    from bench.report import write_report
+    from bench.suites import SuiteError, load_suite
+
+    try:
+        s = load_suite(suite, set_ or [], workspace)
+    except SuiteError as exc:
+        _suite_problems(exc)
+    path = write_report(s, out, run_id=run)
+    console.print(f"report: {path / 'report.md'} and {path / 'index.html'} (+ results.csv, results.tex)", highlight=False,
+                  soft_wrap=True)
+
+
 # ---------------------------------------------------------------- ui
 # (section: ui)
+@app.command("ui")
+def ui(
+    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 5000,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind (default loopback only; 0.0.0.0 exposes it).")] = "127.0.0.1",
+    workspace: Annotated[Path, typer.Option("--workspace", "-w", help="Workspace dir holding mlflow.db.")] = Path("runs"),
+    workers: Annotated[int, typer.Option("--workers", help="Server worker processes.")] = 1,
+) -> None:
+    """MLflow UI + REST API over the workspace store (sqlite:///<ws>/mlflow.db, artifacts <ws>/mlartifacts)."""
+    import os
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    from bench.tracking import is_loopback, server_command
+
+    if not 0 < port < 65536:
+        fail(f"--port {port}: not a TCP port (1-65535)")
+    if workers < 1:
+        fail(f"--workers {workers}: needs at least 1")
+    ws = workspace.expanduser().absolute()
+    if ws.exists() and not ws.is_dir():
+        fail(f"--workspace {ws} is not a directory")
+    if not (ws / "mlflow.db").is_file():
+        err_console.print(f"[yellow]note:[/] {ws / 'mlflow.db'} does not exist yet; the server creates an empty store "
+                          "(run `todsynth bench run --workspace ...` to fill it)", highlight=False, soft_wrap=True)
+        ws.mkdir(parents=True, exist_ok=True)
+    if not is_loopback(host):
+        err_console.print(
+            f"[bold red]WARNING: binding to {host} exposes the MLflow UI and its REST API to the network, with no "
+            "authentication: anyone who can reach this port can read and delete runs. Use --host 127.0.0.1 (default) "
+            "and an SSH tunnel unless this network is trusted.[/]", highlight=False, soft_wrap=True)
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # a wildcard bind is reachable locally here
+    url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}/"
+    proc = subprocess.Popen(server_command(ws, host, port, workers), start_new_session=True)
+    console.print(f"MLflow UI for {ws} starting at {url} (Ctrl-C to stop)", highlight=False, soft_wrap=True)
+    stop: list[float] = []
+
+    def forward(signum: int, _frame: object) -> None:  # Ctrl-C / SIGTERM -> the server's whole process group
+        stop.append(time.monotonic())
+        try:
+            os.killpg(proc.pid, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    ready = False
+    try:
+        while proc.poll() is None:
+            time.sleep(0.25)
+            if stop and time.monotonic() - stop[0] > 10:
+                os.killpg(proc.pid, signal.SIGKILL)
+            if not ready and not stop:
+                try:
+                    with urllib.request.urlopen(url + "health", timeout=1):
+                        ready = True
+                        console.print(f"[green]ready[/] {url}", highlight=False)
+                except OSError:
+                    pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not stop and proc.returncode != 0:
+        fail(f"mlflow server exited with code {proc.returncode} (port {port} in use? try --port)", code=1)
+    console.print("MLflow UI stopped", highlight=False)
+
+
 
 
 def main() -> None:
