@@ -335,3 +335,30 @@ def fetch_artifact(tracking_uri: str, run_id: str, path: str, dst_dir: Path) -> 
         return None
     dst_dir.mkdir(parents=True, exist_ok=True)
     return Path(retry(_reader(tracking_uri).download_artifacts, run_id, path, str(dst_dir)))
+
+
+# ---------------------------------------------------------------------- UI server
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def server_command(workspace: Path, host: str = "127.0.0.1", port: int = 5000, workers: int = 1) -> list[str]:
+    """``mlflow server`` over a workspace's store: ``sqlite:///<ws>/mlflow.db``, artifacts served from
+    ``<ws>/mlartifacts`` (proxied, so clients on other machines can log artifacts too)."""
+    import sys
+
+    ws = Path(workspace).expanduser().absolute()
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{ws / 'mlflow.db'}",
+        "--serve-artifacts", "--artifacts-destination", str(ws / "mlartifacts"),
+        "--host", host, "--port", str(port), "--workers", str(workers),
+    ]

@@ -1,0 +1,772 @@
+"""``bench report``: a suite's comparison report, read from MLflow: Markdown, HTML, CSV, LaTeX, plots, image grid.
+
+Source of truth is the MLflow store (through :mod:`bench.tracking`): the latest FINISHED suite run of the
+suite's experiment (or ``run_id``), its ``results.json`` and ``stages.json`` artifacts, its per-variant
+metrics (cross-checked against the artifact), the synthesize stages' outputs found through ``stages.json``
+(child run ids, cache hashes) and the latest tuning study's trial runs. The workspace's
+``<suite>/results.json`` is only a cross-check. Everything is written into a temp dir beside ``out_dir``
+and swapped into place, so an interrupted report never leaves half a report.
+
+Files: ``report.md`` (+ the PNGs beside it), ``index.html`` (self-contained: PNGs as data URIs),
+``results.csv`` (raw floats), ``results.tex`` (booktabs), ``rectified_steps.png``, ``per_class_iou.png``,
+``pareto.png`` (when tuning trials exist), ``samples.png``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.schema import KNOWN_METRICS, Suite
+from todsynth.errors import TodsynthError
+
+# Table columns, in order; direction from the suite's metric specs, else KNOWN_METRICS.
+COLUMNS = ("downstream_miou", "downstream_oa", "downstream_macc", "mask_miou", "fid", "kid", "seconds_per_image")
+LABELS = {
+    "downstream_miou": "mIoU", "downstream_oa": "OA", "downstream_macc": "mAcc", "mask_miou": "mask mIoU",
+    "fid": "FID", "kid": "KID", "seconds_per_image": "s/image",
+}
+TEMPLATES = Path(__file__).parent / "templates"
+GRID_ROWS = 4
+GRID_CELL = 128  # px: small (32-64 px) samples are upscaled (nearest) to stay readable
+REL_TOL = 1e-9
+
+
+class ReportError(TodsynthError):
+    """The report cannot be built (no store, no finished run, inconsistent records)."""
+
+
+@dataclass
+class ReportData:
+    """Everything a report shows, gathered from MLflow before anything is rendered."""
+
+    suite: str
+    experiment: str
+    tracking_uri: str
+    parent: dict[str, Any]
+    results: dict[str, Any]
+    stages: list[dict[str, Any]]
+    current_config_hash: str
+    study: dict[str, Any] | None = None
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    sample_grids: dict[str, Path] = field(default_factory=dict)  # variant -> grid.png logged by synthesize
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------- gathering (MLflow)
+def _check_store(suite: Suite) -> None:
+    """Refuse a missing sqlite store up front (opening one would create an empty DB)."""
+    uri = suite.tracking_uri
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not db.is_file():
+            raise ReportError(
+                f"no MLflow store at {db}; run `todsynth bench run <suite> --workspace {suite.workspace}` first "
+                "(or pass the --workspace the suite ran in)"
+            )
+
+
+def _parent_run(suite: Suite, run_id: str | None) -> dict[str, Any]:
+    from bench.tracking import find_runs, get_run_record
+
+    if run_id is not None:
+        try:
+            run = get_run_record(suite.tracking_uri, run_id)
+        except Exception as exc:  # mlflow's RESOURCE_DOES_NOT_EXIST
+            raise ReportError(f"--run {run_id}: no such MLflow run in {suite.tracking_uri} ({type(exc).__name__})") from None
+        if run["tags"].get("todsynth.kind") != "suite":
+            raise ReportError(f"--run {run_id} is not a suite run (todsynth.kind={run['tags'].get('todsynth.kind')!r})")
+        return run
+    runs = find_runs(suite.tracking_uri, suite.experiment, "suite", status="FINISHED")
+    if not runs:
+        raise ReportError(
+            f"no finished `bench run` of suite {suite.name!r} in experiment {suite.experiment!r} at {suite.tracking_uri}; "
+            f"run `todsynth bench run` first"
+        )
+    return runs[0]
+
+
+def _metric_value(metrics: dict[str, Any], key: str) -> float | None:
+    v = metrics.get(key)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def cross_check(results: dict[str, Any], run_metrics: dict[str, float]) -> list[str]:
+    """Disagreements between a results dict and the run's logged ``<variant>/<metric>`` metrics."""
+    problems = []
+    for v in results["variants"]:
+        flat = {k: val for k, val in v["metrics"].items() if k != "per_class_iou"}
+        flat |= {f"per_class_iou/{c}": val for c, val in v["metrics"].get("per_class_iou", {}).items()}
+        for key, val in flat.items():
+            if not isinstance(val, int | float) or isinstance(val, bool) or val != val:
+                continue
+            logged = run_metrics.get(f"{v['name']}/{key}")
+            if logged is None:
+                problems.append(f"{v['name']}/{key}: not logged to the run")
+            elif not math.isclose(logged, float(val), rel_tol=REL_TOL, abs_tol=1e-12):
+                problems.append(f"{v['name']}/{key}: run metric {logged!r} != results {val!r}")
+    return problems
+
+
+def load_report_data(suite: Suite, scratch: Path, run_id: str | None = None) -> ReportData:
+    """Read the suite run (latest finished, or ``run_id``), its artifacts, and tuning trials from MLflow."""
+    from bench.suites import config_hash
+    from bench.tracking import fetch_artifact
+
+    _check_store(suite)
+    uri = suite.tracking_uri
+    parent = _parent_run(suite, run_id)
+    rid = parent["run_id"]
+    res_path = fetch_artifact(uri, rid, "results.json", scratch / rid)
+    if res_path is None:
+        raise ReportError(f"MLflow run {rid} has no results.json artifact (did the run finish?); rerun `todsynth bench run`")
+    results = json.loads(res_path.read_text())
+    stages_path = fetch_artifact(uri, rid, "stages.json", scratch / rid)
+    stages = json.loads(stages_path.read_text()) if stages_path is not None else []
+    problems = cross_check(results, parent["metrics"])
+    if problems:
+        raise ReportError(f"MLflow run {rid}: its metrics disagree with its results.json artifact: " + "; ".join(problems[:5]))
+    data = ReportData(suite=suite.name, experiment=suite.experiment, tracking_uri=uri, parent=parent, results=results,
+                      stages=stages, current_config_hash=config_hash(suite))
+    if results.get("config_hash") != data.current_config_hash:
+        data.notes.append(
+            f"The suite file's config hash is now {data.current_config_hash[:12]}; this report shows the last finished "
+            f"run, made with config {str(results.get('config_hash'))[:12]}. Rerun `todsynth bench run` to refresh it."
+        )
+    _workspace_cross_check(suite, data)
+    _load_trials(suite, data)
+    return data
+
+
+def _workspace_cross_check(suite: Suite, data: ReportData) -> None:
+    """Compare with ``<workspace>/<suite>/results.json`` when it belongs to the same run."""
+    from bench.results import read_results, results_path
+
+    path = results_path(suite)
+    if not path.is_file():
+        return
+    ws = read_results(path)
+    ws_run = ws.get("mlflow", {}).get("parent_run_id")
+    if ws_run != data.parent["run_id"]:
+        data.notes.append(f"{path} belongs to MLflow run {ws_run}, not to the reported run {data.parent['run_id']}.")
+        return
+    if _numbers(ws["variants"]) != _numbers(data.results["variants"]):
+        raise ReportError(f"{path} differs from the results.json logged to MLflow run {data.parent['run_id']}")
+
+
+def _numbers(variants: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(v["name"], json.dumps(v["metrics"], sort_keys=True)) for v in variants]
+
+
+def _load_trials(suite: Suite, data: ReportData) -> None:
+    """Trials of the latest tuning study (child runs of a ``todsynth.kind=study`` run) with FID and mask mIoU."""
+    from bench.tracking import find_children, find_runs
+
+    studies = find_runs(suite.tracking_uri, suite.experiment, "study", status=None)
+    if not studies:
+        return
+    finished = [s for s in studies if s["status"] == "FINISHED"]
+    data.study = (finished or studies)[0]
+    for run in find_children(suite.tracking_uri, data.study):
+        if run["status"] != "FINISHED":
+            continue
+        fid, miou = _trial_metric(run["metrics"], "fid"), _trial_metric(run["metrics"], "mask_miou")
+        if fid is None or miou is None:
+            continue
+        number = run["tags"].get("optuna.trial_number")
+        data.trials.append({"number": int(number) if number is not None and number.isdigit() else None,
+                            "run_id": run["run_id"], "fid": fid, "mask_miou": miou,
+                            "params": {k: v for k, v in run["params"].items() if k.startswith(("crfm.", "sampling."))}})
+    data.trials.sort(key=lambda t: (t["number"] is None, t["number"] or 0))
+
+
+def _trial_metric(metrics: dict[str, float], name: str) -> float | None:
+    """``name`` or ``<prefix>/name`` (trial runs may namespace their objective values)."""
+    if name in metrics:
+        return float(metrics[name])
+    hits = [v for k, v in metrics.items() if k.endswith("/" + name)]
+    return float(hits[0]) if len(hits) == 1 else None
+
+
+# ---------------------------------------------------------------------- table
+def metric_directions(results: dict[str, Any]) -> dict[str, bool]:
+    """Metric -> higher_is_better, from the run's metric specs, else the known direction."""
+    out = dict(KNOWN_METRICS)
+    out.update({m["name"]: bool(m["higher_is_better"]) for m in results.get("metric_specs", [])})
+    return out
+
+
+def table_columns(results: dict[str, Any]) -> list[str]:
+    """The columns with at least one numeric value, in :data:`COLUMNS` order."""
+    return [c for c in COLUMNS if any(_num(v["metrics"].get(c)) is not None for v in results["variants"])]
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and v == v else None
+
+
+def best_variants(results: dict[str, Any]) -> dict[str, set[str]]:
+    """Column -> names of the variants holding its best mean (direction from higher_is_better; ties all win)."""
+    dirs = metric_directions(results)
+    best: dict[str, set[str]] = {}
+    for col in table_columns(results):
+        vals = {v["name"]: _num(v["metrics"].get(col)) for v in results["variants"]}
+        vals = {k: x for k, x in vals.items() if x is not None}
+        if len(vals) < 2:
+            best[col] = set()
+            continue
+        target = max(vals.values()) if dirs.get(col, True) else min(vals.values())
+        winners = {k for k, x in vals.items() if x == target}
+        best[col] = winners if len(winners) < len(vals) else set()  # all equal: nobody is best
+    return best
+
+
+def _spec(v: float) -> str:
+    """Display format of a value: 4 decimals below 10, 2 below 100, 1 above; scientific for tiny values."""
+    a = abs(v)
+    if a >= 100:
+        return ".1f"
+    if a >= 10:
+        return ".2f"
+    return ".4f" if a >= 0.01 or v == 0 else ".2e"
+
+
+def fmt(v: float, std: float | None = None) -> str:
+    """``v`` at display precision, or ``v ± std`` with the std at the mean's precision."""
+    spec = _spec(v)
+    return format(v, spec) if std is None else f"{format(v, spec)} ± {format(std, spec)}"
+
+
+def table_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per variant: display cells per column (``mean`` or ``mean ± std``), best flags, FID extractor/comparable."""
+    several = len(results.get("seeds", [])) > 1
+    best = best_variants(results)
+    rows = []
+    for v in results["variants"]:
+        cells = {}
+        for col in table_columns(results):
+            mean = _num(v["metrics"].get(col))
+            std = _num(v.get("metrics_std", {}).get(col))
+            if mean is None:
+                cells[col] = {"text": "–", "best": False, "mean": None, "std": None}
+                continue
+            text = fmt(mean, std if several else None)
+            cells[col] = {"text": text, "best": v["name"] in best.get(col, set()), "mean": mean, "std": std}
+        comparable = v["metrics"].get("fid_comparable")
+        rows.append({"name": v["name"], "kind": v["kind"], "cells": cells,
+                     "extractor": v["metrics"].get("fid_extractor") or "–",
+                     "comparable": "–" if comparable is None else ("yes" if comparable else "no")})
+    return rows
+
+
+def render_csv(results: dict[str, Any]) -> str:
+    """One row per variant: every metric's mean and std as raw floats, FID extractor/comparable, per-class IoU."""
+    cols = table_columns(results)
+    classes = _classes(results)
+    header = ["variant", "kind"]
+    for c in cols:
+        header += [c, f"{c}_std"]
+    header += ["fid_extractor", "fid_comparable"] + [f"iou_{c}" for c in classes]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for v in results["variants"]:
+        m, s = v["metrics"], v.get("metrics_std", {})
+        row: list[Any] = [v["name"], v["kind"]]
+        for c in cols:
+            row += [_csv(m.get(c)), _csv(s.get(c))]
+        row += [m.get("fid_extractor", ""), "" if m.get("fid_comparable") is None else str(bool(m["fid_comparable"])).lower()]
+        row += [_csv(m.get("per_class_iou", {}).get(c)) for c in classes]
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def _csv(v: Any) -> str:
+    x = _num(v)
+    return "" if x is None else repr(x)
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _tex(text: str) -> str:
+    """Escape LaTeX's special characters."""
+    return "".join(_TEX.get(ch, ch) for ch in text)
+
+
+def render_latex(results: dict[str, Any]) -> str:
+    """A booktabs table (needs ``\\usepackage{booktabs}``): best per column bold, non-comparable FID daggered."""
+    cols = table_columns(results)
+    dirs = metric_directions(results)
+    rows = table_rows(results)
+    lines = [
+        f"% {results['suite']} (config {str(results.get('config_hash'))[:12]}), generated by `todsynth bench report`",
+        r"\begin{tabular}{l" + "r" * len(cols) + "}",
+        r"\toprule",
+        "Variant & " + " & ".join(_tex(LABELS[c]) + (r" $\uparrow$" if dirs.get(c, True) else r" $\downarrow$")
+                                  for c in cols) + r" \\",
+        r"\midrule",
+    ]
+    dagger = False
+    for r in rows:
+        cells = []
+        for c in cols:
+            cell = r["cells"][c]
+            text = cell["text"].replace(" ± ", r" $\pm$ ").replace("–", "--")
+            if cell["best"]:
+                text = r"\textbf{" + text + "}"
+            if c == "fid" and r["comparable"] == "no":
+                text += r"$^\dagger$"
+                dagger = True
+            cells.append(text)
+        lines.append(_tex(r["name"]) + " & " + " & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if dagger:
+        lines.append(r"% $^\dagger$ FID/KID from a fallback feature extractor: not comparable with Inception FID.")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- plots
+def _classes(results: dict[str, Any]) -> list[str]:
+    from todsynth.data.classes import CLASSES
+
+    seen = list(dict.fromkeys(c for v in results["variants"] for c in v["metrics"].get("per_class_iou", {})))
+    return [c for c in CLASSES if c in seen] + [c for c in seen if c not in CLASSES]
+
+
+def rectified_series(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Groups of synthetic variants differing only in ``crfm.rectified_step`` (plain = 0), each with >= 2 steps.
+
+    Returns ``[{"label", "steps": [int], "variants": [name], "miou", "miou_std", "fid", "fid_std"}]``.
+    """
+    syn = [v for v in results["variants"] if v["kind"] == "synthetic" and "crfm" in v.get("params", {})]
+    zeros: dict[str, dict[str, Any]] = {}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for v in syn:
+        skey = json.dumps(v["params"].get("sampling", {}), sort_keys=True)
+        crfm = dict(v["params"]["crfm"])
+        rs = int(crfm.pop("rectified_step"))
+        if rs == 0:
+            zeros.setdefault(skey, v)
+        else:
+            groups.setdefault((skey, json.dumps(crfm, sort_keys=True)), []).append(v)
+    series = []
+    for (skey, _), members in groups.items():
+        points: dict[int, dict[str, Any]] = {}
+        for v in members:
+            points.setdefault(int(v["params"]["crfm"]["rectified_step"]), v)
+        if skey in zeros:
+            points.setdefault(0, zeros[skey])
+        if len(points) < 2:
+            continue
+        steps = sorted(points)
+        first = members[0]["params"]["crfm"]
+        label = f"{first['step_scheme']}, alpha_max={first['max_step_size']:g}"
+        series.append({
+            "label": label, "steps": steps, "variants": [points[s]["name"] for s in steps],
+            **{f"{k}{suffix}": [_num(points[s][src].get(m)) for s in steps]
+               for k, m in (("miou", "downstream_miou"), ("fid", "fid"))
+               for suffix, src in (("", "metrics"), ("_std", "metrics_std"))},
+        })
+    labels = [s["label"] for s in series]
+    for s in series:
+        if labels.count(s["label"]) > 1:
+            s["label"] += f" ({s['variants'][-1]})"
+    return series
+
+
+def plot_rectified_steps(series: list[dict[str, Any]], num_steps: int | None, path: Path) -> Path:
+    """Downstream mIoU (left axis, solid) and FID (right axis, dashed) against rectified steps, like the paper."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2 + 0.15 * len(series)), dpi=110)
+    ax2 = ax.twinx()
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, s in enumerate(series):
+        c = colours[i % len(colours)]
+        ax.errorbar(s["steps"], _nan(s["miou"]), yerr=_nan(s["miou_std"]), color=c, marker="o", capsize=3,
+                    label=f"mIoU – {s['label']}")
+        ax2.errorbar(s["steps"], _nan(s["fid"]), yerr=_nan(s["fid_std"]), color=c, marker="s", linestyle="--",
+                     capsize=3, label=f"FID – {s['label']}")
+        for x, y, name in zip(s["steps"], _nan(s["miou"]), s["variants"], strict=True):
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=c)
+    steps = sorted({x for s in series for x in s["steps"]})
+    ax.set_xticks(steps)
+    ax.set_xlabel("rectified steps" + (f" (of {num_steps})" if num_steps else ""))
+    ax.set_ylabel("downstream mIoU (↑)")
+    ax2.set_ylabel("FID (↓)")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    ax.grid(alpha=0.3)
+    ax.set_title("Downstream mIoU and FID vs CRFM rectified steps")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _nan(values: list[float | None]) -> list[float]:
+    return [float("nan") if v is None else v for v in values]
+
+
+def pareto_front(points: list[tuple[float, ...]], higher_is_better: tuple[bool, ...]) -> list[int]:
+    """Indices of the non-dominated points (ties kept), in input order."""
+    if any(len(p) != len(higher_is_better) for p in points):
+        raise ValueError(f"every point needs {len(higher_is_better)} values (one per direction)")
+    signed = [tuple(x if hi else -x for x, hi in zip(p, higher_is_better, strict=True)) for p in points]
+
+    def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        return all(x >= y for x, y in zip(a, b, strict=True)) and any(x > y for x, y in zip(a, b, strict=True))
+
+    return [i for i, p in enumerate(signed) if not any(dominates(q, p) for j, q in enumerate(signed) if j != i)]
+
+
+def plot_pareto(trials: list[dict[str, Any]], front: list[int], variants: list[dict[str, Any]], path: Path) -> Path:
+    """FID (x, lower is better) vs mask mIoU (y, higher is better) of tuning trials; the Pareto front in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    ax.scatter([t["fid"] for t in trials], [t["mask_miou"] for t in trials], c="#8a8a8a", s=28, label="trials")
+    pf = sorted((trials[i] for i in front), key=lambda t: t["fid"])
+    ax.plot([t["fid"] for t in pf], [t["mask_miou"] for t in pf], "o-", color="#d62728", ms=7, label="Pareto front")
+    for t in trials:
+        if t["number"] is not None:
+            ax.annotate(str(t["number"]), (t["fid"], t["mask_miou"]), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    refs = [v for v in variants if _num(v["metrics"].get("fid")) is not None and _num(v["metrics"].get("mask_miou")) is not None]
+    if refs:
+        ax.scatter([v["metrics"]["fid"] for v in refs], [v["metrics"]["mask_miou"] for v in refs], marker="*", s=120,
+                   c="#1f77b4", label="suite variants", zorder=3)
+        for v in refs:
+            ax.annotate(v["name"], (v["metrics"]["fid"], v["metrics"]["mask_miou"]), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7, color="#1f77b4")
+    ax.set_xlabel("FID (↓)")
+    ax.set_ylabel("mask mIoU (evaluator, ↑)")
+    ax.set_title("Tuning trials: FID vs mask mIoU")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_per_class(results: dict[str, Any], path: Path) -> Path | None:
+    """Grouped bars: downstream IoU per class, one bar per variant (std as error bars); None without per-class data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    classes = _classes(results)
+    variants = [v for v in results["variants"] if v["metrics"].get("per_class_iou")]
+    if not classes or not variants:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(classes)), 4.0), dpi=110)
+    width = 0.8 / len(variants)
+    x = np.arange(len(classes))
+    for i, v in enumerate(variants):
+        iou = v["metrics"]["per_class_iou"]
+        std = v.get("metrics_std", {}).get("per_class_iou", {})
+        ax.bar(x + (i - (len(variants) - 1) / 2) * width, _nan([_num(iou.get(c)) for c in classes]), width,
+               yerr=_nan([_num(std.get(c)) for c in classes]), capsize=2, label=v["name"])
+    ax.set_xticks(x, classes, rotation=20)
+    ax.set_ylabel("downstream IoU")
+    ax.set_ylim(0, 1)
+    ax.set_title("Per-class IoU of the downstream model")
+    ax.legend(fontsize=8, ncol=min(4, len(variants)))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------- image grid
+def _synth_variant(key: str) -> tuple[str, int] | None:
+    """``synthesize[crfm,seed=0]`` -> ("crfm", 0)."""
+    if not key.startswith("synthesize[") or not key.endswith("]"):
+        return None
+    name, _, seed = key[len("synthesize["):-1].rpartition(",seed=")
+    return (name, int(seed)) if name and seed.lstrip("-").isdigit() else None
+
+
+def _stage(suite: Suite, row: dict[str, Any]) -> Any:
+    """The finished cache entry of a stages.json row (by workspace + hash; the logged dir as a fallback)."""
+    from bench.cache import StageCache
+
+    cached = StageCache(suite.workspace).lookup(row["stage"], row["hash"])
+    if cached is None and row.get("dir") and Path(row["dir"], "done.json").is_file():
+        from bench.cache import CachedStage
+
+        cached = CachedStage(Path(row["dir"]), json.loads(Path(row["dir"], "done.json").read_text()))
+    return cached
+
+
+def grid_columns(suite: Suite, data: ReportData) -> tuple[int | None, list[tuple[str, Path]]]:
+    """(seed, [(variant, first manifest.json of its synthesize stage)]) for the first seed: plain first."""
+    found: dict[int, dict[str, Path]] = {}
+    for row in data.stages:
+        parsed = _synth_variant(row.get("key", ""))
+        if parsed is None:
+            continue
+        cached = _stage(suite, row)
+        copies = cached.artifacts.get("copies") if cached is not None else None
+        if not copies:
+            continue
+        manifest = cached.dir / str(copies[0]) / "manifest.json"
+        if manifest.is_file():
+            found.setdefault(parsed[1], {})[parsed[0]] = manifest
+    if not found:
+        return None, []
+    seed = min(found)
+    order = {v["name"]: i for i, v in enumerate(data.results["variants"])}
+    rs = {v["name"]: v.get("params", {}).get("crfm", {}).get("rectified_step", 0) for v in data.results["variants"]}
+    names = sorted(found[seed], key=lambda n: (rs.get(n, 0) != 0, order.get(n, 1 << 30)))
+    return seed, [(n, found[seed][n]) for n in names]
+
+
+def _real_image(entry: dict[str, Any], suite: Suite, data: ReportData) -> Path | None:
+    """The real image of a manifest entry: beside its source mask (LoveDA layout), else in the data stage."""
+    from todsynth.data.loveda import IMAGES_DIR
+
+    src = Path(entry.get("source_mask", ""))
+    candidate = src.parent.parent / IMAGES_DIR / src.name
+    if candidate.is_file():
+        return candidate
+    for row in data.stages:
+        if row.get("stage") == "data":
+            cached = _stage(suite, row)
+            if cached is not None and "root" in cached.artifacts:
+                from bench.stages import artifact_path
+
+                p = artifact_path(cached, "root") / "Train" / entry["domain"] / IMAGES_DIR / f"{entry['id']}.png"
+                if p.is_file():
+                    return p
+    return None
+
+
+def image_grid(suite: Suite, data: ReportData, path: Path, n_rows: int = GRID_ROWS) -> tuple[Path, list[str]] | None:
+    """PNG grid: per row the mask (palette colours), the real image, then each variant's sample (same seed).
+
+    Returns (path, column headers) or None when no synthesize stage output is on disk.
+    """
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from todsynth.data.classes import colorize, reduce_labels
+
+    seed, columns = grid_columns(suite, data)
+    if not columns:
+        return None
+    manifests = {n: json.loads(p.read_text()) for n, p in columns}
+    by_id = {n: {(e["domain"], e["id"]): e for e in m["images"]} for n, m in manifests.items()}
+    first = columns[0][0]
+    ids = [k for k in (((e["domain"], e["id"]) for e in manifests[first]["images"])) if all(k in b for b in by_id.values())]
+    ids = ids[:n_rows]
+    if not ids:
+        return None
+    headers = ["mask", "real"] + [n for n, _ in columns]
+
+    def cell(arr: Any) -> Any:
+        img = Image.fromarray(arr).convert("RGB")
+        scale = max(1, math.ceil(GRID_CELL / max(img.size)))
+        return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
+
+    rows = []
+    for key in ids:
+        e0 = by_id[first][key]
+        root0 = columns[0][1].parent
+        mask = colorize(reduce_labels(np.asarray(Image.open(root0 / e0["mask"]))))
+        real_path = _real_image(e0, suite, data)
+        real = np.asarray(Image.open(real_path).convert("RGB")) if real_path else np.zeros_like(mask)
+        cells = [cell(mask), cell(real)]
+        for name, manifest_path in columns:
+            cells.append(cell(np.asarray(Image.open(manifest_path.parent / by_id[name][key]["image"]).convert("RGB"))))
+        rows.append(cells)
+    cw = max(c.width for r in rows for c in r)
+    ch = max(c.height for r in rows for c in r)
+    pad, head = 4, 18
+    canvas = Image.new("RGB", (len(headers) * (cw + pad) + pad, head + len(rows) * (ch + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, h in enumerate(headers):
+        draw.text((pad + j * (cw + pad) + 2, 3), h[: max(4, cw // 6)], fill="black")
+    for i, r in enumerate(rows):
+        for j, c in enumerate(r):
+            canvas.paste(c, (pad + j * (cw + pad), head + i * (ch + pad)))
+    canvas.save(path)
+    data.notes.append(
+        f"Samples: seed {seed}, ids {', '.join(f'{d}/{i}' for d, i in ids)}; every variant's image of an id comes from "
+        "the same initial noise (per-sample seeds depend on the run seed and the id only)."
+    )
+    return path, headers
+
+
+def _logged_grids(data: ReportData, dst: Path) -> dict[str, Path]:
+    """Fallback: the ``grid.png`` artifacts of the synthesize child runs (first seed), by variant."""
+    from bench.tracking import fetch_artifact
+
+    out: dict[str, Path] = {}
+    for row in data.stages:
+        parsed = _synth_variant(row.get("key", ""))
+        if parsed is None or not row.get("mlflow_run_id") or parsed[0] in out:
+            continue
+        got = fetch_artifact(data.tracking_uri, row["mlflow_run_id"], "grid.png", dst / row["mlflow_run_id"])
+        if got is not None:
+            out[parsed[0]] = got
+    return out
+
+
+# ---------------------------------------------------------------------- provenance
+def provenance_rows(data: ReportData) -> list[tuple[str, str]]:
+    """(label, value) pairs from the parent run's tags/params and the results' provenance."""
+    import datetime as dt
+
+    tags, params = data.parent["tags"], data.parent["params"]
+    prov = data.results.get("provenance", {})
+    start = data.parent.get("start_time")
+    date = dt.datetime.fromtimestamp(start / 1000, dt.UTC).isoformat(timespec="seconds") if start else prov.get("date", "?")
+    device = tags.get("todsynth.device") or params.get("resources.device", "?")
+    if "todsynth.device" not in tags and device == "auto":
+        device = "auto (cuda when visible, else cpu; the resolved device was not recorded)"
+    gpus = params.get("resources.gpus")
+    versions = {k.removeprefix("todsynth.version."): v for k, v in sorted(tags.items()) if k.startswith("todsynth.version.")}
+    return [
+        ("suite", f"{data.suite} v{tags.get('todsynth.suite_version', data.results.get('suite_version', '?'))}"),
+        ("config hash", tags.get("todsynth.config_hash", str(data.results.get("config_hash")))),
+        ("git commit", tags.get("todsynth.git_commit", str(prov.get("git_commit", "?")))),
+        ("date (run start, UTC)", date),
+        ("device", f"{device}" + (f", gpus={gpus}" if gpus else "")),
+        ("seeds", ", ".join(str(s) for s in data.results.get("seeds", []))),
+        ("python / platform", f"{prov.get('python', '?')} / {prov.get('platform', '?')}"),
+        ("MLflow", f"run {data.parent['run_id']} ({data.parent.get('run_name')}) in experiment {data.experiment}, "
+                   f"{data.tracking_uri}"),
+        ("packages", ", ".join(f"{k} {v}" for k, v in versions.items()) or "?"),
+    ]
+
+
+# ---------------------------------------------------------------------- rendering
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _env() -> Any:
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=jinja2.select_autoescape(["html"]),
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                              keep_trailing_newline=True)
+
+
+def write_report(suite: Suite, out_dir: Path | None = None, run_id: str | None = None) -> Path:
+    """Build the report of ``suite``'s latest finished run (or ``run_id``) into ``out_dir`` (default ``reports/<suite>``).
+
+    Written to a temp dir beside ``out_dir`` and swapped into place; returns ``out_dir``.
+    """
+    out = Path(out_dir) if out_dir is not None else Path("reports") / suite.name
+    out = out.absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        with tempfile.TemporaryDirectory(prefix="todsynth-report-") as scratch:
+            _render_into(suite, tmp, Path(scratch), run_id)
+        _swap(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _swap(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by ``tmp`` (rename; the old report is moved aside first, then deleted)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _render_into(suite: Suite, out: Path, scratch: Path, run_id: str | None) -> None:
+    data = load_report_data(suite, scratch, run_id)
+    results = data.results
+    figures: list[dict[str, str]] = []
+
+    series = rectified_series(results)
+    steps = {v["params"]["sampling"]["num_inference_steps"] for v in results["variants"] if "sampling" in v.get("params", {})}
+    if series:
+        plot_rectified_steps(series, steps.pop() if len(steps) == 1 else None, out / "rectified_steps.png")
+        figures.append({"file": "rectified_steps.png", "title": "Downstream mIoU and FID vs rectified steps",
+                        "caption": "Synthetic variants that differ only in crfm.rectified_step (plain sampling = 0 "
+                                   "steps). Solid: downstream mIoU (left axis, higher is better); dashed: FID (right "
+                                   "axis, lower is better). The paper's LoveDA/FUSU ablation shows the two optima differ."})
+    else:
+        data.notes.append("No rectified-steps plot: the suite has no two synthetic variants that differ only in "
+                          "crfm.rectified_step (add e.g. a matrix over crfm.rectified_step: [0, 2, 4, 6]).")
+    if plot_per_class(results, out / "per_class_iou.png") is not None:
+        figures.append({"file": "per_class_iou.png", "title": "Per-class IoU (downstream)",
+                        "caption": "IoU of each LoveDA class on the real validation set, for the segmentation model "
+                                   "trained on each variant's data (error bars: std over seeds)."})
+    front: list[int] = []
+    if data.trials:
+        front = pareto_front([(t["fid"], t["mask_miou"]) for t in data.trials], (False, True))
+        plot_pareto(data.trials, front, results["variants"], out / "pareto.png")
+        figures.append({"file": "pareto.png", "title": "Tuning: FID vs mask mIoU",
+                        "caption": f"{len(data.trials)} finished trials of study "
+                                   f"{data.study['tags'].get('optuna.study', data.study['run_name']) if data.study else '?'}; "
+                                   "red: the Pareto front (no other trial has both lower FID and higher mask mIoU); "
+                                   "stars: the suite's variants."})
+    else:
+        data.notes.append("No tuning trials in MLflow for this suite (run `todsynth bench tune` to add the FID vs "
+                          "mask-mIoU Pareto plot).")
+    grid = image_grid(suite, data, out / "samples.png")
+    grids: list[dict[str, str]] = []
+    if grid is None:
+        for name, p in _logged_grids(data, scratch / "grids").items():
+            dst = out / f"grid_{name}.png"
+            shutil.copy(p, dst)
+            grids.append({"file": dst.name, "variant": name})
+        if not grids:
+            data.notes.append("No sample images found (synthesize stage outputs are gone from the workspace cache "
+                              "and no grid artifacts were logged).")
+
+    rows = table_rows(results)
+    cols = table_columns(results)
+    dirs = metric_directions(results)
+    context = {
+        "suite": data.suite, "description": _description(data), "results": results, "rows": rows,
+        "columns": [{"key": c, "label": LABELS[c], "arrow": "↑" if dirs.get(c, True) else "↓"} for c in cols],
+        "several_seeds": len(results.get("seeds", [])) > 1, "figures": figures, "grid": grid is not None,
+        "grid_headers": grid[1] if grid else [], "grids": grids, "notes": data.notes,
+        "provenance": provenance_rows(data),
+        "non_comparable": any(r["comparable"] == "no" for r in rows),
+        "pareto": [data.trials[i] for i in front], "n_trials": len(data.trials),
+        "study": data.study["tags"].get("optuna.study", data.study["run_name"]) if data.study else None,
+    }
+    env = _env()
+    (out / "results.csv").write_text(render_csv(results))
+    (out / "results.tex").write_text(render_latex(results))
+    (out / "report.md").write_text(env.get_template("report.md.j2").render(**context, uri=lambda f: f))
+    (out / "index.html").write_text(env.get_template("report.html.j2").render(**context, uri=lambda f: _data_uri(out / f)))
+
+
+def _description(data: ReportData) -> str:
+    return str(data.parent["params"].get("description", "")).strip()

@@ -1,0 +1,235 @@
+"""`bench report`: files from a harness run read back through MLflow; numbers equal results.json's."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.engine import run_suite
+from bench.report import (
+    ReportError,
+    best_variants,
+    fmt,
+    pareto_front,
+    rectified_series,
+    render_latex,
+    write_report,
+)
+from bench.suites import validate_data
+
+
+def report_stages(fake_stages):
+    """The harness's fake stages, with a data stage writing real procedural scenes and a synthesize stage
+    writing the real on-disk layout (``copy-<r>/manifest.json`` + LoveDA-layout PNGs), so images can be found."""
+    fns, calls = fake_stages
+
+    def data(spec, inputs, out_dir):
+        from todsynth.data.procedural import generate_dataset
+
+        calls.append("data")
+        root = generate_dataset(out_dir / "data", 4, 2, 32, 0)
+        return {"root": root}
+
+    def synthesize(spec, inputs, out_dir):
+        from todsynth.data.classes import colorize, reduce_labels
+        from todsynth.data.loveda import list_samples
+
+        calls.append("synthesize")
+        rs = (spec["crfm"] or {}).get("rectified_step", 0)
+        root = inputs["data"].dir / inputs["data"].artifacts["root"]
+        copy = out_dir / "copy-0"
+        entries = []
+        for s in list_samples(root, "Train"):
+            mask = np.asarray(Image.open(s.mask_path))
+            rgb = colorize(reduce_labels(mask)).astype(np.int16)
+            img = np.clip(rgb // 2 + 30 * rs + np.random.default_rng(int(s.id)).integers(0, 40, rgb.shape), 0, 255)
+            base = copy / "Train" / s.domain
+            (base / "images_png").mkdir(parents=True, exist_ok=True)
+            (base / "masks_png").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.astype(np.uint8)).save(base / "images_png" / f"{s.id}.png")
+            Image.fromarray(mask).save(base / "masks_png" / f"{s.id}.png")
+            entries.append({"id": s.id, "domain": s.domain, "image": f"Train/{s.domain}/images_png/{s.id}.png",
+                            "mask": f"Train/{s.domain}/masks_png/{s.id}.png", "source_mask": str(s.mask_path)})
+        (copy / "manifest.json").write_text(json.dumps({"images": entries}))
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(out_dir / "grid.png")
+        return {"copies": [copy], "metrics": {"seconds_per_image": 0.5 + 0.1 * rs}, "mlflow_artifacts": ["grid.png"]}
+
+    return {**fns, "data": data, "synthesize": synthesize}
+
+
+@pytest.fixture
+def ran(tiny_suite_data, bench_workspace, fake_stages):
+    """A finished 2-seed run of a 4-variant suite (plain, crfm at 1 and 2 steps, a real-only baseline)."""
+    data = {**tiny_suite_data, "seeds": [0, 1], "workspace": str(bench_workspace)}
+    data["variants"] = [*data["variants"], {"name": "crfm-rs1", "crfm": {"rectified_step": 1}}]
+    suite = validate_data(data, "test")
+    outcome = run_suite(suite, stage_fns=report_stages(fake_stages), stage_versions={}, progress=False)
+    return suite, outcome
+
+
+def _md_table(md: str) -> dict[str, dict[str, str]]:
+    lines = md[md.index("## Results"):].splitlines()
+    rows = [ln for ln in lines if ln.startswith("|")]
+    header = [c.strip() for c in rows[0].strip("|").split("|")]
+    out = {}
+    for ln in rows[2:]:
+        cells = [c.strip().strip("*") for c in ln.strip("|").split("|")]
+        if len(cells) != len(header):
+            break
+        out[cells[0]] = dict(zip(header, cells, strict=True))
+    return out
+
+
+def test_report_files_and_numbers_equal_results(ran, tmp_path):
+    suite, outcome = ran
+    results = json.loads(outcome.results_file.read_text())
+    out = write_report(suite, tmp_path / "report")
+    names = {p.name for p in out.iterdir()}
+    assert {"report.md", "index.html", "results.csv", "results.tex", "rectified_steps.png", "per_class_iou.png",
+            "samples.png"} <= names
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # temp dirs swapped away
+
+    # CSV: raw floats equal results.json exactly
+    rows = {r["variant"]: r for r in csv.DictReader(io.StringIO((out / "results.csv").read_text()))}
+    assert list(rows) == [v["name"] for v in results["variants"]]
+    for v in results["variants"]:
+        for key in ("downstream_miou", "downstream_oa", "downstream_macc", "fid", "kid", "mask_miou"):
+            if key in v["metrics"]:
+                assert float(rows[v["name"]][key]) == v["metrics"][key]
+                assert float(rows[v["name"]][f"{key}_std"]) == v["metrics_std"][key]
+            else:
+                assert rows[v["name"]][key] == ""
+        for cls, iou in v["metrics"]["per_class_iou"].items():
+            assert float(rows[v["name"]][f"iou_{cls}"]) == iou
+    assert rows["crfm"]["fid_comparable"] == "false" and rows["crfm"]["fid_extractor"] == "evaluator"
+
+    # Markdown: every cell is the formatted mean ± std of results.json; best per column in bold
+    md = (out / "report.md").read_text()
+    table = _md_table(md)
+    best = best_variants(results)
+    for v in results["variants"]:
+        cells = table[v["name"]]
+        m, s = v["metrics"], v["metrics_std"]
+        assert cells["mIoU ↑"] == fmt(m["downstream_miou"], s["downstream_miou"])
+        shown_mean, shown_std = (float(x) for x in cells["mIoU ↑"].split(" ± "))
+        assert abs(shown_mean - m["downstream_miou"]) <= 5e-5 and abs(shown_std - s["downstream_miou"]) <= 5e-5
+        assert cells["mAcc ↑"] == fmt(m["downstream_macc"], s["downstream_macc"])
+        if v["kind"] == "synthetic":
+            assert cells["FID ↓"] == fmt(m["fid"], s["fid"])
+            assert cells["comparable"] == "no" and cells["FID extractor"] == "evaluator"
+        else:
+            assert cells["FID ↓"] == "–"
+    line = next(ln for ln in md.splitlines() if ln.startswith("| crfm |"))
+    assert f"**{table['crfm']['FID ↓']}**" in line  # fid 100 - 3*rs: crfm (rs=2) is best (lowest)
+    assert best["fid"] == {"crfm"} and best["downstream_miou"] == {"crfm"} and best["seconds_per_image"] == {"plain"}
+    assert best["kid"] == set()  # every variant has kid 0.1: a tie of all is nobody's win
+    assert f"**{fmt(0.1, 0.0)}**" not in md
+    assert "MLflow" in md and outcome.parent_run_id in md and results["config_hash"] in md
+
+    # HTML: same numbers, images embedded
+    html = (out / "index.html").read_text()
+    for v in results["variants"]:
+        assert f'data-variant="{v["name"]}"' in html
+        assert fmt(v['metrics']['downstream_miou'], v['metrics_std']['downstream_miou']) in html
+    srcs = re.findall(r'<img src="([^"]+)"', html)
+    assert len(srcs) == 3 and all(s.startswith("data:image/png;base64,") for s in srcs)
+
+    # LaTeX: booktabs, escaped names, best bold, non-comparable FID daggered
+    tex = (out / "results.tex").read_text()
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    assert r"real-only &" in tex and r"\textbf{" + fmt(results["variants"][2]["metrics"]["fid"]) in tex
+    assert r"$^\dagger$" in tex
+
+
+def test_image_grid_rows_and_columns(ran, tmp_path):
+    suite, _ = ran
+    out = write_report(suite, tmp_path / "r")
+    grid = np.asarray(Image.open(out / "samples.png").convert("RGB"))
+    # 4 columns of 128 px cells (mask, real, plain, crfm-rs1, crfm = 5) and up to 4 rows, with padding + header
+    assert grid.shape[1] == 5 * (128 + 4) + 4
+    assert grid.shape[0] == 18 + 4 * (128 + 4) + 4
+    md = (out / "report.md").read_text()
+    assert "Columns: mask, real, plain, crfm, crfm-rs1" in md
+    # the plain and CRFM columns differ (the fake CRFM shifts brightness with rectified_step)
+    cell = lambda j: grid[18:18 + 128, 4 + j * 132: 4 + j * 132 + 128]  # noqa: E731
+    assert not np.array_equal(cell(2), cell(3))
+    # the mask column uses the LoveDA palette only (plus black no-data)
+    from todsynth.data.classes import PALETTE
+
+    colours = {tuple(c) for c in cell(0).reshape(-1, 3)}
+    assert colours <= set(PALETTE) | {(0, 0, 0)}
+
+
+def test_rerun_report_replaces_old_one(ran, tmp_path):
+    suite, _ = ran
+    out = tmp_path / "r"
+    write_report(suite, out)
+    (out / "stale.txt").write_text("old")
+    write_report(suite, out)
+    assert not (out / "stale.txt").exists() and (out / "report.md").is_file()
+
+
+def test_report_latest_run_and_workspace_cross_check(ran, tmp_path):
+    suite, outcome = ran
+    out = write_report(suite, tmp_path / "r", run_id=outcome.parent_run_id)
+    assert outcome.parent_run_id in (out / "report.md").read_text()
+    # tamper with the workspace copy: the report refuses to disagree with MLflow
+    results = json.loads(outcome.results_file.read_text())
+    results["variants"][0]["metrics"]["downstream_miou"] += 0.01
+    outcome.results_file.write_text(json.dumps(results))
+    with pytest.raises(ReportError, match="differs from the results.json logged"):
+        write_report(suite, tmp_path / "r2")
+    assert not (tmp_path / "r2").exists()
+
+
+def test_report_errors(tiny_suite_data, tmp_path, bench_workspace):
+    empty = validate_data({**tiny_suite_data, "workspace": str(tmp_path / "nothing")}, "test")
+    with pytest.raises(ReportError, match="no MLflow store"):
+        write_report(empty, tmp_path / "r")
+    assert not (tmp_path / "nothing").exists()  # no DB created by looking
+    never_ran = validate_data({**tiny_suite_data, "workspace": str(bench_workspace)}, "test")
+    with pytest.raises(ReportError, match="no finished `bench run`"):
+        write_report(never_ran, tmp_path / "r")
+    with pytest.raises(ReportError, match="no such MLflow run"):
+        write_report(never_ran, tmp_path / "r", run_id="0123456789abcdef")
+
+
+def test_pareto_front():
+    pts = [(10.0, 0.5), (8.0, 0.4), (12.0, 0.6), (11.0, 0.45), (8.0, 0.4)]
+    # fid min, miou max: (11, .45) is dominated by (10, .5); duplicates both stay
+    assert pareto_front(pts, (False, True)) == [0, 1, 2, 4]
+    assert pareto_front(pts, (True, True)) == [2]
+    with pytest.raises(ValueError, match="2 values"):
+        pareto_front([(1.0,)], (False, True))
+
+
+def test_rectified_series_groups_by_everything_but_the_step():
+    def var(name, rs, scheme="LD", kind="synthetic"):
+        return {"name": name, "kind": kind, "params": {"sampling": {"num_inference_steps": 8},
+                                                       "crfm": {"rectified_step": rs, "step_scheme": scheme,
+                                                                "max_step_size": 0.1}},
+                "metrics": {"downstream_miou": 0.5 + rs / 100, "fid": 30.0 + rs}, "metrics_std": {}}
+
+    results = {"variants": [{"name": "real-only", "kind": "baseline", "params": {}, "metrics": {}},
+                            var("plain", 0), var("rs4", 4), var("rs2", 2), var("c4", 4, "C")]}
+    series = rectified_series(results)
+    assert [s["steps"] for s in series] == [[0, 2, 4], [0, 4]]
+    assert series[0]["variants"] == ["plain", "rs2", "rs4"] and series[0]["fid"] == [30.0, 32.0, 34.0]
+    assert series[1]["label"].startswith("C,")
+    assert rectified_series({"variants": [var("plain", 0), var("c4", 4, "C")][:1]}) == []
+
+
+def test_latex_escapes_and_marks():
+    results = {"suite": "s", "config_hash": "abc", "seeds": [0], "metric_specs": [],
+               "variants": [{"name": "a_b&c", "kind": "synthetic", "metrics": {"fid": 10.0, "fid_comparable": True},
+                             "metrics_std": {}},
+                            {"name": "d", "kind": "synthetic", "metrics": {"fid": 12.0, "fid_comparable": True},
+                             "metrics_std": {}}]}
+    tex = render_latex(results)
+    assert r"a\_b\&c & \textbf{10.00} \\" in tex and r"d & 12.00 \\" in tex and "dagger" not in tex
