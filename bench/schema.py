@@ -218,7 +218,7 @@ class Sampling(Strict):
 
     num_inference_steps: PositiveInt = 28
     shift: PositiveFloat | None = None
-    guidance_scale: float = Field(1.0, ge=0.0)
+    guidance_scale: float = Field(1.0, ge=1.0)
     batch_size: PositiveInt = 4
 
 
@@ -242,7 +242,7 @@ class SamplingOverride(Strict):
 
     num_inference_steps: PositiveInt | None = None
     shift: PositiveFloat | None = None
-    guidance_scale: float | None = Field(None, ge=0.0)
+    guidance_scale: float | None = Field(None, ge=1.0)
     batch_size: PositiveInt | None = None
 
 
@@ -449,16 +449,22 @@ class Constraint(Strict):
             raise ValueError(f"min {self.min:g} > max {self.max:g}")
         return self
 
+    def bound_names(self) -> dict[str, str]:
+        """``{"max": "fid<=plain+5", "min": ...}`` for the bounds given: keys of Optuna constraint values."""
+        def bound(v: float) -> str:
+            return f"{self.relative_to}{v:+g}" if self.relative_to else f"{v:g}"
+
+        out = {}
+        if self.min is not None:
+            out["min"] = f"{self.metric}>={bound(self.min)}"
+        if self.max is not None:
+            out["max"] = f"{self.metric}<={bound(self.max)}"
+        return out
+
     @property
     def name(self) -> str:
-        """A readable key (``fid<=plain+5``) used for Optuna constraint values and MLflow metrics."""
-        ref = f"{self.relative_to}+" if self.relative_to else ""
-        parts = []
-        if self.min is not None:
-            parts.append(f"{self.metric}>={ref}{self.min:g}")
-        if self.max is not None:
-            parts.append(f"{self.metric}<={ref}{self.max:g}")
-        return ",".join(parts)
+        """A readable name (``fid<=plain+5``; both bounds comma-separated)."""
+        return ",".join(self.bound_names().values())
 
 
 class Tune(Strict):
@@ -750,9 +756,13 @@ def _preset_problems(gen: GeneratorSpec) -> list[str]:
     if "source" in gen.overrides:
         return ["generator.overrides.source: set generator.sd3_dir (or $TODSYNTH_SD3_DIR) instead"]
     try:
-        resolve_preset(gen.preset, gen.overrides)
+        preset = resolve_preset(gen.preset, gen.overrides)
     except ConfigError as exc:
         return [f"generator.overrides: {exc}"]
+    kind = (preset.get("text") or {}).get("kind")
+    if kind is not None and gen.text_encoder != kind:
+        return [f"generator.text_encoder: {gen.text_encoder} does not match preset {gen.preset}'s text encoder {kind} "
+                "(the transformer's text widths come from the preset)"]
     return []
 
 
