@@ -349,6 +349,50 @@ def bench_run(
     )
 
 
+@bench_app.command("tune")
+def bench_tune(
+    suite: Annotated[Path, typer.Argument(help="Suite YAML with a `tune:` section (e.g. suites/loveda.yaml).")],
+    trials: Annotated[Optional[int], typer.Option("--trials", "-n", help="Total COMPLETE trials of the study (default tune.n_trials); a rerun adds the missing ones.")] = None,
+    workers: Annotated[int, typer.Option("--workers", "-j", help="Local worker processes sharing the study.")] = 1,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna storage URL (postgresql+psycopg2://..., sqlite:///...); default: <workspace>/<suite>/optuna.journal.")] = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="Study name (default: the suite name).")] = None,
+    sampler: Annotated[Optional[str], typer.Option("--sampler", help="tpe | gp | random | grid | nsga2 (default tune.sampler).")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI, e.g. http://host:5000 of a shared server (default: the suite's).")] = None,
+    workspace: WorkspaceOpt = None,
+    set_: SetOpt = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="Plain output, no progress bars.")] = False,
+) -> None:
+    """Optuna study over the suite's tune.search_space; each trial runs synthesize -> evaluate [-> downstream]."""
+    from bench.engine import preflight
+    from bench.suites import SuiteError, load_suite
+    from bench.tune import TuneOptions, summary_tables, tune_suite
+
+    sets = list(set_ or [])
+    if tracking_uri:
+        sets.append(f"tracking.uri={tracking_uri}")
+    if sampler is not None and sampler not in ("tpe", "gp", "random", "grid", "nsga2"):
+        fail(f"--sampler {sampler!r}: choose tpe, gp, random, grid or nsga2")
+    try:
+        s = load_suite(suite, sets, workspace)
+        preflight(s)
+    except SuiteError as exc:
+        _suite_problems(exc)
+    if s.tune is None:
+        fail(f"{suite}: the suite has no `tune:` section (add tune.search_space and tune.objectives)")
+    opts = TuneOptions(trials=trials, workers=workers, storage=storage, study=study, sampler=sampler,
+                       progress=not no_progress)
+    outcome = tune_suite(s, opts, console=err_console)
+    for table in summary_tables(outcome.summary):
+        console.print(table)
+    summ = outcome.summary
+    console.print(
+        f"study {summ['study']}: {summ['n_complete']} complete, {summ['n_fail']} failed, {outcome.seconds:.1f}s; "
+        f"tune.json: {outcome.path}; storage {summ['storage']}; MLflow run {summ['mlflow']['parent_run_id']} in "
+        f"{summ['mlflow']['tracking_uri']}",
+        highlight=False, soft_wrap=True,
+    )
+
+
 @bench_app.command("ls")
 def bench_ls(workspace: Annotated[Path, typer.Option("--workspace", "-w", help="Workspace dir.")] = Path("runs")) -> None:
     """Suites run in a workspace, with their invocations and last status."""
