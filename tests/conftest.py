@@ -20,6 +20,15 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
+def procedural_root(tmp_path_factory: pytest.TempPathFactory):
+    """Seeded 32 px procedural LoveDA tree (Train 8 = 4 Urban + 4 Rural, Val 4), written once. Read-only:
+    copy it (``shutil.copytree``) before modifying."""
+    from todsynth.data.procedural import generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("procedural") / "loveda", n_train=8, n_val=4, size=32, seed=0)
+
+
+@pytest.fixture(scope="session")
 def mlflow_db_template(tmp_path_factory: pytest.TempPathFactory):
     """A migrated, empty MLflow sqlite DB, created once per session (alembic takes ~9 s on 2 cores)."""
     from mlflow.tracking import MlflowClient
