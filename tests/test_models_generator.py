@@ -1,0 +1,166 @@
+"""Presets, build/save/load of the generator, and the SD3.5 local-directory code path on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+from todsynth.errors import ConfigError, WeightsNotFoundError
+from todsynth.models.generator import build_generator, load_generator, save_generator
+from todsynth.models.mmdit import is_text_stream
+from todsynth.models.presets import PRESETS, resolve_preset
+
+
+def velocity(gen, seed: int = 0) -> torch.Tensor:  # noqa: ANN001
+    c, h, w = gen.latent_shape
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, c, h, w, generator=g)
+    mask = torch.randint(0, gen.num_classes, (2, gen.image_size, gen.image_size), generator=g)
+    cfg = gen.transformer.config
+    e = torch.randn(2, 7, cfg.joint_attention_dim, generator=g)
+    p = torch.randn(2, cfg.pooled_projection_dim, generator=g)
+    with torch.no_grad():
+        return gen.transformer(x, gen.encode_mask(mask), torch.tensor([700.0, 50.0]), e, p)
+
+
+# ------------------------------------------------------------------ presets
+
+
+def test_resolve_preset_deep_merges() -> None:
+    p = resolve_preset("tiny", {"transformer": {"num_layers": 2}, "image_size": 32})
+    assert p["transformer"]["num_layers"] == 2
+    assert p["transformer"]["num_attention_heads"] == PRESETS["tiny"]["transformer"]["num_attention_heads"]
+    assert p["image_size"] == 32
+    assert PRESETS["tiny"]["transformer"]["num_layers"] == 3  # the preset itself is not mutated
+    assert PRESETS["tiny"]["image_size"] == 64
+
+
+def test_resolve_preset_errors() -> None:
+    with pytest.raises(ConfigError, match="unknown generator preset 'huge'"):
+        resolve_preset("huge")
+    with pytest.raises(ConfigError, match="imagesize"):
+        resolve_preset("tiny", {"imagesize": 32})
+
+
+def test_tiny_preset_matches_brief() -> None:
+    t = PRESETS["tiny"]["transformer"]
+    assert t["num_attention_heads"] * t["attention_head_dim"] == 64
+    assert (t["patch_size"], t["qk_norm"], t["pos_embed_max_size"]) == (2, "rms_norm", 32)
+    gen = build_generator(resolve_preset("tiny"))
+    assert gen.vae_scale_factor == 4 and gen.latent_shape == (4, 16, 16)
+    assert 10_000 < sum(p.numel() for p in gen.vae.parameters()) < 100_000
+    assert (gen.shift, gen.num_train_timesteps) == (3.0, 1000)
+
+
+def test_inconsistent_sizes_raise() -> None:
+    with pytest.raises(ConfigError, match="divisible"):
+        build_generator(resolve_preset("tiny", {"image_size": 60}))
+    with pytest.raises(ConfigError, match="pos_embed_max_size"):
+        build_generator(resolve_preset("tiny", {"image_size": 512}))
+
+
+# ------------------------------------------------------------------ scratch save/load
+
+
+def test_build_is_seeded_and_leaves_global_rng_alone() -> None:
+    state = torch.random.get_rng_state()
+    a = build_generator(resolve_preset("tiny", {"transformer": {"num_layers": 2}}))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    b = build_generator(resolve_preset("tiny", {"transformer": {"num_layers": 2}}))
+    c = build_generator(resolve_preset("tiny", {"transformer": {"num_layers": 2}, "seed": 1}))
+    torch.testing.assert_close(velocity(a), velocity(b), rtol=0, atol=0)
+    assert not torch.equal(velocity(a), velocity(c))
+
+
+def test_encode_mask_checks_size() -> None:
+    gen = build_generator(resolve_preset("tiny", {"transformer": {"num_layers": 2}}))
+    assert gen.encode_mask(torch.zeros(3, 64, 64, dtype=torch.long)).shape == (3, 4, 16, 16)
+    with pytest.raises(ValueError, match="mask must be"):
+        gen.encode_mask(torch.zeros(1, 32, 32, dtype=torch.long))
+
+
+def test_scratch_save_load_roundtrip(tmp_path: Path) -> None:
+    gen = build_generator(resolve_preset("tiny", {"transformer": {"num_layers": 2}, "seed": 3}))
+    with torch.no_grad():
+        gen.vae.decoder.conv_out.bias.add_(0.5)  # a VAE change that only the saved weights carry
+    gen.vae.register_to_config(scaling_factor=1.25, shift_factor=0.1)
+    out = save_generator(gen, tmp_path / "gen")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "transformer.safetensors", "vae.safetensors"]
+    assert [p.name for p in tmp_path.iterdir()] == ["gen"]
+    loaded = load_generator(out)
+    assert loaded.vae.config.scaling_factor == pytest.approx(1.25)
+    assert torch.equal(loaded.vae.decoder.conv_out.bias, gen.vae.decoder.conv_out.bias)
+    torch.testing.assert_close(velocity(loaded), velocity(gen), rtol=0, atol=0)
+
+
+def test_load_missing_generator_raises(tmp_path: Path) -> None:
+    with pytest.raises(WeightsNotFoundError, match="gen train"):
+        load_generator(tmp_path)
+
+
+# ------------------------------------------------------------------ SD3.5 local-directory path
+
+
+@pytest.fixture
+def sd3_dir(tmp_path: Path) -> Path:
+    """A tiny random checkpoint in the published SD3.5 diffusers layout."""
+    root = tmp_path / "sd35"
+    torch.manual_seed(0)
+    SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=16, caption_projection_dim=32, pooled_projection_dim=16,
+        pos_embed_max_size=16, dual_attention_layers=(0,), qk_norm="rms_norm",
+    ).save_pretrained(root / "transformer")
+    AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=16,
+        scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False,
+    ).save_pretrained(root / "vae")
+    FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=2.5).save_pretrained(root / "scheduler")
+    return root
+
+
+def test_sd35_path_loads_local_dir(sd3_dir: Path) -> None:
+    preset = resolve_preset("sd3.5-medium", {"source": str(sd3_dir), "image_size": 16})
+    gen = build_generator(preset)
+    ref = SD3Transformer2DModel.from_pretrained(sd3_dir / "transformer")
+    for k, v in ref.state_dict().items():
+        assert torch.equal(gen.transformer.transformer.state_dict()[k], v), k
+    assert gen.shift == 2.5 and gen.vae.config.scaling_factor == pytest.approx(1.5305)
+    assert gen.latent_shape == (4, 8, 8)
+    assert velocity(gen).shape == (2, 4, 8, 8)
+
+
+@pytest.mark.parametrize("missing", ["transformer", "vae", "scheduler"])
+def test_sd35_missing_subfolder_names_it(sd3_dir: Path, missing: str) -> None:
+    import shutil
+
+    shutil.rmtree(sd3_dir / missing)
+    with pytest.raises(WeightsNotFoundError, match=rf"{missing}.*stable-diffusion-3.5-medium"):
+        build_generator(resolve_preset("sd3.5-medium", {"source": str(sd3_dir), "image_size": 16}))
+
+
+def test_sd35_missing_dir(tmp_path: Path) -> None:
+    with pytest.raises(WeightsNotFoundError, match="SD3.5 directory not found"):
+        build_generator(resolve_preset("sd3.5-medium", {"source": str(tmp_path / "none"), "image_size": 16}))
+
+
+def test_sd35_save_only_trained_weights_and_rebuild(sd3_dir: Path, tmp_path: Path) -> None:
+    gen = build_generator(resolve_preset("sd3.5-medium", {"source": str(sd3_dir), "image_size": 16}))
+    with torch.no_grad():  # stand-ins for fine-tuning: an image-stream and a mask-stream change
+        gen.transformer.transformer.transformer_blocks[0].attn.to_q.weight.add_(0.1)
+        gen.transformer.mask_blocks[0].norm1.linear.bias.add_(0.2)
+    out = save_generator(gen, tmp_path / "gen")
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / "transformer.safetensors"))
+    assert not any(is_text_stream(k) for k in saved)
+    assert "mask_blocks.0.norm1.linear.bias" in saved
+    assert not (out / "vae.safetensors").exists()
+    assert json.loads((out / "config.json").read_text())["transformer_saved"] == "without_text_stream"
+    loaded = load_generator(out)
+    torch.testing.assert_close(velocity(loaded), velocity(gen), rtol=0, atol=0)

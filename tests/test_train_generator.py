@@ -1,0 +1,211 @@
+"""Generator training: trainable sets, flow-matching pieces, mask conditioning, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from todsynth.errors import ConfigError
+from todsynth.models.generator import build_generator, load_generator
+from todsynth.models.mmdit import is_text_stream
+from todsynth.models.presets import resolve_preset
+from todsynth.models.vae import save_vae
+from todsynth.train import TrainConfig, train_generator
+from todsynth.train.flow import flow_matching_loss, noisy_latents, sample_sigmas, train_sigma_table
+
+SMALL = {"transformer": {"num_layers": 2}}
+
+
+class HashPrompts:
+    """Stand-in prompt cache: a fixed random (16, 64) embedding and (64,) pooled vector per prompt."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def get(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls += 1
+        e, p = [], []
+        for text in prompts:
+            g = torch.Generator().manual_seed(int(hashlib.sha256(text.encode()).hexdigest()[:8], 16))
+            e.append(torch.randn(16, 64, generator=g))
+            p.append(torch.randn(64, generator=g))
+        return torch.stack(e), torch.stack(p)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from todsynth.data.procedural import generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("scenes"), n_train=8, n_val=4, size=64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def dataset(data_root: Path):  # noqa: ANN201
+    from todsynth.data.loveda import LoveDA
+
+    return LoveDA(data_root, "Train")
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny preset's VAE at its seeded init (training it is tested in test_train_vae.py)."""
+    gen = build_generator(resolve_preset("tiny", SMALL))
+    return save_vae(gen.vae, tmp_path_factory.mktemp("vae") / "vae")
+
+
+def config(vae_dir: Path, **kw: object) -> TrainConfig:
+    base = dict(
+        preset="tiny", preset_overrides=SMALL, vae_dir=str(vae_dir), steps=6, batch_size=2, lr=1e-3,
+        warmup_steps=1, log_every=2, seed=0,
+    )
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "transformer.safetensors"))
+
+
+# ------------------------------------------------------------------ flow matching pieces
+
+
+def test_sigma_table_matches_sd3_shift() -> None:
+    sigmas, timesteps = train_sigma_table(1000, 3.0)
+    s = torch.linspace(1.0, 1e-3, 1000)
+    torch.testing.assert_close(sigmas, 3.0 * s / (1 + 2.0 * s))
+    torch.testing.assert_close(timesteps, sigmas * 1000)
+
+
+def test_sample_sigmas_schemes() -> None:
+    sigmas, timesteps = train_sigma_table(1000, 1.0)
+    u_uniform, _ = sample_sigmas("uniform", 4000, sigmas, timesteps, torch.Generator().manual_seed(0))
+    u_logit, t = sample_sigmas("logit_normal", 4000, sigmas, timesteps, torch.Generator().manual_seed(0))
+    assert set(u_uniform.tolist()) <= set(sigmas.tolist())
+    torch.testing.assert_close(t, u_logit * 1000)
+    assert abs(u_uniform.mean() - 0.5) < 0.03 and abs(u_logit.mean() - 0.5) < 0.03
+    assert u_logit.std() < u_uniform.std() - 0.05  # logit-normal concentrates on the middle
+    with pytest.raises(ValueError, match="uniform"):
+        sample_sigmas("cosmap", 2, sigmas, timesteps, torch.Generator())  # type: ignore[arg-type]
+
+
+def test_noising_and_loss() -> None:
+    x0, noise = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    sigma = torch.tensor([0.0, 0.5, 1.0])
+    xt = noisy_latents(x0, noise, sigma)
+    torch.testing.assert_close(xt[0], x0[0])
+    torch.testing.assert_close(xt[2], noise[2])
+    assert flow_matching_loss(noise - x0, x0, noise) == 0
+    assert flow_matching_loss(torch.zeros_like(x0), x0, noise) > 0
+
+
+# ------------------------------------------------------------------ config validation
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("steps", 0), ("caption_dropout", 1.0), ("trainable", "full"), ("timestep_sampling", "cosmap"), ("ema_decay", 1.5)],
+)
+def test_config_rejects_bad_values(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=f"TrainConfig.{field}"):
+        TrainConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_config_from_preset_uses_budget() -> None:
+    from todsynth.models.presets import PRESETS
+
+    cfg = TrainConfig.from_preset("tiny", steps=5)
+    assert cfg.steps == 5 and cfg.lr == PRESETS["tiny"]["train"]["lr"]
+    with pytest.raises(ConfigError, match="unknown TrainConfig field"):
+        TrainConfig.from_preset("tiny", step=5)
+
+
+def test_scratch_preset_needs_vae(dataset, tmp_path: Path) -> None:  # noqa: ANN001
+    with pytest.raises(ConfigError, match="vae_dir"):
+        train_generator(TrainConfig(preset="tiny", steps=1), dataset, HashPrompts(), tmp_path, progress=False)
+
+
+# ------------------------------------------------------------------ training behaviour
+
+
+def test_branches_training_freezes_text_and_trains_the_rest(dataset, vae_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    init = build_generator(resolve_preset("tiny", {**SMALL, "vae_path": str(vae_dir)})).transformer.state_dict()
+    out = train_generator(config(vae_dir, steps=3), dataset, HashPrompts(), tmp_path, progress=False)
+    trained = tensors(out)
+    changed = {k for k in trained if not torch.equal(trained[k], init[k])}
+    assert changed and not any(is_text_stream(k) for k in changed)
+    assert "transformer.transformer_blocks.0.attn.to_q.weight" in changed
+    assert "mask_blocks.0.norm1.linear.weight" in changed  # AdaLN-Zero of the mask stream leaves zero
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["completed"] and summary["steps"] == 3 and summary["samples_per_s"] > 0
+    assert summary["mask_stream_params"] > 0 and summary["peak_rss_mb"] > 0
+
+
+def test_lora_training_saves_merged_weights(dataset, vae_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    init = build_generator(resolve_preset("tiny", {**SMALL, "vae_path": str(vae_dir)})).transformer.state_dict()
+    cfg = config(vae_dir, steps=3, trainable="lora", lora_rank=2)
+    out = train_generator(cfg, dataset, HashPrompts(), tmp_path, progress=False)
+    trained = tensors(out)
+    assert set(trained) == set(init)  # merged: no adapter tensors left
+    changed = {k for k in trained if not torch.equal(trained[k], init[k])}
+    image_attn = "transformer.transformer_blocks.0.attn.to_q.weight"
+    assert image_attn in changed and "mask_blocks.0.to_k.weight" in changed
+    assert not any(is_text_stream(k) for k in changed)
+    assert "transformer.transformer_blocks.0.ff.net.0.proj.weight" not in changed  # FFN is not adapted
+    assert load_generator(out).transformer(
+        torch.zeros(1, 4, 16, 16), torch.zeros(1, 4, 16, 16), torch.tensor([500.0]),
+        torch.zeros(1, 16, 64), torch.zeros(1, 64),
+    ).isfinite().all()
+
+
+def test_mask_conditions_output_after_training(dataset, vae_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    out = train_generator(config(vae_dir, steps=8, lr=3e-3, batch_size=4), dataset, HashPrompts(), tmp_path, progress=False)
+    gen = load_generator(out)
+    # mask-stream gates are no longer zero, so mask tokens now also evolve through the blocks
+    assert gen.transformer.mask_blocks[0].norm1.linear.weight.abs().sum() > 0
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 16, 16, generator=g)
+    masks = torch.stack([torch.zeros(64, 64, dtype=torch.long), torch.full((64, 64), 3)])
+    e, p = HashPrompts().get(["a satellite image of water"] * 2)
+    with torch.no_grad():
+        m = gen.encode_mask(masks)
+        v_a = gen.transformer(x, m, torch.tensor([800.0, 800.0]), e, p)
+        v_b = gen.transformer(x, m.flip(0), torch.tensor([800.0, 800.0]), e, p)
+    assert (v_a - v_b).abs().mean() > 1e-3 * v_a.abs().mean()
+
+
+def test_resume_gives_identical_weights(dataset, vae_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    cfg = config(vae_dir, steps=6, checkpoint_every=2, keep_checkpoints=1, ema_decay=0.5, caption_dropout=0.5)
+    full = train_generator(cfg, dataset, HashPrompts(), tmp_path / "full", progress=False)
+
+    run = tmp_path / "killed"
+    stopped = train_generator(cfg, dataset, HashPrompts(), run, progress=False, stop_after=3)
+    assert stopped.name == "checkpoint-2" and not (run / "generator").exists()  # step 3 was lost, as in a kill
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2"]
+    resumed = train_generator(cfg, dataset, HashPrompts(), run, progress=False)
+    assert json.loads((run / "train_summary.json").read_text())["resumed_from"] == 2
+
+    a, b = tensors(full), tensors(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [json.loads(ln)["step"] for ln in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6]
+
+    # a finished run is not retrained; a changed config refuses to resume from its checkpoints
+    prompts = HashPrompts()
+    assert train_generator(cfg, dataset, prompts, run, progress=False) == resumed and prompts.calls == 0
+    with pytest.raises(ConfigError, match="lr"):
+        train_generator(config(vae_dir, steps=6, lr=5e-4, checkpoint_every=2), dataset, HashPrompts(), run, progress=False)
+
+
+def test_uncached_latents_match_cached(dataset, vae_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    cached = train_generator(config(vae_dir, steps=2), dataset, HashPrompts(), tmp_path / "a", progress=False)
+    direct = train_generator(config(vae_dir, steps=2, cache_latents=False), dataset, HashPrompts(), tmp_path / "b", progress=False)
+    a, b = tensors(cached), tensors(direct)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
