@@ -121,9 +121,10 @@ def test_cfg(generator) -> None:
     assert not torch.allclose(guided.images, plain.images, atol=1e-4)
 
 
-def test_timings_and_seconds(generator, judge) -> None:
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_timings_and_seconds(generator, judge, clock) -> None:
     masks, embeds, pooled, seeds = _inputs(2)
-    out = sample(generator, masks, embeds, pooled, seeds, CFG, CRFM, judge)
+    out = sample(generator, masks, embeds, pooled, seeds, SamplerConfig(num_inference_steps=3, clock=clock), CRFM, judge)
     assert len(out.seconds) == 2 and all(s > 0 for s in out.seconds)
     for key in ("encode_mask", "transformer", "vae_decode", "judge", "euler", "final_decode", "total"):
         assert out.timings[key] > 0, key
@@ -149,7 +150,7 @@ def test_input_errors_name_the_argument(generator, judge, change, match) -> None
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("num_inference_steps", 0), ("shift", 0.0), ("guidance_scale", 0.5), ("batch_size", 0),
+    ("num_inference_steps", 0), ("shift", 0.0), ("guidance_scale", 0.5), ("batch_size", 0), ("clock", "gpu"),
 ])
 def test_sampler_config_validation(field, value) -> None:
     with pytest.raises(ValueError, match=field):

@@ -2,14 +2,14 @@
 
 The CRFM overhead ratio is ``(crfm - plain) / necessary`` per image, where ``necessary`` is what CRFM cannot
 avoid: ``rectified_step * num_rectified`` times a VAE decode forward + backward and a judge forward + backward,
-timed standalone on the same shapes. A ratio near 1 means the correction adds nothing beyond those passes;
+timed standalone on the same shapes (interleaved with the sampling runs). A ratio near 1 means the correction adds nothing beyond those passes;
 the target is <= 1.1. Times are the minimum over ``repeats`` (the least noisy estimator of a fixed cost)
-after one warm-up run; CUDA is synchronised around every timed region (this is a benchmark, not the sampler).
+after one warm-up run; ``cfg.clock`` picks the clock ("cpu" = process CPU seconds, the robust choice on a
+shared CPU machine); the standalone passes synchronise CUDA around every timed region.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -20,6 +20,7 @@ from torch import Tensor
 
 from todsynth.sample.crfm import CRFMConfig
 from todsynth.sample.sampler import SampleOutput, SamplerConfig, _decoder, _device_dtype, sample
+from todsynth.sample.timing import clock_function
 
 
 def _sync(device: torch.device) -> None:
@@ -27,33 +28,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _necessary_seconds(
-    generator: Any, judge: Callable[[Tensor], Tensor], masks: Tensor, latent_shape: tuple[int, ...], repeats: int
+def _necessary_pass(
+    decode: Callable[[Tensor], Tensor],
+    judge: Callable[[Tensor], Tensor],
+    z: Tensor,
+    target: Tensor,
+    now: Callable[[], float],
 ) -> tuple[float, float]:
-    """Standalone (decode fwd+bwd, judge fwd+bwd) seconds for one batch, min over ``repeats`` after a warm-up."""
-    device, _ = _device_dtype(generator.transformer)
-    decode = _decoder(generator)
-    gen = torch.Generator("cpu").manual_seed(0)
-    z = torch.randn((masks.shape[0], *latent_shape), generator=gen).to(device)
-    target = masks.to(device).long()
-    best_decode, best_judge = float("inf"), float("inf")
-    for k in range(repeats + 1):
-        with torch.enable_grad():
-            leaf = z.clone().requires_grad_(True)
-            _sync(device)
-            t0 = time.perf_counter()
-            images = decode(leaf)
-            images.sum().backward()
-            _sync(device)
-            t1 = time.perf_counter()
-            image_leaf = images.detach().requires_grad_(True)
-            loss = F.cross_entropy(judge(image_leaf).float(), target, ignore_index=255)
-            loss.backward()
-            _sync(device)
-            t2 = time.perf_counter()
-        if k > 0:  # the first pass is a warm-up
-            best_decode, best_judge = min(best_decode, t1 - t0), min(best_judge, t2 - t1)
-    return best_decode, best_judge
+    """One standalone (decode fwd+bwd, judge fwd+bwd) pass on a batch: the work CRFM cannot avoid."""
+    device = z.device
+    with torch.enable_grad():
+        leaf = z.clone().requires_grad_(True)
+        _sync(device)
+        t0 = now()
+        images = decode(leaf)
+        images.sum().backward()
+        _sync(device)
+        t1 = now()
+        image_leaf = images.detach().requires_grad_(True)
+        F.cross_entropy(judge(image_leaf).float(), target, ignore_index=255).backward()
+        _sync(device)
+        t2 = now()
+    return t1 - t0, t2 - t1
 
 
 def _best(runs: list[SampleOutput]) -> SampleOutput:
@@ -80,7 +76,9 @@ def profile_sampling(
 
     Returns:
         Flat dict: ``plain_seconds_per_image``, ``crfm_seconds_per_image``, ``crfm_extra_seconds_per_image``,
-        ``crfm_necessary_seconds_per_image``, ``overhead_ratio``, ``slowdown``, and ``breakdown`` (per image:
+        ``crfm_necessary_seconds_per_image``, ``overhead_ratio`` (extra / standalone necessary), ``in_loop_ratio``
+        (extra / the decode + judge time measured inside the loop: the sampler's own bookkeeping), ``slowdown``,
+        and ``breakdown`` (per image:
         ``transformer_step``, ``vae_decode_fwd_bwd`` and ``judge_fwd_bwd`` per correction, in-loop and standalone).
     """
     if not crfm.enabled:
@@ -90,21 +88,30 @@ def profile_sampling(
     b = masks.shape[0]
     seeds = list(range(b))
     cfg = replace(cfg, batch_size=max(cfg.batch_size, b))
-    plain_runs, crfm_runs = [], []
-    for k in range(repeats + 1):
+    device, _ = _device_dtype(generator.transformer)
+    with torch.no_grad():
+        latent_shape = tuple(generator.encode_mask(masks[:1].to(device)).shape[1:])
+    z = torch.randn((b, *latent_shape), generator=torch.Generator("cpu").manual_seed(0)).to(device)
+    decode, target = _decoder(generator), masks.to(device).long()
+    now = clock_function("wall" if cfg.clock == "cuda" else cfg.clock)
+    n, corrections = cfg.num_inference_steps, crfm.rectified_step * crfm.num_rectified
+    plain_runs, crfm_runs, passes = [], [], []
+    for k in range(repeats + 1):  # interleaved, so drifting machine load hits every measurement alike
         plain = sample(generator, masks, prompt_embeds, pooled, seeds, cfg)
         rect = sample(generator, masks, prompt_embeds, pooled, seeds, cfg, crfm, judge)
-        if k > 0:  # interleaved so drifting machine load hits both variants alike
+        per_pass = [_necessary_pass(decode, judge, z, target, now) for _ in range(corrections)]
+        one_pass = (sum(d for d, _ in per_pass), sum(j for _, j in per_pass))
+        if k > 0:  # the first round is a warm-up
             plain_runs.append(plain)
             crfm_runs.append(rect)
+            passes.append(one_pass)
     plain_best, crfm_best = _best(plain_runs), _best(crfm_runs)
-    n, corrections = cfg.num_inference_steps, crfm.rectified_step * crfm.num_rectified
-    latent_shape = tuple(generator.encode_mask(masks[:1].to(_device_dtype(generator.transformer)[0])).shape[1:])
-    decode_s, judge_s = _necessary_seconds(generator, judge, masks, latent_shape, repeats)
+    decode_s, judge_s = min(p[0] for p in passes), min(p[1] for p in passes)
     plain_s = plain_best.timings["total"] / b
     crfm_s = crfm_best.timings["total"] / b
-    necessary = corrections * (decode_s + judge_s) / b
+    necessary = (decode_s + judge_s) / b
     extra = crfm_s - plain_s
+    in_loop = (crfm_best.timings.get("vae_decode", 0.0) + crfm_best.timings.get("judge", 0.0)) / b
     return {
         "device": str(_device_dtype(generator.transformer)[0]),
         "batch_size": b,
@@ -113,18 +120,20 @@ def profile_sampling(
         "num_rectified": crfm.num_rectified,
         "judge_size": crfm.judge_size,
         "repeats": repeats,
+        "clock": cfg.clock,
         "plain_seconds_per_image": plain_s,
         "crfm_seconds_per_image": crfm_s,
         "crfm_extra_seconds_per_image": extra,
         "crfm_necessary_seconds_per_image": necessary,
         "overhead_ratio": extra / necessary if necessary > 0 else float("nan"),
+        "in_loop_ratio": extra / in_loop if in_loop > 0 else float("nan"),
         "slowdown": crfm_s / plain_s if plain_s > 0 else float("nan"),
         "breakdown": {
             "transformer_step": plain_best.timings["transformer"] / n / b,
             "vae_decode_fwd_bwd_in_loop": crfm_best.timings.get("vae_decode", 0.0) / corrections / b,
             "judge_fwd_bwd_in_loop": crfm_best.timings.get("judge", 0.0) / corrections / b,
-            "vae_decode_fwd_bwd_standalone": decode_s / b,
-            "judge_fwd_bwd_standalone": judge_s / b,
+            "vae_decode_fwd_bwd_standalone": decode_s / corrections / b,
+            "judge_fwd_bwd_standalone": judge_s / corrections / b,
             "final_decode": plain_best.timings["final_decode"] / b,
             "encode_mask": plain_best.timings["encode_mask"] / b,
         },

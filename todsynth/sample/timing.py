@@ -1,7 +1,9 @@
-"""Cheap per-section timing for the sampler: perf counters, or CUDA events when asked.
+"""Cheap per-section timing for the sampler: wall clock, process CPU time, or CUDA events.
 
-Perf counters add no synchronisation, so on CUDA they measure launch time only; ``cuda_events=True``
-records an event pair per section and resolves them with one synchronize at :meth:`Stopwatch.totals`.
+``"wall"`` (perf counters) adds no synchronisation, so on CUDA it measures launch time only. ``"cpu"``
+counts this process's CPU seconds (all threads), which a busy shared machine barely disturbs: use it to
+compare CPU costs. ``"cuda"`` records an event pair per section and resolves them with one synchronize at
+:meth:`Stopwatch.totals`.
 """
 
 from __future__ import annotations
@@ -10,17 +12,39 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal, get_args
 
 import torch
+
+Clock = Literal["wall", "cpu", "cuda"]
+CLOCKS: tuple[str, ...] = get_args(Clock)
+
+
+def clock_function(clock: Clock):  # noqa: ANN201
+    """``time.perf_counter`` for "wall", ``time.process_time`` for "cpu" (CUDA events are not a function)."""
+    match clock:
+        case "wall":
+            return time.perf_counter
+        case "cpu":
+            return time.process_time
+        case _:
+            raise ValueError(f"clock must be 'wall' or 'cpu' here, got {clock!r}")
 
 
 class Stopwatch:
     """Accumulates seconds per named section (``transformer``, ``vae_decode``, ``judge`` ...)."""
 
-    def __init__(self, cuda_events: bool = False) -> None:
-        self.cuda_events = bool(cuda_events and torch.cuda.is_available())
+    def __init__(self, clock: Clock = "wall") -> None:
+        if clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+        self.cuda_events = clock == "cuda" and torch.cuda.is_available()
+        self._now = clock_function("wall" if clock == "cuda" else clock)
         self._seconds: dict[str, float] = defaultdict(float)
         self._events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+
+    def now(self) -> float:
+        """The current reading of this stopwatch's clock (seconds; wall clock for CUDA events)."""
+        return self._now()
 
     @contextmanager
     def section(self, name: str) -> Iterator[None]:
@@ -34,11 +58,11 @@ class Stopwatch:
                 end.record()
                 self._events.append((name, start, end))
         else:
-            t0 = time.perf_counter()
+            t0 = self._now()
             try:
                 yield
             finally:
-                self._seconds[name] += time.perf_counter() - t0
+                self._seconds[name] += self._now() - t0
 
     def totals(self) -> dict[str, float]:
         """Seconds per section so far (one CUDA synchronize when events are used)."""

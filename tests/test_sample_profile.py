@@ -1,0 +1,34 @@
+"""profile_sampling: a benchmark helper; here only its bookkeeping is checked (no timing thresholds)."""
+
+from __future__ import annotations
+
+import pytest
+from test_sample_sampler import _inputs, generator, judge  # noqa: F401  (fixtures: tiny preset, 1x1 judge)
+
+from todsynth.sample.crfm import CRFMConfig
+from todsynth.sample.profile import profile_sampling
+from todsynth.sample.sampler import SamplerConfig
+
+
+def test_profile_reports_consistent_figures(generator, judge) -> None:  # noqa: F811
+    masks, embeds, pooled, _ = _inputs(2)
+    cfg = SamplerConfig(num_inference_steps=3, batch_size=1, clock="cpu")
+    r = profile_sampling(generator, judge, masks, embeds, pooled, cfg, CRFMConfig(rectified_step=2), repeats=1)
+    assert (r["batch_size"], r["num_inference_steps"], r["rectified_step"], r["clock"]) == (2, 3, 2, "cpu")
+    assert r["crfm_seconds_per_image"] > r["plain_seconds_per_image"] > 0
+    assert r["crfm_extra_seconds_per_image"] == pytest.approx(r["crfm_seconds_per_image"] - r["plain_seconds_per_image"])
+    assert r["overhead_ratio"] == pytest.approx(r["crfm_extra_seconds_per_image"] / r["crfm_necessary_seconds_per_image"])
+    b = r["breakdown"]
+    assert all(v > 0 for v in b.values()), b
+    assert r["crfm_necessary_seconds_per_image"] == pytest.approx(
+        2 * (b["vae_decode_fwd_bwd_standalone"] + b["judge_fwd_bwd_standalone"])
+    )
+
+
+def test_profile_needs_crfm(generator, judge) -> None:  # noqa: F811
+    masks, embeds, pooled, _ = _inputs(1)
+    with pytest.raises(ValueError, match="rectified_step"):
+        profile_sampling(generator, judge, masks, embeds, pooled, SamplerConfig(num_inference_steps=2), CRFMConfig())
+    with pytest.raises(ValueError, match="repeats"):
+        profile_sampling(generator, judge, masks, embeds, pooled, SamplerConfig(num_inference_steps=2),
+                         CRFMConfig(rectified_step=1), repeats=0)
