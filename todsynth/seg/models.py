@@ -32,7 +32,8 @@ SHIPPED_CONFIGS: dict[str, str] = {
 
 
 def _data_preprocessor(crop_size: tuple[int, int] | None) -> dict[str, Any]:
-    """SegDataPreProcessor: BGR (cv2-loaded) -> RGB, ImageNet normalisation, pad to ``crop_size``."""
+    """SegDataPreProcessor: BGR (cv2-loaded) -> RGB, ImageNet normalisation, pad to ``crop_size``
+    (or to a multiple of 32 without a crop; mmseg needs exactly one of the two when training)."""
     cfg: dict[str, Any] = dict(
         type="SegDataPreProcessor",
         mean=list(IMAGENET_MEAN_255),
@@ -43,6 +44,8 @@ def _data_preprocessor(crop_size: tuple[int, int] | None) -> dict[str, Any]:
     )
     if crop_size is not None:
         cfg["size"] = tuple(crop_size)
+    else:
+        cfg["size_divisor"] = 32
     return cfg
 
 

@@ -1,0 +1,157 @@
+"""Segmentor checkpoints: ours are safetensors + JSON (no pickle); user MMSeg ``.pth`` files are
+read with ``torch.load(weights_only=True)`` unless the user explicitly trusts the file.
+
+Layout of a directory written by :func:`save_segmentor`::
+
+    DIR/model.safetensors   # state_dict tensors
+    DIR/segmentor.json      # {"format": 1, "name": ..., "num_classes": ..., "class_names": [...]}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from todsynth.data.classes import CLASSES
+from todsynth.errors import ConfigError, UntrustedCheckpointError, WeightsNotFoundError
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "segmentor.json"
+FORMAT_VERSION = 1
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_segmentor(model: nn.Module, name: str, dir: str | Path, num_classes: int,
+                   class_names: Sequence[str] | None = None) -> Path:
+    """Write ``model``'s state_dict (safetensors) and its build recipe (JSON) into ``dir``; returns ``dir``.
+
+    Each file is written to a temporary name and renamed, so a crash never leaves a half file.
+    """
+    from safetensors.torch import save as st_save
+
+    from todsynth.seg.models import SEG_MODELS
+
+    if name not in SEG_MODELS:
+        raise ConfigError(f"unknown segmentation model {name!r}; choose one of {', '.join(SEG_MODELS)}")
+    names = list(class_names) if class_names is not None else list(CLASSES[:num_classes])
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for num_classes={num_classes}")
+    out = Path(dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write_bytes(out / WEIGHTS_FILE, st_save(state, metadata={"name": name}))
+    meta = {"format": FORMAT_VERSION, "name": name, "num_classes": int(num_classes), "class_names": names}
+    _atomic_write_bytes(out / CONFIG_FILE, json.dumps(meta, indent=1).encode())
+    return out
+
+
+def read_segmentor_meta(dir: str | Path) -> dict[str, Any]:
+    """The JSON recipe of a saved segmentor directory.
+
+    Raises:
+        WeightsNotFoundError: the directory or one of its two files is missing.
+        ConfigError: the JSON is unreadable or lacks ``name``/``num_classes``.
+    """
+    d = Path(dir)
+    for f in (d / CONFIG_FILE, d / WEIGHTS_FILE):
+        if not f.is_file():
+            raise WeightsNotFoundError(
+                f"segmentor checkpoint incomplete: {f} not found; train one with "
+                f"`todsynth seg train --out {d}` or pass a directory written by save_segmentor"
+            )
+    try:
+        meta = json.loads((d / CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {d / CONFIG_FILE}: {exc}") from exc
+    if not isinstance(meta, dict) or "name" not in meta or "num_classes" not in meta:
+        raise ConfigError(f"{d / CONFIG_FILE} must hold 'name' and 'num_classes'")
+    return meta
+
+
+def load_segmentor(dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a segmentor saved by :func:`save_segmentor` (eval mode, on ``device``)."""
+    from safetensors.torch import load_file
+
+    from todsynth.seg.models import build_segmentor
+
+    d = Path(dir)
+    meta = read_segmentor_meta(d)
+    model = build_segmentor(meta["name"], int(meta["num_classes"]))
+    try:
+        state = load_file(str(d / WEIGHTS_FILE), device="cpu")
+    except Exception as exc:  # safetensors raises its own error types on corrupt files
+        raise ConfigError(f"cannot read weights {d / WEIGHTS_FILE}: {exc}") from exc
+    _load_state(model, state, str(d / WEIGHTS_FILE), meta["name"])
+    return model.to(device).eval()
+
+
+def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, name: str) -> None:
+    result = model.load_state_dict(dict(state), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ConfigError(
+            f"{source} does not match model {name!r}: missing {result.missing_keys[:5]} "
+            f"(of {len(result.missing_keys)}), unexpected {result.unexpected_keys[:5]} "
+            f"(of {len(result.unexpected_keys)}); check --model and the class count"
+        )
+
+
+def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The state_dict inside a raw state dict or an mmengine checkpoint (``{'state_dict': ...}``)."""
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConfigError(f"{path} holds no state_dict of tensors (expected a dict or {{'state_dict': dict}})")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_user_checkpoint(path: str | Path, name: str, trust: bool = False, num_classes: int | None = None) -> nn.Module:
+    """Load a user's MMSeg checkpoint (``.pth``) into model ``name`` (eval mode, CPU).
+
+    The file is read with ``torch.load(weights_only=True)``: plain state dicts and mmengine checkpoints
+    whose contents are tensors/containers load without running pickled code. A file that needs full
+    unpickling (e.g. mmengine's ``message_hub`` objects) is refused with
+    :class:`UntrustedCheckpointError` unless ``trust=True``. Nothing is patched globally.
+    ``num_classes`` defaults to the decode head's output width found in the file.
+
+    Raises:
+        WeightsNotFoundError: no such file.
+        UntrustedCheckpointError: unpickling needed and ``trust`` is False.
+        ConfigError: the file holds no state dict, or it does not fit ``name``.
+    """
+    from todsynth.seg.models import build_segmentor
+
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsNotFoundError(f"segmentation checkpoint not found: {p} (pass an MMSeg .pth saved by its training)")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust:
+            raise UntrustedCheckpointError(
+                f"{p} needs full unpickling, which can run arbitrary code ({str(exc).splitlines()[0]}); "
+                "pass --trust-checkpoint (trust=True) only if you trust its source"
+            ) from exc
+        obj = torch.load(p, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise ConfigError(f"cannot read checkpoint {p}: {exc}") from exc
+    state = _extract_state_dict(obj, p)
+    if num_classes is None:
+        seg_w = state.get("decode_head.conv_seg.weight")
+        if seg_w is None:
+            raise ConfigError(f"{p} has no decode_head.conv_seg.weight; pass num_classes explicitly")
+        num_classes = int(seg_w.shape[0])
+    model = build_segmentor(name, num_classes)
+    _load_state(model, state, str(p), name)
+    return model.eval()

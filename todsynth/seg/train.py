@@ -1,0 +1,240 @@
+"""Train a named MMSeg segmentor on (image, raw mask) pairs with mmengine's iteration-based Runner.
+
+The Runner is given built objects (model, DataLoader, OptimWrapper, PolyLR), not registry strings.
+Console output is limited to errors (and an optional rich progress bar); mmengine's full log goes
+to ``work_dir/<timestamp>/<timestamp>.log``. ``work_dir/train_log.json`` records the loss per
+iteration. mmengine's Runner seeds the global RNGs (``randomness.seed``); we save and restore the
+global random/numpy/torch states around training so callers' RNG streams are unaffected.
+No mmengine ``.pth`` checkpoint is written: save the returned model with
+:func:`todsynth.seg.io.save_segmentor` (safetensors + JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from todsynth.data.classes import CLASSES, NUM_CLASSES, PALETTE
+
+
+@dataclass(frozen=True)
+class SegItem:
+    """One training/evaluation pair: RGB image PNG and raw LoveDA mask PNG (0 = no-data, 1..7)."""
+
+    image_path: Path
+    mask_path: Path
+
+
+def as_seg_items(pairs: Sequence[Any]) -> list[SegItem]:
+    """SegItems from SegItems, ``todsynth.data.loveda.Sample``s or (image, mask) tuples."""
+    items: list[SegItem] = []
+    for p in pairs:
+        if isinstance(p, SegItem):
+            items.append(p)
+        elif hasattr(p, "image_path") and hasattr(p, "mask_path"):
+            if p.mask_path is None:
+                raise ValueError(f"sample {p.image_path} has no mask (LoveDA Test?); it cannot be used here")
+            items.append(SegItem(Path(p.image_path), Path(p.mask_path)))
+        else:
+            image, mask = p
+            items.append(SegItem(Path(image), Path(mask)))
+    return items
+
+
+def _make_hook(max_iters: int, progress: bool) -> Any:
+    """An mmengine hook that records each iteration's loss and drives an optional rich progress bar."""
+    from mmengine.hooks import Hook
+
+    class RecordHook(Hook):
+        priority = "VERY_LOW"
+
+        def __init__(self) -> None:
+            self.losses: list[float] = []
+            self._progress = None
+            self._task = None
+
+        def before_train(self, runner: Any) -> None:
+            if progress:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+                self._progress = Progress(
+                    TextColumn("seg train"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), transient=True,
+                )
+                self._progress.start()
+                self._task = self._progress.add_task("train", total=max_iters, loss=float("nan"))
+
+        def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
+            loss = float(torch.as_tensor(outputs["loss"]).detach()) if outputs and "loss" in outputs else float("nan")
+            self.losses.append(loss)
+            if self._progress is not None:
+                self._progress.update(self._task, advance=1, loss=loss)
+
+        def after_train(self, runner: Any) -> None:
+            if self._progress is not None:
+                self._progress.stop()
+                self._progress = None
+
+    return RecordHook()
+
+
+def _quiet_console(logger: logging.Logger) -> None:
+    """Console shows errors only; the log file in work_dir keeps everything."""
+    for h in logger.handlers:
+        if type(h) is logging.StreamHandler:
+            h.setLevel(logging.ERROR)
+
+
+def _close_file_handlers(logger: logging.Logger) -> None:
+    for h in list(logger.handlers):
+        if isinstance(h, logging.FileHandler):
+            h.close()
+            logger.removeHandler(h)
+
+
+def train_segmentor(
+    name: str,
+    train_items: Sequence[Any],
+    work_dir: str | Path,
+    *,
+    max_iters: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    crop_size: tuple[int, int] | None = None,
+    val_items: Sequence[Any] | None = None,
+    repeat_factors: Sequence[float] | None = None,
+    optimizer: Literal["sgd", "adamw"] = "sgd",
+    num_classes: int = NUM_CLASSES,
+    class_names: Sequence[str] = CLASSES,
+    progress: bool = True,
+    log_interval: int = 10,
+) -> nn.Module:
+    """Train ``name`` (see ``todsynth.seg.models.SEG_MODELS``) for ``max_iters`` iterations; return it in eval mode.
+
+    Args:
+        train_items: SegItems (or ``Sample``s / (image, mask) pairs); masks raw LoveDA (0 ignored).
+        work_dir: receives mmengine's log dir and ``train_log.json`` (+ ``val_scores.json``).
+        max_iters, batch_size, lr, seed: schedule (PolyLR to lr * 1e-2, power 0.9), batch, peak LR, seed.
+        crop_size: random crop (h, w) before flipping; None trains on full tiles.
+        val_items: if given, the final model is scored on them (``val_scores.json``).
+        repeat_factors: per-item sampling weights (same length as ``train_items``); item ``i`` is drawn with
+            probability ``repeat_factors[i] / sum(repeat_factors)``. None draws uniformly. See
+            ``todsynth.seg.downstream.downstream_items`` for the synthetic:real rule.
+        optimizer: SGD (momentum 0.9, wd 5e-4; MMSeg's default) or AdamW (wd 1e-2).
+
+    Raises:
+        ValueError: empty training set, non-positive schedule values, or mismatched repeat factors.
+    """
+    items = as_seg_items(train_items)
+    if not items:
+        raise ValueError("train_items is empty")
+    if max_iters < 1 or batch_size < 1 or lr <= 0:
+        raise ValueError(f"need max_iters >= 1, batch_size >= 1, lr > 0; got {max_iters}, {batch_size}, {lr}")
+    if repeat_factors is not None and len(repeat_factors) != len(items):
+        raise ValueError(f"repeat_factors has {len(repeat_factors)} entries for {len(items)} items")
+    if optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"optimizer={optimizer!r} is not one of sgd, adamw")
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    # Snapshot before the (first-time) heavy imports too: some of them draw from `random`.
+    rng_state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+
+    from mmengine.dataset import InfiniteSampler, pseudo_collate
+    from mmengine.optim import OptimWrapper, PolyLR
+    from mmengine.runner import Runner
+    from torch.utils.data import DataLoader
+
+    from todsynth.seg.compat import quiet_mmengine, register_mmseg
+    from todsynth.seg.mmdata import PairSegDataset, WeightedInfiniteSampler, train_pipeline
+    from todsynth.seg.models import build_segmentor
+
+    try:
+        register_mmseg()
+        model = build_segmentor(name, num_classes, crop_size=crop_size, seed=seed)
+        palette = [list(c) for c in PALETTE] if len(class_names) == len(PALETTE) else None
+        metainfo: dict[str, Any] = {"classes": tuple(class_names)}
+        if palette is not None:
+            metainfo["palette"] = palette
+        dataset = PairSegDataset(
+            [(str(i.image_path), str(i.mask_path)) for i in items],
+            metainfo=metainfo,
+            pipeline=train_pipeline(crop_size),
+            serialize_data=False,
+        )
+        sampler = (
+            InfiniteSampler(dataset, shuffle=True, seed=seed)
+            if repeat_factors is None
+            else WeightedInfiniteSampler(dataset, repeat_factors, seed=seed)
+        )
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=0,
+                            collate_fn=pseudo_collate, drop_last=False)
+        if optimizer == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+        else:
+            opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
+        optim_wrapper = OptimWrapper(opt)
+        scheduler = PolyLR(optim_wrapper, eta_min=lr * 1e-2, power=0.9, begin=0, end=max_iters, by_epoch=False)
+        hook = _make_hook(max_iters, progress)
+
+        class _QuietRunner(Runner):
+            def build_logger(self, log_level: Any = "INFO", log_file: Any = None, **kwargs: Any) -> Any:
+                logger = super().build_logger(log_level=log_level, log_file=log_file, **kwargs)
+                _quiet_console(logger)
+                return logger
+
+        with quiet_mmengine():
+            runner = _QuietRunner(
+                model=model,
+                work_dir=str(work_dir),
+                train_dataloader=loader,
+                optim_wrapper=optim_wrapper,
+                param_scheduler=[scheduler],
+                train_cfg=dict(by_epoch=False, max_iters=max_iters, val_interval=max_iters + 1),
+                default_hooks=dict(
+                    checkpoint=None,
+                    logger=dict(type="LoggerHook", interval=log_interval, log_metric_by_epoch=False),
+                ),
+                log_processor=dict(by_epoch=False),
+                launcher="none",
+                env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo")),
+                randomness=dict(seed=seed, deterministic=False),
+                default_scope="mmseg",
+            )
+        runner.register_hook(hook)
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            runner.train()
+        finally:
+            _close_file_handlers(runner.logger)
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        random.setstate(rng_state[0])
+        np.random.set_state(rng_state[1])
+        torch.set_rng_state(rng_state[2])
+
+    trained = runner.model.module if hasattr(runner.model, "module") else runner.model
+    trained.eval()
+    log = {
+        "model": name, "max_iters": max_iters, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "optimizer": optimizer, "crop_size": list(crop_size) if crop_size else None,
+        "n_items": len(items), "weighted": repeat_factors is not None,
+        "train_seconds": seconds, "train_cpu_seconds": cpu_seconds, "losses": hook.losses,
+    }
+    (work_dir / "train_log.json").write_text(json.dumps(log, indent=1))
+    if val_items:
+        from todsynth.seg.evaluate import evaluate_segmentor
+
+        scores = evaluate_segmentor(trained, val_items, num_classes=num_classes, class_names=class_names)
+        (work_dir / "val_scores.json").write_text(json.dumps(scores, indent=1))
+    return trained
