@@ -50,6 +50,13 @@ def fid_extractor(suite: Suite) -> Literal["inception", "evaluator"]:
     return "inception" if w is not None and w.is_file() else "evaluator"
 
 
+def preset_text(suite: Suite) -> dict[str, Any]:
+    """The preset's prompt-encoder config (``kind`` + widths): the prompts must match the transformer."""
+    from todsynth.models.presets import resolve_preset
+
+    return dict(resolve_preset(suite.generator.preset, suite.generator.overrides).get("text") or {})
+
+
 def _segmenter_spec(seg: Segmenter) -> dict[str, Any]:
     if seg.checkpoint is not None:
         return {"model": seg.model, "checkpoint": str(seg.checkpoint), "trust_checkpoint": seg.trust_checkpoint}
@@ -94,7 +101,7 @@ def build_graph(suite: Suite) -> list[Node]:
     gen = suite.generator
     nodes = [
         Node("data", "data", data_spec),
-        Node("prompts", "prompts", {"encoder": gen.text_encoder, "sd3_dir": _opt(gen.sd3_dir) if gen.text_encoder == "sd3" else None},
+        Node("prompts", "prompts", {"text": preset_text(suite), "sd3_dir": _opt(gen.sd3_dir) if gen.text_encoder == "sd3" else None},
              {"data": "data"}),
     ]
     gen_deps = {"data": "data", "prompts": "prompts"}

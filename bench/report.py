@@ -95,11 +95,6 @@ def _parent_run(suite: Suite, run_id: str | None) -> dict[str, Any]:
     return runs[0]
 
 
-def _metric_value(metrics: dict[str, Any], key: str) -> float | None:
-    v = metrics.get(key)
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
-
-
 def cross_check(results: dict[str, Any], run_metrics: dict[str, float]) -> list[str]:
     """Disagreements between a results dict and the run's logged ``<variant>/<metric>`` metrics."""
     problems = []
@@ -168,7 +163,8 @@ def _numbers(variants: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def _load_trials(suite: Suite, data: ReportData) -> None:
-    """Trials of the latest tuning study (child runs of a ``todsynth.kind=study`` run) with FID and mask mIoU."""
+    """Finished trials of the latest tuning study (``todsynth.kind=trial`` children of a ``study`` run) with FID and
+    mask mIoU; ``params`` are the tuned ones (tag ``optuna.params``), ``feasible`` from the trial's constraints."""
     from bench.tracking import find_children, find_runs
 
     studies = find_runs(suite.tracking_uri, suite.experiment, "study", status=None)
@@ -176,16 +172,23 @@ def _load_trials(suite: Suite, data: ReportData) -> None:
         return
     finished = [s for s in studies if s["status"] == "FINISHED"]
     data.study = (finished or studies)[0]
-    for run in find_children(suite.tracking_uri, data.study):
+    children = find_children(suite.tracking_uri, data.study)
+    if any(c["tags"].get("todsynth.kind") == "trial" for c in children):
+        children = [c for c in children if c["tags"].get("todsynth.kind") == "trial"]
+    for run in children:
         if run["status"] != "FINISHED":
             continue
         fid, miou = _trial_metric(run["metrics"], "fid"), _trial_metric(run["metrics"], "mask_miou")
         if fid is None or miou is None:
             continue
-        number = run["tags"].get("optuna.trial_number")
-        data.trials.append({"number": int(number) if number is not None and number.isdigit() else None,
-                            "run_id": run["run_id"], "fid": fid, "mask_miou": miou,
-                            "params": {k: v for k, v in run["params"].items() if k.startswith(("crfm.", "sampling."))}})
+        number = run["tags"].get("optuna.trial_number", "")
+        try:
+            params = json.loads(run["tags"]["optuna.params"])
+        except (KeyError, json.JSONDecodeError):
+            params = {k: v for k, v in run["params"].items() if k.startswith(("crfm.", "sampling."))}
+        data.trials.append({"number": int(number) if number.isdigit() else None, "run_id": run["run_id"],
+                            "fid": fid, "mask_miou": miou, "params": params,
+                            "feasible": run["metrics"].get("feasible", 1.0) > 0})
     data.trials.sort(key=lambda t: (t["number"] is None, t["number"] or 0))
 
 
@@ -443,7 +446,12 @@ def plot_pareto(trials: list[dict[str, Any]], front: list[int], variants: list[d
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
-    ax.scatter([t["fid"] for t in trials], [t["mask_miou"] for t in trials], c="#8a8a8a", s=28, label="trials")
+    ok = [t for t in trials if t.get("feasible", True)]
+    bad = [t for t in trials if not t.get("feasible", True)]
+    ax.scatter([t["fid"] for t in ok], [t["mask_miou"] for t in ok], c="#8a8a8a", s=28, label="trials")
+    if bad:
+        ax.scatter([t["fid"] for t in bad], [t["mask_miou"] for t in bad], c="#8a8a8a", marker="x", s=28,
+                   label="infeasible trials (constraint violated)")
     pf = sorted((trials[i] for i in front), key=lambda t: t["fid"])
     ax.plot([t["fid"] for t in pf], [t["mask_miou"] for t in pf], "o-", color="#d62728", ms=7, label="Pareto front")
     for t in trials:
@@ -727,12 +735,14 @@ def _render_into(suite: Suite, out: Path, scratch: Path, run_id: str | None) -> 
                                    "trained on each variant's data (error bars: std over seeds)."})
     front: list[int] = []
     if data.trials:
-        front = pareto_front([(t["fid"], t["mask_miou"]) for t in data.trials], (False, True))
+        feasible = [i for i, t in enumerate(data.trials) if t["feasible"]]
+        front = [feasible[i] for i in pareto_front([(data.trials[i]["fid"], data.trials[i]["mask_miou"]) for i in feasible],
+                                                   (False, True))]
         plot_pareto(data.trials, front, results["variants"], out / "pareto.png")
         figures.append({"file": "pareto.png", "title": "Tuning: FID vs mask mIoU",
                         "caption": f"{len(data.trials)} finished trials of study "
                                    f"{data.study['tags'].get('optuna.study', data.study['run_name']) if data.study else '?'}; "
-                                   "red: the Pareto front (no other trial has both lower FID and higher mask mIoU); "
+                                   "red: the Pareto front of the feasible trials (no other has both lower FID and higher mask mIoU); "
                                    "stars: the suite's variants."})
     else:
         data.notes.append("No tuning trials in MLflow for this suite (run `todsynth bench tune` to add the FID vs "

@@ -69,15 +69,44 @@ def _domains(data: CachedStage) -> list[str]:
     return list(data.marker["spec"]["domains"])
 
 
+class LazyEncoder:
+    """A prompt encoder built on first ``encode``: reading cached prompts only needs its ``name``.
+
+    Later stages read the prompts stage's cache without loading CLIP/T5 (gigabytes for SD3); a miss
+    (a prompt not seen at the prompts stage) builds the real encoder, which must carry the same name.
+    """
+
+    def __init__(self, name: str, build: Callable[[], Any]) -> None:
+        self.name = name
+        self._build = build
+        self._encoder: Any = None
+
+    def encode(self, prompts: list[str]) -> Any:
+        """Encode with the real encoder (built now if needed)."""
+        if self._encoder is None:
+            self._encoder = self._build()
+            if self._encoder.name != self.name:
+                raise ValueError(f"prompt encoder is now {self._encoder.name!r}, the cache was written by {self.name!r}")
+        return self._encoder.encode(prompts)
+
+
+def _build_encoder(spec: dict[str, Any], device: str) -> Any:
+    """The prompts stage's encoder from its spec (the preset's ``text`` config, SD3 dir for ``sd3``)."""
+    from todsynth.text import build_prompt_encoder
+
+    text = dict(spec["text"])
+    kind = text.pop("kind")
+    kw = {"sd3_dir": spec["sd3_dir"], "device": device, **text} if kind == "sd3" else text
+    return build_prompt_encoder(kind, **kw)
+
+
 def _prompt_cache(prompts: CachedStage, device: str) -> Any:
-    """The prompt cache written by the ``prompts`` stage (encoder built lazily, only on a miss)."""
-    from todsynth.text import PromptCache, build_prompt_encoder
+    """The prompt cache written by the ``prompts`` stage (its encoder built lazily, only on a miss)."""
+    from todsynth.text import PromptCache
 
     spec = prompts.marker["spec"]
-    kw: dict[str, Any] = {}
-    if spec["encoder"] == "sd3":
-        kw = {"sd3_dir": spec["sd3_dir"], "device": device}
-    return PromptCache(artifact_path(prompts, "cache"), build_prompt_encoder(spec["encoder"], **kw))
+    encoder = LazyEncoder(prompts.artifacts["encoder_name"], lambda: _build_encoder(spec, device))
+    return PromptCache(artifact_path(prompts, "cache"), encoder)
 
 
 def _crop(size: int | None) -> tuple[int, int] | None:
@@ -126,18 +155,16 @@ def stage_prompts(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir:
     """Vectorize every training mask's prompt and the empty prompt once (safetensors per prompt)."""
     from todsynth.data.classes import prompt_for_labels, reduce_labels
     from todsynth.data.loveda import read_raw_mask
-    from todsynth.text import PromptCache, build_prompt_encoder
+    from todsynth.text import PromptCache
 
-    kw: dict[str, Any] = {}
-    if spec["encoder"] == "sd3":
-        kw = {"sd3_dir": spec["sd3_dir"], "device": _runtime(spec)["device"]}
-    encoder = build_prompt_encoder(spec["encoder"], **kw)
+    encoder = _build_encoder(spec, _runtime(spec)["device"])
     prompts = sorted({prompt_for_labels(reduce_labels(read_raw_mask(s.mask_path))) for s in _samples(inputs["data"], "Train")})
     prompts.append("")
     cache = PromptCache(out_dir / "cache", encoder)
     cache.get(prompts)
     return {
         "cache": out_dir / "cache",
+        "encoder_name": encoder.name,
         "prompts": _write_json(out_dir / "prompts.json", prompts),
         "metrics": {"n_prompts": len(prompts)},
     }

@@ -73,6 +73,7 @@ class TuneOptions:
     sampler: str | None = None
     progress: bool = True
     track: bool = True
+    stages_module: str | None = None  # module with STAGES/STAGE_VERSIONS (default bench.stages); tests use stand-ins
 
 
 @dataclass
@@ -447,6 +448,11 @@ class Session:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.suite, self.opts, self.tune = suite, opts, tune_spec(suite)
+        if opts.stages_module is not None and stage_fns is None:
+            import importlib
+
+            module = importlib.import_module(opts.stages_module)
+            stage_fns, stage_versions = module.STAGES, module.STAGE_VERSIONS
         self.stage_fns, self.stage_versions = stage_fns, stage_versions
         if console is None:
             from rich.console import Console
@@ -903,7 +909,7 @@ def tune_suite(
     if opts.trials is not None and opts.trials < 1:
         raise ConfigError(f"--trials {opts.trials}: needs at least 1")
     if stage_fns is not None and opts.workers > 1:
-        raise ConfigError("custom stage functions cannot reach spawned workers; use workers=1")
+        raise ConfigError("stage functions passed in cannot reach spawned workers; use TuneOptions.stages_module")
     preflight(suite)
     t0 = time.perf_counter()
     (suite.workspace / suite.name).mkdir(parents=True, exist_ok=True)
