@@ -587,7 +587,7 @@ def image_grid(suite: Suite, data: ReportData, path: Path, n_rows: int = GRID_RO
     manifests = {n: json.loads(p.read_text()) for n, p in columns}
     by_id = {n: {(e["domain"], e["id"]): e for e in m["images"]} for n, m in manifests.items()}
     first = columns[0][0]
-    ids = [k for k in (((e["domain"], e["id"]) for e in manifests[first]["images"])) if all(k in b for b in by_id.values())]
+    ids = [k for k in ((e["domain"], e["id"]) for e in manifests[first]["images"]) if all(k in b for b in by_id.values())]
     ids = ids[:n_rows]
     if not ids:
         return None

@@ -146,12 +146,17 @@ def test_report_files_and_numbers_equal_results(ran, tmp_path):
     assert r"real-only &" in tex and r"\textbf{" + fmt(results["variants"][2]["metrics"]["fid"]) in tex
     assert r"$^\dagger$" in tex
 
+    _check_grid(out)
 
-def test_image_grid_rows_and_columns(ran, tmp_path):
-    suite, _ = ran
-    out = write_report(suite, tmp_path / "r")
+    # a second report replaces the first one whole
+    (out / "stale.txt").write_text("old")
+    write_report(suite, out)
+    assert not (out / "stale.txt").exists() and (out / "report.md").is_file()
+
+
+def _check_grid(out):
     grid = np.asarray(Image.open(out / "samples.png").convert("RGB"))
-    # 4 columns of 128 px cells (mask, real, plain, crfm-rs1, crfm = 5) and up to 4 rows, with padding + header
+    # 5 columns of 128 px cells (mask, real, plain, crfm, crfm-rs1) and 4 rows, with padding + a header strip
     assert grid.shape[1] == 5 * (128 + 4) + 4
     assert grid.shape[0] == 18 + 4 * (128 + 4) + 4
     md = (out / "report.md").read_text()
@@ -164,15 +169,6 @@ def test_image_grid_rows_and_columns(ran, tmp_path):
 
     colours = {tuple(c) for c in cell(0).reshape(-1, 3)}
     assert colours <= set(PALETTE) | {(0, 0, 0)}
-
-
-def test_rerun_report_replaces_old_one(ran, tmp_path):
-    suite, _ = ran
-    out = tmp_path / "r"
-    write_report(suite, out)
-    (out / "stale.txt").write_text("old")
-    write_report(suite, out)
-    assert not (out / "stale.txt").exists() and (out / "report.md").is_file()
 
 
 def test_report_latest_run_and_workspace_cross_check(ran, tmp_path):
@@ -233,3 +229,37 @@ def test_latex_escapes_and_marks():
                              "metrics_std": {}}]}
     tex = render_latex(results)
     assert r"a\_b\&c & \textbf{10.00} \\" in tex and r"d & 12.00 \\" in tex and "dagger" not in tex
+
+
+def test_report_tuning_trials_pareto(ran, tmp_path):
+    """Trials logged as bench/tune.py does (study run, trial children with fid/mask_miou, stage grandchildren)."""
+    from bench.tracking import Tracker
+
+    suite, _ = ran
+    tracker = Tracker(suite.tracking_uri, suite.artifact_location, suite.experiment, suite.workspace)
+    study = tracker.start_parent("tune:s", {"n": 1}, {"optuna.study": "s", "todsynth.suite": suite.name}, "x: 1",
+                                 kind="study")
+    points = [(90.0, 0.40, 1.0), (95.0, 0.50, 1.0), (92.0, 0.38, 1.0), (80.0, 0.30, 0.0), (99.0, 0.45, 1.0)]
+    for number, (fid, miou, feasible) in enumerate(points):
+        run = tracker.start_child(f"trial-{number}", {"crfm": {"rectified_step": number}},
+                                  {"todsynth.kind": "trial", "optuna.trial_number": str(number),
+                                   "optuna.params": json.dumps({"crfm.rectified_step": number})})
+        tracker.log_metrics(run, {"fid": fid, "mask_miou": miou, "feasible": feasible})
+        stage = tracker.with_parent(run).start_child("evaluate[trial]", {}, {"todsynth.kind": "stage"})
+        tracker.log_metrics(stage, {"fid": 1.0, "mask_miou": 0.99})  # a grandchild: never counted as a trial
+        tracker.end(stage)
+        tracker.end(run)
+    ref = tracker.start_child("evaluate[plain]", {}, {"todsynth.kind": "stage"})  # a study-level stage run
+    tracker.log_metrics(ref, {"fid": 1.0, "mask_miou": 0.99})
+    tracker.end(ref)
+    tracker.end(study)
+
+    out = write_report(suite, tmp_path / "r")
+    assert (out / "pareto.png").is_file()
+    md = (out / "report.md").read_text()
+    section = md[md.index("### Pareto-optimal trials"):md.index("## Samples")]
+    assert "(2 of 5, study s)" in section  # trial 3 is infeasible, 2 and 4 are dominated by 0 and 1
+    numbers = [int(ln.split("|")[1]) for ln in section.splitlines() if re.match(r"\| \d+ \|", ln)]
+    assert numbers == [0, 1]
+    assert "`crfm.rectified_step=1`" in section
+    assert "No tuning trials" not in md

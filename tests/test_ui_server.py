@@ -1,0 +1,97 @@
+"""`todsynth ui`: an MLflow server over the workspace store on 127.0.0.1, found through its REST API, stopped cleanly."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bench.engine import run_suite
+from bench.suites import validate_data
+from bench.tracking import is_loopback, server_command
+
+TODSYNTH = Path(sys.executable).parent / "todsynth"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return json.loads(r.read())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def test_ui_serves_the_workspace_store(tiny_suite_data, bench_workspace, fake_stages, tmp_path):
+    fns, _ = fake_stages
+    suite = validate_data({**tiny_suite_data, "workspace": str(bench_workspace)}, "test")
+    out = run_suite(suite, stage_fns=fns, stage_versions={}, progress=False)
+    port = _free_port()
+    log = (tmp_path / "ui.log").open("w+")
+    proc = subprocess.Popen([str(TODSYNTH), "ui", "--port", str(port), "--workspace", str(bench_workspace)],
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        query = urllib.parse.urlencode({"experiment_name": suite.experiment})
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?{query}"
+        found = None
+        deadline = time.monotonic() + 120
+        while found is None and time.monotonic() < deadline and proc.poll() is None:
+            found = _get(url)
+            time.sleep(0.5)
+        log.seek(0)
+        assert found is not None, f"no answer from the UI on port {port}; its output:\n{log.read()}"
+        exp = found["experiment"]
+        assert exp["name"] == "todsynth/t"
+        assert exp["artifact_location"] == str(bench_workspace / "mlartifacts")
+        runs = _post(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search",
+                     {"experiment_ids": [exp["experiment_id"]], "filter": "tags.`todsynth.kind` = 'suite'"})
+        assert [r["info"]["run_id"] for r in runs["runs"]] == [out.parent_run_id]
+    finally:
+        proc.send_signal(signal.SIGTERM)  # forwarded to the server's process group
+        rc = proc.wait(timeout=30)
+    log.seek(0)
+    text = log.read()
+    assert rc == 0, text
+    assert f"http://127.0.0.1:{port}/" in text and "MLflow UI stopped" in text
+    with socket.socket() as s, pytest.raises(ConnectionRefusedError):  # the server and its workers are gone
+        s.connect(("127.0.0.1", port))
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_server_command_and_loopback(tmp_path):
+    cmd = server_command(tmp_path / "ws", "127.0.0.1", 5123)
+    assert cmd[1:4] == ["-m", "mlflow", "server"]
+    assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}"
+    assert cmd[cmd.index("--artifacts-destination") + 1] == str(tmp_path / "ws" / "mlartifacts")
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "5123"
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3") and not is_loopback("example.org")
+
+
+@pytest.mark.parametrize("args, message", [(["--port", "0"], "not a TCP port"), (["--workers", "0"], "at least 1")])
+def test_ui_rejects_bad_options(args, message, tmp_path):
+    from cli import app
+
+    result = CliRunner().invoke(app, ["ui", "--workspace", str(tmp_path / "ws"), *args])
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "ws").exists()
