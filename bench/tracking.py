@@ -98,7 +98,7 @@ def _alive(pid: int) -> bool:
 class Tracker:
     """One MLflow client bound to a store, an experiment and (after :meth:`start_parent`) a parent run."""
 
-    def __init__(self, tracking_uri: str, artifact_location: str, experiment: str, lock_dir: Path) -> None:
+    def __init__(self, tracking_uri: str, artifact_location: str | None, experiment: str, lock_dir: Path) -> None:
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri
@@ -109,7 +109,7 @@ class Tracker:
             self.client = MlflowClient(tracking_uri=tracking_uri)
             exp = retry(self.client.get_experiment_by_name, experiment)
             if exp is None:
-                if "://" not in artifact_location:
+                if artifact_location is not None and "://" not in artifact_location:  # None: the server's default
                     Path(artifact_location).mkdir(parents=True, exist_ok=True)
                 self.experiment_id = retry(self.client.create_experiment, experiment, artifact_location=artifact_location)
             else:
