@@ -48,12 +48,12 @@ def fail(message: str, code: int = 2) -> None:
 
 @app.command("doctor")
 def doctor_cmd(
-    sd3_dir: Annotated[Optional[Path], typer.Option("--sd3-dir", help="Local SD3.5 dir (default: $TODSYNTH_SD3_DIR).")] = None,
+    sd3_dir: Annotated[Path | None, typer.Option("--sd3-dir", help="Local SD3.5 dir (default: $TODSYNTH_SD3_DIR).")] = None,
     inception: Annotated[
-        Optional[Path], typer.Option("--inception", help="Inception weights file (default: $TODSYNTH_INCEPTION_WEIGHTS).")
+        Path | None, typer.Option("--inception", help="Inception weights file (default: $TODSYNTH_INCEPTION_WEIGHTS).")
     ] = None,
     loveda_root: Annotated[
-        Optional[Path], typer.Option("--loveda-root", help="LoveDA root (default: $TODSYNTH_LOVEDA_ROOT).")
+        Path | None, typer.Option("--loveda-root", help="LoveDA root (default: $TODSYNTH_LOVEDA_ROOT).")
     ] = None,
 ) -> None:
     """Versions, hardware, and whether the local SD3.5 / Inception / LoveDA paths exist (always exit 0)."""
@@ -120,7 +120,7 @@ def data_index(
     root: Annotated[Path, typer.Argument(help="Dataset root in LoveDA layout.")],
     split: Annotated[str, typer.Option("--split", help="Train or Val (Test has no masks).")] = "Train",
     out: Annotated[
-        Optional[Path], typer.Option("--out", help="Output .jsonl (default ROOT/index.jsonl, ROOT/index_val.jsonl).")
+        Path | None, typer.Option("--out", help="Output .jsonl (default ROOT/index.jsonl, ROOT/index_val.jsonl).")
     ] = None,
 ) -> None:
     """Write index.jsonl: source (mask), target (image), prompt; paths relative to ROOT."""
@@ -144,8 +144,8 @@ def data_index(
 def prompts_vectorize(
     index: Annotated[Path, typer.Argument(help="index.jsonl (from `todsynth data index`).")],
     encoder: Annotated[str, typer.Option("--encoder", help="sd3 (CLIP-L + CLIP-G + T5 from --sd3-dir) or tiny.")],
-    sd3_dir: Annotated[Optional[Path], typer.Option("--sd3-dir", help="Local SD3.5 dir (default: $TODSYNTH_SD3_DIR).")] = None,
-    cache: Annotated[Optional[Path], typer.Option("--cache", help="Cache dir (default: INDEX's dir/prompt_cache).")] = None,
+    sd3_dir: Annotated[Path | None, typer.Option("--sd3-dir", help="Local SD3.5 dir (default: $TODSYNTH_SD3_DIR).")] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", help="Cache dir (default: INDEX's dir/prompt_cache).")] = None,
     device: Annotated[str, typer.Option("--device", help="sd3: torch device.")] = "cpu",
     dtype: Annotated[str, typer.Option("--dtype", help="sd3: float32, float16 or bfloat16.")] = "float32",
     t5_max_length: Annotated[int, typer.Option("--t5-max-length", help="sd3: T5 tokens.")] = 256,
@@ -196,6 +196,83 @@ def prompts_vectorize(
 
 # ---------------------------------------------------------------- gen
 # (section: gen)
+
+
+@gen_app.command("train")
+def gen_train(
+    data: Annotated[Path, typer.Option("--data", help="LoveDA-layout root (Train split is used).")],
+    out: Annotated[Path, typer.Option("--out", help="Run dir: vae/, checkpoint-*/, log.jsonl, generator/.")],
+    preset: Annotated[str, typer.Option("--preset", help="Generator preset: tiny (scratch, CPU) or sd3.5-medium.")] = "tiny",
+    source: Annotated[Optional[Path], typer.Option("--source", help="Local SD3.5 dir for sd3.5-medium (default: preset / $TODSYNTH_SD3_DIR).")] = None,
+    vae: Annotated[Optional[Path], typer.Option("--vae", help="Trained VAE dir for scratch presets (default: train one into OUT/vae).")] = None,
+    vae_steps: Annotated[Optional[int], typer.Option("--vae-steps", min=1, help="Scratch VAE steps (default: preset's vae_train).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimizer steps (default: preset's budget).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Samples per step and process.")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", min=1, help="Micro-batches per step.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", min=0.0, help="AdamW learning rate.")] = None,
+    trainable: Annotated[Optional[str], typer.Option("--trainable", help="branches (image + mask streams) or lora.")] = None,
+    mask_init: Annotated[Optional[str], typer.Option("--mask-init", help="fresh (zero AdaLN-Zero) or image (copy image stream).")] = None,
+    timestep_sampling: Annotated[Optional[str], typer.Option("--timestep-sampling", help="uniform (release) or logit_normal.")] = None,
+    caption_dropout: Annotated[Optional[float], typer.Option("--caption-dropout", help="Prob. of the empty prompt (for CFG).")] = None,
+    ema_decay: Annotated[Optional[float], typer.Option("--ema-decay", help="EMA of the weights (saved as the generator).")] = None,
+    mixed_precision: Annotated[Optional[str], typer.Option("--mixed-precision", help="no, fp16 or bf16 (GPU).")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute blocks in backward.")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", min=0, help="Checkpoint every K steps (0 = never).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of all training randomness.")] = 0,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use only the first N training samples.")] = None,
+    prompt_cache: Annotated[Optional[Path], typer.Option("--prompt-cache", help="Prompt-embedding cache dir (default: OUT/prompt_cache).")] = None,
+    no_resume: Annotated[bool, typer.Option("--no-resume", help="Start over instead of resuming OUT's last checkpoint.")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+) -> None:
+    """Train the mask-conditioned MM-DiT (flow matching; works under `accelerate launch`)."""
+    import json
+    import os
+
+    from todsynth.data.loveda import LoveDA
+    from todsynth.models.presets import is_scratch, resolve_preset
+    from todsynth.text import PromptCache, build_prompt_encoder
+    from todsynth.train import TrainConfig, train_generator, train_vae
+
+    overrides: dict = {}
+    if source is None and os.environ.get("TODSYNTH_SD3_DIR") and preset != "tiny":
+        source = Path(os.environ["TODSYNTH_SD3_DIR"])
+    if source is not None:
+        overrides["source"] = str(source)
+    resolved = resolve_preset(preset, overrides)
+    dataset = LoveDA(data, "Train")
+    if limit:
+        dataset = LoveDA(data, "Train", samples=dataset.samples[:limit])
+    if is_scratch(resolved) and vae is None:
+        vae = out / "vae"
+        if not (vae / "config.json").is_file():
+            budget = dict(resolved.get("vae_train") or {})
+            if vae_steps is not None:
+                budget["steps"] = vae_steps
+            console.print(f"training the scratch VAE ({budget.get('steps')} steps) -> {vae}", highlight=False)
+            train_vae(dataset, resolved["vae"], vae, steps=budget["steps"], batch_size=budget["batch_size"],
+                      lr=budget["lr"], seed=seed, image_size=resolved["image_size"], progress=not no_progress)
+    given = {
+        "steps": steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr, "trainable": trainable,
+        "mask_init": mask_init, "timestep_sampling": timestep_sampling, "caption_dropout": caption_dropout,
+        "ema_decay": ema_decay, "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,
+        "checkpoint_every": checkpoint_every,
+    }
+    cfg = TrainConfig.from_preset(
+        preset, preset_overrides=overrides, vae_dir=str(vae) if vae else None, seed=seed,
+        **{k: v for k, v in given.items() if v is not None},
+    )
+    text = dict(resolved.get("text") or {"kind": "tiny"})
+    kind = text.pop("kind")
+    kw = {"sd3_dir": resolved["source"], **text} if kind == "sd3" else text
+    cache = PromptCache(prompt_cache or out / "prompt_cache", build_prompt_encoder(kind, **kw))
+    gen_dir = train_generator(cfg, dataset, cache, out, resume=not no_resume, progress=not no_progress)
+    summary = json.loads((out / "train_summary.json").read_text()) if (out / "train_summary.json").is_file() else {}
+    console.print(
+        f"generator -> {gen_dir} ({summary.get('steps')} steps, final loss {summary.get('final_loss', float('nan')):.4f}, "
+        f"{summary.get('samples_per_s') or 0:.1f} samples/s, peak RSS {summary.get('peak_rss_mb', 0):.0f} MB)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _sample_device() -> str:
