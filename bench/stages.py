@@ -319,13 +319,12 @@ def sample_grid(pairs: list[tuple[Path, Path]], out: Path, n: int = 8) -> Path:
 
 def stage_synthesize(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
     """Generate ``round(ratio * n_masks)`` images from the (limited) training masks, CRFM-guided by the judge."""
+    from bench.graph import n_synthetic
     from todsynth.models.generator import load_generator
     from todsynth.sample.crfm import CRFMConfig
     from todsynth.sample.sampler import SamplerConfig
     from todsynth.sample.synthesize import synthesize
     from todsynth.seg.judge import SegmentorLogits
-
-    from bench.graph import n_synthetic
 
     rt = _runtime(spec)
     device = rt["device"]
