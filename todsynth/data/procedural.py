@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy.ndimage import find_objects
 
 from todsynth.data.classes import IGNORE_INDEX, NUM_CLASSES, RAW_NODATA
 from todsynth.data.loveda import DOMAINS, IMAGES_DIR, MASKS_DIR, list_samples, read_image_array, read_raw_mask
@@ -181,12 +182,12 @@ def _render(
         roof = roofs[instances[bld] - 1]
         along_y = rng.random(n_inst) < 0.5
         half = np.zeros((size, size), dtype=bool)
-        for i in range(n_inst):  # darker half of each roof, split at its centre line
-            m = instances == i + 1
-            if not m.any():  # fully covered by a later building
+        for i, box in enumerate(find_objects(instances)):  # darker half of each roof, split at its centre line
+            if box is None:  # fully covered by a later building
                 continue
-            coord = yy[m] if along_y[i] else xx[m]
-            half[m] = coord > coord.mean()
+            m = instances[box] == i + 1
+            coord = (yy if along_y[i] else xx)[box][m]
+            half[box][m] = coord > coord.mean()
         shade = np.where(half[bld], 0.86, 1.0)
         img[bld] = roof * (shade + 0.015 * grain[bld])[:, None]
         sh = max(1, size // 48)
