@@ -127,6 +127,14 @@ def study_fingerprint(suite: Suite) -> str:
     return hashlib.sha256(canonical_json({"suite": data, "version": str(suite.version)}).encode()).hexdigest()
 
 
+def artifact_location(suite: Suite) -> str | None:
+    """Artifact root of a new experiment: ``tracking.artifacts``; with an http(s) tracking server and none set,
+    the server's own (proxied) root, so workers on other machines upload through it; else ``<ws>/mlartifacts``."""
+    if suite.tracking.artifacts is None and suite.tracking_uri.startswith(("http://", "https://")):
+        return None
+    return suite.artifact_location
+
+
 def base_variant(suite: Suite) -> ResolvedVariant:
     """The variant a trial's parameters override: ``tune.base_variant``, else the suite's sampling/crfm defaults."""
     tune = tune_spec(suite)
@@ -472,7 +480,7 @@ class Session:
             if opts.track:
                 from bench.tracking import Tracker
 
-                self.tracker = Tracker(suite.tracking_uri, suite.artifact_location, suite.experiment, suite.workspace)
+                self.tracker = Tracker(suite.tracking_uri, artifact_location(suite), suite.experiment, suite.workspace)
                 if create:
                     self._parent()
                 else:
@@ -732,8 +740,8 @@ class Session:
                 self.tracker.log_metrics(parent, {f"best/{k}": v for k, v in best[0]["values"].items()})
             self.tracker.log_metrics(parent, {"n_complete": summary["n_complete"], "n_fail": summary["n_fail"],
                                               "pareto_size": len(summary["pareto"])})
-            if summary["n_complete"] >= self.target:
-                self.tracker.end(parent, "FINISHED")
+            self.tracker.set_tags(parent, {"todsynth.complete": str(summary["n_complete"] >= self.target).lower()})
+            self.tracker.end(parent, "FINISHED")  # a rerun reopens it to add trials
         return summary, path
 
 
@@ -929,10 +937,14 @@ def tune_suite(
     ran = 0
     try:
         ran = session.work()
-    except BaseException:
+    except BaseException as exc:
         for p in procs:
             if p.is_alive():
                 p.terminate()
+        parent = session.tracker.parent_run_id if session.tracker is not None else None
+        if parent:
+            with contextlib.suppress(Exception):
+                session.tracker.end(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     finally:
         for p in procs:

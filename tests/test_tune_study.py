@@ -288,3 +288,27 @@ def test_no_tune_section_is_a_config_error(tiny_suite_data, bench_workspace, fak
     data = dict(tiny_suite_data, workspace=str(bench_workspace))
     with pytest.raises(ConfigError, match="no `tune:` section"):
         tune_suite(validate_data(data, "s"), TuneOptions(trials=1), stage_fns=fns, stage_versions={})
+
+
+def test_failing_stage_fails_the_trial_and_stops(tune_data, fake_stages):
+    from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
+
+    from todsynth.errors import StageError
+
+    fns, _ = fake_stages
+    fns = dict(fns)
+
+    def broken(spec, inputs, out_dir):
+        raise RuntimeError("evaluator exploded")
+
+    fns["evaluate"] = broken
+    suite = validate_data(tune_data, "s")
+    with pytest.raises(StageError, match="evaluator exploded"):
+        tune_suite(suite, TuneOptions(trials=3, progress=False), stage_fns=fns, stage_versions={})
+    session = Session(suite, TuneOptions(trials=3, progress=False, track=False), stage_fns=fns, stage_versions={})
+    trials = session.study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL]  # not left RUNNING, not retried as if killed
+    client = MlflowClient(tracking_uri=suite.tracking_uri)
+    assert client.get_run(trials[0].user_attrs["mlflow_run_id"]).info.status == "FAILED"
+    assert client.get_run(session.study.user_attrs["mlflow_parent_run_id"]).info.status == "FAILED"
