@@ -24,7 +24,7 @@ from rich.markup import escape
 from bench.cache import CODE_VERSION, CachedStage, StageCache, stage_hash
 from bench.graph import Node, build_graph, node_key, select_forced
 from bench.provenance import git_commit, now_iso, package_versions
-from bench.results import collect_results, results_path, write_results
+from bench.results import collect_results, results_path, strict_json, write_results
 from bench.schema import CRFMOverride, ResolvedVariant, SamplingOverride, Suite, Variant, check_runnable
 from bench.suites import SuiteError, config_hash, resolved_dict, resolved_yaml
 from todsynth.errors import StageError, TodsynthError
@@ -174,7 +174,7 @@ def run_suite(
                                    "status": "computed" if computed else "cached", "dir": str(cached.dir),
                                    "mlflow_run_id": cached.marker.get("mlflow_run_id"), "seconds": seconds})
                 bar.finish(node.key, computed, seconds)
-        results = collect_results(suite, nodes, done, chash, parent)
+        results = strict_json(collect_results(suite, nodes, done, chash, parent))
         write_results(outcome.results_file, results)
         outcome.results = results
         status = "FINISHED"

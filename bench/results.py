@@ -13,7 +13,8 @@ Every variant has ``downstream_miou``, ``downstream_oa``, ``downstream_macc`` an
 ({class: IoU}); synthetic ones add ``fid``, ``kid``, ``fid_extractor``, ``fid_comparable``,
 ``mask_miou`` and ``seconds_per_image``. With several seeds, ``metrics`` holds the mean over seeds
 and ``metrics_std`` the population standard deviation (``ddof=0``; 0.0 with one seed); non-numeric
-values (``fid_extractor``, ``fid_comparable``) are the common value across seeds. Raw floats, never rounded.
+values (``fid_extractor``, ``fid_comparable``) are the common value across seeds. Raw floats, never rounded;
+undefined values (NaN, e.g. FID with fewer than 2 images or IoU of a class absent from Val) are written as null.
 """
 
 from __future__ import annotations
@@ -96,11 +97,22 @@ def collect_results(
     }
 
 
+def strict_json(obj: Any) -> Any:
+    """NaN/inf -> None, recursively, so the file is standard JSON (undefined metrics read as null)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def write_results(path: Path, results: dict[str, Any]) -> None:
-    """Write JSON atomically (temp file in the same dir, then ``os.replace``)."""
+    """Write standard JSON (non-finite numbers as null) atomically: temp file in the same dir, then ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=False, allow_nan=True))
+    tmp.write_text(json.dumps(strict_json(results), indent=2, allow_nan=False))
     os.replace(tmp, path)
 
 

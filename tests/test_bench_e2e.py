@@ -32,11 +32,18 @@ def _check_results(res: dict, variants: list[str]) -> None:
 
 
 def test_tests_suite_end_to_end_then_cached(bench_workspace):
+    from typer.testing import CliRunner
+
+    from cli import app
+
     suite = load_suite(REPO / "suites" / "tests.yaml", workspace=bench_workspace)
-    first = run_suite(suite, progress=False)
     n = len(build_graph(suite))
-    assert len(first.computed) == n
+    cli = CliRunner().invoke(app, ["bench", "run", str(REPO / "suites" / "tests.yaml"), "-w", str(bench_workspace),
+                                   "--no-progress"], env={"COLUMNS": "200"})
+    assert cli.exit_code == 0, cli.output
+    assert f"{n} stages computed, 0 reused" in cli.output and "real-only" in cli.output
     res = json.loads((bench_workspace / "tests" / "results.json").read_text())
+    assert not list((bench_workspace / "tests").glob(".results.json.*"))  # atomic write left no temp file
     _check_results(res, ["real-only", "plain", "crfm"])
     # synthetic images really exist, one per (limited) training mask at ratio 1
     syn_dirs = list((bench_workspace / "cache" / "synthesize").glob("[0-9a-f]*"))
@@ -47,7 +54,7 @@ def test_tests_suite_end_to_end_then_cached(bench_workspace):
         assert (d / "grid.png").is_file()
     second = run_suite(suite, progress=False)
     assert second.computed == [] and len(second.cached) == n
-    assert second.results["variants"] == first.results["variants"]
+    assert json.dumps(second.results["variants"], sort_keys=True) == json.dumps(res["variants"], sort_keys=True)
 
 
 @pytest.mark.slow

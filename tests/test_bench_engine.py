@@ -304,3 +304,19 @@ def test_launched_stage_round_trip(tiny_suite_data, tmp_path, monkeypatch):
     assert main(["--stage", "generator", "--job", str(job), "--out", str(out)]) == 0
     assert json.loads((job / "artifacts.json").read_text()) == {"w": "w.txt", "metrics": {"m": 1.5}}
     assert (out / "w.txt").read_text() == "adata"
+
+
+def test_results_file_is_strict_json(tmp_path):
+    from bench.results import aggregate, write_results
+
+    mean, std = aggregate([{"fid": float("nan"), "x": 1.0, "c": {"a": 1.0}}, {"fid": float("nan"), "x": 3.0, "c": {"a": 2.0}}])
+    assert mean["x"] == 2.0 and std["x"] == 1.0 and mean["c"] == {"a": 1.5} and std["c"] == {"a": 0.5}
+    path = tmp_path / "r" / "results.json"
+    write_results(path, {"variants": [{"metrics": mean}], "inf": float("inf")})
+
+    def refuse(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    data = json.loads(path.read_text(), parse_constant=refuse)
+    assert data["variants"][0]["metrics"]["fid"] is None and data["inf"] is None
+    assert [p.name for p in path.parent.iterdir()] == ["results.json"]
