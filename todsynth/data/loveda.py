@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from todsynth.data.classes import prompt_for_labels, reduce_labels
-from todsynth.errors import DataValidationError, DatasetNotFoundError
+from todsynth.errors import DatasetNotFoundError, DataValidationError
 
 SPLITS: tuple[str, ...] = ("Train", "Val", "Test")
 DOMAINS: tuple[str, ...] = ("Urban", "Rural")
