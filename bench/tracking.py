@@ -334,7 +334,15 @@ def fetch_artifact(tracking_uri: str, run_id: str, path: str, dst_dir: Path) -> 
     if path not in names:
         return None
     dst_dir.mkdir(parents=True, exist_ok=True)
-    return Path(retry(_reader(tracking_uri).download_artifacts, run_id, path, str(dst_dir)))
+    quiet = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # no tqdm bar per small file
+    try:
+        return Path(retry(_reader(tracking_uri).download_artifacts, run_id, path, str(dst_dir)))
+    finally:
+        if quiet is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = quiet
 
 
 # ---------------------------------------------------------------------- UI server
