@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from todsynth import __version__
 from todsynth.errors import StageError
@@ -167,7 +167,7 @@ class StageCache:
         lock = self.lock(stage, h)
         try:
             lock.acquire(timeout=0)
-        except Exception:  # filelock.Timeout: another process computes it; wait, then reuse
+        except Timeout:  # another process computes it: wait, then reuse its output
             if on_wait is not None:
                 on_wait()
             lock.acquire()

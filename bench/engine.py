@@ -278,6 +278,8 @@ def _run_node(
     """Compute or reuse one node; on new work, a child MLflow run wraps the stage function."""
     meta: dict[str, Any] = {"key": node.key, "spec": node.spec, "inputs": input_hashes, "code_version": code}
     work_dir = cache.root / node.stage / f".work-{h}"  # resumable checkpoints of long stages (kept across kills)
+    if force and work_dir.exists():  # --force recomputes from scratch, not from a killed run's checkpoints
+        shutil.rmtree(work_dir)
     spec = {**node.spec, "runtime": {"device": device, "launcher": node.launcher, "gpus": suite.resources.gpus,
                                      "work_dir": str(work_dir), "progress": progress}}
     child: list[str] = []
