@@ -263,3 +263,22 @@ def test_report_tuning_trials_pareto(ran, tmp_path):
     assert numbers == [0, 1]
     assert "`crfm.rectified_step=1`" in section
     assert "No tuning trials" not in md
+
+
+@pytest.mark.slow
+def test_report_of_the_real_tests_suite(bench_workspace, tmp_path):
+    """The real stages (suites/tests.yaml, ~2 min on 2 cores): sample grid from their on-disk outputs, numbers equal."""
+    from pathlib import Path
+
+    from bench.suites import load_suite
+
+    suite = load_suite(Path(__file__).parent.parent / "suites" / "tests.yaml", [], bench_workspace)
+    outcome = run_suite(suite, progress=False)
+    out = write_report(suite, tmp_path / "r")
+    results = json.loads(outcome.results_file.read_text())
+    rows = {r["variant"]: r for r in csv.DictReader(io.StringIO((out / "results.csv").read_text()))}
+    for v in results["variants"]:
+        assert float(rows[v["name"]]["downstream_miou"]) == v["metrics"]["downstream_miou"]
+    grid = Image.open(out / "samples.png")
+    assert grid.width == 4 * (128 + 4) + 4  # mask, real, plain, crfm
+    assert "Columns: mask, real, plain, crfm" in (out / "report.md").read_text()
