@@ -103,7 +103,7 @@ def filter_masks(
         count += np.bincount(target[valid], minlength=num_classes)[:num_classes]
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_loss = np.where(count > 0, loss_sum / np.maximum(count, 1), np.nan)
-    threshold = margin * mean_loss
+        threshold = margin * mean_loss  # NaN for absent classes (never compared: they have no pixels)
     # Pass 2: recompute each image's losses (cheaper than holding every loss map) and write copies.
     removed = np.zeros(num_classes, dtype=np.int64)
     out_items: list[SegItem] = []

@@ -98,7 +98,13 @@ def load_segmentor(dir: str | Path, device: str | torch.device = "cpu") -> nn.Mo
 
 
 def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, name: str) -> None:
-    result = model.load_state_dict(dict(state), strict=False)
+    try:
+        result = model.load_state_dict(dict(state), strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln][:3]
+        raise ConfigError(
+            f"{source} does not match model {name!r}: {'; '.join(first) or exc}; check --model and the class count"
+        ) from exc
     if result.missing_keys or result.unexpected_keys:
         raise ConfigError(
             f"{source} does not match model {name!r}: missing {result.missing_keys[:5]} "
