@@ -45,7 +45,7 @@ from bench.cache import CachedStage, StageCache, _alive
 from bench.engine import StageFn, preflight, run_nodes, variant_graph
 from bench.graph import node_key
 from bench.results import DOWNSTREAM_KEYS, SYNTHETIC_KEYS, aggregate, write_results
-from bench.schema import CRFM, KNOWN_METRICS, ResolvedVariant, Sampling, SearchDim, Suite, Tune, resolve_variants
+from bench.schema import CRFM, ResolvedVariant, Sampling, SearchDim, Suite, Tune, resolve_variants
 from bench.suites import canonical_json, resolved_dict, resolved_yaml
 from todsynth.errors import ConfigError, StageError, TodsynthError
 
@@ -964,7 +964,7 @@ def read_tune_json(path: Path) -> dict[str, Any]:
 
 
 __all__ = [
-    "KNOWN_METRICS", "Session", "StudyLock", "TuneOptions", "TuneOutcome", "base_variant", "constraint_values",
+    "Session", "StudyLock", "TuneOptions", "TuneOutcome", "base_variant", "constraint_values",
     "default_params", "distributions", "journal_path", "read_tune_json", "redact", "storage_url", "summarize",
     "summary_tables", "trial_stages", "trial_variant", "tune_suite",
 ]
