@@ -103,3 +103,18 @@ def test_fcn_r18_learns_procedural_scenes(tmp_path: Path) -> None:
                     seed=0, optimizer="adamw", progress=False, val_items=list_samples(root, "Val"))
     scores = json.loads((tmp_path / "w" / "val_scores.json").read_text())
     assert scores["miou"] > 0.15
+
+
+def test_pipeline_reduces_raw_labels(data_root: Path) -> None:
+    from PIL import Image
+
+    from todsynth.seg.mmdata import PairSegDataset, train_pipeline
+
+    s = list_samples(data_root, "Train")[0]
+    ds = PairSegDataset([(str(s.image_path), str(s.mask_path))], metainfo={"classes": tuple("abcdefg")},
+                        pipeline=train_pipeline(None), serialize_data=False)
+    raw = np.asarray(Image.open(s.mask_path)).astype(np.int64)
+    gt = ds[0]["data_samples"].gt_sem_seg.data[0].numpy().astype(np.int64)
+    expected = np.where(raw == 0, 255, raw - 1)
+    assert (gt == expected).all() or (gt == expected[:, ::-1]).all()  # RandomFlip may mirror it
+    assert ds[0]["inputs"].shape == (3, *raw.shape)

@@ -42,8 +42,12 @@ class PairSegDataset(BaseSegDataset):
 
 
 def train_pipeline(crop_size: tuple[int, int] | None) -> list[Any]:
-    """Load (BGR image, reduced mask), optional random crop, horizontal flip, pack."""
-    steps: list[Any] = [LoadImageFromFile(), LoadAnnotations(reduce_zero_label=True)]
+    """Load (BGR image, reduced mask), optional random crop, horizontal flip, pack.
+
+    ``LoadAnnotations`` takes ``reduce_zero_label`` from each record (set by the dataset), MMSeg's
+    non-deprecated way; raw 0 becomes 255 and k becomes k-1.
+    """
+    steps: list[Any] = [LoadImageFromFile(), LoadAnnotations()]
     if crop_size is not None:
         steps.append(RandomCrop(crop_size=tuple(crop_size), cat_max_ratio=0.75))
     steps += [RandomFlip(prob=0.5, direction="horizontal"), PackSegInputs()]
