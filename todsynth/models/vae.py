@@ -97,8 +97,11 @@ def load_vae(vae_dir: str | Path, device: str | torch.device = "cpu") -> Autoenc
             f"VAE not found: {vae_dir} needs {VAE_WEIGHTS} and {VAE_CONFIG} "
             "(train one with todsynth.train.train_vae or `todsynth gen train`, which trains it for scratch presets)"
         )
-    vae = AutoencoderKL(**json.loads(config.read_text()))
-    vae.load_state_dict(load_file(str(weights)))
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():  # no random init (and no global RNG use): the weights come from the file
+        vae = AutoencoderKL(**json.loads(config.read_text()))
+    vae.load_state_dict(load_file(str(weights)), assign=True)
     return vae.to(device).eval()
 
 
