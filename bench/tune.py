@@ -284,10 +284,12 @@ def open_storage(url: str, tune: Tune) -> Any:
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=tune.heartbeat_s, grace_period=tune.grace_period_s,
-            failed_trial_callback=RetryCopy(tune.max_retry), **kwargs,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # heartbeat_interval / failed_trial_callback are "experimental"
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=tune.heartbeat_s, grace_period=tune.grace_period_s,
+                failed_trial_callback=RetryCopy(tune.max_retry), **kwargs,
+            )
     except ImportError as exc:
         raise ConfigError(f"--storage {redact(url)}: database driver missing ({exc}); pip install psycopg2-binary "
                           "for PostgreSQL") from None
@@ -470,8 +472,9 @@ class Session:
         self.target = opts.trials or self.tune.n_trials
         self.url = storage_url(suite, opts.storage)
         self.study_name = opts.study or suite.name
-        self.storage = open_storage(self.url, self.tune)
         self.lock = StudyLock(self.url, self.study_name)
+        with self.lock.hold():  # two processes creating the RDB schema at once collide on a fresh database
+            self.storage = open_storage(self.url, self.tune)
         self.directions = [o.optuna_direction for o in self.tune.objectives]
         self.tracker: Any = None
         self.worker_index = 0
