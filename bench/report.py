@@ -689,7 +689,10 @@ def write_report(suite: Suite, out_dir: Path | None = None, run_id: str | None =
     Written to a temp dir beside ``out_dir`` and swapped into place; returns ``out_dir``.
     """
     out = Path(out_dir) if out_dir is not None else Path("reports") / suite.name
-    out = out.absolute()
+    out = out.expanduser().absolute()
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / "report.md").is_file())):
+        raise ReportError(f"--out {out} exists and is not a report dir (no report.md in it); it would be replaced "
+                          "whole, so give a new or empty dir, or a previous report's dir")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

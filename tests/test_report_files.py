@@ -194,6 +194,12 @@ def test_report_errors(tiny_suite_data, tmp_path, bench_workspace):
         write_report(never_ran, tmp_path / "r")
     with pytest.raises(ReportError, match="no such MLflow run"):
         write_report(never_ran, tmp_path / "r", run_id="0123456789abcdef")
+    precious = tmp_path / "notes"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("keep me")
+    with pytest.raises(ReportError, match="not a report dir"):  # never replaces a dir that is not a report
+        write_report(never_ran, precious)
+    assert (precious / "thesis.tex").read_text() == "keep me"
 
 
 def test_pareto_front():
