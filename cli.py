@@ -229,6 +229,7 @@ def gen_train(
     import os
 
     from todsynth.data.loveda import LoveDA
+    from todsynth.errors import TodsynthError
     from todsynth.models.presets import is_scratch, resolve_preset
     from todsynth.text import PromptCache, build_prompt_encoder
     from todsynth.train import TrainConfig, train_generator, train_vae
@@ -238,10 +239,27 @@ def gen_train(
         source = Path(os.environ["TODSYNTH_SD3_DIR"])
     if source is not None:
         overrides["source"] = str(source)
-    resolved = resolve_preset(preset, overrides)
+    try:
+        resolved = resolve_preset(preset, overrides)
+    except TodsynthError as exc:
+        fail(str(exc))
     dataset = LoveDA(data, "Train")
     if limit:
         dataset = LoveDA(data, "Train", samples=dataset.samples[:limit])
+    given = {
+        "steps": steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr, "trainable": trainable,
+        "mask_init": mask_init, "timestep_sampling": timestep_sampling, "caption_dropout": caption_dropout,
+        "ema_decay": ema_decay, "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,
+        "checkpoint_every": checkpoint_every,
+    }
+    try:
+        cfg = TrainConfig.from_preset(
+            preset, preset_overrides=overrides, seed=seed,
+            vae_dir=str(vae or out / "vae") if is_scratch(resolved) else None,
+            **{k: v for k, v in given.items() if v is not None},
+        )
+    except TodsynthError as exc:
+        fail(str(exc))
     if is_scratch(resolved) and vae is None:
         vae = out / "vae"
         if not (vae / "config.json").is_file():
@@ -251,16 +269,6 @@ def gen_train(
             console.print(f"training the scratch VAE ({budget.get('steps')} steps) -> {vae}", highlight=False)
             train_vae(dataset, resolved["vae"], vae, steps=budget["steps"], batch_size=budget["batch_size"],
                       lr=budget["lr"], seed=seed, image_size=resolved["image_size"], progress=not no_progress)
-    given = {
-        "steps": steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr, "trainable": trainable,
-        "mask_init": mask_init, "timestep_sampling": timestep_sampling, "caption_dropout": caption_dropout,
-        "ema_decay": ema_decay, "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,
-        "checkpoint_every": checkpoint_every,
-    }
-    cfg = TrainConfig.from_preset(
-        preset, preset_overrides=overrides, vae_dir=str(vae) if vae else None, seed=seed,
-        **{k: v for k, v in given.items() if v is not None},
-    )
     text = dict(resolved.get("text") or {"kind": "tiny"})
     kind = text.pop("kind")
     kw = {"sd3_dir": resolved["source"], **text} if kind == "sd3" else text
