@@ -9,7 +9,14 @@ import torch
 from diffusers import AutoencoderKL
 
 from todsynth.errors import WeightsNotFoundError
-from todsynth.models.vae import decode_latents, encode_latents, load_vae, mask_to_grey, save_vae, vae_scale_factor
+from todsynth.models.vae import (
+    decode_latents,
+    encode_latents,
+    load_vae,
+    mask_to_grey,
+    save_vae,
+    vae_scale_factor,
+)
 
 
 def tiny_vae(scaling: float = 1.0, shift: float = 0.0) -> AutoencoderKL:

@@ -195,7 +195,7 @@ def train_generator(
     losses: list[float] = []
     t0 = time.perf_counter()
     done = start
-    bar = _progress(progress and accelerator.is_main_process, cfg.steps, start)
+    bar = _progress(progress and accelerator.is_main_process)
     with bar as pbar:
         task = pbar.add_task("gen train", total=cfg.steps, completed=start, loss=float("nan"), its=0.0)
         for step in range(start, cfg.steps):
@@ -260,7 +260,7 @@ def train_generator(
         ckpts = list_checkpoints(out_dir)
         return ckpts[-1] if ckpts else out_dir
 
-    model = accelerator.unwrap_model(prepared)
+    model = accelerator.unwrap_model(prepared, keep_fp32_wrapper=False)
     if ema is not None:
         with torch.no_grad():
             for name, p in params.items():
@@ -295,7 +295,7 @@ def train_generator(
     return gen_dir
 
 
-def _progress(enabled: bool, total: int, start: int) -> Any:
+def _progress(enabled: bool) -> Any:
     """A rich progress bar showing step, loss and it/s (a no-op context when disabled)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
