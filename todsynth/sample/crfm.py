@@ -164,9 +164,15 @@ class Rectified:
     skipped: Tensor  # (B,) bool, True where skip_below_error left the sample untouched
 
 
-def _per_sample(value: float | Tensor, batch: int, device: torch.device) -> Tensor:
-    """A scalar or (B,) step size as a (B,1,1,1) float32 tensor."""
-    t = torch.as_tensor(value, dtype=torch.float32, device=device)
+def _per_sample(value: float | Tensor, batch: int, device: torch.device) -> float | Tensor:
+    """A float step size as is; a 0-d or (B,) tensor as (B,1,1,1) float32 on ``device``.
+
+    A Python float stays a float: building a device tensor from it would be a host-to-device copy (a CUDA
+    sync for pageable memory) at every rectified step.
+    """
+    if not isinstance(value, Tensor):
+        return float(value)
+    t = value.to(device=device, dtype=torch.float32)
     if t.ndim == 0:
         t = t.expand(batch)
     if t.shape != (batch,):
@@ -220,14 +226,14 @@ def rectify_with_stats(
             loss, error_fraction = judge_loss(
                 judge(judged), judged_target, error_only=error_only, ignore_index=ignore_index
             )
-        skipped = (
-            error_fraction < skip_below_error
-            if skip_below_error is not None
-            else torch.zeros(b, dtype=torch.bool, device=loss.device)
-        )
-        if bool(skipped.all()):
-            return Rectified(velocity, loss.detach(), error_fraction, skipped)
-        total = (loss * (~skipped).float()).sum()  # SUM: each sample's gradient is its own (see module doc)
+        if skip_below_error is None:  # no data-dependent branch: no host-device sync in the sampling loop
+            skipped = torch.zeros(b, dtype=torch.bool, device=loss.device)
+            total = loss.sum()  # SUM: each sample's gradient is its own (see module doc)
+        else:
+            skipped = error_fraction < skip_below_error
+            if bool(skipped.all()):  # one sync, only with this opt-in: saves the backward when nothing is left
+                return Rectified(velocity, loss.detach(), error_fraction, skipped)
+            total = (loss * (~skipped).float()).sum()
         with sw.section("judge"):
             (grad_image,) = torch.autograd.grad(total, image_leaf)
         with sw.section("vae_decode"):
@@ -241,7 +247,8 @@ def rectify_with_stats(
     v_new = v_new - alpha * grad
     if clamp is not None:
         v_new = v_new.clamp(-clamp, clamp)
-    v_new = torch.where(skipped.view(b, 1, 1, 1).to(v_new.device), v.detach(), v_new)
+    if skip_below_error is not None:
+        v_new = torch.where(skipped.view(b, 1, 1, 1).to(v_new.device), v.detach(), v_new)
     return Rectified(v_new.to(velocity.dtype), loss.detach(), error_fraction, skipped)
 
 

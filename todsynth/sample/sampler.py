@@ -196,7 +196,11 @@ def _sample_batch(
     negative: tuple[Tensor, Tensor] | None,
     sw: Stopwatch,
 ) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor]]:
-    """One batch through the loop; returns images (CPU), x0 list, per-correction losses and error fractions."""
+    """One batch through the loop; returns images (CPU), x0 list, per-correction losses and error fractions.
+
+    Nothing inside the step loop reads a device value on the host (no ``.item()``/``.cpu()``/``bool(t)``), so
+    on CUDA the loop queues work without waiting; x0 estimates and judge stats move to the CPU once, at the end.
+    """
     device, dtype = _device_dtype(generator.transformer)
     masks = masks.to(device)
     embeds, pooled = embeds.to(device, dtype), pooled.to(device, dtype)
@@ -205,6 +209,7 @@ def _sample_batch(
     shift = generator.shift if cfg.shift is None else cfg.shift
     sigmas = flow_sigmas(n, float(shift), int(generator.num_train_timesteps))
     timesteps = timesteps_from_sigmas(sigmas, int(generator.num_train_timesteps)).to(device)
+    sigma_list = sigmas.tolist()  # host floats for the Euler step (sigmas never leave the CPU)
     alphas = crfm.step_sizes(n)
     x0s: list[Tensor] = []
     losses: list[Tensor] = []
@@ -214,7 +219,7 @@ def _sample_batch(
             mask_latents = generator.encode_mask(masks).to(dtype)
         x = initial_noise(seeds, mask_latents.shape[1:]).to(device)
         for i in range(n):
-            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+            sigma, sigma_next = sigma_list[i], sigma_list[i + 1]
             with sw.section("transformer"):
                 v = _velocity(
                     generator.transformer, x, mask_latents, timesteps[i], embeds, pooled,
@@ -229,15 +234,20 @@ def _sample_batch(
                         skip_below_error=crfm.skip_below_error, judge_size=crfm.judge_size, stopwatch=sw,
                     )
                     v = r.v
-                    losses.append(r.loss.cpu())
-                    errors.append(r.error_fraction.cpu())
+                    losses.append(r.loss.detach())
+                    errors.append(r.error_fraction)
             if crfm.return_x0:
-                x0s.append((x - sigma * v).cpu())
+                x0s.append(x - sigma * v)
             with sw.section("euler"):
                 x = euler_step(x, v, sigma, sigma_next)
         with sw.section("final_decode"):
             images = decode(x).clamp(0, 1).cpu()
-    return images, x0s, losses, errors
+    return images, _to_cpu(x0s), _to_cpu(losses), _to_cpu(errors)
+
+
+def _to_cpu(tensors: list[Tensor]) -> list[Tensor]:
+    """Same-shape device tensors -> CPU copies, in one transfer."""
+    return list(torch.stack(tensors).cpu().unbind(0)) if tensors else []
 
 
 def sample(
