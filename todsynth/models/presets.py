@@ -42,6 +42,25 @@ SD35_MEDIUM_TRANSFORMER: dict[str, Any] = {
     "qk_norm": "rms_norm",
 }
 
+# Facts of the published SD3.5-medium VAE config (16 latent channels, 8x downsampling, scaling/shift from
+# METHOD.md); with SD35_MEDIUM_TRANSFORMER it builds the full-size model without the checkpoint (bench perf).
+SD35_MEDIUM_VAE: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "act_fn": "silu",
+    "latent_channels": 16,
+    "norm_num_groups": 32,
+    "sample_size": 1024,
+    "scaling_factor": 1.5305,
+    "shift_factor": 0.0609,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+}
+
 SD35_DOWNLOAD_HINT = (
     "download the gated repo stabilityai/stable-diffusion-3.5-medium (accept its licence on the Hub) on a "
     "connected machine, e.g. `huggingface-cli download stabilityai/stable-diffusion-3.5-medium --local-dir DIR`, "
