@@ -78,8 +78,11 @@ def profile_sampling(
         Flat dict: ``plain_seconds_per_image``, ``crfm_seconds_per_image``, ``crfm_extra_seconds_per_image``,
         ``crfm_necessary_seconds_per_image``, ``overhead_ratio`` (extra / standalone necessary), ``in_loop_ratio``
         (extra / the decode + judge time measured inside the loop: the sampler's own bookkeeping), ``slowdown``,
-        and ``breakdown`` (per image:
-        ``transformer_step``, ``vae_decode_fwd_bwd`` and ``judge_fwd_bwd`` per correction, in-loop and standalone).
+        ``breakdown`` (per image:
+        ``transformer_step``, ``vae_decode_fwd_bwd`` and ``judge_fwd_bwd`` per correction, in-loop and standalone),
+        and ``runs``: every timed round's values (lists, one entry per repeat, same units) for median/min/max:
+        ``plain``, ``crfm``, ``necessary`` (seconds per image), ``vae_decode_fwd_bwd``, ``judge_fwd_bwd``
+        (standalone, per correction per image) and ``crfm_timings`` (the CRFM run's section seconds per image).
     """
     if not crfm.enabled:
         raise ValueError("crfm.rectified_step must be > 0 to profile CRFM against plain sampling")
@@ -112,6 +115,14 @@ def profile_sampling(
     necessary = (decode_s + judge_s) / b
     extra = crfm_s - plain_s
     in_loop = (crfm_best.timings.get("vae_decode", 0.0) + crfm_best.timings.get("judge", 0.0)) / b
+    runs = {
+        "plain": [r.timings["total"] / b for r in plain_runs],
+        "crfm": [r.timings["total"] / b for r in crfm_runs],
+        "necessary": [(d + j) / b for d, j in passes],
+        "vae_decode_fwd_bwd": [d / corrections / b for d, _ in passes],
+        "judge_fwd_bwd": [j / corrections / b for _, j in passes],
+        "crfm_timings": [{k: v / b for k, v in r.timings.items()} for r in crfm_runs],
+    }
     return {
         "device": str(_device_dtype(generator.transformer)[0]),
         "batch_size": b,
@@ -137,4 +148,5 @@ def profile_sampling(
             "final_decode": plain_best.timings["final_decode"] / b,
             "encode_mask": plain_best.timings["encode_mask"] / b,
         },
+        "runs": runs,
     }
