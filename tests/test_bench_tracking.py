@@ -154,3 +154,25 @@ def test_flatten_and_limits():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": "x"}) == {"a.b": "1", "a.c": "[1, 2]", "d": "null", "e": "x"}
     assert clean_key("synthesize[crfm,seed=0]") == "synthesize_crfm_seed_0_"
     assert len(cut("x" * 7000, 6000)) == 6000 and cut("abc", 6000) == "abc"
+
+
+def test_retry_backs_off_on_sqlite_lock_only():
+    from bench.tracking import retry
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert retry(flaky) == "ok" and len(calls) == 3
+
+    def broken():
+        calls.append(2)
+        raise ValueError("bad param")
+
+    with pytest.raises(ValueError, match="bad param"):
+        retry(broken)
+    assert calls.count(2) == 1  # other errors are not retried
