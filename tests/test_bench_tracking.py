@@ -176,3 +176,47 @@ def test_retry_backs_off_on_sqlite_lock_only():
     with pytest.raises(ValueError, match="bad param"):
         retry(broken)
     assert calls.count(2) == 1  # other errors are not retried
+
+
+def test_two_concurrent_runs_compute_each_stage_once(tiny_suite_data, bench_workspace, tmp_path):
+    """Two `bench run` processes on one workspace: every stage runs once in total, both finish, both tracked."""
+    from bench.graph import build_graph
+
+    suite = _suite(tiny_suite_data, bench_workspace)
+    suite_json = tmp_path / "suite.json"
+    suite_json.write_text(json.dumps({**tiny_suite_data, "workspace": str(bench_workspace)}))
+    calls = tmp_path / "calls.txt"
+    script = f"""
+import json, sys, time
+sys.path.insert(0, {os.getcwd()!r})
+from bench.engine import run_suite
+from bench.suites import validate_data
+suite = validate_data(json.loads(open({str(suite_json)!r}).read()), 'x')
+def make(stage):
+    def fn(spec, inputs, out):
+        with open({str(calls)!r}, 'a') as f:
+            f.write(stage + '\\n')
+        time.sleep(0.3)
+        (out / 'f.txt').write_text(stage)
+        m = {{'downstream_miou': 0.5, 'downstream_oa': 0.5, 'downstream_macc': 0.5, 'per_class_iou': {{}}}}
+        return {{'metrics': m}}
+    return fn
+stages = {sorted(['data', 'prompts', 'autoencoder', 'generator', 'judge', 'evaluator', 'real_features',
+                  'synthesize', 'evaluate', 'downstream'])!r}
+out = run_suite(suite, stage_fns={{s: make(s) for s in stages}}, stage_versions={{}}, progress=False)
+print(len(out.computed), len(out.cached))
+"""
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    n = len(build_graph(suite))
+    assert len(calls.read_text().splitlines()) == n
+    computed = sorted(int(o[0].split()[0]) for o in outs)
+    assert sum(computed) == n  # split between the two runs, nothing twice
+    client = MlflowClient(tracking_uri=suite.tracking_uri)
+    exp = client.get_experiment_by_name("todsynth/t")
+    parents = client.search_runs([exp.experiment_id], "tags.`todsynth.kind` = 'suite'")
+    assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
+    children = client.search_runs([exp.experiment_id], "tags.`todsynth.kind` = 'stage'")
+    assert len(children) == n
