@@ -634,6 +634,46 @@ def bench_report(
                   soft_wrap=True)
 
 
+@bench_app.command("perf")
+def bench_perf(
+    preset: Annotated[str, typer.Option("--preset", help="Generator shape: tiny | sd3.5-medium (random init, no checkpoint).")] = "tiny",
+    device: Annotated[str, typer.Option("--device", help="cpu | cuda.")] = "cpu",
+    batch: Annotated[int, typer.Option("--batch", help="Images per sampling call.")] = 2,
+    res: Annotated[Optional[int], typer.Option("--res", help="Image size in px (default: the preset's).")] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Euler steps.")] = 23,
+    rectified: Annotated[int, typer.Option("--rectified", help="CRFM-rectified leading steps.")] = 4,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed rounds per measurement, after one warm-up.")] = 5,
+    train_batch: Annotated[Optional[int], typer.Option("--train-batch", help="Samples per training step (default: the preset's).")] = None,
+    clock: Annotated[str, typer.Option("--clock", help="CPU timing clock: wall | cpu (process CPU seconds); CUDA uses events.")] = "wall",
+    precision: Annotated[Optional[str], typer.Option("--precision", help="fp32 | bf16 (default: bf16 on cuda, fp32 on cpu).")] = None,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC VAE + judge (default: on for cuda).")] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the transformer (compile time excluded).")] = False,
+    judge: Annotated[Optional[str], typer.Option("--judge", help="Judge segmentor (default: fcn-tiny for tiny, fcn-r18 otherwise).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON here.")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="Log the report to this MLflow store (e.g. sqlite:///runs/mlflow.db).")] = None,
+) -> None:
+    """Where the time goes: training step, plain and CRFM sampling (with breakdown), VAE/judge passes, FID, FLOP/s."""
+    from rich.table import Table
+
+    from bench.perf import PerfConfig, log_perf, perf_rows, run_perf, write_json
+
+    cfg = PerfConfig(preset=preset, device=device, batch=batch, res=res, steps=steps, rectified=rectified,
+                     repeats=repeats, train_batch=train_batch, clock=clock, precision=precision,
+                     channels_last=channels_last, compile=compile_, judge=judge)
+    with err_console.status("bench perf") as status:
+        report = run_perf(cfg, progress=lambda phase: status.update(f"bench perf: {phase}"))
+    table = Table(title=f"todsynth bench perf: {preset} on {device}")
+    for col in ("measure", "value (median [min .. max])", "note"):
+        table.add_column(col)
+    for row in perf_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    if json_out is not None:
+        console.print(f"json: {write_json(report, json_out)}", highlight=False, soft_wrap=True)
+    if tracking_uri:
+        console.print(f"MLflow run {log_perf(report, tracking_uri, json_out)} in {tracking_uri}", highlight=False, soft_wrap=True)
+
+
 # ---------------------------------------------------------------- ui
 # (section: ui)
 @app.command("ui")

@@ -49,6 +49,8 @@ class CRFMConfig:
             pixels its judge gets wrong is already below this value (None disables).
         judge_size: beyond the paper; run the judge at this square size (decoded image resized bilinearly
             with antialiasing, target nearest) to make the correction cheaper (None = full size).
+        micro_batch: memory knob, results unchanged: decode + judge + backward this many samples at a time
+            (bounds the VAE decoder's autograd memory, the CRFM peak at 512 px; None = the whole batch).
         return_x0: keep the intermediate clean-latent estimates ``x0_hat`` of every step.
     """
 
@@ -63,6 +65,7 @@ class CRFMConfig:
     ignore_index: int = 255
     skip_below_error: float | None = None
     judge_size: int | None = None
+    micro_batch: int | None = None
     return_x0: bool = False
 
     def __post_init__(self) -> None:
@@ -87,6 +90,8 @@ class CRFMConfig:
             raise ValueError(f"CRFMConfig.skip_below_error must be in [0, 1] or None, got {self.skip_below_error!r}")
         if self.judge_size is not None and not (_is_int(self.judge_size) and self.judge_size >= 1):
             raise ValueError(f"CRFMConfig.judge_size must be an int >= 1 or None, got {self.judge_size!r}")
+        if self.micro_batch is not None and not (_is_int(self.micro_batch) and self.micro_batch >= 1):
+            raise ValueError(f"CRFMConfig.micro_batch must be an int >= 1 or None, got {self.micro_batch!r}")
 
     @property
     def enabled(self) -> bool:
@@ -180,39 +185,32 @@ def _per_sample(value: float | Tensor, batch: int, device: torch.device) -> floa
     return t.view(batch, 1, 1, 1)
 
 
-def rectify_with_stats(
-    velocity: Tensor,
+def _cat(tensors: list[Tensor]) -> Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def _judge_gradient(
+    v: Tensor,
     latents: Tensor,
     sigma: float | Tensor,
     decode: Callable[[Tensor], Tensor],
     judge: Callable[[Tensor], Tensor],
     target: Tensor,
-    step_size: float | Tensor,
     *,
-    l2_norm: bool = False,
-    shrink: bool = False,
-    clamp: float | None = 1.0,
-    error_only: bool = True,
-    ignore_index: int = 255,
-    skip_below_error: float | None = None,
-    judge_size: int | None = None,
-    stopwatch: Stopwatch | None = None,
-) -> Rectified:
-    """:func:`rectify_velocity` plus per-sample loss/error stats, the beyond-paper options and timing.
+    error_only: bool,
+    ignore_index: int,
+    skip_below_error: float | None,
+    judge_size: int | None,
+    sw: Stopwatch,
+) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+    """d(summed judge loss)/dv for one (micro-)batch: ``(grad or None if all skipped, loss, error_fraction, skipped)``.
 
     The backward pass is split at the decoded image (judge first, then decoder) so the stopwatch can
     attribute time to ``judge`` and ``vae_decode``; the gradient is the same as one backward.
     """
-    if velocity.shape != latents.shape:
-        raise ValueError(f"velocity {tuple(velocity.shape)} and latents {tuple(latents.shape)} must match")
-    b = velocity.shape[0]
-    if target.ndim != 3 or target.shape[0] != b:
-        raise ValueError(f"target must be (B={b}, H, W) labels, got shape {tuple(target.shape)}")
-    sw = stopwatch or Stopwatch()
-    alpha = _per_sample(step_size, b, velocity.device)
-    target = target.to(velocity.device).long()
+    b = v.shape[0]
     with torch.enable_grad():
-        v = velocity.detach().to(torch.float32).requires_grad_(True)
+        v = v.detach().requires_grad_(True)
         x0_hat = latents.detach().to(torch.float32) - sigma * v
         with sw.section("vae_decode"):
             images = decode(x0_hat)
@@ -232,24 +230,78 @@ def rectify_with_stats(
         else:
             skipped = error_fraction < skip_below_error
             if bool(skipped.all()):  # one sync, only with this opt-in: saves the backward when nothing is left
-                return Rectified(velocity, loss.detach(), error_fraction, skipped)
+                return None, loss.detach(), error_fraction, skipped
             total = (loss * (~skipped).float()).sum()
         with sw.section("judge"):
             (grad_image,) = torch.autograd.grad(total, image_leaf)
         with sw.section("vae_decode"):
             (grad,) = torch.autograd.grad(images, v, grad_outputs=grad_image)
-    grad = grad.detach()
+    return grad.detach(), loss.detach(), error_fraction, skipped
+
+
+def rectify_with_stats(
+    velocity: Tensor,
+    latents: Tensor,
+    sigma: float | Tensor,
+    decode: Callable[[Tensor], Tensor],
+    judge: Callable[[Tensor], Tensor],
+    target: Tensor,
+    step_size: float | Tensor,
+    *,
+    l2_norm: bool = False,
+    shrink: bool = False,
+    clamp: float | None = 1.0,
+    error_only: bool = True,
+    ignore_index: int = 255,
+    skip_below_error: float | None = None,
+    judge_size: int | None = None,
+    micro_batch: int | None = None,
+    stopwatch: Stopwatch | None = None,
+) -> Rectified:
+    """:func:`rectify_velocity` plus per-sample loss/error stats, the beyond-paper options and timing.
+
+    ``micro_batch``: decode, judge and backward at most this many samples at a time, which bounds the
+    autograd memory of the VAE decoder (the CRFM peak at 512 px) to one micro-batch; per-image losses are
+    summed, so every sample's gradient, and the result, is the same as in one pass (None = whole batch).
+    """
+    if velocity.shape != latents.shape:
+        raise ValueError(f"velocity {tuple(velocity.shape)} and latents {tuple(latents.shape)} must match")
+    b = velocity.shape[0]
+    if target.ndim != 3 or target.shape[0] != b:
+        raise ValueError(f"target must be (B={b}, H, W) labels, got shape {tuple(target.shape)}")
+    if micro_batch is not None and not (_is_int(micro_batch) and micro_batch >= 1):
+        raise ValueError(f"micro_batch must be an int >= 1 or None, got {micro_batch!r}")
+    sw = stopwatch or Stopwatch()
+    alpha = _per_sample(step_size, b, velocity.device)
+    target = target.to(velocity.device).long()
+    v = velocity.detach().to(torch.float32)
+    size = b if micro_batch is None else min(micro_batch, b)
+    parts = [
+        _judge_gradient(
+            v[lo : lo + size], latents[lo : lo + size], sigma, decode, judge, target[lo : lo + size],
+            error_only=error_only, ignore_index=ignore_index, skip_below_error=skip_below_error,
+            judge_size=judge_size, sw=sw,
+        )
+        for lo in range(0, b, size)
+    ]
+    loss = _cat([p[1] for p in parts])
+    error_fraction = _cat([p[2] for p in parts])
+    skipped = _cat([p[3] for p in parts])
+    if all(p[0] is None for p in parts):
+        return Rectified(velocity, loss, error_fraction, skipped)
+    grad = _cat([torch.zeros_like(v[lo : lo + size]) if p[0] is None else p[0]
+                 for lo, p in zip(range(0, b, size), parts, strict=True)])
     if l2_norm:
         grad = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(b, 1, 1, 1)
-    v_new = v.detach()
+    v_new = v
     if shrink:
         v_new = v_new * (1 - alpha)
     v_new = v_new - alpha * grad
     if clamp is not None:
         v_new = v_new.clamp(-clamp, clamp)
     if skip_below_error is not None:
-        v_new = torch.where(skipped.view(b, 1, 1, 1).to(v_new.device), v.detach(), v_new)
-    return Rectified(v_new.to(velocity.dtype), loss.detach(), error_fraction, skipped)
+        v_new = torch.where(skipped.view(b, 1, 1, 1).to(v_new.device), v, v_new)
+    return Rectified(v_new.to(velocity.dtype), loss, error_fraction, skipped)
 
 
 def rectify_velocity(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -18,6 +18,9 @@ from torch import Tensor
 from todsynth.sample.crfm import CRFMConfig, rectify_with_stats
 from todsynth.sample.euler import euler_step, flow_sigmas, timesteps_from_sigmas
 from todsynth.sample.timing import CLOCKS, Clock, Stopwatch
+
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,9 @@ class SamplerConfig:
         batch_size: samples per transformer call; results do not depend on it.
         clock: how sections and per-image seconds are timed: "wall" (perf counters, no syncs), "cpu" (process
             CPU seconds, robust on a busy machine) or "cuda" (CUDA events, one sync per call).
+        precision: "fp32", or "bf16": transformer, VAE and judge run under ``torch.autocast(bfloat16)`` on the
+            generator's device (the GPU setting; with bf16 weights, see ``todsynth.sample.speed``); the Euler
+            update and the CRFM arithmetic stay float32.
     """
 
     num_inference_steps: int = 28
@@ -39,6 +45,7 @@ class SamplerConfig:
     guidance_scale: float = 1.0
     batch_size: int = 4
     clock: Clock = "wall"
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         n = self.num_inference_steps
@@ -50,6 +57,8 @@ class SamplerConfig:
             raise ValueError(f"SamplerConfig.guidance_scale must be >= 1.0 (1.0 = CFG off), got {self.guidance_scale!r}")
         if self.clock not in CLOCKS:
             raise ValueError(f"SamplerConfig.clock must be one of {CLOCKS}, got {self.clock!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"SamplerConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
         b = self.batch_size
         if not isinstance(b, int) or isinstance(b, bool) or b < 1:
             raise ValueError(f"SamplerConfig.batch_size must be an int >= 1, got {b!r}")
@@ -214,7 +223,8 @@ def _sample_batch(
     x0s: list[Tensor] = []
     losses: list[Tensor] = []
     errors: list[Tensor] = []
-    with torch.no_grad():
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    with torch.no_grad(), autocast:
         with sw.section("encode_mask"):
             mask_latents = generator.encode_mask(masks).to(dtype)
         x = initial_noise(seeds, mask_latents.shape[1:]).to(device)
@@ -231,7 +241,8 @@ def _sample_batch(
                         v, x, sigma, decode, judge, masks, alphas[i],  # type: ignore[arg-type]
                         l2_norm=crfm.l2_norm, shrink=crfm.shrink, clamp=crfm.clamp,
                         error_only=crfm.error_only, ignore_index=crfm.ignore_index,
-                        skip_below_error=crfm.skip_below_error, judge_size=crfm.judge_size, stopwatch=sw,
+                        skip_below_error=crfm.skip_below_error, judge_size=crfm.judge_size,
+                        micro_batch=crfm.micro_batch, stopwatch=sw,
                     )
                     v = r.v
                     losses.append(r.loss.detach())

@@ -1,0 +1,96 @@
+"""`todsynth bench perf` end to end at tiny sizes: every JSON section present with positive finite numbers
+(no timing thresholds), the table printed, MLflow logging, and option errors (exit 2, one line)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+TINY = ["bench", "perf", "--res", "32", "--repeats", "1", "--steps", "4", "--rectified", "2", "--batch", "1",
+        "--train-batch", "2"]
+
+
+def _numbers(node, path=""):
+    """Every (path, number) leaf of a JSON tree (bools excluded)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _numbers(v, f"{path}.{k}" if path else k)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _numbers(v, f"{path}[{i}]")
+    elif isinstance(node, int | float) and not isinstance(node, bool):
+        yield path, node
+
+
+def test_perf_tiny_writes_json_and_logs_to_mlflow(tmp_path, bench_workspace) -> None:
+    out = tmp_path / "perf.json"
+    uri = f"sqlite:///{bench_workspace / 'mlflow.db'}"
+    result = runner.invoke(app, [*TINY, "--json", str(out), "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    for row in ("transformer forward", "plain sampling", "CRFM sampling", "judge fwd+bwd", "CRFM overhead vs parts",
+                "training step", "FID features"):
+        assert row in result.output
+    report = json.loads(out.read_text())
+    for key in ("crfm_over_plain", "crfm_overhead_vs_parts", "plain", "crfm", "vae", "judge", "train", "fid",
+                "transformer", "device"):
+        assert key in report, key
+    assert report["config"] == {**report["config"], "res": 32, "steps": 4, "rectified": 2, "batch": 1, "repeats": 1}
+    assert report["device"]["type"] == "cpu" and report["device"]["cpu"]
+    assert report["judge"]["model"] == "fcn-tiny" and report["fid"]["extractor"].startswith("segmenter")
+    signed = {"crfm.extra_seconds_per_image", "crfm_overhead_vs_parts", "crfm_overhead_vs_parts_median", "config.seed",
+              "crfm.breakdown_seconds_per_image.other.median", "crfm.breakdown_seconds_per_image.other.min",
+              "crfm.breakdown_seconds_per_image.other.max"}  # differences of timings: finite, sign not guaranteed
+    numbers = dict(_numbers(report))
+    assert len(numbers) > 60
+    for path, value in numbers.items():
+        assert math.isfinite(value), path
+        if path not in signed:
+            assert value > 0, (path, value)
+    # The headline ratios are what they claim to be, from the reported minima.
+    plain, crfm = report["plain"]["seconds_per_image"]["min"], report["crfm"]["seconds_per_image"]["min"]
+    parts = report["crfm"]["necessary_seconds_per_image"]["min"]
+    assert report["crfm_over_plain"] == pytest.approx(crfm / plain)
+    assert report["crfm_overhead_vs_parts"] == pytest.approx((crfm - plain) / parts)
+    assert parts == pytest.approx(2 * (report["vae"]["decode_fwd_bwd_seconds_per_image"]["min"]
+                                       + report["judge"]["fwd_bwd_seconds_per_image"]["min"]))
+    tr = report["transformer"]
+    assert tr["achieved_tflops"] == pytest.approx(tr["flops_per_forward"] / tr["forward_seconds"]["median"] / 1e12)
+    assert tr["tokens"] == {"image": 16, "mask": 16, "text": 16}
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("todsynth/perf")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["steps"] == "4"
+    assert run.data.metrics["crfm_overhead_vs_parts"] == pytest.approx(report["crfm_overhead_vs_parts"])
+    assert "perf.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+BAD = [
+    (["--steps", "3", "--rectified", "4"], "--rectified 4 exceeds --steps 3"),
+    (["--preset", "huge"], "--preset 'huge'"),
+    (["--repeats", "0"], "--repeats 0"),
+    (["--clock", "sundial"], "--clock 'sundial'"),
+    (["--res", "36"], "image_size=36"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "--device cuda")]))
+def test_perf_bad_options_exit_2_naming_the_option(args, message, capsys, monkeypatch) -> None:
+    from cli import main
+
+    monkeypatch.setattr(sys, "argv", ["todsynth", "bench", "perf", *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err

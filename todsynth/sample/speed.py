@@ -1,0 +1,48 @@
+"""Model preparation for fast sampling: weight dtype, memory format, ``torch.compile``, decoder checkpointing.
+
+Each switch is measured by ``todsynth bench perf`` (before/after figures in the README's "Performance"
+section); none changes what is computed beyond floating-point rounding (bf16 weights round). Defaults are
+off: ``bench perf`` and callers on GPU turn on what pays there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def prepare_for_sampling(
+    generator: Any,
+    judge: nn.Module | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
+    decoder_checkpointing: bool = False,
+) -> tuple[Any, nn.Module | None]:
+    """Prepare a ``Generator`` (and a CRFM judge) for sampling, in place; returns ``(generator, judge)``.
+
+    Args:
+        generator: a ``todsynth.models.generator.Generator``.
+        judge: the CRFM judge (image [0,1] -> logits); None when sampling without CRFM.
+        dtype: cast the transformer and VAE weights (``torch.bfloat16`` on GPU, with
+            ``SamplerConfig(precision="bf16")`` so the judge runs under autocast too); None keeps them.
+        channels_last: NHWC memory format for the VAE and the judge (convolution-heavy; pays on GPU).
+        compile: ``torch.compile`` the transformer (its forward is the same every step); first calls compile.
+        decoder_checkpointing: recompute the VAE decoder's blocks in CRFM's backward pass instead of keeping
+            their activations (bounds CRFM memory at 512 px, at the cost of one more decoder forward).
+    """
+    if dtype is not None:
+        generator.transformer.to(dtype=dtype)
+        generator.vae.to(dtype=dtype)
+    if channels_last:
+        generator.vae.to(memory_format=torch.channels_last)
+        if isinstance(judge, nn.Module):
+            judge.to(memory_format=torch.channels_last)
+    if decoder_checkpointing:
+        generator.vae.enable_gradient_checkpointing()
+    if compile:
+        generator.transformer = torch.compile(generator.transformer)
+    return generator, judge
