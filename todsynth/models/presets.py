@@ -114,7 +114,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "scheduler": {"shift": 3.0, "num_train_timesteps": 1000},
         "text": {"kind": "tiny", "seed": 0, "seq_len": 16, "joint_dim": 64, "pooled_dim": 64},
         # Budgets measured on 2 shared CPU cores with 48 procedural 64 px scenes: VAE ~85 s, generator
-        # ~0.16 s/step at batch 8 (1 thread), about 5 minutes in all (see the generator report in docs).
+        # ~0.16 s/step at batch 8 (1 thread), about 5 minutes in all.
         "vae_train": {"steps": 300, "batch_size": 8, "lr": 2e-3},
         "train": {
             "steps": 1200,
