@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,13 @@ def _make_hook(max_iters: int, progress: bool) -> Any:
 
         def before_train(self, runner: Any) -> None:
             if progress:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+                from rich.progress import (
+                    BarColumn,
+                    MofNCompleteColumn,
+                    Progress,
+                    TextColumn,
+                    TimeRemainingColumn,
+                )
 
                 self._progress = Progress(
                     TextColumn("seg train"), BarColumn(), MofNCompleteColumn(),
@@ -119,6 +126,7 @@ def train_segmentor(
     class_names: Sequence[str] = CLASSES,
     progress: bool = True,
     log_interval: int = 10,
+    num_workers: int = 0,
 ) -> nn.Module:
     """Train ``name`` (see ``todsynth.seg.models.SEG_MODELS``) for ``max_iters`` iterations; return it in eval mode.
 
@@ -132,6 +140,7 @@ def train_segmentor(
             probability ``repeat_factors[i] / sum(repeat_factors)``. None draws uniformly. See
             ``todsynth.seg.downstream.downstream_items`` for the synthetic:real rule.
         optimizer: SGD (momentum 0.9, wd 5e-4; MMSeg's default) or AdamW (wd 1e-2).
+        num_workers: DataLoader workers (0 = load in the training process; raise it for 1024 px LoveDA on GPU).
 
     Raises:
         ValueError: empty training set, non-positive schedule values, or mismatched repeat factors.
@@ -177,8 +186,8 @@ def train_segmentor(
             if repeat_factors is None
             else WeightedInfiniteSampler(dataset, repeat_factors, seed=seed)
         )
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=0,
-                            collate_fn=pseudo_collate, drop_last=False)
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                            persistent_workers=num_workers > 0, collate_fn=pseudo_collate, drop_last=False)
         if optimizer == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
         else:
@@ -206,6 +215,8 @@ def train_segmentor(
                     logger=dict(type="LoggerHook", interval=log_interval, log_metric_by_epoch=False),
                 ),
                 log_processor=dict(by_epoch=False),
+                # unique: mmengine keys its global logger/message hub/visualizer by this name
+                experiment_name=f"todsynth-seg-{name}-{uuid.uuid4().hex[:8]}",
                 launcher="none",
                 env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo")),
                 randomness=dict(seed=seed, deterministic=False),
