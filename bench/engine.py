@@ -123,7 +123,7 @@ def run_suite(
     suite_dir.mkdir(parents=True, exist_ok=True)
     cache = StageCache(ws)
     for d in cache.cleanup_stale():
-        console.print(f"[dim]removed leftover {d} of a killed run[/]")
+        console.print(f"[dim]removed leftover {d} of a killed run[/]", soft_wrap=True)
     chash = config_hash(suite)
     device = resolve_device(suite.resources.device)
 
@@ -134,7 +134,7 @@ def run_suite(
 
         tracker = Tracker(suite.tracking_uri, suite.artifact_location, suite.experiment, ws)
         for run_id in tracker.mark_stale_killed():
-            console.print(f"[yellow]marked MLflow run {run_id} KILLED (its process is gone)[/]")
+            console.print(f"[yellow]marked MLflow run {run_id} KILLED (its process is gone)[/]", soft_wrap=True)
         versions = package_versions()
         commit = git_commit()
         tags = {
