@@ -98,11 +98,12 @@ def test_weighted_sampler_follows_weights(data_root: Path) -> None:
 
 @pytest.mark.slow
 def test_fcn_r18_learns_procedural_scenes(tmp_path: Path) -> None:
+    # Measured: mIoU 0.383 / OA 0.633 after 150 iterations (~76 s of one CPU core).
     root = generate_dataset(tmp_path / "root", n_train=48, n_val=16, size=64, seed=0)
-    train_segmentor("fcn-r18", list_samples(root, "Train"), tmp_path / "w", max_iters=60, batch_size=4, lr=1e-3,
+    train_segmentor("fcn-r18", list_samples(root, "Train"), tmp_path / "w", max_iters=150, batch_size=8, lr=2e-3,
                     seed=0, optimizer="adamw", progress=False, val_items=list_samples(root, "Val"))
     scores = json.loads((tmp_path / "w" / "val_scores.json").read_text())
-    assert scores["miou"] > 0.15
+    assert scores["miou"] > 0.3
 
 
 def test_pipeline_reduces_raw_labels(data_root: Path) -> None:
