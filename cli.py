@@ -533,12 +533,16 @@ def bench_run(
     """Run (or resume) a suite: cached stages, MLflow tracking, <workspace>/<suite>/results.json."""
     from bench.engine import preflight, run_suite
     from bench.results import results_table
-    from bench.suites import SuiteError, load_suite
+    from bench.suites import SuiteError, load_suite, resolve_suite_path
 
     try:
         s = load_suite(suite, set_ or [], workspace)
-        preflight(s, force or [])
     except SuiteError as exc:
+        _suite_problems(exc)
+    try:
+        preflight(s, force or [])
+    except SuiteError as exc:  # name the file, as schema errors do
+        exc.source = str(resolve_suite_path(suite))
         _suite_problems(exc)
     outcome = run_suite(s, force=force or [], progress=not no_progress, console=err_console)
     console.print(results_table(outcome.results))
