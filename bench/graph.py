@@ -98,6 +98,7 @@ def build_graph(suite: Suite) -> list[Node]:
         data_spec["procedural"] = ds.procedural.model_dump(mode="json")
     else:
         data_spec["root"] = str(ds.root)
+        data_spec["on_bad_sample"] = ds.on_bad_sample
     gen = suite.generator
     nodes = [
         Node("data", "data", data_spec),

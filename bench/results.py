@@ -5,6 +5,7 @@ Schema::
     {"suite", "suite_version", "config_hash", "seeds",
      "mlflow": {"tracking_uri", "experiment", "parent_run_id"},
      "metric_specs": [{"name", "higher_is_better"}],
+     "skipped_samples": faulty dataset files left out (dataset.on_bad_sample: skip), 0 otherwise,
      "provenance": {"git_commit", "date", "python", "platform", "packages"},
      "variants": [{"name", "kind": "baseline"|"synthetic", "params": {...},
                    "metrics": {...}, "metrics_std": {...}, "per_seed": [{"seed", "metrics"}]}]}
@@ -92,6 +93,7 @@ def collect_results(
         "seeds": list(suite.seeds),
         "mlflow": {"tracking_uri": suite.tracking_uri, "experiment": suite.experiment, "parent_run_id": parent_run_id},
         "metric_specs": [m.model_dump() for m in suite.metrics],
+        "skipped_samples": int(done["data"].artifacts.get("metrics", {}).get("skipped_samples", 0)) if "data" in done else 0,
         "provenance": provenance(),
         "variants": variants,
     }

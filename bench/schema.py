@@ -90,6 +90,9 @@ class Dataset(Strict):
     domains: list[Domain] = ["Urban", "Rural"]
     limit: PositiveInt | None = None
     val_limit: PositiveInt | None = None
+    # A faulty sample (unreadable PNG, bad mask mode/values, size mismatch, unpaired file) of a loveda root:
+    # "error" stops the run naming every file; "skip" drops it with a warning and counts it in results.json.
+    on_bad_sample: Literal["error", "skip"] = "error"
 
     @field_validator("domains")
     @classmethod

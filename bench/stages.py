@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -134,21 +135,47 @@ def stage_data(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Pa
 
         root = Path(spec["root"])
         problems = validate_dataset(root)
-        if problems:
+        skip = bad_sample_files(root, problems) if spec.get("on_bad_sample") == "skip" else None
+        if problems and skip is None:
             shown = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
-            raise DataValidationError(f"dataset.root {root}: {shown}; run `todsynth data validate {root}`", problems)
+            hint = "fix or remove the files, or set dataset.on_bad_sample: skip"
+            raise DataValidationError(f"dataset.root {root}: {shown}; {hint} (`todsynth data validate {root}` lists all)",
+                                      problems)
+    skip = skip or {}
+    for path, reason in skip.items():  # one warning line per skipped file (also kept in skipped.json)
+        print(f"warning: skipping bad sample {path}: {reason}", file=sys.stderr)
     listing: dict[str, list[dict[str, Any]]] = {}
     for split in ("Train", "Val"):
         listing[split] = [
             {"id": s.id, "domain": s.domain, "image": s.image_path.relative_to(root).as_posix(),
              "mask": s.mask_path.relative_to(root).as_posix() if s.mask_path else None}
-            for s in list_samples(root, split, spec["domains"])
+            for s in list_samples(root, split, spec["domains"], skip=set(skip))
         ]
-    return {
+    out: dict[str, Any] = {
         "root": root,
         "samples": _write_json(out_dir / SAMPLES_FILE, listing),
-        "metrics": {"n_train": len(listing["Train"]), "n_val": len(listing["Val"])},
+        "metrics": {"n_train": len(listing["Train"]), "n_val": len(listing["Val"]), "skipped_samples": len(skip)},
     }
+    if skip:
+        out["skipped"] = _write_json(out_dir / "skipped.json", {str(p): r for p, r in skip.items()})
+    return out
+
+
+def bad_sample_files(root: Path, problems: list[str]) -> dict[Path, str]:
+    """Faulty file -> reason from ``validate_dataset`` problems; raises when a problem is not about one file.
+
+    Directory-level problems (missing images/masks folder, no LoveDA layout) cannot be skipped.
+    """
+    from todsynth.errors import DataValidationError
+
+    bad: dict[Path, str] = {}
+    for problem in problems:
+        head, _, reason = problem.partition(": ")
+        path = Path(head)
+        if path.suffix.lower() != ".png":
+            raise DataValidationError(f"dataset.root {root}: {problem} (not a single sample: cannot be skipped)")
+        bad[path] = reason
+    return bad
 
 
 def stage_prompts(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:

@@ -9,7 +9,7 @@ uint8 ``0..7`` (0 = no-data); samples yield reduced labels (``0..6``, 255 = igno
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,9 +54,12 @@ def _check_choice(value: str, allowed: Sequence[str], what: str) -> None:
 
 
 def list_samples(
-    root: str | Path, split: str = "Train", domains: Sequence[str] = DOMAINS
+    root: str | Path, split: str = "Train", domains: Sequence[str] = DOMAINS, skip: Collection[Path] = ()
 ) -> list[Sample]:
     """All samples of ``split`` in ``domains``, sorted by domain order then id.
+
+    ``skip``: image or mask paths to leave out (faulty files found by ``validate_dataset``); a skipped
+    image without its mask is dropped instead of raising.
 
     Raises :class:`DatasetNotFoundError` when the root, the split or every requested domain is
     missing or holds no images. An image without its mask (outside Test) is a
@@ -82,6 +85,8 @@ def list_samples(
         stems = sorted((p.stem for p in image_dir.glob("*.png")), key=_natural_key)
         for stem in stems:
             mask_file = mask_dir / f"{stem}.png"
+            if skip and (image_dir / f"{stem}.png" in skip or mask_file in skip):
+                continue
             mask_path: Path | None = mask_file if mask_file.is_file() else None
             if mask_path is None and split != "Test":
                 raise DataValidationError(
