@@ -124,6 +124,7 @@ def stage_data(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Pa
     """Procedural scenes (written here) or a validated LoveDA root (listed): ``samples.json`` per split."""
     from todsynth.data.loveda import list_samples
 
+    skip: dict[Path, str] | None = None
     if spec["kind"] == "procedural":
         from todsynth.data.procedural import generate_dataset
 
