@@ -114,8 +114,12 @@ def write_results(path: Path, results: dict[str, Any]) -> None:
     """Write standard JSON (non-finite numbers as null) atomically: temp file in the same dir, then ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(strict_json(results), indent=2, allow_nan=False))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(strict_json(results), indent=2, allow_nan=False))
+        os.replace(tmp, path)
+    except BaseException:  # a full disk must not leave a partial temp file beside the previous results
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_results(path: Path) -> dict[str, Any]:
