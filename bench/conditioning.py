@@ -30,6 +30,7 @@ import torch
 from todsynth.data.classes import IGNORE_INDEX, NUM_CLASSES
 
 RESULT_FILE = "conditioning.json"
+TIMING_FILE = "timing.json"
 
 
 def _key(obj: Any) -> str:
@@ -55,15 +56,15 @@ def _dataset(work_dir: Path, n_train: int, n_val: int, size: int, seed: int) -> 
 
 
 def _evaluator(work_dir: Path, root: Path, name: str, iters: int, lr: float, seed: int) -> torch.nn.Module:
-    """Segmenter trained on the real Train images (trained once per setting, then loaded)."""
+    """Segmenter trained (AdamW) on the real Train images (trained once per setting, then loaded)."""
     from todsynth.data.loveda import list_samples
-    from todsynth.seg.io import load_segmentor, save_segmentor
+    from todsynth.seg.io import CONFIG_FILE, load_segmentor, save_segmentor
     from todsynth.seg.train import train_segmentor
 
-    out = work_dir / f"evaluator-{name}-{iters}-{lr}-{seed}-{root.name}"
-    if not (out / "config.json").is_file():
+    out = work_dir / f"evaluator-{name}-adamw-{iters}-{lr}-{seed}-{root.name}"
+    if not (out / CONFIG_FILE).is_file():
         model = train_segmentor(name, list_samples(root, "Train"), out / "work", max_iters=iters, batch_size=8,
-                                lr=lr, seed=seed, progress=False)
+                                lr=lr, seed=seed, optimizer="adamw", progress=False)
         save_segmentor(model, name, out, NUM_CLASSES)
     return load_segmentor(out).eval()
 
@@ -93,8 +94,8 @@ def measure_conditioning(
     n_masks: int = 16,
     mask_split: str = "Val",
     evaluator: str = "fcn-r18",
-    evaluator_iters: int = 160,
-    evaluator_lr: float = 0.01,
+    evaluator_iters: int = 200,
+    evaluator_lr: float = 2e-3,
     num_inference_steps: int = 16,
     seed: int = 0,
     progress: bool = False,
@@ -111,7 +112,8 @@ def measure_conditioning(
     Returns:
         ``miou_true``, ``miou_shuffled``, ``miou_real`` (evaluator on the real images of the same masks),
         ``ratio``, ``gap``, the held-out ``loss_gap`` (``conditioning_gap`` on the masks' split), train
-        seconds (``vae_wall_s``/``vae_cpu_s``/``gen_wall_s``/``gen_cpu_s``), ``loadavg`` and the settings.
+        seconds (``vae_wall_s``/``vae_cpu_s``, recorded when the shared VAE was trained; ``gen_wall_s``/``gen_cpu_s``,
+        0 when the generator run was already complete), ``loadavg`` and the settings.
     """
     from todsynth.data.loveda import LoveDA
     from todsynth.models.generator import load_generator
@@ -135,15 +137,17 @@ def measure_conditioning(
     run = work_dir / f"gen-{preset}-{_key([overrides, root.name])}"
     train_set = LoveDA(root, "Train")
     vae_budget = dict(resolved.get("vae_train") or {})
-    vae_dir = run / "vae"
-    vae_wall = vae_cpu = 0.0
-    if not (vae_dir / "train_summary.json").is_file():
-        kl = {"kl_weight": vae_budget["kl_weight"]} if "kl_weight" in vae_budget else {}
+    vae_dir = work_dir / f"vae-{_key([resolved['vae'], vae_budget, root.name])}"  # shared by generator settings
+    vae_cached = (vae_dir / TIMING_FILE).is_file()
+    if not vae_cached:
+        kl = {k: vae_budget[k] for k in ("kl_weight", "mask_fraction") if k in vae_budget}
         _, vae_wall, vae_cpu = _timed(
             train_vae, train_set, resolved["vae"], vae_dir, steps=vae_budget["steps"],
             batch_size=vae_budget["batch_size"], lr=vae_budget["lr"], seed=int(vae_budget.get("seed", 0)),
             image_size=size, progress=progress, **kl,
         )
+        (vae_dir / TIMING_FILE).write_text(json.dumps({"wall_s": vae_wall, "cpu_s": vae_cpu}))
+    vae_timing = json.loads((vae_dir / TIMING_FILE).read_text())
     text = dict(resolved["text"])
     cache = PromptCache(work_dir / f"prompts-{_key(text)}", build_prompt_encoder(text.pop("kind"), **text))
     gen_overrides = {k: v for k, v in overrides.items() if k not in ("train", "vae_train")}
@@ -175,8 +179,10 @@ def measure_conditioning(
         "ratio": m_true / m_shuf if m_shuf > 0 else float("inf"),
         "gap": m_true - m_shuf,
         "loss_gap": loss["relative_gap"],
-        "vae_wall_s": vae_wall,
-        "vae_cpu_s": vae_cpu,
+        "vae_wall_s": vae_timing["wall_s"],
+        "vae_cpu_s": vae_timing["cpu_s"],
+        "vae_cached": vae_cached,
+        "vae_l1": json.loads((vae_dir / "train_summary.json").read_text())["final_l1"],
         "gen_wall_s": gen_wall,
         "gen_cpu_s": gen_cpu,
         "final_loss": json.loads((run / "train" / "train_summary.json").read_text()).get("final_loss"),
@@ -236,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mask-split", default="Val", choices=["Train", "Val"])
     parser.add_argument("--steps", type=int, default=16, help="Euler steps")
     parser.add_argument("--evaluator", default="fcn-r18")
-    parser.add_argument("--evaluator-iters", type=int, default=160)
+    parser.add_argument("--evaluator-iters", type=int, default=200)
+    parser.add_argument("--evaluator-lr", type=float, default=2e-3, help="AdamW peak LR of the evaluator")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
@@ -246,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     result = measure_conditioning(
         args.work_dir, preset=args.preset, overrides=_parse_set(args.set), n_masks=args.masks,
         mask_split=args.mask_split, num_inference_steps=args.steps, evaluator=args.evaluator,
-        evaluator_iters=args.evaluator_iters, progress=args.progress,
+        evaluator_iters=args.evaluator_iters, evaluator_lr=args.evaluator_lr, progress=args.progress,
     )
     print(json.dumps({k: v for k, v in result.items() if k != "run_dir"}, default=str))
 

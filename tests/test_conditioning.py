@@ -60,8 +60,40 @@ def test_measure_conditioning_plumbing_and_cache(tmp_path) -> None:
     assert json.loads((run / "conditioning.json").read_text())["miou_true"] == r["miou_true"]
     assert (run / "samples.png").is_file()
     # Second call re-uses data, evaluator, VAE and generator (no retraining) and reproduces the figures.
+    weights = sorted(tmp_path.glob("evaluator-*/model.safetensors"))
+    assert len(weights) == 1
+    stamp = weights[0].stat().st_mtime_ns
     r2 = measure_conditioning(tmp_path, **kw)
-    assert r2["vae_wall_s"] == 0.0
+    assert weights[0].stat().st_mtime_ns == stamp
+    assert r2["vae_cached"] and not r["vae_cached"] and r2["vae_cpu_s"] == r["vae_cpu_s"]
+    assert r2["gen_cpu_s"] < r["gen_cpu_s"]
     assert (r2["miou_true"], r2["miou_shuffled"]) == (r["miou_true"], r["miou_shuffled"])
     with pytest.raises(ValueError, match="n_masks"):
         measure_conditioning(tmp_path, **{**kw, "n_masks": 1})
+
+
+def test_train_vae_mask_fraction_teaches_mask_greys(tmp_path) -> None:
+    """The scratch VAE also sees the masks' grey images, so it reconstructs them better (mask stream input)."""
+    from todsynth.data.loveda import LoveDA
+    from todsynth.data.procedural import generate_dataset
+    from todsynth.models.presets import PRESETS
+    from todsynth.models.vae import decode_latents, encode_latents, load_vae, mask_to_grey
+    from todsynth.train import train_vae
+
+    torch.set_num_threads(1)
+    ds = LoveDA(generate_dataset(tmp_path / "d", n_train=6, n_val=0, size=32, seed=0), "Train")
+    greys = mask_to_grey(torch.stack([ds[i]["mask"] for i in range(len(ds))]), 7)
+    cfg = {**PRESETS["tiny"]["vae"], "block_out_channels": [8, 8, 8], "sample_size": 32}
+
+    def grey_l1(mask_fraction: float) -> float:
+        out = train_vae(ds, cfg, tmp_path / f"v{mask_fraction}", steps=100, batch_size=4, lr=1e-2, seed=0,
+                        mask_fraction=mask_fraction)
+        assert json.loads((out / "train_summary.json").read_text())["mask_fraction"] == mask_fraction
+        vae = load_vae(out)
+        with torch.no_grad():
+            return (decode_latents(vae, encode_latents(vae, greys)) - greys).abs().mean().item()
+
+    with_masks, without = grey_l1(0.5), grey_l1(0.0)
+    assert with_masks < 0.8 * without
+    with pytest.raises(ValueError, match="mask_fraction"):
+        train_vae(ds, cfg, tmp_path / "bad", steps=1, batch_size=2, lr=1e-3, seed=0, mask_fraction=1.0)

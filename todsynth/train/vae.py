@@ -2,6 +2,12 @@
 
 SD3's latent normalisation ``(z - shift) * scaling`` gives unit-variance latents; for a VAE trained
 here the two factors are fitted on the training images (posterior means) and stored in its config.
+
+The generator's mask stream encodes each mask's grey image with this same VAE (METHOD.md). SD3.5's
+VAE, trained on web-scale images, reconstructs such flat grey maps faithfully; a scratch VAE trained on
+the scene photos alone does not (measured on 64 px procedural masks: 43% of pixels decode to the right
+class grey), so part of the mask's layout never reaches the generator. ``mask_fraction`` of the
+training samples are therefore the training masks' grey images.
 """
 
 from __future__ import annotations
@@ -15,23 +21,34 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
+from todsynth.data.classes import NUM_CLASSES
 from todsynth.models.generator import seeded_init
-from todsynth.models.vae import save_vae
+from todsynth.models.vae import mask_to_grey, save_vae
 from todsynth.train.data import resize_pair
 
 # Below this many bytes of images the whole training set is held in memory.
 _PRELOAD_BYTES = 512 * 2**20
 
 
-def _load_images(dataset: Any, indices: list[int], size: int) -> torch.Tensor:
-    out = []
+def _load_images(dataset: Any, indices: list[int], size: int, num_classes: int | None = None) -> torch.Tensor:
+    """Images (B,3,S,S) in [0,1]; with ``num_classes``, also their masks' grey images: (2,B,3,S,S)."""
+    out, greys = [], []
     for i in indices:
         item = dataset[int(i)]
         image = item["image"]
+        mask = item["mask"] if num_classes is not None else torch.zeros(image.shape[-2:], dtype=torch.long)
         if tuple(image.shape[-2:]) != (size, size):
-            image, _ = resize_pair(image, torch.zeros(image.shape[-2:], dtype=torch.long), size)
+            image, mask = resize_pair(image, mask, size)
         out.append(image)
-    return torch.stack(out)
+        greys.append(mask)
+    if num_classes is None:
+        return torch.stack(out)
+    return torch.stack([torch.stack(out), mask_to_grey(torch.stack(greys), num_classes)])
+
+
+def _has_masks(dataset: Any) -> bool:
+    """True when the dataset's items carry masks (LoveDA Train/Val; not Test), judged by the first item."""
+    return "mask" in dataset[0]
 
 
 @torch.no_grad()
@@ -54,6 +71,8 @@ def train_vae(
     *,
     image_size: int | None = None,
     kl_weight: float = 1e-6,
+    mask_fraction: float = 0.25,
+    num_classes: int = NUM_CLASSES,
     progress: bool = False,
 ) -> Path:
     """Train an ``AutoencoderKL(**vae_cfg)`` on the dataset's images; writes ``save_vae`` files to ``out_dir``.
@@ -64,6 +83,9 @@ def train_vae(
         steps, batch_size, lr, seed: AdamW steps with cosine decay; all randomness (order, flips,
             posterior samples) from a ``torch.Generator(seed)``; init seeded by ``seed`` too.
         kl_weight: weight of the KL term (per-sample sum, batch mean) beside the mean L1 loss.
+        mask_fraction: probability that a training sample is its mask's grey image (``mask_to_grey`` with
+            ``num_classes``) instead of the photo, so the VAE also encodes masks faithfully (module docstring);
+            used only when every item has a ``"mask"`` (the effective value is in the summary).
 
     Returns:
         ``out_dir`` with ``vae.safetensors``, ``config.json`` (fitted ``scaling_factor``/``shift_factor``)
@@ -74,6 +96,8 @@ def train_vae(
 
     if steps < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(f"need steps >= 1, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}")
+    if not 0.0 <= mask_fraction < 1.0:
+        raise ValueError(f"mask_fraction must be in [0, 1), got {mask_fraction}")
     n = len(dataset)
     if n == 0:
         raise ValueError("train_vae: the dataset is empty")
@@ -81,8 +105,11 @@ def train_vae(
     with seeded_init(seed):
         vae = AutoencoderKL(**vae_cfg)
     rng = torch.Generator().manual_seed(seed)
-    preload = n * 3 * size * size * 4 <= _PRELOAD_BYTES
-    all_images = _load_images(dataset, list(range(n)), size) if preload else None
+    has_masks = _has_masks(dataset)
+    mask_fraction = mask_fraction if has_masks else 0.0
+    grey_classes = num_classes if mask_fraction > 0 else None
+    preload = n * 3 * size * size * 4 * (2 if grey_classes else 1) <= _PRELOAD_BYTES
+    all_images = _load_images(dataset, list(range(n)), size, grey_classes) if preload else None
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = get_cosine_schedule_with_warmup(opt, max(1, steps // 20), steps)
     t0 = time.perf_counter()
@@ -92,7 +119,12 @@ def train_vae(
         task = bar.add_task("vae train", total=steps)
         for _ in range(steps):
             idx = torch.randint(n, (batch_size,), generator=rng)
-            x = all_images[idx] if all_images is not None else _load_images(dataset, idx.tolist(), size)
+            if grey_classes is None:
+                x = all_images[idx] if all_images is not None else _load_images(dataset, idx.tolist(), size)
+            else:
+                pair = all_images[:, idx] if all_images is not None else _load_images(dataset, idx.tolist(), size, grey_classes)
+                use_grey = (torch.rand(batch_size, generator=rng) < mask_fraction).view(-1, 1, 1, 1)
+                x = torch.where(use_grey, pair[1], pair[0])
             flip = (torch.rand(batch_size, generator=rng) < 0.5).view(-1, 1, 1, 1)
             x = torch.where(flip, x.flip(-1), x) * 2 - 1
             dist = vae.encode(x).latent_dist
@@ -107,7 +139,10 @@ def train_vae(
             rec_hist.append(rec_loss.item())
             bar.update(task, advance=1)
     seconds = time.perf_counter() - t0
-    fit_images = all_images if all_images is not None else _load_images(dataset, list(range(min(n, 256))), size)
+    if all_images is not None:
+        fit_images = all_images if grey_classes is None else all_images[0]
+    else:
+        fit_images = _load_images(dataset, list(range(min(n, 256))), size)
     scaling, shift = fit_latent_scaling(vae, fit_images)
     vae.register_to_config(scaling_factor=scaling, shift_factor=shift)
     vae.eval().requires_grad_(False)
@@ -119,6 +154,7 @@ def train_vae(
         "lr": lr,
         "seed": seed,
         "image_size": size,
+        "mask_fraction": mask_fraction,
         "final_l1": sum(tail) / len(tail),  # in [-1,1] units
         "scaling_factor": scaling,
         "shift_factor": shift,
