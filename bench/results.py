@@ -128,18 +128,22 @@ def read_results(path: Path) -> dict[str, Any]:
 
 
 TABLE_COLUMNS = ("downstream_miou", "downstream_oa", "downstream_macc", "mask_miou", "fid", "kid", "seconds_per_image")
+COLUMN_LABELS = {"downstream_miou": "mIoU", "downstream_oa": "OA", "downstream_macc": "mAcc", "mask_miou": "mask mIoU",
+                 "fid": "FID", "kid": "KID", "seconds_per_image": "s/img"}
+COLUMN_FORMATS = {"downstream_miou": ".3f", "downstream_oa": ".3f", "downstream_macc": ".3f", "mask_miou": ".3f",
+                  "fid": ".2f", "kid": ".3f", "seconds_per_image": ".2f"}
 
 
 def results_table(results: dict[str, Any]) -> Any:
     """A rich Table of the variants (mean ± std when several seeds)."""
+    from rich import box
     from rich.table import Table
 
     several = len(results.get("seeds", [])) > 1
-    table = Table(title=f"{results['suite']} ({results['config_hash'][:8]})")
-    table.add_column("variant")
-    table.add_column("kind")
+    table = Table(title=f"{results['suite']} ({results['config_hash'][:8]})", box=box.SIMPLE_HEAD)
+    table.add_column("variant", no_wrap=True)
     for col in TABLE_COLUMNS:
-        table.add_column(col, justify="right")
+        table.add_column(COLUMN_LABELS[col], justify="right", no_wrap=True)
     for v in results["variants"]:
         cells = []
         for col in TABLE_COLUMNS:
@@ -147,13 +151,15 @@ def results_table(results: dict[str, Any]) -> Any:
             if not isinstance(val, int | float) or isinstance(val, bool):
                 cells.append("-")
                 continue
-            cell = f"{val:.4g}"
+            cell = f"{val:{COLUMN_FORMATS[col]}}"
             if several and col in v.get("metrics_std", {}):
-                cell += f" ± {v['metrics_std'][col]:.2g}"
-            if col == "fid" and v["metrics"].get("fid_comparable") is False:
+                cell += f"±{v['metrics_std'][col]:{COLUMN_FORMATS[col]}}"
+            if col in ("fid", "kid") and v["metrics"].get("fid_comparable") is False:
                 cell += "*"
             cells.append(cell)
-        table.add_row(v["name"], v["kind"], *cells)
+        table.add_row(v["name"], *cells)
     if any(v["metrics"].get("fid_comparable") is False for v in results["variants"]):
         table.caption = "* FID/KID from a fallback extractor: not comparable with published Inception FID"
+    table.caption = ((table.caption or "") + "\nmIoU/OA/mAcc: downstream model on real Val; mask mIoU: evaluator on "
+                     "synthetic pairs; the baseline trains on real data only").strip()
     return table
