@@ -179,6 +179,7 @@ class Segmenter(Strict):
     iters: PositiveInt = 200
     batch_size: PositiveInt = 4
     lr: PositiveFloat = 0.01
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     seed: int = 0
     crop_size: PositiveInt | None = None
     checkpoint: Path | None = None
@@ -210,6 +211,7 @@ class Downstream(Strict):
     iters: PositiveInt = 200
     batch_size: PositiveInt = 4
     lr: PositiveFloat = 0.01
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     seed: int = 0
     crop_size: PositiveInt | None = None
     ratio: PositiveFloat = 3.0

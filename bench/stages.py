@@ -271,7 +271,7 @@ def _segmenter(role: str) -> Callable[[dict[str, Any], dict[str, CachedStage], P
             model = train_segmentor(
                 spec["model"], _samples(data, "Train"), out_dir / "work", max_iters=spec["iters"],
                 batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"], crop_size=_crop(spec["crop_size"]),
-                progress=_progress(spec),
+                optimizer=spec.get("optimizer", "sgd"), progress=_progress(spec),
             )
         save_segmentor(model, spec["model"], out_dir / "model", NUM_CLASSES)
         scores = evaluate_segmentor(model, val) if val else {}
@@ -465,7 +465,8 @@ def stage_downstream(spec: dict[str, Any], inputs: dict[str, CachedStage], out_d
         items, repeat = downstream_items(real, synth, spec["ratio"])
     model = train_segmentor(
         spec["model"], items, out_dir / "work", max_iters=spec["iters"], batch_size=spec["batch_size"], lr=spec["lr"],
-        seed=spec["seed"], crop_size=_crop(spec["crop_size"]), repeat_factors=repeat, progress=_progress(spec),
+        seed=spec["seed"], crop_size=_crop(spec["crop_size"]), repeat_factors=repeat,
+        optimizer=spec.get("optimizer", "sgd"), progress=_progress(spec),
     )
     save_segmentor(model, spec["model"], out_dir / "model", NUM_CLASSES)
     scores = evaluate_segmentor(model, val)
