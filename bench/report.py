@@ -218,7 +218,7 @@ def _num(v: Any) -> float | None:
 
 
 def best_variants(results: dict[str, Any]) -> dict[str, set[str]]:
-    """Column -> names of the variants holding its best mean (direction from higher_is_better; ties all win)."""
+    """Column -> variants whose mean, as displayed, is the best (direction from higher_is_better); empty when all tie."""
     dirs = metric_directions(results)
     best: dict[str, set[str]] = {}
     for col in table_columns(results):
@@ -227,8 +227,8 @@ def best_variants(results: dict[str, Any]) -> dict[str, set[str]]:
         if len(vals) < 2:
             best[col] = set()
             continue
-        target = max(vals.values()) if dirs.get(col, True) else min(vals.values())
-        winners = {k for k, x in vals.items() if x == target}
+        target = fmt(max(vals.values()) if dirs.get(col, True) else min(vals.values()))
+        winners = {k for k, x in vals.items() if fmt(x) == target}  # ties at the shown precision all win
         best[col] = winners if len(winners) < len(vals) else set()  # all equal: nobody is best
     return best
 
@@ -490,11 +490,12 @@ def plot_per_class(results: dict[str, Any], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(classes)), 4.0), dpi=110)
     width = 0.8 / len(variants)
     x = np.arange(len(classes))
+    several = len(results.get("seeds", [])) > 1  # error bars only for a std over seeds
     for i, v in enumerate(variants):
         iou = v["metrics"]["per_class_iou"]
         std = v.get("metrics_std", {}).get("per_class_iou", {})
         ax.bar(x + (i - (len(variants) - 1) / 2) * width, _nan([_num(iou.get(c)) for c in classes]), width,
-               yerr=_nan([_num(std.get(c)) for c in classes]), capsize=2, label=v["name"])
+               yerr=_nan([_num(std.get(c)) for c in classes]) if several else None, capsize=2, label=v["name"])
     ax.set_xticks(x, classes, rotation=20)
     ax.set_ylabel("downstream IoU")
     ax.set_ylim(0, 1)
@@ -695,6 +696,9 @@ def write_report(suite: Suite, out_dir: Path | None = None, run_id: str | None =
                           "whole, so give a new or empty dir, or a previous report's dir")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a report dir is as readable as any new dir
     try:
         with tempfile.TemporaryDirectory(prefix="todsynth-report-") as scratch:
             _render_into(suite, tmp, Path(scratch), run_id)
