@@ -134,10 +134,10 @@ def measure_conditioning(
     root = _dataset(work_dir, n_train, n_val, size, data_seed)
     model = _evaluator(work_dir, root, evaluator, evaluator_iters, evaluator_lr, seed)
 
-    run = work_dir / f"gen-{preset}-{_key([overrides, root.name])}"
     train_set = LoveDA(root, "Train")
     vae_budget = dict(resolved.get("vae_train") or {})
     vae_dir = work_dir / f"vae-{_key([resolved['vae'], vae_budget, root.name])}"  # shared by generator settings
+    run = work_dir / f"gen-{preset}-{_key([resolved, vae_dir.name])}"
     vae_cached = (vae_dir / TIMING_FILE).is_file()
     if not vae_cached:
         kl = {k: vae_budget[k] for k in ("kl_weight", "mask_fraction") if k in vae_budget}
