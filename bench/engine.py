@@ -55,6 +55,25 @@ def resolve_device(requested: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _device_label(device: str) -> str:
+    """The device a run used, in words (GPU name or CPU model), for provenance."""
+    import platform
+
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {model} ({os.cpu_count()} cores)"
+
+
 def stage_code_version(stage: str, versions: Mapping[str, int]) -> str:
     """Code tag in a stage's hash: package version + the stage's own version (bumped when it changes)."""
     return f"{CODE_VERSION}/{stage}-v{versions.get(stage, 1)}"
@@ -144,6 +163,7 @@ def run_suite(
             "todsynth.config_hash": chash,
             "todsynth.git_commit": commit,
             "mlflow.source.git.commit": commit.removesuffix("-dirty"),
+            "todsynth.device": _device_label(resolve_device(suite.resources.device)),
             **{f"todsynth.version.{k}": v for k, v in versions.items()},
         }
         parent = tracker.start_parent(f"{suite.name}@{chash[:8]}", resolved_dict(suite), tags, resolved_yaml(suite))
