@@ -653,6 +653,7 @@ def bench_perf(
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC VAE + judge (default: on for cuda).")] = None,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the transformer (compile time excluded).")] = False,
     judge: Annotated[Optional[str], typer.Option("--judge", help="Judge segmentor (default: fcn-tiny for tiny, fcn-r18 otherwise).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="torch intra-op threads (default: torch's, one per core).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON here.")] = None,
     tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="Log the report to this MLflow store (e.g. sqlite:///runs/mlflow.db).")] = None,
 ) -> None:
@@ -663,7 +664,7 @@ def bench_perf(
 
     cfg = PerfConfig(preset=preset, device=device, batch=batch, res=res, steps=steps, rectified=rectified,
                      repeats=repeats, train_batch=train_batch, clock=clock, precision=precision,
-                     channels_last=channels_last, compile=compile_, judge=judge)
+                     channels_last=channels_last, compile=compile_, judge=judge, threads=threads)
     with err_console.status("bench perf") as status:
         report = run_perf(cfg, progress=lambda phase: status.update(f"bench perf: {phase}"))
     table = Table(title=f"todsynth bench perf: {preset} on {device}")

@@ -69,6 +69,7 @@ class PerfConfig:
         channels_last: NHWC VAE and judge (None: on for CUDA, off for CPU, as measured).
         compile: ``torch.compile`` the transformer (off by default; compile time is not in the figures).
         fid_images: images per FID feature-extraction round; judge: segmentor name (None = per preset).
+        threads: torch intra-op threads for the run (None = torch's default, one per core); restored after.
         seed: seeds of the random weights and inputs.
     """
 
@@ -86,6 +87,7 @@ class PerfConfig:
     compile: bool = False
     fid_images: int = 16
     judge: str | None = None
+    threads: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -101,6 +103,8 @@ class PerfConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} {value!r}: must be an int >= {low}")
         if self.rectified > self.steps:
             raise ConfigError(f"--rectified {self.rectified} exceeds --steps {self.steps}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads {self.threads}: must be >= 1")
         if self.train_batch is not None and self.train_batch < 1:
             raise ConfigError(f"--train-batch {self.train_batch}: must be >= 1")
         if self.res is not None and self.res < 8:
@@ -123,6 +127,7 @@ class PerfConfig:
             precision=self.precision or ("bf16" if cuda else "fp32"),
             channels_last=self.channels_last if self.channels_last is not None else cuda,
             judge=self.judge or DEFAULT_JUDGE[self.preset],
+            threads=self.threads or torch.get_num_threads(),
         )
 
 
@@ -510,9 +515,19 @@ def _phase(progress: ProgressFn | None, name: str) -> Iterator[None]:
 
 def run_perf(cfg: PerfConfig, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Measure everything ``cfg`` asks for and return the JSON-ready report (see the module docstring)."""
+    cfg = cfg.resolved()
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: PerfConfig, progress: ProgressFn | None) -> dict[str, Any]:
     from todsynth.sample.speed import prepare_for_sampling
 
-    cfg = cfg.resolved()
     t_start = time.perf_counter()
     device = torch.device(cfg.device)
     with _phase(progress, "building models"):

@@ -132,6 +132,7 @@ def test_transformer_flops_count_attention() -> None:
 def test_perf_config_and_helpers() -> None:
     cfg = PerfConfig().resolved()
     assert (cfg.res, cfg.judge, cfg.precision, cfg.channels_last, cfg.train_batch) == (64, "fcn-tiny", "fp32", False, 8)
+    assert cfg.threads == torch.get_num_threads()
     with pytest.raises(ConfigError, match="--batch 0"):
         PerfConfig(batch=0)
     with pytest.raises(ConfigError, match="--precision 'fp16'"):

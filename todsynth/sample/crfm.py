@@ -152,10 +152,12 @@ def judge_loss(
     target = target.long()
     ce = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")  # (B,H,W), 0 where ignored
     valid = target != ignore_index
-    wrong = valid & (logits.detach().argmax(1) != target)
-    weight = (wrong if error_only else valid).float()
-    loss = (ce * weight).sum(dim=(1, 2)) / weight.sum(dim=(1, 2)).clamp_min(1.0)
-    error_fraction = wrong.sum(dim=(1, 2)).float() / valid.sum(dim=(1, 2)).clamp_min(1).float()
+    # max(1).indices == argmax(1) (both return the first maximal index), but argmax over the channel dim of
+    # an NCHW tensor takes a slow strided path on CPU: 617 vs 31 us at (2,7,64,64), 162 vs 22 ms at (8,7,512,512).
+    wrong = valid & (logits.detach().max(1).indices != target)
+    weight = wrong if error_only else valid  # bool: ce * weight promotes, counts stay exact integers
+    loss = (ce * weight).sum(dim=(1, 2)) / weight.sum(dim=(1, 2)).clamp_min(1)
+    error_fraction = wrong.sum(dim=(1, 2)) / valid.sum(dim=(1, 2)).clamp_min(1)
     return loss, error_fraction
 
 
@@ -210,8 +212,9 @@ def _judge_gradient(
     """
     b = v.shape[0]
     with torch.enable_grad():
-        v = v.detach().requires_grad_(True)
-        x0_hat = latents.detach().to(torch.float32) - sigma * v
+        v = v.requires_grad_(True)  # a fresh detached float32 tensor from rectify_with_stats
+        x0_hat = latents.detach().to(torch.float32)
+        x0_hat = torch.sub(x0_hat, v, alpha=sigma) if isinstance(sigma, float) else x0_hat - sigma * v
         with sw.section("vae_decode"):
             images = decode(x0_hat)
         image_leaf = images.detach().requires_grad_(True)
@@ -276,14 +279,16 @@ def rectify_with_stats(
     target = target.to(velocity.device).long()
     v = velocity.detach().to(torch.float32)
     size = b if micro_batch is None else min(micro_batch, b)
-    parts = [
-        _judge_gradient(
-            v[lo : lo + size], latents[lo : lo + size], sigma, decode, judge, target[lo : lo + size],
-            error_only=error_only, ignore_index=ignore_index, skip_below_error=skip_below_error,
-            judge_size=judge_size, sw=sw,
-        )
-        for lo in range(0, b, size)
-    ]
+    kw = dict(error_only=error_only, ignore_index=ignore_index, skip_below_error=skip_below_error,
+              judge_size=judge_size, sw=sw)
+    if size == b:
+        parts = [_judge_gradient(v.detach(), latents, sigma, decode, judge, target, **kw)]  # type: ignore[arg-type]
+    else:
+        parts = [
+            _judge_gradient(v[lo : lo + size].detach(), latents[lo : lo + size], sigma, decode, judge,
+                            target[lo : lo + size], **kw)  # type: ignore[arg-type]
+            for lo in range(0, b, size)
+        ]
     loss = _cat([p[1] for p in parts])
     error_fraction = _cat([p[2] for p in parts])
     skipped = _cat([p[3] for p in parts])
@@ -296,9 +301,9 @@ def rectify_with_stats(
     v_new = v
     if shrink:
         v_new = v_new * (1 - alpha)
-    v_new = v_new - alpha * grad
+    v_new = torch.sub(v_new, grad, alpha=alpha) if isinstance(alpha, float) else v_new - alpha * grad
     if clamp is not None:
-        v_new = v_new.clamp(-clamp, clamp)
+        v_new = v_new.clamp_(-clamp, clamp)  # v_new is a fresh tensor here
     if skip_below_error is not None:
         v_new = torch.where(skipped.view(b, 1, 1, 1).to(v_new.device), v, v_new)
     return Rectified(v_new.to(velocity.dtype), loss, error_fraction, skipped)
