@@ -71,6 +71,18 @@ def test_micro_batch_with_skips_matches(generator, judge) -> None:  # noqa: F811
     assert torch.allclose(micro.images, whole.images, atol=1e-5)
 
 
+def test_outputs_are_normal_tensors(generator, judge) -> None:  # noqa: F811
+    """Inference mode inside the loop does not leak: callers may modify outputs in place."""
+    masks, embeds, pooled, seeds = _inputs(2)
+    cfg = SamplerConfig(num_inference_steps=3, batch_size=2)
+    for crfm in (None, CRFMConfig(rectified_step=1, return_x0=True)):
+        out = sample(generator, masks, embeds, pooled, seeds, cfg, crfm, judge)
+        assert not out.images.is_inference()
+        out.images.mul_(1.0)
+        for x0 in out.x0 or []:
+            assert not x0.is_inference()
+
+
 def test_micro_batch_is_validated() -> None:
     with pytest.raises(ValueError, match="micro_batch"):
         CRFMConfig(rectified_step=1, micro_batch=0)
@@ -131,7 +143,7 @@ def test_transformer_flops_count_attention() -> None:
 
 def test_perf_config_and_helpers() -> None:
     cfg = PerfConfig().resolved()
-    assert (cfg.res, cfg.judge, cfg.precision, cfg.channels_last, cfg.train_batch) == (64, "fcn-tiny", "fp32", False, 8)
+    assert (cfg.res, cfg.judge, cfg.precision, cfg.channels_last, cfg.train_batch) == (64, "fcn-tiny", "fp32", True, 8)
     assert cfg.threads == torch.get_num_threads()
     with pytest.raises(ConfigError, match="--batch 0"):
         PerfConfig(batch=0)

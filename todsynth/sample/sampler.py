@@ -224,41 +224,67 @@ def _sample_batch(
     losses: list[Tensor] = []
     errors: list[Tensor] = []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    # Work that never meets autograd runs in inference mode (no version counters or view tracking; -7% per plain
+    # image on the tiny CPU preset): every step of plain sampling, and the steps after CRFM's rectified ones.
+    # Rectified steps stay in no_grad: their tensors enter CRFM's backward pass.
     with torch.no_grad(), autocast:
-        with sw.section("encode_mask"):
+        with sw.section("encode_mask"), torch.inference_mode(not crfm.enabled):
             mask_latents = generator.encode_mask(masks).to(dtype)
         x = initial_noise(seeds, mask_latents.shape[1:]).to(device)
         for i in range(n):
             sigma, sigma_next = sigma_list[i], sigma_list[i + 1]
-            with sw.section("transformer"):
-                v = _velocity(
-                    generator.transformer, x, mask_latents, timesteps[i], embeds, pooled,
-                    cfg.guidance_scale, negative, dtype,
+            if i >= crfm.rectified_step:  # no correction: nothing here meets autograd
+                with torch.inference_mode():
+                    v = _step_velocity(generator, x, mask_latents, timesteps[i], embeds, pooled, cfg, negative, dtype, sw)
+                    if crfm.return_x0:
+                        x0s.append(x - sigma * v)
+                    with sw.section("euler"):
+                        x = euler_step(x, v, sigma, sigma_next)
+                continue
+            v = _step_velocity(generator, x, mask_latents, timesteps[i], embeds, pooled, cfg, negative, dtype, sw)
+            for _ in range(crfm.num_rectified):
+                r = rectify_with_stats(
+                    v, x, sigma, decode, judge, masks, alphas[i],  # type: ignore[arg-type]
+                    l2_norm=crfm.l2_norm, shrink=crfm.shrink, clamp=crfm.clamp,
+                    error_only=crfm.error_only, ignore_index=crfm.ignore_index,
+                    skip_below_error=crfm.skip_below_error, judge_size=crfm.judge_size,
+                    micro_batch=crfm.micro_batch, stopwatch=sw,
                 )
-            if i < crfm.rectified_step:
-                for _ in range(crfm.num_rectified):
-                    r = rectify_with_stats(
-                        v, x, sigma, decode, judge, masks, alphas[i],  # type: ignore[arg-type]
-                        l2_norm=crfm.l2_norm, shrink=crfm.shrink, clamp=crfm.clamp,
-                        error_only=crfm.error_only, ignore_index=crfm.ignore_index,
-                        skip_below_error=crfm.skip_below_error, judge_size=crfm.judge_size,
-                        micro_batch=crfm.micro_batch, stopwatch=sw,
-                    )
-                    v = r.v
-                    losses.append(r.loss.detach())
-                    errors.append(r.error_fraction)
+                v = r.v
+                losses.append(r.loss.detach())
+                errors.append(r.error_fraction)
             if crfm.return_x0:
                 x0s.append(x - sigma * v)
             with sw.section("euler"):
                 x = euler_step(x, v, sigma, sigma_next)
-        with sw.section("final_decode"):
-            images = decode(x).clamp(0, 1).cpu()
+        with sw.section("final_decode"), torch.inference_mode():
+            images = decode(x).clamp(0, 1)
+    images = images.cpu()
+    if images.is_inference():  # a normal tensor for the caller (in-place use outside inference mode is allowed)
+        images = images.clone()
     return images, _to_cpu(x0s), _to_cpu(losses), _to_cpu(errors)
 
 
 def _to_cpu(tensors: list[Tensor]) -> list[Tensor]:
     """Same-shape device tensors -> CPU copies, in one transfer."""
     return list(torch.stack(tensors).cpu().unbind(0)) if tensors else []
+
+
+def _step_velocity(
+    generator: Any,
+    x: Tensor,
+    mask_latents: Tensor,
+    t: Tensor,
+    embeds: Tensor,
+    pooled: Tensor,
+    cfg: SamplerConfig,
+    negative: tuple[Tensor, Tensor] | None,
+    dtype: torch.dtype,
+    sw: Stopwatch,
+) -> Tensor:
+    """The transformer's (CFG-combined) float32 velocity for one step, timed as ``transformer``."""
+    with sw.section("transformer"):
+        return _velocity(generator.transformer, x, mask_latents, t, embeds, pooled, cfg.guidance_scale, negative, dtype)
 
 
 def sample(
