@@ -646,7 +646,7 @@ def bench_perf(
     res: Annotated[Optional[int], typer.Option("--res", help="Image size in px (default: the preset's).")] = None,
     steps: Annotated[int, typer.Option("--steps", help="Euler steps.")] = 23,
     rectified: Annotated[int, typer.Option("--rectified", help="CRFM-rectified leading steps.")] = 4,
-    repeats: Annotated[int, typer.Option("--repeats", help="Timed rounds per measurement, after one warm-up.")] = 5,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed rounds per measurement, after one warm-up.")] = 10,
     train_batch: Annotated[Optional[int], typer.Option("--train-batch", help="Samples per training step (default: the preset's).")] = None,
     clock: Annotated[str, typer.Option("--clock", help="CPU timing clock: wall | cpu (process CPU seconds); CUDA uses events.")] = "wall",
     precision: Annotated[Optional[str], typer.Option("--precision", help="fp32 | bf16 (default: bf16 on cuda, fp32 on cpu).")] = None,
@@ -658,6 +658,7 @@ def bench_perf(
     tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="Log the report to this MLflow store (e.g. sqlite:///runs/mlflow.db).")] = None,
 ) -> None:
     """Where the time goes: training step, plain and CRFM sampling (with breakdown), VAE/judge passes, FID, FLOP/s."""
+    from rich.markup import escape
     from rich.table import Table
 
     from bench.perf import PerfConfig, log_perf, perf_rows, run_perf, write_json
@@ -668,10 +669,10 @@ def bench_perf(
     with err_console.status("bench perf") as status:
         report = run_perf(cfg, progress=lambda phase: status.update(f"bench perf: {phase}"))
     table = Table(title=f"todsynth bench perf: {preset} on {device}")
-    for col in ("measure", "value (median [min .. max])", "note"):
+    for col in ("measure", "value (median \\[min .. max])", "note"):
         table.add_column(col)
     for row in perf_rows(report):
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))
     console.print(table)
     if json_out is not None:
         console.print(f"json: {write_json(report, json_out)}", highlight=False, soft_wrap=True)
