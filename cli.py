@@ -646,7 +646,7 @@ def bench_perf(
     res: Annotated[Optional[int], typer.Option("--res", help="Image size in px (default: the preset's).")] = None,
     steps: Annotated[int, typer.Option("--steps", help="Euler steps.")] = 23,
     rectified: Annotated[int, typer.Option("--rectified", help="CRFM-rectified leading steps.")] = 4,
-    repeats: Annotated[int, typer.Option("--repeats", help="Timed rounds per measurement, after one warm-up.")] = 10,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed rounds per measurement, after one warm-up.")] = 20,
     train_batch: Annotated[Optional[int], typer.Option("--train-batch", help="Samples per training step (default: the preset's).")] = None,
     clock: Annotated[str, typer.Option("--clock", help="CPU timing clock: wall | cpu (process CPU seconds); CUDA uses events.")] = "wall",
     precision: Annotated[Optional[str], typer.Option("--precision", help="fp32 | bf16 (default: bf16 on cuda, fp32 on cpu).")] = None,

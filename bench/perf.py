@@ -81,7 +81,7 @@ class PerfConfig:
     res: int | None = None
     steps: int = 23
     rectified: int = 4
-    repeats: int = 10
+    repeats: int = 20
     train_batch: int | None = None
     clock: str = "wall"
     precision: str | None = None
@@ -227,6 +227,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     """Best FLOP/s of an ``n x n`` matmul in ``dtype``: the practical peak of this device and thread count."""
     g = torch.Generator("cpu").manual_seed(0)
@@ -249,6 +259,8 @@ def device_info(cfg: PerfConfig) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "precision": cfg.precision,
     }
+    flags = _cpu_flags()
+    info["cpu_features"] = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         info["name"] = name
