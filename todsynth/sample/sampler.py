@@ -225,10 +225,10 @@ def _sample_batch(
     errors: list[Tensor] = []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     # Work that never meets autograd runs in inference mode (no version counters or view tracking; -7% per plain
-    # image on the tiny CPU preset): every step of plain sampling, and the steps after CRFM's rectified ones.
-    # Rectified steps stay in no_grad: their tensors enter CRFM's backward pass.
+    # image on the tiny CPU preset): the mask encoding, every transformer call, every uncorrected step. Only a
+    # rectified step's latents and (cloned) velocity enter CRFM's backward pass, so they stay normal tensors.
     with torch.no_grad(), autocast:
-        with sw.section("encode_mask"), torch.inference_mode(not crfm.enabled):
+        with sw.section("encode_mask"), torch.inference_mode():  # only ever a transformer input
             mask_latents = generator.encode_mask(masks).to(dtype)
         x = initial_noise(seeds, mask_latents.shape[1:]).to(device)
         for i in range(n):
@@ -241,7 +241,9 @@ def _sample_batch(
                     with sw.section("euler"):
                         x = euler_step(x, v, sigma, sigma_next)
                 continue
-            v = _step_velocity(generator, x, mask_latents, timesteps[i], embeds, pooled, cfg, negative, dtype, sw)
+            with torch.inference_mode():  # the transformer is never differentiated; v is cloned out for CRFM
+                v = _step_velocity(generator, x, mask_latents, timesteps[i], embeds, pooled, cfg, negative, dtype, sw)
+            v = v.clone()
             for _ in range(crfm.num_rectified):
                 r = rectify_with_stats(
                     v, x, sigma, decode, judge, masks, alphas[i],  # type: ignore[arg-type]
@@ -251,7 +253,7 @@ def _sample_batch(
                     micro_batch=crfm.micro_batch, stopwatch=sw,
                 )
                 v = r.v
-                losses.append(r.loss.detach())
+                losses.append(r.loss)
                 errors.append(r.error_fraction)
             if crfm.return_x0:
                 x0s.append(x - sigma * v)
