@@ -57,9 +57,9 @@ def test_perf_tiny_writes_json_and_logs_to_mlflow(tmp_path, bench_workspace) -> 
     # The headline ratios are what they claim to be: medians of per-round ratios, and from the minima.
     rounds = report["crfm"]["rounds"]
     assert len(rounds["plain"]) == len(rounds["crfm"]) == len(rounds["necessary"]) == 2
-    ratios = sorted((c - p) / n for p, c, n in zip(rounds["plain"], rounds["crfm"], rounds["necessary"]))
+    ratios = sorted((c - p) / n for p, c, n in zip(rounds["plain"], rounds["crfm"], rounds["necessary"], strict=True))
     assert report["crfm_overhead_vs_parts"] == pytest.approx(sum(ratios) / 2)  # median of two rounds
-    assert report["crfm_over_plain"] == pytest.approx(sum(c / p for p, c in zip(rounds["plain"], rounds["crfm"])) / 2)
+    assert report["crfm_over_plain"] == pytest.approx(sum(c / p for p, c in zip(rounds["plain"], rounds["crfm"], strict=True)) / 2)
     plain, crfm = report["plain"]["seconds_per_image"]["min"], report["crfm"]["seconds_per_image"]["min"]
     parts = report["crfm"]["necessary_seconds_per_image"]["min"]
     assert (plain, crfm, parts) == (min(rounds["plain"]), min(rounds["crfm"]), min(rounds["necessary"]))
