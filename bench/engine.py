@@ -14,7 +14,7 @@ import shutil
 import socket
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,21 @@ def _device_label(device: str) -> str:
     return f"cpu: {model} ({os.cpu_count()} cores)"
 
 
+def _stage_registry(
+    nodes: Sequence[Node], stage_fns: Mapping[str, Any] | None, stage_versions: Mapping[str, int] | None
+) -> tuple[Mapping[str, Any], Mapping[str, int]]:
+    """The stage functions and versions to use (defaults: :mod:`bench.stages`); every node's stage must have one."""
+    if stage_fns is None or stage_versions is None:
+        from bench import stages as _stages
+
+        stage_fns = stage_fns if stage_fns is not None else _stages.STAGES
+        stage_versions = stage_versions if stage_versions is not None else _stages.STAGE_VERSIONS
+    missing = sorted({n.stage for n in nodes} - set(stage_fns))
+    if missing:
+        raise StageError(f"no stage function for: {', '.join(missing)}")
+    return stage_fns, stage_versions
+
+
 def stage_code_version(stage: str, versions: Mapping[str, int]) -> str:
     """Code tag in a stage's hash: package version + the stage's own version (bumped when it changes)."""
     return f"{CODE_VERSION}/{stage}-v{versions.get(stage, 1)}"
@@ -123,14 +138,7 @@ def run_suite(
         console: a rich Console for messages (default: a new one).
     """
     nodes = preflight(suite, force)
-    if stage_fns is None or stage_versions is None:
-        from bench import stages as _stages
-
-        stage_fns = stage_fns if stage_fns is not None else _stages.STAGES
-        stage_versions = stage_versions if stage_versions is not None else _stages.STAGE_VERSIONS
-    missing = sorted({n.stage for n in nodes} - set(stage_fns))
-    if missing:
-        raise StageError(f"no stage function for: {', '.join(missing)}")
+    stage_fns, stage_versions = _stage_registry(nodes, stage_fns, stage_versions)
     forced = select_forced(nodes, force)
     if console is None:
         from rich.console import Console
@@ -264,14 +272,7 @@ def run_nodes(
     New work is logged as child runs of ``tracker.parent_run_id`` when a tracker is given. Returns node key ->
     finished stage. Used by ``bench tune`` for each trial.
     """
-    if stage_fns is None or stage_versions is None:
-        from bench import stages as _stages
-
-        stage_fns = stage_fns if stage_fns is not None else _stages.STAGES
-        stage_versions = stage_versions if stage_versions is not None else _stages.STAGE_VERSIONS
-    missing = sorted({n.stage for n in nodes} - set(stage_fns))
-    if missing:
-        raise StageError(f"no stage function for: {', '.join(missing)}")
+    stage_fns, stage_versions = _stage_registry(nodes, stage_fns, stage_versions)
     if console is None:
         from rich.console import Console
 
