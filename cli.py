@@ -331,6 +331,8 @@ def gen_sample(
     guidance: Annotated[float, typer.Option("--guidance", help="CFG scale; 1.0 = off (the release's setting).")] = 1.0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per transformer call.")] = 4,
     prompt_cache: Annotated[Path | None, typer.Option("--prompt-cache", help="Prompt-embedding cache dir (default: OUT/prompt_cache).")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="fp32 or bf16 (default: bf16 weights + autocast on CUDA, fp32 on CPU).")] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the transformer (pays on long runs; first batch compiles).")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:
     """Generate one image per real training mask (optionally CRFM-guided) into a LoveDA-layout dataset."""
@@ -338,9 +340,12 @@ def gen_sample(
     from todsynth.models.generator import load_generator
     from todsynth.sample.crfm import STEP_SCHEMES, CRFMConfig
     from todsynth.sample.sampler import SamplerConfig
+    from todsynth.sample.speed import prepare_sampling_run
     from todsynth.sample.synthesize import synthesize
     from todsynth.text import PromptCache, build_prompt_encoder
 
+    if precision not in (None, "fp32", "bf16"):
+        fail(f"--precision {precision!r}: choose fp32 or bf16")
     if step_scheme not in STEP_SCHEMES:
         fail(f"--step-scheme {step_scheme!r} is not one of {', '.join(STEP_SCHEMES)}")
     if crfm and judge is None:
@@ -360,6 +365,7 @@ def gen_sample(
     cfg = SamplerConfig(num_inference_steps=steps, guidance_scale=guidance, batch_size=batch_size)
     crfm_cfg = CRFMConfig(rectified_step=rectified_step, max_step_size=max_step_size, step_scheme=step_scheme) if crfm else None  # type: ignore[arg-type]
     judge_fn = _load_judge(judge, judge_model, trust_checkpoint, gen.num_classes, device) if crfm and judge else None
+    cfg = prepare_sampling_run(gen, judge_fn, cfg, precision=precision, compile=compile_)  # what `bench perf` measures
     manifest = synthesize(gen, samples, out, cache, cfg, crfm_cfg, judge_fn, seed=seed, progress=not no_progress)
     totals = manifest["totals"]
     console.print(

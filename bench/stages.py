@@ -351,6 +351,7 @@ def stage_synthesize(spec: dict[str, Any], inputs: dict[str, CachedStage], out_d
     from todsynth.models.generator import load_generator
     from todsynth.sample.crfm import CRFMConfig
     from todsynth.sample.sampler import SamplerConfig
+    from todsynth.sample.speed import prepare_sampling_run
     from todsynth.sample.synthesize import synthesize
     from todsynth.seg.judge import SegmentorLogits
 
@@ -364,6 +365,7 @@ def stage_synthesize(spec: dict[str, Any], inputs: dict[str, CachedStage], out_d
     cfg = SamplerConfig(**spec["sampling"])
     crfm = CRFMConfig(**spec["crfm"]) if spec["crfm"] else None
     judge = SegmentorLogits(_load_seg(inputs["judge"], device)) if crfm is not None else None
+    cfg = prepare_sampling_run(gen, judge, cfg)  # as `bench perf` measures: channels_last; bf16 on CUDA
     cache = _prompt_cache(inputs["prompts"], device)
     copies, seconds, n_images = [], 0.0, 0
     for r in range(math.ceil(total / len(masks))):

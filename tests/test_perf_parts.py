@@ -158,3 +158,26 @@ def test_perf_config_and_helpers() -> None:
         block = torch.ones(64, 2**20 // 4 * 4)  # 64 MiB (float32), held while the poller runs
         block.add_(1)
     assert mem.peak_mb >= mem.baseline_mb > 0 and mem.kind == "rss"
+
+
+def test_prepare_sampling_run_resolves_precision_and_keeps_results() -> None:
+    """The entry points' preparation: CPU default fp32 (weights kept), channels_last, same images to rounding."""
+    from todsynth.sample.speed import default_precision, prepare_sampling_run
+
+    masks, embeds, pooled, seeds = _inputs(2)
+    cfg = SamplerConfig(num_inference_steps=3, batch_size=2)
+    crfm = CRFMConfig(rectified_step=2, max_step_size=0.5)
+    gen, judge_net = _fresh()
+    ref = sample(gen, masks, embeds, pooled, seeds, cfg, crfm, judge_net)
+    gen2, judge2 = _fresh()
+    cfg2 = prepare_sampling_run(gen2, judge2, cfg)
+    assert cfg2 == cfg and cfg2.precision == default_precision("cpu") == "fp32"
+    assert default_precision("cuda") == "bf16"
+    assert judge2[0].weight.is_contiguous(memory_format=torch.channels_last)
+    out = sample(gen2, masks, embeds, pooled, seeds, cfg2, crfm, judge2)
+    assert torch.allclose(out.images, ref.images, atol=1e-5)
+    gen3, _ = _fresh()
+    cfg3 = prepare_sampling_run(gen3, None, cfg, precision="bf16")  # CPU: autocast only, weights stay fp32
+    assert cfg3.precision == "bf16" and next(gen3.transformer.parameters()).dtype == torch.float32
+    with pytest.raises(ValueError, match="precision"):
+        prepare_sampling_run(gen3, None, cfg, precision="fp16")
