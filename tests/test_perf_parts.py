@@ -181,3 +181,34 @@ def test_prepare_sampling_run_resolves_precision_and_keeps_results() -> None:
     assert cfg3.precision == "bf16" and next(gen3.transformer.parameters()).dtype == torch.float32
     with pytest.raises(ValueError, match="precision"):
         prepare_sampling_run(gen3, None, cfg, precision="fp16")
+
+
+class _TiedLogits(torch.nn.Module):
+    """An MMSeg-style ``model(x, mode="tensor")`` whose logits tie: channels 2 and 5 share the maximum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor, mode: str = "tensor") -> torch.Tensor:
+        g = torch.Generator().manual_seed(1)
+        logits = torch.randn(x.shape[0], 7, *x.shape[-2:], generator=g) * self.scale
+        logits[:, :, :4] = 0.0
+        logits[:, 2, :4] = logits[:, 5, :4] = 1.0  # first rows: a tie, the first maximal index (2) wins
+        return logits
+
+
+def test_predict_labels_are_the_first_maximal_index() -> None:
+    """seg.evaluate.predict uses max(1).indices (fast on CPU): the same labels as argmax(1), ties included."""
+    from todsynth.seg.evaluate import predict
+    from todsynth.seg.judge import segment_logits
+    from todsynth.seg.models import build_segmentor
+
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for model in (_TiedLogits(), build_segmentor("fcn-tiny", 7, seed=2)):
+        labels = predict(model, images)
+        with torch.no_grad():
+            expected = segment_logits(model.eval(), images).argmax(1)
+        assert labels.dtype == torch.long and labels.shape == (2, 32, 32)
+        assert torch.equal(labels, expected)
+    assert (predict(_TiedLogits(), images)[:, :4] == 2).all()
