@@ -16,10 +16,14 @@ Sections (each timed after a warm-up, ``repeats`` times; median, min and max):
 
 Headline ratios: ``crfm_over_plain`` (CRFM over plain seconds per image) and ``crfm_overhead_vs_parts`` (the
 measured extra CRFM time over the summed time of its necessary passes, ``rectified x (VAE decode fwd+bwd +
-judge fwd+bwd)``). Each round times plain, CRFM and the standalone passes back to back, so a ratio formed
-within a round cancels slow drifts of machine load; the headline is the median of the per-round ratios
-(``crfm.rounds`` holds every round). The ``*_min`` variants divide the minima over rounds instead, which on a
-shared machine can pair a lucky plain run with an unlucky CRFM run (or the reverse).
+judge fwd+bwd)``). Each round is symmetric, plain, CRFM, the standalone passes, CRFM, plain, so a ratio formed
+within a round (``mean(CRFM) - mean(plain)`` over the passes) cancels load drifts over the round; the headline
+is the median of the per-round ratios (``crfm.rounds`` holds every round). The ``*_min`` variants divide the
+minima over rounds instead, which on a shared machine can pair a lucky plain round with an unlucky CRFM round.
+``crfm.extra_breakdown_seconds_per_image`` says where the extra goes (CRFM's sections minus plain's, per round)
+and ``crfm.beyond_parts_fraction`` what exceeds the passes, as a fraction of them: the transformer running
+slower after a correction (cold caches), the in-loop passes over their standalone time (the loss, autograd),
+and the rest (Euler, bookkeeping).
 
 Weights are random: speed does not depend on weight values. ``tiny`` is the scratch preset; ``sd3.5-medium``
 is built from SD3.5-medium's published transformer and VAE configs without the checkpoint (GPU sizes). The
@@ -64,7 +68,7 @@ class PerfConfig:
         preset: ``tiny`` or ``sd3.5-medium``; device: ``cpu`` or ``cuda``.
         batch: images per sampling call; res: image size in pixels (None = the preset's).
         steps: Euler steps; rectified: leading CRFM steps (the release: 4 of 23).
-        repeats: timed rounds per measurement (after one warm-up).
+        repeats: timed rounds per measurement (after one warm-up; a sampling round runs each variant twice).
         train_batch: samples per training step (None = the preset's training batch size).
         clock: ``wall`` or ``cpu`` (process CPU seconds) on CPU; CUDA always uses events.
         precision: ``fp32`` or ``bf16`` (None: bf16 weights + autocast on CUDA, fp32 on CPU).
@@ -403,12 +407,28 @@ def measure_sampling(gen: Any, judge: nn.Module, masks: Tensor, embeds: Tensor, 
         sample(gen, masks, embeds, pooled, seeds, scfg, crfm, judge)
 
     sections = ("transformer", "vae_decode", "judge", "euler", "final_decode", "encode_mask")
-    per_round = []
-    for t in runs["crfm_timings"]:
-        row = {k: t.get(k, 0.0) for k in sections}
-        row["other"] = t["total"] - sum(row.values())
-        per_round.append(row)
+
+    def section_rows(timings: list[dict[str, float]]) -> list[dict[str, float]]:
+        rows = []
+        for t in timings:
+            row = {k: t.get(k, 0.0) for k in sections}
+            row["other"] = t["total"] - sum(row.values())
+            rows.append(row)
+        return rows
+
+    per_round, plain_round = section_rows(runs["crfm_timings"]), section_rows(runs["plain_timings"])
     breakdown = {k: stats([r[k] for r in per_round]) for k in (*sections, "other")}
+    # Where the extra goes, round by round: CRFM's section minus plain's (vae_decode/judge: the in-loop passes),
+    # and the part beyond the necessary passes (extra - standalone passes), as a fraction of those passes.
+    extra = {k: stats([c[k] - p[k] for c, p in zip(per_round, plain_round, strict=True)]) for k in (*sections, "other")}
+    beyond = {
+        "transformer": [(c["transformer"] - p["transformer"]) / n
+                        for c, p, n in zip(per_round, plain_round, runs["necessary"], strict=True)],
+        "passes_in_loop_vs_standalone": [(c["vae_decode"] + c["judge"] - n) / n
+                                         for c, n in zip(per_round, runs["necessary"], strict=True)],
+        "rest": [sum(c[k] - p[k] for k in ("euler", "final_decode", "encode_mask", "other")) / n
+                 for c, p, n in zip(per_round, plain_round, runs["necessary"], strict=True)],
+    }
     plain_min, crfm_min, parts_min = min(runs["plain"]), min(runs["crfm"]), min(runs["necessary"])
     paired = [(c - p) / n for p, c, n in zip(runs["plain"], runs["crfm"], runs["necessary"], strict=True)]
     corrections = cfg.rectified
@@ -416,6 +436,8 @@ def measure_sampling(gen: Any, judge: nn.Module, masks: Tensor, embeds: Tensor, 
         "plain": {
             "seconds_per_image": stats(runs["plain"]),
             "transformer_seconds_per_step_per_image": prof["breakdown"]["transformer_step"],
+            "breakdown_seconds_per_image": {k: stats([r[k] for r in plain_round]) for k in (*sections, "other")
+                                            if k not in ("vae_decode", "judge")},
             "memory": plain_mem.as_dict(),
         },
         "crfm": {
@@ -423,6 +445,8 @@ def measure_sampling(gen: Any, judge: nn.Module, masks: Tensor, embeds: Tensor, 
             "rectified_steps": cfg.rectified,
             "breakdown_seconds_per_image": breakdown,
             "extra_seconds_per_image": crfm_min - plain_min,
+            "extra_breakdown_seconds_per_image": extra,  # CRFM section - plain section, per round
+            "beyond_parts_fraction": {k: statistics.median(v) for k, v in beyond.items()},  # of the necessary passes
             "necessary_seconds_per_image": stats(runs["necessary"]),
             "rounds": {k: runs[k] for k in ("plain", "crfm", "necessary")},  # seconds per image, round by round
             "in_loop_ratio": prof["in_loop_ratio"],
@@ -629,12 +653,14 @@ def perf_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("  VAE decode fwd+bwd", _fmt_s(b["vae_decode"]) + " /image", "in loop, all rectified steps"),
         ("  judge fwd+bwd", _fmt_s(b["judge"]) + " /image", f"in loop, {r['judge']['model']}"),
         ("  Euler + final decode", _fmt_s({k: b["euler"][k] + b["final_decode"][k] for k in ("median", "min", "max")}) + " /image", ""),
-        ("  other", _fmt_s(b["other"]) + " /image", "loop bookkeeping, mask encode, loss"),
+        ("  other", _fmt_s(b["other"]) + " /image", "loop bookkeeping"),
         ("VAE decode fwd+bwd (standalone)", _fmt_s(r["vae"]["decode_fwd_bwd_seconds_per_image"]) + " /image", "per rectified step"),
         ("judge fwd+bwd (standalone)", _fmt_s(r["judge"]["fwd_bwd_seconds_per_image"]) + " /image", "per rectified step"),
         ("CRFM / plain", f"{r['crfm_over_plain']:.3f}x", f"median of rounds; from minima {r['crfm_over_plain_min']:.3f}x"),
         ("CRFM overhead vs parts", f"{r['crfm_overhead_vs_parts']:.3f}x",
          f"extra / ({c['rectified']} x (decode+judge fwd+bwd)), median of rounds; from minima {r['crfm_overhead_vs_parts_min']:.3f}x"),
+        ("  beyond the passes", ", ".join(f"{k.replace('_', ' ')} {100 * v:+.1f}%" for k, v in cr["beyond_parts_fraction"].items()),
+         "of the passes, median of rounds"),
         ("peak memory plain / CRFM", f"{_fmt_mem(r['plain']['memory'])} / {_fmt_mem(cr['memory'])}", ""),
         ("training step", _fmt_rate(t["samples_per_s"], "samples/s"),
          f"batch {t['batch']}, {_fmt_s(t['step_seconds'])}, peak {_fmt_mem(t['memory'])}"),

@@ -23,6 +23,10 @@ def test_profile_reports_consistent_figures(generator, judge) -> None:  # noqa: 
     assert r["crfm_necessary_seconds_per_image"] == pytest.approx(
         2 * (b["vae_decode_fwd_bwd_standalone"] + b["judge_fwd_bwd_standalone"])
     )
+    runs = r["runs"]
+    assert len(runs["plain"]) == len(runs["crfm"]) == len(runs["plain_timings"]) == 1  # one timed round
+    assert runs["plain_timings"][0]["total"] == pytest.approx(runs["plain"][0])  # a round's mean of its two runs
+    assert "vae_decode" in runs["crfm_timings"][0] and "vae_decode" not in runs["plain_timings"][0]
 
 
 def test_profile_needs_crfm(generator, judge) -> None:  # noqa: F811
@@ -32,3 +36,6 @@ def test_profile_needs_crfm(generator, judge) -> None:  # noqa: F811
     with pytest.raises(ValueError, match="repeats"):
         profile_sampling(generator, judge, masks, embeds, pooled, SamplerConfig(num_inference_steps=2),
                          CRFMConfig(rectified_step=1), repeats=0)
+    with pytest.raises(ValueError, match="warmup"):
+        profile_sampling(generator, judge, masks, embeds, pooled, SamplerConfig(num_inference_steps=2),
+                         CRFMConfig(rectified_step=1), warmup=-1)

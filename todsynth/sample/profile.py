@@ -2,10 +2,11 @@
 
 The CRFM overhead ratio is ``(crfm - plain) / necessary`` per image, where ``necessary`` is what CRFM cannot
 avoid: ``rectified_step * num_rectified`` times a VAE decode forward + backward and a judge forward + backward,
-timed standalone on the same shapes (interleaved with the sampling runs). A ratio near 1 means the correction adds nothing beyond those passes;
-the target is <= 1.1. Times are the minimum over ``repeats`` (the least noisy estimator of a fixed cost)
-after one warm-up run; ``cfg.clock`` picks the clock ("cpu" = process CPU seconds, the robust choice on a
-shared CPU machine); the standalone passes synchronise CUDA around every timed region.
+timed standalone on the same shapes. A ratio near 1 means the correction adds nothing beyond those passes; the
+target is <= 1.1. Each round is symmetric, plain, CRFM, the standalone passes, CRFM, plain, so a load drift
+that is linear over the round cancels in the round's ``mean(CRFM) - mean(plain)``, and each variant runs once
+right after the other variant and once after the other work. ``cfg.clock`` picks the clock ("cpu" = process
+CPU seconds); the standalone passes synchronise CUDA around every timed region.
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def _best(runs: list[SampleOutput]) -> SampleOutput:
     return min(runs, key=lambda r: r.timings["total"])
 
 
+def _mean_timings(runs: tuple[SampleOutput, ...]) -> dict[str, float]:
+    """Section seconds averaged over runs (a section missing from a run counts 0)."""
+    keys = {k for r in runs for k in r.timings}
+    return {k: sum(r.timings.get(k, 0.0) for r in runs) / len(runs) for k in keys}
+
+
 def profile_sampling(
     generator: Any,
     judge: Callable[[Tensor], Tensor],
@@ -65,6 +72,7 @@ def profile_sampling(
     cfg: SamplerConfig,
     crfm: CRFMConfig,
     repeats: int = 3,
+    warmup: int = 1,
 ) -> dict[str, Any]:
     """Time plain vs CRFM sampling of ``masks`` (one batch) and return per-image figures.
 
@@ -72,22 +80,25 @@ def profile_sampling(
         generator, judge, masks, prompt_embeds, pooled, cfg: as for :func:`todsynth.sample.sampler.sample`
             (``cfg.batch_size`` should cover the batch so one call is one batch).
         crfm: the CRFM settings to profile (``rectified_step`` > 0), e.g. 4 of 23 steps.
-        repeats: timed runs per variant (min taken), after one warm-up each.
+        repeats: timed rounds (each: plain, CRFM, the standalone passes, CRFM, plain), after ``warmup`` rounds.
 
     Returns:
-        Flat dict: ``plain_seconds_per_image``, ``crfm_seconds_per_image``, ``crfm_extra_seconds_per_image``,
-        ``crfm_necessary_seconds_per_image``, ``overhead_ratio`` (extra / standalone necessary), ``in_loop_ratio``
-        (extra / the decode + judge time measured inside the loop: the sampler's own bookkeeping), ``slowdown``,
-        ``breakdown`` (per image:
+        Flat dict: ``plain_seconds_per_image``, ``crfm_seconds_per_image`` (the fastest single runs),
+        ``crfm_extra_seconds_per_image``, ``crfm_necessary_seconds_per_image``, ``overhead_ratio`` (extra /
+        standalone necessary, from those minima), ``in_loop_ratio`` (extra / the decode + judge time measured
+        inside the loop: the sampler's own bookkeeping), ``slowdown``, ``breakdown`` (per image:
         ``transformer_step``, ``vae_decode_fwd_bwd`` and ``judge_fwd_bwd`` per correction, in-loop and standalone),
-        and ``runs``: every timed round's values (lists, one entry per repeat, same units) for median/min/max:
-        ``plain``, ``crfm``, ``necessary`` (seconds per image), ``vae_decode_fwd_bwd``, ``judge_fwd_bwd``
-        (standalone, per correction per image) and ``crfm_timings`` (the CRFM run's section seconds per image).
+        and ``runs``: every timed round's values (lists, one entry per round, same units) for median/min/max:
+        ``plain``, ``crfm`` (the mean of the round's two runs), ``necessary`` (seconds per image),
+        ``vae_decode_fwd_bwd``, ``judge_fwd_bwd`` (standalone, per correction per image), ``crfm_timings`` and
+        ``plain_timings`` (the variant's section seconds per image, the mean of the round's two runs).
     """
     if not crfm.enabled:
         raise ValueError("crfm.rectified_step must be > 0 to profile CRFM against plain sampling")
     if not (isinstance(repeats, int) and repeats >= 1):
         raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    if not (isinstance(warmup, int) and warmup >= 0):
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
     b = masks.shape[0]
     seeds = list(range(b))
     cfg = replace(cfg, batch_size=max(cfg.batch_size, b))
@@ -98,17 +109,23 @@ def profile_sampling(
     decode, target = _decoder(generator), masks.to(device).long()
     now = clock_function("wall" if cfg.clock == "cuda" else cfg.clock)
     n, corrections = cfg.num_inference_steps, crfm.rectified_step * crfm.num_rectified
+
+    def plain() -> SampleOutput:
+        return sample(generator, masks, prompt_embeds, pooled, seeds, cfg)
+
+    def rectified() -> SampleOutput:
+        return sample(generator, masks, prompt_embeds, pooled, seeds, cfg, crfm, judge)
+
     plain_runs, crfm_runs, passes = [], [], []
-    for k in range(repeats + 1):  # interleaved, so drifting machine load hits every measurement alike
-        plain = sample(generator, masks, prompt_embeds, pooled, seeds, cfg)
-        rect = sample(generator, masks, prompt_embeds, pooled, seeds, cfg, crfm, judge)
+    for k in range(warmup + repeats):
+        rnd = [plain(), rectified()]
         per_pass = [_necessary_pass(decode, judge, z, target, now) for _ in range(corrections)]
-        one_pass = (sum(d for d, _ in per_pass), sum(j for _, j in per_pass))
-        if k > 0:  # the first round is a warm-up
-            plain_runs.append(plain)
-            crfm_runs.append(rect)
-            passes.append(one_pass)
-    plain_best, crfm_best = _best(plain_runs), _best(crfm_runs)
+        rnd += [rectified(), plain()]
+        if k >= warmup:
+            plain_runs.append((rnd[0], rnd[3]))
+            crfm_runs.append((rnd[1], rnd[2]))
+            passes.append((sum(d for d, _ in per_pass), sum(j for _, j in per_pass)))
+    plain_best, crfm_best = _best([r for pair in plain_runs for r in pair]), _best([r for pair in crfm_runs for r in pair])
     decode_s, judge_s = min(p[0] for p in passes), min(p[1] for p in passes)
     plain_s = plain_best.timings["total"] / b
     crfm_s = crfm_best.timings["total"] / b
@@ -116,12 +133,13 @@ def profile_sampling(
     extra = crfm_s - plain_s
     in_loop = (crfm_best.timings.get("vae_decode", 0.0) + crfm_best.timings.get("judge", 0.0)) / b
     runs = {
-        "plain": [r.timings["total"] / b for r in plain_runs],
-        "crfm": [r.timings["total"] / b for r in crfm_runs],
+        "plain": [_mean_timings(pair)["total"] / b for pair in plain_runs],
+        "crfm": [_mean_timings(pair)["total"] / b for pair in crfm_runs],
         "necessary": [(d + j) / b for d, j in passes],
         "vae_decode_fwd_bwd": [d / corrections / b for d, _ in passes],
         "judge_fwd_bwd": [j / corrections / b for _, j in passes],
-        "crfm_timings": [{k: v / b for k, v in r.timings.items()} for r in crfm_runs],
+        "crfm_timings": [{k: v / b for k, v in _mean_timings(pair).items()} for pair in crfm_runs],
+        "plain_timings": [{k: v / b for k, v in _mean_timings(pair).items()} for pair in plain_runs],
     }
     return {
         "device": str(_device_dtype(generator.transformer)[0]),
@@ -131,6 +149,7 @@ def profile_sampling(
         "num_rectified": crfm.num_rectified,
         "judge_size": crfm.judge_size,
         "repeats": repeats,
+        "warmup": warmup,
         "clock": cfg.clock,
         "plain_seconds_per_image": plain_s,
         "crfm_seconds_per_image": crfm_s,
