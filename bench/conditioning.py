@@ -87,7 +87,7 @@ def measure_conditioning(
     *,
     preset: str = "tiny",
     overrides: Mapping[str, Any] | None = None,
-    n_train: int = 48,
+    n_train: int = 400,
     n_val: int = 16,
     size: int = 64,
     data_seed: int = 0,
@@ -238,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="preset override, e.g. train.steps=800 or transformer.num_layers=4")
+    parser.add_argument("--n-train", type=int, default=400, help="procedural Train scenes (smoke suite: 400)")
+    parser.add_argument("--n-val", type=int, default=16, help="procedural Val scenes")
     parser.add_argument("--masks", type=int, default=16)
     parser.add_argument("--mask-split", default="Val", choices=["Train", "Val"])
     parser.add_argument("--steps", type=int, default=16, help="Euler steps")
@@ -251,7 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = measure_conditioning(
-        args.work_dir, preset=args.preset, overrides=_parse_set(args.set), n_masks=args.masks,
+        args.work_dir, preset=args.preset, overrides=_parse_set(args.set), n_train=args.n_train, n_val=args.n_val,
+        n_masks=args.masks,
         mask_split=args.mask_split, num_inference_steps=args.steps, evaluator=args.evaluator,
         evaluator_iters=args.evaluator_iters, evaluator_lr=args.evaluator_lr, progress=args.progress,
     )
