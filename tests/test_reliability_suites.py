@@ -199,9 +199,11 @@ def test_malformed_suite_exits_2_one_line_nothing_created(no_real_runs, case):
             os.chdir(cwd)
 
 
-def test_zz_report_malformed_case_count():
-    """Print how many malformed suites the property test ran, per kind (run after it, same module)."""
+def test_zz_report_malformed_case_count(capsys):
+    """Print how many malformed suites the property test ran, per kind (run after it, same module), on the
+    terminal even under pytest's output capture, so `make test` shows the count."""
     total = sum(CASES_RUN.values())
-    print(f"\nmalformed suites tried: {total} {dict(sorted(CASES_RUN.items()))}")
+    with capsys.disabled():
+        print(f"\nmalformed suites tried: {total} {dict(sorted(CASES_RUN.items()))}")
     if CASES_RUN:  # only meaningful when the property test ran in this session
         assert total >= 100 and len(CASES_RUN) == 7, CASES_RUN

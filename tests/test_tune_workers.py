@@ -195,6 +195,18 @@ def test_real_stages_two_workers_cap_continue_and_kill(tmp_path, mlflow_db_templ
     _check_study(summary, f"sqlite:///{ws / 'mlflow.db'}", 3)
     assert [t["number"] for t in summary["trials"] if t["state"] == "FAIL"] == killed
     assert [t["state"] for t in summary["trials"] if t["retry_of"] == killed[0]] == ["COMPLETE"]
+    # the whole workspace after three invocations and a kill: nothing half-written, no run left RUNNING, and
+    # every stage (shared by the workers through the cache lock) logged by exactly one FINISHED child run
+    assert not [d for pat in (".tmp-*", ".trash-*", ".work-*") for d in (ws / "cache").glob(f"*/{pat}")]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{ws / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("todsynth/tests").experiment_id], max_results=5000)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    hashes = [r.data.tags["todsynth.stage_hash"] for r in runs
+              if r.data.tags.get("todsynth.kind") == "stage" and r.info.status == "FINISHED"]
+    assert hashes and len(hashes) == len(set(hashes)) == len(list((ws / "cache").glob("*/[0-9a-f]*")))
+    assert [r.info.status for r in runs if r.data.tags.get("todsynth.kind") == "study"].count("FINISHED") == 2
 
 
 def _has_study(journal: Path, name: str) -> bool:
