@@ -217,3 +217,14 @@ def _has_study(journal: Path, name: str) -> bool:
 
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
     return name in [s.study_name for s in storage.get_all_studies()]
+
+
+def test_worker_threads_split_the_cores_unless_pinned():
+    from bench.tune import worker_threads
+
+    assert worker_threads(1, 2, {}) is None  # one process keeps torch's default
+    assert worker_threads(2, 2, {}) == 1
+    assert worker_threads(4, 16, {}) == 4
+    assert worker_threads(3, 2, {}) == 1  # never zero
+    assert worker_threads(2, None, {}) == 1
+    assert worker_threads(2, 16, {"OMP_NUM_THREADS": "8"}) is None  # the user's pin wins
