@@ -3,6 +3,8 @@ channels_last / decoder checkpointing / bf16 preparation, FLOP counting, bench.p
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -212,3 +214,49 @@ def test_predict_labels_are_the_first_maximal_index() -> None:
         assert labels.dtype == torch.long and labels.shape == (2, 32, 32)
         assert torch.equal(labels, expected)
     assert (predict(_TiedLogits(), images)[:, :4] == 2).all()
+
+
+def test_stopwatch_split_attributes_one_region_to_two_sections() -> None:
+    """Stopwatch.split: body time before the first switch() to ``first``, the rest to ``second``."""
+    from todsynth.sample.timing import Stopwatch
+
+    ticks = iter(range(100))
+    sw = Stopwatch("wall")
+    sw._now = lambda: float(next(ticks))  # a fake clock: 0, 1, 2, ...
+    with sw.split("judge", "vae_decode") as switch:  # t0 = 0
+        switch()  # 1
+        switch()  # ignored: only the first switch counts
+    # end = 2
+    with sw.split("judge", "vae_decode"):  # never switched: 3 .. 4, all "judge"
+        pass
+    assert sw.totals() == {"judge": 1.0 + 1.0, "vae_decode": 1.0}
+
+
+def test_crfm_timings_split_judge_and_decoder(generator, judge) -> None:  # noqa: F811
+    """One backward pass through judge and decoder, still timed per model (the hook on the image fires)."""
+    masks, embeds, pooled, seeds = _inputs(2)
+    calls = []
+    from todsynth.sample.timing import Stopwatch
+
+    original = Stopwatch.split
+
+    switched = []
+
+    @contextlib.contextmanager
+    def spy(self, first, second):  # noqa: ANN001, ANN202
+        calls.append((first, second))
+        with original(self, first, second) as switch:
+
+            def counted() -> None:
+                switched.append(True)
+                switch()
+
+            yield counted
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(Stopwatch, "split", spy):
+        out = sample(generator, masks, embeds, pooled, seeds, SamplerConfig(num_inference_steps=3, batch_size=2),
+                     CRFMConfig(rectified_step=2), judge)
+    assert calls == [("judge", "vae_decode")] * 2 and switched == [True] * 2  # the image-gradient hook fired
+    assert out.timings["judge"] > 0 and out.timings["vae_decode"] > 0

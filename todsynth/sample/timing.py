@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Literal, get_args
 
@@ -63,6 +63,47 @@ class Stopwatch:
                 yield
             finally:
                 self._seconds[name] += self._now() - t0
+
+    @contextmanager
+    def split(self, first: str, second: str) -> Iterator[Callable[[], None]]:
+        """Time the body as ``first`` until the yielded ``switch()`` is first called, then as ``second``.
+
+        For one region that runs two things back to back where only a callback sees the boundary, e.g. one
+        backward pass through the judge and then the decoder, switched by a hook on the decoded image's
+        gradient. Never switched: the whole body counts as ``first``.
+        """
+        if self.cuda_events:
+            start, mid, end = (torch.cuda.Event(enable_timing=True) for _ in range(3))
+            switched = [False]
+
+            def switch_event() -> None:
+                if not switched[0]:
+                    switched[0] = True
+                    mid.record()
+
+            start.record()
+            try:
+                yield switch_event
+            finally:
+                if not switched[0]:
+                    mid.record()
+                end.record()
+                self._events += [(first, start, mid), (second, mid, end)]
+        else:
+            t0 = self._now()
+            marks: list[float] = []
+
+            def switch() -> None:
+                if not marks:
+                    marks.append(self._now())
+
+            try:
+                yield switch
+            finally:
+                t2 = self._now()
+                t1 = marks[0] if marks else t2
+                self._seconds[first] += t1 - t0
+                self._seconds[second] += t2 - t1
 
     def totals(self) -> dict[str, float]:
         """Seconds per section so far (one CUDA synchronize when events are used)."""
