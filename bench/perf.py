@@ -16,8 +16,8 @@ Sections (each timed after a warm-up, ``repeats`` times; median, min and max):
 
 Headline ratios: ``crfm_over_plain`` (CRFM over plain seconds per image) and ``crfm_overhead_vs_parts`` (the
 measured extra CRFM time over the summed time of its necessary passes, ``rectified x (VAE decode fwd+bwd +
-judge fwd+bwd)``). Each round is symmetric, plain, CRFM, the standalone passes, CRFM, plain, so a ratio formed
-within a round (``mean(CRFM) - mean(plain)`` over the passes) cancels load drifts over the round; the headline
+judge fwd+bwd)``). Each round is symmetric, passes, plain, CRFM, passes, CRFM, plain, so a ratio formed within
+a round (``mean(CRFM) - mean(plain)`` over the passes) cancels load drifts over the round; the headline
 is the median of the per-round ratios (``crfm.rounds`` holds every round). The ``*_min`` variants divide the
 minima over rounds instead, which on a shared machine can pair a lucky plain round with an unlucky CRFM round.
 ``crfm.extra_breakdown_seconds_per_image`` says where the extra goes (CRFM's sections minus plain's, per round)

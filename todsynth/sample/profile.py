@@ -3,9 +3,9 @@
 The CRFM overhead ratio is ``(crfm - plain) / necessary`` per image, where ``necessary`` is what CRFM cannot
 avoid: ``rectified_step * num_rectified`` times a VAE decode forward + backward and a judge forward + backward,
 timed standalone on the same shapes. A ratio near 1 means the correction adds nothing beyond those passes; the
-target is <= 1.1. Each round is symmetric, plain, CRFM, the standalone passes, CRFM, plain, so a load drift
-that is linear over the round cancels in the round's ``mean(CRFM) - mean(plain)``, and each variant runs once
-right after the other variant and once after the other work. ``cfg.clock`` picks the clock ("cpu" = process
+target is <= 1.1. Each round is symmetric, passes, plain, CRFM, passes, CRFM, plain, so a load drift that is
+linear over the round cancels in the round's ``mean(CRFM) - mean(plain)`` over the mean of its two pass groups,
+and each variant runs once right after the passes (cold caches) and once right after the other variant. ``cfg.clock`` picks the clock ("cpu" = process
 CPU seconds); the standalone passes synchronise CUDA around every timed region.
 """
 
@@ -80,7 +80,7 @@ def profile_sampling(
         generator, judge, masks, prompt_embeds, pooled, cfg: as for :func:`todsynth.sample.sampler.sample`
             (``cfg.batch_size`` should cover the batch so one call is one batch).
         crfm: the CRFM settings to profile (``rectified_step`` > 0), e.g. 4 of 23 steps.
-        repeats: timed rounds (each: plain, CRFM, the standalone passes, CRFM, plain), after ``warmup`` rounds.
+        repeats: timed rounds (each: passes, plain, CRFM, passes, CRFM, plain), after ``warmup`` rounds.
 
     Returns:
         Flat dict: ``plain_seconds_per_image``, ``crfm_seconds_per_image`` (the fastest single runs),
@@ -89,7 +89,8 @@ def profile_sampling(
         inside the loop: the sampler's own bookkeeping), ``slowdown``, ``breakdown`` (per image:
         ``transformer_step``, ``vae_decode_fwd_bwd`` and ``judge_fwd_bwd`` per correction, in-loop and standalone),
         and ``runs``: every timed round's values (lists, one entry per round, same units) for median/min/max:
-        ``plain``, ``crfm`` (the mean of the round's two runs), ``necessary`` (seconds per image),
+        ``plain``, ``crfm`` (the mean of the round's two runs), ``necessary`` (seconds per image, the mean of the
+        round's two pass groups),
         ``vae_decode_fwd_bwd``, ``judge_fwd_bwd`` (standalone, per correction per image), ``crfm_timings`` and
         ``plain_timings`` (the variant's section seconds per image, the mean of the round's two runs).
     """
@@ -117,14 +118,20 @@ def profile_sampling(
         return sample(generator, masks, prompt_embeds, pooled, seeds, cfg, crfm, judge)
 
     plain_runs, crfm_runs, passes = [], [], []
-    for k in range(warmup + repeats):
-        rnd = [plain(), rectified()]
+    def necessary() -> tuple[float, float]:
         per_pass = [_necessary_pass(decode, judge, z, target, now) for _ in range(corrections)]
+        return sum(d for d, _ in per_pass), sum(j for _, j in per_pass)
+
+    for k in range(warmup + repeats):
+        # Each variant runs once right after the passes (cold caches) and once right after the other variant.
+        first = necessary()
+        rnd = [plain(), rectified()]
+        second = necessary()
         rnd += [rectified(), plain()]
         if k >= warmup:
             plain_runs.append((rnd[0], rnd[3]))
             crfm_runs.append((rnd[1], rnd[2]))
-            passes.append((sum(d for d, _ in per_pass), sum(j for _, j in per_pass)))
+            passes.append(((first[0] + second[0]) / 2, (first[1] + second[1]) / 2))
     plain_best, crfm_best = _best([r for pair in plain_runs for r in pair]), _best([r for pair in crfm_runs for r in pair])
     decode_s, judge_s = min(p[0] for p in passes), min(p[1] for p in passes)
     plain_s = plain_best.timings["total"] / b
