@@ -68,12 +68,12 @@ def test_gen_sample_prepares_models_and_keeps_results(setup, monkeypatch) -> Non
     from cli import _load_judge
     from todsynth.data.loveda import list_samples
     from todsynth.models.generator import load_generator
+    from todsynth.sample import speed
     from todsynth.sample.crfm import CRFMConfig
     from todsynth.sample.sampler import SamplerConfig
     from todsynth.sample.synthesize import synthesize
     from todsynth.seg.io import save_segmentor
     from todsynth.seg.models import build_segmentor
-    from todsynth.sample import speed
     from todsynth.text import PromptCache, build_prompt_encoder
 
     prepared = []
