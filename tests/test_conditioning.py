@@ -97,3 +97,29 @@ def test_train_vae_mask_fraction_teaches_mask_greys(tmp_path) -> None:
     assert with_masks < 0.8 * without
     with pytest.raises(ValueError, match="mask_fraction"):
         train_vae(ds, cfg, tmp_path / "bad", steps=1, batch_size=2, lr=1e-3, seed=0, mask_fraction=1.0)
+
+
+def test_crfm_fidelity_rows_plain_first_same_seeds(tmp_path) -> None:
+    """bench.crfm_fidelity: plain row first, a CRFM setting scored with the same seeds, bad n_masks refused."""
+    from bench.crfm_fidelity import crfm_fidelity
+    from todsynth.data.loveda import LoveDA
+    from todsynth.data.procedural import generate_dataset
+    from todsynth.models.generator import build_generator
+    from todsynth.models.presets import resolve_preset
+    from todsynth.seg.models import build_segmentor
+    from todsynth.text import PromptCache, build_prompt_encoder
+
+    torch.set_num_threads(1)
+    root = generate_dataset(tmp_path / "d", 2, 3, 32, 0)
+    gen = build_generator(resolve_preset("tiny", {"image_size": 32}))
+    judge, evaluator = build_segmentor("fcn-tiny", seed=0).eval(), build_segmentor("fcn-tiny", seed=1).eval()
+    cache = PromptCache(tmp_path / "p", build_prompt_encoder("tiny"))
+    ds = LoveDA(root, "Val")
+    settings = [{"rectified_step": 2, "max_step_size": 1000.0, "step_scheme": "C", "clamp": None}]
+    rows = crfm_fidelity(gen, judge, evaluator, ds, cache, settings, n_masks=3, num_inference_steps=2)
+    assert [r["setting"] for r in rows] == [{}, settings[0]]
+    assert all(0.0 <= r["evaluator_miou"] <= 1.0 and 0.0 <= r["judge_miou"] <= 1.0 and r["n_masks"] == 3 for r in rows)
+    again = crfm_fidelity(gen, judge, evaluator, ds, cache, [], n_masks=3, num_inference_steps=2)
+    assert again[0] == rows[0]  # same seeds, same plain figure
+    with pytest.raises(ValueError, match="n_masks"):
+        crfm_fidelity(gen, judge, evaluator, ds, cache, settings, n_masks=4)
