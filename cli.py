@@ -494,8 +494,8 @@ def _class_names(num_classes: int) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------- bench
 # (section: bench)
-WorkspaceOpt = Annotated[Optional[Path], typer.Option("--workspace", "-w", help="Workspace dir (default: the suite's, ./runs).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a suite value: key.path=value (YAML scalar); repeatable.")]
+WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", "-w", help="Workspace dir (default: the suite's, ./runs).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a suite value: key.path=value (YAML scalar); repeatable.")]
 
 
 def _suite_problems(exc: Exception) -> None:
@@ -530,10 +530,10 @@ def bench_validate(
 
 @bench_app.command("run")
 def bench_run(
-    suite: Annotated[Optional[Path], typer.Argument(help="Suite YAML; default: the embedded smoke suite.")] = None,
+    suite: Annotated[Path | None, typer.Argument(help="Suite YAML; default: the embedded smoke suite.")] = None,
     workspace: WorkspaceOpt = None,
     set_: SetOpt = None,
-    force: Annotated[Optional[list[str]], typer.Option("--force", help="Recompute a stage (name or key) and its dependents; repeatable.")] = None,
+    force: Annotated[list[str] | None, typer.Option("--force", help="Recompute a stage (name or key) and its dependents; repeatable.")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Plain output, no progress bars.")] = False,
 ) -> None:
     """Run (or resume) a suite: cached stages, MLflow tracking, <workspace>/<suite>/results.json."""
@@ -562,12 +562,12 @@ def bench_run(
 @bench_app.command("tune")
 def bench_tune(
     suite: Annotated[Path, typer.Argument(help="Suite YAML with a `tune:` section (e.g. suites/loveda.yaml).")],
-    trials: Annotated[Optional[int], typer.Option("--trials", "-n", help="Total COMPLETE trials of the study (default tune.n_trials); a rerun adds the missing ones.")] = None,
+    trials: Annotated[int | None, typer.Option("--trials", "-n", help="Total COMPLETE trials of the study (default tune.n_trials); a rerun adds the missing ones.")] = None,
     workers: Annotated[int, typer.Option("--workers", "-j", help="Local worker processes sharing the study.")] = 1,
-    storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna storage URL (postgresql+psycopg2://..., sqlite:///...); default: <workspace>/<suite>/optuna.journal.")] = None,
-    study: Annotated[Optional[str], typer.Option("--study", help="Study name (default: the suite name).")] = None,
-    sampler: Annotated[Optional[str], typer.Option("--sampler", help="tpe | gp | random | grid | nsga2 (default tune.sampler).")] = None,
-    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI, e.g. http://host:5000 of a shared server (default: the suite's).")] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL (postgresql+psycopg2://..., sqlite:///...); default: <workspace>/<suite>/optuna.journal.")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study name (default: the suite name).")] = None,
+    sampler: Annotated[str | None, typer.Option("--sampler", help="tpe | gp | random | grid | nsga2 (default tune.sampler).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI, e.g. http://host:5000 of a shared server (default: the suite's).")] = None,
     workspace: WorkspaceOpt = None,
     set_: SetOpt = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Plain output, no progress bars.")] = False,
@@ -625,10 +625,10 @@ def bench_ls(workspace: Annotated[Path, typer.Option("--workspace", "-w", help="
 
 @bench_app.command("report")
 def bench_report(
-    suite: Annotated[Optional[Path], typer.Argument(help="Suite YAML; default: the embedded smoke suite.")] = None,
+    suite: Annotated[Path | None, typer.Argument(help="Suite YAML; default: the embedded smoke suite.")] = None,
     workspace: WorkspaceOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report dir (default: reports/<suite>).")] = None,
-    run: Annotated[Optional[str], typer.Option("--run", help="MLflow run id of the suite run (default: the latest finished).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report dir (default: reports/<suite>).")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="MLflow run id of the suite run (default: the latest finished).")] = None,
     set_: SetOpt = None,
 ) -> None:
     """Markdown + HTML comparison report (with CSV, LaTeX, plots, sample grid) of a suite's run, read from MLflow."""
