@@ -271,7 +271,7 @@ def _segmenter(role: str) -> Callable[[dict[str, Any], dict[str, CachedStage], P
             model = train_segmentor(
                 spec["model"], _samples(data, "Train"), out_dir / "work", max_iters=spec["iters"],
                 batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"], crop_size=_crop(spec["crop_size"]),
-                optimizer=spec.get("optimizer", "sgd"), progress=_progress(spec),
+                optimizer=spec["optimizer"], progress=_progress(spec),
             )
         save_segmentor(model, spec["model"], out_dir / "model", NUM_CLASSES)
         scores = evaluate_segmentor(model, val) if val else {}
@@ -468,7 +468,7 @@ def stage_downstream(spec: dict[str, Any], inputs: dict[str, CachedStage], out_d
     model = train_segmentor(
         spec["model"], items, out_dir / "work", max_iters=spec["iters"], batch_size=spec["batch_size"], lr=spec["lr"],
         seed=spec["seed"], crop_size=_crop(spec["crop_size"]), repeat_factors=repeat,
-        optimizer=spec.get("optimizer", "sgd"), progress=_progress(spec),
+        optimizer=spec["optimizer"], progress=_progress(spec),
     )
     save_segmentor(model, spec["model"], out_dir / "model", NUM_CLASSES)
     scores = evaluate_segmentor(model, val)

@@ -286,14 +286,11 @@ def rectify_with_stats(
     size = b if micro_batch is None else min(micro_batch, b)
     kw = dict(error_only=error_only, ignore_index=ignore_index, skip_below_error=skip_below_error,
               judge_size=judge_size, sw=sw)
-    if size == b:
-        parts = [_judge_gradient(v.detach(), latents, sigma, decode, judge, target, **kw)]  # type: ignore[arg-type]
-    else:
-        parts = [
-            _judge_gradient(v[lo : lo + size].detach(), latents[lo : lo + size], sigma, decode, judge,
-                            target[lo : lo + size], **kw)  # type: ignore[arg-type]
-            for lo in range(0, b, size)
-        ]
+    parts = [
+        _judge_gradient(v[lo : lo + size].detach(), latents[lo : lo + size], sigma, decode, judge,
+                        target[lo : lo + size], **kw)  # type: ignore[arg-type]
+        for lo in range(0, b, size)
+    ]
     loss = _cat([p[1] for p in parts])
     error_fraction = _cat([p[2] for p in parts])
     skipped = _cat([p[3] for p in parts])

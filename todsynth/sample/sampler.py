@@ -233,32 +233,27 @@ def _sample_batch(
         x = initial_noise(seeds, mask_latents.shape[1:]).to(device)
         for i in range(n):
             sigma, sigma_next = sigma_list[i], sigma_list[i + 1]
-            if i >= crfm.rectified_step:  # no correction: nothing here meets autograd
-                with torch.inference_mode():
-                    v = _step_velocity(generator, x, mask_latents, timesteps[i], embeds, pooled, cfg, negative, dtype, sw)
-                    if crfm.return_x0:
-                        x0s.append(x - sigma * v)
-                    with sw.section("euler"):
-                        x = euler_step(x, v, sigma, sigma_next)
-                continue
-            with torch.inference_mode():  # the transformer is never differentiated; v is cloned out for CRFM
+            rectified = i < crfm.rectified_step
+            with torch.inference_mode():  # the transformer is never differentiated
                 v = _step_velocity(generator, x, mask_latents, timesteps[i], embeds, pooled, cfg, negative, dtype, sw)
-            v = v.clone()
-            for _ in range(crfm.num_rectified):
-                r = rectify_with_stats(
-                    v, x, sigma, decode, judge, masks, alphas[i],  # type: ignore[arg-type]
-                    l2_norm=crfm.l2_norm, shrink=crfm.shrink, clamp=crfm.clamp,
-                    error_only=crfm.error_only, ignore_index=crfm.ignore_index,
-                    skip_below_error=crfm.skip_below_error, judge_size=crfm.judge_size,
-                    micro_batch=crfm.micro_batch, stopwatch=sw,
-                )
-                v = r.v
-                losses.append(r.loss)
-                errors.append(r.error_fraction)
-            if crfm.return_x0:
-                x0s.append(x - sigma * v)
-            with sw.section("euler"):
-                x = euler_step(x, v, sigma, sigma_next)
+            if rectified:
+                v = v.clone()  # out of inference mode, for CRFM's backward pass
+                for _ in range(crfm.num_rectified):
+                    r = rectify_with_stats(
+                        v, x, sigma, decode, judge, masks, alphas[i],  # type: ignore[arg-type]
+                        l2_norm=crfm.l2_norm, shrink=crfm.shrink, clamp=crfm.clamp,
+                        error_only=crfm.error_only, ignore_index=crfm.ignore_index,
+                        skip_below_error=crfm.skip_below_error, judge_size=crfm.judge_size,
+                        micro_batch=crfm.micro_batch, stopwatch=sw,
+                    )
+                    v = r.v
+                    losses.append(r.loss)
+                    errors.append(r.error_fraction)
+            with torch.inference_mode(not rectified):  # a rectified step's x is the next correction's input
+                if crfm.return_x0:
+                    x0s.append(x - sigma * v)
+                with sw.section("euler"):
+                    x = euler_step(x, v, sigma, sigma_next)
         with sw.section("final_decode"), torch.inference_mode():
             images = decode(x).clamp(0, 1)
     images = images.cpu()

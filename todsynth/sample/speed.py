@@ -79,7 +79,7 @@ def prepare_sampling_run(
 
     channels_last is always on: it does not change results beyond float rounding (tested on the tiny preset).
     """
-    device = next(generator.transformer.parameters()).device
+    device = generator.device
     precision = precision or default_precision(device)
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16' (or None for the device default), got {precision!r}")
