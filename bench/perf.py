@@ -552,16 +552,23 @@ def _phase(progress: ProgressFn | None, name: str) -> Iterator[None]:
     yield
 
 
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the body with ``n`` torch intra-op threads (None: unchanged); the previous count is restored after."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def run_perf(cfg: PerfConfig, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Measure everything ``cfg`` asks for and return the JSON-ready report (see the module docstring)."""
     cfg = cfg.resolved()
-    threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         return _run(cfg, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(cfg: PerfConfig, progress: ProgressFn | None) -> dict[str, Any]:

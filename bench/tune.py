@@ -903,23 +903,19 @@ def worker_threads(workers: int, cpus: int | None, env: Mapping[str, str]) -> in
     return max(1, (cpus or 1) // workers)
 
 
-def _share_cpu(workers: int) -> int:
-    """Apply :func:`worker_threads` to this process; returns the previous thread count (to restore)."""
-    import torch
+def _work_sharing_cpu(session: Session, workers: int) -> int:
+    """``session.work()`` with this process's share of the cores (:func:`worker_threads`); returns trials run."""
+    from bench.perf import torch_threads
 
-    previous = torch.get_num_threads()
-    n = worker_threads(workers, os.cpu_count(), os.environ)
-    if n is not None:
-        torch.set_num_threads(n)
-    return previous
+    with torch_threads(worker_threads(workers, os.cpu_count(), os.environ)):
+        return session.work()
 
 
 def _spawned_worker(suite: Suite, opts: TuneOptions) -> None:
     """Body of a ``--workers`` child process (spawned): join the study and work until the cap."""
-    _share_cpu(opts.workers)
     try:
         session = Session(suite, opts)
-        session.work()
+        _work_sharing_cpu(session, opts.workers)
     except TodsynthError as exc:
         from rich.console import Console
 
@@ -957,7 +953,6 @@ def tune_suite(
         f"[bold]tune[/] study {session.study_name} in {redact(session.url)}: {complete} of {session.target} trials "
         f"complete, {running} running; {opts.workers} worker(s) here", highlight=False, soft_wrap=True)
     procs = []
-    threads = _share_cpu(opts.workers)  # after the shared stages, which ran with every core
     ctx = multiprocessing.get_context("spawn")
     for _ in range(opts.workers - 1):
         p = ctx.Process(target=_spawned_worker, args=(suite, opts), daemon=False)
@@ -965,7 +960,7 @@ def tune_suite(
         procs.append(p)
     ran = 0
     try:
-        ran = session.work()
+        ran = _work_sharing_cpu(session, opts.workers)  # the shared stages above ran with every core
     except BaseException as exc:
         for p in procs:
             if p.is_alive():
@@ -978,9 +973,6 @@ def tune_suite(
     finally:
         for p in procs:
             p.join()
-        import torch
-
-        torch.set_num_threads(threads)
     codes = [p.exitcode for p in procs]
     for i, code in enumerate(codes, start=1):
         if code not in (0, None):

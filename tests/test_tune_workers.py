@@ -228,3 +228,19 @@ def test_worker_threads_split_the_cores_unless_pinned():
     assert worker_threads(3, 2, {}) == 1  # never zero
     assert worker_threads(2, None, {}) == 1
     assert worker_threads(2, 16, {"OMP_NUM_THREADS": "8"}) is None  # the user's pin wins
+
+
+def test_torch_threads_sets_and_restores():
+    import torch
+
+    from bench.perf import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("restored on errors too")
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
