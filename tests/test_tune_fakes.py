@@ -7,13 +7,32 @@ wrong number: mask_miou = 0.4 + 0.02 * rectified_step, fid = 100 - 3 * rectified
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 STAGE_VERSIONS: dict[str, int] = {}
 TRIAL_SECONDS = 0.3  # a synthesize stage takes this long, so two workers overlap
+BARRIER_ENV = "TODSYNTH_TEST_WORKER_BARRIER"  # a folder: each synthesize waits there until BARRIER_N workers arrived
+BARRIER_N = 2
+BARRIER_TIMEOUT_S = 120.0
+
+
+def _wait_for_other_workers() -> None:
+    """Make 'every worker ran a trial' deterministic: a fast worker cannot take all trials before a slow one starts."""
+    folder = os.environ.get(BARRIER_ENV)
+    if not folder:
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / str(os.getpid())).touch()
+    deadline = time.monotonic() + BARRIER_TIMEOUT_S
+    while len(list(Path(folder).iterdir())) < BARRIER_N:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(list(Path(folder).iterdir()))} of {BARRIER_N} workers reached {folder}")
+        time.sleep(0.05)
 
 
 def _stage(name: str):
@@ -21,6 +40,7 @@ def _stage(name: str):
         (out_dir / f"{name}.json").write_text(json.dumps({"spec": spec, "inputs": sorted(inputs)}, default=str))
         arts = {"file": out_dir / f"{name}.json"}
         if name == "synthesize":
+            _wait_for_other_workers()
             time.sleep(TRIAL_SECONDS)
             rs = (spec["crfm"] or {}).get("rectified_step", 0)
             Image.fromarray(np.full((8, 8, 3), 40 * rs, np.uint8)).save(out_dir / "grid.png")

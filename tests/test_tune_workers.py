@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_tune_fakes import BARRIER_ENV
 
 from bench.suites import validate_data
 from bench.tune import ATTR_PID, SLEEP_ENV, TuneOptions, tune_suite
@@ -81,7 +82,10 @@ def fake_suite(tiny_suite_data, bench_workspace, monkeypatch):
     return validate_data(data, "test")
 
 
-def test_two_workers_finish_exactly_n_then_continue(fake_suite):
+def test_two_workers_finish_exactly_n_then_continue(fake_suite, monkeypatch, tmp_path):
+    # each trial waits until both worker processes have reached a trial: the spawned one needs seconds to import
+    # torch, long enough on a loaded machine for this process to take all 6 trials
+    monkeypatch.setenv(BARRIER_ENV, str(tmp_path / "barrier"))
     opts = TuneOptions(trials=6, workers=2, progress=False, stages_module="test_tune_fakes")
     out = tune_suite(fake_suite, opts)
     assert out.worker_exitcodes == [0]
