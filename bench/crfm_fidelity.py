@@ -96,19 +96,37 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from todsynth.data.loveda import LoveDA
+    from todsynth.errors import TodsynthError
     from todsynth.models.generator import load_generator
+    from todsynth.sample.crfm import CRFMConfig
     from todsynth.seg.compat import ensure_mmseg
     from todsynth.seg.io import load_segmentor
     from todsynth.text import PromptCache, build_prompt_encoder
 
-    ensure_mmseg()
-    gen = load_generator(args.generator)
+    settings = []
+    for raw in args.setting:  # validate every input before minutes of loading and sampling
+        try:
+            setting = yaml.safe_load(raw) or {}
+            if not isinstance(setting, dict):
+                raise ValueError("not a mapping of CRFMConfig fields")
+            CRFMConfig(**setting)
+        except (yaml.YAMLError, TypeError, ValueError) as e:
+            parser.error(f"--setting {raw!r}: {e}")
+        settings.append(setting)
+    settings = settings or PAPER_SETTINGS
+    try:
+        dataset = LoveDA(args.data, args.split)
+        if not 1 <= args.masks <= len(dataset):
+            parser.error(f"--masks {args.masks}: {args.data}/{args.split} has {len(dataset)} scenes")
+        ensure_mmseg()
+        gen = load_generator(args.generator)
+        judge, evaluator = load_segmentor(args.judge), load_segmentor(args.evaluator)
+    except TodsynthError as e:
+        parser.error(str(e))
     text = dict(gen.config["text"])  # the resolved preset it was built from
-    settings = [yaml.safe_load(s) or {} for s in args.setting] or PAPER_SETTINGS
     with tempfile.TemporaryDirectory() as tmp:
         cache = PromptCache(args.prompt_cache or Path(tmp), build_prompt_encoder(text.pop("kind"), **text))
-        rows = crfm_fidelity(gen, load_segmentor(args.judge), load_segmentor(args.evaluator),
-                             LoveDA(args.data, args.split), cache, settings, n_masks=args.masks,
+        rows = crfm_fidelity(gen, judge, evaluator, dataset, cache, settings, n_masks=args.masks,
                              num_inference_steps=args.steps, seed=args.seed)
     for row in rows:
         print(json.dumps(row))

@@ -123,3 +123,34 @@ def test_crfm_fidelity_rows_plain_first_same_seeds(tmp_path) -> None:
     assert again[0] == rows[0]  # same seeds, same plain figure
     with pytest.raises(ValueError, match="n_masks"):
         crfm_fidelity(gen, judge, evaluator, ds, cache, settings, n_masks=4)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--masks", "99"], "--masks 99"),
+        (["--setting", "{rectified_stp: 4}"], "rectified_stp"),
+        (["--setting", "[1, 2]"], "not a mapping"),
+        (["--setting", "{max_step_size: -1}"], "max_step_size"),
+    ],
+)
+def test_crfm_fidelity_cli_refuses_bad_input_before_loading(tmp_path, capsys, extra, needle) -> None:
+    """Bad --masks / --setting exit 2 with one line naming the option, before any model is loaded."""
+    from bench.crfm_fidelity import main
+    from todsynth.data.procedural import generate_dataset
+
+    root = generate_dataset(tmp_path / "d", 2, 3, 32, 0)
+    missing = str(tmp_path / "no-such-model")  # never reached: validation comes first
+    with pytest.raises(SystemExit) as exc:
+        main(["--generator", missing, "--judge", missing, "--evaluator", missing, "--data", str(root), *extra])
+    assert exc.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_crfm_fidelity_cli_names_a_missing_dataset(tmp_path, capsys) -> None:
+    from bench.crfm_fidelity import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--generator", "g", "--judge", "j", "--evaluator", "e", "--data", str(tmp_path / "nope")])
+    assert exc.value.code == 2
+    assert "nope" in capsys.readouterr().err
