@@ -61,4 +61,4 @@ def test_tests_suite_end_to_end_then_cached(bench_workspace):
 def test_smoke_suite_end_to_end(bench_workspace):
     suite = load_suite(REPO / "suites" / "smoke.yaml", workspace=bench_workspace)
     out = run_suite(suite, progress=False)
-    _check_results(out.results, ["real-only", "plain", "crfm", "crfm-c"])
+    _check_results(out.results, ["real-only", "plain", "crfm", "crfm-paper"])

@@ -33,7 +33,7 @@ def test_shipped_suites_validate(monkeypatch):
         suite = load_suite(REPO / "suites" / f"{name}.yaml")
         assert suite.name == name
     smoke = load_suite(REPO / "suites" / "smoke.yaml")
-    assert [v.name for v in resolve_variants(smoke)] == ["real-only", "plain", "crfm", "crfm-c"]
+    assert [v.name for v in resolve_variants(smoke)] == ["real-only", "plain", "crfm", "crfm-paper"]
 
 
 def test_builtin_smoke_is_the_repo_copy():
