@@ -648,7 +648,7 @@ def bench_report(
 def bench_perf(
     preset: Annotated[str, typer.Option("--preset", help="Generator shape: tiny | sd3.5-medium (random init, no checkpoint).")] = "tiny",
     device: Annotated[str, typer.Option("--device", help="cpu | cuda.")] = "cpu",
-    batch: Annotated[int, typer.Option("--batch", help="Images per sampling call.")] = 2,
+    batch: Annotated[int | None, typer.Option("--batch", help="Images per sampling call (default: 8 for tiny, 2 for sd3.5-medium).")] = None,
     res: Annotated[int | None, typer.Option("--res", help="Image size in px (default: the preset's).")] = None,
     steps: Annotated[int, typer.Option("--steps", help="Euler steps.")] = 23,
     rectified: Annotated[int, typer.Option("--rectified", help="CRFM-rectified leading steps.")] = 4,

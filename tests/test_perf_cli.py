@@ -95,6 +95,7 @@ BAD = [
     (["--repeats", "0"], "--repeats 0"),
     (["--clock", "sundial"], "--clock 'sundial'"),
     (["--res", "36"], "image_size=36"),
+    (["--batch", "0"], "--batch 0"),
 ]
 
 
@@ -108,3 +109,12 @@ def test_perf_bad_options_exit_2_naming_the_option(args, message, capsys, monkey
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_perf_batch_defaults_per_preset() -> None:
+    """tiny samples 8 at a time (the smoke suite's and the release's batch), SD3.5-medium 2; explicit wins."""
+    from bench.perf import PerfConfig
+
+    assert PerfConfig().resolved().batch == 8
+    assert PerfConfig(preset="sd3.5-medium").resolved().batch == 2
+    assert PerfConfig(batch=3).resolved().batch == 3
