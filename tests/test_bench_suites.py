@@ -33,7 +33,14 @@ def test_shipped_suites_validate(monkeypatch):
         suite = load_suite(REPO / "suites" / f"{name}.yaml")
         assert suite.name == name
     smoke = load_suite(REPO / "suites" / "smoke.yaml")
-    assert [v.name for v in resolve_variants(smoke)] == ["real-only", "plain", "crfm", "crfm-paper"]
+    variants = {v.name: v for v in resolve_variants(smoke)}
+    assert list(variants) == ["real-only", "plain", "crfm", "crfm-paper"]
+    # crfm: the unclamped setting measured for the tiny preset; crfm-paper: the release's, clamp re-enabled
+    assert (variants["crfm"].crfm.rectified_step, variants["crfm"].crfm.clamp) == (12, None)
+    paper = variants["crfm-paper"].crfm
+    assert (paper.rectified_step, paper.max_step_size, paper.step_scheme, paper.clamp) == (4, 0.1, "LD", 1.0)
+    assert variants["plain"].crfm.rectified_step == 0
+    assert smoke.judge.model != smoke.evaluator.model or smoke.judge.seed != smoke.evaluator.seed
 
 
 def test_builtin_smoke_is_the_repo_copy():
