@@ -16,23 +16,39 @@ from PIL import Image
 
 STAGE_VERSIONS: dict[str, int] = {}
 TRIAL_SECONDS = 0.3  # a synthesize stage takes this long, so two workers overlap
-BARRIER_ENV = "TODSYNTH_TEST_WORKER_BARRIER"  # a folder: each synthesize waits there until BARRIER_N workers arrived
+# A folder where worker processes check in; a synthesize stage waits there until BARRIER_N processes have.
+# "trial" (default): a process checks in when it reaches a synthesize stage, so every worker runs a trial.
+# "up": a spawned worker also checks in when it imports this module (before its first trial), so the others
+# wait only until it is running; a worker killed mid-trial has checked in already and blocks nobody.
+BARRIER_ENV = "TODSYNTH_TEST_WORKER_BARRIER"
+BARRIER_KIND_ENV = "TODSYNTH_TEST_WORKER_BARRIER_KIND"
 BARRIER_N = 2
 BARRIER_TIMEOUT_S = 120.0
 
 
-def _wait_for_other_workers() -> None:
-    """Make 'every worker ran a trial' deterministic: a fast worker cannot take all trials before a slow one starts."""
+def _check_in() -> Path | None:
     folder = os.environ.get(BARRIER_ENV)
     if not folder:
-        return
+        return None
     Path(folder).mkdir(parents=True, exist_ok=True)
     (Path(folder) / str(os.getpid())).touch()
+    return Path(folder)
+
+
+def _wait_for_other_workers() -> None:
+    """Make multi-worker tests deterministic: a fast worker cannot take all trials before a slow one starts."""
+    folder = _check_in()
+    if folder is None:
+        return
     deadline = time.monotonic() + BARRIER_TIMEOUT_S
-    while len(list(Path(folder).iterdir())) < BARRIER_N:
+    while len(list(folder.iterdir())) < BARRIER_N:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(list(Path(folder).iterdir()))} of {BARRIER_N} workers reached {folder}")
+            raise TimeoutError(f"only {len(list(folder.iterdir()))} of {BARRIER_N} workers reached {folder}")
         time.sleep(0.05)
+
+
+if os.environ.get(BARRIER_KIND_ENV) == "up":  # imported by a spawned worker's session, before its first trial
+    _check_in()
 
 
 def _stage(name: str):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_tune_fakes import BARRIER_ENV
+from test_tune_fakes import BARRIER_ENV, BARRIER_KIND_ENV
 
 from bench.suites import validate_data
 from bench.tune import ATTR_PID, SLEEP_ENV, TuneOptions, tune_suite
@@ -115,8 +115,11 @@ def _kill_first_foreign_running(journal: Path, study: str, killed: list, stop: t
         time.sleep(0.2)
 
 
-def test_killed_worker_trial_is_retried_not_lost(fake_suite, monkeypatch):
+def test_killed_worker_trial_is_retried_not_lost(fake_suite, monkeypatch, tmp_path):
     monkeypatch.setenv(SLEEP_ENV, "1.5")  # every trial runs long enough to be killed mid-way
+    # this process's first trial waits until the spawned worker is up, so the killer always finds a foreign trial
+    monkeypatch.setenv(BARRIER_ENV, str(tmp_path / "barrier"))
+    monkeypatch.setenv(BARRIER_KIND_ENV, "up")
     killed: list = []
     stop = threading.Event()
     killer = threading.Thread(target=_kill_first_foreign_running,
