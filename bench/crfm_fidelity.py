@@ -33,6 +33,12 @@ PAPER_SETTINGS: list[dict[str, Any]] = [
 ]
 
 
+def check_n_masks(n_masks: int, dataset: Any) -> None:
+    """ValueError unless ``1 <= n_masks <= len(dataset)``."""
+    if n_masks < 1 or n_masks > len(dataset):
+        raise ValueError(f"n_masks={n_masks} must be in 1..{len(dataset)} (the split's size)")
+
+
 def crfm_fidelity(
     generator: Any,
     judge: torch.nn.Module,
@@ -58,8 +64,7 @@ def crfm_fidelity(
     from todsynth.sample.sampler import SamplerConfig, sample
     from todsynth.seg.judge import SegmentorLogits
 
-    if n_masks < 1 or n_masks > len(dataset):
-        raise ValueError(f"n_masks={n_masks} must be in 1..{len(dataset)} (the split's size)")
+    check_n_masks(n_masks, dataset)
     items = [dataset[i] for i in range(n_masks)]
     masks = torch.stack([it["mask"] for it in items])
     embeds, pooled = prompts.get([it["prompt"] for it in items])
@@ -116,8 +121,13 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings or PAPER_SETTINGS
     try:
         dataset = LoveDA(args.data, args.split)
-        if not 1 <= args.masks <= len(dataset):
-            parser.error(f"--masks {args.masks}: {args.data}/{args.split} has {len(dataset)} scenes")
+    except TodsynthError as e:
+        parser.error(str(e))
+    try:
+        check_n_masks(args.masks, dataset)
+    except ValueError as e:
+        parser.error(f"--masks {args.masks}: {e}, split {args.data}/{args.split}")
+    try:
         ensure_mmseg()
         gen = load_generator(args.generator)
         judge, evaluator = load_segmentor(args.judge), load_segmentor(args.evaluator)

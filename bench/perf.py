@@ -107,10 +107,10 @@ class PerfConfig:
             raise ConfigError(f"--device {self.device!r}: choose cpu or cuda")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA device is visible to torch (see `todsynth doctor`); use --device cpu")
-        if self.batch is not None and (not isinstance(self.batch, int) or isinstance(self.batch, bool) or self.batch < 1):
-            raise ConfigError(f"--batch {self.batch!r}: must be an int >= 1")
-        for name, low in (("steps", 1), ("rectified", 1), ("repeats", 1), ("fid_images", 2)):
+        for name, low in (("batch", 1), ("steps", 1), ("rectified", 1), ("repeats", 1), ("fid_images", 2)):
             value = getattr(self, name)
+            if name == "batch" and value is None:  # the preset's (resolved)
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"--{name.replace('_', '-')} {value!r}: must be an int >= {low}")
         if self.rectified > self.steps:
