@@ -29,7 +29,7 @@ from pydantic import (
 # Closed vocabularies (kept in step with todsynth.models.presets.PRESETS and todsynth.seg.models.SEG_MODELS;
 # tests/test_bench_schema.py checks that every name here exists there).
 PresetName = Literal["tiny", "sd3.5-medium"]
-SegModelName = Literal["fcn-tiny", "fcn-r18", "deeplabv3plus-r18", "pspnet-r50", "deeplabv3plus-r50"]
+SegModelName = Literal["fcn-tiny", "dcnn", "fcn-r18", "deeplabv3plus-r18", "pspnet-r50", "deeplabv3plus-r50"]
 Domain = Literal["Urban", "Rural"]
 StepScheme = Literal["C", "LI", "LD", "cosine"]  # todsynth.sample.crfm.STEP_SCHEMES
 

@@ -76,14 +76,14 @@ def test_train_vae_mask_fraction_teaches_mask_greys(tmp_path) -> None:
     """The scratch VAE also sees the masks' grey images, so it reconstructs them better (mask stream input)."""
     from todsynth.data.loveda import LoveDA
     from todsynth.data.procedural import generate_dataset
-    from todsynth.models.presets import PRESETS
+    from todsynth.models.presets import TINY_SCRATCH_VAE
     from todsynth.models.vae import decode_latents, encode_latents, load_vae, mask_to_grey
     from todsynth.train import train_vae
 
     torch.set_num_threads(1)
     ds = LoveDA(generate_dataset(tmp_path / "d", n_train=6, n_val=0, size=32, seed=0), "Train")
     greys = mask_to_grey(torch.stack([ds[i]["mask"] for i in range(len(ds))]), 7)
-    cfg = {**PRESETS["tiny"]["vae"], "block_out_channels": [8, 8, 8], "sample_size": 32}
+    cfg = {**TINY_SCRATCH_VAE, "block_out_channels": [8, 8, 8], "sample_size": 32}
 
     def grey_l1(mask_fraction: float) -> float:
         out = train_vae(ds, cfg, tmp_path / f"v{mask_fraction}", steps=100, batch_size=4, lr=1e-2, seed=0,

@@ -10,8 +10,11 @@ from diffusers import AutoencoderKL
 
 from todsynth.errors import WeightsNotFoundError
 from todsynth.models.vae import (
+    SpaceToDepthAutoencoder,
+    build_vae,
     decode_latents,
     encode_latents,
+    is_trainable,
     load_vae,
     mask_to_grey,
     save_vae,
@@ -88,3 +91,44 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
 def test_load_missing_raises(tmp_path: Path) -> None:
     with pytest.raises(WeightsNotFoundError, match="vae.safetensors"):
         load_vae(tmp_path / "nope")
+
+
+# --- the tiny preset's lossless space-to-depth autoencoder ---------------------------------------------------
+
+
+def s2d(factor: int = 4, scaling: float = 1.0, shift: float = 0.0) -> SpaceToDepthAutoencoder:
+    return build_vae({"kind": "space_to_depth", "in_channels": 3, "factor": factor,
+                      "scaling_factor": scaling, "shift_factor": shift})
+
+
+def test_space_to_depth_round_trip_is_exact() -> None:
+    vae = s2d(4, scaling=2.5, shift=-0.1)
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    z = encode_latents(vae, images)
+    assert z.shape == (2, 48, 4, 4)
+    assert vae_scale_factor(vae) == 4 and vae.config.latent_channels == 48
+    torch.testing.assert_close(decode_latents(vae, z), images, atol=1e-6, rtol=0)
+    # normalisation as SD3's: (x*2-1 - shift) * scaling; one 4x4 block of channel 0 becomes 16 latent channels
+    torch.testing.assert_close(z[0, :16, 0, 0], ((images[0, 0, :4, :4] * 2 - 1).flatten() + 0.1) * 2.5)
+
+
+def test_space_to_depth_decode_passes_gradients() -> None:
+    vae = s2d(2, scaling=2.0)
+    z = torch.randn(1, 12, 4, 4, requires_grad=True)
+    decode_latents(vae, z * 0.1).sum().backward()  # small values: nothing clamped
+    torch.testing.assert_close(z.grad, torch.full_like(z, 0.1 * 0.5 / 2.0))  # d/dz of (z/s + 1)/2
+
+
+def test_space_to_depth_save_load_keeps_fitted_scaling(tmp_path: Path) -> None:
+    vae = s2d(4)
+    vae.register_to_config(scaling_factor=3.0, shift_factor=0.25)
+    loaded = load_vae(save_vae(vae, tmp_path / "vae"))
+    assert isinstance(loaded, SpaceToDepthAutoencoder) and not is_trainable(loaded)
+    assert (loaded.config.scaling_factor, loaded.config.shift_factor, loaded.config.factor) == (3.0, 0.25, 4)
+    assert loaded.to(dtype=torch.float64).dtype == torch.float64
+
+
+def test_build_vae_keeps_autoencoder_kl_kwargs() -> None:
+    vae = build_vae({"down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
+                     "block_out_channels": [8, 8], "latent_channels": 4, "norm_num_groups": 4})
+    assert isinstance(vae, AutoencoderKL) and is_trainable(vae) and vae_scale_factor(vae) == 2

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from todsynth.models.presets import PRESETS
+from todsynth.models.presets import PRESETS, TINY_SCRATCH_VAE
 from todsynth.models.vae import decode_latents, encode_latents, load_vae
 from todsynth.train import train_vae
 
-VAE_CFG = {**PRESETS["tiny"]["vae"], "block_out_channels": [8, 8, 8], "sample_size": 32}
+VAE_CFG = {**TINY_SCRATCH_VAE, "block_out_channels": [8, 8, 8], "sample_size": 32}
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +66,15 @@ def test_train_vae_improves_reconstruction(dataset, tmp_path: Path) -> None:  # 
 def test_train_vae_rejects_bad_budget(dataset, tmp_path: Path) -> None:  # noqa: ANN001
     with pytest.raises(ValueError, match="steps"):
         train_vae(dataset, VAE_CFG, tmp_path / "v", steps=0, batch_size=2, lr=1e-3, seed=0)
+
+
+def test_space_to_depth_fits_scaling_only(dataset, tmp_path: Path) -> None:  # noqa: ANN001
+    """The tiny preset's fixed autoencoder: no training steps, unit-variance latents, exact reconstruction."""
+    out = train_vae(dataset, {**PRESETS["tiny"]["vae"], "sample_size": 32}, tmp_path / "s2d", steps=10,
+                    batch_size=2, lr=1e-3, seed=0, image_size=32)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 0 and summary["params"] == 0 and summary["recon_l1"] < 1e-6
+    vae = load_vae(out)
+    z = encode_latents(vae, images(dataset))
+    assert abs(float(z.std()) - 1.0) < 1e-3 and abs(float(z.mean())) < 1e-3
+    torch.testing.assert_close(decode_latents(vae, z), images(dataset), atol=1e-5, rtol=0)

@@ -22,7 +22,7 @@ from todsynth.errors import ConfigError, WeightsNotFoundError
 from todsynth.models.io import atomic_dir, save_tensors
 from todsynth.models.mmdit import MaskMMDiT, is_text_stream
 from todsynth.models.presets import SD35_DOWNLOAD_HINT, is_scratch
-from todsynth.models.vae import encode_latents, load_vae, mask_to_grey, vae_kwargs, vae_scale_factor
+from todsynth.models.vae import Autoencoder, build_vae, encode_latents, load_vae, mask_to_grey, vae_kwargs, vae_scale_factor
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -36,7 +36,7 @@ class Generator:
 
     Attributes:
         transformer: the MaskMMDiT (velocity model).
-        vae: AutoencoderKL; latents are normalised by ``todsynth.models.vae``.
+        vae: AutoencoderKL or SpaceToDepthAutoencoder; latents are normalised by ``todsynth.models.vae``.
         shift: SD3 timestep shift of the flow schedule (3.0 for SD3.5).
         num_train_timesteps: timestep scale (1000); model timesteps are ``sigma * num_train_timesteps``.
         num_classes: classes of the mask (7 for LoveDA); image_size: pixels (square).
@@ -44,7 +44,7 @@ class Generator:
     """
 
     transformer: MaskMMDiT
-    vae: AutoencoderKL
+    vae: Autoencoder
     shift: float
     num_train_timesteps: int
     num_classes: int
@@ -106,7 +106,7 @@ def _subdir(source: Path, section: Mapping[str, Any], what: str) -> str:
     return sub
 
 
-def _check_shapes(transformer: SD3Transformer2DModel, vae: AutoencoderKL, image_size: int) -> None:
+def _check_shapes(transformer: SD3Transformer2DModel, vae: Autoencoder, image_size: int) -> None:
     """Image size, VAE factor, patch size and channels must agree (ConfigError naming the values)."""
     cfg = transformer.config
     f = vae_scale_factor(vae)
@@ -133,10 +133,11 @@ def build_generator(preset: Mapping[str, Any]) -> Generator:
     preset = dict(preset)
     seed = int(preset.get("seed", 0))
     init = preset.get("mask_stream", {}).get("init", "fresh")
+    hint = bool(preset.get("mask_stream", {}).get("hint", False))
     if is_scratch(preset):
         with seeded_init(seed):
             transformer = SD3Transformer2DModel(**preset["transformer"])
-            vae = AutoencoderKL(**preset["vae"])
+            vae = build_vae(preset["vae"])
         sched = dict(preset["scheduler"])
         shift, n_train = float(sched["shift"]), int(sched["num_train_timesteps"])
     else:
@@ -154,7 +155,7 @@ def build_generator(preset: Mapping[str, Any]) -> Generator:
         vae = load_vae(preset["vae_path"])
     _check_shapes(transformer, vae, int(preset["image_size"]))
     with seeded_init(seed + 1):
-        model = MaskMMDiT(transformer, mask_init=init)
+        model = MaskMMDiT(transformer, mask_init=init, mask_hint=hint)
     vae.requires_grad_(False).eval()
     return Generator(
         transformer=model,

@@ -182,6 +182,9 @@ def register_mmseg() -> Flavour:
             from mmseg.utils import register_all_modules
 
             register_all_modules(init_default_scope=False)
+        from todsynth.seg.backbones import register_backbones
+
+        register_backbones()
         _state["registered"] = flavour
     from mmengine.registry import init_default_scope
 

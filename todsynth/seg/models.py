@@ -141,6 +141,29 @@ def fcn_r18(num_classes: int, norm: dict[str, Any]) -> dict[str, Any]:
     return _encoder_decoder(_resnet_v1c(18, norm), head, _fcn_aux(256, 64, num_classes, norm))
 
 
+def dcnn(num_classes: int, norm: dict[str, Any]) -> dict[str, Any]:
+    """Full-resolution dilated CNN (7 layers, 48 wide, receptive field 39 px) + a 1x1 classifier (~0.1 M params).
+
+    No downsampling at all: built for small tiles whose thinnest structures are 2-3 px wide (the
+    procedural scenes); an architecture unlike the ResNet-FCN judges (the ``dcnn`` evaluator).
+    """
+    backbone = dict(type="DilatedCNN", in_channels=3, channels=48, dilations=(1, 1, 2, 4, 8, 2, 1))
+    head = dict(
+        type="FCNHead",
+        in_channels=48,
+        in_index=0,
+        channels=48,
+        num_convs=0,
+        concat_input=False,
+        dropout_ratio=0.0,
+        num_classes=num_classes,
+        norm_cfg=norm,
+        align_corners=False,
+        loss_decode=_ce(1.0),
+    )
+    return _encoder_decoder(backbone, head, None)
+
+
 def _deeplabv3plus(depth: int, num_classes: int, norm: dict[str, Any]) -> dict[str, Any]:
     wide = depth >= 50
     head = dict(
@@ -193,6 +216,7 @@ def pspnet_r50(num_classes: int, norm: dict[str, Any]) -> dict[str, Any]:
 
 SEG_MODELS: dict[str, Callable[[int, dict[str, Any]], dict[str, Any]]] = {
     "fcn-tiny": fcn_tiny,
+    "dcnn": dcnn,
     "fcn-r18": fcn_r18,
     "deeplabv3plus-r18": deeplabv3plus_r18,
     "pspnet-r50": pspnet_r50,

@@ -19,11 +19,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
-
 from todsynth.data.classes import NUM_CLASSES
 from todsynth.models.generator import seeded_init
-from todsynth.models.vae import mask_to_grey, save_vae
+from todsynth.models.vae import Autoencoder, build_vae, decode_latents, encode_latents, is_trainable, mask_to_grey, save_vae
 from todsynth.train.data import resize_pair
 
 # Below this many bytes of images the whole training set is held in memory.
@@ -52,12 +50,22 @@ def _has_masks(dataset: Any) -> bool:
 
 
 @torch.no_grad()
-def fit_latent_scaling(vae: AutoencoderKL, images: Any, batch_size: int = 32) -> tuple[float, float]:
+def fit_latent_scaling(vae: Autoencoder, images: Any, batch_size: int = 32) -> tuple[float, float]:
     """(scaling_factor, shift_factor) = (1 / std, mean) of the posterior means over the images (N,3,H,W)."""
     vae.eval()
     zs = [vae.encode(images[i : i + batch_size] * 2 - 1).latent_dist.mean for i in range(0, len(images), batch_size)]
     z = torch.cat(zs).double()
     return float(1.0 / z.std().clamp_min(1e-6)), float(z.mean())
+
+
+@torch.no_grad()
+def reconstruction_l1(vae: Autoencoder, images_01: torch.Tensor, batch_size: int = 32) -> float:
+    """Mean |decode(encode(x)) - x| in [-1, 1] units over images (N,3,H,W) in [0,1] (0 for a lossless one)."""
+    total = 0.0
+    for i in range(0, len(images_01), batch_size):
+        x = images_01[i : i + batch_size]
+        total += float((decode_latents(vae, encode_latents(vae, x)) - x).abs().sum()) * 2
+    return total / images_01.numel()
 
 
 def train_vae(
@@ -75,7 +83,9 @@ def train_vae(
     num_classes: int = NUM_CLASSES,
     progress: bool = False,
 ) -> Path:
-    """Train an ``AutoencoderKL(**vae_cfg)`` on the dataset's images; writes ``save_vae`` files to ``out_dir``.
+    """Train the autoencoder ``build_vae(vae_cfg)`` on the dataset's images; writes ``save_vae`` files to ``out_dir``.
+
+    A fixed transform (``kind: space_to_depth``) has nothing to train: only its latent scaling is fitted.
 
     Args:
         dataset: items with ``"image"`` float (3,H,W) in [0,1]; resized to ``image_size``
@@ -103,19 +113,22 @@ def train_vae(
         raise ValueError("train_vae: the dataset is empty")
     size = int(image_size or vae_cfg.get("sample_size", 64))
     with seeded_init(seed):
-        vae = AutoencoderKL(**vae_cfg)
+        vae = build_vae(vae_cfg)
+    if not is_trainable(vae):
+        steps = 0
     rng = torch.Generator().manual_seed(seed)
     has_masks = _has_masks(dataset)
     mask_fraction = mask_fraction if has_masks else 0.0
     grey_classes = num_classes if mask_fraction > 0 else None
     preload = n * 3 * size * size * 4 * (2 if grey_classes else 1) <= _PRELOAD_BYTES
     all_images = _load_images(dataset, list(range(n)), size, grey_classes) if preload else None
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    sched = get_cosine_schedule_with_warmup(opt, max(1, steps // 20), steps)
     t0 = time.perf_counter()
     rec_hist: list[float] = []
     vae.train()
-    with Progress(disable=not progress) as bar:
+    if steps:
+        opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+        sched = get_cosine_schedule_with_warmup(opt, max(1, steps // 20), steps)
+    with Progress(disable=not progress or not steps) as bar:
         task = bar.add_task("vae train", total=steps)
         for _ in range(steps):
             idx = torch.randint(n, (batch_size,), generator=rng)
@@ -146,8 +159,9 @@ def train_vae(
     scaling, shift = fit_latent_scaling(vae, fit_images)
     vae.register_to_config(scaling_factor=scaling, shift_factor=shift)
     vae.eval().requires_grad_(False)
+    recon_l1 = reconstruction_l1(vae, fit_images)
     out_dir = save_vae(vae, out_dir)
-    tail = rec_hist[-max(1, steps // 10) :]
+    tail = rec_hist[-max(1, steps // 10) :] or [recon_l1]
     summary = {
         "steps": steps,
         "batch_size": batch_size,
@@ -155,7 +169,8 @@ def train_vae(
         "seed": seed,
         "image_size": size,
         "mask_fraction": mask_fraction,
-        "final_l1": sum(tail) / len(tail),  # in [-1,1] units
+        "final_l1": sum(tail) / len(tail),  # in [-1,1] units; the training tail (or recon_l1 with no training)
+        "recon_l1": recon_l1,  # in [-1,1] units, after training, through the normalised latents
         "scaling_factor": scaling,
         "shift_factor": shift,
         "params": sum(p.numel() for p in vae.parameters()),
