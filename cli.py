@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional  # noqa: F401  (Optional used by typer signatures)
+from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typer signatures)
 
 import typer
 from rich.console import Console
@@ -535,9 +535,11 @@ def bench_run(
     set_: SetOpt = None,
     force: Annotated[list[str] | None, typer.Option("--force", help="Recompute a stage (name or key) and its dependents; repeatable.")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Plain output, no progress bars.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and list the stage graph (cached or to "
+                                          "compute); run nothing, create nothing.")] = False,
 ) -> None:
     """Run (or resume) a suite: cached stages, MLflow tracking, <workspace>/<suite>/results.json."""
-    from bench.engine import preflight, run_suite
+    from bench.engine import plan, preflight, run_suite
     from bench.results import results_table
     from bench.suites import SuiteError, load_suite, resolve_suite_path
 
@@ -546,10 +548,15 @@ def bench_run(
     except SuiteError as exc:
         _suite_problems(exc)
     try:
-        preflight(s, force or [])
+        rows = plan(s, force or []) if dry_run else None
+        if rows is None:
+            preflight(s, force or [])
     except SuiteError as exc:  # name the file, as schema errors do
         exc.source = str(resolve_suite_path(suite))
         _suite_problems(exc)
+    if rows is not None:
+        _print_plan(s, rows)
+        return
     outcome = run_suite(s, force=force or [], progress=not no_progress, console=err_console)
     console.print(results_table(outcome.results))
     console.print(
@@ -557,6 +564,22 @@ def bench_run(
         f"results: {outcome.results_file}; MLflow run {outcome.parent_run_id} in {s.tracking_uri}",
         highlight=False, soft_wrap=True,
     )
+
+
+def _print_plan(s: Any, rows: list[dict[str, Any]]) -> None:
+    """The dry-run table: every stage of the graph in run order, its inputs and whether it would be computed."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"{s.name}: {len(rows)} stages (dry run, nothing executed)", box=box.SIMPLE_HEAD)
+    for col in ("#", "stage key", "inputs", "status", "hash"):
+        table.add_column(col, no_wrap=col != "inputs")
+    for i, r in enumerate(rows, 1):
+        table.add_row(str(i), escape(r["key"]), escape(", ".join(r["deps"]) or "-"), r["status"], r["hash"][:12])
+    console.print(table)
+    todo = sum(r["status"] != "cached" for r in rows)
+    console.print(f"{todo} to compute, {len(rows) - todo} cached in {s.workspace}", highlight=False, soft_wrap=True)
 
 
 @bench_app.command("tune")

@@ -116,6 +116,24 @@ def preflight(suite: Suite, force: list[str] | tuple[str, ...] = ()) -> list[Nod
     return nodes
 
 
+def plan(suite: Suite, force: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """What ``bench run`` would do, touching nothing: per node (graph order) its key, stage, deps, hash and
+    status (``cached``, ``compute`` or ``forced``). Raises :class:`SuiteError` as :func:`preflight` does."""
+    from bench.stages import STAGE_VERSIONS
+
+    nodes = preflight(suite, force)
+    forced = select_forced(nodes, force)
+    hashes = graph_hashes(nodes, STAGE_VERSIONS)
+    cache = StageCache(suite.workspace)
+    rows = []
+    for n in nodes:
+        done = (cache.dir_for(n.stage, hashes[n.key]) / "done.json").is_file()
+        status = "forced" if n.key in forced else ("cached" if done else "compute")
+        rows.append({"key": n.key, "stage": n.stage, "deps": list(n.deps.values()), "hash": hashes[n.key],
+                     "status": status})
+    return rows
+
+
 def run_suite(
     suite: Suite,
     *,
@@ -312,6 +330,8 @@ def _run_node(
                     "todsynth.stage_hash": h, "todsynth.suite": suite.name}
             if node.variant is not None:
                 tags |= {"todsynth.variant": node.variant, "todsynth.seed": str(node.seed)}
+            if node.subset is not None:
+                tags["todsynth.subset"] = str(node.subset)
             child.append(tracker.start_child(node.key, node.spec, tags))
             meta["mlflow_run_id"] = child[0]
         if node.launcher == "inprocess":

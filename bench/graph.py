@@ -4,6 +4,12 @@
 synthesize[variant,seed] -> evaluate[variant,seed] -> downstream[variant,seed]``; ``report`` is the
 engine's final step. A node's ``spec`` is exactly what its cache hash covers; ``runtime`` (device,
 launcher) is passed to the stage but not hashed, so a CPU result is reused on a GPU box and vice versa.
+
+With ``dataset.subsets`` the stages that learn from labelled training data exist once per size n:
+``autoencoder[n=16]``, ``generator[n=16]``, ``judge[n=16]``, and the variants are ``plain@n16`` etc.
+(``synthesize[plain@n16,seed=0]``); their specs carry ``subset: {n, seed, rule}``, so the cache never
+shares them across sizes. ``data``, ``prompts``, ``evaluator`` and ``real_features`` stay shared. Without
+``subsets`` nothing changes: same keys, same specs, same hashes.
 """
 
 from __future__ import annotations
@@ -35,11 +41,31 @@ class Node:
     variant: str | None = None
     seed: int | None = None
     launcher: Launcher = "inprocess"
+    subset: int | None = None  # labelled-subset size n (dataset.subsets)
 
 
 def node_key(stage: str, variant: str | None = None, seed: int | None = None) -> str:
     """``stage`` or ``stage[variant,seed=N]``."""
     return stage if variant is None else f"{stage}[{variant},seed={seed}]"
+
+
+def subset_key(stage: str, n: int | None) -> str:
+    """A shared stage's key at labelled-subset size n: ``generator[n=16]``; ``stage`` itself when n is None."""
+    return stage if n is None else f"{stage}[n={n}]"
+
+
+def subset_spec(suite: Suite, n: int | None) -> dict[str, Any] | None:
+    """What a node trained on the labelled subset of size n adds to its spec (None: the whole split)."""
+    if n is None:
+        return None
+    from todsynth.data.subset import DRAW_RULE
+
+    return {"n": n, "seed": suite.dataset.subset_seed, "rule": DRAW_RULE}
+
+
+def _with_subset(spec: dict[str, Any], sub: dict[str, Any] | None) -> dict[str, Any]:
+    """``spec`` plus ``subset`` when drawn (absent otherwise, so suites without subsets keep their hashes)."""
+    return spec if sub is None else {**spec, "subset": sub}
 
 
 def fid_extractor(suite: Suite) -> Literal["inception", "evaluator"]:
@@ -71,14 +97,14 @@ def n_synthetic(ratio: float, n_masks: int) -> int:
 def synthesis_spec(suite: Suite, v: ResolvedVariant, seed: int) -> dict[str, Any]:
     """The hashed spec of ``synthesize[v,seed]``; CRFM settings drop out when ``rectified_step == 0``."""
     crfm = v.crfm.model_dump(mode="json") if v.crfm.rectified_step > 0 else None
-    return {
+    return _with_subset({
         "sampling": v.sampling.model_dump(mode="json"),
         "crfm": crfm,
         "seed": seed,
         "limit": suite.dataset.limit,
         "ratio": suite.downstream.ratio,
         "copies": math.ceil(suite.downstream.ratio),
-    }
+    }, subset_spec(suite, v.subset))
 
 
 def build_graph(suite: Suite) -> list[Node]:
@@ -105,19 +131,23 @@ def build_graph(suite: Suite) -> list[Node]:
         Node("prompts", "prompts", {"text": preset_text(suite), "sd3_dir": _opt(gen.sd3_dir) if gen.text_encoder == "sd3" else None},
              {"data": "data"}),
     ]
-    gen_deps = {"data": "data", "prompts": "prompts"}
-    if gen.scratch:
-        nodes.append(Node("autoencoder", "autoencoder",
-                          {"preset": gen.preset, "overrides": gen.overrides, "train": gen.vae_train.model_dump(mode="json")},
-                          {"data": "data"}))
-        gen_deps["autoencoder"] = "autoencoder"
-    nodes.append(Node("generator", "generator", {
-        "preset": gen.preset,
-        "sd3_dir": _opt(gen.sd3_dir) if not gen.scratch else None,
-        "overrides": gen.overrides,
-        "train": gen.train.model_dump(mode="json"),
-    }, gen_deps, launcher=launcher("generator")))
-    nodes.append(Node("judge", "judge", _segmenter_spec(suite.judge), {"data": "data"}, launcher=launcher("judge")))
+    for n in ds.subsets or [None]:  # the stages that learn from labelled training data: once per subset size
+        sub = subset_spec(suite, n)
+        gen_deps = {"data": "data", "prompts": "prompts"}
+        if gen.scratch:
+            ae = subset_key("autoencoder", n)
+            nodes.append(Node(ae, "autoencoder", _with_subset(
+                {"preset": gen.preset, "overrides": gen.overrides, "train": gen.vae_train.model_dump(mode="json")}, sub),
+                {"data": "data"}, subset=n))
+            gen_deps["autoencoder"] = ae
+        nodes.append(Node(subset_key("generator", n), "generator", _with_subset({
+            "preset": gen.preset,
+            "sd3_dir": _opt(gen.sd3_dir) if not gen.scratch else None,
+            "overrides": gen.overrides,
+            "train": gen.train.model_dump(mode="json"),
+        }, sub), gen_deps, launcher=launcher("generator"), subset=n))
+        nodes.append(Node(subset_key("judge", n), "judge", _with_subset(_segmenter_spec(suite.judge), sub),
+                          {"data": "data"}, launcher=launcher("judge"), subset=n))
     nodes.append(Node("evaluator", "evaluator", _segmenter_spec(suite.evaluator), {"data": "data"},
                       launcher=launcher("evaluator")))
     extractor = fid_extractor(suite)
@@ -132,26 +162,30 @@ def build_graph(suite: Suite) -> list[Node]:
     freemask = suite.downstream.freemask
     down_base = suite.downstream.model_dump(mode="json", exclude={"ratio", "freemask", "seed"})
     for v in resolve_variants(suite):
+        judge, generator = subset_key("judge", v.subset), subset_key("generator", v.subset)
         for seed in suite.seeds:
             down_spec = {**down_base, "seed": suite.downstream.seed + seed, "val_limit": ds.val_limit}
             down_deps = {"data": "data"}
             if v.kind == "synthetic":
                 syn = node_key("synthesize", v.name, seed)
-                syn_deps = {"data": "data", "prompts": "prompts", "generator": "generator"}
+                syn_deps = {"data": "data", "prompts": "prompts", "generator": generator}
                 if v.crfm.rectified_step > 0:
-                    syn_deps["judge"] = "judge"
+                    syn_deps["judge"] = judge
                 nodes.append(Node(syn, "synthesize", synthesis_spec(suite, v, seed), syn_deps, v.name, seed,
-                                  launcher("synthesize")))
-                eval_deps = {"synthesize": syn, "evaluator": "evaluator", "real_features": "real_features"}
+                                  launcher("synthesize"), v.subset))
+                # data: the evaluator also scores the real images of the synthesized masks (its ceiling)
+                eval_deps = {"synthesize": syn, "evaluator": "evaluator", "real_features": "real_features",
+                             "data": "data"}
                 nodes.append(Node(node_key("evaluate", v.name, seed), "evaluate",
-                                  {"extractor": extractor}, eval_deps, v.name, seed))
+                                  {"extractor": extractor}, eval_deps, v.name, seed, subset=v.subset))
                 down_deps["synthesize"] = syn
                 down_spec["ratio"] = suite.downstream.ratio
                 down_spec["freemask"] = freemask.model_dump(mode="json") if freemask.enabled else None
                 if freemask.enabled:
-                    down_deps["judge"] = "judge"
-            nodes.append(Node(node_key("downstream", v.name, seed), "downstream", down_spec, down_deps, v.name, seed,
-                              launcher("downstream")))
+                    down_deps["judge"] = judge
+            nodes.append(Node(node_key("downstream", v.name, seed), "downstream",
+                              _with_subset(down_spec, subset_spec(suite, v.subset)), down_deps, v.name, seed,
+                              launcher("downstream"), v.subset))
     return _dedupe(nodes)
 
 

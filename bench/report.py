@@ -9,7 +9,8 @@ and swapped into place, so an interrupted report never leaves half a report.
 
 Files: ``report.md`` (+ the PNGs beside it), ``index.html`` (self-contained: PNGs as data URIs),
 ``results.csv`` (raw floats), ``results.tex`` (booktabs), ``rectified_steps.png``, ``per_class_iou.png``,
-``pareto.png`` (when tuning trials exist), ``samples.png``.
+``pareto.png`` (when tuning trials exist), ``samples.png``; with ``dataset.subsets`` also
+``data_efficiency.png`` and ``data_efficiency.csv`` (:func:`data_efficiency` holds their numbers).
 """
 
 from __future__ import annotations
@@ -30,11 +31,15 @@ from bench.schema import KNOWN_METRICS, Suite
 from todsynth.errors import TodsynthError
 
 # Table columns, in order; direction from the suite's metric specs, else KNOWN_METRICS.
-COLUMNS = ("downstream_miou", "downstream_oa", "downstream_macc", "mask_miou", "fid", "kid", "seconds_per_image")
+COLUMNS = ("downstream_miou", "downstream_oa", "downstream_macc", "mask_miou", "evaluator_real_miou", "fid", "kid",
+           "seconds_per_image")
 LABELS = {
     "downstream_miou": "mIoU", "downstream_oa": "OA", "downstream_macc": "mAcc", "mask_miou": "mask mIoU",
-    "fid": "FID", "kid": "KID", "seconds_per_image": "s/image",
+    "evaluator_real_miou": "evaluator on real", "fid": "FID", "kid": "KID", "seconds_per_image": "s/image",
 }
+# Instruments, not contestants: shown, never marked best (the evaluator's ceiling is the same model's score on real
+# images; a larger labelled subset has more masks, not a better variant).
+UNRANKED = frozenset({"evaluator_real_miou"})
 TEMPLATES = Path(__file__).parent / "templates"
 GRID_ROWS = 4
 GRID_CELL = 128  # px: small (32-64 px) samples are upscaled (nearest) to stay readable
@@ -96,7 +101,12 @@ def _parent_run(suite: Suite, run_id: str | None) -> dict[str, Any]:
 
 
 def cross_check(results: dict[str, Any], run_metrics: dict[str, float]) -> list[str]:
-    """Disagreements between a results dict and the run's logged ``<variant>/<metric>`` metrics."""
+    """Disagreements between a results dict and the run's logged ``<variant>/<metric>`` metrics.
+
+    Keys are looked up as the tracker wrote them (``clean_key``: ``plain@n16`` is logged as ``plain_n16``).
+    """
+    from bench.tracking import clean_key
+
     problems = []
     for v in results["variants"]:
         flat = {k: val for k, val in v["metrics"].items() if k != "per_class_iou"}
@@ -104,7 +114,7 @@ def cross_check(results: dict[str, Any], run_metrics: dict[str, float]) -> list[
         for key, val in flat.items():
             if not isinstance(val, int | float) or isinstance(val, bool) or val != val:
                 continue
-            logged = run_metrics.get(f"{v['name']}/{key}")
+            logged = run_metrics.get(clean_key(f"{v['name']}/{key}"))
             if logged is None:
                 problems.append(f"{v['name']}/{key}: not logged to the run")
             elif not math.isclose(logged, float(val), rel_tol=REL_TOL, abs_tol=1e-12):
@@ -222,6 +232,9 @@ def best_variants(results: dict[str, Any]) -> dict[str, set[str]]:
     dirs = metric_directions(results)
     best: dict[str, set[str]] = {}
     for col in table_columns(results):
+        if col in UNRANKED:
+            best[col] = set()
+            continue
         vals = {v["name"]: _num(v["metrics"].get(col)) for v in results["variants"]}
         vals = {k: x for k, x in vals.items() if x is not None}
         if len(vals) < 2:
@@ -275,7 +288,8 @@ def render_csv(results: dict[str, Any]) -> str:
     """One row per variant: every metric's mean and std as raw floats, FID extractor/comparable, per-class IoU."""
     cols = table_columns(results)
     classes = _classes(results)
-    header = ["variant", "kind"]
+    subsets = "subsets" in results
+    header = ["variant", "kind"] + (["declared", "n"] if subsets else [])
     for c in cols:
         header += [c, f"{c}_std"]
     header += ["fid_extractor", "fid_comparable"] + [f"iou_{c}" for c in classes]
@@ -284,7 +298,7 @@ def render_csv(results: dict[str, Any]) -> str:
     w.writerow(header)
     for v in results["variants"]:
         m, s = v["metrics"], v.get("metrics_std", {})
-        row: list[Any] = [v["name"], v["kind"]]
+        row: list[Any] = [v["name"], v["kind"]] + ([v.get("declared", ""), v.get("n", "")] if subsets else [])
         for c in cols:
             row += [_csv(m.get(c)), _csv(s.get(c))]
         row += [m.get("fid_extractor", ""), "" if m.get("fid_comparable") is None else str(bool(m["fid_comparable"])).lower()]
@@ -355,8 +369,8 @@ def rectified_series(results: dict[str, Any]) -> list[dict[str, Any]]:
     syn = [v for v in results["variants"] if v["kind"] == "synthetic" and "crfm" in v.get("params", {})]
     zeros: dict[str, dict[str, Any]] = {}
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for v in syn:
-        skey = json.dumps(v["params"].get("sampling", {}), sort_keys=True)
+    for v in syn:  # one series per sampling setting and labelled-subset size
+        skey = json.dumps([v["params"].get("sampling", {}), v.get("n")], sort_keys=True)
         crfm = dict(v["params"]["crfm"])
         rs = int(crfm.pop("rectified_step"))
         if rs == 0:
@@ -375,6 +389,8 @@ def rectified_series(results: dict[str, Any]) -> list[dict[str, Any]]:
         steps = sorted(points)
         first = members[0]["params"]["crfm"]
         label = f"{first['step_scheme']}, alpha_max={first['max_step_size']:g}"
+        if members[0].get("n") is not None:
+            label += f", n={members[0]['n']}"
         series.append({
             "label": label, "steps": steps, "variants": [points[s]["name"] for s in steps],
             **{f"{k}{suffix}": [_num(points[s][src].get(m)) for s in steps]
@@ -502,6 +518,117 @@ def plot_per_class(results: dict[str, Any], path: Path) -> Path | None:
     ax.set_title("Per-class IoU of the downstream model")
     ax.legend(fontsize=8, ncol=min(4, len(variants)))
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------- data efficiency (dataset.subsets)
+EFFICIENCY_RULE = (
+    "Difference of downstream mIoU on real Val, (real + synthetic) minus real-only, computed per seed at the same "
+    "labelled-subset size n and seed; mean and sample std (ddof 1) over seeds. † marks a difference whose |mean| "
+    "exceeds one std; with a single seed there is no std and nothing is marked."
+)
+
+
+def data_efficiency(results: dict[str, Any]) -> dict[str, Any] | None:
+    """Downstream mIoU gain of each synthetic variant over the real-only baseline, per labelled-subset size n.
+
+    Plain numbers for the plot and table (see :data:`EFFICIENCY_RULE`). None without ``subsets`` or without a
+    baseline variant. Returns ``{"baseline", "sizes": [n ascending], "series": [{"variant", "points": [{"n",
+    "seeds", "diffs", "mean", "std" (None with one seed), "exceeds"}]}]}``; a point needs both rows' seed.
+    """
+    if "subsets" not in results:
+        return None
+    rows = [v for v in results["variants"] if v.get("n") is not None]
+    base = {v["n"]: v for v in rows if v["kind"] == "baseline"}
+    if not base:
+        return None
+
+    def per_seed(v: dict[str, Any]) -> dict[int, float]:
+        out = {}
+        for p in v.get("per_seed", []):
+            x = _num(p["metrics"].get("downstream_miou"))
+            if x is not None:
+                out[int(p["seed"])] = x
+        return out
+
+    series: dict[str, list[dict[str, Any]]] = {}
+    for v in rows:
+        if v["kind"] != "synthetic" or v["n"] not in base:
+            continue
+        ref, got = per_seed(base[v["n"]]), per_seed(v)
+        seeds = [s for s in got if s in ref]
+        if not seeds:
+            continue
+        diffs = [got[s] - ref[s] for s in seeds]
+        mean = sum(diffs) / len(diffs)
+        std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) if len(diffs) > 1 else None
+        series.setdefault(v["declared"], []).append({"n": v["n"], "seeds": seeds, "diffs": diffs, "mean": mean,
+                                                     "std": std, "exceeds": std is not None and abs(mean) > std})
+    return {"baseline": next(iter(base.values()))["declared"], "sizes": sorted(base),
+            "series": [{"variant": name, "points": sorted(points, key=lambda p: p["n"])}
+                       for name, points in series.items()]}
+
+
+def efficiency_table(eff: dict[str, Any]) -> list[dict[str, Any]]:
+    """Display rows of :func:`data_efficiency`: per variant, per n ``{"text", "exceeds"}`` (``–`` where missing)."""
+    rows = []
+    for s in eff["series"]:
+        by_n = {p["n"]: p for p in s["points"]}
+        cells = {}
+        for n in eff["sizes"]:
+            p = by_n.get(n)
+            if p is None:
+                cells[n] = {"text": "–", "exceeds": False}
+                continue
+            text = f"{p['mean']:+.4f}" + ("" if p["std"] is None else f" ± {p['std']:.4f}")  # mIoU points: fixed
+            cells[n] = {"text": text + (" †" if p["exceeds"] else ""), "exceeds": p["exceeds"]}
+        rows.append({"variant": s["variant"], "cells": cells})
+    return rows
+
+
+def render_efficiency_csv(eff: dict[str, Any]) -> str:
+    """One row per (variant, n): mean and std (empty with one seed) of the difference, the seeds, the per-seed diffs."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["variant", "n", "mean_diff", "std_diff", "exceeds_std", "n_seeds", "diffs"])
+    for s in eff["series"]:
+        for p in s["points"]:
+            w.writerow([s["variant"], p["n"], repr(p["mean"]), "" if p["std"] is None else repr(p["std"]),
+                        str(p["exceeds"]).lower(), len(p["seeds"]), " ".join(repr(d) for d in p["diffs"])])
+    return buf.getvalue()
+
+
+def plot_data_efficiency(eff: dict[str, Any], path: Path) -> Path:
+    """Gain in downstream mIoU over real-only (y) against labelled scenes n (x, log), std error bars over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    ax.axhline(0.0, color="#444", linewidth=1, label=f"{eff['baseline']} (no gain)")
+    k = len(eff["series"])
+    for i, s in enumerate(eff["series"]):
+        dodge = 1 + 0.025 * (i - (k - 1) / 2)  # a small multiplicative shift on the log axis: error bars stay apart
+        ns = [p["n"] * dodge for p in s["points"]]
+        means = [p["mean"] for p in s["points"]]
+        std = [p["std"] for p in s["points"]]
+        line = ax.errorbar(ns, means, yerr=None if all(x is None for x in std) else _nan(std), marker="o", capsize=3,
+                           label=s["variant"])
+        for x, p in zip(ns, s["points"], strict=True):
+            if p["exceeds"]:
+                ax.annotate("†", (x, p["mean"]), textcoords="offset points", xytext=(5, 3), color=line[0].get_color())
+    ax.set_xscale("log")
+    ax.set_xticks(eff["sizes"], [str(n) for n in eff["sizes"]])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled training scenes n (log scale)")
+    ax.set_ylabel("downstream mIoU: real+synthetic − real-only")
+    ax.set_title("Data efficiency: gain from synthetic data vs labelled subset size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -740,6 +867,16 @@ def _render_into(suite: Suite, out: Path, scratch: Path, run_id: str | None) -> 
         figures.append({"file": "per_class_iou.png", "title": "Per-class IoU (downstream)",
                         "caption": "IoU of each LoveDA class on the real validation set, for the segmentation model "
                                    "trained on each variant's data (error bars: std over seeds)."})
+    efficiency = None
+    eff = data_efficiency(results)
+    if eff is not None and eff["series"]:
+        plot_data_efficiency(eff, out / "data_efficiency.png")
+        (out / "data_efficiency.csv").write_text(render_efficiency_csv(eff))
+        efficiency = {"file": "data_efficiency.png", "sizes": eff["sizes"], "rows": efficiency_table(eff),
+                      "baseline": eff["baseline"], "caption": EFFICIENCY_RULE}
+    elif "subsets" in results:
+        data.notes.append("No data-efficiency plot: it needs a baseline (real-only) variant and at least one synthetic "
+                          "variant with downstream mIoU at a common labelled-subset size and seed.")
     front: list[int] = []
     if data.trials:
         feasible = [i for i, t in enumerate(data.trials) if t["feasible"]]
@@ -773,7 +910,7 @@ def _render_into(suite: Suite, out: Path, scratch: Path, run_id: str | None) -> 
         "columns": [{"key": c, "label": LABELS[c], "arrow": "↑" if dirs.get(c, True) else "↓"} for c in cols],
         "several_seeds": len(results.get("seeds", [])) > 1, "figures": figures, "grid": grid is not None,
         "grid_headers": grid[1] if grid else [], "grids": grids, "notes": data.notes,
-        "provenance": provenance_rows(data),
+        "provenance": provenance_rows(data), "efficiency": efficiency,
         "non_comparable": any(r["comparable"] == "no" for r in rows),
         "pareto": [data.trials[i] for i in front], "n_trials": len(data.trials),
         "study": data.study["tags"].get("optuna.study", data.study["run_name"]) if data.study else None,

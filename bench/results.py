@@ -7,12 +7,15 @@ Schema::
      "metric_specs": [{"name", "higher_is_better"}],
      "skipped_samples": faulty dataset files left out (dataset.on_bad_sample: skip), 0 otherwise,
      "provenance": {"git_commit", "date", "python", "platform", "packages"},
+     "subsets": [n, ...] (only with dataset.subsets),
      "variants": [{"name", "kind": "baseline"|"synthetic", "params": {...},
-                   "metrics": {...}, "metrics_std": {...}, "per_seed": [{"seed", "metrics"}]}]}
+                   "metrics": {...}, "metrics_std": {...}, "per_seed": [{"seed", "metrics"}],
+                   "declared", "n" (only with dataset.subsets: ``plain`` and 16 for ``plain@n16``)}]}
 
 Every variant has ``downstream_miou``, ``downstream_oa``, ``downstream_macc`` and ``per_class_iou``
 ({class: IoU}); synthetic ones add ``fid``, ``kid``, ``fid_extractor``, ``fid_comparable``,
-``mask_miou`` and ``seconds_per_image``. With several seeds, ``metrics`` holds the mean over seeds
+``mask_miou``, ``evaluator_real_miou`` (the evaluator's mIoU on the real images of the masks the synthetic
+images were generated from: the ceiling of ``mask_miou``) and ``seconds_per_image``. With several seeds, ``metrics`` holds the mean over seeds
 and ``metrics_std`` the population standard deviation (``ddof=0``; 0.0 with one seed); non-numeric
 values (``fid_extractor``, ``fid_comparable``) are the common value across seeds. Raw floats, never rounded;
 undefined values (NaN, e.g. FID with fewer than 2 images or IoU of a class absent from Val) are written as null.
@@ -32,7 +35,8 @@ from bench.provenance import provenance
 from bench.schema import Suite, resolve_variants
 
 DOWNSTREAM_KEYS = ("downstream_miou", "downstream_oa", "downstream_macc", "per_class_iou")
-SYNTHETIC_KEYS = ("fid", "kid", "fid_extractor", "fid_comparable", "mask_miou", "seconds_per_image")
+SYNTHETIC_KEYS = ("fid", "kid", "fid_extractor", "fid_comparable", "mask_miou", "evaluator_real_miou",
+                  "seconds_per_image")
 
 
 def results_path(suite: Suite) -> Path:
@@ -84,8 +88,13 @@ def collect_results(
             params |= {"sampling": v.sampling.model_dump(mode="json"), "crfm": v.crfm.model_dump(mode="json"),
                        "ratio": suite.downstream.ratio}
         params["downstream"] = suite.downstream.model_dump(mode="json", exclude={"ratio"})
-        variants.append({"name": v.name, "kind": v.kind, "params": params, "metrics": mean, "metrics_std": std,
-                         "per_seed": per_seed})
+        row = {"name": v.name, "kind": v.kind, "params": params, "metrics": mean, "metrics_std": std,
+               "per_seed": per_seed}
+        if v.subset is not None:
+            params["subset"] = {"n": v.subset, "seed": suite.dataset.subset_seed}
+            row |= {"declared": v.declared, "n": v.subset}
+        variants.append(row)
+    subsets = {"subsets": list(suite.dataset.subsets)} if suite.dataset.subsets is not None else {}
     return {
         "suite": suite.name,
         "suite_version": suite.version,
@@ -95,6 +104,7 @@ def collect_results(
         "metric_specs": [m.model_dump() for m in suite.metrics],
         "skipped_samples": int(done["data"].artifacts.get("metrics", {}).get("skipped_samples", 0)) if "data" in done else 0,
         "provenance": provenance(),
+        **subsets,
         "variants": variants,
     }
 
@@ -127,11 +137,12 @@ def read_results(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-TABLE_COLUMNS = ("downstream_miou", "downstream_oa", "downstream_macc", "mask_miou", "fid", "kid", "seconds_per_image")
+TABLE_COLUMNS = ("downstream_miou", "downstream_oa", "downstream_macc", "mask_miou", "evaluator_real_miou", "fid", "kid",
+                 "seconds_per_image")
 COLUMN_LABELS = {"downstream_miou": "mIoU", "downstream_oa": "OA", "downstream_macc": "mAcc", "mask_miou": "mask mIoU",
-                 "fid": "FID", "kid": "KID", "seconds_per_image": "s/img"}
+                 "evaluator_real_miou": "eval. real", "fid": "FID", "kid": "KID", "seconds_per_image": "s/img"}
 COLUMN_FORMATS = {"downstream_miou": ".3f", "downstream_oa": ".3f", "downstream_macc": ".3f", "mask_miou": ".3f",
-                  "fid": ".2f", "kid": ".3f", "seconds_per_image": ".2f"}
+                  "evaluator_real_miou": ".3f", "fid": ".2f", "kid": ".3f", "seconds_per_image": ".2f"}
 
 
 def results_table(results: dict[str, Any]) -> Any:
@@ -161,5 +172,6 @@ def results_table(results: dict[str, Any]) -> Any:
     if any(v["metrics"].get("fid_comparable") is False for v in results["variants"]):
         table.caption = "* FID/KID from a fallback extractor: not comparable with published Inception FID"
     table.caption = ((table.caption or "") + "\nmIoU/OA/mAcc: downstream model on real Val; mask mIoU: evaluator on "
-                     "synthetic pairs; the baseline trains on real data only").strip()
+                     "synthetic pairs; eval. real: the same evaluator on the real images of those masks (the ceiling of mask mIoU); "
+                     "the baseline trains on real data only").strip()
     return table

@@ -44,6 +44,7 @@ KNOWN_METRICS: dict[str, bool] = {
     "downstream_macc": True,
     "mask_miou": True,
     "mask_oa": True,
+    "evaluator_real_miou": True,  # the evaluator's mIoU on the real images of the synthesized masks (its ceiling)
     "fid": False,
     "kid": False,
     "seconds_per_image": False,
@@ -82,7 +83,13 @@ class Procedural(Strict):
 
 
 class Dataset(Strict):
-    """Where the real data comes from; ``limit`` caps the training masks used for synthesis (smoke mode)."""
+    """Where the real data comes from; ``limit`` caps the training masks used for synthesis (smoke mode).
+
+    ``subsets`` (data-efficiency studies): labelled-subset sizes n. For each n, the generator (and its
+    autoencoder), the judge, synthesis (from the subset's masks, then ``limit``), FreeMask and downstream
+    training see only n training scenes, drawn by ``todsynth.data.subset.labelled_subset`` (nested and
+    domain-balanced, seeded by ``subset_seed``); the evaluator, the FID reference features and Val stay shared.
+    """
 
     kind: Literal["procedural", "loveda"] = "procedural"
     root: Path | None = None
@@ -93,6 +100,17 @@ class Dataset(Strict):
     # A faulty sample (unreadable PNG, bad mask mode/values, size mismatch, unpaired file) of a loveda root:
     # "error" stops the run naming every file; "skip" drops it with a warning and counts it in results.json.
     on_bad_sample: Literal["error", "skip"] = "error"
+    subsets: list[PositiveInt] | None = None
+    subset_seed: int = 0
+
+    @field_validator("subsets")
+    @classmethod
+    def _subsets(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and not v:
+            raise ValueError("needs at least one size (or leave subsets out to use the whole training split)")
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"duplicate size in {v}")
+        return v
 
     @field_validator("domains")
     @classmethod
@@ -591,6 +609,17 @@ class ResolvedVariant(BaseModel):
     sampling: Sampling
     crfm: CRFM
     origin: str  # key path of its declaration, for error messages
+    subset: int | None = None  # labelled-subset size n (dataset.subsets), None = the whole training split
+
+    @property
+    def declared(self) -> str:
+        """The declared variant's name (``plain`` for ``plain@n16``)."""
+        return self.name.partition("@")[0]
+
+
+def subset_name(name: str, n: int) -> str:
+    """A variant's name at labelled-subset size n: ``plain@n16`` (``@`` never occurs in a declared name)."""
+    return f"{name}@n{n}"
 
 
 def _abbr(field: str) -> str:
@@ -644,12 +673,16 @@ def format_loc(loc: tuple[Any, ...]) -> str:
     return out or "<suite>"
 
 
-def resolve_variants(suite: Suite) -> list[ResolvedVariant]:
-    """Declared variants then matrix rows, each merged with the suite defaults."""
+def resolve_variants(suite: Suite, per_subset: bool = True) -> list[ResolvedVariant]:
+    """Declared variants then matrix rows, each merged with the suite defaults.
+
+    With ``dataset.subsets`` (and ``per_subset``), every variant once per size n, grouped by n in the declared
+    order of the sizes: ``real-only@n16, plain@n16, ..., real-only@n48, ...``.
+    """
     declared = [(f"variants[{i}]", v) for i, v in enumerate(suite.variants)]
     if suite.matrix is not None:
         declared += expand_matrix(suite.matrix)
-    return [
+    resolved = [
         ResolvedVariant(
             name=v.name,
             kind=v.kind,
@@ -659,13 +692,17 @@ def resolve_variants(suite: Suite) -> list[ResolvedVariant]:
         )
         for origin, v in declared
     ]
+    if not per_subset or suite.dataset.subsets is None:
+        return resolved
+    return [v.model_copy(update={"name": subset_name(v.name, n), "origin": f"{v.origin}@n{n}", "subset": n})
+            for n in suite.dataset.subsets for v in resolved]
 
 
 def check_suite(suite: Suite) -> list[str]:
     """Cross-field problems, each prefixed with its key path; empty when the suite is consistent."""
     problems: list[str] = []
     try:
-        variants = resolve_variants(suite)
+        variants = resolve_variants(suite, per_subset=False)
     except ValueError as exc:
         return [str(exc)]
     if not variants:
@@ -698,9 +735,28 @@ def check_suite(suite: Suite) -> list[str]:
             "evaluator: identical to judge; mask fidelity must be scored by an independent model "
             "(change evaluator.seed or evaluator.model)"
         )
+    problems += _subset_problems(suite)
     if suite.tune is not None:
         problems += _tune_problems(suite.tune, variants, suite)
     problems += _preset_problems(suite.generator)
+    return problems
+
+
+def _subset_problems(suite: Suite) -> list[str]:
+    """``dataset.subsets`` checks: sizes the procedural training split can hold; no tuning over several sizes."""
+    ds = suite.dataset
+    if ds.subsets is None:
+        return []
+    problems = []
+    if ds.kind == "procedural" and max(ds.subsets) > ds.procedural.n_train:
+        problems.append(f"dataset.subsets: {max(ds.subsets)} > dataset.procedural.n_train {ds.procedural.n_train} "
+                        "(subsets are drawn from the training scenes)")
+    if suite.judge.checkpoint is not None:
+        problems.append("judge.checkpoint: with dataset.subsets the judge is trained on each labelled subset; "
+                        "remove the checkpoint")
+    if suite.tune is not None:
+        problems.append("tune: not supported together with dataset.subsets (tune in a suite without subsets, "
+                        "then use the tuned settings as a variant here)")
     return problems
 
 

@@ -28,8 +28,8 @@ SAMPLES_FILE = "samples.json"
 # dependents') are then recomputed. The package version is part of every key as well.
 STAGE_VERSIONS: dict[str, int] = {
     "data": 1, "prompts": 1, "autoencoder": 1, "generator": 1, "judge": 1, "evaluator": 1,
-    "real_features": 1, "synthesize": 1, "evaluate": 1, "downstream": 1,
-}
+    "real_features": 1, "synthesize": 1, "evaluate": 2, "downstream": 1,
+}  # evaluate 2: adds evaluator_real_miou (the evaluator on the real images of the synthesized masks)
 
 
 # ---------------------------------------------------------------- helpers
@@ -64,6 +64,19 @@ def _samples(data: CachedStage, split: str) -> list[Any]:
         Sample(s["id"], s["domain"], root / s["image"], root / s["mask"] if s.get("mask") else None)
         for s in listing[split]
     ]
+
+
+def _train(spec: dict[str, Any], data: CachedStage) -> list[Any]:
+    """The training ``Sample``s a stage may learn from: the whole split, or the labelled subset in ``spec["subset"]``."""
+    samples = _samples(data, "Train")
+    sub = spec.get("subset")
+    if sub is None:
+        return samples
+    from todsynth.data.subset import DRAW_RULE, labelled_subset
+
+    if sub["rule"] != DRAW_RULE:
+        raise ValueError(f"subset rule {sub['rule']!r} is not this version's {DRAW_RULE!r}")
+    return labelled_subset(samples, sub["n"], sub["seed"])
 
 
 def _domains(data: CachedStage) -> list[str]:
@@ -207,7 +220,7 @@ def stage_autoencoder(spec: dict[str, Any], inputs: dict[str, CachedStage], out_
     preset = resolve_preset(spec["preset"], spec["overrides"])
     budget = {**(preset.get("vae_train") or {}), **{k: v for k, v in spec["train"].items() if v is not None}}
     data = inputs["data"]
-    dataset = LoveDA(artifact_path(data, "root"), "Train", _domains(data), samples=_samples(data, "Train"))
+    dataset = LoveDA(artifact_path(data, "root"), "Train", _domains(data), samples=_train(spec, data))
     kw = {"kl_weight": budget["kl_weight"]} if budget.get("kl_weight") is not None else {}
     vae_dir = train_vae(dataset, preset["vae"], out_dir / "vae", steps=budget["steps"], batch_size=budget["batch_size"],
                         lr=budget["lr"], seed=budget["seed"], image_size=preset["image_size"],
@@ -232,7 +245,7 @@ def stage_generator(spec: dict[str, Any], inputs: dict[str, CachedStage], out_di
     vae_dir = str(artifact_path(inputs["autoencoder"], "vae")) if "autoencoder" in inputs else None
     cfg = TrainConfig.from_preset(spec["preset"], preset_overrides=overrides, vae_dir=vae_dir, **fields)
     data = inputs["data"]
-    dataset = LoveDA(artifact_path(data, "root"), "Train", _domains(data), samples=_samples(data, "Train"))
+    dataset = LoveDA(artifact_path(data, "root"), "Train", _domains(data), samples=_train(spec, data))
     # Checkpoints go to a work dir keyed by the stage hash (not the temp dir), so a killed run resumes.
     work = Path(rt.get("work_dir") or out_dir / "work")
     gen_dir = train_generator(cfg, dataset, _prompt_cache(inputs["prompts"], rt["device"]), work,
@@ -269,7 +282,7 @@ def _segmenter(role: str) -> Callable[[dict[str, Any], dict[str, CachedStage], P
             model = load_user_checkpoint(spec["checkpoint"], spec["model"], trust=spec["trust_checkpoint"])
         else:
             model = train_segmentor(
-                spec["model"], _samples(data, "Train"), out_dir / "work", max_iters=spec["iters"],
+                spec["model"], _train(spec, data), out_dir / "work", max_iters=spec["iters"],
                 batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"], crop_size=_crop(spec["crop_size"]),
                 optimizer=spec["optimizer"], progress=_progress(spec),
             )
@@ -327,6 +340,15 @@ def synthetic_pairs(synth: CachedStage) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def source_samples(synth: CachedStage, data: CachedStage) -> list[Any]:
+    """The real training ``Sample``s whose masks a synthesize stage generated from (each once, in split order)."""
+    used = set()
+    for rel in synth.artifacts["copies"]:
+        manifest = json.loads((synth.dir / rel / "manifest.json").read_text())
+        used |= {(e["domain"], e["id"]) for e in manifest["images"]}
+    return [s for s in _samples(data, "Train") if (s.domain, s.id) in used]
+
+
 def sample_grid(pairs: list[tuple[Path, Path]], out: Path, n: int = 8) -> Path:
     """A PNG with up to ``n`` columns: colorized mask above its synthetic image."""
     import numpy as np
@@ -358,7 +380,7 @@ def stage_synthesize(spec: dict[str, Any], inputs: dict[str, CachedStage], out_d
     rt = _runtime(spec)
     device = rt["device"]
     gen = load_generator(artifact_path(inputs["generator"], "generator"), device=device)
-    masks = _samples(inputs["data"], "Train")
+    masks = _train(spec, inputs["data"])
     if spec["limit"] is not None:
         masks = masks[: spec["limit"]]
     total = n_synthetic(spec["ratio"], len(masks))
@@ -391,30 +413,40 @@ def stage_synthesize(spec: dict[str, Any], inputs: dict[str, CachedStage], out_d
 
 
 def stage_evaluate(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
-    """Mask fidelity with the EVALUATOR (never the judge), FID/KID against the cached real features."""
+    """Mask fidelity with the EVALUATOR (never the judge), FID/KID against the cached real features.
+
+    ``evaluator_real_miou`` is the evaluator's mIoU on the REAL images of the same masks: the ceiling of
+    ``mask_miou`` (a synthetic image can at best be segmented as well as the real one). It is recomputed per
+    variant and seed (one evaluator pass over those real images, deterministic), which keeps it cache-correct
+    for any ``limit``, ``ratio`` or labelled subset without a stage of its own.
+    """
     from todsynth.metrics.fid import extract_features, fid_kid, load_features
     from todsynth.metrics.fidelity import mask_fidelity
+    from todsynth.seg.evaluate import evaluate_segmentor
 
     rt = _runtime(spec)
     synth = inputs["synthesize"]
     pairs = synthetic_pairs(synth)
     evaluator = _load_seg(inputs["evaluator"], rt["device"])
     fidelity = mask_fidelity(evaluator, pairs)
+    ceiling = evaluate_segmentor(evaluator, source_samples(synth, inputs["data"]))
     feat_spec = inputs["real_features"].marker["spec"]
     extractor = _extractor(feat_spec["extractor"], feat_spec.get("weights"), inputs["evaluator"], rt["device"])
     fake = extract_features([p[0] for p in pairs], extractor)
     real, meta = load_features(artifact_path(inputs["real_features"], "features"))
     fk = fid_kid(real, fake, extractor=meta["extractor"], comparable=meta["comparable"])
     _write_json(out_dir / "fidelity.json", fidelity)
+    _write_json(out_dir / "evaluator_real.json", ceiling)
     _write_json(out_dir / "fid.json", fk)
     metrics = {
         "fid": fk["fid"], "kid": fk["kid"], "fid_extractor": fk["fid_extractor"],
         "fid_comparable": fk["fid_comparable"], "n_real": fk.get("n_real"), "n_fake": fk.get("n_fake"),
         "mask_miou": fidelity["miou"], "mask_oa": fidelity.get("oa"), "mask_macc": fidelity.get("macc"),
         "mask_per_class_iou": fidelity.get("per_class_iou", {}),
+        "evaluator_real_miou": ceiling["miou"], "n_real_masks": ceiling["n_images"],
         "seconds_per_image": synth.artifacts["metrics"]["seconds_per_image"],
     }
-    return {"metrics": metrics, "mlflow_artifacts": ["fidelity.json", "fid.json"]}
+    return {"metrics": metrics, "mlflow_artifacts": ["fidelity.json", "evaluator_real.json", "fid.json"]}
 
 
 def _freemask(pairs: list[tuple[Path, Path]], judge_stage: CachedStage, margin: float, out_dir: Path,
@@ -449,7 +481,7 @@ def stage_downstream(spec: dict[str, Any], inputs: dict[str, CachedStage], out_d
         return {}
     rt = _runtime(spec)
     data = inputs["data"]
-    real = _samples(data, "Train")
+    real = _train(spec, data)
     val = _samples(data, "Val")
     if spec["val_limit"] is not None:
         val = val[: spec["val_limit"]]

@@ -44,8 +44,9 @@ def test_graph_nodes_and_deps(tiny_suite_data, tmp_path):
     assert "judge" not in by_key["synthesize[plain,seed=0]"].deps.values()  # rectified_step 0 needs no judge
     assert by_key["synthesize[plain,seed=0]"].spec["crfm"] is None
     assert set(by_key["downstream[real-only,seed=0]"].deps) == {"data"}
-    # mask fidelity is scored by the evaluator, never the judge that guided CRFM
-    assert set(by_key["evaluate[crfm,seed=0]"].deps) == {"synthesize", "evaluator", "real_features"}
+    # mask fidelity is scored by the evaluator, never the judge that guided CRFM (data: the evaluator's ceiling,
+    # its mIoU on the real images of the synthesized masks)
+    assert set(by_key["evaluate[crfm,seed=0]"].deps) == {"synthesize", "evaluator", "real_features", "data"}
     assert by_key["downstream[crfm,seed=0]"].deps["synthesize"] == "synthesize[crfm,seed=0]"
     for i, n in enumerate(nodes):  # topological order
         assert all(keys.index(d) < i for d in n.deps.values())

@@ -1,4 +1,4 @@
-"""Data layer: LoveDA facts and reader, procedural LoveDA-format scenes, validation, index files.
+"""Data layer: LoveDA facts and reader, procedural LoveDA-format scenes, labelled subsets, validation, index files.
 
 Re-exports resolve lazily (PEP 562), so ``import todsynth.data.classes`` does not pull in torch.
 """
@@ -27,6 +27,8 @@ _EXPORTS: dict[str, str] = {
     "colour_lookup_accuracy": "procedural",
     "generate_dataset": "procedural",
     "generate_scene": "procedural",
+    "draw_order": "subset",
+    "labelled_subset": "subset",
     "validate_dataset": "validate",
     "build_index": "index",
     "read_index": "index",

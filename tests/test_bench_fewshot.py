@@ -1,0 +1,222 @@
+"""Data-efficiency suites (``dataset.subsets``): schema, per-size graph, the fewshot protocol, the report's numbers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import stages
+from bench.engine import graph_hashes, run_suite
+from bench.graph import build_graph
+from bench.report import data_efficiency, efficiency_table, write_report
+from bench.schema import resolve_variants
+from bench.suites import SuiteError, load_suite, validate_data
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _suite(data, ws, **dataset):
+    data = json.loads(json.dumps(data))
+    data["dataset"] = {**data["dataset"], **dataset}
+    data["workspace"] = str(ws)
+    return validate_data(data, "test")
+
+
+# ---------------------------------------------------------------------- the protocol of suites/fewshot.yaml
+def test_fewshot_suite_protocol(tmp_path):
+    suite = load_suite(REPO / "suites" / "fewshot.yaml", workspace=tmp_path / "ws")
+    ds = suite.dataset
+    assert ds.subsets == [16, 48, 160] and ds.limit is None  # synthesis from every mask of the subset
+    assert ds.kind == "procedural" and ds.procedural.n_train >= max(ds.subsets)
+    assert len(suite.seeds) >= 3
+    kinds = {v.name: (v.kind, v.crfm.rectified_step) for v in resolve_variants(suite, per_subset=False)}
+    assert kinds["real-only"][0] == "baseline" and kinds["plain"] == ("synthetic", 0)
+    assert kinds["crfm"][0] == "synthetic" and kinds["crfm"][1] > 0
+    assert "evaluator_real_miou" in {m.name for m in suite.metrics}
+    assert suite.tune is None and not (tmp_path / "ws").exists()
+
+    nodes = build_graph(suite)
+    by_key = {n.key: n for n in nodes}
+    assert len(by_key) == len(nodes)
+    for n in ds.subsets:  # what learns from labelled data exists once per size, on that subset only
+        for stage in ("autoencoder", "generator", "judge"):
+            node = by_key[f"{stage}[n={n}]"]
+            assert node.spec["subset"]["n"] == n and node.subset == n
+    for shared in ("data", "prompts", "evaluator", "real_features"):  # the fixed instrument and the data
+        assert "subset" not in by_key[shared].spec and by_key[shared].subset is None
+    assert not any(k in by_key for k in ("generator", "judge", "autoencoder"))
+    variants = [f"{v}@n{n}" for n in ds.subsets for v in ("real-only", "plain", "crfm")]
+    for v in variants:
+        for seed in suite.seeds:
+            n = int(v.rpartition("@n")[2])
+            down = by_key[f"downstream[{v},seed={seed}]"]
+            assert down.spec["subset"]["n"] == n and down.variant == v and down.seed == seed
+            if v.startswith("real-only"):
+                assert f"synthesize[{v},seed={seed}]" not in by_key
+                continue
+            syn = by_key[f"synthesize[{v},seed={seed}]"]
+            assert syn.spec["subset"]["n"] == n and syn.spec["limit"] is None and syn.deps["generator"] == f"generator[n={n}]"
+            assert down.deps["judge"] == f"judge[n={n}]"  # FreeMask with the subset's judge
+            assert by_key[f"evaluate[{v},seed={seed}]"].deps["evaluator"] == "evaluator"
+            if v.startswith("crfm"):
+                assert syn.deps["judge"] == f"judge[n={n}]"
+    assert len(nodes) == 2 + 3 * len(ds.subsets) + 2 + len(ds.subsets) * len(suite.seeds) * (1 + 2 * 3)
+    hashes = graph_hashes(nodes, stages.STAGE_VERSIONS)
+    assert len(set(hashes.values())) == len(nodes)  # nothing is shared by mistake across sizes
+
+
+def test_dry_run_lists_the_graph_and_creates_nothing(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    res = CliRunner().invoke(app, ["bench", "run", str(REPO / "suites" / "fewshot.yaml"), "--dry-run",
+                                   "--workspace", str(tmp_path / "ws")], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "generator[n=16]" in res.output and "downstream[crfm@n160,seed=2]" in res.output
+    assert "76 to compute, 0 cached" in res.output
+    assert not (tmp_path / "ws").exists()
+
+
+# ---------------------------------------------------------------------- schema and graph
+@pytest.mark.parametrize(("dataset", "extra", "message"), [
+    ({"subsets": []}, {}, "dataset.subsets: needs at least one size"),
+    ({"subsets": [2, 2]}, {}, "dataset.subsets: duplicate size"),
+    ({"subsets": [0]}, {}, "dataset.subsets[0]: Input should be greater than 0"),
+    ({"subsets": [4, 9]}, {}, "dataset.subsets: 9 > dataset.procedural.n_train 8"),
+    ({"subsets": [4]}, {"judge": {"checkpoint": "/x/judge.pth"}}, "judge.checkpoint: with dataset.subsets"),
+    ({"subsets": [4]}, {"tune": {"search_space": {"crfm.rectified_step": {"type": "int", "low": 0, "high": 2}},
+                                 "objectives": ["mask_miou"]}}, "tune: not supported together with dataset.subsets"),
+])
+def test_bad_subsets(tiny_suite_data, tmp_path, dataset, extra, message):
+    data = {**tiny_suite_data, **extra, "dataset": {**tiny_suite_data["dataset"], **dataset}}
+    with pytest.raises(SuiteError) as exc:
+        validate_data(data, "test")
+    assert any(message in p for p in exc.value.problems), exc.value.problems
+
+
+def test_without_subsets_the_graph_is_unchanged(tiny_suite_data, tmp_path):
+    nodes = build_graph(_suite(tiny_suite_data, tmp_path / "ws"))
+    assert [n.key for n in nodes][:7] == ["data", "prompts", "autoencoder", "generator", "judge", "evaluator",
+                                         "real_features"]
+    assert all("subset" not in n.spec and n.subset is None for n in nodes)
+    assert {n.variant for n in nodes} == {None, "real-only", "plain", "crfm"}
+
+
+def test_stages_train_on_the_subset(tmp_path):
+    """``_train``: the whole split without ``subset``, else labelled_subset (the nested draw); Val untouched."""
+    from todsynth.data.subset import DRAW_RULE, labelled_subset
+
+    spec = {"kind": "procedural", "domains": ["Urban", "Rural"],
+            "procedural": {"n_train": 8, "n_val": 2, "size": 16, "seed": 0}}
+    arts = stages.stage_data(spec, {}, tmp_path)
+    data = stages.CachedStage(tmp_path, {"artifacts": arts, "spec": spec})
+    train = stages._samples(data, "Train")
+    assert stages._train({}, data) == train
+    sub = {"n": 4, "seed": 0, "rule": DRAW_RULE}
+    assert stages._train({"subset": sub}, data) == labelled_subset(train, 4, 0)
+    assert {s.domain for s in stages._train({"subset": sub}, data)} == {"Urban", "Rural"}
+    with pytest.raises(ValueError, match="rule"):
+        stages._train({"subset": {**sub, "rule": "other"}}, data)
+
+
+# ---------------------------------------------------------------------- the whole path with fake stages
+PLAIN_GAIN = {0: 0.01, 1: 0.03}  # / n: plain helps, consistently over seeds
+CRFM_GAIN = {0: 0.04, 1: -0.02}  # crfm: mean 0.01, but the seeds disagree
+
+
+def fewshot_stages(fake_stages):
+    """The harness fakes, with a downstream mIoU that depends on n, seed and the variant (known differences)."""
+    fns, calls = fake_stages
+
+    def downstream(spec, inputs, out_dir):
+        calls.append("downstream")
+        n, seed = spec["subset"]["n"], spec["seed"]
+        miou = 0.3 + 0.01 * n + 0.02 * seed
+        if "synthesize" in inputs:
+            rs = (inputs["synthesize"].marker["spec"]["crfm"] or {}).get("rectified_step", 0)
+            miou += PLAIN_GAIN[seed] / n if rs == 0 else CRFM_GAIN[seed]
+        return {"metrics": {"downstream_miou": miou, "downstream_oa": 0.8, "downstream_macc": 0.7,
+                            "per_class_iou": {"building": miou}}}
+
+    return {**fns, "downstream": downstream}
+
+
+def test_fewshot_path_with_fakes(tiny_suite_data, bench_workspace, fake_stages, tmp_path):
+    suite = _suite({**tiny_suite_data, "seeds": [0, 1]}, bench_workspace, subsets=[4, 2])
+    out = run_suite(suite, stage_fns=fewshot_stages(fake_stages), stage_versions={}, progress=False)
+    res = out.results
+    assert res["subsets"] == [4, 2]
+    rows = {v["name"]: v for v in res["variants"]}
+    assert list(rows) == [f"{v}@n{n}" for n in (4, 2) for v in ("real-only", "plain", "crfm")]
+    for name, v in rows.items():
+        assert v["n"] == int(name.rpartition("@n")[2]) and v["declared"] == name.partition("@")[0]
+        assert v["params"]["subset"] == {"n": v["n"], "seed": 0}
+        assert ("evaluator_real_miou" in v["metrics"]) == (v["kind"] == "synthetic")
+    assert json.loads(out.results_file.read_text())["variants"][0]["n"] == 4
+
+    eff = data_efficiency(res)
+    assert eff["baseline"] == "real-only" and eff["sizes"] == [2, 4]
+    series = {s["variant"]: {p["n"]: p for p in s["points"]} for s in eff["series"]}
+    assert set(series) == {"plain", "crfm"}
+    for n in (2, 4):
+        plain, crfm = series["plain"][n], series["crfm"][n]
+        assert plain["seeds"] == crfm["seeds"] == [0, 1]
+        assert plain["diffs"] == pytest.approx([0.01 / n, 0.03 / n])
+        assert plain["mean"] == pytest.approx(0.02 / n) and plain["std"] == pytest.approx(0.02 / n / 2 ** 0.5)
+        assert plain["exceeds"] is True  # 0.02/n > 0.0141/n
+        assert crfm["mean"] == pytest.approx(0.01) and crfm["std"] == pytest.approx(0.06 / 2 ** 0.5)
+        assert crfm["exceeds"] is False
+
+    report = write_report(suite, tmp_path / "report")
+    assert (report / "data_efficiency.png").stat().st_size > 1000
+    md = (report / "report.md").read_text()
+    section = md[md.index("## Data efficiency"):]
+    table = efficiency_table(eff)
+    for row in table:
+        line = next(ln for ln in section.splitlines() if ln.startswith(f"| {row['variant']} |"))
+        assert [c.strip() for c in line.strip("|").split("|")][1:] == [row["cells"][n]["text"] for n in (2, 4)]
+        assert line.count("†") == (2 if row["variant"] == "plain" else 0)
+    assert "sample std (ddof 1)" in section and "| variant | n=2 | n=4 |" in section
+    with (report / "data_efficiency.csv").open() as f:
+        got = {(r["variant"], int(r["n"])): r for r in csv.DictReader(f)}
+    assert float(got[("plain", 2)]["mean_diff"]) == series["plain"][2]["mean"]
+    assert got[("crfm", 4)]["exceeds_std"] == "false" and got[("plain", 4)]["n_seeds"] == "2"
+    html = (report / "index.html").read_text()
+    assert 'id="efficiency-table"' in html and 'alt="Data efficiency"' in html
+    results_csv = list(csv.DictReader(io.StringIO((report / "results.csv").read_text())))
+    assert results_csv[0]["n"] == "4" and results_csv[0]["declared"] == "real-only"
+
+
+def _results(seeds, per_seed_miou):
+    """A results dict with per-seed downstream mIoU: {(declared, kind, n): [mIoU per seed]}."""
+    variants = []
+    for (declared, kind, n), values in per_seed_miou.items():
+        variants.append({"name": f"{declared}@n{n}", "declared": declared, "kind": kind, "n": n, "metrics": {},
+                         "per_seed": [{"seed": s, "metrics": {"downstream_miou": x}} for s, x in zip(seeds, values,
+                                                                                                   strict=True)]})
+    return {"seeds": seeds, "subsets": sorted({n for _, _, n in per_seed_miou}), "variants": variants}
+
+
+def test_data_efficiency_one_seed_has_no_std():
+    eff = data_efficiency(_results([0], {("real-only", "baseline", 16): [0.5], ("plain", "synthetic", 16): [0.55]}))
+    (point,) = eff["series"][0]["points"]
+    assert point["mean"] == pytest.approx(0.05) and point["std"] is None and point["exceeds"] is False
+    assert efficiency_table(eff)[0]["cells"][16]["text"] == "+0.0500"
+
+
+def test_data_efficiency_pairs_seeds_and_needs_a_baseline():
+    res = _results([0, 1, 2], {("real-only", "baseline", 8): [0.5, 0.6, 0.7],
+                               ("crfm", "synthetic", 8): [0.52, 0.58, 0.73]})
+    (point,) = data_efficiency(res)["series"][0]["points"]
+    assert point["diffs"] == pytest.approx([0.02, -0.02, 0.03])  # per seed, not mean minus mean
+    assert point["std"] == pytest.approx(0.026457513, rel=1e-6)  # sample std (ddof 1)
+    res["variants"][1]["per_seed"].pop(1)  # a missing seed drops out of the pairing
+    (point,) = data_efficiency(res)["series"][0]["points"]
+    assert point["seeds"] == [0, 2] and point["diffs"] == pytest.approx([0.02, 0.03])
+    assert data_efficiency({**res, "variants": res["variants"][1:]}) is None  # no baseline
+    assert data_efficiency({k: v for k, v in res.items() if k != "subsets"}) is None  # no subsets
