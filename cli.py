@@ -266,7 +266,8 @@ def gen_train(
             budget = dict(resolved.get("vae_train") or {})
             if vae_steps is not None:
                 budget["steps"] = vae_steps
-            console.print(f"training the scratch VAE ({budget.get('steps')} steps) -> {vae}", highlight=False)
+            console.print(f"autoencoder ({resolved['vae'].get('kind', 'AutoencoderKL')}; a trainable VAE trains "
+                          f"{budget.get('steps')} steps) -> {vae}", highlight=False)
             train_vae(dataset, resolved["vae"], vae, steps=budget["steps"], batch_size=budget["batch_size"],
                       lr=budget["lr"], seed=seed, image_size=resolved["image_size"], progress=not no_progress)
     text = dict(resolved.get("text") or {"kind": "tiny"})

@@ -8,7 +8,7 @@ and the judge's mIoU of each setting's images against their masks (the judge's o
 correction transfers to an independent model or only fools the judge).
 
 Run: ``python -m bench.crfm_fidelity --generator G --judge J --evaluator E --data ROOT [--split Val]
-[--masks 64] [--steps 12] [--setting '{"rectified_step": 4, "max_step_size": 300, "clamp": null}' ...]``
+[--masks 64] [--steps 12] [--scorer DIR ...] [--setting '{"rectified_step": 4, "max_step_size": 300, "clamp": null}' ...]``
 (a setting is a YAML/JSON mapping of ``CRFMConfig`` fields; ``{}`` is plain sampling and is always first).
 """
 
@@ -51,14 +51,16 @@ def crfm_fidelity(
     num_inference_steps: int = 12,
     batch_size: int = 8,
     seed: int = 0,
+    scorers: Mapping[str, torch.nn.Module] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per setting (plain first): ``setting``, ``evaluator_miou``, ``judge_miou``, ``n_masks``.
+    """One row per setting (plain first): ``setting``, ``evaluator_miou``, ``judge_miou``, ``scorer_miou``, ``n_masks``.
 
     Args:
         generator: a loaded ``Generator``. judge, evaluator: segmentors (image [0,1] -> logits).
         dataset: LoveDA-style items (``mask``, ``prompt``); the first ``n_masks`` are used.
         prompts: ``get(prompts) -> (embeds, pooled)`` (``PromptCache``).
         settings: ``CRFMConfig`` field mappings; an empty mapping is plain sampling.
+        scorers: more segmentors by name, e.g. one that the settings were NOT chosen with (``scorer_miou``).
     """
     from todsynth.sample.crfm import CRFMConfig
     from todsynth.sample.sampler import SamplerConfig, sample
@@ -76,7 +78,9 @@ def crfm_fidelity(
         crfm = CRFMConfig(**setting) if setting else None
         images = sample(generator, masks, embeds, pooled, seeds, cfg, crfm=crfm, judge=judge_fn if crfm else None).images
         rows.append({"setting": dict(setting), "evaluator_miou": miou(evaluator, images, masks),
-                     "judge_miou": miou(judge, images, masks), "n_masks": n_masks})
+                     "judge_miou": miou(judge, images, masks),
+                     "scorer_miou": {k: miou(m, images, masks) for k, m in (scorers or {}).items()},
+                     "n_masks": n_masks})
     return rows
 
 
@@ -93,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--masks", type=int, default=64)
     parser.add_argument("--steps", type=int, default=12, help="Euler steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scorer", action="append", default=[], metavar="DIR",
+                        help="another save_segmentor directory to score with (repeatable; e.g. one the settings were not chosen with)")
     parser.add_argument("--setting", action="append", default=[], help="CRFMConfig fields as YAML (repeatable)")
     parser.add_argument("--prompt-cache", default=None, help="PromptCache directory (default: a temporary one)")
     parser.add_argument("--threads", type=int, default=None)
@@ -131,13 +137,14 @@ def main(argv: list[str] | None = None) -> None:
         ensure_mmseg()
         gen = load_generator(args.generator)
         judge, evaluator = load_segmentor(args.judge), load_segmentor(args.evaluator)
+        scorers = {str(d): load_segmentor(d) for d in args.scorer}
     except TodsynthError as e:
         parser.error(str(e))
     text = dict(gen.config["text"])  # the resolved preset it was built from
     with tempfile.TemporaryDirectory() as tmp:
         cache = PromptCache(args.prompt_cache or Path(tmp), build_prompt_encoder(text.pop("kind"), **text))
         rows = crfm_fidelity(gen, judge, evaluator, dataset, cache, settings, n_masks=args.masks,
-                             num_inference_steps=args.steps, seed=args.seed)
+                             num_inference_steps=args.steps, seed=args.seed, scorers=scorers)
     for row in rows:
         print(json.dumps(row))
 

@@ -212,7 +212,8 @@ def stage_prompts(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir:
 
 
 def stage_autoencoder(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
-    """Train the scratch VAE of a scratch preset on the real training images."""
+    """The autoencoder of a scratch preset: a VAE trained on the real training images, or a fixed transform
+    (space-to-depth) whose latent scaling alone is fitted on them."""
     from todsynth.data.loveda import LoveDA
     from todsynth.models.presets import resolve_preset
     from todsynth.train import train_vae

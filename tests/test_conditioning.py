@@ -119,8 +119,11 @@ def test_crfm_fidelity_rows_plain_first_same_seeds(tmp_path) -> None:
     rows = crfm_fidelity(gen, judge, evaluator, ds, cache, settings, n_masks=3, num_inference_steps=2)
     assert [r["setting"] for r in rows] == [{}, settings[0]]
     assert all(0.0 <= r["evaluator_miou"] <= 1.0 and 0.0 <= r["judge_miou"] <= 1.0 and r["n_masks"] == 3 for r in rows)
-    again = crfm_fidelity(gen, judge, evaluator, ds, cache, [], n_masks=3, num_inference_steps=2)
-    assert again[0] == rows[0]  # same seeds, same plain figure
+    assert all(r["scorer_miou"] == {} for r in rows)
+    again = crfm_fidelity(gen, judge, evaluator, ds, cache, [], n_masks=3, num_inference_steps=2,
+                          scorers={"same-as-evaluator": evaluator})
+    assert again[0]["scorer_miou"] == {"same-as-evaluator": rows[0]["evaluator_miou"]}  # same seeds, same images
+    assert {k: v for k, v in again[0].items() if k != "scorer_miou"} == {k: v for k, v in rows[0].items() if k != "scorer_miou"}
     with pytest.raises(ValueError, match="n_masks"):
         crfm_fidelity(gen, judge, evaluator, ds, cache, settings, n_masks=4)
 

@@ -157,3 +157,36 @@ def test_lora_trains_only_adapters_and_mask_stream() -> None:
     x, m, t, e, p = inputs()
     model(x, m, t, e, p).square().mean().backward()
     assert all(p.grad is None for n, p in model.named_parameters() if n not in trainable)
+
+
+def _pair(**kw: object) -> tuple[MaskMMDiT, MaskMMDiT]:
+    """Two models with identical weights: the plain one and one with the options ``kw``."""
+    torch.manual_seed(3)
+    plain = MaskMMDiT(tiny_transformer(), mask_init="image")
+    torch.manual_seed(3)
+    other = MaskMMDiT(tiny_transformer(), mask_init="image", **kw)
+    return plain, other
+
+
+def test_mask_hint_starts_at_zero_then_injects_the_mask_by_position() -> None:
+    plain, hinted = _pair(mask_hint=True)
+    x, m, t, e, p = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(hinted(x, m, t, e, p), plain(x, m, t, e, p), rtol=0, atol=0)  # zero conv
+        torch.testing.assert_close(hinted(x, None, t, e, p), plain(x, None, t, e, p), rtol=0, atol=0)  # no mask
+        hinted.mask_hint.weight.normal_()
+        assert (hinted(x, m, t, e, p) - plain(x, m, t, e, p)).abs().max() > 1e-3
+    assert {id(q) for q in hinted.mask_hint.parameters()} <= {id(q) for q in hinted.mask_stream_parameters()}
+
+
+def test_sample_prediction_returns_the_velocity_of_its_x0() -> None:
+    """prediction='sample': v = (z - x0_hat) / max(sigma, floor), x0_hat being the velocity model's raw output."""
+    plain, xpred = _pair(prediction="sample", sigma_floor=0.2, num_train_timesteps=1000)
+    x, m, t, e, p = inputs()  # t = 900 and 120: sigma 0.9 and 0.12 -> floored to 0.2
+    with torch.no_grad():
+        raw, v = plain(x, m, t, e, p), xpred(x, m, t, e, p)
+    sigma = torch.tensor([0.9, 0.2]).view(2, 1, 1, 1)
+    torch.testing.assert_close(v, (x - raw) / sigma, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x - sigma * v, raw, rtol=1e-5, atol=1e-5)  # CRFM's x0_hat is the prediction
+    with pytest.raises(ValueError, match="prediction"):
+        MaskMMDiT(tiny_transformer(), prediction="noise")  # type: ignore[arg-type]

@@ -22,7 +22,15 @@ from todsynth.errors import ConfigError, WeightsNotFoundError
 from todsynth.models.io import atomic_dir, save_tensors
 from todsynth.models.mmdit import MaskMMDiT, is_text_stream
 from todsynth.models.presets import SD35_DOWNLOAD_HINT, is_scratch
-from todsynth.models.vae import Autoencoder, build_vae, encode_latents, load_vae, mask_to_grey, vae_kwargs, vae_scale_factor
+from todsynth.models.vae import (
+    Autoencoder,
+    build_vae,
+    encode_latents,
+    load_vae,
+    mask_to_grey,
+    vae_kwargs,
+    vae_scale_factor,
+)
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -134,6 +142,7 @@ def build_generator(preset: Mapping[str, Any]) -> Generator:
     seed = int(preset.get("seed", 0))
     init = preset.get("mask_stream", {}).get("init", "fresh")
     hint = bool(preset.get("mask_stream", {}).get("hint", False))
+    prediction = str(preset.get("prediction", "velocity"))
     if is_scratch(preset):
         with seeded_init(seed):
             transformer = SD3Transformer2DModel(**preset["transformer"])
@@ -155,7 +164,8 @@ def build_generator(preset: Mapping[str, Any]) -> Generator:
         vae = load_vae(preset["vae_path"])
     _check_shapes(transformer, vae, int(preset["image_size"]))
     with seeded_init(seed + 1):
-        model = MaskMMDiT(transformer, mask_init=init, mask_hint=hint)
+        model = MaskMMDiT(transformer, mask_init=init, mask_hint=hint, prediction=prediction,  # type: ignore[arg-type]
+                          num_train_timesteps=n_train)
     vae.requires_grad_(False).eval()
     return Generator(
         transformer=model,

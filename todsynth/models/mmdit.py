@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 MaskInit = Literal["fresh", "image"]
+Prediction = Literal["velocity", "sample"]
 
 
 def _qk_norm(kind: str | None, head_dim: int) -> nn.Module | None:
@@ -169,6 +170,11 @@ class MaskMMDiT(nn.Module):
             for SD3.5 (the paper's pure triple attention). The tiny preset turns it on: trained for minutes
             on a CPU, joint attention alone did not learn to route each image token to the mask token at
             its own position (samples from true and shuffled masks scored the same; README "The tiny preset").
+        prediction: what the network's output means. ``"velocity"`` (SD3): it is ``v = noise - x0``.
+            ``"sample"``: it is ``x0_hat`` and ``forward`` returns ``v = (z - x0_hat) / max(sigma, sigma_floor)``
+            with ``sigma = timestep / num_train_timesteps`` ("Back to Basics", Li & He 2025: a narrow network
+            that predicts clean pixels learns faster than one that must predict the noise). Every caller
+            (loss, sampler, CRFM) sees a velocity either way.
     """
 
     def __init__(
@@ -177,10 +183,20 @@ class MaskMMDiT(nn.Module):
         mask_init: MaskInit = "fresh",
         gradient_checkpointing: bool = False,
         mask_hint: bool = False,
+        prediction: Prediction = "velocity",
+        sigma_floor: float = 0.05,
+        num_train_timesteps: int = 1000,
     ) -> None:
         super().__init__()
         if mask_init not in ("fresh", "image"):
             raise ValueError(f"mask_init must be 'fresh' or 'image', got {mask_init!r}")
+        if prediction not in ("velocity", "sample"):
+            raise ValueError(f"prediction must be 'velocity' or 'sample', got {prediction!r}")
+        if not 0.0 < sigma_floor <= 1.0:
+            raise ValueError(f"sigma_floor must be in (0, 1], got {sigma_floor}")
+        self.prediction = prediction
+        self.sigma_floor = float(sigma_floor)
+        self.num_train_timesteps = int(num_train_timesteps)
         cfg = transformer.config
         dim = transformer.inner_dim
         self.transformer = transformer
@@ -302,7 +318,11 @@ class MaskMMDiT(nn.Module):
         p = tr.config.patch_size
         h, w = height // p, width // p
         hidden = hidden.reshape(b, h, w, p, p, tr.out_channels)
-        return torch.einsum("nhwpqc->nchpwq", hidden).reshape(b, tr.out_channels, h * p, w * p)
+        out = torch.einsum("nhwpqc->nchpwq", hidden).reshape(b, tr.out_channels, h * p, w * p)
+        if self.prediction == "velocity":
+            return out
+        sigma = (timestep.to(out.dtype) / self.num_train_timesteps).clamp_min(self.sigma_floor).view(b, 1, 1, 1)
+        return (latents.to(out.dtype) - out) / sigma
 
 
 def mask_stream_param_count(

@@ -19,9 +19,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from todsynth.data.classes import NUM_CLASSES
 from todsynth.models.generator import seeded_init
-from todsynth.models.vae import Autoencoder, build_vae, decode_latents, encode_latents, is_trainable, mask_to_grey, save_vae
+from todsynth.models.vae import (
+    Autoencoder,
+    build_vae,
+    decode_latents,
+    encode_latents,
+    is_trainable,
+    mask_to_grey,
+    save_vae,
+)
 from todsynth.train.data import resize_pair
 
 # Below this many bytes of images the whole training set is held in memory.
