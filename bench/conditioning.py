@@ -111,6 +111,8 @@ def measure_conditioning(
 
     Returns:
         ``miou_true``, ``miou_shuffled``, ``miou_real`` (evaluator on the real images of the same masks),
+        ``miou_recon`` (on their autoencoder reconstructions), the fractions of ``miou_real``: ``ae_cap``
+        (reconstructions), ``fidelity_true`` and ``fidelity_shuffled`` (samples),
         ``ratio``, ``gap``, the held-out ``loss_gap`` (``conditioning_gap`` on the masks' split), train
         seconds (``vae_wall_s``/``vae_cpu_s``, recorded when the shared VAE was trained; ``gen_wall_s``/``gen_cpu_s``,
         0 when the generator run was already complete), ``loadavg`` and the settings.
@@ -118,6 +120,7 @@ def measure_conditioning(
     from todsynth.data.loveda import LoveDA
     from todsynth.models.generator import load_generator
     from todsynth.models.presets import resolve_preset
+    from todsynth.models.vae import decode_latents, encode_latents
     from todsynth.sample.sampler import SamplerConfig, sample
     from todsynth.text import PromptCache, build_prompt_encoder
     from todsynth.train import TrainConfig, train_generator, train_vae
@@ -171,11 +174,18 @@ def measure_conditioning(
     shuf_imgs = sample(gen, masks[perm], embeds[perm], pooled[perm], seeds, scfg).images
     loss = conditioning_gap(gen, masks_set, cache, seed=seed)
 
-    m_true, m_shuf = miou(model, true_imgs, masks), miou(model, shuf_imgs, masks)
+    m_true, m_shuf, m_real = miou(model, true_imgs, masks), miou(model, shuf_imgs, masks), miou(model, real, masks)
+    with torch.no_grad():  # the autoencoder's cap: what the evaluator still sees after encode -> decode
+        recon = decode_latents(gen.vae, encode_latents(gen.vae, real))
+    m_recon = miou(model, recon, masks)
     result = {
         "miou_true": m_true,
         "miou_shuffled": m_shuf,
-        "miou_real": miou(model, real, masks),
+        "miou_real": m_real,
+        "miou_recon": m_recon,
+        "ae_cap": m_recon / m_real if m_real > 0 else float("nan"),  # target >= 0.9
+        "fidelity_true": m_true / m_real if m_real > 0 else float("nan"),  # target >= 0.6
+        "fidelity_shuffled": m_shuf / m_real if m_real > 0 else float("nan"),  # target <= fidelity_true / 2
         "ratio": m_true / m_shuf if m_shuf > 0 else float("inf"),
         "gap": m_true - m_shuf,
         "loss_gap": loss["relative_gap"],

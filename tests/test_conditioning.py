@@ -52,8 +52,13 @@ def test_measure_conditioning_plumbing_and_cache(tmp_path) -> None:
               evaluator_iters=2, num_inference_steps=2)
     torch.set_num_threads(1)
     r = measure_conditioning(tmp_path, **kw)
-    for key in ("miou_true", "miou_shuffled", "miou_real"):
+    for key in ("miou_true", "miou_shuffled", "miou_real", "miou_recon"):
         assert 0.0 <= r[key] <= 1.0
+    # the tiny preset's space-to-depth autoencoder is lossless: its reconstructions score as the real images
+    assert r["miou_recon"] == pytest.approx(r["miou_real"], abs=1e-6)
+    if r["miou_real"] > 0:
+        assert r["ae_cap"] == pytest.approx(1.0, abs=1e-6)
+        assert r["fidelity_true"] == pytest.approx(r["miou_true"] / r["miou_real"])
     assert r["gap"] == pytest.approx(r["miou_true"] - r["miou_shuffled"])
     assert r["vae_wall_s"] > 0 and r["gen_cpu_s"] > 0
     run = tmp_path / r["run_dir"].split("/")[-1]
