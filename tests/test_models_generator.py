@@ -12,7 +12,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transfo
 from todsynth.errors import ConfigError, WeightsNotFoundError
 from todsynth.models.generator import build_generator, load_generator, save_generator
 from todsynth.models.mmdit import is_text_stream
-from todsynth.models.presets import PRESETS, resolve_preset
+from todsynth.models.presets import PRESETS, TINY_SCRATCH_VAE_OVERRIDES, deep_merge, resolve_preset
 
 
 def velocity(gen, seed: int = 0) -> torch.Tensor:  # noqa: ANN001
@@ -80,13 +80,15 @@ def test_build_is_seeded_and_leaves_global_rng_alone() -> None:
 
 def test_encode_mask_checks_size() -> None:
     gen = build_generator(resolve_preset("tiny", {"transformer": {"num_layers": 2}}))
-    assert gen.encode_mask(torch.zeros(3, 64, 64, dtype=torch.long)).shape == (3, 4, 16, 16)
+    assert gen.encode_mask(torch.zeros(3, 64, 64, dtype=torch.long)).shape == (3, 48, 16, 16)
     with pytest.raises(ValueError, match="mask must be"):
         gen.encode_mask(torch.zeros(1, 32, 32, dtype=torch.long))
 
 
 def test_scratch_save_load_roundtrip(tmp_path: Path) -> None:
-    gen = build_generator(resolve_preset("tiny", {"transformer": {"num_layers": 2}, "seed": 3}))
+    """With a trainable scratch VAE (TINY_SCRATCH_VAE latents): its weights travel with the generator."""
+    overrides = deep_merge(TINY_SCRATCH_VAE_OVERRIDES, {"transformer": {"num_layers": 2}, "seed": 3})
+    gen = build_generator(resolve_preset("tiny", overrides))
     with torch.no_grad():
         gen.vae.decoder.conv_out.bias.add_(0.5)  # a VAE change that only the saved weights carry
     gen.vae.register_to_config(scaling_factor=1.25, shift_factor=0.1)

@@ -54,7 +54,9 @@ def test_perf_tiny_writes_json_and_logs_to_mlflow(tmp_path, bench_workspace) -> 
     assert len(numbers) > 60
     for path, value in numbers.items():
         assert math.isfinite(value), path
-        if path not in signed and not path.startswith(signed_prefixes):
+        if path == "vae.params":  # the tiny preset's pixel shuffle has none
+            assert value == 0
+        elif path not in signed and not path.startswith(signed_prefixes):
             assert value > 0, (path, value)
     # The headline ratios are what they claim to be: medians of per-round ratios, and from the minima.
     rounds = report["crfm"]["rounds"]
@@ -77,7 +79,7 @@ def test_perf_tiny_writes_json_and_logs_to_mlflow(tmp_path, bench_workspace) -> 
                          + report["judge"]["fwd_bwd_seconds_per_image"]["min"]) * (1 - 1e-9)
     tr = report["transformer"]
     assert tr["achieved_tflops"] == pytest.approx(tr["flops_per_forward"] / tr["forward_seconds"]["median"] / 1e12)
-    assert tr["tokens"] == {"image": 16, "mask": 16, "text": 16}
+    assert tr["tokens"] == {"image": 64, "mask": 64, "text": 16}  # 32 px / (4 px a latent, patch 1)
 
     from mlflow.tracking import MlflowClient
 
@@ -94,7 +96,7 @@ BAD = [
     (["--preset", "huge"], "--preset 'huge'"),
     (["--repeats", "0"], "--repeats 0"),
     (["--clock", "sundial"], "--clock 'sundial'"),
-    (["--res", "36"], "image_size=36"),
+    (["--res", "34"], "image_size=34"),
     (["--batch", "0"], "--batch 0"),
 ]
 

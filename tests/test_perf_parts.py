@@ -13,7 +13,7 @@ from test_sample_sampler import _inputs, generator, judge  # noqa: F401  (fixtur
 from bench.perf import PeakMemory, PerfConfig, perf_preset, stats, transformer_flops
 from todsynth.errors import ConfigError
 from todsynth.models.generator import build_generator
-from todsynth.models.presets import resolve_preset
+from todsynth.models.presets import TINY_SCRATCH_VAE_OVERRIDES, deep_merge, resolve_preset
 from todsynth.sample.crfm import CRFMConfig
 from todsynth.sample.sampler import SamplerConfig, sample
 from todsynth.sample.speed import prepare_for_sampling
@@ -104,7 +104,9 @@ def test_bf16_precision_runs_close_to_fp32(generator, judge) -> None:  # noqa: F
 
 
 def _fresh() -> tuple[object, torch.nn.Module]:
-    gen = build_generator(resolve_preset("tiny", {"image_size": 32, "mask_stream": {"init": "image"}}))
+    """The tiny preset on a trainable scratch VAE (SD3.5's kind: convolutions to lay out and checkpoint)."""
+    overrides = deep_merge(TINY_SCRATCH_VAE_OVERRIDES, {"image_size": 32, "mask_stream": {"init": "image"}})
+    gen = build_generator(resolve_preset("tiny", overrides))
     conv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 7, 1))
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():

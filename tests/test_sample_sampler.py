@@ -18,7 +18,7 @@ SIZE, C = 32, 7
 
 @pytest.fixture(scope="module")
 def generator() -> Generator:
-    """The real tiny preset at 32 px (latents 4x8x8); mask stream copied from the image stream so masks matter."""
+    """The real tiny preset at 32 px (latents 48x8x8); mask stream copied from the image stream so masks matter."""
     return build_generator(resolve_preset("tiny", {"image_size": SIZE, "mask_stream": {"init": "image"}}))
 
 
@@ -52,7 +52,7 @@ def test_plain_sampling_matches_diffusers_scheduler_loop(generator) -> None:
     sched.set_timesteps(3)
     with torch.no_grad():
         mask_latents = generator.encode_mask(masks)
-        x = initial_noise(seeds, (4, 8, 8))
+        x = initial_noise(seeds, generator.latent_shape)
         for t in sched.timesteps:
             v = generator.transformer(x, mask_latents, t.expand(2), embeds, pooled)
             x = sched.step(v, t, x, return_dict=False)[0]
@@ -79,7 +79,7 @@ def test_crfm_lowers_judge_loss_of_first_x0_estimate(generator, judge) -> None:
     plain = sample(generator, masks, embeds, pooled, seeds, CFG, cfg_x0, judge)
     rect = sample(generator, masks, embeds, pooled, seeds, CFG,
                   CRFMConfig(rectified_step=1, max_step_size=0.5, clamp=None, return_x0=True), judge)
-    assert plain.x0 is not None and rect.x0 is not None and len(rect.x0) == 3 and rect.x0[0].shape == (3, 4, 8, 8)
+    assert plain.x0 is not None and rect.x0 is not None and len(rect.x0) == 3 and rect.x0[0].shape == (3, 48, 8, 8)
     with torch.no_grad():
         loss_plain = judge_loss(judge(decode_latents(generator.vae, plain.x0[0])), masks)[0]
         loss_rect = judge_loss(judge(decode_latents(generator.vae, rect.x0[0])), masks)[0]

@@ -157,7 +157,7 @@ def test_lora_training_saves_merged_weights(dataset, vae_dir: Path, tmp_path: Pa
     assert not any(is_text_stream(k) for k in changed)
     assert "transformer.transformer_blocks.0.ff.net.0.proj.weight" not in changed  # FFN is not adapted
     assert load_generator(out).transformer(
-        torch.zeros(1, 4, 16, 16), torch.zeros(1, 4, 16, 16), torch.tensor([500.0]),
+        torch.zeros(1, 48, 16, 16), torch.zeros(1, 48, 16, 16), torch.tensor([500.0]),
         torch.zeros(1, 16, 64), torch.zeros(1, 64),
     ).isfinite().all()
 
@@ -168,7 +168,7 @@ def test_mask_conditions_output_after_training(dataset, vae_dir: Path, tmp_path:
     # mask-stream gates are no longer zero, so mask tokens now also evolve through the blocks
     assert gen.transformer.mask_blocks[0].norm1.linear.weight.abs().sum() > 0
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, 16, 16, generator=g)
+    x = torch.randn(2, *gen.latent_shape, generator=g)
     masks = torch.stack([torch.zeros(64, 64, dtype=torch.long), torch.full((64, 64), 3)])
     e, p = HashPrompts().get(["a satellite image of water"] * 2)
     with torch.no_grad():

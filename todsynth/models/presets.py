@@ -10,7 +10,8 @@ code path). Keys:
         (pretrained: the directory's own config.json is authoritative, since weights must match it).
     mask_stream: ``{"init": "fresh" | "image", "hint": bool}`` (see ``MaskMMDiT``).
     prediction: ``"velocity"`` (SD3) or ``"sample"`` (the network predicts x0; ``MaskMMDiT`` returns velocity).
-    vae: ``AutoencoderKL`` kwargs or ``{"kind": "space_to_depth", "factor": f}`` (scratch; ``build_vae``) or
+    vae: ``AutoencoderKL`` kwargs (optionally ``kind: autoencoder_kl``) or ``{"kind": "space_to_depth",
+        "factor": f}`` (scratch; ``build_vae``) or
         ``{"subfolder": "vae"}``; ``vae_path``: a directory
         written by ``train_vae``/``save_vae`` that replaces the random scratch VAE.
     scheduler: ``{"shift", "num_train_timesteps"}`` (scratch) or ``{"subfolder": "scheduler"}``.
@@ -65,8 +66,10 @@ SD35_MEDIUM_VAE: dict[str, Any] = {
 
 # The tiny preset's former scratch VAE (4x down, 4 latent channels; trained by the autoencoder stage). A suite can
 # still choose it (generator.overrides: {vae: <this dict>, transformer: {in_channels: 4, out_channels: 4,
-# patch_size: 2, sample_size: 64}}); it caps fidelity at this scale (see the tiny preset's "vae" comment).
+# patch_size: 2, sample_size: 64}}: its own ``kind`` replaces the preset's vae section whole); it caps fidelity at
+# this scale (see the tiny preset's "vae" comment).
 TINY_SCRATCH_VAE: dict[str, Any] = {
+    "kind": "autoencoder_kl",
     "in_channels": 3,
     "out_channels": 3,
     "down_block_types": ["DownEncoderBlock2D"] * 3,
@@ -81,6 +84,12 @@ TINY_SCRATCH_VAE: dict[str, Any] = {
     "use_quant_conv": False,
     "use_post_quant_conv": False,
     "mid_block_add_attention": False,
+}
+
+# Preset overrides that put the tiny preset back on TINY_SCRATCH_VAE latents (4 channels, 16x16, patch 2).
+TINY_SCRATCH_VAE_OVERRIDES: dict[str, Any] = {
+    "vae": TINY_SCRATCH_VAE,
+    "transformer": {"in_channels": 4, "out_channels": 4, "patch_size": 2, "sample_size": 64},
 }
 
 SD35_DOWNLOAD_HINT = (
@@ -177,10 +186,16 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Copy of ``base`` with ``overrides`` merged in: nested dicts merge, other values replace."""
+    """Copy of ``base`` with ``overrides`` merged in: nested dicts merge, other values replace.
+
+    A nested dict that names another ``kind`` than the one it overrides (``vae: {kind: autoencoder_kl, ...}``
+    over the tiny preset's ``space_to_depth``) replaces it whole: the two kinds take different keys.
+    """
     out = copy.deepcopy(dict(base))
     for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+        other_kind = isinstance(value, Mapping) and "kind" in value and value.get("kind") != (
+            out[key].get("kind") if isinstance(out.get(key), Mapping) else None)
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and not other_kind:
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from todsynth.data.classes import IGNORE_INDEX
-from todsynth.errors import WeightsNotFoundError
+from todsynth.errors import ConfigError, WeightsNotFoundError
 from todsynth.models.io import atomic_dir, save_tensors
 
 VAE_WEIGHTS = "vae.safetensors"
@@ -33,6 +33,7 @@ VAE_CONFIG = "config.json"
 
 
 SPACE_TO_DEPTH = "space_to_depth"
+AUTOENCODER_KL = "autoencoder_kl"
 
 
 class SpaceToDepthAutoencoder(nn.Module):
@@ -69,6 +70,9 @@ class SpaceToDepthAutoencoder(nn.Module):
         """Replace config values (AutoencoderKL's method of the same name; used to store fitted scaling)."""
         self.config = FrozenDict({**self.config, **kwargs})
 
+    def enable_gradient_checkpointing(self) -> None:
+        """AutoencoderKL's memory switch; a no-op here (a pixel shuffle keeps no activations for backward)."""
+
     def encode(self, x: torch.Tensor) -> AutoencoderKLOutput:
         z = F.pixel_unshuffle(x, self.config.factor)
         return AutoencoderKLOutput(latent_dist=DiagonalGaussianDistribution(torch.cat([z, z], 1), deterministic=True))
@@ -83,9 +87,12 @@ Autoencoder = AutoencoderKL | SpaceToDepthAutoencoder
 def build_vae(config: dict[str, Any]) -> Autoencoder:
     """An autoencoder from a preset's ``vae`` dict: ``kind: space_to_depth`` or ``AutoencoderKL`` kwargs."""
     config = dict(config)
-    if config.pop("kind", None) == SPACE_TO_DEPTH:
+    kind = config.pop("kind", AUTOENCODER_KL)
+    if kind == SPACE_TO_DEPTH:
         config.pop("latent_channels", None)  # derived from in_channels and factor
         return SpaceToDepthAutoencoder(**config)
+    if kind != AUTOENCODER_KL:
+        raise ConfigError(f"vae kind {kind!r} is not one of {AUTOENCODER_KL!r}, {SPACE_TO_DEPTH!r}")
     return AutoencoderKL(**config)
 
 
