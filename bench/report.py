@@ -404,6 +404,16 @@ def rectified_series(results: dict[str, Any]) -> list[dict[str, Any]]:
     return series
 
 
+def _save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write and close a matplotlib figure; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_rectified_steps(series: list[dict[str, Any]], num_steps: int | None, path: Path) -> Path:
     """Downstream mIoU (left axis, solid) and FID (right axis, dashed) against rectified steps, like the paper."""
     import matplotlib
@@ -432,10 +442,7 @@ def plot_rectified_steps(series: list[dict[str, Any]], num_steps: int | None, pa
     ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     ax.grid(alpha=0.3)
     ax.set_title("Downstream mIoU and FID vs CRFM rectified steps")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def _nan(values: list[float | None]) -> list[float]:
@@ -485,10 +492,7 @@ def plot_pareto(trials: list[dict[str, Any]], front: list[int], variants: list[d
     ax.set_title("Tuning trials: FID vs mask mIoU")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_per_class(results: dict[str, Any], path: Path) -> Path | None:
@@ -518,10 +522,7 @@ def plot_per_class(results: dict[str, Any], path: Path) -> Path | None:
     ax.set_title("Per-class IoU of the downstream model")
     ax.legend(fontsize=8, ncol=min(4, len(variants)))
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------- data efficiency (dataset.subsets)
@@ -629,10 +630,7 @@ def plot_data_efficiency(eff: dict[str, Any], path: Path) -> Path:
     ax.set_title("Data efficiency: gain from synthetic data vs labelled subset size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------- image grid
