@@ -11,13 +11,15 @@ from typer.testing import CliRunner
 from cli import app
 from todsynth.data.procedural import generate_dataset
 from todsynth.models.generator import build_generator, save_generator
-from todsynth.models.presets import resolve_preset
+from todsynth.models.presets import TINY_SCRATCH_VAE_OVERRIDES, deep_merge, resolve_preset
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("gen_cli")
-    gen_dir = save_generator(build_generator(resolve_preset("tiny", {"image_size": 32})), root / "gen")
+    # on a scratch VAE (convolutions, like SD3.5's), so the channels_last preparation has something to lay out
+    overrides = deep_merge(TINY_SCRATCH_VAE_OVERRIDES, {"image_size": 32})
+    gen_dir = save_generator(build_generator(resolve_preset("tiny", overrides)), root / "gen")
     data = generate_dataset(root / "data", n_train=3, n_val=0, size=32, seed=0)
     return {"root": root, "gen": gen_dir, "data": data}
 
