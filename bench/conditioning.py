@@ -88,15 +88,15 @@ def measure_conditioning(
     preset: str = "tiny",
     overrides: Mapping[str, Any] | None = None,
     n_train: int = 400,
-    n_val: int = 16,
+    n_val: int = 64,
     size: int = 64,
     data_seed: int = 0,
     n_masks: int = 16,
     mask_split: str = "Val",
-    evaluator: str = "fcn-r18",
-    evaluator_iters: int = 200,
+    evaluator: str = "dcnn",
+    evaluator_iters: int = 500,
     evaluator_lr: float = 2e-3,
-    num_inference_steps: int = 16,
+    num_inference_steps: int = 12,
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -248,13 +248,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="preset override, e.g. train.steps=800 or transformer.num_layers=4")
-    parser.add_argument("--n-train", type=int, default=400, help="procedural Train scenes (smoke suite: 400)")
-    parser.add_argument("--n-val", type=int, default=16, help="procedural Val scenes")
+    parser.add_argument("--n-train", type=int, default=400, help="procedural Train scenes")
+    parser.add_argument("--n-val", type=int, default=64, help="procedural Val scenes")
     parser.add_argument("--masks", type=int, default=16)
     parser.add_argument("--mask-split", default="Val", choices=["Train", "Val"])
-    parser.add_argument("--steps", type=int, default=16, help="Euler steps")
-    parser.add_argument("--evaluator", default="fcn-r18")
-    parser.add_argument("--evaluator-iters", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=12, help="Euler steps (the smoke suite's)")
+    parser.add_argument("--evaluator", default="dcnn", help="the instrument (smoke's evaluator: dcnn, 500 it)")
+    parser.add_argument("--evaluator-iters", type=int, default=500)
     parser.add_argument("--evaluator-lr", type=float, default=2e-3, help="AdamW peak LR of the evaluator")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--progress", action="store_true")
