@@ -38,6 +38,7 @@ def test_miou_scores_predictions_against_masks() -> None:
 def test_parse_set_builds_nested_overrides() -> None:
     out = _parse_set(["train.steps=800", "transformer.patch_size=1", "mask_stream.init=fresh", "train.lr=1.0e-3"])
     assert out == {"train": {"steps": 800, "lr": 1e-3}, "transformer": {"patch_size": 1}, "mask_stream": {"init": "fresh"}}
+    assert _parse_set(["train.lr=4e-3"]) == {"train": {"lr": 4e-3}}  # a float, though YAML 1.1 reads a string
     with pytest.raises(SystemExit):
         _parse_set(["train.steps"])
 
