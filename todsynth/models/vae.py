@@ -133,6 +133,11 @@ def decode_latents(vae: Autoencoder, z: torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
+def reconstruct(vae: Autoencoder, images_01: torch.Tensor) -> torch.Tensor:
+    """decode(encode(images)): what of images (B,3,H,W) in [0,1] survives the autoencoder (exact for space-to-depth)."""
+    return decode_latents(vae, encode_latents(vae, images_01))
+
+
 def mask_to_grey(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Reduced label map long (B,H,W) (0..C-1, 255 ignore) -> grey image float (B,3,H,W) in [0,1].
 

@@ -25,10 +25,9 @@ from todsynth.models.generator import seeded_init
 from todsynth.models.vae import (
     Autoencoder,
     build_vae,
-    decode_latents,
-    encode_latents,
     is_trainable,
     mask_to_grey,
+    reconstruct,
     save_vae,
 )
 from todsynth.train.data import resize_pair
@@ -73,7 +72,7 @@ def reconstruction_l1(vae: Autoencoder, images_01: torch.Tensor, batch_size: int
     total = 0.0
     for i in range(0, len(images_01), batch_size):
         x = images_01[i : i + batch_size]
-        total += float((decode_latents(vae, encode_latents(vae, x)) - x).abs().sum()) * 2
+        total += float((reconstruct(vae, x) - x).abs().sum()) * 2
     return total / images_01.numel()
 
 
