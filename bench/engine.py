@@ -8,6 +8,7 @@ through ``stage_fns``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -221,7 +222,9 @@ def run_suite(
                                    "status": "computed" if computed else "cached", "dir": str(cached.dir),
                                    "mlflow_run_id": cached.marker.get("mlflow_run_id"), "seconds": seconds})
                 bar.finish(node.key, computed, seconds)
-        results = strict_json(collect_results(suite, nodes, done, chash, parent))
+        results = strict_json(collect_results(suite, done, chash, parent))
+        if tracker is not None:
+            results["mlflow"]["variant_runs"] = _log_variant_runs(tracker, suite, results, done, hashes)
         write_results(outcome.results_file, results)
         outcome.results = results
         status = "FINISHED"
@@ -239,11 +242,42 @@ def run_suite(
                 tracker.log_metrics(parent, {"stages_computed": len(outcome.computed),
                                              "stages_cached": len(outcome.cached), "seconds": outcome.seconds})
                 if outcome.results:
-                    tracker.log_metrics(parent, {v["name"]: v["metrics"] for v in outcome.results["variants"]})
                     tracker.log_artifact(parent, outcome.results_file)
             finally:
                 tracker.end(parent, status)
     return outcome
+
+
+VARIANT_RUN_VERSION = 1  # part of a variant run's identity: bump when its fields change
+
+
+def _log_variant_runs(tracker: Any, suite: Suite, results: dict[str, Any], done: Mapping[str, CachedStage],
+                      hashes: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """One MLflow run per variant and seed (:meth:`bench.tracking.Tracker.variant_run`); ``{variant: {seed: id}}``."""
+    from bench.results import variant_runs
+
+    ids: dict[str, dict[str, str]] = {}
+    for r in variant_runs(results):
+        name, seed = r["variant"], r["seed"]
+        stages = {s: node_key(s, name, seed) for s in ("synthesize", "evaluate", "downstream")}
+        stages = {s: k for s, k in stages.items() if k in done}
+        identity = hashlib.sha256(json.dumps(
+            {"version": VARIANT_RUN_VERSION, "suite": suite.name, "stages": {k: hashes[k] for k in stages.values()},
+             "params": r["params"], "metrics": r["metrics"]}, sort_keys=True, default=str).encode()).hexdigest()[:32]
+        runs = {s: done[k].marker.get("mlflow_run_id") for s, k in stages.items()}
+        note = "\n".join([f"**{name}**, seed {seed}: {r['kind']} variant of suite `{suite.name}`.", "", "Stage runs:"]
+                         + [f"- {s}: [{stages[s]}]({tracker.run_link(rid)})" for s, rid in runs.items() if rid])
+        tags = {"todsynth.kind": "variant" if r["kind"] == "synthetic" else "baseline", "todsynth.suite": suite.name,
+                "todsynth.variant": name, "todsynth.seed": str(seed), "todsynth.config_hash": results["config_hash"],
+                "mlflow.note.content": note, **{f"todsynth.run.{s}": rid for s, rid in runs.items() if rid}}
+        if r["params"]["n"] != "all":
+            tags["todsynth.subset"] = str(r["params"]["n"])
+        syn = done.get(stages.get("synthesize", ""))
+        grids = [syn.dir / rel for rel in syn.artifacts.get("mlflow_artifacts", [])] if syn is not None else []
+        run_id, _ = tracker.variant_run(f"{name}[seed={seed}]", r["params"], r["metrics"], tags, identity,
+                                        [g for g in grids if g.exists()])
+        ids.setdefault(name, {})[str(seed)] = run_id
+    return ids
 
 
 def variant_graph(suite: Suite, variant: ResolvedVariant, stages: tuple[str, ...] = ("synthesize", "evaluate")) -> list[Node]:

@@ -100,25 +100,31 @@ def _parent_run(suite: Suite, run_id: str | None) -> dict[str, Any]:
     return runs[0]
 
 
-def cross_check(results: dict[str, Any], run_metrics: dict[str, float]) -> list[str]:
-    """Disagreements between a results dict and the run's logged ``<variant>/<metric>`` metrics.
+def cross_check(results: dict[str, Any], tracking_uri: str) -> list[str]:
+    """Disagreements between a results dict and its MLflow variant runs (one per variant and seed, listed in
+    ``results["mlflow"]["variant_runs"]``): every metric the run should carry, as :func:`bench.results.run_metrics`
+    derives it, must be logged with the same value."""
+    from bench.results import variant_runs
+    from bench.tracking import clean_key, get_run_record
 
-    Keys are looked up as the tracker wrote them (``clean_key``: ``plain@n16`` is logged as ``plain_n16``).
-    """
-    from bench.tracking import clean_key
-
+    ids = results.get("mlflow", {}).get("variant_runs")
+    if ids is None:
+        return ["results.json names no MLflow variant runs (written before todsynth logged one run per variant); "
+                "rerun `todsynth bench run`"]
     problems = []
-    for v in results["variants"]:
-        flat = {k: val for k, val in v["metrics"].items() if k != "per_class_iou"}
-        flat |= {f"per_class_iou/{c}": val for c, val in v["metrics"].get("per_class_iou", {}).items()}
-        for key, val in flat.items():
-            if not isinstance(val, int | float) or isinstance(val, bool) or val != val:
-                continue
-            logged = run_metrics.get(clean_key(f"{v['name']}/{key}"))
-            if logged is None:
-                problems.append(f"{v['name']}/{key}: not logged to the run")
-            elif not math.isclose(logged, float(val), rel_tol=REL_TOL, abs_tol=1e-12):
-                problems.append(f"{v['name']}/{key}: run metric {logged!r} != results {val!r}")
+    for r in variant_runs(results):
+        where = f"{r['variant']} seed {r['seed']}"
+        run_id = ids.get(r["variant"], {}).get(str(r["seed"]))
+        if run_id is None:
+            problems.append(f"{where}: no variant run")
+            continue
+        logged = get_run_record(tracking_uri, run_id)["metrics"]
+        for key, val in r["metrics"].items():
+            got = logged.get(clean_key(key))
+            if got is None:
+                problems.append(f"{where}: {key} not logged to run {run_id}")
+            elif not math.isclose(got, val, rel_tol=REL_TOL, abs_tol=1e-12):
+                problems.append(f"{where}: {key}: run {run_id} has {got!r}, results.json {val!r}")
     return problems
 
 
@@ -137,7 +143,7 @@ def load_report_data(suite: Suite, scratch: Path, run_id: str | None = None) -> 
     results = json.loads(res_path.read_text())
     stages_path = fetch_artifact(uri, rid, "stages.json", scratch / rid)
     stages = json.loads(stages_path.read_text()) if stages_path is not None else []
-    problems = cross_check(results, parent["metrics"])
+    problems = cross_check(results, uri)
     if problems:
         raise ReportError(f"MLflow run {rid}: its metrics disagree with its results.json artifact: " + "; ".join(problems[:5]))
     data = ReportData(suite=suite.name, experiment=suite.experiment, tracking_uri=uri, parent=parent, results=results,

@@ -13,8 +13,9 @@ Schema::
                    "declared", "n" (only with dataset.subsets: ``plain`` and 16 for ``plain@n16``)}]}
 
 Every variant has ``downstream_miou``, ``downstream_oa``, ``downstream_macc`` and ``per_class_iou``
-({class: IoU}); synthetic ones add ``fid``, ``kid``, ``fid_extractor``, ``fid_comparable``,
-``mask_miou``, ``evaluator_real_miou`` (the evaluator's mIoU on the real images of the masks the synthetic
+({class: IoU}); synthetic ones add ``fid``, ``kid``, ``fid_extractor``, ``fid_comparable``, ``fid_n_real`` and
+``fid_n_synthetic`` (the image counts FID/KID were computed on: FID's bias depends on them), ``fid_resize`` (how
+images reached the extractor), ``mask_miou``, ``mask_oa``, ``evaluator_real_miou`` (the evaluator's mIoU on the real images of the masks the synthetic
 images were generated from: the ceiling of ``mask_miou``) and ``seconds_per_image``. With several seeds, ``metrics`` holds the mean over seeds
 and ``metrics_std`` the population standard deviation (``ddof=0``; 0.0 with one seed); non-numeric
 values (``fid_extractor``, ``fid_comparable``) are the common value across seeds. Raw floats, never rounded;
@@ -26,17 +27,18 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from bench.cache import CachedStage
-from bench.graph import Node, node_key
+from bench.graph import node_key
 from bench.provenance import provenance
-from bench.schema import Suite, resolve_variants
+from bench.schema import ResolvedVariant, Suite, resolve_variants
 
 DOWNSTREAM_KEYS = ("downstream_miou", "downstream_oa", "downstream_macc", "per_class_iou")
-SYNTHETIC_KEYS = ("fid", "kid", "fid_extractor", "fid_comparable", "mask_miou", "evaluator_real_miou",
-                  "seconds_per_image")
+SYNTHETIC_KEYS = ("fid", "kid", "fid_extractor", "fid_comparable", "fid_n_real", "fid_n_synthetic", "fid_resize",
+                  "mask_miou", "mask_oa", "evaluator_real_miou", "seconds_per_image")
 
 
 def results_path(suite: Suite) -> Path:
@@ -65,33 +67,46 @@ def aggregate(per_seed: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str,
     return mean, std
 
 
+def seed_metrics(done: Mapping[str, CachedStage], variant: str, seed: int) -> dict[str, Any]:
+    """One variant's metrics for one seed from its finished ``downstream`` and ``evaluate`` stages (either may be
+    absent: a baseline has no ``evaluate``, a tuning trial may stop before ``downstream``)."""
+    metrics: dict[str, Any] = {}
+    down = done.get(node_key("downstream", variant, seed))
+    if down is not None:
+        m = down.artifacts.get("metrics", {})
+        metrics.update({k: m[k] for k in DOWNSTREAM_KEYS if k in m})
+    ev = done.get(node_key("evaluate", variant, seed))
+    if ev is not None:
+        m = ev.artifacts.get("metrics", {})
+        metrics.update({k: m[k] for k in SYNTHETIC_KEYS if k in m})
+    return metrics
+
+
+def variant_params(suite: Suite, v: ResolvedVariant) -> dict[str, Any]:
+    """What makes a variant: its sampling and CRFM settings and synthetic:real ratio (synthetic only), and its
+    labelled subset (with ``dataset.subsets``). results.json, the MLflow variant runs and tuning trials use it."""
+    params: dict[str, Any] = {}
+    if v.kind == "synthetic":
+        params |= {"sampling": v.sampling.model_dump(mode="json"), "crfm": v.crfm.model_dump(mode="json"),
+                   "ratio": suite.downstream.ratio}
+    if v.subset is not None:
+        params["subset"] = {"n": v.subset, "seed": suite.dataset.subset_seed}
+    return params
+
+
 def collect_results(
-    suite: Suite, nodes: list[Node], done: dict[str, CachedStage], config_hash: str, parent_run_id: str | None
+    suite: Suite, done: Mapping[str, CachedStage], config_hash: str, parent_run_id: str | None
 ) -> dict[str, Any]:
     """Assemble results.json from the finished ``evaluate``/``downstream`` stages."""
-    keys = {n.key for n in nodes}
     variants = []
     for v in resolve_variants(suite):
-        per_seed = []
-        for seed in suite.seeds:
-            metrics: dict[str, Any] = {}
-            down = done[node_key("downstream", v.name, seed)].artifacts.get("metrics", {})
-            metrics.update({k: down[k] for k in DOWNSTREAM_KEYS if k in down})
-            ev_key = node_key("evaluate", v.name, seed)
-            if ev_key in keys:
-                ev = done[ev_key].artifacts.get("metrics", {})
-                metrics.update({k: ev[k] for k in SYNTHETIC_KEYS if k in ev})
-            per_seed.append({"seed": seed, "metrics": metrics})
+        per_seed = [{"seed": seed, "metrics": seed_metrics(done, v.name, seed)} for seed in suite.seeds]
         mean, std = aggregate([p["metrics"] for p in per_seed])
-        params: dict[str, Any] = {"seeds": list(suite.seeds)}
-        if v.kind == "synthetic":
-            params |= {"sampling": v.sampling.model_dump(mode="json"), "crfm": v.crfm.model_dump(mode="json"),
-                       "ratio": suite.downstream.ratio}
-        params["downstream"] = suite.downstream.model_dump(mode="json", exclude={"ratio"})
+        params = {"seeds": list(suite.seeds), **variant_params(suite, v),
+                  "downstream": suite.downstream.model_dump(mode="json", exclude={"ratio"})}
         row = {"name": v.name, "kind": v.kind, "params": params, "metrics": mean, "metrics_std": std,
                "per_seed": per_seed}
         if v.subset is not None:
-            params["subset"] = {"n": v.subset, "seed": suite.dataset.subset_seed}
             row |= {"declared": v.declared, "n": v.subset}
         variants.append(row)
     subsets = {"subsets": list(suite.dataset.subsets)} if suite.dataset.subsets is not None else {}
@@ -175,3 +190,56 @@ def results_table(results: dict[str, Any]) -> Any:
                      "synthetic pairs; eval. real: the same evaluator on the real images of those masks (the ceiling of mask mIoU); "
                      "the baseline trains on real data only").strip()
     return table
+
+
+# ---------------------------------------------------------------- MLflow variant runs
+# One MLflow run per variant and seed (and one per tuning trial) carries these, under the same names for every
+# variant, so MLflow's compare view, parallel coordinates and scatter plots line variants up without NaN.
+RUN_METRICS = ("downstream_miou", "downstream_oa", "downstream_macc", "fid", "kid", "fid_n_real", "fid_n_synthetic",
+               "mask_miou", "mask_oa", "evaluator_real_miou", "seconds_per_image")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def run_metrics(metrics: Mapping[str, Any], real_only_miou: float | None = None) -> dict[str, float]:
+    """A variant's numeric metrics as its MLflow run logs them.
+
+    Adds ``per_class_iou/<class>``, ``mask_miou_of_ceiling`` (mask mIoU over the evaluator's mIoU on the real
+    images of the same masks) and, given the real-only baseline's downstream mIoU (same seed and subset),
+    ``real_only_miou`` and ``downstream_gain`` (downstream mIoU minus it). Undefined values are left out.
+    """
+    out = {k: float(metrics[k]) for k in RUN_METRICS if _number(metrics.get(k))}
+    out |= {f"per_class_iou/{c}": float(v) for c, v in (metrics.get("per_class_iou") or {}).items() if _number(v)}
+    if "mask_miou" in out and out.get("evaluator_real_miou"):
+        out["mask_miou_of_ceiling"] = out["mask_miou"] / out["evaluator_real_miou"]
+    if real_only_miou is not None and _number(real_only_miou) and "downstream_miou" in out:
+        out["real_only_miou"] = float(real_only_miou)
+        out["downstream_gain"] = out["downstream_miou"] - float(real_only_miou)
+    return out
+
+
+def run_params(name: str, seed: int | str, params: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """A variant's MLflow run params: ``variant``, ``seed``, ``n`` (labelled subset or ``all``), ``sampling.*``,
+    ``crfm.*``, ``ratio`` and ``fid.extractor``/``fid.resize`` (synthetic), from results.json's ``params``."""
+    out: dict[str, Any] = {"variant": name, "seed": seed, "n": (params.get("subset") or {}).get("n", "all")}
+    out |= {k: params[k] for k in ("sampling", "crfm", "ratio") if k in params}
+    if "fid_extractor" in metrics:
+        out["fid"] = {"extractor": metrics["fid_extractor"], "resize": metrics.get("fid_resize", "unknown")}
+    return out
+
+
+def variant_runs(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The MLflow variant runs of a results dict: one per variant and seed, ``{"variant", "kind", "seed",
+    "params", "metrics"}``. A synthetic variant's gain is over the baseline of the same subset and seed."""
+    baselines = {(v.get("n"), p["seed"]): p["metrics"].get("downstream_miou")
+                 for v in results["variants"] if v["kind"] == "baseline" for p in v["per_seed"]}
+    out = []
+    for v in results["variants"]:
+        for p in v["per_seed"]:
+            base = baselines.get((v.get("n"), p["seed"])) if v["kind"] == "synthetic" else None
+            out.append({"variant": v["name"], "kind": v["kind"], "seed": p["seed"],
+                        "params": run_params(v["name"], p["seed"], v["params"], p["metrics"]),
+                        "metrics": run_metrics(p["metrics"], base)})
+    return out

@@ -585,18 +585,28 @@ class Suite(Strict):
 
     @property
     def tracking_uri(self) -> str:
-        """The MLflow tracking URI (default ``sqlite:///<workspace>/mlflow.db``)."""
-        return self.tracking.uri or f"sqlite:///{self.workspace / 'mlflow.db'}"
+        """The MLflow tracking URI (default ``sqlite:///<workspace>/mlflow.db``), with local paths made absolute: a
+        relative ``sqlite:///runs/mlflow.db`` would name another store from another directory."""
+        return absolute_uri(self.tracking.uri or f"sqlite:///{self.workspace / 'mlflow.db'}")
 
     @property
     def artifact_location(self) -> str:
-        """The MLflow artifact root (default ``<workspace>/mlartifacts``)."""
-        return self.tracking.artifacts or str(self.workspace / "mlartifacts")
+        """The MLflow artifact root (default ``<workspace>/mlartifacts``; a local path is made absolute)."""
+        return absolute_uri(self.tracking.artifacts or str(self.workspace / "mlartifacts"))
 
     @property
     def experiment(self) -> str:
         """The MLflow experiment name (``todsynth/<suite>`` by default)."""
         return self.tracking.experiment or f"todsynth/{self.name}"
+
+
+def absolute_uri(uri: str) -> str:
+    """``uri`` with a relative local path made absolute (``sqlite:///``, ``file:`` or a bare path); servers kept."""
+    for scheme in ("sqlite:///", "file://", "file:"):
+        if uri.startswith(scheme):
+            path = uri[len(scheme):]
+            return uri if path.startswith("/") or path == ":memory:" else f"{scheme}{Path(path).absolute()}"
+    return uri if "://" in uri else str(Path(uri).absolute())
 
 
 class ResolvedVariant(BaseModel):

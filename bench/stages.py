@@ -28,8 +28,9 @@ SAMPLES_FILE = "samples.json"
 # dependents') are then recomputed. The package version is part of every key as well.
 STAGE_VERSIONS: dict[str, int] = {
     "data": 1, "prompts": 1, "autoencoder": 1, "generator": 1, "judge": 1, "evaluator": 1,
-    "real_features": 1, "synthesize": 1, "evaluate": 2, "downstream": 1,
-}  # evaluate 2: adds evaluator_real_miou (the evaluator on the real images of the synthesized masks)
+    "real_features": 1, "synthesize": 1, "evaluate": 3, "downstream": 1,
+}  # evaluate 2: adds evaluator_real_miou (the evaluator on the real images of the synthesized masks); 3: FID/KID's
+#   image counts (fid_n_real, fid_n_synthetic) and resize (fid_resize)
 
 
 # ---------------------------------------------------------------- helpers
@@ -441,7 +442,8 @@ def stage_evaluate(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir
     _write_json(out_dir / "fid.json", fk)
     metrics = {
         "fid": fk["fid"], "kid": fk["kid"], "fid_extractor": fk["fid_extractor"],
-        "fid_comparable": fk["fid_comparable"], "n_real": fk.get("n_real"), "n_fake": fk.get("n_fake"),
+        "fid_comparable": fk["fid_comparable"], "fid_n_real": fk["n_real"], "fid_n_synthetic": fk["n_fake"],
+        "fid_resize": getattr(extractor, "resize_label", "unknown"),
         "mask_miou": fidelity["miou"], "mask_oa": fidelity.get("oa"), "mask_macc": fidelity.get("macc"),
         "mask_per_class_iou": fidelity.get("per_class_iou", {}),
         "evaluator_real_miou": ceiling["miou"], "n_real_masks": ceiling["n_images"],

@@ -5,10 +5,15 @@ suite YAML artifact, tags: git commit, package versions, config hash, ``todsynth
 child run per stage that did new work (flat params = the stage spec, metrics, artifacts such as the
 sample grid and per-class IoU table).
 
+After the stages, one run per variant and seed (``todsynth.kind=variant``; ``baseline`` for real-only) carries the
+variant's params and final metrics under the same names for every variant (``bench.results.variant_runs``), links
+to its stage runs (tags ``todsynth.run.<stage>`` and the run description) and its sample grid: the runs to
+compare. A rerun that changes nothing reuses them (tag ``todsynth.variant_hash``).
+
 Reused cached stages are NOT logged again as children: their metrics already live in the child run of
 the invocation that computed them, whose id the cache marker keeps. The parent lists every stage with
-``status`` (computed/cached) and that original run id in its ``stages.json`` artifact and carries the
-final per-variant metrics, so no rerun duplicates children of new work.
+``status`` (computed/cached) and that original run id in its ``stages.json`` artifact, so no rerun duplicates
+children of new work.
 
 Runs left RUNNING by a killed process (``todsynth.pid``/``todsynth.host`` tags, process gone) are marked
 KILLED at the start of the next invocation. All writes go through one client in the main process and
@@ -140,6 +145,28 @@ class Tracker:
         tags = {clean_key(k): cut(str(v), MAX_TAG_VALUE) for k, v in tags.items()}
         run = retry(self.client.create_run, self.experiment_id, run_name=run_name, tags=tags)
         return run.info.run_id
+
+    def variant_run(self, run_name: str, params: dict[str, Any], metrics: dict[str, float], tags: dict[str, str],
+                    identity: str, artifacts: list[Path]) -> tuple[str, bool]:
+        """One finished run per variant and seed under the parent; ``(run_id, reused)``.
+
+        ``identity`` (tag ``todsynth.variant_hash``) hashes what the run shows: a FINISHED run of this experiment
+        with the same identity is reused, so a cached rerun adds no duplicate variant runs.
+        """
+        found = retry(self.client.search_runs, [self.experiment_id],
+                      f"tags.`todsynth.variant_hash` = '{identity}' and attributes.status = 'FINISHED'", max_results=1)
+        if found:
+            return found[0].info.run_id, True
+        run = self.start_child(run_name, params, {**tags, "todsynth.variant_hash": identity})
+        self.log_metrics(run, metrics)
+        for path in artifacts:
+            self.log_artifact(run, path)
+        self.end(run, "FINISHED")
+        return run, False
+
+    def run_link(self, run_id: str) -> str:
+        """The MLflow UI's relative link to a run of this experiment (for run descriptions)."""
+        return f"#/experiments/{self.experiment_id}/runs/{run_id}"
 
     def reopen(self, run_id: str) -> bool:
         """Make an existing run of this experiment the parent again and mark it RUNNING (a continued study).

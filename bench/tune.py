@@ -44,7 +44,7 @@ from typing import Any
 from bench.cache import CachedStage, StageCache, _alive
 from bench.engine import StageFn, preflight, run_nodes, variant_graph
 from bench.graph import node_key
-from bench.results import DOWNSTREAM_KEYS, SYNTHETIC_KEYS, aggregate, write_results
+from bench.results import aggregate, run_metrics, run_params, seed_metrics, variant_params, write_results
 from bench.schema import CRFM, ResolvedVariant, Sampling, SearchDim, Suite, Tune, resolve_variants
 from bench.suites import canonical_json, resolved_dict, resolved_yaml
 from todsynth.errors import ConfigError, StageError, TodsynthError
@@ -232,17 +232,7 @@ def trial_stages(tune: Tune) -> tuple[str, ...]:
 
 def variant_metrics(suite: Suite, variant: ResolvedVariant, done: Mapping[str, CachedStage]) -> dict[str, Any]:
     """Metrics of a variant from its finished stages, mean over the suite's seeds (as in results.json)."""
-    per_seed = []
-    for seed in suite.seeds:
-        m: dict[str, Any] = {}
-        ev = done.get(node_key("evaluate", variant.name, seed))
-        if ev is not None:
-            m.update({k: v for k, v in ev.artifacts.get("metrics", {}).items() if k in SYNTHETIC_KEYS})
-        down = done.get(node_key("downstream", variant.name, seed))
-        if down is not None:
-            m.update({k: v for k, v in down.artifacts.get("metrics", {}).items() if k in DOWNSTREAM_KEYS})
-        per_seed.append(m)
-    return aggregate(per_seed)[0]
+    return aggregate([seed_metrics(done, variant.name, seed) for seed in suite.seeds])[0]
 
 
 def _number(metrics: Mapping[str, Any], metric: str, where: str) -> float:
@@ -665,9 +655,9 @@ class Session:
             params = suggest(trial, self.tune)
             variant = trial_variant(self.suite, params, name)
             if self.tracker is not None and self.tracker.parent_run_id:
+                seeds = ",".join(str(s) for s in self.suite.seeds)  # a trial's metrics are the seeds' mean
                 run_id = self.tracker.start_child(
-                    name, {"sampling": variant.sampling.model_dump(mode="json"),
-                           "crfm": variant.crfm.model_dump(mode="json")},
+                    name, run_params(name, seeds, variant_params(self.suite, variant), {}),
                     {"todsynth.kind": "trial", "todsynth.suite": self.suite.name, "optuna.study": self.study_name,
                      "optuna.trial_number": str(trial.number), "optuna.params": json.dumps(params, sort_keys=True),
                      "todsynth.worker": str(self.worker_index), "todsynth.variant": name})
@@ -687,7 +677,7 @@ class Session:
                 trial.set_constraint(key, value)
             seconds = time.perf_counter() - t0
             if run_id:
-                self._log_trial(run_id, out["done"], variant, numeric, cons, seconds)
+                self._log_trial(run_id, out["done"], variant, metrics, cons, seconds)
             self.study.tell(trial, values if len(values) > 1 else values[0])
         except BaseException as exc:
             with contextlib.suppress(Exception):
@@ -712,9 +702,13 @@ class Session:
             highlight=False, soft_wrap=True)
 
     def _log_trial(self, run_id: str, done: Mapping[str, CachedStage], variant: ResolvedVariant,
-                   metrics: dict[str, float], cons: dict[str, float], seconds: float) -> None:
+                   metrics: dict[str, Any], cons: dict[str, float], seconds: float) -> None:
+        """The trial's run has a variant run's params and metrics (:func:`bench.results.run_metrics`), plus its
+        constraints, time and feasibility."""
         tracker = self.tracker
-        tracker.log_metrics(run_id, {**metrics, **{f"constraint/{k}": v for k, v in cons.items()},
+        if "fid_extractor" in metrics:
+            tracker.log_params(run_id, {"fid": run_params(variant.name, "", {}, metrics)["fid"]})
+        tracker.log_metrics(run_id, {**run_metrics(metrics), **{f"constraint/{k}": v for k, v in cons.items()},
                                      "trial_seconds": seconds,
                                      "feasible": float(all(v <= 0 for v in cons.values()))})
         for seed in self.suite.seeds:

@@ -37,12 +37,13 @@ def test_parent_and_child_runs(tiny_suite_data, bench_workspace, fake_stages):
     assert tags["todsynth.kind"] == "suite" and tags["todsynth.config_hash"] == config_hash(suite)
     assert tags["todsynth.git_commit"] and "todsynth.version.torch" in tags
     assert parent.data.params["sampling.num_inference_steps"] == "4"
-    assert parent.data.metrics["crfm/downstream_miou"] == pytest.approx(out.results["variants"][2]["metrics"]["downstream_miou"])
+    assert not any("/" in k for k in parent.data.metrics)  # variant metrics live on variant runs, not prefixed here
     assert parent.data.metrics["stages_computed"] == len(calls)
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"suite.resolved.yaml", "stages.json", "results.json"} <= arts
 
-    children = _children(client, exp.experiment_id, out.parent_run_id)
+    children = [c for c in _children(client, exp.experiment_id, out.parent_run_id)
+                if c.data.tags["todsynth.kind"] == "stage"]
     assert len(children) == len(calls)  # one child per executed stage
     by_name = {c.info.run_name: c for c in children}
     assert all(c.info.status == "FINISHED" for c in children)
@@ -57,6 +58,59 @@ def test_parent_and_child_runs(tiny_suite_data, bench_workspace, fake_stages):
     assert "per_class_iou.json" in {a.path for a in client.list_artifacts(down.info.run_id)}
 
 
+def test_one_run_per_variant_and_seed(tiny_suite_data, bench_workspace, fake_stages):
+    fns, _ = fake_stages
+    suite = _suite({**tiny_suite_data, "seeds": [0, 1]}, bench_workspace)
+    out = run_suite(suite, stage_fns=fns, stage_versions={}, progress=False)
+    client = MlflowClient(tracking_uri=suite.tracking_uri)
+    exp = client.get_experiment_by_name("todsynth/t")
+    runs = client.search_runs([exp.experiment_id], "tags.`todsynth.kind` = 'variant'")
+    assert sorted(r.info.run_name for r in runs) == ["crfm[seed=0]", "crfm[seed=1]", "plain[seed=0]", "plain[seed=1]"]
+    assert all(r.data.tags["mlflow.parentRunId"] == out.parent_run_id and r.info.status == "FINISHED" for r in runs)
+    # the same parameter and metric keys on every variant run: MLflow's compare view has no empty cells
+    assert len({tuple(sorted(r.data.params)) for r in runs}) == 1
+    assert len({tuple(sorted(r.data.metrics)) for r in runs}) == 1
+    by = {r.info.run_name: r for r in runs}
+    crfm, plain = by["crfm[seed=1]"].data, by["plain[seed=1]"].data
+    assert crfm.params["crfm.rectified_step"] == "2" and plain.params["crfm.rectified_step"] == "0"
+    assert crfm.params["sampling.num_inference_steps"] == "4" and crfm.params["seed"] == "1"
+    assert crfm.params["fid.extractor"] == "evaluator" and crfm.params["n"] == "all"
+    # fake stages: downstream mIoU 0.5 + 0.01 seed + 0.05 + 0.01 rs (synthetic); real-only 0.5 + 0.01 seed
+    assert crfm.metrics["downstream_miou"] == pytest.approx(0.58)
+    assert crfm.metrics["downstream_gain"] == pytest.approx(0.07) and crfm.metrics["real_only_miou"] == pytest.approx(0.51)
+    assert plain.metrics["downstream_gain"] == pytest.approx(0.05)
+    assert crfm.metrics["fid"] == pytest.approx(94.0) and crfm.metrics["mask_miou"] == pytest.approx(0.44)
+    assert crfm.metrics["mask_miou_of_ceiling"] == pytest.approx(0.44 / 0.6)
+    assert crfm.metrics["per_class_iou/building"] == pytest.approx(0.68)
+    # links to its stage runs, and its sample grid
+    stage_runs = {c.info.run_name: c.info.run_id for c in _children(client, exp.experiment_id, out.parent_run_id)}
+    assert crfm.tags["todsynth.run.synthesize"] == stage_runs["synthesize[crfm,seed=1]"]
+    assert crfm.tags["todsynth.run.downstream"] == stage_runs["downstream[crfm,seed=1]"]
+    assert f"#/experiments/{exp.experiment_id}/runs/{stage_runs['evaluate[crfm,seed=1]']}" in crfm.tags["mlflow.note.content"]
+    assert [a.path for a in client.list_artifacts(by["crfm[seed=1]"].info.run_id)] == ["grid.png"]
+    # the baseline has its own kind (no image metrics), and results.json names every variant run
+    base = client.search_runs([exp.experiment_id], "tags.`todsynth.kind` = 'baseline'")
+    assert [r.info.run_name for r in sorted(base, key=lambda r: r.info.run_name)] == ["real-only[seed=0]", "real-only[seed=1]"]
+    assert "fid" not in base[0].data.metrics and "downstream_gain" not in base[0].data.metrics
+    ids = out.results["mlflow"]["variant_runs"]
+    assert ids["crfm"]["1"] == by["crfm[seed=1]"].info.run_id and set(ids) == {"real-only", "plain", "crfm"}
+    # a rerun that changes nothing reuses them
+    again = run_suite(suite, stage_fns=fns, stage_versions={}, progress=False)
+    assert again.results["mlflow"]["variant_runs"] == ids
+    assert len(client.search_runs([exp.experiment_id], "tags.`todsynth.kind` = 'variant'")) == 4
+
+
+def test_store_uri_is_absolute(tiny_suite_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    suite = validate_data({**tiny_suite_data, "workspace": "runs", "tracking": {"artifacts": "arts"}}, "test")
+    assert suite.tracking_uri == f"sqlite:///{tmp_path}/runs/mlflow.db"
+    assert suite.artifact_location == str(tmp_path / "arts")
+    rel = validate_data({**tiny_suite_data, "tracking": {"uri": "sqlite:///x/m.db"}}, "test")
+    assert rel.tracking_uri == f"sqlite:///{tmp_path}/x/m.db"
+    served = validate_data({**tiny_suite_data, "tracking": {"uri": "http://127.0.0.1:5000"}}, "test")
+    assert served.tracking_uri == "http://127.0.0.1:5000"
+
+
 def test_rerun_logs_no_duplicate_children(tiny_suite_data, bench_workspace, fake_stages):
     fns, _ = fake_stages
     suite = _suite(tiny_suite_data, bench_workspace)
@@ -64,14 +118,15 @@ def test_rerun_logs_no_duplicate_children(tiny_suite_data, bench_workspace, fake
     second = run_suite(suite, stage_fns=fns, stage_versions={}, progress=False)
     client = MlflowClient(tracking_uri=suite.tracking_uri)
     exp = client.get_experiment_by_name("todsynth/t")
-    assert _children(client, exp.experiment_id, second.parent_run_id) == []
+    assert _children(client, exp.experiment_id, second.parent_run_id) == []  # no stage runs, variant runs reused
     parents = client.search_runs([exp.experiment_id], "tags.`todsynth.kind` = 'suite'")
     assert len(parents) == 2
     # the reuse is recorded on the second parent, pointing at the first invocation's child runs
     path = client.download_artifacts(second.parent_run_id, "stages.json", str(bench_workspace.parent))
     rows = json.loads(open(path).read())
     assert {r["status"] for r in rows} == {"cached"}
-    first_children = {c.info.run_id for c in _children(client, exp.experiment_id, first.parent_run_id)}
+    first_children = {c.info.run_id for c in _children(client, exp.experiment_id, first.parent_run_id)
+                      if c.data.tags["todsynth.kind"] == "stage"}
     assert {r["mlflow_run_id"] for r in rows} == first_children
     assert client.get_run(second.parent_run_id).data.metrics["stages_cached"] == len(rows)
 

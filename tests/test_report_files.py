@@ -184,6 +184,16 @@ def test_report_latest_run_and_workspace_cross_check(ran, tmp_path):
     assert not (tmp_path / "r2").exists()
 
 
+def test_report_refuses_a_variant_run_that_disagrees(ran, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    suite, outcome = ran
+    run_id = outcome.results["mlflow"]["variant_runs"]["crfm"]["1"]
+    MlflowClient(tracking_uri=suite.tracking_uri).log_metric(run_id, "mask_miou", 0.123)  # the newest value wins
+    with pytest.raises(ReportError, match=r"crfm seed 1: mask_miou: run .* has 0.123"):
+        write_report(suite, tmp_path / "r", run_id=outcome.parent_run_id)
+
+
 def test_report_errors(tiny_suite_data, tmp_path, bench_workspace):
     empty = validate_data({**tiny_suite_data, "workspace": str(tmp_path / "nothing")}, "test")
     with pytest.raises(ReportError, match="no MLflow store"):

@@ -48,6 +48,7 @@ class InceptionExtractor(nn.Module):
 
     name = "inception"
     comparable = True
+    resize_label = "clean-fid clean: PIL bicubic to 299x299 (uint8 input)"
 
     def __init__(self, weights: str | Path, device: str | torch.device = "cpu") -> None:
         super().__init__()
@@ -87,6 +88,7 @@ class SegmenterExtractor(nn.Module):
     """
 
     comparable = False
+    resize_label = "none: native resolution"
 
     def __init__(self, segmentor: nn.Module, label: str = "evaluator", per_stage_dim: int = 64) -> None:
         super().__init__()
