@@ -33,6 +33,9 @@ STAGE_VERSIONS: dict[str, int] = {
 #   image counts (fid_n_real, fid_n_synthetic) and resize (fid_resize)
 
 
+AUTOENCODER_METRICS = ("final_l1", "recon_l1", "scaling_factor", "shift_factor", "params", "train_seconds")
+
+
 # ---------------------------------------------------------------- helpers
 def artifact_path(stage: CachedStage, key: str) -> Path:
     """An artifact path of a finished stage: relative ones live in its dir, absolute ones are kept."""
@@ -229,9 +232,10 @@ def stage_autoencoder(spec: dict[str, Any], inputs: dict[str, CachedStage], out_
                         progress=_progress(spec), **kw)
     metrics = {}
     summary = Path(vae_dir) / "train_summary.json"
-    if summary.is_file():
-        metrics = {k: v for k, v in json.loads(summary.read_text()).items() if isinstance(v, int | float)}
-    return {"vae": Path(vae_dir), "metrics": metrics}
+    if summary.is_file():  # outcomes only: the settings (steps, lr, seed, batch size) are the stage run's params
+        metrics = {k: v for k, v in json.loads(summary.read_text()).items() if k in AUTOENCODER_METRICS}
+    return {"vae": Path(vae_dir), "metrics": metrics,
+            "mlflow_artifacts": [str(summary.relative_to(out_dir))] if summary.is_file() else []}
 
 
 def stage_generator(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:

@@ -52,6 +52,19 @@ def test_tests_suite_end_to_end_then_cached(bench_workspace):
         pngs = list(d.glob("copy-0/Train/*/images_png/*.png"))
         assert len(pngs) == suite.dataset.limit
         assert (d / "grid.png").is_file()
+    # MLflow: the autoencoder run's metrics are outcomes (its settings are params); real variant runs line up
+    from bench.tracking import find_children, get_run_record
+
+    parent = get_run_record(suite.tracking_uri, res["mlflow"]["parent_run_id"])
+    assert suite.tracking_uri.startswith("sqlite:////") and res["mlflow"]["tracking_uri"] == suite.tracking_uri
+    runs = {r["run_name"]: r for r in find_children(suite.tracking_uri, parent)}
+    ae = runs["autoencoder"]
+    assert "recon_l1" in ae["metrics"] and not {"lr", "seed", "batch_size", "steps"} & set(ae["metrics"])
+    assert ae["params"]["train.lr"] == "0.001"
+    variants = [runs[f"{v}[seed=0]"] for v in ("plain", "crfm")]
+    assert variants[0]["params"].keys() == variants[1]["params"].keys()
+    assert variants[0]["metrics"].keys() == variants[1]["metrics"].keys() >= {"fid", "mask_miou", "downstream_gain"}
+    assert variants[0]["metrics"]["fid_n_synthetic"] == suite.dataset.limit
     second = run_suite(suite, progress=False)
     assert second.computed == [] and len(second.cached) == n
     assert json.dumps(second.results["variants"], sort_keys=True) == json.dumps(res["variants"], sort_keys=True)
