@@ -364,6 +364,8 @@ def _classes(results: dict[str, Any]) -> list[str]:
 def rectified_series(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Groups of synthetic variants differing only in ``crfm.rectified_step`` (plain = 0), each with >= 2 steps.
 
+    Labels use the suite's parameter names (``crfm.step_scheme=LD, crfm.max_step_size=0.1``): the ``crfm.*`` and
+    ``sampling.*`` values that tell the series apart (the step scheme and maximum step size when one series).
     Returns ``[{"label", "steps": [int], "variants": [name], "miou", "miou_std", "fid", "fid_std"}]``.
     """
     syn = [v for v in results["variants"] if v["kind"] == "synthetic" and "crfm" in v.get("params", {})]
@@ -387,21 +389,34 @@ def rectified_series(results: dict[str, Any]) -> list[dict[str, Any]]:
         if len(points) < 2:
             continue
         steps = sorted(points)
-        first = members[0]["params"]["crfm"]
-        label = f"{first['step_scheme']}, alpha_max={first['max_step_size']:g}"
-        if members[0].get("n") is not None:
-            label += f", n={members[0]['n']}"
         series.append({
-            "label": label, "steps": steps, "variants": [points[s]["name"] for s in steps],
+            "params": _series_params(members[0]), "n": members[0].get("n"),
+            "steps": steps, "variants": [points[s]["name"] for s in steps],
             **{f"{k}{suffix}": [_num(points[s][src].get(m)) for s in steps]
                for k, m in (("miou", "downstream_miou"), ("fid", "fid"))
                for suffix, src in (("", "metrics"), ("_std", "metrics_std"))},
         })
+    differ = {k for s in series for k in s["params"] if len({json.dumps(t["params"].get(k)) for t in series}) > 1}
+    shown = [k for k in series[0]["params"] if k in differ] if differ else ["crfm.step_scheme", "crfm.max_step_size"]
+    for s in series:
+        parts = [f"{k}={_param_text(s['params'].get(k))}" for k in shown]
+        s["label"] = ", ".join(parts + ([f"subset n={s['n']}"] if s["n"] is not None else []))
+        del s["params"], s["n"]
     labels = [s["label"] for s in series]
     for s in series:
         if labels.count(s["label"]) > 1:
             s["label"] += f" ({s['variants'][-1]})"
     return series
+
+
+def _series_params(v: dict[str, Any]) -> dict[str, Any]:
+    """A variant's ``crfm.*`` (but the rectified step) and ``sampling.*`` values, under the suite's names."""
+    crfm = {f"crfm.{k}": x for k, x in v["params"]["crfm"].items() if k != "rectified_step"}
+    return crfm | {f"sampling.{k}": x for k, x in v["params"].get("sampling", {}).items()}
+
+
+def _param_text(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
 
 
 def _save_figure(fig: Any, path: Path) -> Path:
@@ -414,34 +429,76 @@ def _save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_rectified_steps(series: list[dict[str, Any]], num_steps: int | None, path: Path) -> Path:
-    """Downstream mIoU (left axis, solid) and FID (right axis, dashed) against rectified steps, like the paper."""
+MIN_REL_SPAN = 0.1  # a panel's y range spans at least this fraction of its largest |value|: small differences look small
+
+
+def honest_limits(values: list[float], errors: list[float] | None = None, min_rel_span: float = MIN_REL_SPAN
+                  ) -> tuple[float, float]:
+    """y limits around ``values`` (± ``errors``), widened to at least ``min_rel_span`` x max |value|, plus a margin.
+
+    A twin axis scaled to two points lets a 0.0003 mIoU difference fill the height; this does not.
+    """
+    errs = errors or [0.0] * len(values)
+    lo = min(v - e for v, e in zip(values, errs, strict=True))
+    hi = max(v + e for v, e in zip(values, errs, strict=True))
+    span = max(hi - lo, min_rel_span * max(abs(v) for v in values), 1e-12)
+    mid = (lo + hi) / 2
+    return mid - 0.55 * span, mid + 0.55 * span
+
+
+def rectified_panels(series: list[dict[str, Any]], several_seeds: bool) -> list[dict[str, Any]]:
+    """What the rectified-steps figure draws: one panel per metric (downstream mIoU, FID) sharing the x axis.
+
+    Returns ``[{"metric", "ylabel", "ylim": (lo, hi), "lines": [{"label", "x", "y", "yerr" (None with one seed),
+    "variants"}]}]``; a panel appears only when some series has a value for its metric.
+    """
+    panels = []
+    for key, metric, ylabel in (("miou", "downstream_miou", "downstream mIoU (↑)"), ("fid", "fid", "FID (↓)")):
+        lines = []
+        for s in series:
+            pts = [(x, y, e, n) for x, y, e, n in zip(s["steps"], s[key], s[f"{key}_std"], s["variants"], strict=True)
+                   if y is not None]
+            if not pts:
+                continue
+            yerr = [e if e is not None else 0.0 for _, _, e, _ in pts] if several_seeds else None
+            lines.append({"label": s["label"], "x": [p[0] for p in pts], "y": [p[1] for p in pts], "yerr": yerr,
+                          "variants": [p[3] for p in pts]})
+        if not lines:
+            continue
+        ys = [y for ln in lines for y in ln["y"]]
+        errs = [e for ln in lines for e in (ln["yerr"] or [0.0] * len(ln["y"]))]
+        panels.append({"metric": metric, "ylabel": ylabel, "ylim": honest_limits(ys, errs), "lines": lines})
+    return panels
+
+
+def plot_rectified_steps(series: list[dict[str, Any]], num_steps: int | None, path: Path,
+                         several_seeds: bool = False) -> Path:
+    """Downstream mIoU (top) and FID (bottom) against rectified steps: panels sharing x (:func:`rectified_panels`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2 + 0.15 * len(series)), dpi=110)
-    ax2 = ax.twinx()
+    panels = rectified_panels(series, several_seeds)
+    fig, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False,
+                             figsize=(6.4, 2.4 * len(panels) + 0.8 + 0.2 * len(series)), dpi=110)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, s in enumerate(series):
-        c = colours[i % len(colours)]
-        ax.errorbar(s["steps"], _nan(s["miou"]), yerr=_nan(s["miou_std"]), color=c, marker="o", capsize=3,
-                    label=f"mIoU – {s['label']}")
-        ax2.errorbar(s["steps"], _nan(s["fid"]), yerr=_nan(s["fid_std"]), color=c, marker="s", linestyle="--",
-                     capsize=3, label=f"FID – {s['label']}")
-        for x, y, name in zip(s["steps"], _nan(s["miou"]), s["variants"], strict=True):
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=c)
+    labels = [s["label"] for s in series]
+    for ax, panel in zip(axes[:, 0], panels, strict=True):
+        for ln in panel["lines"]:
+            c = colours[labels.index(ln["label"]) % len(colours)]
+            ax.errorbar(ln["x"], ln["y"], yerr=ln["yerr"], color=c, marker="o", capsize=3, label=ln["label"])
+            for x, y, name in zip(ln["x"], ln["y"], ln["variants"], strict=True):
+                ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=c)
+        ax.set_ylim(*panel["ylim"])
+        ax.set_ylabel(panel["ylabel"])
+        ax.grid(alpha=0.3)
     steps = sorted({x for s in series for x in s["steps"]})
-    ax.set_xticks(steps)
-    ax.set_xlabel("rectified steps" + (f" (of {num_steps})" if num_steps else ""))
-    ax.set_ylabel("downstream mIoU (↑)")
-    ax2.set_ylabel("FID (↓)")
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
-    ax.grid(alpha=0.3)
-    ax.set_title("Downstream mIoU and FID vs CRFM rectified steps")
+    bottom = axes[-1, 0]
+    bottom.set_xticks(steps)
+    bottom.set_xlabel("crfm.rectified_step" + (f" (sampling.num_inference_steps = {num_steps})" if num_steps else ""))
+    bottom.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=1, frameon=False)
+    axes[0, 0].set_title("Downstream mIoU and FID vs CRFM rectified steps")
     return _save_figure(fig, path)
 
 
@@ -850,21 +907,27 @@ def _render_into(suite: Suite, out: Path, scratch: Path, run_id: str | None) -> 
     results = data.results
     figures: list[dict[str, str]] = []
 
+    several = len(results.get("seeds", [])) > 1
     series = rectified_series(results)
     steps = {v["params"]["sampling"]["num_inference_steps"] for v in results["variants"] if "sampling" in v.get("params", {})}
     if series:
-        plot_rectified_steps(series, steps.pop() if len(steps) == 1 else None, out / "rectified_steps.png")
+        plot_rectified_steps(series, steps.pop() if len(steps) == 1 else None, out / "rectified_steps.png", several)
         figures.append({"file": "rectified_steps.png", "title": "Downstream mIoU and FID vs rectified steps",
-                        "caption": "Synthetic variants that differ only in crfm.rectified_step (plain sampling = 0 "
-                                   "steps). Solid: downstream mIoU (left axis, higher is better); dashed: FID (right "
-                                   "axis, lower is better). The paper's LoveDA/FUSU ablation shows the two optima differ."})
+                        "caption": "Synthetic variants that differ only in `crfm.rectified_step` (plain sampling = 0 "
+                                   "steps). Top: downstream mIoU (higher is better); bottom: FID (lower is better); "
+                                   f"each panel's y range spans at least {MIN_REL_SPAN:.0%} of its largest value, so a "
+                                   "small difference looks small. "
+                                   + (f"Error bars: std over seeds {', '.join(str(x) for x in results['seeds'])}. "
+                                      if several else "One seed: no error bars. ")
+                                   + "The paper's LoveDA/FUSU ablation shows the two optima differ."})
     else:
         data.notes.append("No rectified-steps plot: the suite has no two synthetic variants that differ only in "
                           "crfm.rectified_step (add e.g. a matrix over crfm.rectified_step: [0, 2, 4, 6]).")
     if plot_per_class(results, out / "per_class_iou.png") is not None:
         figures.append({"file": "per_class_iou.png", "title": "Per-class IoU (downstream)",
                         "caption": "IoU of each LoveDA class on the real validation set, for the segmentation model "
-                                   "trained on each variant's data (error bars: std over seeds)."})
+                                   "trained on each variant's data"
+                                   + (" (error bars: std over seeds)." if several else " (one seed: no error bars).")})
     efficiency = None
     eff = data_efficiency(results)
     if eff is not None and eff["series"]:

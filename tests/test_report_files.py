@@ -17,6 +17,7 @@ from bench.report import (
     best_variants,
     fmt,
     pareto_front,
+    rectified_panels,
     rectified_series,
     render_latex,
     write_report,
@@ -223,8 +224,45 @@ def test_rectified_series_groups_by_everything_but_the_step():
     series = rectified_series(results)
     assert [s["steps"] for s in series] == [[0, 2, 4], [0, 4]]
     assert series[0]["variants"] == ["plain", "rs2", "rs4"] and series[0]["fid"] == [30.0, 32.0, 34.0]
-    assert series[1]["label"].startswith("C,")
+    # legends in the suite's parameter names: only what tells the series apart (here the step scheme)
+    assert [s["label"] for s in series] == ["crfm.step_scheme=LD", "crfm.step_scheme=C"]
     assert rectified_series({"variants": [var("plain", 0), var("c4", 4, "C")][:1]}) == []
+    one = rectified_series({"variants": [var("plain", 0), var("rs2", 2)]})
+    assert one[0]["label"] == "crfm.step_scheme=LD, crfm.max_step_size=0.1"  # never `alpha_max`
+
+
+def _rect_results(seeds, miou=(0.4512, 0.4515, 0.4514), fid=(31.2, 30.1, 29.0)):
+    def var(name, rs, m, f):
+        return {"name": name, "kind": "synthetic",
+                "params": {"sampling": {"num_inference_steps": 8},
+                           "crfm": {"rectified_step": rs, "step_scheme": "LD", "max_step_size": 0.1}},
+                "metrics": {"downstream_miou": m, "fid": f},
+                "metrics_std": {"downstream_miou": 0.0 if len(seeds) == 1 else 0.002, "fid": 0.0 if len(seeds) == 1 else 0.4}}
+
+    return {"seeds": seeds, "variants": [var(n, rs, m, f) for n, rs, m, f in
+                                         zip(("plain", "rs2", "rs4"), (0, 2, 4), miou, fid, strict=True)]}
+
+
+def test_rectified_panels_two_panels_honest_range_and_error_bars_only_with_seeds():
+    res = _rect_results([0, 1])
+    panels = rectified_panels(rectified_series(res), several_seeds=True)
+    assert [p["metric"] for p in panels] == ["downstream_miou", "fid"]  # two panels on one x axis, not twin axes
+    (miou,), (fid,) = (p["lines"] for p in panels)
+    assert miou["x"] == fid["x"] == [0, 2, 4]
+    assert miou["y"] == [0.4512, 0.4515, 0.4514] and fid["y"] == [31.2, 30.1, 29.0]
+    assert miou["yerr"] == [0.002] * 3 and fid["yerr"] == [0.4] * 3
+    # a 0.0003 mIoU difference does not fill the height: the range spans >= 10% of the values
+    lo, hi = panels[0]["ylim"]
+    assert hi - lo >= 0.1 * 0.4515 and lo < 0.4512 and hi > 0.4515
+    assert (0.4515 - 0.4512) / (hi - lo) < 0.1
+    flo, fhi = panels[1]["ylim"]
+    assert flo < 29.0 - 0.4 and fhi > 31.2 + 0.4  # error bars inside the panel
+    # one seed: no error bars at all (a std of 0.0 is not a std)
+    one = rectified_panels(rectified_series(_rect_results([0])), several_seeds=False)
+    assert all(ln["yerr"] is None for p in one for ln in p["lines"])
+    # a series without FID draws the mIoU panel only
+    nofid = _rect_results([0], fid=(None, None, None))
+    assert [p["metric"] for p in rectified_panels(rectified_series(nofid), False)] == ["downstream_miou"]
 
 
 def test_latex_escapes_and_marks():
