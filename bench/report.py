@@ -533,14 +533,16 @@ def plot_pareto(trials: list[dict[str, Any]], front: list[int], variants: list[d
         ax.scatter([t["fid"] for t in bad], [t["mask_miou"] for t in bad], c="#8a8a8a", marker="x", s=28,
                    label="infeasible trials (constraint violated)")
     pf = sorted((trials[i] for i in front), key=lambda t: t["fid"])
-    ax.plot([t["fid"] for t in pf], [t["mask_miou"] for t in pf], "o-", color="#d62728", ms=7, label="Pareto front")
+    # above the stars (zorder 3): a suite variant that is also a trial must not hide the front the legend promises
+    ax.plot([t["fid"] for t in pf], [t["mask_miou"] for t in pf], "o-", color="#d62728", ms=7, label="Pareto front",
+            zorder=4)
     for t in trials:
         if t["number"] is not None:
             ax.annotate(str(t["number"]), (t["fid"], t["mask_miou"]), textcoords="offset points", xytext=(3, 3), fontsize=7)
     refs = [v for v in variants if _num(v["metrics"].get("fid")) is not None and _num(v["metrics"].get("mask_miou")) is not None]
     if refs:
         ax.scatter([v["metrics"]["fid"] for v in refs], [v["metrics"]["mask_miou"] for v in refs], marker="*", s=120,
-                   c="#1f77b4", label="suite variants", zorder=3)
+                   c="#1f77b4", label="suite variants", zorder=3, alpha=0.8)
         for v in refs:
             ax.annotate(v["name"], (v["metrics"]["fid"], v["metrics"]["mask_miou"]), textcoords="offset points",
                         xytext=(4, -10), fontsize=7, color="#1f77b4")

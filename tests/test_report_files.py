@@ -265,6 +265,25 @@ def test_rectified_panels_two_panels_honest_range_and_error_bars_only_with_seeds
     assert [p["metric"] for p in rectified_panels(rectified_series(nofid), False)] == ["downstream_miou"]
 
 
+def test_pareto_front_is_drawn_above_the_variant_stars(monkeypatch, tmp_path):
+    import bench.report as report
+
+    figs = []
+    monkeypatch.setattr(report, "_save_figure", lambda fig, path: figs.append(fig) or path)
+    trials = [{"number": i, "fid": f, "mask_miou": m, "feasible": True}
+              for i, (f, m) in enumerate([(90.0, 0.4), (95.0, 0.5), (99.0, 0.45)])]
+    variants = [{"name": "crfm", "metrics": {"fid": 90.0, "mask_miou": 0.4}}]  # on the front, under a star
+    report.plot_pareto(trials, [0, 1], variants, tmp_path / "p.png")
+    (ax,) = figs[0].axes
+    front = next(ln for ln in ax.get_lines() if ln.get_label() == "Pareto front")
+    stars = next(c for c in ax.collections if c.get_label() == "suite variants")
+    assert list(front.get_xdata()) == [90.0, 95.0]
+    assert front.get_zorder() > stars.get_zorder()
+    import matplotlib.pyplot as plt
+
+    plt.close(figs[0])
+
+
 def test_latex_escapes_and_marks():
     results = {"suite": "s", "config_hash": "abc", "seeds": [0], "metric_specs": [],
                "variants": [{"name": "a_b&c", "kind": "synthetic", "metrics": {"fid": 10.0, "fid_comparable": True},
