@@ -240,42 +240,56 @@ def best_variants(results: dict[str, Any]) -> dict[str, set[str]]:
         if len(vals) < 2:
             best[col] = set()
             continue
-        target = fmt(max(vals.values()) if dirs.get(col, True) else min(vals.values()))
-        winners = {k for k, x in vals.items() if fmt(x) == target}  # ties at the shown precision all win
+        places = column_decimals(list(vals.values()))
+        target = fmt(max(vals.values()) if dirs.get(col, True) else min(vals.values()), decimals=places)
+        winners = {k for k, x in vals.items() if fmt(x, decimals=places) == target}  # ties as shown all win
         best[col] = winners if len(winners) < len(vals) else set()  # all equal: nobody is best
     return best
 
 
-def _spec(v: float) -> str:
-    """Display format of a value: 4 decimals below 10, 2 below 100, 1 above; scientific for tiny values."""
-    a = abs(v)
-    if a >= 100:
-        return ".1f"
-    if a >= 10:
-        return ".2f"
-    return ".4f" if a >= 0.01 or v == 0 else ".2e"
+def column_decimals(values: list[float]) -> int:
+    """Decimals of a table column, one number for all its cells so they align at the point: by the largest |value|
+    4 below 10, 2 below 100, 1 above; more when the smallest non-zero |value| is below 0.01 (3 significant digits)."""
+    mags = [abs(v) for v in values if v == v]
+    if not mags:
+        return 4
+    top = max(mags)
+    places = 1 if top >= 100 else 2 if top >= 10 else 4
+    small = [m for m in mags if m > 0]
+    if small and min(small) < 0.01:
+        places = max(places, min(8, 2 - math.floor(math.log10(min(small)))))
+    return places
 
 
-def fmt(v: float, std: float | None = None) -> str:
-    """``v`` at display precision, or ``v ± std`` with the std at the mean's precision."""
-    spec = _spec(v)
-    return format(v, spec) if std is None else f"{format(v, spec)} ± {format(std, spec)}"
+def fmt(v: float, std: float | None = None, decimals: int | None = None) -> str:
+    """``v`` (or ``v ± std``) with ``decimals`` places (default: :func:`column_decimals` of ``v`` alone)."""
+    places = column_decimals([v]) if decimals is None else decimals
+    return f"{v:.{places}f}" if std is None else f"{v:.{places}f} ± {std:.{places}f}"
+
+
+def several_seeds(results: dict[str, Any]) -> bool:
+    """A std over seeds exists only with 2+ seeds (results.json writes 0.0 with one: never shown)."""
+    return len(results.get("seeds", [])) > 1
 
 
 def table_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per variant: display cells per column (``mean`` or ``mean ± std``), best flags, FID extractor/comparable."""
-    several = len(results.get("seeds", [])) > 1
+    """Per variant: display cells per column (``mean`` or ``mean ± std`` at the column's fixed decimals), best flags,
+    FID extractor/comparable. ``std`` is None with one seed."""
+    several = several_seeds(results)
     best = best_variants(results)
+    cols = table_columns(results)
+    places = {c: column_decimals([x for v in results["variants"] if (x := _num(v["metrics"].get(c))) is not None])
+              for c in cols}
     rows = []
     for v in results["variants"]:
         cells = {}
-        for col in table_columns(results):
+        for col in cols:
             mean = _num(v["metrics"].get(col))
-            std = _num(v.get("metrics_std", {}).get(col))
+            std = _num(v.get("metrics_std", {}).get(col)) if several else None
             if mean is None:
                 cells[col] = {"text": "–", "best": False, "mean": None, "std": None}
                 continue
-            text = fmt(mean, std if several else None)
+            text = fmt(mean, std, places[col])
             cells[col] = {"text": text, "best": v["name"] in best.get(col, set()), "mean": mean, "std": std}
         comparable = v["metrics"].get("fid_comparable")
         rows.append({"name": v["name"], "kind": v["kind"], "cells": cells,
@@ -285,8 +299,10 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def render_csv(results: dict[str, Any]) -> str:
-    """One row per variant: every metric's mean and std as raw floats, FID extractor/comparable, per-class IoU."""
+    """One row per variant: every metric's mean and std as raw floats (std empty with one seed), FID
+    extractor/comparable, per-class IoU."""
     cols = table_columns(results)
+    several = several_seeds(results)
     classes = _classes(results)
     subsets = "subsets" in results
     header = ["variant", "kind"] + (["declared", "n"] if subsets else [])
@@ -300,7 +316,7 @@ def render_csv(results: dict[str, Any]) -> str:
         m, s = v["metrics"], v.get("metrics_std", {})
         row: list[Any] = [v["name"], v["kind"]] + ([v.get("declared", ""), v.get("n", "")] if subsets else [])
         for c in cols:
-            row += [_csv(m.get(c)), _csv(s.get(c))]
+            row += [_csv(m.get(c)), _csv(s.get(c)) if several else ""]
         row += [m.get("fid_extractor", ""), "" if m.get("fid_comparable") is None else str(bool(m["fid_comparable"])).lower()]
         row += [_csv(m.get("per_class_iou", {}).get(c)) for c in classes]
         w.writerow(row)
@@ -446,7 +462,7 @@ def honest_limits(values: list[float], errors: list[float] | None = None, min_re
     return mid - 0.55 * span, mid + 0.55 * span
 
 
-def rectified_panels(series: list[dict[str, Any]], several_seeds: bool) -> list[dict[str, Any]]:
+def rectified_panels(series: list[dict[str, Any]], with_std: bool) -> list[dict[str, Any]]:
     """What the rectified-steps figure draws: one panel per metric (downstream mIoU, FID) sharing the x axis.
 
     Returns ``[{"metric", "ylabel", "ylim": (lo, hi), "lines": [{"label", "x", "y", "yerr" (None with one seed),
@@ -460,7 +476,7 @@ def rectified_panels(series: list[dict[str, Any]], several_seeds: bool) -> list[
                    if y is not None]
             if not pts:
                 continue
-            yerr = [e if e is not None else 0.0 for _, _, e, _ in pts] if several_seeds else None
+            yerr = [e if e is not None else 0.0 for _, _, e, _ in pts] if with_std else None
             lines.append({"label": s["label"], "x": [p[0] for p in pts], "y": [p[1] for p in pts], "yerr": yerr,
                           "variants": [p[3] for p in pts]})
         if not lines:
@@ -472,14 +488,14 @@ def rectified_panels(series: list[dict[str, Any]], several_seeds: bool) -> list[
 
 
 def plot_rectified_steps(series: list[dict[str, Any]], num_steps: int | None, path: Path,
-                         several_seeds: bool = False) -> Path:
+                         with_std: bool = False) -> Path:
     """Downstream mIoU (top) and FID (bottom) against rectified steps: panels sharing x (:func:`rectified_panels`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = rectified_panels(series, several_seeds)
+    panels = rectified_panels(series, with_std)
     fig, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False,
                              figsize=(6.4, 2.4 * len(panels) + 0.8 + 0.2 * len(series)), dpi=110)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -569,7 +585,7 @@ def plot_per_class(results: dict[str, Any], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(classes)), 4.0), dpi=110)
     width = 0.8 / len(variants)
     x = np.arange(len(classes))
-    several = len(results.get("seeds", [])) > 1  # error bars only for a std over seeds
+    several = several_seeds(results)  # error bars only for a std over seeds
     for i, v in enumerate(variants):
         iou = v["metrics"]["per_class_iou"]
         std = v.get("metrics_std", {}).get("per_class_iou", {})
@@ -909,7 +925,7 @@ def _render_into(suite: Suite, out: Path, scratch: Path, run_id: str | None) -> 
     results = data.results
     figures: list[dict[str, str]] = []
 
-    several = len(results.get("seeds", [])) > 1
+    several = several_seeds(results)
     series = rectified_series(results)
     steps = {v["params"]["sampling"]["num_inference_steps"] for v in results["variants"] if "sampling" in v.get("params", {})}
     if series:
@@ -971,7 +987,7 @@ def _render_into(suite: Suite, out: Path, scratch: Path, run_id: str | None) -> 
     context = {
         "suite": data.suite, "description": _description(data), "results": results, "rows": rows,
         "columns": [{"key": c, "label": LABELS[c], "arrow": "↑" if dirs.get(c, True) else "↓"} for c in cols],
-        "several_seeds": len(results.get("seeds", [])) > 1, "figures": figures, "grid": grid is not None,
+        "several_seeds": several, "figures": figures, "grid": grid is not None,
         "grid_headers": grid[1] if grid else [], "grids": grids, "notes": data.notes,
         "provenance": provenance_rows(data), "efficiency": efficiency,
         "non_comparable": any(r["comparable"] == "no" for r in rows),

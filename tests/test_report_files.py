@@ -19,7 +19,9 @@ from bench.report import (
     pareto_front,
     rectified_panels,
     rectified_series,
+    render_csv,
     render_latex,
+    table_rows,
     write_report,
 )
 from bench.suites import validate_data
@@ -121,8 +123,8 @@ def test_report_files_and_numbers_equal_results(ran, tmp_path):
         shown_mean, shown_std = (float(x) for x in cells["mIoU ↑"].split(" ± "))
         assert abs(shown_mean - m["downstream_miou"]) <= 5e-5 and abs(shown_std - s["downstream_miou"]) <= 5e-5
         assert cells["mAcc ↑"] == fmt(m["downstream_macc"], s["downstream_macc"])
-        if v["kind"] == "synthetic":
-            assert cells["FID ↓"] == fmt(m["fid"], s["fid"])
+        if v["kind"] == "synthetic":  # FID up to 100: one decimal for the whole column
+            assert cells["FID ↓"] == fmt(m["fid"], s["fid"], 1)
             assert cells["comparable"] == "no" and cells["FID extractor"] == "evaluator"
         else:
             assert cells["FID ↓"] == "–"
@@ -144,7 +146,7 @@ def test_report_files_and_numbers_equal_results(ran, tmp_path):
     # LaTeX: booktabs, escaped names, best bold, non-comparable FID daggered
     tex = (out / "results.tex").read_text()
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
-    assert r"real-only &" in tex and r"\textbf{" + fmt(results["variants"][2]["metrics"]["fid"]) in tex
+    assert r"real-only &" in tex and r"\textbf{" + fmt(results["variants"][2]["metrics"]["fid"], decimals=1) in tex
     assert r"$^\dagger$" in tex
 
     _check_grid(out)
@@ -245,7 +247,7 @@ def _rect_results(seeds, miou=(0.4512, 0.4515, 0.4514), fid=(31.2, 30.1, 29.0)):
 
 def test_rectified_panels_two_panels_honest_range_and_error_bars_only_with_seeds():
     res = _rect_results([0, 1])
-    panels = rectified_panels(rectified_series(res), several_seeds=True)
+    panels = rectified_panels(rectified_series(res), with_std=True)
     assert [p["metric"] for p in panels] == ["downstream_miou", "fid"]  # two panels on one x axis, not twin axes
     (miou,), (fid,) = (p["lines"] for p in panels)
     assert miou["x"] == fid["x"] == [0, 2, 4]
@@ -258,7 +260,7 @@ def test_rectified_panels_two_panels_honest_range_and_error_bars_only_with_seeds
     flo, fhi = panels[1]["ylim"]
     assert flo < 29.0 - 0.4 and fhi > 31.2 + 0.4  # error bars inside the panel
     # one seed: no error bars at all (a std of 0.0 is not a std)
-    one = rectified_panels(rectified_series(_rect_results([0])), several_seeds=False)
+    one = rectified_panels(rectified_series(_rect_results([0])), with_std=False)
     assert all(ln["yerr"] is None for p in one for ln in p["lines"])
     # a series without FID draws the mIoU panel only
     nofid = _rect_results([0], fid=(None, None, None))
@@ -282,6 +284,30 @@ def test_pareto_front_is_drawn_above_the_variant_stars(monkeypatch, tmp_path):
     import matplotlib.pyplot as plt
 
     plt.close(figs[0])
+
+
+def _two(seeds):
+    """Two synthetic variants whose FID and KID columns used to mix precisions (24.05 beside 9.8139, 6.16e-03)."""
+    std = 0.0 if len(seeds) == 1 else 0.5
+    return {"suite": "s", "config_hash": "abc", "seeds": seeds, "metric_specs": [], "variants": [
+        {"name": "a", "kind": "synthetic", "metrics": {"downstream_miou": 0.5, "fid": 24.05, "kid": 0.00616},
+         "metrics_std": {"downstream_miou": std / 10, "fid": std, "kid": std / 100}},
+        {"name": "b", "kind": "synthetic", "metrics": {"downstream_miou": 0.25, "fid": 9.8139, "kid": 0.0123},
+         "metrics_std": {"downstream_miou": std / 10, "fid": std, "kid": std / 100}}]}
+
+
+def test_columns_have_fixed_decimals_and_one_seed_has_no_std():
+    rows = {r["name"]: r["cells"] for r in table_rows(_two([0]))}
+    assert [rows[n]["fid"]["text"] for n in "ab"] == ["24.05", "9.81"]  # one precision per column
+    assert [rows[n]["kid"]["text"] for n in "ab"] == ["0.00616", "0.01230"]  # no scientific notation
+    assert [rows[n]["downstream_miou"]["text"] for n in "ab"] == ["0.5000", "0.2500"]
+    assert all(c["std"] is None for r in rows.values() for c in r.values())
+    csv_rows = list(csv.DictReader(io.StringIO(render_csv(_two([0])))))
+    assert csv_rows[0]["fid"] == "24.05" and csv_rows[0]["fid_std"] == "" and csv_rows[0]["kid_std"] == ""
+    # two seeds: mean ± std at the column's decimals, raw stds in the CSV
+    rows = {r["name"]: r["cells"] for r in table_rows(_two([0, 1]))}
+    assert rows["b"]["fid"]["text"] == "9.81 ± 0.50" and rows["a"]["kid"]["text"] == "0.00616 ± 0.00500"
+    assert next(csv.DictReader(io.StringIO(render_csv(_two([0, 1])))))["fid_std"] == "0.5"
 
 
 def test_latex_escapes_and_marks():
