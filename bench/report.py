@@ -876,12 +876,23 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+def code_spans(text: str) -> Any:
+    """HTML of a note or caption: escaped, with Markdown's `backtick` spans as ``<code>`` (not literal backticks)."""
+    import re
+
+    from markupsafe import Markup, escape
+
+    return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", str(escape(text))))
+
+
 def _env() -> Any:
     import jinja2
 
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=jinja2.select_autoescape(["html"]),
-                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                              keep_trailing_newline=True)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=jinja2.select_autoescape(["html"]),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True)
+    env.filters["code"] = code_spans
+    return env
 
 
 def write_report(suite: Suite, out_dir: Path | None = None, run_id: str | None = None) -> Path:
@@ -991,7 +1002,7 @@ def _render_into(suite: Suite, out: Path, scratch: Path, run_id: str | None) -> 
         "grid_headers": grid[1] if grid else [], "grids": grids, "notes": data.notes,
         "provenance": provenance_rows(data), "efficiency": efficiency,
         "non_comparable": any(r["comparable"] == "no" for r in rows),
-        "pareto": [data.trials[i] for i in front], "n_trials": len(data.trials),
+        "pareto": _pareto_rows([data.trials[i] for i in front]), "n_trials": len(data.trials),
         "study": data.study["tags"].get("optuna.study", data.study["run_name"]) if data.study else None,
     }
     env = _env()
@@ -999,6 +1010,13 @@ def _render_into(suite: Suite, out: Path, scratch: Path, run_id: str | None) -> 
     (out / "results.tex").write_text(render_latex(results))
     (out / "report.md").write_text(env.get_template("report.md.j2").render(**context, uri=lambda f: f))
     (out / "index.html").write_text(env.get_template("report.html.j2").render(**context, uri=lambda f: _data_uri(out / f)))
+
+
+def _pareto_rows(front: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pareto-optimal trials with display texts at one number of decimals per column."""
+    fid = column_decimals([t["fid"] for t in front])
+    miou = column_decimals([t["mask_miou"] for t in front])
+    return [t | {"fid_text": fmt(t["fid"], decimals=fid), "miou_text": fmt(t["mask_miou"], decimals=miou)} for t in front]
 
 
 def _description(data: ReportData) -> str:
