@@ -337,8 +337,13 @@ def _tex(text: str) -> str:
     return "".join(_TEX.get(ch, ch) for ch in text)
 
 
+# Metrics computed on the FID feature extractor: both daggered when it is a fallback (``fid_comparable`` false).
+FALLBACK_FEATURES = ("fid", "kid")
+
+
 def render_latex(results: dict[str, Any]) -> str:
-    """A booktabs table (needs ``\\usepackage{booktabs}``): best per column bold, non-comparable FID daggered."""
+    """A booktabs table (needs ``\\usepackage{booktabs}``): best per column bold, FID and KID from a fallback
+    feature extractor daggered, with the dagger explained in a footnote row."""
     cols = table_columns(results)
     dirs = metric_directions(results)
     rows = table_rows(results)
@@ -358,14 +363,17 @@ def render_latex(results: dict[str, Any]) -> str:
             text = cell["text"].replace(" ± ", r" $\pm$ ").replace("–", "--")
             if cell["best"]:
                 text = r"\textbf{" + text + "}"
-            if c == "fid" and r["comparable"] == "no":
+            if c in FALLBACK_FEATURES and r["comparable"] == "no" and cell["mean"] is not None:
                 text += r"$^\dagger$"
                 dagger = True
             cells.append(text)
         lines.append(_tex(r["name"]) + " & " + " & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    if dagger:
-        lines.append(r"% $^\dagger$ FID/KID from a fallback feature extractor: not comparable with Inception FID.")
+    lines.append(r"\bottomrule")
+    if dagger:  # a footnote row of the table (a % comment would never reach the reader)
+        lines.append(rf"\multicolumn{{{len(cols) + 1}}}{{l}}{{\footnotesize $^\dagger$ FID/KID from a fallback feature "
+                     r"extractor (not Inception): they rank variants within this table but are not comparable with "
+                     r"published values.} \\")
+    lines.append(r"\end{tabular}")
     return "\n".join(lines) + "\n"
 
 

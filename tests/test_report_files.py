@@ -320,6 +320,22 @@ def test_latex_escapes_and_marks():
     assert r"a\_b\&c & \textbf{10.00} \\" in tex and r"d & 12.00 \\" in tex and "dagger" not in tex
 
 
+def test_latex_daggers_fid_and_kid_of_a_fallback_extractor_with_a_footnote_row():
+    results = _two([0])
+    for v in results["variants"]:
+        v["metrics"] |= {"fid_extractor": "evaluator", "fid_comparable": False}
+    results["variants"].append({"name": "real-only", "kind": "baseline", "metrics": {"downstream_miou": 0.4},
+                                "metrics_std": {}})
+    lines = render_latex(results).splitlines()
+    row = next(ln for ln in lines if ln.startswith("b &"))
+    assert row == r"b & 0.2500 & \textbf{9.81}$^\dagger$ & 0.01230$^\dagger$ \\"  # FID and KID: the same extractor
+    assert next(ln for ln in lines if ln.startswith("real-only &")).count("dagger") == 0  # no number, no mark
+    end = lines.index(r"\end{tabular}")
+    assert lines[end - 2] == r"\bottomrule"
+    assert lines[end - 1].startswith(r"\multicolumn{4}{l}{\footnotesize $^\dagger$ FID/KID from a fallback feature")
+    assert lines[end - 1].endswith(r"\\") and not any(ln.startswith("%") and "dagger" in ln for ln in lines)
+
+
 def test_report_tuning_trials_pareto(ran, tmp_path):
     """Trials logged as bench/tune.py does (study run, trial children with fid/mask_miou, stage grandchildren)."""
     from bench.tracking import Tracker
