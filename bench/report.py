@@ -65,6 +65,7 @@ class ReportData:
     trials: list[dict[str, Any]] = field(default_factory=list)
     sample_grids: dict[str, Path] = field(default_factory=dict)  # variant -> grid.png logged by synthesize
     notes: list[str] = field(default_factory=list)
+    workspace: Path | None = None
 
 
 # ---------------------------------------------------------------------- gathering (MLflow)
@@ -141,7 +142,7 @@ def load_report_data(suite: Suite, scratch: Path, run_id: str | None = None) -> 
     if problems:
         raise ReportError(f"MLflow run {rid}: its metrics disagree with its results.json artifact: " + "; ".join(problems[:5]))
     data = ReportData(suite=suite.name, experiment=suite.experiment, tracking_uri=uri, parent=parent, results=results,
-                      stages=stages, current_config_hash=config_hash(suite))
+                      stages=stages, current_config_hash=config_hash(suite), workspace=suite.workspace)
     if results.get("config_hash") != data.current_config_hash:
         data.notes.append(
             f"The suite file's config hash is now {data.current_config_hash[:12]}; this report shows the last finished "
@@ -162,7 +163,8 @@ def _workspace_cross_check(suite: Suite, data: ReportData) -> None:
     ws = read_results(path)
     ws_run = ws.get("mlflow", {}).get("parent_run_id")
     if ws_run != data.parent["run_id"]:
-        data.notes.append(f"{path} belongs to MLflow run {ws_run}, not to the reported run {data.parent['run_id']}.")
+        data.notes.append(f"{display_path(path, suite.workspace)} belongs to MLflow run {ws_run}, not to the reported "
+                          f"run {data.parent['run_id']}.")
         return
     if _numbers(ws["variants"]) != _numbers(data.results["variants"]):
         raise ReportError(f"{path} differs from the results.json logged to MLflow run {data.parent['run_id']}")
@@ -852,6 +854,49 @@ def _logged_grids(data: ReportData, dst: Path) -> dict[str, Path]:
 
 
 # ---------------------------------------------------------------------- provenance
+TEMP_ROOTS = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def _under_temp(path: Path) -> bool:
+    roots = {Path(tempfile.gettempdir()).resolve(), *(Path(r).resolve() for r in TEMP_ROOTS)}
+    p = path.resolve()
+    return any(p == r or r in p.parents for r in roots)
+
+
+def _shown_dir(path: Path) -> str:
+    """Relative to the current directory when below it (as typed: ``runs``), else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd())) or "."
+    except ValueError:
+        return str(path)
+
+
+def display_path(path: Path, workspace: Path | None = None) -> str:
+    """A path as a committed report may show it: relative to the workspace, and never a temp dir's absolute path
+    (a report built from a scratch workspace names only the file)."""
+    p = Path(path).expanduser().absolute()
+    ws = Path(workspace).expanduser().absolute() if workspace is not None else None
+    if ws is not None and (p == ws or ws in p.parents):
+        where = "a temporary workspace" if _under_temp(ws) else f"workspace {_shown_dir(ws)}"
+        return where if p == ws else f"{p.relative_to(ws)} in {where}"
+    if _under_temp(p):
+        return f"{p.name} (in a temporary directory)"
+    return _shown_dir(p)
+
+
+def store_text(uri: str, workspace: Path | None = None) -> str:
+    """The MLflow store for provenance: a sqlite file through :func:`display_path`, other URIs as given."""
+    if uri.startswith("sqlite:///"):
+        return "sqlite " + display_path(Path(uri.removeprefix("sqlite:///")), workspace)
+    return uri
+
+
+def device_text(device: str, gpus: Any) -> str:
+    """The device a run used; the GPU count only for a CUDA (or unresolved auto) run, never "cpu ..., gpus=1"."""
+    on_gpu = device.startswith(("cuda", "auto"))
+    return device + (f", gpus={gpus}" if gpus and on_gpu else "")
+
+
 def provenance_rows(data: ReportData) -> list[tuple[str, str]]:
     """(label, value) pairs from the parent run's tags/params and the results' provenance."""
     import datetime as dt
@@ -870,11 +915,11 @@ def provenance_rows(data: ReportData) -> list[tuple[str, str]]:
         ("config hash", tags.get("todsynth.config_hash", str(data.results.get("config_hash")))),
         ("git commit", tags.get("todsynth.git_commit", str(prov.get("git_commit", "?")))),
         ("date (run start, UTC)", date),
-        ("device", f"{device}" + (f", gpus={gpus}" if gpus else "")),
+        ("device", device_text(str(device), gpus)),
         ("seeds", ", ".join(str(s) for s in data.results.get("seeds", []))),
         ("python / platform", f"{prov.get('python', '?')} / {prov.get('platform', '?')}"),
         ("MLflow", f"run {data.parent['run_id']} ({data.parent.get('run_name')}) in experiment {data.experiment}, "
-                   f"{data.tracking_uri}"),
+                   f"{store_text(data.tracking_uri, data.workspace)}"),
         ("packages", ", ".join(f"{k} {v}" for k, v in versions.items()) or "?"),
     ]
 

@@ -134,6 +134,11 @@ def test_report_files_and_numbers_equal_results(ran, tmp_path):
     assert best["kid"] == set()  # every variant has kid 0.1: a tie of all is nobody's win
     assert f"**{fmt(0.1, 0.0)}**" not in md
     assert "MLflow" in md and outcome.parent_run_id in md and results["config_hash"] in md
+    # provenance: no temp path (the workspace is a pytest tmp dir), no GPU count on a CPU run
+    prov = dict(ln.strip("|").split("|", 1) for ln in md[md.index("## Provenance"):].splitlines()[4:] if ln)
+    prov = {k.strip(): v.strip() for k, v in prov.items()}
+    assert str(suite.workspace) not in md and "sqlite mlflow.db in a temporary workspace" in prov["MLflow"]
+    assert prov["device"].startswith("cpu") and "gpus" not in prov["device"]
 
     # HTML: same numbers, images embedded
     html = (out / "index.html").read_text()
@@ -203,6 +208,23 @@ def test_report_errors(tiny_suite_data, tmp_path, bench_workspace):
     with pytest.raises(ReportError, match="not a report dir"):  # never replaces a dir that is not a report
         write_report(never_ran, precious)
     assert (precious / "thesis.tex").read_text() == "keep me"
+
+
+def test_provenance_paths_and_device(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from bench.report import device_text, display_path, store_text
+
+    ws = tmp_path / "ws"
+    assert store_text(f"sqlite:///{ws}/mlflow.db", ws) == "sqlite mlflow.db in a temporary workspace"
+    assert display_path(ws / "t" / "results.json", ws) == "t/results.json in a temporary workspace"
+    assert display_path(tmp_path / "elsewhere" / "mlflow.db", ws) == "mlflow.db (in a temporary directory)"
+    monkeypatch.chdir(tmp_path)  # a workspace typed relative to the current directory stays relative
+    monkeypatch.setattr("bench.report._under_temp", lambda p: False)
+    assert store_text(f"sqlite:///{ws}/mlflow.db", Path("ws")) == "sqlite mlflow.db in workspace ws"
+    assert store_text("postgresql://db/mlflow", ws) == "postgresql://db/mlflow"
+    assert device_text("cpu: AMD EPYC (2 cores)", "1") == "cpu: AMD EPYC (2 cores)"
+    assert device_text("cuda: NVIDIA H200 x1", "1") == "cuda: NVIDIA H200 x1, gpus=1"
 
 
 def test_pareto_front():
