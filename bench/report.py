@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.correlation import MIN_SETTINGS
 from bench.schema import KNOWN_METRICS, Suite
 from todsynth.errors import TodsynthError
 
@@ -199,7 +200,7 @@ def _load_trials(suite: Suite, data: ReportData) -> None:
         except (KeyError, json.JSONDecodeError):
             params = {k: v for k, v in run["params"].items() if k.startswith(("crfm.", "sampling."))}
         data.trials.append({"number": int(number) if number.isdigit() else None, "run_id": run["run_id"],
-                            "fid": fid, "mask_miou": miou, "params": params,
+                            "fid": fid, "mask_miou": miou, "params": params, "metrics": dict(run["metrics"]),
                             "feasible": run["metrics"].get("feasible", 1.0) > 0})
     data.trials.sort(key=lambda t: (t["number"] is None, t["number"] or 0))
 
@@ -632,19 +633,11 @@ def data_efficiency(results: dict[str, Any]) -> dict[str, Any] | None:
     if not base:
         return None
 
-    def per_seed(v: dict[str, Any]) -> dict[int, float]:
-        out = {}
-        for p in v.get("per_seed", []):
-            x = _num(p["metrics"].get("downstream_miou"))
-            if x is not None:
-                out[int(p["seed"])] = x
-        return out
-
     series: dict[str, list[dict[str, Any]]] = {}
     for v in rows:
         if v["kind"] != "synthetic" or v["n"] not in base:
             continue
-        ref, got = per_seed(base[v["n"]]), per_seed(v)
+        ref, got = _seed_values(base[v["n"]]), _seed_values(v)
         seeds = [s for s in got if s in ref]
         if not seeds:
             continue
@@ -656,6 +649,16 @@ def data_efficiency(results: dict[str, Any]) -> dict[str, Any] | None:
     return {"baseline": next(iter(base.values()))["declared"], "sizes": sorted(base),
             "series": [{"variant": name, "points": sorted(points, key=lambda p: p["n"])}
                        for name, points in series.items()]}
+
+
+def _seed_values(v: dict[str, Any], key: str = "downstream_miou") -> dict[int, float]:
+    """Seed -> the variant's value of ``key`` in that seed's run (from ``per_seed``)."""
+    out = {}
+    for p in v.get("per_seed", []):
+        x = _num(p["metrics"].get(key))
+        if x is not None:
+            out[int(p["seed"])] = x
+    return out
 
 
 def efficiency_table(eff: dict[str, Any]) -> list[dict[str, Any]]:
@@ -716,6 +719,129 @@ def plot_data_efficiency(eff: dict[str, Any], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------- which image metric predicts downstream gain
+def paired_gain(v: dict[str, Any], base: dict[str, Any]) -> float | None:
+    """Downstream mIoU of ``v`` minus ``base``'s, per seed, mean over the seeds both ran (as :func:`data_efficiency`);
+    from the means when neither row has per-seed numbers."""
+    got, ref = _seed_values(v), _seed_values(base)
+    seeds = [s for s in got if s in ref]
+    if seeds:
+        return sum(got[s] - ref[s] for s in seeds) / len(seeds)
+    if got or ref:
+        return None
+    a, b = _num(v["metrics"].get("downstream_miou")), _num(base["metrics"].get("downstream_miou"))
+    return None if a is None or b is None else a - b
+
+
+def gain_settings(results: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """The suite's synthetic variants as settings of :func:`bench.correlation.gain_correlations`: gain over the
+    matching real-only (with ``dataset.subsets`` the real-only of the same n). Returns (settings, pairing rule)."""
+    baselines = [v for v in results["variants"] if v["kind"] == "baseline"]
+    if "subsets" in results:
+        by_n = {v.get("n"): v for v in baselines}
+        rule = ("gain = downstream mIoU of real + synthetic minus the real-only model's at the same labelled-subset "
+                "size n, per seed, mean over seeds")
+    else:
+        by_n = {None: baselines[0]} if baselines else {}
+        rule = (f"gain = downstream mIoU of real + synthetic minus `{baselines[0]['name']}`'s, per seed, mean over seeds"
+                if baselines else "no real-only (baseline) variant to measure a gain against")
+    settings = []
+    for v in results["variants"]:
+        base = by_n.get(v.get("n"))
+        if v["kind"] != "synthetic" or base is None:
+            continue
+        gain = paired_gain(v, base)
+        if gain is not None:
+            settings.append({"name": v["name"], "gain": gain, "metrics": v["metrics"]})
+    return settings, rule
+
+
+def _real_only_miou(results: dict[str, Any]) -> float | None:
+    """The downstream mIoU of the suite's one real-only model (no ``subsets``), else None."""
+    base = [v for v in results["variants"] if v["kind"] == "baseline"]
+    return _num(base[0]["metrics"].get("downstream_miou")) if base and "subsets" not in results else None
+
+
+def predictor_rows(corr: dict[str, Any]) -> list[dict[str, Any]]:
+    """Display rows of a :func:`bench.correlation.gain_correlations` result: rho as text (never NaN), n, a reading."""
+    rows = []
+    for m in corr["metrics"]:
+        label = LABELS.get(m["metric"], m["metric"])
+        hi = m["higher_is_better"]
+        if m["rho"] is None:
+            rho, reading = "undefined", m["note"]
+        else:
+            rho = f"{m['rho']:+.2f}"
+            if m["rho"] == 0:
+                reading = "no monotone relation"
+            else:
+                reading = f"{'higher' if m['rho'] > 0 else 'lower'} {label}, more gain"
+                if m["agrees"] is not None:
+                    reading += " (its better direction)" if m["agrees"] else " (against its better direction)"
+        rows.append({"metric": m["metric"], "label": label, "arrow": "" if hi is None else ("↑" if hi else "↓"),
+                     "rho": rho, "n": m["n"], "reading": reading})
+    return rows
+
+
+def plot_gain_correlation(corr: dict[str, Any], target: str, title: str, path: Path) -> Path | None:
+    """One panel per image metric: its value (x) against the gain (y) of each setting; None without any point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in corr["metrics"] if m["points"]]
+    if not metrics:
+        return None
+    cols = min(3, len(metrics))
+    nrows = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(nrows, cols, squeeze=False, figsize=(3.4 * cols, 3.0 * nrows + 0.5), dpi=110)
+    for ax, m in zip(axes.flat, metrics, strict=False):
+        xs, ys = [p["x"] for p in m["points"]], [p["gain"] for p in m["points"]]
+        ax.scatter(xs, ys, s=22, c="#1f77b4")
+        if len(m["points"]) <= 12:
+            for p in m["points"]:
+                ax.annotate(p["name"], (p["x"], p["gain"]), textcoords="offset points", xytext=(3, 3), fontsize=6)
+        label = LABELS.get(m["metric"], m["metric"])
+        hi = m["higher_is_better"]
+        ax.set_xlabel(label + ("" if hi is None else (" (↑)" if hi else " (↓)")))
+        rho = "ρ undefined" if m["rho"] is None else f"ρ = {m['rho']:+.2f}"
+        ax.set_title(f"{label}: {rho}, n = {m['n']}", fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(target if len(target) < 40 else target.split(" (")[0], fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save_figure(fig, path)
+
+
+def predictor_sections(data: ReportData, out: Path) -> list[dict[str, Any]]:
+    """The report's "which image metric predicts downstream gain" blocks: the suite's variants, and the tuning
+    study's trials when they have a downstream mIoU; each with its one-line reason when not computed."""
+    from bench.correlation import GAIN_LABEL, gain_correlations, study_settings
+
+    dirs = metric_directions(data.results)
+    blocks = []
+    settings, rule = gain_settings(data.results)
+    sources = [("suite", f"Suite variants ({rule})", settings, GAIN_LABEL, "gain_correlation.png")]
+    trials = [{"name": f"trial-{t['number']}" if t["number"] is not None else t["run_id"][:8], "metrics": t["metrics"]}
+              for t in data.trials]
+    study_set, target = study_settings(trials, _real_only_miou(data.results))
+    if study_set:
+        name = data.study["tags"].get("optuna.study", data.study["run_name"]) if data.study else "?"
+        sources.append(("study", f"Tuning study {name} (finished trials with a downstream mIoU; {target})", study_set,
+                        target, "gain_correlation_study.png"))
+    for key, title, sets, target, file in sources:
+        corr = gain_correlations(sets, dirs)
+        block = {"key": key, "title": title, "target": target, "n_settings": corr["n_settings"],
+                 "reason": corr["reason"], "rows": predictor_rows(corr), "file": None}
+        if corr["reason"] is None and plot_gain_correlation(corr, target, title.split(" (")[0], out / file):
+            block["file"] = file
+        blocks.append(block)
+    return blocks
 
 
 # ---------------------------------------------------------------------- image grid
@@ -1034,6 +1160,7 @@ def _render_into(suite: Suite, out: Path, scratch: Path, run_id: str | None) -> 
     else:
         data.notes.append("No tuning trials in MLflow for this suite (run `todsynth bench tune` to add the FID vs "
                           "mask-mIoU Pareto plot).")
+    predictors = predictor_sections(data, out)
     grid = image_grid(suite, data, out / "samples.png")
     grids: list[dict[str, str]] = []
     if grid is None:
@@ -1053,7 +1180,8 @@ def _render_into(suite: Suite, out: Path, scratch: Path, run_id: str | None) -> 
         "columns": [{"key": c, "label": LABELS[c], "arrow": "↑" if dirs.get(c, True) else "↓"} for c in cols],
         "several_seeds": several, "figures": figures, "grid": grid is not None,
         "grid_headers": grid[1] if grid else [], "grids": grids, "notes": data.notes,
-        "provenance": provenance_rows(data), "efficiency": efficiency,
+        "provenance": provenance_rows(data), "efficiency": efficiency, "predictors": predictors,
+        "min_settings": MIN_SETTINGS,
         "non_comparable": any(r["comparable"] == "no" for r in rows),
         "pareto": _pareto_rows([data.trials[i] for i in front]), "n_trials": len(data.trials),
         "study": data.study["tags"].get("optuna.study", data.study["run_name"]) if data.study else None,
