@@ -1,8 +1,9 @@
 """Which image metric predicts downstream gain: Spearman on hand-computed inputs, the suites' pairing with real-only,
-the report section (values, one-line reason below 4 settings, no NaN)."""
+the report section (values, one-line reason below 4 settings, no NaN), and the same numbers in tune.json/MLflow."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -147,3 +148,40 @@ def test_report_section_with_three_settings_is_one_line(tiny_suite_data, bench_w
     assert "| Spearman ρ |" not in section and not (out / "gain_correlation.png").exists()
     html = (out / "index.html").read_text()
     assert 'class="predictor-none" data-source="suite"' in html and 'class="predictors"' not in html
+
+
+def test_tune_json_mlflow_and_report_carry_the_same_numbers(tiny_suite_data, bench_workspace, fake_stages, tmp_path):
+    """A study with a downstream objective: tune.json, the study's MLflow run and the report's study block agree."""
+    from mlflow.tracking import MlflowClient
+
+    from bench.suites import validate_data
+    from bench.tune import TuneOptions, tune_suite
+
+    fns, _ = fake_stages
+    data = {**tiny_suite_data, "workspace": str(bench_workspace)}
+    data["tune"] = {"search_space": {"crfm.rectified_step": {"type": "int", "low": 0, "high": 4}},
+                    "objectives": ["downstream_miou"], "sampler": "grid"}
+    suite = validate_data(data, "test")
+    summary = tune_suite(suite, TuneOptions(trials=5, progress=False), stage_fns=fns, stage_versions={}).summary
+    corr = summary["downstream_correlation"]
+    assert corr["n_settings"] == 5 and corr["reason"] is None and "same ranks" in corr["target"]
+    by = {m["metric"]: m for m in corr["metrics"]}
+    assert by["fid"]["rho"] == pytest.approx(-1.0) and by["mask_miou"]["rho"] == pytest.approx(1.0)
+    assert by["kid"]["rho"] is None and by["fid"]["n"] == 5
+    assert json.loads((bench_workspace / "t" / "tune.json").read_text())["downstream_correlation"] == corr
+    run = MlflowClient(tracking_uri=suite.tracking_uri).get_run(summary["mlflow"]["parent_run_id"])
+    assert run.data.metrics["gain_spearman/fid"] == pytest.approx(-1.0)
+    assert run.data.metrics["gain_spearman/mask_miou"] == pytest.approx(1.0)
+    assert run.data.metrics["gain_spearman_n/kid"] == 5.0 and "gain_spearman/kid" not in run.data.metrics
+    assert run.data.tags["todsynth.gain_spearman"] == "computed"
+
+    from bench.engine import run_suite
+
+    run_suite(suite, stage_fns=fns, stage_versions={}, progress=False)
+    out = write_report(suite, tmp_path / "r")
+    section = _section((out / "report.md").read_text())
+    study = section[section.index("### Tuning study t"):]
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:4]] for ln in study.splitlines()
+            if ln.startswith("| ") and "Spearman" not in ln}
+    assert rows["FID ↓"] == ["-1.00", "5"] and rows["mask mIoU ↑"] == ["+1.00", "5"]
+    assert (out / "gain_correlation_study.png").is_file()
