@@ -10,7 +10,9 @@ and swapped into place, so an interrupted report never leaves half a report.
 Files: ``report.md`` (+ the PNGs beside it), ``index.html`` (self-contained: PNGs as data URIs),
 ``results.csv`` (raw floats), ``results.tex`` (booktabs), ``rectified_steps.png``, ``per_class_iou.png``,
 ``pareto.png`` (when tuning trials exist), ``samples.png``; with ``dataset.subsets`` also
-``data_efficiency.png`` and ``data_efficiency.csv`` (:func:`data_efficiency` holds their numbers).
+``data_efficiency.png`` and ``data_efficiency.csv`` (:func:`data_efficiency` holds their numbers); with 4+ synthetic
+settings that have a downstream gain ``gain_correlation.png`` (and ``gain_correlation_study.png`` for a tuning study
+with downstream trials): which image metric predicts the gain (:mod:`bench.correlation`).
 """
 
 from __future__ import annotations
