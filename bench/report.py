@@ -10,7 +10,9 @@ and swapped into place, so an interrupted report never leaves half a report.
 Files: ``report.md`` (+ the PNGs beside it), ``index.html`` (self-contained: PNGs as data URIs),
 ``results.csv`` (raw floats), ``results.tex`` (booktabs), ``rectified_steps.png``, ``per_class_iou.png``,
 ``pareto.png`` (when tuning trials exist), ``samples.png``; with ``dataset.subsets`` also
-``data_efficiency.png`` and ``data_efficiency.csv`` (:func:`data_efficiency` holds their numbers).
+``data_efficiency.png`` and ``data_efficiency.csv`` (:func:`data_efficiency` holds their numbers); with 4+ synthetic
+settings that have a downstream gain ``gain_correlation.png`` (and ``gain_correlation_study.png`` for a tuning study
+with downstream trials): which image metric predicts the gain (:mod:`bench.correlation`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.correlation import MIN_SETTINGS
 from bench.schema import KNOWN_METRICS, Suite
 from todsynth.errors import TodsynthError
 
@@ -65,6 +68,7 @@ class ReportData:
     trials: list[dict[str, Any]] = field(default_factory=list)
     sample_grids: dict[str, Path] = field(default_factory=dict)  # variant -> grid.png logged by synthesize
     notes: list[str] = field(default_factory=list)
+    workspace: Path | None = None
 
 
 # ---------------------------------------------------------------------- gathering (MLflow)
@@ -147,7 +151,7 @@ def load_report_data(suite: Suite, scratch: Path, run_id: str | None = None) -> 
     if problems:
         raise ReportError(f"MLflow run {rid}: its metrics disagree with its results.json artifact: " + "; ".join(problems[:5]))
     data = ReportData(suite=suite.name, experiment=suite.experiment, tracking_uri=uri, parent=parent, results=results,
-                      stages=stages, current_config_hash=config_hash(suite))
+                      stages=stages, current_config_hash=config_hash(suite), workspace=suite.workspace)
     if results.get("config_hash") != data.current_config_hash:
         data.notes.append(
             f"The suite file's config hash is now {data.current_config_hash[:12]}; this report shows the last finished "
@@ -168,7 +172,8 @@ def _workspace_cross_check(suite: Suite, data: ReportData) -> None:
     ws = read_results(path)
     ws_run = ws.get("mlflow", {}).get("parent_run_id")
     if ws_run != data.parent["run_id"]:
-        data.notes.append(f"{path} belongs to MLflow run {ws_run}, not to the reported run {data.parent['run_id']}.")
+        data.notes.append(f"{display_path(path, suite.workspace)} belongs to MLflow run {ws_run}, not to the reported "
+                          f"run {data.parent['run_id']}.")
         return
     if _numbers(ws["variants"]) != _numbers(data.results["variants"]):
         raise ReportError(f"{path} differs from the results.json logged to MLflow run {data.parent['run_id']}")
@@ -203,7 +208,7 @@ def _load_trials(suite: Suite, data: ReportData) -> None:
         except (KeyError, json.JSONDecodeError):
             params = {k: v for k, v in run["params"].items() if k.startswith(("crfm.", "sampling."))}
         data.trials.append({"number": int(number) if number.isdigit() else None, "run_id": run["run_id"],
-                            "fid": fid, "mask_miou": miou, "params": params,
+                            "fid": fid, "mask_miou": miou, "params": params, "metrics": dict(run["metrics"]),
                             "feasible": run["metrics"].get("feasible", 1.0) > 0})
     data.trials.sort(key=lambda t: (t["number"] is None, t["number"] or 0))
 
@@ -246,42 +251,56 @@ def best_variants(results: dict[str, Any]) -> dict[str, set[str]]:
         if len(vals) < 2:
             best[col] = set()
             continue
-        target = fmt(max(vals.values()) if dirs.get(col, True) else min(vals.values()))
-        winners = {k for k, x in vals.items() if fmt(x) == target}  # ties at the shown precision all win
+        places = column_decimals(list(vals.values()))
+        target = fmt(max(vals.values()) if dirs.get(col, True) else min(vals.values()), decimals=places)
+        winners = {k for k, x in vals.items() if fmt(x, decimals=places) == target}  # ties as shown all win
         best[col] = winners if len(winners) < len(vals) else set()  # all equal: nobody is best
     return best
 
 
-def _spec(v: float) -> str:
-    """Display format of a value: 4 decimals below 10, 2 below 100, 1 above; scientific for tiny values."""
-    a = abs(v)
-    if a >= 100:
-        return ".1f"
-    if a >= 10:
-        return ".2f"
-    return ".4f" if a >= 0.01 or v == 0 else ".2e"
+def column_decimals(values: list[float]) -> int:
+    """Decimals of a table column, one number for all its cells so they align at the point: by the largest |value|
+    4 below 10, 2 below 100, 1 above; more when the smallest non-zero |value| is below 0.01 (3 significant digits)."""
+    mags = [abs(v) for v in values if v == v]
+    if not mags:
+        return 4
+    top = max(mags)
+    places = 1 if top >= 100 else 2 if top >= 10 else 4
+    small = [m for m in mags if m > 0]
+    if small and min(small) < 0.01:
+        places = max(places, min(8, 2 - math.floor(math.log10(min(small)))))
+    return places
 
 
-def fmt(v: float, std: float | None = None) -> str:
-    """``v`` at display precision, or ``v ± std`` with the std at the mean's precision."""
-    spec = _spec(v)
-    return format(v, spec) if std is None else f"{format(v, spec)} ± {format(std, spec)}"
+def fmt(v: float, std: float | None = None, decimals: int | None = None) -> str:
+    """``v`` (or ``v ± std``) with ``decimals`` places (default: :func:`column_decimals` of ``v`` alone)."""
+    places = column_decimals([v]) if decimals is None else decimals
+    return f"{v:.{places}f}" if std is None else f"{v:.{places}f} ± {std:.{places}f}"
+
+
+def several_seeds(results: dict[str, Any]) -> bool:
+    """A std over seeds exists only with 2+ seeds (results.json writes 0.0 with one: never shown)."""
+    return len(results.get("seeds", [])) > 1
 
 
 def table_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per variant: display cells per column (``mean`` or ``mean ± std``), best flags, FID extractor/comparable."""
-    several = len(results.get("seeds", [])) > 1
+    """Per variant: display cells per column (``mean`` or ``mean ± std`` at the column's fixed decimals), best flags,
+    FID extractor/comparable. ``std`` is None with one seed."""
+    several = several_seeds(results)
     best = best_variants(results)
+    cols = table_columns(results)
+    places = {c: column_decimals([x for v in results["variants"] if (x := _num(v["metrics"].get(c))) is not None])
+              for c in cols}
     rows = []
     for v in results["variants"]:
         cells = {}
-        for col in table_columns(results):
+        for col in cols:
             mean = _num(v["metrics"].get(col))
-            std = _num(v.get("metrics_std", {}).get(col))
+            std = _num(v.get("metrics_std", {}).get(col)) if several else None
             if mean is None:
                 cells[col] = {"text": "–", "best": False, "mean": None, "std": None}
                 continue
-            text = fmt(mean, std if several else None)
+            text = fmt(mean, std, places[col])
             cells[col] = {"text": text, "best": v["name"] in best.get(col, set()), "mean": mean, "std": std}
         comparable = v["metrics"].get("fid_comparable")
         rows.append({"name": v["name"], "kind": v["kind"], "cells": cells,
@@ -291,8 +310,10 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def render_csv(results: dict[str, Any]) -> str:
-    """One row per variant: every metric's mean and std as raw floats, FID extractor/comparable, per-class IoU."""
+    """One row per variant: every metric's mean and std as raw floats (std empty with one seed), FID
+    extractor/comparable, per-class IoU."""
     cols = table_columns(results)
+    several = several_seeds(results)
     classes = _classes(results)
     subsets = "subsets" in results
     header = ["variant", "kind"] + (["declared", "n"] if subsets else [])
@@ -306,7 +327,7 @@ def render_csv(results: dict[str, Any]) -> str:
         m, s = v["metrics"], v.get("metrics_std", {})
         row: list[Any] = [v["name"], v["kind"]] + ([v.get("declared", ""), v.get("n", "")] if subsets else [])
         for c in cols:
-            row += [_csv(m.get(c)), _csv(s.get(c))]
+            row += [_csv(m.get(c)), _csv(s.get(c)) if several else ""]
         row += [m.get("fid_extractor", ""), "" if m.get("fid_comparable") is None else str(bool(m["fid_comparable"])).lower()]
         row += [_csv(m.get("per_class_iou", {}).get(c)) for c in classes]
         w.writerow(row)
@@ -327,8 +348,13 @@ def _tex(text: str) -> str:
     return "".join(_TEX.get(ch, ch) for ch in text)
 
 
+# Metrics computed on the FID feature extractor: both daggered when it is a fallback (``fid_comparable`` false).
+FALLBACK_FEATURES = ("fid", "kid")
+
+
 def render_latex(results: dict[str, Any]) -> str:
-    """A booktabs table (needs ``\\usepackage{booktabs}``): best per column bold, non-comparable FID daggered."""
+    """A booktabs table (needs ``\\usepackage{booktabs}``): best per column bold, FID and KID from a fallback
+    feature extractor daggered, with the dagger explained in a footnote row."""
     cols = table_columns(results)
     dirs = metric_directions(results)
     rows = table_rows(results)
@@ -348,14 +374,17 @@ def render_latex(results: dict[str, Any]) -> str:
             text = cell["text"].replace(" ± ", r" $\pm$ ").replace("–", "--")
             if cell["best"]:
                 text = r"\textbf{" + text + "}"
-            if c == "fid" and r["comparable"] == "no":
+            if c in FALLBACK_FEATURES and r["comparable"] == "no" and cell["mean"] is not None:
                 text += r"$^\dagger$"
                 dagger = True
             cells.append(text)
         lines.append(_tex(r["name"]) + " & " + " & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    if dagger:
-        lines.append(r"% $^\dagger$ FID/KID from a fallback feature extractor: not comparable with Inception FID.")
+    lines.append(r"\bottomrule")
+    if dagger:  # a footnote row of the table (a % comment would never reach the reader)
+        lines.append(rf"\multicolumn{{{len(cols) + 1}}}{{l}}{{\footnotesize $^\dagger$ FID/KID from a fallback feature "
+                     r"extractor (not Inception): they rank variants within this table but are not comparable with "
+                     r"published values.} \\")
+    lines.append(r"\end{tabular}")
     return "\n".join(lines) + "\n"
 
 
@@ -370,6 +399,8 @@ def _classes(results: dict[str, Any]) -> list[str]:
 def rectified_series(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Groups of synthetic variants differing only in ``crfm.rectified_step`` (plain = 0), each with >= 2 steps.
 
+    Labels use the suite's parameter names (``crfm.step_scheme=LD, crfm.max_step_size=0.1``): the ``crfm.*`` and
+    ``sampling.*`` values that tell the series apart (the step scheme and maximum step size when one series).
     Returns ``[{"label", "steps": [int], "variants": [name], "miou", "miou_std", "fid", "fid_std"}]``.
     """
     syn = [v for v in results["variants"] if v["kind"] == "synthetic" and "crfm" in v.get("params", {})]
@@ -393,21 +424,34 @@ def rectified_series(results: dict[str, Any]) -> list[dict[str, Any]]:
         if len(points) < 2:
             continue
         steps = sorted(points)
-        first = members[0]["params"]["crfm"]
-        label = f"{first['step_scheme']}, alpha_max={first['max_step_size']:g}"
-        if members[0].get("n") is not None:
-            label += f", n={members[0]['n']}"
         series.append({
-            "label": label, "steps": steps, "variants": [points[s]["name"] for s in steps],
+            "params": _series_params(members[0]), "n": members[0].get("n"),
+            "steps": steps, "variants": [points[s]["name"] for s in steps],
             **{f"{k}{suffix}": [_num(points[s][src].get(m)) for s in steps]
                for k, m in (("miou", "downstream_miou"), ("fid", "fid"))
                for suffix, src in (("", "metrics"), ("_std", "metrics_std"))},
         })
+    differ = {k for s in series for k in s["params"] if len({json.dumps(t["params"].get(k)) for t in series}) > 1}
+    shown = [k for k in series[0]["params"] if k in differ] if differ else ["crfm.step_scheme", "crfm.max_step_size"]
+    for s in series:
+        parts = [f"{k}={_param_text(s['params'].get(k))}" for k in shown]
+        s["label"] = ", ".join(parts + ([f"subset n={s['n']}"] if s["n"] is not None else []))
+        del s["params"], s["n"]
     labels = [s["label"] for s in series]
     for s in series:
         if labels.count(s["label"]) > 1:
             s["label"] += f" ({s['variants'][-1]})"
     return series
+
+
+def _series_params(v: dict[str, Any]) -> dict[str, Any]:
+    """A variant's ``crfm.*`` (but the rectified step) and ``sampling.*`` values, under the suite's names."""
+    crfm = {f"crfm.{k}": x for k, x in v["params"]["crfm"].items() if k != "rectified_step"}
+    return crfm | {f"sampling.{k}": x for k, x in v["params"].get("sampling", {}).items()}
+
+
+def _param_text(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
 
 
 def _save_figure(fig: Any, path: Path) -> Path:
@@ -420,34 +464,76 @@ def _save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_rectified_steps(series: list[dict[str, Any]], num_steps: int | None, path: Path) -> Path:
-    """Downstream mIoU (left axis, solid) and FID (right axis, dashed) against rectified steps, like the paper."""
+MIN_REL_SPAN = 0.1  # a panel's y range spans at least this fraction of its largest |value|: small differences look small
+
+
+def honest_limits(values: list[float], errors: list[float] | None = None, min_rel_span: float = MIN_REL_SPAN
+                  ) -> tuple[float, float]:
+    """y limits around ``values`` (± ``errors``), widened to at least ``min_rel_span`` x max |value|, plus a margin.
+
+    A twin axis scaled to two points lets a 0.0003 mIoU difference fill the height; this does not.
+    """
+    errs = errors or [0.0] * len(values)
+    lo = min(v - e for v, e in zip(values, errs, strict=True))
+    hi = max(v + e for v, e in zip(values, errs, strict=True))
+    span = max(hi - lo, min_rel_span * max(abs(v) for v in values), 1e-12)
+    mid = (lo + hi) / 2
+    return mid - 0.55 * span, mid + 0.55 * span
+
+
+def rectified_panels(series: list[dict[str, Any]], with_std: bool) -> list[dict[str, Any]]:
+    """What the rectified-steps figure draws: one panel per metric (downstream mIoU, FID) sharing the x axis.
+
+    Returns ``[{"metric", "ylabel", "ylim": (lo, hi), "lines": [{"label", "x", "y", "yerr" (None with one seed),
+    "variants"}]}]``; a panel appears only when some series has a value for its metric.
+    """
+    panels = []
+    for key, metric, ylabel in (("miou", "downstream_miou", "downstream mIoU (↑)"), ("fid", "fid", "FID (↓)")):
+        lines = []
+        for s in series:
+            pts = [(x, y, e, n) for x, y, e, n in zip(s["steps"], s[key], s[f"{key}_std"], s["variants"], strict=True)
+                   if y is not None]
+            if not pts:
+                continue
+            yerr = [e if e is not None else 0.0 for _, _, e, _ in pts] if with_std else None
+            lines.append({"label": s["label"], "x": [p[0] for p in pts], "y": [p[1] for p in pts], "yerr": yerr,
+                          "variants": [p[3] for p in pts]})
+        if not lines:
+            continue
+        ys = [y for ln in lines for y in ln["y"]]
+        errs = [e for ln in lines for e in (ln["yerr"] or [0.0] * len(ln["y"]))]
+        panels.append({"metric": metric, "ylabel": ylabel, "ylim": honest_limits(ys, errs), "lines": lines})
+    return panels
+
+
+def plot_rectified_steps(series: list[dict[str, Any]], num_steps: int | None, path: Path,
+                         with_std: bool = False) -> Path:
+    """Downstream mIoU (top) and FID (bottom) against rectified steps: panels sharing x (:func:`rectified_panels`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2 + 0.15 * len(series)), dpi=110)
-    ax2 = ax.twinx()
+    panels = rectified_panels(series, with_std)
+    fig, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False,
+                             figsize=(6.4, 2.4 * len(panels) + 0.8 + 0.2 * len(series)), dpi=110)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, s in enumerate(series):
-        c = colours[i % len(colours)]
-        ax.errorbar(s["steps"], _nan(s["miou"]), yerr=_nan(s["miou_std"]), color=c, marker="o", capsize=3,
-                    label=f"mIoU – {s['label']}")
-        ax2.errorbar(s["steps"], _nan(s["fid"]), yerr=_nan(s["fid_std"]), color=c, marker="s", linestyle="--",
-                     capsize=3, label=f"FID – {s['label']}")
-        for x, y, name in zip(s["steps"], _nan(s["miou"]), s["variants"], strict=True):
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=c)
+    labels = [s["label"] for s in series]
+    for ax, panel in zip(axes[:, 0], panels, strict=True):
+        for ln in panel["lines"]:
+            c = colours[labels.index(ln["label"]) % len(colours)]
+            ax.errorbar(ln["x"], ln["y"], yerr=ln["yerr"], color=c, marker="o", capsize=3, label=ln["label"])
+            for x, y, name in zip(ln["x"], ln["y"], ln["variants"], strict=True):
+                ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=c)
+        ax.set_ylim(*panel["ylim"])
+        ax.set_ylabel(panel["ylabel"])
+        ax.grid(alpha=0.3)
     steps = sorted({x for s in series for x in s["steps"]})
-    ax.set_xticks(steps)
-    ax.set_xlabel("rectified steps" + (f" (of {num_steps})" if num_steps else ""))
-    ax.set_ylabel("downstream mIoU (↑)")
-    ax2.set_ylabel("FID (↓)")
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
-    ax.grid(alpha=0.3)
-    ax.set_title("Downstream mIoU and FID vs CRFM rectified steps")
+    bottom = axes[-1, 0]
+    bottom.set_xticks(steps)
+    bottom.set_xlabel("crfm.rectified_step" + (f" (sampling.num_inference_steps = {num_steps})" if num_steps else ""))
+    bottom.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=1, frameon=False)
+    axes[0, 0].set_title("Downstream mIoU and FID vs CRFM rectified steps")
     return _save_figure(fig, path)
 
 
@@ -482,14 +568,16 @@ def plot_pareto(trials: list[dict[str, Any]], front: list[int], variants: list[d
         ax.scatter([t["fid"] for t in bad], [t["mask_miou"] for t in bad], c="#8a8a8a", marker="x", s=28,
                    label="infeasible trials (constraint violated)")
     pf = sorted((trials[i] for i in front), key=lambda t: t["fid"])
-    ax.plot([t["fid"] for t in pf], [t["mask_miou"] for t in pf], "o-", color="#d62728", ms=7, label="Pareto front")
+    # above the stars (zorder 3): a suite variant that is also a trial must not hide the front the legend promises
+    ax.plot([t["fid"] for t in pf], [t["mask_miou"] for t in pf], "o-", color="#d62728", ms=7, label="Pareto front",
+            zorder=4)
     for t in trials:
         if t["number"] is not None:
             ax.annotate(str(t["number"]), (t["fid"], t["mask_miou"]), textcoords="offset points", xytext=(3, 3), fontsize=7)
     refs = [v for v in variants if _num(v["metrics"].get("fid")) is not None and _num(v["metrics"].get("mask_miou")) is not None]
     if refs:
         ax.scatter([v["metrics"]["fid"] for v in refs], [v["metrics"]["mask_miou"] for v in refs], marker="*", s=120,
-                   c="#1f77b4", label="suite variants", zorder=3)
+                   c="#1f77b4", label="suite variants", zorder=3, alpha=0.8)
         for v in refs:
             ax.annotate(v["name"], (v["metrics"]["fid"], v["metrics"]["mask_miou"]), textcoords="offset points",
                         xytext=(4, -10), fontsize=7, color="#1f77b4")
@@ -516,7 +604,7 @@ def plot_per_class(results: dict[str, Any], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(classes)), 4.0), dpi=110)
     width = 0.8 / len(variants)
     x = np.arange(len(classes))
-    several = len(results.get("seeds", [])) > 1  # error bars only for a std over seeds
+    several = several_seeds(results)  # error bars only for a std over seeds
     for i, v in enumerate(variants):
         iou = v["metrics"]["per_class_iou"]
         std = v.get("metrics_std", {}).get("per_class_iou", {})
@@ -553,19 +641,11 @@ def data_efficiency(results: dict[str, Any]) -> dict[str, Any] | None:
     if not base:
         return None
 
-    def per_seed(v: dict[str, Any]) -> dict[int, float]:
-        out = {}
-        for p in v.get("per_seed", []):
-            x = _num(p["metrics"].get("downstream_miou"))
-            if x is not None:
-                out[int(p["seed"])] = x
-        return out
-
     series: dict[str, list[dict[str, Any]]] = {}
     for v in rows:
         if v["kind"] != "synthetic" or v["n"] not in base:
             continue
-        ref, got = per_seed(base[v["n"]]), per_seed(v)
+        ref, got = _seed_values(base[v["n"]]), _seed_values(v)
         seeds = [s for s in got if s in ref]
         if not seeds:
             continue
@@ -577,6 +657,16 @@ def data_efficiency(results: dict[str, Any]) -> dict[str, Any] | None:
     return {"baseline": next(iter(base.values()))["declared"], "sizes": sorted(base),
             "series": [{"variant": name, "points": sorted(points, key=lambda p: p["n"])}
                        for name, points in series.items()]}
+
+
+def _seed_values(v: dict[str, Any], key: str = "downstream_miou") -> dict[int, float]:
+    """Seed -> the variant's value of ``key`` in that seed's run (from ``per_seed``)."""
+    out = {}
+    for p in v.get("per_seed", []):
+        x = _num(p["metrics"].get(key))
+        if x is not None:
+            out[int(p["seed"])] = x
+    return out
 
 
 def efficiency_table(eff: dict[str, Any]) -> list[dict[str, Any]]:
@@ -637,6 +727,129 @@ def plot_data_efficiency(eff: dict[str, Any], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------- which image metric predicts downstream gain
+def paired_gain(v: dict[str, Any], base: dict[str, Any]) -> float | None:
+    """Downstream mIoU of ``v`` minus ``base``'s, per seed, mean over the seeds both ran (as :func:`data_efficiency`);
+    from the means when neither row has per-seed numbers."""
+    got, ref = _seed_values(v), _seed_values(base)
+    seeds = [s for s in got if s in ref]
+    if seeds:
+        return sum(got[s] - ref[s] for s in seeds) / len(seeds)
+    if got or ref:
+        return None
+    a, b = _num(v["metrics"].get("downstream_miou")), _num(base["metrics"].get("downstream_miou"))
+    return None if a is None or b is None else a - b
+
+
+def gain_settings(results: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """The suite's synthetic variants as settings of :func:`bench.correlation.gain_correlations`: gain over the
+    matching real-only (with ``dataset.subsets`` the real-only of the same n). Returns (settings, pairing rule)."""
+    baselines = [v for v in results["variants"] if v["kind"] == "baseline"]
+    if "subsets" in results:
+        by_n = {v.get("n"): v for v in baselines}
+        rule = ("gain = downstream mIoU of real + synthetic minus the real-only model's at the same labelled-subset "
+                "size n, per seed, mean over seeds")
+    else:
+        by_n = {None: baselines[0]} if baselines else {}
+        rule = (f"gain = downstream mIoU of real + synthetic minus `{baselines[0]['name']}`'s, per seed, mean over seeds"
+                if baselines else "no real-only (baseline) variant to measure a gain against")
+    settings = []
+    for v in results["variants"]:
+        base = by_n.get(v.get("n"))
+        if v["kind"] != "synthetic" or base is None:
+            continue
+        gain = paired_gain(v, base)
+        if gain is not None:
+            settings.append({"name": v["name"], "gain": gain, "metrics": v["metrics"]})
+    return settings, rule
+
+
+def _real_only_miou(results: dict[str, Any]) -> float | None:
+    """The downstream mIoU of the suite's one real-only model (no ``subsets``), else None."""
+    base = [v for v in results["variants"] if v["kind"] == "baseline"]
+    return _num(base[0]["metrics"].get("downstream_miou")) if base and "subsets" not in results else None
+
+
+def predictor_rows(corr: dict[str, Any]) -> list[dict[str, Any]]:
+    """Display rows of a :func:`bench.correlation.gain_correlations` result: rho as text (never NaN), n, a reading."""
+    rows = []
+    for m in corr["metrics"]:
+        label = LABELS.get(m["metric"], m["metric"])
+        hi = m["higher_is_better"]
+        if m["rho"] is None:
+            rho, reading = "undefined", m["note"]
+        else:
+            rho = f"{m['rho']:+.2f}"
+            if m["rho"] == 0:
+                reading = "no monotone relation"
+            else:
+                reading = f"{'higher' if m['rho'] > 0 else 'lower'} {label}, more gain"
+                if m["agrees"] is not None:
+                    reading += " (its better direction)" if m["agrees"] else " (against its better direction)"
+        rows.append({"metric": m["metric"], "label": label, "arrow": "" if hi is None else ("↑" if hi else "↓"),
+                     "rho": rho, "n": m["n"], "reading": reading})
+    return rows
+
+
+def plot_gain_correlation(corr: dict[str, Any], target: str, title: str, path: Path) -> Path | None:
+    """One panel per image metric: its value (x) against the gain (y) of each setting; None without any point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in corr["metrics"] if m["points"]]
+    if not metrics:
+        return None
+    cols = min(3, len(metrics))
+    nrows = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(nrows, cols, squeeze=False, figsize=(3.4 * cols, 3.0 * nrows + 0.5), dpi=110)
+    for ax, m in zip(axes.flat, metrics, strict=False):
+        xs, ys = [p["x"] for p in m["points"]], [p["gain"] for p in m["points"]]
+        ax.scatter(xs, ys, s=22, c="#1f77b4")
+        if len(m["points"]) <= 12:
+            for p in m["points"]:
+                ax.annotate(p["name"], (p["x"], p["gain"]), textcoords="offset points", xytext=(3, 3), fontsize=6)
+        label = LABELS.get(m["metric"], m["metric"])
+        hi = m["higher_is_better"]
+        ax.set_xlabel(label + ("" if hi is None else (" (↑)" if hi else " (↓)")))
+        rho = "ρ undefined" if m["rho"] is None else f"ρ = {m['rho']:+.2f}"
+        ax.set_title(f"{label}: {rho}, n = {m['n']}", fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(target if len(target) < 40 else target.split(" (")[0], fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save_figure(fig, path)
+
+
+def predictor_sections(data: ReportData, out: Path) -> list[dict[str, Any]]:
+    """The report's "which image metric predicts downstream gain" blocks: the suite's variants, and the tuning
+    study's trials when they have a downstream mIoU; each with its one-line reason when not computed."""
+    from bench.correlation import GAIN_LABEL, gain_correlations, study_settings
+
+    dirs = metric_directions(data.results)
+    blocks = []
+    settings, rule = gain_settings(data.results)
+    sources = [("suite", f"Suite variants ({rule})", settings, GAIN_LABEL, "gain_correlation.png")]
+    trials = [{"name": f"trial-{t['number']}" if t["number"] is not None else t["run_id"][:8], "metrics": t["metrics"]}
+              for t in data.trials]
+    study_set, target = study_settings(trials, _real_only_miou(data.results))
+    if study_set:
+        name = data.study["tags"].get("optuna.study", data.study["run_name"]) if data.study else "?"
+        sources.append(("study", f"Tuning study {name} (finished trials with a downstream mIoU; {target})", study_set,
+                        target, "gain_correlation_study.png"))
+    for key, title, sets, target, file in sources:
+        corr = gain_correlations(sets, dirs)
+        block = {"key": key, "title": title, "target": target, "n_settings": corr["n_settings"],
+                 "reason": corr["reason"], "rows": predictor_rows(corr), "file": None}
+        if corr["reason"] is None and plot_gain_correlation(corr, target, title.split(" (")[0], out / file):
+            block["file"] = file
+        blocks.append(block)
+    return blocks
 
 
 # ---------------------------------------------------------------------- image grid
@@ -775,6 +988,49 @@ def _logged_grids(data: ReportData, dst: Path) -> dict[str, Path]:
 
 
 # ---------------------------------------------------------------------- provenance
+TEMP_ROOTS = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def _under_temp(path: Path) -> bool:
+    roots = {Path(tempfile.gettempdir()).resolve(), *(Path(r).resolve() for r in TEMP_ROOTS)}
+    p = path.resolve()
+    return any(p == r or r in p.parents for r in roots)
+
+
+def _shown_dir(path: Path) -> str:
+    """Relative to the current directory when below it (as typed: ``runs``), else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd())) or "."
+    except ValueError:
+        return str(path)
+
+
+def display_path(path: Path, workspace: Path | None = None) -> str:
+    """A path as a committed report may show it: relative to the workspace, and never a temp dir's absolute path
+    (a report built from a scratch workspace names only the file)."""
+    p = Path(path).expanduser().absolute()
+    ws = Path(workspace).expanduser().absolute() if workspace is not None else None
+    if ws is not None and (p == ws or ws in p.parents):
+        where = "a temporary workspace" if _under_temp(ws) else f"workspace {_shown_dir(ws)}"
+        return where if p == ws else f"{p.relative_to(ws)} in {where}"
+    if _under_temp(p):
+        return f"{p.name} (in a temporary directory)"
+    return _shown_dir(p)
+
+
+def store_text(uri: str, workspace: Path | None = None) -> str:
+    """The MLflow store for provenance: a sqlite file through :func:`display_path`, other URIs as given."""
+    if uri.startswith("sqlite:///"):
+        return "sqlite " + display_path(Path(uri.removeprefix("sqlite:///")), workspace)
+    return uri
+
+
+def device_text(device: str, gpus: Any) -> str:
+    """The device a run used; the GPU count only for a CUDA (or unresolved auto) run, never "cpu ..., gpus=1"."""
+    on_gpu = device.startswith(("cuda", "auto"))
+    return device + (f", gpus={gpus}" if gpus and on_gpu else "")
+
+
 def provenance_rows(data: ReportData) -> list[tuple[str, str]]:
     """(label, value) pairs from the parent run's tags/params and the results' provenance."""
     import datetime as dt
@@ -793,11 +1049,11 @@ def provenance_rows(data: ReportData) -> list[tuple[str, str]]:
         ("config hash", tags.get("todsynth.config_hash", str(data.results.get("config_hash")))),
         ("git commit", tags.get("todsynth.git_commit", str(prov.get("git_commit", "?")))),
         ("date (run start, UTC)", date),
-        ("device", f"{device}" + (f", gpus={gpus}" if gpus else "")),
+        ("device", device_text(str(device), gpus)),
         ("seeds", ", ".join(str(s) for s in data.results.get("seeds", []))),
         ("python / platform", f"{prov.get('python', '?')} / {prov.get('platform', '?')}"),
         ("MLflow", f"run {data.parent['run_id']} ({data.parent.get('run_name')}) in experiment {data.experiment}, "
-                   f"{data.tracking_uri}"),
+                   f"{store_text(data.tracking_uri, data.workspace)}"),
         ("packages", ", ".join(f"{k} {v}" for k, v in versions.items()) or "?"),
     ]
 
@@ -807,12 +1063,23 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+def code_spans(text: str) -> Any:
+    """HTML of a note or caption: escaped, with Markdown's `backtick` spans as ``<code>`` (not literal backticks)."""
+    import re
+
+    from markupsafe import Markup, escape
+
+    return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", str(escape(text))))
+
+
 def _env() -> Any:
     import jinja2
 
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=jinja2.select_autoescape(["html"]),
-                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                              keep_trailing_newline=True)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=jinja2.select_autoescape(["html"]),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True)
+    env.filters["code"] = code_spans
+    return env
 
 
 def write_report(suite: Suite, out_dir: Path | None = None, run_id: str | None = None) -> Path:
@@ -856,21 +1123,27 @@ def _render_into(suite: Suite, out: Path, scratch: Path, run_id: str | None) -> 
     results = data.results
     figures: list[dict[str, str]] = []
 
+    several = several_seeds(results)
     series = rectified_series(results)
     steps = {v["params"]["sampling"]["num_inference_steps"] for v in results["variants"] if "sampling" in v.get("params", {})}
     if series:
-        plot_rectified_steps(series, steps.pop() if len(steps) == 1 else None, out / "rectified_steps.png")
+        plot_rectified_steps(series, steps.pop() if len(steps) == 1 else None, out / "rectified_steps.png", several)
         figures.append({"file": "rectified_steps.png", "title": "Downstream mIoU and FID vs rectified steps",
-                        "caption": "Synthetic variants that differ only in crfm.rectified_step (plain sampling = 0 "
-                                   "steps). Solid: downstream mIoU (left axis, higher is better); dashed: FID (right "
-                                   "axis, lower is better). The paper's LoveDA/FUSU ablation shows the two optima differ."})
+                        "caption": "Synthetic variants that differ only in `crfm.rectified_step` (plain sampling = 0 "
+                                   "steps). Top: downstream mIoU (higher is better); bottom: FID (lower is better); "
+                                   f"each panel's y range spans at least {MIN_REL_SPAN:.0%} of its largest value, so a "
+                                   "small difference looks small. "
+                                   + (f"Error bars: std over seeds {', '.join(str(x) for x in results['seeds'])}. "
+                                      if several else "One seed: no error bars. ")
+                                   + "The paper's LoveDA/FUSU ablation shows the two optima differ."})
     else:
         data.notes.append("No rectified-steps plot: the suite has no two synthetic variants that differ only in "
                           "crfm.rectified_step (add e.g. a matrix over crfm.rectified_step: [0, 2, 4, 6]).")
     if plot_per_class(results, out / "per_class_iou.png") is not None:
         figures.append({"file": "per_class_iou.png", "title": "Per-class IoU (downstream)",
                         "caption": "IoU of each LoveDA class on the real validation set, for the segmentation model "
-                                   "trained on each variant's data (error bars: std over seeds)."})
+                                   "trained on each variant's data"
+                                   + (" (error bars: std over seeds)." if several else " (one seed: no error bars).")})
     efficiency = None
     eff = data_efficiency(results)
     if eff is not None and eff["series"]:
@@ -895,6 +1168,7 @@ def _render_into(suite: Suite, out: Path, scratch: Path, run_id: str | None) -> 
     else:
         data.notes.append("No tuning trials in MLflow for this suite (run `todsynth bench tune` to add the FID vs "
                           "mask-mIoU Pareto plot).")
+    predictors = predictor_sections(data, out)
     grid = image_grid(suite, data, out / "samples.png")
     grids: list[dict[str, str]] = []
     if grid is None:
@@ -912,11 +1186,12 @@ def _render_into(suite: Suite, out: Path, scratch: Path, run_id: str | None) -> 
     context = {
         "suite": data.suite, "description": _description(data), "results": results, "rows": rows,
         "columns": [{"key": c, "label": LABELS[c], "arrow": "↑" if dirs.get(c, True) else "↓"} for c in cols],
-        "several_seeds": len(results.get("seeds", [])) > 1, "figures": figures, "grid": grid is not None,
+        "several_seeds": several, "figures": figures, "grid": grid is not None,
         "grid_headers": grid[1] if grid else [], "grids": grids, "notes": data.notes,
-        "provenance": provenance_rows(data), "efficiency": efficiency,
+        "provenance": provenance_rows(data), "efficiency": efficiency, "predictors": predictors,
+        "min_settings": MIN_SETTINGS,
         "non_comparable": any(r["comparable"] == "no" for r in rows),
-        "pareto": [data.trials[i] for i in front], "n_trials": len(data.trials),
+        "pareto": _pareto_rows([data.trials[i] for i in front]), "n_trials": len(data.trials),
         "study": data.study["tags"].get("optuna.study", data.study["run_name"]) if data.study else None,
     }
     env = _env()
@@ -924,6 +1199,13 @@ def _render_into(suite: Suite, out: Path, scratch: Path, run_id: str | None) -> 
     (out / "results.tex").write_text(render_latex(results))
     (out / "report.md").write_text(env.get_template("report.md.j2").render(**context, uri=lambda f: f))
     (out / "index.html").write_text(env.get_template("report.html.j2").render(**context, uri=lambda f: _data_uri(out / f)))
+
+
+def _pareto_rows(front: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pareto-optimal trials with display texts at one number of decimals per column."""
+    fid = column_decimals([t["fid"] for t in front])
+    miou = column_decimals([t["mask_miou"] for t in front])
+    return [t | {"fid_text": fmt(t["fid"], decimals=fid), "miou_text": fmt(t["mask_miou"], decimals=miou)} for t in front]
 
 
 def _description(data: ReportData) -> str:

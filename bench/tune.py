@@ -16,7 +16,8 @@ journal: a ``todsynth:heartbeat`` system attribute) and set to FAIL; a copy is e
 
 MLflow: one parent run per study (``todsynth.kind=study``), a child run per trial (params, objective and
 metric values, the synthesis sample grid), the trial's new stage runs below it; the Optuna trial keeps the
-run id as user attr ``mlflow_run_id``. The study summary goes to ``<workspace>/<suite>/tune.json``.
+run id as user attr ``mlflow_run_id``. The study summary goes to ``<workspace>/<suite>/tune.json``; with trials that
+reach downstream, it and the study run carry which image metric predicts the downstream gain (``bench.correlation``).
 
 Test hook: ``TODSYNTH_TUNE_TEST_SLEEP_S`` makes every trial sleep that long after it started (so a test can
 kill a worker mid-trial).
@@ -737,6 +738,12 @@ class Session:
                 self.tracker.log_metrics(parent, {f"best/{k}": v for k, v in best[0]["values"].items()})
             self.tracker.log_metrics(parent, {"n_complete": summary["n_complete"], "n_fail": summary["n_fail"],
                                               "pareto_size": len(summary["pareto"])})
+            corr = summary["downstream_correlation"]
+            if corr is not None:  # the same numbers as tune.json's (and the report's) section
+                from bench.correlation import mlflow_metrics
+
+                self.tracker.log_metrics(parent, mlflow_metrics(corr))
+                self.tracker.set_tags(parent, {"todsynth.gain_spearman": corr["reason"] or "computed"})
             self.tracker.set_tags(parent, {"todsynth.complete": str(summary["n_complete"] >= self.target).lower()})
             self.tracker.end(parent, "FINISHED")  # a rerun reopens it to add trials
         return summary, path
@@ -838,7 +845,28 @@ def summarize(study: Any, suite: Suite, url: str, target: int) -> dict[str, Any]
         "pareto": [_trial_record(t, objectives) for t in front],
         "importances": imp,
         "importances_note": note,
+        "downstream_correlation": downstream_correlation(suite, [r for r in records if r["state"] == "COMPLETE"],
+                                                         study.user_attrs.get(REFERENCE) or {}),
     }
+
+
+def downstream_correlation(suite: Suite, records: list[dict[str, Any]], reference: Mapping[str, Mapping[str, float]]
+                           ) -> dict[str, Any] | None:
+    """Which image metric predicts downstream gain, over the COMPLETE trials (:mod:`bench.correlation`, as the report
+    computes it); None when no trial has a downstream mIoU. The real-only value is the study's reference of a baseline
+    variant when a constraint made one; else the target is the downstream mIoU (one shared real-only: same ranks, same
+    rho)."""
+    from bench.correlation import gain_correlations, study_settings
+    from bench.schema import KNOWN_METRICS
+
+    real_only = next((float(reference[v.name]["downstream_miou"]) for v in resolve_variants(suite)
+                      if v.kind == "baseline" and "downstream_miou" in reference.get(v.name, {})), None)
+    settings, target = study_settings([{"name": f"trial-{r['number']}", "metrics": r["metrics"] or {}}
+                                       for r in records], real_only)
+    if not settings:
+        return None
+    directions = dict(KNOWN_METRICS) | {m.name: bool(m.higher_is_better) for m in suite.metrics}
+    return {"target": target, "real_only_miou": real_only, **gain_correlations(settings, directions)}
 
 
 def summary_tables(summary: Mapping[str, Any]) -> list[Any]:

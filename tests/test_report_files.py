@@ -17,8 +17,11 @@ from bench.report import (
     best_variants,
     fmt,
     pareto_front,
+    rectified_panels,
     rectified_series,
+    render_csv,
     render_latex,
+    table_rows,
     write_report,
 )
 from bench.suites import validate_data
@@ -120,8 +123,8 @@ def test_report_files_and_numbers_equal_results(ran, tmp_path):
         shown_mean, shown_std = (float(x) for x in cells["mIoU ↑"].split(" ± "))
         assert abs(shown_mean - m["downstream_miou"]) <= 5e-5 and abs(shown_std - s["downstream_miou"]) <= 5e-5
         assert cells["mAcc ↑"] == fmt(m["downstream_macc"], s["downstream_macc"])
-        if v["kind"] == "synthetic":
-            assert cells["FID ↓"] == fmt(m["fid"], s["fid"])
+        if v["kind"] == "synthetic":  # FID up to 100: one decimal for the whole column
+            assert cells["FID ↓"] == fmt(m["fid"], s["fid"], 1)
             assert cells["comparable"] == "no" and cells["FID extractor"] == "evaluator"
         else:
             assert cells["FID ↓"] == "–"
@@ -131,6 +134,11 @@ def test_report_files_and_numbers_equal_results(ran, tmp_path):
     assert best["kid"] == set()  # every variant has kid 0.1: a tie of all is nobody's win
     assert f"**{fmt(0.1, 0.0)}**" not in md
     assert "MLflow" in md and outcome.parent_run_id in md and results["config_hash"] in md
+    # provenance: no temp path (the workspace is a pytest tmp dir), no GPU count on a CPU run
+    prov = dict(ln.strip("|").split("|", 1) for ln in md[md.index("## Provenance"):].splitlines()[4:] if ln)
+    prov = {k.strip(): v.strip() for k, v in prov.items()}
+    assert str(suite.workspace) not in md and "sqlite mlflow.db in a temporary workspace" in prov["MLflow"]
+    assert prov["device"].startswith("cpu") and "gpus" not in prov["device"]
 
     # HTML: same numbers, images embedded
     html = (out / "index.html").read_text()
@@ -143,7 +151,7 @@ def test_report_files_and_numbers_equal_results(ran, tmp_path):
     # LaTeX: booktabs, escaped names, best bold, non-comparable FID daggered
     tex = (out / "results.tex").read_text()
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
-    assert r"real-only &" in tex and r"\textbf{" + fmt(results["variants"][2]["metrics"]["fid"]) in tex
+    assert r"real-only &" in tex and r"\textbf{" + fmt(results["variants"][2]["metrics"]["fid"], decimals=1) in tex
     assert r"$^\dagger$" in tex
 
     _check_grid(out)
@@ -212,6 +220,23 @@ def test_report_errors(tiny_suite_data, tmp_path, bench_workspace):
     assert (precious / "thesis.tex").read_text() == "keep me"
 
 
+def test_provenance_paths_and_device(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from bench.report import device_text, display_path, store_text
+
+    ws = tmp_path / "ws"
+    assert store_text(f"sqlite:///{ws}/mlflow.db", ws) == "sqlite mlflow.db in a temporary workspace"
+    assert display_path(ws / "t" / "results.json", ws) == "t/results.json in a temporary workspace"
+    assert display_path(tmp_path / "elsewhere" / "mlflow.db", ws) == "mlflow.db (in a temporary directory)"
+    monkeypatch.chdir(tmp_path)  # a workspace typed relative to the current directory stays relative
+    monkeypatch.setattr("bench.report._under_temp", lambda p: False)
+    assert store_text(f"sqlite:///{ws}/mlflow.db", Path("ws")) == "sqlite mlflow.db in workspace ws"
+    assert store_text("postgresql://db/mlflow", ws) == "postgresql://db/mlflow"
+    assert device_text("cpu: AMD EPYC (2 cores)", "1") == "cpu: AMD EPYC (2 cores)"
+    assert device_text("cuda: NVIDIA H200 x1", "1") == "cuda: NVIDIA H200 x1, gpus=1"
+
+
 def test_pareto_front():
     pts = [(10.0, 0.5), (8.0, 0.4), (12.0, 0.6), (11.0, 0.45), (8.0, 0.4)]
     # fid min, miou max: (11, .45) is dominated by (10, .5); duplicates both stay
@@ -233,8 +258,88 @@ def test_rectified_series_groups_by_everything_but_the_step():
     series = rectified_series(results)
     assert [s["steps"] for s in series] == [[0, 2, 4], [0, 4]]
     assert series[0]["variants"] == ["plain", "rs2", "rs4"] and series[0]["fid"] == [30.0, 32.0, 34.0]
-    assert series[1]["label"].startswith("C,")
+    # legends in the suite's parameter names: only what tells the series apart (here the step scheme)
+    assert [s["label"] for s in series] == ["crfm.step_scheme=LD", "crfm.step_scheme=C"]
     assert rectified_series({"variants": [var("plain", 0), var("c4", 4, "C")][:1]}) == []
+    one = rectified_series({"variants": [var("plain", 0), var("rs2", 2)]})
+    assert one[0]["label"] == "crfm.step_scheme=LD, crfm.max_step_size=0.1"  # never `alpha_max`
+
+
+def _rect_results(seeds, miou=(0.4512, 0.4515, 0.4514), fid=(31.2, 30.1, 29.0)):
+    def var(name, rs, m, f):
+        return {"name": name, "kind": "synthetic",
+                "params": {"sampling": {"num_inference_steps": 8},
+                           "crfm": {"rectified_step": rs, "step_scheme": "LD", "max_step_size": 0.1}},
+                "metrics": {"downstream_miou": m, "fid": f},
+                "metrics_std": {"downstream_miou": 0.0 if len(seeds) == 1 else 0.002, "fid": 0.0 if len(seeds) == 1 else 0.4}}
+
+    return {"seeds": seeds, "variants": [var(n, rs, m, f) for n, rs, m, f in
+                                         zip(("plain", "rs2", "rs4"), (0, 2, 4), miou, fid, strict=True)]}
+
+
+def test_rectified_panels_two_panels_honest_range_and_error_bars_only_with_seeds():
+    res = _rect_results([0, 1])
+    panels = rectified_panels(rectified_series(res), with_std=True)
+    assert [p["metric"] for p in panels] == ["downstream_miou", "fid"]  # two panels on one x axis, not twin axes
+    (miou,), (fid,) = (p["lines"] for p in panels)
+    assert miou["x"] == fid["x"] == [0, 2, 4]
+    assert miou["y"] == [0.4512, 0.4515, 0.4514] and fid["y"] == [31.2, 30.1, 29.0]
+    assert miou["yerr"] == [0.002] * 3 and fid["yerr"] == [0.4] * 3
+    # a 0.0003 mIoU difference does not fill the height: the range spans >= 10% of the values
+    lo, hi = panels[0]["ylim"]
+    assert hi - lo >= 0.1 * 0.4515 and lo < 0.4512 and hi > 0.4515
+    assert (0.4515 - 0.4512) / (hi - lo) < 0.1
+    flo, fhi = panels[1]["ylim"]
+    assert flo < 29.0 - 0.4 and fhi > 31.2 + 0.4  # error bars inside the panel
+    # one seed: no error bars at all (a std of 0.0 is not a std)
+    one = rectified_panels(rectified_series(_rect_results([0])), with_std=False)
+    assert all(ln["yerr"] is None for p in one for ln in p["lines"])
+    # a series without FID draws the mIoU panel only
+    nofid = _rect_results([0], fid=(None, None, None))
+    assert [p["metric"] for p in rectified_panels(rectified_series(nofid), False)] == ["downstream_miou"]
+
+
+def test_pareto_front_is_drawn_above_the_variant_stars(monkeypatch, tmp_path):
+    import bench.report as report
+
+    figs = []
+    monkeypatch.setattr(report, "_save_figure", lambda fig, path: figs.append(fig) or path)
+    trials = [{"number": i, "fid": f, "mask_miou": m, "feasible": True}
+              for i, (f, m) in enumerate([(90.0, 0.4), (95.0, 0.5), (99.0, 0.45)])]
+    variants = [{"name": "crfm", "metrics": {"fid": 90.0, "mask_miou": 0.4}}]  # on the front, under a star
+    report.plot_pareto(trials, [0, 1], variants, tmp_path / "p.png")
+    (ax,) = figs[0].axes
+    front = next(ln for ln in ax.get_lines() if ln.get_label() == "Pareto front")
+    stars = next(c for c in ax.collections if c.get_label() == "suite variants")
+    assert list(front.get_xdata()) == [90.0, 95.0]
+    assert front.get_zorder() > stars.get_zorder()
+    import matplotlib.pyplot as plt
+
+    plt.close(figs[0])
+
+
+def _two(seeds):
+    """Two synthetic variants whose FID and KID columns used to mix precisions (24.05 beside 9.8139, 6.16e-03)."""
+    std = 0.0 if len(seeds) == 1 else 0.5
+    return {"suite": "s", "config_hash": "abc", "seeds": seeds, "metric_specs": [], "variants": [
+        {"name": "a", "kind": "synthetic", "metrics": {"downstream_miou": 0.5, "fid": 24.05, "kid": 0.00616},
+         "metrics_std": {"downstream_miou": std / 10, "fid": std, "kid": std / 100}},
+        {"name": "b", "kind": "synthetic", "metrics": {"downstream_miou": 0.25, "fid": 9.8139, "kid": 0.0123},
+         "metrics_std": {"downstream_miou": std / 10, "fid": std, "kid": std / 100}}]}
+
+
+def test_columns_have_fixed_decimals_and_one_seed_has_no_std():
+    rows = {r["name"]: r["cells"] for r in table_rows(_two([0]))}
+    assert [rows[n]["fid"]["text"] for n in "ab"] == ["24.05", "9.81"]  # one precision per column
+    assert [rows[n]["kid"]["text"] for n in "ab"] == ["0.00616", "0.01230"]  # no scientific notation
+    assert [rows[n]["downstream_miou"]["text"] for n in "ab"] == ["0.5000", "0.2500"]
+    assert all(c["std"] is None for r in rows.values() for c in r.values())
+    csv_rows = list(csv.DictReader(io.StringIO(render_csv(_two([0])))))
+    assert csv_rows[0]["fid"] == "24.05" and csv_rows[0]["fid_std"] == "" and csv_rows[0]["kid_std"] == ""
+    # two seeds: mean ± std at the column's decimals, raw stds in the CSV
+    rows = {r["name"]: r["cells"] for r in table_rows(_two([0, 1]))}
+    assert rows["b"]["fid"]["text"] == "9.81 ± 0.50" and rows["a"]["kid"]["text"] == "0.00616 ± 0.00500"
+    assert next(csv.DictReader(io.StringIO(render_csv(_two([0, 1])))))["fid_std"] == "0.5"
 
 
 def test_latex_escapes_and_marks():
@@ -245,6 +350,22 @@ def test_latex_escapes_and_marks():
                              "metrics_std": {}}]}
     tex = render_latex(results)
     assert r"a\_b\&c & \textbf{10.00} \\" in tex and r"d & 12.00 \\" in tex and "dagger" not in tex
+
+
+def test_latex_daggers_fid_and_kid_of_a_fallback_extractor_with_a_footnote_row():
+    results = _two([0])
+    for v in results["variants"]:
+        v["metrics"] |= {"fid_extractor": "evaluator", "fid_comparable": False}
+    results["variants"].append({"name": "real-only", "kind": "baseline", "metrics": {"downstream_miou": 0.4},
+                                "metrics_std": {}})
+    lines = render_latex(results).splitlines()
+    row = next(ln for ln in lines if ln.startswith("b &"))
+    assert row == r"b & 0.2500 & \textbf{9.81}$^\dagger$ & 0.01230$^\dagger$ \\"  # FID and KID: the same extractor
+    assert next(ln for ln in lines if ln.startswith("real-only &")).count("dagger") == 0  # no number, no mark
+    end = lines.index(r"\end{tabular}")
+    assert lines[end - 2] == r"\bottomrule"
+    assert lines[end - 1].startswith(r"\multicolumn{4}{l}{\footnotesize $^\dagger$ FID/KID from a fallback feature")
+    assert lines[end - 1].endswith(r"\\") and not any(ln.startswith("%") and "dagger" in ln for ln in lines)
 
 
 def test_report_tuning_trials_pareto(ran, tmp_path):

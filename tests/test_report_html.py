@@ -73,6 +73,24 @@ def test_html_report_renders_in_chromium(tiny_suite_data, bench_workspace, fake_
     assert rows == 3
     errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
     assert errors == []
+    # notes and captions: Markdown backticks become <code>, never literal
+    notes = browser.execute_script("return Array.from(document.querySelectorAll('li, figcaption, p'))"
+                                   ".map(e => e.textContent).join('\\n');")
+    assert "`" not in notes
+    assert browser.execute_script("return document.querySelectorAll('li code').length;") >= 1
+
+    # a phone (390 px): the page does not overflow; the wide tables scroll inside their own box
+    browser.set_window_size(390, 900)
+    width = browser.execute_script("return window.innerWidth;")
+    assert width <= 420
+    page = browser.execute_script("return document.documentElement.scrollWidth;")
+    assert page <= width, f"the page is {page} px wide at a {width} px window"
+    boxes = browser.execute_script(
+        "return Array.from(document.querySelectorAll('table')).map(t => { const b = t.parentElement;"
+        " return [t.id || t.className, b.className, getComputedStyle(b).overflowX, b.scrollWidth > b.clientWidth]; });")
+    assert boxes and all(cls == "scroll" and ov == "auto" for _, cls, ov, _ in boxes), boxes
+    assert any(wide for name, _, _, wide in boxes if name == "results-table")  # it really is wider than the phone
+    browser.set_window_size(1200, 900)
     height = browser.execute_script("return document.body.scrollHeight;")
     browser.set_window_size(1200, min(int(height) + 100, 8000))
     shot = tmp_path / "report-screenshot.png"
