@@ -1031,6 +1031,26 @@ def device_text(device: str, gpus: Any) -> str:
     return device + (f", gpus={gpus}" if gpus and on_gpu else "")
 
 
+def fid_counts(results: dict[str, Any]) -> str | None:
+    """One sentence: the image counts and resize behind FID/KID (FID's bias depends on the counts), or None."""
+    groups: dict[tuple[Any, Any, Any], list[str]] = {}
+    for v in results["variants"]:
+        m = v["metrics"]
+        if "fid_n_real" in m or "fid_n_synthetic" in m:
+            key = (_count(m.get("fid_n_real")), _count(m.get("fid_n_synthetic")), m.get("fid_resize", "unknown"))
+            groups.setdefault(key, []).append(v["name"])
+    if not groups:
+        return None
+    parts = [f"{n_real} real vs {n_syn} synthetic images, resize `{resize}`"
+             + ("" if len(groups) == 1 else f" ({', '.join(names)})") for (n_real, n_syn, resize), names in groups.items()]
+    return ("FID/KID per variant and seed: " + "; ".join(parts) + ". FID is biased upwards on small sets: "
+            "compare FIDs only at equal counts.")
+
+
+def _count(v: Any) -> str:
+    return str(int(v)) if isinstance(v, int | float) and v == v and float(v).is_integer() else str(v)
+
+
 def provenance_rows(data: ReportData) -> list[tuple[str, str]]:
     """(label, value) pairs from the parent run's tags/params and the results' provenance."""
     import datetime as dt
@@ -1182,6 +1202,7 @@ def _render_into(suite: Suite, out: Path, scratch: Path, run_id: str | None) -> 
 
     rows = table_rows(results)
     cols = table_columns(results)
+    context_fid = fid_counts(results)
     dirs = metric_directions(results)
     context = {
         "suite": data.suite, "description": _description(data), "results": results, "rows": rows,
@@ -1189,6 +1210,7 @@ def _render_into(suite: Suite, out: Path, scratch: Path, run_id: str | None) -> 
         "several_seeds": several, "figures": figures, "grid": grid is not None,
         "grid_headers": grid[1] if grid else [], "grids": grids, "notes": data.notes,
         "provenance": provenance_rows(data), "efficiency": efficiency, "predictors": predictors,
+        "fid_counts": context_fid,
         "min_settings": MIN_SETTINGS,
         "non_comparable": any(r["comparable"] == "no" for r in rows),
         "pareto": _pareto_rows([data.trials[i] for i in front]), "n_trials": len(data.trials),

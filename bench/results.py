@@ -17,7 +17,7 @@ Every variant has ``downstream_miou``, ``downstream_oa``, ``downstream_macc`` an
 ``fid_n_synthetic`` (the image counts FID/KID were computed on: FID's bias depends on them), ``fid_resize`` (how
 images reached the extractor), ``mask_miou``, ``mask_oa``, ``evaluator_real_miou`` (the evaluator's mIoU on the real images of the masks the synthetic
 images were generated from: the ceiling of ``mask_miou``) and ``seconds_per_image``. With several seeds, ``metrics`` holds the mean over seeds
-and ``metrics_std`` the population standard deviation (``ddof=0``; 0.0 with one seed); non-numeric
+and ``metrics_std`` the population standard deviation (``ddof=0``; empty with one seed); non-numeric
 values (``fid_extractor``, ``fid_comparable``) are the common value across seeds. Raw floats, never rounded;
 undefined values (NaN, e.g. FID with fewer than 2 images or IoU of a class absent from Val) are written as null.
 """
@@ -102,6 +102,8 @@ def collect_results(
     for v in resolve_variants(suite):
         per_seed = [{"seed": seed, "metrics": seed_metrics(done, v.name, seed)} for seed in suite.seeds]
         mean, std = aggregate([p["metrics"] for p in per_seed])
+        if len(per_seed) < 2:  # a std over one seed is undefined, not 0.0
+            std = {}
         params = {"seeds": list(suite.seeds), **variant_params(suite, v),
                   "downstream": suite.downstream.model_dump(mode="json", exclude={"ratio"})}
         row = {"name": v.name, "kind": v.kind, "params": params, "metrics": mean, "metrics_std": std,

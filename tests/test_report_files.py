@@ -192,6 +192,22 @@ def test_report_latest_run_and_workspace_cross_check(ran, tmp_path):
     assert not (tmp_path / "r2").exists()
 
 
+def test_fid_counts_sentence(ran, tmp_path):
+    from bench.report import fid_counts
+
+    suite, outcome = ran
+    out = write_report(suite, tmp_path / "r", run_id=outcome.parent_run_id)
+    line = "FID/KID per variant and seed: 8 real vs 4 synthetic images, resize `none: native resolution`."
+    assert line in (out / "report.md").read_text()
+    assert "8 real vs 4 synthetic images, resize <code>none: native resolution</code>" in (out / "index.html").read_text()
+    two = {"variants": [{"name": "a", "metrics": {"fid_n_real": 8, "fid_n_synthetic": 4, "fid_resize": "r"}},
+                        {"name": "b", "metrics": {"fid_n_real": 8.0, "fid_n_synthetic": 12, "fid_resize": "r"}},
+                        {"name": "real-only", "metrics": {}}]}
+    assert fid_counts(two).startswith("FID/KID per variant and seed: 8 real vs 4 synthetic images, resize `r` (a); "
+                                      "8 real vs 12 synthetic images, resize `r` (b).")
+    assert fid_counts({"variants": [{"name": "real-only", "metrics": {}}]}) is None
+
+
 def test_report_refuses_a_variant_run_that_disagrees(ran, tmp_path):
     from mlflow.tracking import MlflowClient
 
