@@ -718,6 +718,7 @@ def ui(
     host: Annotated[str, typer.Option("--host", help="Interface to bind (default loopback only; 0.0.0.0 exposes it).")] = "127.0.0.1",
     workspace: Annotated[Path, typer.Option("--workspace", "-w", help="Workspace dir holding mlflow.db.")] = Path("runs"),
     workers: Annotated[int, typer.Option("--workers", help="Server worker processes.")] = 1,
+    create_store: Annotated[bool, typer.Option("--create-store", help="Start an empty store when the workspace has none (a new shared tracking server).")] = False,
 ) -> None:
     """MLflow UI + REST API over the workspace store (sqlite:///<ws>/mlflow.db, artifacts <ws>/mlartifacts)."""
     import os
@@ -726,19 +727,22 @@ def ui(
     import time
     import urllib.request
 
-    from bench.tracking import is_loopback, server_command
+    from bench.tracking import StoreNotFoundError, check_store, is_loopback, server_command, store_uri
 
     if not 0 < port < 65536:
         fail(f"--port {port}: not a TCP port (1-65535)")
     if workers < 1:
         fail(f"--workers {workers}: needs at least 1")
     ws = workspace.expanduser().absolute()
-    if ws.exists() and not ws.is_dir():
-        fail(f"--workspace {ws} is not a directory")
-    if not (ws / "mlflow.db").is_file():
-        err_console.print(f"[yellow]note:[/] {ws / 'mlflow.db'} does not exist yet; the server creates an empty store "
-                          "(run `todsynth bench run --workspace ...` to fill it)", highlight=False, soft_wrap=True)
-        ws.mkdir(parents=True, exist_ok=True)
+    try:
+        check_store(store_uri(ws), ws)
+    except StoreNotFoundError as exc:
+        if not create_store:
+            fail(f"{exc}; --create-store starts an empty one")
+        try:
+            ws.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a file in the way, no permission
+            fail(f"--workspace {ws}: {'not a directory' if ws.exists() else err.strerror}")
     if not is_loopback(host):
         err_console.print(
             f"[bold red]WARNING: binding to {host} exposes the MLflow UI and its REST API to the network, with no "

@@ -31,6 +31,8 @@ from typing import Any, TypeVar
 import psutil
 from filelock import FileLock
 
+from todsynth.errors import TodsynthError
+
 MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 MAX_TAG_VALUE = 8000  # MAX_TAG_VAL_LENGTH
 MAX_KEY = 250  # MAX_ENTITY_KEY_LENGTH
@@ -346,6 +348,26 @@ def fetch_artifact(tracking_uri: str, run_id: str, path: str, dst_dir: Path) -> 
 
 
 # ---------------------------------------------------------------------- UI server
+class StoreNotFoundError(TodsynthError):
+    """A workspace has no MLflow store (``<ws>/mlflow.db``)."""
+
+
+def store_uri(workspace: Path) -> str:
+    """The tracking URI of a workspace's own store: ``sqlite:///<ws>/mlflow.db``."""
+    return f"sqlite:///{Path(workspace).expanduser().absolute() / 'mlflow.db'}"
+
+
+def check_store(tracking_uri: str, workspace: Path) -> None:
+    """Refuse a missing sqlite store up front (opening one would create an empty DB); server URIs pass."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not db.is_file():
+            raise StoreNotFoundError(
+                f"no MLflow store at {db}; run `todsynth bench run <suite> --workspace {workspace}` first "
+                "(or pass the --workspace the suite ran in)"
+            )
+
+
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
     import ipaddress
@@ -366,7 +388,7 @@ def server_command(workspace: Path, host: str = "127.0.0.1", port: int = 5000, w
     ws = Path(workspace).expanduser().absolute()
     return [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{ws / 'mlflow.db'}",
+        "--backend-store-uri", store_uri(ws),
         "--serve-artifacts", "--artifacts-destination", str(ws / "mlartifacts"),
         "--host", host, "--port", str(port), "--workers", str(workers),
     ]

@@ -95,3 +95,21 @@ def test_ui_rejects_bad_options(args, message, tmp_path):
     result = CliRunner().invoke(app, ["ui", "--workspace", str(tmp_path / "ws"), *args])
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "ws").exists()
+
+
+def _ui(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Run the real console script (its exit code and stderr, as a user sees them) and time it."""
+    t0 = time.monotonic()
+    done = subprocess.run([str(TODSYNTH), "ui", *args], capture_output=True, text=True, timeout=30)
+    return done, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("extra", [[], ["--port", "1"]])  # the store is checked before the port
+def test_ui_refuses_a_workspace_without_store(tmp_path, extra):
+    ws = tmp_path / "missing" / "ws"
+    done, seconds = _ui("--workspace", str(ws), *extra)
+    assert done.returncode == 2 and seconds < 5, (done, seconds)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"no MLflow store at {ws / 'mlflow.db'}" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not (tmp_path / "missing").exists()  # nothing created
