@@ -721,13 +721,14 @@ def ui(
     create_store: Annotated[bool, typer.Option("--create-store", help="Start an empty store when the workspace has none (a new shared tracking server).")] = False,
 ) -> None:
     """MLflow UI + REST API over the workspace store (sqlite:///<ws>/mlflow.db, artifacts <ws>/mlartifacts)."""
+    import errno
     import os
     import signal
     import subprocess
     import time
     import urllib.request
 
-    from bench.tracking import StoreNotFoundError, check_store, is_loopback, server_command, store_uri
+    from bench.tracking import StoreNotFoundError, bind_error, check_store, is_loopback, server_command, store_uri
 
     if not 0 < port < 65536:
         fail(f"--port {port}: not a TCP port (1-65535)")
@@ -743,6 +744,10 @@ def ui(
             ws.mkdir(parents=True, exist_ok=True)
         except OSError as err:  # a file in the way, no permission
             fail(f"--workspace {ws}: {'not a directory' if ws.exists() else err.strerror}")
+    if (err := bind_error(host, port)) is not None:  # before starting: another server would answer our health check
+        if err.errno == errno.EADDRINUSE:
+            fail(f"port {port} on {host} is already in use; choose another with --port")
+        fail(f"cannot listen on {host}:{port} ({err.strerror}); check --host and --port")
     if not is_loopback(host):
         err_console.print(
             f"[bold red]WARNING: binding to {host} exposes the MLflow UI and its REST API to the network, with no "

@@ -368,6 +368,18 @@ def check_store(tracking_uri: str, workspace: Path) -> None:
             )
 
 
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why ``host:port`` cannot be listened on now, or None: a trial bind with SO_REUSEADDR, as uvicorn binds."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+    except OSError as exc:  # socket.gaierror too: a host name that does not resolve
+        return exc
+    return None
+
+
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
     import ipaddress

@@ -113,3 +113,15 @@ def test_ui_refuses_a_workspace_without_store(tmp_path, extra):
     assert len(lines) == 1 and f"no MLflow store at {ws / 'mlflow.db'}" in lines[0], done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert not (tmp_path / "missing").exists()  # nothing created
+
+
+def test_ui_refuses_a_taken_port_before_starting(bench_workspace):
+    with socket.socket() as other:  # another server already listening there
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        done, seconds = _ui("--port", str(port), "--workspace", str(bench_workspace))
+    assert done.returncode == 2 and seconds < 5, (done, seconds)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"port {port}" in lines[0] and "--port" in lines[0], done.stderr
+    assert "ready" not in done.stdout and "starting" not in done.stdout, done.stdout
