@@ -380,6 +380,23 @@ def bind_error(host: str, port: int) -> OSError | None:
     return None
 
 
+def listens_on(pid: int, port: int) -> bool:
+    """True when process ``pid`` or one of its descendants listens on TCP ``port``: the server answering is ours."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return False
+    for proc in procs:
+        try:
+            conns = proc.net_connections("tcp")  # tcp4 and tcp6
+        except psutil.Error:
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns):
+            return True
+    return False
+
+
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
     import ipaddress

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 
 from bench.engine import run_suite
 from bench.suites import validate_data
-from bench.tracking import is_loopback, server_command
+from bench.tracking import is_loopback, listens_on, server_command
 
 TODSYNTH = Path(sys.executable).parent / "todsynth"
 
@@ -42,7 +43,8 @@ def test_ui_serves_the_workspace_store(tiny_suite_data, bench_workspace, fake_st
     suite = validate_data({**tiny_suite_data, "workspace": str(bench_workspace)}, "test")
     out = run_suite(suite, stage_fns=fns, stage_versions={}, progress=False)
     port = _free_port()
-    log = (tmp_path / "ui.log").open("w+")
+    log_path = tmp_path / "ui.log"  # read through its path: seeking the child's own handle moves its write offset
+    log = log_path.open("w")
     proc = subprocess.Popen([str(TODSYNTH), "ui", "--port", str(port), "--workspace", str(bench_workspace)],
                             stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
@@ -53,8 +55,7 @@ def test_ui_serves_the_workspace_store(tiny_suite_data, bench_workspace, fake_st
         while found is None and time.monotonic() < deadline and proc.poll() is None:
             found = _get(url)
             time.sleep(0.5)
-        log.seek(0)
-        assert found is not None, f"no answer from the UI on port {port}; its output:\n{log.read()}"
+        assert found is not None, f"no answer from the UI on port {port}; its output:\n{log_path.read_text()}"
         exp = found["experiment"]
         assert exp["name"] == "todsynth/t"
         assert exp["artifact_location"] == str(bench_workspace / "mlartifacts")
@@ -64,8 +65,8 @@ def test_ui_serves_the_workspace_store(tiny_suite_data, bench_workspace, fake_st
     finally:
         proc.send_signal(signal.SIGTERM)  # forwarded to the server's process group
         rc = proc.wait(timeout=30)
-    log.seek(0)
-    text = log.read()
+    log.close()
+    text = log_path.read_text()
     assert rc == 0, text
     assert f"http://127.0.0.1:{port}/" in text and "MLflow UI stopped" in text
     with socket.socket() as s, pytest.raises(ConnectionRefusedError):  # the server and its workers are gone
@@ -125,3 +126,30 @@ def test_ui_refuses_a_taken_port_before_starting(bench_workspace):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and f"port {port}" in lines[0] and "--port" in lines[0], done.stderr
     assert "ready" not in done.stdout and "starting" not in done.stdout, done.stdout
+
+
+def test_ui_reports_a_server_that_dies_before_ready(tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "mlflow.db").write_text("not an sqlite file\n" * 8)  # passes the store check; the server dies opening it
+    done, seconds = _ui("--port", str(_free_port()), "--workspace", str(ws))
+    assert done.returncode == 1 and seconds < 25, (done, seconds)
+    lines = done.stderr.strip().splitlines()
+    assert "file is not a database" in done.stderr  # the server's own last lines, not hidden
+    assert lines[-1].startswith("error: mlflow server exited before it was ready"), lines[-1]
+    assert "ready" not in done.stdout, done.stdout
+
+
+def test_listens_on_tells_our_server_from_another():
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with socket.socket() as other:  # a listener outside the sleeper's process tree
+            other.bind(("127.0.0.1", 0))
+            other.listen()
+            port = other.getsockname()[1]
+            assert listens_on(os.getpid(), port)
+            assert not listens_on(sleeper.pid, port)
+        assert not listens_on(sleeper.pid + 10**7, port)  # no such process
+    finally:
+        sleeper.kill()
+        sleeper.wait()
