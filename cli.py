@@ -802,7 +802,7 @@ def ui(
                 continue
             if listens_on(proc.pid, port) and _answers(url + "health"):  # ours listening, not merely someone answering
                 ready.set()
-                console.print(f"[green]ready[/] {url}", highlight=False, soft_wrap=True)
+                console.print(f"[green]ready[/] {_landing(url)}", highlight=False, soft_wrap=True)
             elif time.monotonic() > deadline:
                 late = True
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -826,6 +826,19 @@ def ui(
         what = "exited before it was ready" if not ready.is_set() else "exited"
         fail(f"mlflow server {what} (exit code {proc.returncode}); its last log lines are above", code=1)
     console.print("MLflow UI stopped", highlight=False)
+
+
+def _landing(url: str) -> str:
+    """The runs table of the newest suite experiment on the server at ``url``, else ``url`` itself."""
+    from bench.tracking import newest_suite_experiment, runs_view_url
+
+    try:
+        exp_id = newest_suite_experiment(url)
+    except (OSError, ValueError, KeyError) as err:  # the server is up; only the shortcut is lost
+        err_console.print(f"[yellow]note:[/] could not list suite runs ({type(err).__name__}: {err})", highlight=False,
+                          soft_wrap=True)
+        return url
+    return url if exp_id is None else runs_view_url(url, exp_id)
 
 
 def _answers(url: str) -> bool:

@@ -397,6 +397,40 @@ def listens_on(pid: int, port: int) -> bool:
     return False
 
 
+def _rest(url: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST to the MLflow REST API of the server at ``url`` (plain HTTP: the ui process never imports mlflow)."""
+    import urllib.request
+
+    req = urllib.request.Request(f"{url.rstrip('/')}/api/2.0/mlflow/{endpoint}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return dict(json.loads(r.read()))
+
+
+def newest_suite_experiment(url: str) -> str | None:
+    """Id of the experiment holding the newest ``todsynth.kind=suite`` run, asked of the server at ``url``; None when
+    there is no such run."""
+    ids: list[str] = []
+    token = None
+    while True:
+        page = _rest(url, "experiments/search", {"max_results": 1000, **({"page_token": token} if token else {})})
+        ids += [e["experiment_id"] for e in page.get("experiments", [])]
+        token = page.get("next_page_token")
+        if not token:
+            break
+    if not ids:
+        return None
+    runs = _rest(url, "runs/search", {"experiment_ids": ids, "filter": "tags.`todsynth.kind` = 'suite'",
+                                      "order_by": ["attributes.start_time DESC"], "max_results": 1}).get("runs", [])
+    return str(runs[0]["info"]["experiment_id"]) if runs else None
+
+
+def runs_view_url(url: str, experiment_id: str) -> str:
+    """The UI page of an experiment's runs table. ``workflowType=machine_learning``: MLflow 3's UI otherwise opens
+    in its GenAI mode (traces overview) unless the browser last chose otherwise."""
+    return f"{url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
     import ipaddress

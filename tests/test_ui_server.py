@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from typer.testing import CliRunner
 
 from bench.engine import run_suite
 from bench.suites import validate_data
-from bench.tracking import is_loopback, listens_on, server_command
+from bench.tracking import Tracker, is_loopback, listens_on, server_command
 
 TODSYNTH = Path(sys.executable).parent / "todsynth"
 
@@ -40,27 +41,31 @@ def _get(url: str) -> dict | None:
 
 def test_ui_serves_the_workspace_store(tiny_suite_data, bench_workspace, fake_stages, tmp_path):
     fns, _ = fake_stages
+    uri, arts = f"sqlite:///{bench_workspace / 'mlflow.db'}", str(bench_workspace / "mlartifacts")
+    older = Tracker(uri, arts, "todsynth/older", bench_workspace)  # an older suite experiment
+    older.end(older.start_parent("old", {}, {}, ""))
     suite = validate_data({**tiny_suite_data, "workspace": str(bench_workspace)}, "test")
     out = run_suite(suite, stage_fns=fns, stage_versions={}, progress=False)
+    perf = Tracker(uri, arts, "todsynth/perf", bench_workspace)  # the newest run, but not a suite run
+    perf.end(perf.start_parent("perf", {}, {}, "", kind="perf"))
     port = _free_port()
     log_path = tmp_path / "ui.log"  # read through its path: seeking the child's own handle moves its write offset
     log = log_path.open("w")
     proc = subprocess.Popen([str(TODSYNTH), "ui", "--port", str(port), "--workspace", str(bench_workspace)],
                             stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
-        query = urllib.parse.urlencode({"experiment_name": suite.experiment})
-        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?{query}"
-        found = None
         deadline = time.monotonic() + 120
-        while found is None and time.monotonic() < deadline and proc.poll() is None:
-            found = _get(url)
-            time.sleep(0.5)
-        assert found is not None, f"no answer from the UI on port {port}; its output:\n{log_path.read_text()}"
-        exp = found["experiment"]
-        assert exp["name"] == "todsynth/t"
-        assert exp["artifact_location"] == str(bench_workspace / "mlartifacts")
-        runs = _post(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search",
-                     {"experiment_ids": [exp["experiment_id"]], "filter": "tags.`todsynth.kind` = 'suite'"})
+        while not (ready := re.search(r"^ready (\S+)$", log_path.read_text(), re.M)) and time.monotonic() < deadline:
+            assert proc.poll() is None, log_path.read_text()
+            time.sleep(0.25)
+        assert ready, f"no 'ready' from the UI on port {port}; its output:\n{log_path.read_text()}"
+        api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+        exp = _get(f"{api}/experiments/get-by-name?{urllib.parse.urlencode({'experiment_name': suite.experiment})}")
+        exp_id = exp["experiment"]["experiment_id"]
+        assert exp["experiment"]["artifact_location"] == str(bench_workspace / "mlartifacts")
+        assert ready[1] == f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+        assert exp_id != older.experiment_id and _get(f"{api}/experiments/get?experiment_id={exp_id}") is not None
+        runs = _post(f"{api}/runs/search", {"experiment_ids": [exp_id], "filter": "tags.`todsynth.kind` = 'suite'"})
         assert [r["info"]["run_id"] for r in runs["runs"]] == [out.parent_run_id]
     finally:
         proc.send_signal(signal.SIGTERM)  # forwarded to the server's process group
