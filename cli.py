@@ -712,7 +712,7 @@ def bench_perf(
 
 # ---------------------------------------------------------------- ui
 # (section: ui)
-UI_START_TIMEOUT_S = 180  # the server took ~25 s to answer on 2 busy cores with its job runners
+UI_START_TIMEOUT_S = 180  # generous: ready after 5.5-7.5 s on 2 busy cores (README "Browsing runs")
 UI_LOG_TAIL = 20  # server log lines shown when it fails
 
 
@@ -734,6 +734,7 @@ def ui(
     import time
 
     from bench.tracking import (
+        SERVER_ENV,
         StoreNotFoundError,
         bind_error,
         check_store,
@@ -768,8 +769,9 @@ def ui(
             "and an SSH tunnel unless this network is trusted.[/]", highlight=False, soft_wrap=True)
     shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # a wildcard bind is reachable locally here
     url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}/"
-    proc = subprocess.Popen(server_command(ws, host, port, workers), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, errors="replace", start_new_session=True)
+    proc = subprocess.Popen(server_command(ws, host, port, workers), env={**os.environ, **SERVER_ENV},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                            start_new_session=True)
     console.print(f"MLflow UI for {ws} starting at {url} (Ctrl-C to stop)", highlight=False, soft_wrap=True)
     log: collections.deque[str] = collections.deque(maxlen=UI_LOG_TAIL)
     ready = threading.Event()

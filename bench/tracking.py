@@ -443,9 +443,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# MLflow 3's job runner (a supervisor plus a huey consumer per GenAI job queue: scorers, evaluation, prompt
+# optimisation, periodic trace tasks) is 8 of the server's 10 processes; todsynth submits no jobs.
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def server_command(workspace: Path, host: str = "127.0.0.1", port: int = 5000, workers: int = 1) -> list[str]:
     """``mlflow server`` over a workspace's store: ``sqlite:///<ws>/mlflow.db``, artifacts served from
-    ``<ws>/mlartifacts`` (proxied, so clients on other machines can log artifacts too)."""
+    ``<ws>/mlartifacts`` (proxied, so clients on other machines can log artifacts too). Run it with
+    :data:`SERVER_ENV` in the environment."""
     import sys
 
     ws = Path(workspace).expanduser().absolute()

@@ -15,6 +15,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -59,6 +60,9 @@ def test_ui_serves_the_workspace_store(tiny_suite_data, bench_workspace, fake_st
             assert proc.poll() is None, log_path.read_text()
             time.sleep(0.25)
         assert ready, f"no 'ready' from the UI on port {port}; its output:\n{log_path.read_text()}"
+        tree = [" ".join(c.cmdline()) for c in psutil.Process(proc.pid).children(recursive=True)]
+        assert not [c for c in tree if "mlflow.server.jobs" in c or "huey" in c], tree  # no job runner, no consumers
+        assert len(tree) == 2, tree  # `mlflow server` and its one uvicorn worker
         api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
         exp = _get(f"{api}/experiments/get-by-name?{urllib.parse.urlencode({'experiment_name': suite.experiment})}")
         exp_id = exp["experiment"]["experiment_id"]
