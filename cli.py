@@ -758,10 +758,10 @@ def ui(
             ws.mkdir(parents=True, exist_ok=True)
         except OSError as err:  # a file in the way, no permission
             fail(f"--workspace {ws}: {'not a directory' if ws.exists() else err.strerror}")
-    if (err := bind_error(host, port)) is not None:  # before starting: another server would answer our health check
-        if err.errno == errno.EADDRINUSE:
+    if (taken := bind_error(host, port)) is not None:  # before starting: another server would answer our health check
+        if taken.errno == errno.EADDRINUSE:
             fail(f"port {port} on {host} is already in use; choose another with --port")
-        fail(f"cannot listen on {host}:{port} ({err.strerror}); check --host and --port")
+        fail(f"cannot listen on {host}:{port} ({taken.strerror}); check --host and --port")
     if not is_loopback(host):
         err_console.print(
             f"[bold red]WARNING: binding to {host} exposes the MLflow UI and its REST API to the network, with no "
@@ -803,8 +803,9 @@ def ui(
             if ready.is_set() or stop:
                 continue
             if listens_on(proc.pid, port) and _answers(url + "health"):  # ours listening, not merely someone answering
-                ready.set()
-                console.print(f"[green]ready[/] {_landing(url)}", highlight=False, soft_wrap=True)
+                link = _landing(url)
+                ready.set()  # from here on the server's log is passed on
+                console.print(f"[green]ready[/] {link}", highlight=False, soft_wrap=True)
             elif time.monotonic() > deadline:
                 late = True
                 os.killpg(proc.pid, signal.SIGKILL)
