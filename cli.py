@@ -712,33 +712,56 @@ def bench_perf(
 
 # ---------------------------------------------------------------- ui
 # (section: ui)
+UI_START_TIMEOUT_S = 180  # generous: ready after 5.5-7.5 s on 2 busy cores (README "Browsing runs")
+UI_LOG_TAIL = 20  # server log lines shown when it fails
+
+
 @app.command("ui")
 def ui(
     port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 5000,
     host: Annotated[str, typer.Option("--host", help="Interface to bind (default loopback only; 0.0.0.0 exposes it).")] = "127.0.0.1",
     workspace: Annotated[Path, typer.Option("--workspace", "-w", help="Workspace dir holding mlflow.db.")] = Path("runs"),
     workers: Annotated[int, typer.Option("--workers", help="Server worker processes.")] = 1,
+    create_store: Annotated[bool, typer.Option("--create-store", help="Start an empty store when the workspace has none (a new shared tracking server).")] = False,
 ) -> None:
     """MLflow UI + REST API over the workspace store (sqlite:///<ws>/mlflow.db, artifacts <ws>/mlartifacts)."""
+    import collections
+    import errno
     import os
     import signal
     import subprocess
+    import threading
     import time
-    import urllib.request
 
-    from bench.tracking import is_loopback, server_command
+    from bench.tracking import (
+        SERVER_ENV,
+        StoreNotFoundError,
+        bind_error,
+        check_store,
+        is_loopback,
+        listens_on,
+        server_command,
+        store_uri,
+    )
 
     if not 0 < port < 65536:
         fail(f"--port {port}: not a TCP port (1-65535)")
     if workers < 1:
         fail(f"--workers {workers}: needs at least 1")
     ws = workspace.expanduser().absolute()
-    if ws.exists() and not ws.is_dir():
-        fail(f"--workspace {ws} is not a directory")
-    if not (ws / "mlflow.db").is_file():
-        err_console.print(f"[yellow]note:[/] {ws / 'mlflow.db'} does not exist yet; the server creates an empty store "
-                          "(run `todsynth bench run --workspace ...` to fill it)", highlight=False, soft_wrap=True)
-        ws.mkdir(parents=True, exist_ok=True)
+    try:
+        check_store(store_uri(ws), ws)
+    except StoreNotFoundError as exc:
+        if not create_store:
+            fail(f"{exc}; --create-store starts an empty one")
+        try:
+            ws.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a file in the way, no permission
+            fail(f"--workspace {ws}: {'not a directory' if ws.exists() else err.strerror}")
+    if (taken := bind_error(host, port)) is not None:  # before starting: another server would answer our health check
+        if taken.errno == errno.EADDRINUSE:
+            fail(f"port {port} on {host} is already in use; choose another with --port")
+        fail(f"cannot listen on {host}:{port} ({taken.strerror}); check --host and --port")
     if not is_loopback(host):
         err_console.print(
             f"[bold red]WARNING: binding to {host} exposes the MLflow UI and its REST API to the network, with no "
@@ -746,8 +769,21 @@ def ui(
             "and an SSH tunnel unless this network is trusted.[/]", highlight=False, soft_wrap=True)
     shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # a wildcard bind is reachable locally here
     url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}/"
-    proc = subprocess.Popen(server_command(ws, host, port, workers), start_new_session=True)
+    proc = subprocess.Popen(server_command(ws, host, port, workers), env={**os.environ, **SERVER_ENV},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                            start_new_session=True)
     console.print(f"MLflow UI for {ws} starting at {url} (Ctrl-C to stop)", highlight=False, soft_wrap=True)
+    log: collections.deque[str] = collections.deque(maxlen=UI_LOG_TAIL)
+    ready = threading.Event()
+
+    def pump() -> None:  # the server's log is held back until it is ready (its tail explains a failed start), then passed on
+        for line in proc.stdout or ():
+            log.append(line)
+            if ready.is_set():
+                sys.stderr.write(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     stop: list[float] = []
 
     def forward(signum: int, _frame: object) -> None:  # Ctrl-C / SIGTERM -> the server's whole process group
@@ -758,27 +794,65 @@ def ui(
             pass
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    ready = False
+    deadline, late = time.monotonic() + UI_START_TIMEOUT_S, False
     try:
         while proc.poll() is None:
             time.sleep(0.25)
             if stop and time.monotonic() - stop[0] > 10:
                 os.killpg(proc.pid, signal.SIGKILL)
-            if not ready and not stop:
-                try:
-                    with urllib.request.urlopen(url + "health", timeout=1):
-                        ready = True
-                        console.print(f"[green]ready[/] {url}", highlight=False)
-                except OSError:
-                    pass
+            if ready.is_set() or stop:
+                continue
+            if listens_on(proc.pid, port) and _answers(url + "health"):  # ours listening, not merely someone answering
+                link = _landing(url)
+                ready.set()  # from here on the server's log is passed on
+                console.print(f"[green]ready[/] {link}", highlight=False, soft_wrap=True)
+            elif time.monotonic() > deadline:
+                late = True
+                os.killpg(proc.pid, signal.SIGKILL)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if not stop and proc.returncode != 0:
-        fail(f"mlflow server exited with code {proc.returncode} (port {port} in use? try --port)", code=1)
+        try:  # whatever the server left in its group
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if stop:
+        console.print("MLflow UI stopped", highlight=False)
+        return
+    if not ready.is_set() or proc.returncode != 0:
+        reader.join(timeout=2)
+        for line in log:
+            err_console.print(line.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
+        if late:
+            fail(f"mlflow server did not listen on port {port} within {UI_START_TIMEOUT_S} s (stopped); its last log lines "
+                 "are above", code=1)
+        what = "exited before it was ready" if not ready.is_set() else "exited"
+        fail(f"mlflow server {what} (exit code {proc.returncode}); its last log lines are above", code=1)
     console.print("MLflow UI stopped", highlight=False)
 
 
+def _landing(url: str) -> str:
+    """The runs table of the newest suite experiment on the server at ``url``, else ``url`` itself."""
+    from bench.tracking import newest_suite_experiment, runs_view_url
+
+    try:
+        exp_id = newest_suite_experiment(url)
+    except (OSError, ValueError, KeyError) as err:  # the server is up; only the shortcut is lost
+        err_console.print(f"[yellow]note:[/] could not list suite runs ({type(err).__name__}: {err})", highlight=False,
+                          soft_wrap=True)
+        return url
+    return url if exp_id is None else runs_view_url(url, exp_id)
+
+
+def _answers(url: str) -> bool:
+    """True when ``url`` answers a GET within a second."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def main() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,12 +15,13 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 from typer.testing import CliRunner
 
 from bench.engine import run_suite
 from bench.suites import validate_data
-from bench.tracking import is_loopback, server_command
+from bench.tracking import Tracker, is_loopback, listens_on, server_command
 
 TODSYNTH = Path(sys.executable).parent / "todsynth"
 
@@ -39,33 +42,40 @@ def _get(url: str) -> dict | None:
 
 def test_ui_serves_the_workspace_store(tiny_suite_data, bench_workspace, fake_stages, tmp_path):
     fns, _ = fake_stages
+    uri, arts = f"sqlite:///{bench_workspace / 'mlflow.db'}", str(bench_workspace / "mlartifacts")
+    older = Tracker(uri, arts, "todsynth/older", bench_workspace)  # an older suite experiment
+    older.end(older.start_parent("old", {}, {}, ""))
     suite = validate_data({**tiny_suite_data, "workspace": str(bench_workspace)}, "test")
     out = run_suite(suite, stage_fns=fns, stage_versions={}, progress=False)
+    perf = Tracker(uri, arts, "todsynth/perf", bench_workspace)  # the newest run, but not a suite run
+    perf.end(perf.start_parent("perf", {}, {}, "", kind="perf"))
     port = _free_port()
-    log = (tmp_path / "ui.log").open("w+")
+    log_path = tmp_path / "ui.log"  # read through its path: seeking the child's own handle moves its write offset
+    log = log_path.open("w")
     proc = subprocess.Popen([str(TODSYNTH), "ui", "--port", str(port), "--workspace", str(bench_workspace)],
                             stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
-        query = urllib.parse.urlencode({"experiment_name": suite.experiment})
-        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?{query}"
-        found = None
         deadline = time.monotonic() + 120
-        while found is None and time.monotonic() < deadline and proc.poll() is None:
-            found = _get(url)
-            time.sleep(0.5)
-        log.seek(0)
-        assert found is not None, f"no answer from the UI on port {port}; its output:\n{log.read()}"
-        exp = found["experiment"]
-        assert exp["name"] == "todsynth/t"
-        assert exp["artifact_location"] == str(bench_workspace / "mlartifacts")
-        runs = _post(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search",
-                     {"experiment_ids": [exp["experiment_id"]], "filter": "tags.`todsynth.kind` = 'suite'"})
+        while not (ready := re.search(r"^ready (\S+)$", log_path.read_text(), re.M)) and time.monotonic() < deadline:
+            assert proc.poll() is None, log_path.read_text()
+            time.sleep(0.25)
+        assert ready, f"no 'ready' from the UI on port {port}; its output:\n{log_path.read_text()}"
+        tree = [" ".join(c.cmdline()) for c in psutil.Process(proc.pid).children(recursive=True)]
+        assert not [c for c in tree if "mlflow.server.jobs" in c or "huey" in c], tree  # no job runner, no consumers
+        assert len(tree) == 2, tree  # `mlflow server` and its one uvicorn worker
+        api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+        exp = _get(f"{api}/experiments/get-by-name?{urllib.parse.urlencode({'experiment_name': suite.experiment})}")
+        exp_id = exp["experiment"]["experiment_id"]
+        assert exp["experiment"]["artifact_location"] == str(bench_workspace / "mlartifacts")
+        assert ready[1] == f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+        assert exp_id != older.experiment_id and _get(f"{api}/experiments/get?experiment_id={exp_id}") is not None
+        runs = _post(f"{api}/runs/search", {"experiment_ids": [exp_id], "filter": "tags.`todsynth.kind` = 'suite'"})
         assert [r["info"]["run_id"] for r in runs["runs"]] == [out.parent_run_id]
     finally:
         proc.send_signal(signal.SIGTERM)  # forwarded to the server's process group
         rc = proc.wait(timeout=30)
-    log.seek(0)
-    text = log.read()
+    log.close()
+    text = log_path.read_text()
     assert rc == 0, text
     assert f"http://127.0.0.1:{port}/" in text and "MLflow UI stopped" in text
     with socket.socket() as s, pytest.raises(ConnectionRefusedError):  # the server and its workers are gone
@@ -95,3 +105,60 @@ def test_ui_rejects_bad_options(args, message, tmp_path):
     result = CliRunner().invoke(app, ["ui", "--workspace", str(tmp_path / "ws"), *args])
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "ws").exists()
+
+
+def _ui(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Run the real console script (its exit code and stderr, as a user sees them) and time it."""
+    t0 = time.monotonic()
+    done = subprocess.run([str(TODSYNTH), "ui", *args], capture_output=True, text=True, timeout=30)
+    return done, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("extra", [[], ["--port", "1"]])  # the store is checked before the port
+def test_ui_refuses_a_workspace_without_store(tmp_path, extra):
+    ws = tmp_path / "missing" / "ws"
+    done, seconds = _ui("--workspace", str(ws), *extra)
+    assert done.returncode == 2 and seconds < 5, (done, seconds)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"no MLflow store at {ws / 'mlflow.db'}" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not (tmp_path / "missing").exists()  # nothing created
+
+
+def test_ui_refuses_a_taken_port_before_starting(bench_workspace):
+    with socket.socket() as other:  # another server already listening there
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        done, seconds = _ui("--port", str(port), "--workspace", str(bench_workspace))
+    assert done.returncode == 2 and seconds < 5, (done, seconds)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"port {port}" in lines[0] and "--port" in lines[0], done.stderr
+    assert "ready" not in done.stdout and "starting" not in done.stdout, done.stdout
+
+
+def test_ui_reports_a_server_that_dies_before_ready(tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "mlflow.db").write_text("not an sqlite file\n" * 8)  # passes the store check; the server dies opening it
+    done, seconds = _ui("--port", str(_free_port()), "--workspace", str(ws))
+    assert done.returncode == 1 and seconds < 25, (done, seconds)
+    lines = done.stderr.strip().splitlines()
+    assert "file is not a database" in done.stderr  # the server's own last lines, not hidden
+    assert lines[-1].startswith("error: mlflow server exited before it was ready"), lines[-1]
+    assert "ready" not in done.stdout, done.stdout
+
+
+def test_listens_on_tells_our_server_from_another():
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with socket.socket() as other:  # a listener outside the sleeper's process tree
+            other.bind(("127.0.0.1", 0))
+            other.listen()
+            port = other.getsockname()[1]
+            assert listens_on(os.getpid(), port)
+            assert not listens_on(sleeper.pid, port)
+        assert not listens_on(sleeper.pid + 10**7, port)  # no such process
+    finally:
+        sleeper.kill()
+        sleeper.wait()
