@@ -806,6 +806,10 @@ def ui(
                 link = _landing(url)
                 ready.set()  # from here on the server's log is passed on
                 console.print(f"[green]ready[/] {link}", highlight=False, soft_wrap=True)
+                if link != url:
+                    from bench.tracking import variants_view_url
+
+                    console.print(f"compare variants: {variants_view_url(link)}", highlight=False, soft_wrap=True)
             elif time.monotonic() > deadline:
                 late = True
                 os.killpg(proc.pid, signal.SIGKILL)

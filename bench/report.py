@@ -73,15 +73,13 @@ class ReportData:
 
 # ---------------------------------------------------------------------- gathering (MLflow)
 def _check_store(suite: Suite) -> None:
-    """Refuse a missing sqlite store up front (opening one would create an empty DB)."""
-    uri = suite.tracking_uri
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
-        if not db.is_file():
-            raise ReportError(
-                f"no MLflow store at {db}; run `todsynth bench run <suite> --workspace {suite.workspace}` first "
-                "(or pass the --workspace the suite ran in)"
-            )
+    """Refuse a missing sqlite store up front (:func:`bench.tracking.check_store`), as a report error."""
+    from bench.tracking import StoreNotFoundError, check_store
+
+    try:
+        check_store(suite.tracking_uri, suite.workspace)
+    except StoreNotFoundError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def _parent_run(suite: Suite, run_id: str | None) -> dict[str, Any]:

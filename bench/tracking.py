@@ -458,6 +458,17 @@ def runs_view_url(url: str, experiment_id: str) -> str:
     return f"{url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
+VARIANT_FILTER = "tags.todsynth.kind = 'variant'"
+
+
+def variants_view_url(runs_url: str) -> str:
+    """A runs-view URL (:func:`runs_view_url`) filtered to the suite's variant runs (expand the suite run to see
+    them nested below it, select them, then Compare)."""
+    from urllib.parse import quote
+
+    return f"{runs_url}&searchFilter={quote(VARIANT_FILTER)}"
+
+
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
     import ipaddress
