@@ -14,9 +14,10 @@ from typing import Any
 
 MIN_SETTINGS = 4  # fewer points give a rank correlation that is mostly noise: not computed
 # Numbers a setting carries that are not measurements of its images: the evaluator's ceiling on real images, cost,
+# the image counts behind FID (they follow the labelled subset's size, not the images' quality), the baseline's score,
 # bookkeeping of tuning trials. Downstream scores (``downstream_*``) and nested keys (``a/b``) are left out too.
 NOT_IMAGE_METRICS = frozenset({"evaluator_real_miou", "seconds_per_image", "fid_comparable", "trial_seconds",
-                               "feasible"})
+                               "feasible", "fid_n_real", "fid_n_synthetic", "real_only_miou"})
 ORDER = ("fid", "kid", "mask_miou", "mask_oa")  # shown first, in this order; any other image metric after them
 
 

@@ -39,6 +39,7 @@ COLUMNS = ("downstream_miou", "downstream_oa", "downstream_macc", "mask_miou", "
 LABELS = {
     "downstream_miou": "mIoU", "downstream_oa": "OA", "downstream_macc": "mAcc", "mask_miou": "mask mIoU",
     "evaluator_real_miou": "evaluator on real", "fid": "FID", "kid": "KID", "seconds_per_image": "s/image",
+    "mask_oa": "mask OA",
 }
 # Instruments, not contestants: shown, never marked best (the evaluator's ceiling is the same model's score on real
 # images; a larger labelled subset has more masks, not a better variant).

@@ -89,6 +89,15 @@ def test_fewshot_pairs_each_setting_with_the_real_only_of_its_n():
     assert gains == pytest.approx({"plain@n16": 0.04, "plain@n48": 0.04})  # per seed, same n: (.05+.03)/2, (.02+.06)/2
 
 
+def test_counts_and_baselines_are_not_image_metrics():
+    from bench.correlation import image_metrics
+
+    settings = [{"name": "a", "gain": 0.1, "metrics": {"fid": 3.0, "mask_oa": 0.5, "fid_n_real": 400, "fid_n_synthetic": 48,
+                                                       "real_only_miou": 0.3, "evaluator_real_miou": 0.7,
+                                                       "downstream_gain": 0.1, "per_class_iou/road": 0.2}}]
+    assert image_metrics(settings) == ["fid", "mask_oa"]
+
+
 def test_study_settings_use_the_real_only_when_known():
     trials = [{"name": f"t{i}", "metrics": {"downstream_miou": 0.5 + i / 100, "fid": 50.0 - i}} for i in range(4)]
     trials.append({"name": "no-downstream", "metrics": {"fid": 1.0}})
