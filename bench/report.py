@@ -921,9 +921,8 @@ def image_grid(suite: Suite, data: ReportData, path: Path, n_rows: int = GRID_RO
     Returns (path, column headers) or None when no synthesize stage output is on disk.
     """
     import numpy as np
-    from PIL import Image, ImageDraw
 
-    from todsynth.data.classes import colorize, reduce_labels
+    from bench.grids import mask_rgb, read_rgb, save_grid
 
     seed, columns = grid_columns(suite, data)
     if not columns:
@@ -936,34 +935,14 @@ def image_grid(suite: Suite, data: ReportData, path: Path, n_rows: int = GRID_RO
     if not ids:
         return None
     headers = ["mask", "real"] + [n for n, _ in columns]
-
-    def cell(arr: Any) -> Any:
-        img = Image.fromarray(arr).convert("RGB")
-        scale = max(1, math.ceil(GRID_CELL / max(img.size)))
-        return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
-
     rows = []
     for key in ids:
         e0 = by_id[first][key]
-        root0 = columns[0][1].parent
-        mask = colorize(reduce_labels(np.asarray(Image.open(root0 / e0["mask"]))))
+        mask = mask_rgb(columns[0][1].parent / e0["mask"])
         real_path = _real_image(e0, suite, data)
-        real = np.asarray(Image.open(real_path).convert("RGB")) if real_path else np.zeros_like(mask)
-        cells = [cell(mask), cell(real)]
-        for name, manifest_path in columns:
-            cells.append(cell(np.asarray(Image.open(manifest_path.parent / by_id[name][key]["image"]).convert("RGB"))))
-        rows.append(cells)
-    cw = max(c.width for r in rows for c in r)
-    ch = max(c.height for r in rows for c in r)
-    pad, head = 4, 18
-    canvas = Image.new("RGB", (len(headers) * (cw + pad) + pad, head + len(rows) * (ch + pad) + pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    for j, h in enumerate(headers):
-        draw.text((pad + j * (cw + pad) + 2, 3), h[: max(4, cw // 6)], fill="black")
-    for i, r in enumerate(rows):
-        for j, c in enumerate(r):
-            canvas.paste(c, (pad + j * (cw + pad), head + i * (ch + pad)))
-    canvas.save(path)
+        real = read_rgb(real_path) if real_path else np.zeros_like(mask)
+        rows.append([mask, real] + [read_rgb(p.parent / by_id[name][key]["image"]) for name, p in columns])
+    save_grid(rows, path, headers=headers, min_cell=GRID_CELL, pad=4)
     data.notes.append(
         f"Samples: seed {seed}, ids {', '.join(f'{d}/{i}' for d, i in ids)}; every variant's image of an id comes from "
         "the same initial noise (per-sample seeds depend on the run seed and the id only)."
