@@ -37,7 +37,6 @@ class ReportData:
     current_config_hash: str
     study: dict[str, Any] | None = None
     trials: list[dict[str, Any]] = field(default_factory=list)
-    sample_grids: dict[str, Path] = field(default_factory=dict)  # variant -> grid.png logged by synthesize
     notes: list[str] = field(default_factory=list)
     workspace: Path | None = None
 
