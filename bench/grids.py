@@ -1,8 +1,9 @@
 """Image grids as PNGs: one layout function for every grid the harness writes.
 
-The synthesize stage's ``grid.png`` (masks above their samples) and the report's ``samples.png`` (per row a
-mask, its real image and each variant's sample, under column headers) are both :func:`save_grid` over rows of
-cells; :func:`read_rgb` and :func:`mask_rgb` read the cells from disk. Cells are uint8 RGB arrays ``(H, W, 3)``.
+The synthesize stage's ``grid.png`` (masks above their samples), the report's ``samples.png`` (per row a mask,
+its real image and each variant's sample, under column headers) and the conditioning check's ``samples.png`` are
+all :func:`save_grid` over rows of cells; :func:`read_rgb` and :func:`mask_rgb` read the cells from disk. Cells
+are uint8 RGB arrays ``(H, W, 3)``.
 """
 
 from __future__ import annotations
