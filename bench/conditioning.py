@@ -217,14 +217,14 @@ def _save_grid(path: Path, masks: torch.Tensor, real: torch.Tensor, true_imgs: t
                shuf_imgs: torch.Tensor) -> None:
     """Rows: colourised mask, real image, sample from that mask, sample from the shuffled mask."""
     import numpy as np
-    from PIL import Image
 
+    from bench.grids import save_grid
     from todsynth.data.classes import colorize
 
-    rows = [np.concatenate([colorize(m.numpy()) for m in masks], axis=1)]
+    rows = [[colorize(m.numpy()) for m in masks]]
     for imgs in (real, true_imgs, shuf_imgs):
-        rows.append(np.concatenate([(i.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for i in imgs], axis=1))
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+        rows.append([(i.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for i in imgs])
+    save_grid(rows, path)
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cache import CachedStage
+from bench.grids import sample_grid
 from todsynth.data.classes import NUM_CLASSES
 
 SAMPLES_FILE = "samples.json"
@@ -353,24 +354,6 @@ def source_samples(synth: CachedStage, data: CachedStage) -> list[Any]:
         manifest = json.loads((synth.dir / rel / "manifest.json").read_text())
         used |= {(e["domain"], e["id"]) for e in manifest["images"]}
     return [s for s in _samples(data, "Train") if (s.domain, s.id) in used]
-
-
-def sample_grid(pairs: list[tuple[Path, Path]], out: Path, n: int = 8) -> Path:
-    """A PNG with up to ``n`` columns: colorized mask above its synthetic image."""
-    import numpy as np
-    from PIL import Image
-
-    from todsynth.data.classes import colorize, reduce_labels
-
-    cols = []
-    for image_path, mask_path in pairs[:n]:
-        image = np.asarray(Image.open(image_path).convert("RGB"))
-        mask = colorize(reduce_labels(np.asarray(Image.open(mask_path))))
-        if mask.shape[:2] != image.shape[:2]:
-            mask = np.asarray(Image.fromarray(mask).resize(image.shape[1::-1], Image.NEAREST))
-        cols.append(np.concatenate([mask, image], axis=0))
-    Image.fromarray(np.concatenate(cols, axis=1)).save(out)
-    return out
 
 
 def stage_synthesize(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:

@@ -12,7 +12,8 @@ import pytest
 from bench import stages
 from bench.engine import graph_hashes, run_suite
 from bench.graph import build_graph
-from bench.report import data_efficiency, efficiency_table, write_report
+from bench.report import write_report
+from bench.report.efficiency import data_efficiency, efficiency_table
 from bench.schema import resolve_variants
 from bench.suites import SuiteError, load_suite, validate_data
 

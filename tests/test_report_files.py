@@ -12,18 +12,9 @@ import pytest
 from PIL import Image
 
 from bench.engine import run_suite
-from bench.report import (
-    ReportError,
-    best_variants,
-    fmt,
-    pareto_front,
-    rectified_panels,
-    rectified_series,
-    render_csv,
-    render_latex,
-    table_rows,
-    write_report,
-)
+from bench.report import ReportError, write_report
+from bench.report.plots import pareto_front, rectified_panels, rectified_series
+from bench.report.tables import best_variants, fmt, render_csv, render_latex, table_rows
 from bench.suites import validate_data
 
 
@@ -193,7 +184,7 @@ def test_report_latest_run_and_workspace_cross_check(ran, tmp_path):
 
 
 def test_fid_counts_sentence(ran, tmp_path):
-    from bench.report import fid_counts
+    from bench.report.tables import fid_counts
 
     suite, outcome = ran
     out = write_report(suite, tmp_path / "r", run_id=outcome.parent_run_id)
@@ -239,14 +230,14 @@ def test_report_errors(tiny_suite_data, tmp_path, bench_workspace):
 def test_provenance_paths_and_device(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from bench.report import device_text, display_path, store_text
+    from bench.report.provenance import device_text, display_path, store_text
 
     ws = tmp_path / "ws"
     assert store_text(f"sqlite:///{ws}/mlflow.db", ws) == "sqlite mlflow.db in a temporary workspace"
     assert display_path(ws / "t" / "results.json", ws) == "t/results.json in a temporary workspace"
     assert display_path(tmp_path / "elsewhere" / "mlflow.db", ws) == "mlflow.db (in a temporary directory)"
     monkeypatch.chdir(tmp_path)  # a workspace typed relative to the current directory stays relative
-    monkeypatch.setattr("bench.report._under_temp", lambda p: False)
+    monkeypatch.setattr("bench.report.provenance._under_temp", lambda p: False)
     assert store_text(f"sqlite:///{ws}/mlflow.db", Path("ws")) == "sqlite mlflow.db in workspace ws"
     assert store_text("postgresql://db/mlflow", ws) == "postgresql://db/mlflow"
     assert device_text("cpu: AMD EPYC (2 cores)", "1") == "cpu: AMD EPYC (2 cores)"
@@ -316,14 +307,14 @@ def test_rectified_panels_two_panels_honest_range_and_error_bars_only_with_seeds
 
 
 def test_pareto_front_is_drawn_above_the_variant_stars(monkeypatch, tmp_path):
-    import bench.report as report
+    import bench.report.plots as plots
 
     figs = []
-    monkeypatch.setattr(report, "_save_figure", lambda fig, path: figs.append(fig) or path)
+    monkeypatch.setattr(plots, "_save_figure", lambda fig, path: figs.append(fig) or path)
     trials = [{"number": i, "fid": f, "mask_miou": m, "feasible": True}
               for i, (f, m) in enumerate([(90.0, 0.4), (95.0, 0.5), (99.0, 0.45)])]
     variants = [{"name": "crfm", "metrics": {"fid": 90.0, "mask_miou": 0.4}}]  # on the front, under a star
-    report.plot_pareto(trials, [0, 1], variants, tmp_path / "p.png")
+    plots.plot_pareto(trials, [0, 1], variants, tmp_path / "p.png")
     (ax,) = figs[0].axes
     front = next(ln for ln in ax.get_lines() if ln.get_label() == "Pareto front")
     stars = next(c for c in ax.collections if c.get_label() == "suite variants")

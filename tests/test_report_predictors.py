@@ -9,7 +9,9 @@ import math
 import pytest
 
 from bench.correlation import gain_correlations, mlflow_metrics, spearman, study_settings
-from bench.report import gain_settings, metric_directions, predictor_rows, write_report
+from bench.report import write_report
+from bench.report.predictors import gain_settings, predictor_rows
+from bench.report.tables import metric_directions
 
 
 def test_spearman_average_ranks_for_ties_and_undefined_for_constant_input():

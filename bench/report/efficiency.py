@@ -1,0 +1,88 @@
+"""Data efficiency (``dataset.subsets``): the downstream mIoU gain of each synthetic variant over the real-only
+model at the same labelled-subset size, paired by seed; its table rows and ``data_efficiency.csv``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any
+
+from bench.report.tables import as_number
+
+EFFICIENCY_RULE = (
+    "Difference of downstream mIoU on real Val, (real + synthetic) minus real-only, computed per seed at the same "
+    "labelled-subset size n and seed; mean and sample std (ddof 1) over seeds. † marks a difference whose |mean| "
+    "exceeds one std; with a single seed there is no std and nothing is marked."
+)
+
+
+def data_efficiency(results: dict[str, Any]) -> dict[str, Any] | None:
+    """Downstream mIoU gain of each synthetic variant over the real-only baseline, per labelled-subset size n.
+
+    Plain numbers for the plot and table (see :data:`EFFICIENCY_RULE`). None without ``subsets`` or without a
+    baseline variant. Returns ``{"baseline", "sizes": [n ascending], "series": [{"variant", "points": [{"n",
+    "seeds", "diffs", "mean", "std" (None with one seed), "exceeds"}]}]}``; a point needs both rows' seed.
+    """
+    if "subsets" not in results:
+        return None
+    rows = [v for v in results["variants"] if v.get("n") is not None]
+    base = {v["n"]: v for v in rows if v["kind"] == "baseline"}
+    if not base:
+        return None
+
+    series: dict[str, list[dict[str, Any]]] = {}
+    for v in rows:
+        if v["kind"] != "synthetic" or v["n"] not in base:
+            continue
+        ref, got = seed_values(base[v["n"]]), seed_values(v)
+        seeds = [s for s in got if s in ref]
+        if not seeds:
+            continue
+        diffs = [got[s] - ref[s] for s in seeds]
+        mean = sum(diffs) / len(diffs)
+        std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) if len(diffs) > 1 else None
+        series.setdefault(v["declared"], []).append({"n": v["n"], "seeds": seeds, "diffs": diffs, "mean": mean,
+                                                     "std": std, "exceeds": std is not None and abs(mean) > std})
+    return {"baseline": next(iter(base.values()))["declared"], "sizes": sorted(base),
+            "series": [{"variant": name, "points": sorted(points, key=lambda p: p["n"])}
+                       for name, points in series.items()]}
+
+
+def seed_values(v: dict[str, Any], key: str = "downstream_miou") -> dict[int, float]:
+    """Seed -> the variant's value of ``key`` in that seed's run (from ``per_seed``)."""
+    out = {}
+    for p in v.get("per_seed", []):
+        x = as_number(p["metrics"].get(key))
+        if x is not None:
+            out[int(p["seed"])] = x
+    return out
+
+
+def efficiency_table(eff: dict[str, Any]) -> list[dict[str, Any]]:
+    """Display rows of :func:`data_efficiency`: per variant, per n ``{"text", "exceeds"}`` (``–`` where missing)."""
+    rows = []
+    for s in eff["series"]:
+        by_n = {p["n"]: p for p in s["points"]}
+        cells = {}
+        for n in eff["sizes"]:
+            p = by_n.get(n)
+            if p is None:
+                cells[n] = {"text": "–", "exceeds": False}
+                continue
+            text = f"{p['mean']:+.4f}" + ("" if p["std"] is None else f" ± {p['std']:.4f}")  # mIoU points: fixed
+            cells[n] = {"text": text + (" †" if p["exceeds"] else ""), "exceeds": p["exceeds"]}
+        rows.append({"variant": s["variant"], "cells": cells})
+    return rows
+
+
+def render_efficiency_csv(eff: dict[str, Any]) -> str:
+    """One row per (variant, n): mean and std (empty with one seed) of the difference, the seeds, the per-seed diffs."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["variant", "n", "mean_diff", "std_diff", "exceeds_std", "n_seeds", "diffs"])
+    for s in eff["series"]:
+        for p in s["points"]:
+            w.writerow([s["variant"], p["n"], repr(p["mean"]), "" if p["std"] is None else repr(p["std"]),
+                        str(p["exceeds"]).lower(), len(p["seeds"]), " ".join(repr(d) for d in p["diffs"])])
+    return buf.getvalue()

@@ -1,0 +1,89 @@
+"""Writing a report: :func:`write_report` gathers, builds the context, renders the Jinja2 templates of
+``bench/templates`` (Markdown, self-contained HTML) and the CSV/LaTeX tables into a temp dir beside the report
+dir, then swaps it into place."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.report.context import build_context
+from bench.report.gather import ReportError, load_report_data
+from bench.report.tables import render_csv, render_latex
+from bench.schema import Suite
+
+TEMPLATES = Path(__file__).parent.parent / "templates"
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def code_spans(text: str) -> Any:
+    """HTML of a note or caption: escaped, with Markdown's `backtick` spans as ``<code>`` (not literal backticks)."""
+    import re
+
+    from markupsafe import Markup, escape
+
+    return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", str(escape(text))))
+
+
+def _env() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=jinja2.select_autoescape(["html"]),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True)
+    env.filters["code"] = code_spans
+    return env
+
+
+def write_report(suite: Suite, out_dir: Path | None = None, run_id: str | None = None) -> Path:
+    """Build the report of ``suite``'s latest finished run (or ``run_id``) into ``out_dir`` (default ``reports/<suite>``).
+
+    Written to a temp dir beside ``out_dir`` and swapped into place; returns ``out_dir``.
+    """
+    out = Path(out_dir) if out_dir is not None else Path("reports") / suite.name
+    out = out.expanduser().absolute()
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / "report.md").is_file())):
+        raise ReportError(f"--out {out} exists and is not a report dir (no report.md in it); it would be replaced "
+                          "whole, so give a new or empty dir, or a previous report's dir")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a report dir is as readable as any new dir
+    try:
+        with tempfile.TemporaryDirectory(prefix="todsynth-report-") as scratch:
+            _render_into(suite, tmp, Path(scratch), run_id)
+        _swap(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _swap(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by ``tmp`` (rename; the old report is moved aside first, then deleted)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _render_into(suite: Suite, out: Path, scratch: Path, run_id: str | None) -> None:
+    """Every report file of the run into ``out``."""
+    data = load_report_data(suite, scratch, run_id)
+    context = build_context(suite, data, out, scratch)
+    env = _env()
+    (out / "results.csv").write_text(render_csv(data.results))
+    (out / "results.tex").write_text(render_latex(data.results))
+    (out / "report.md").write_text(env.get_template("report.md.j2").render(**context, uri=lambda f: f))
+    (out / "index.html").write_text(env.get_template("report.html.j2").render(**context, uri=lambda f: _data_uri(out / f)))
