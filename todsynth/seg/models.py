@@ -29,8 +29,10 @@ SHIPPED_CONFIGS: dict[str, str] = {
 
 
 def _data_preprocessor(crop_size: tuple[int, int] | None) -> dict[str, Any]:
-    """SegDataPreProcessor: BGR (cv2-loaded) -> RGB, ImageNet normalisation, pad to ``crop_size``
-    (or to a multiple of 32 without a crop; mmseg needs exactly one of the two when training)."""
+    """SegDataPreProcessor: BGR (cv2-loaded) -> RGB, ImageNet normalisation, padding.
+
+    Pads to ``crop_size`` (or to a multiple of 32 without a crop; mmseg needs exactly one of the two when training).
+    """
     cfg: dict[str, Any] = dict(
         type="SegDataPreProcessor",
         mean=list(IMAGENET_MEAN_255),
