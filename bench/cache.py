@@ -72,7 +72,7 @@ def _files(root: Path) -> list[str]:
     return sorted(f for f in out if f != DONE)
 
 
-def _jsonable(obj: Any, base: Path) -> Any:
+def jsonable(obj: Any, base: Path) -> Any:
     """Stage return value -> JSON-safe, with paths inside ``base`` made relative to it."""
     if isinstance(obj, Path):
         try:
@@ -80,9 +80,9 @@ def _jsonable(obj: Any, base: Path) -> Any:
         except ValueError:
             return str(obj)
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v, base) for k, v in obj.items()}
+        return {str(k): jsonable(v, base) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v, base) for v in obj]
+        return [jsonable(v, base) for v in obj]
     if isinstance(obj, float | int | str | bool) or obj is None:
         return obj
     if hasattr(obj, "item"):  # numpy / torch scalars
@@ -188,7 +188,7 @@ class StageCache:
         tmp.mkdir(parents=True)
         t0 = time.perf_counter()
         try:
-            artifacts = _jsonable(fn(tmp) or {}, tmp)
+            artifacts = jsonable(fn(tmp) or {}, tmp)
             if DONE in os.listdir(tmp):
                 raise StageError(f"stage {stage} wrote {DONE}, which is the cache's marker name")
             marker = {

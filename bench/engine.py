@@ -32,7 +32,6 @@ from todsynth.errors import StageError, TodsynthError
 
 StageFn = Callable[[dict[str, Any], dict[str, CachedStage], Path], dict[str, Any]]
 RUNS_LOG = "runs.jsonl"
-KILL_AT_ENV = "TODSYNTH_TEST_KILL_AT"  # crash tests: SIGKILL inside this stage (see _test_kill_hook)
 
 
 @dataclass
@@ -369,9 +368,7 @@ def _run_node(
             child.append(tracker.start_child(node.key, node.spec, tags))
             meta["mlflow_run_id"] = child[0]
         if node.launcher == "inprocess":
-            out = fn(spec, inputs, tmp)
-            _test_kill_hook(node.stage)
-            return out
+            return fn(spec, inputs, tmp)
         from bench.launch import run_launched
 
         job = tmp / ".launch"
@@ -410,15 +407,6 @@ def _run_node(
             tracker.log_artifact(child[0], cached.dir / rel)
         tracker.end(child[0], "FINISHED")
     return cached, computed, seconds
-
-
-def _test_kill_hook(stage: str) -> None:
-    """Crash tests only: ``TODSYNTH_TEST_KILL_AT=<stage>`` SIGKILLs this process once ``stage`` has written its
-    output into the temp dir, before the cache publishes it (the worst moment for a crash)."""
-    if os.environ.get(KILL_AT_ENV) == stage:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _append_log(path: Path, record: dict[str, Any]) -> None:

@@ -410,8 +410,8 @@ def stage_evaluate(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir
     for any ``limit``, ``ratio`` or labelled subset without a stage of its own.
     """
     from todsynth.metrics.fid import extract_features, fid_kid, load_features
-    from todsynth.metrics.fidelity import mask_fidelity
     from todsynth.seg.evaluate import evaluate_segmentor
+    from todsynth.seg.fidelity import mask_fidelity
 
     rt = _runtime(spec)
     synth = inputs["synthesize"]

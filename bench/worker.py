@@ -16,7 +16,7 @@ from bench.launch import read_job
 
 def main(argv: list[str] | None = None) -> int:
     """Run one stage from a job dir written by :func:`bench.launch.write_job`."""
-    from bench.cache import _jsonable
+    from bench.cache import jsonable
     from bench.stages import STAGES
 
     ap = argparse.ArgumentParser(prog="bench.worker")
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     spec, inputs = read_job(args.job)
     artifacts = STAGES[args.stage](spec, inputs, args.out)
     if int(os.environ.get("RANK", "0")) == 0:
-        (args.job / "artifacts.json").write_text(json.dumps(_jsonable(artifacts or {}, args.out)))
+        (args.job / "artifacts.json").write_text(json.dumps(jsonable(artifacts or {}, args.out)))
     return 0
 
 

@@ -1,14 +1,20 @@
-"""bench.conditioning: scoring, override parsing and the end-to-end plumbing at tiny sizes (not the figure)."""
+"""bench.checks (conditioning, crfm): scoring, override parsing, the end-to-end plumbing at tiny sizes (not the
+figures) and the `todsynth bench check-*` commands' refusal of bad input."""
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from bench.conditioning import _parse_set, measure_conditioning, miou
+import cli
+from bench.checks.conditioning import measure_conditioning, parse_overrides
+from bench.checks.scoring import miou
+from todsynth.errors import ConfigError
 
 
 class _Oracle(nn.Module):
@@ -35,12 +41,12 @@ def test_miou_scores_predictions_against_masks() -> None:
     assert 0.0 <= shuffled < 0.5
 
 
-def test_parse_set_builds_nested_overrides() -> None:
-    out = _parse_set(["train.steps=800", "transformer.patch_size=1", "mask_stream.init=fresh", "train.lr=1.0e-3"])
+def test_parse_overrides_builds_nested_overrides() -> None:
+    out = parse_overrides(["train.steps=800", "transformer.patch_size=1", "mask_stream.init=fresh", "train.lr=1.0e-3"])
     assert out == {"train": {"steps": 800, "lr": 1e-3}, "transformer": {"patch_size": 1}, "mask_stream": {"init": "fresh"}}
-    assert _parse_set(["train.lr=4e-3"]) == {"train": {"lr": 4e-3}}  # a float, though YAML 1.1 reads a string
-    with pytest.raises(SystemExit):
-        _parse_set(["train.steps"])
+    assert parse_overrides(["train.lr=4e-3"]) == {"train": {"lr": 4e-3}}  # a float, though YAML 1.1 reads a string
+    with pytest.raises(ConfigError, match="--set"):
+        parse_overrides(["train.steps"])
 
 
 def test_measure_conditioning_plumbing_and_cache(tmp_path) -> None:
@@ -62,20 +68,34 @@ def test_measure_conditioning_plumbing_and_cache(tmp_path) -> None:
         assert r["fidelity_true"] == pytest.approx(r["miou_true"] / r["miou_real"])
     assert r["gap"] == pytest.approx(r["miou_true"] - r["miou_shuffled"])
     assert r["vae_wall_s"] > 0 and r["gen_cpu_s"] > 0
-    run = tmp_path / r["run_dir"].split("/")[-1]
+    run = Path(r["run_dir"])
+    assert run.parent == tmp_path / "results"
     assert json.loads((run / "conditioning.json").read_text())["miou_true"] == r["miou_true"]
     assert (run / "samples.png").is_file()
+    # Every stage is a published stage-cache dir (done.json), nothing half-written or left to resume.
+    cache = tmp_path / "cache"
+    for stage in ("data", "evaluator", "autoencoder", "generator"):
+        (done,) = [d for d in (cache / stage).iterdir() if not d.name.startswith(".")]
+        assert json.loads((done / "done.json").read_text())["stage"] == stage
+    assert not list(cache.glob("*/.tmp-*")) and not list(cache.glob("*/.work-*"))
     # Second call re-uses data, evaluator, VAE and generator (no retraining) and reproduces the figures.
-    weights = sorted(tmp_path.glob("evaluator-*/model.safetensors"))
+    weights = sorted(cache.glob("evaluator/*/model/model.safetensors"))
     assert len(weights) == 1
     stamp = weights[0].stat().st_mtime_ns
-    r2 = measure_conditioning(tmp_path, **kw)
+    lines: list[str] = []
+    r2 = measure_conditioning(tmp_path, **kw, log=lines.append)
     assert weights[0].stat().st_mtime_ns == stamp
+    assert [x for x in lines if x.endswith(": cached")] == [f"{s}: cached" for s in ("data", "evaluator", "autoencoder",
+                                                                                   "generator")]
     assert r2["vae_cached"] and not r["vae_cached"] and r2["vae_cpu_s"] == r["vae_cpu_s"]
-    assert r2["gen_cpu_s"] < r["gen_cpu_s"]
+    assert r2["gen_cached"] and r2["gen_cpu_s"] == 0.0 < r["gen_cpu_s"]
     assert (r2["miou_true"], r2["miou_shuffled"]) == (r["miou_true"], r["miou_shuffled"])
-    with pytest.raises(ValueError, match="n_masks"):
-        measure_conditioning(tmp_path, **{**kw, "n_masks": 1})
+    assert r2["run_dir"] == r["run_dir"]
+    for bad, needle in (({"n_masks": 1}, "n_masks"), ({"n_masks": 5}, "fewer than n_masks"),
+                        ({"size": 64}, "image_size"), ({"mask_split": "Test"}, "mask_split")):
+        with pytest.raises(ConfigError, match=needle):
+            measure_conditioning(tmp_path / "bad", **{**kw, **bad})
+    assert not (tmp_path / "bad").exists()  # refused before any work
 
 
 def test_train_vae_mask_fraction_teaches_mask_greys(tmp_path) -> None:
@@ -106,8 +126,8 @@ def test_train_vae_mask_fraction_teaches_mask_greys(tmp_path) -> None:
 
 
 def test_crfm_fidelity_rows_plain_first_same_seeds(tmp_path) -> None:
-    """bench.crfm_fidelity: plain row first, a CRFM setting scored with the same seeds, bad n_masks refused."""
-    from bench.crfm_fidelity import crfm_fidelity
+    """bench.checks.crfm: plain row first, a CRFM setting scored with the same seeds, bad n_masks refused."""
+    from bench.checks.crfm import crfm_fidelity
     from todsynth.data.loveda import LoveDA
     from todsynth.data.procedural import generate_dataset
     from todsynth.models.generator import build_generator
@@ -134,32 +154,56 @@ def test_crfm_fidelity_rows_plain_first_same_seeds(tmp_path) -> None:
         crfm_fidelity(gen, judge, evaluator, ds, cache, settings, n_masks=4)
 
 
+def _cli_exit(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """Run ``todsynth ARGS`` in this process: (exit code, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["todsynth", *args])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    return exc.value.code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
         (["--masks", "99"], "--masks 99"),
+        (["--split", "Test"], "--split 'Test'"),
         (["--setting", "{rectified_stp: 4}"], "rectified_stp"),
         (["--setting", "[1, 2]"], "not a mapping"),
         (["--setting", "{max_step_size: -1}"], "max_step_size"),
     ],
 )
-def test_crfm_fidelity_cli_refuses_bad_input_before_loading(tmp_path, capsys, extra, needle) -> None:
-    """Bad --masks / --setting exit 2 with one line naming the option, before any model is loaded."""
-    from bench.crfm_fidelity import main
+def test_check_crfm_refuses_bad_input_before_loading(tmp_path, monkeypatch, capsys, extra, needle) -> None:
+    """Bad --masks / --split / --setting exit 2 with one line naming the option, before any model is loaded."""
     from todsynth.data.procedural import generate_dataset
 
     root = generate_dataset(tmp_path / "d", 2, 3, 32, 0)
     missing = str(tmp_path / "no-such-model")  # never reached: validation comes first
-    with pytest.raises(SystemExit) as exc:
-        main(["--generator", missing, "--judge", missing, "--evaluator", missing, "--data", str(root), *extra])
-    assert exc.value.code == 2
-    assert needle in capsys.readouterr().err
+    code, err = _cli_exit(monkeypatch, capsys, "bench", "check-crfm", "--generator", missing, "--judge", missing,
+                          "--evaluator", missing, "--data", str(root), "--no-progress", *extra)
+    assert code == 2 and needle in err, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
 
 
-def test_crfm_fidelity_cli_names_a_missing_dataset(tmp_path, capsys) -> None:
-    from bench.crfm_fidelity import main
+def test_check_crfm_names_a_missing_dataset(tmp_path, monkeypatch, capsys) -> None:
+    code, err = _cli_exit(monkeypatch, capsys, "bench", "check-crfm", "--generator", "g", "--judge", "j",
+                          "--evaluator", "e", "--data", str(tmp_path / "nope"), "--no-progress")
+    assert code == 2 and "nope" in err and "Traceback" not in err
 
-    with pytest.raises(SystemExit) as exc:
-        main(["--generator", "g", "--judge", "j", "--evaluator", "e", "--data", str(tmp_path / "nope")])
-    assert exc.value.code == 2
-    assert "nope" in capsys.readouterr().err
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--masks", "1"], "n_masks must be >= 2"),
+        (["--masks", "9", "--n-val", "8"], "fewer than n_masks=9"),
+        (["--mask-split", "Test"], "mask_split='Test'"),
+        (["--set", "train.steps"], "is not key.path=value"),
+        (["--set", "no_such_key=1"], "unknown override key"),
+        (["--preset", "nope"], "unknown generator preset"),
+    ],
+)
+def test_check_conditioning_refuses_bad_input_before_work(tmp_path, monkeypatch, capsys, extra, needle) -> None:
+    work = tmp_path / "work"
+    code, err = _cli_exit(monkeypatch, capsys, "bench", "check-conditioning", str(work), "--no-progress", *extra)
+    assert code == 2 and needle in err, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert not work.exists()

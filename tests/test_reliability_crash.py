@@ -1,9 +1,10 @@
-"""Crash, resume, out-of-disk and concurrency: SIGKILL inside a stage (TODSYNTH_TEST_KILL_AT), then a rerun
-equals a clean run; two `bench run` on one workspace compute each stage once.
+"""Crash, resume, out-of-disk and concurrency: SIGKILL inside a stage, then a rerun equals a clean run; two
+`bench run` on one workspace compute each stage once.
 
-Fast tests use deterministic fake stages in a subprocess; the slow ones kill the real tests suite
-(`todsynth bench run suites/tests.yaml`) inside each long stage and `bench tune` inside its trials' stages,
-then compare the rerun's results with an uninterrupted run (tolerance 0 on CPU), and start two real
+A killed stage is one wrapped by ``crash_driver.sigkill_after``: it writes its output into the cache's temp dir,
+then SIGKILLs its own process before the cache publishes it. Fast tests use deterministic fake stages in a
+subprocess; the slow ones kill the real tests suite (`todsynth bench run suites/tests.yaml`, through
+``tests/crash_driver.py``) inside each long stage and `bench tune` inside its trials' stages, then compare the rerun's results with an uninterrupted run (tolerance 0 on CPU), and start two real
 `bench run` processes on one workspace at once.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bench.engine import KILL_AT_ENV, run_suite
+from bench.engine import run_suite
 from bench.suites import validate_data
 from todsynth.errors import StageError
 
@@ -28,16 +29,19 @@ STAGES = ["data", "prompts", "autoencoder", "generator", "judge", "evaluator", "
           "evaluate", "downstream"]
 
 
-def _fake_script(suite_json: Path) -> str:
+def _fake_script(suite_json: Path, kill_at: str) -> str:
     return f"""
 import json, sys
 sys.path.insert(0, {str(REPO)!r})
 sys.path.insert(0, {str(REPO / 'tests')!r})
 from bench.engine import run_suite
 from bench.suites import validate_data
+from crash_driver import sigkill_after
 from test_reliability_crash import deterministic_stages
 suite = validate_data(json.loads(open({str(suite_json)!r}).read()), 'x')
-run_suite(suite, stage_fns=deterministic_stages(), stage_versions={{}}, progress=False)
+stage_fns = deterministic_stages()
+stage_fns[{kill_at!r}] = sigkill_after(stage_fns[{kill_at!r}])
+run_suite(suite, stage_fns=stage_fns, stage_versions={{}}, progress=False)
 """
 
 
@@ -71,8 +75,8 @@ def test_sigkill_inside_stage_then_resume_equals_clean_run(kill_at, tiny_suite_d
 
     suite_json = tmp_path / "suite.json"
     suite_json.write_text(json.dumps({**tiny_suite_data, "workspace": str(bench_workspace)}))
-    proc = subprocess.run([sys.executable, "-c", _fake_script(suite_json)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, KILL_AT_ENV: kill_at})
+    proc = subprocess.run([sys.executable, "-c", _fake_script(suite_json, kill_at)], capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     cache = bench_workspace / "cache"
     assert list((cache / kill_at).glob(".tmp-*")), "killed after partial output: its temp dir is left"
@@ -190,8 +194,11 @@ TESTS_SUITE = REPO / "suites" / "tests.yaml"
 COMPARED = ("suite", "suite_version", "seeds", "metric_specs", "skipped_samples", "variants")
 
 
-def _cli(*args: str) -> list[str]:
-    """The console-script entry point (`todsynth bench ...`) in a fresh interpreter."""
+def _cli(*args: str, kill_at: str | None = None) -> list[str]:
+    """The console-script entry point (`todsynth bench ...`) in a fresh interpreter; with ``kill_at``, through
+    ``crash_driver.py``, which SIGKILLs the process once that stage has written its output."""
+    if kill_at is not None:
+        return [sys.executable, str(REPO / "tests" / "crash_driver.py"), kill_at, "bench", *args]
     return [sys.executable, "-c", "import cli; cli.main()", "bench", *args]
 
 
@@ -199,8 +206,9 @@ def _env(extra: dict | None = None) -> dict:
     return {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1", **(extra or {})}
 
 
-def _cli_run(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(_cli(*args), capture_output=True, text=True, cwd=REPO, timeout=1800, env=_env(env))
+def _cli_run(env: dict, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(_cli(*args, kill_at=kill_at), capture_output=True, text=True, cwd=REPO, timeout=1800,
+                          env=_env(env))
 
 
 def _new_ws(root: Path, mlflow_db_template: Path) -> Path:
@@ -284,7 +292,7 @@ def test_real_suite_killed_in_each_long_stage_resumes_to_clean_results(clean_tes
     kill_points = ["autoencoder", "generator", "judge", "evaluator", "real_features", "synthesize", "evaluate",
                    "downstream"]
     for stage in kill_points:  # each run resumes the previous one's finished stages, then dies inside `stage`
-        proc = _cli_run({KILL_AT_ENV: stage}, "run", str(TESTS_SUITE), "-w", str(work), "--no-progress")
+        proc = _cli_run({}, "run", str(TESTS_SUITE), "-w", str(work), "--no-progress", kill_at=stage)
         assert proc.returncode == -9, (stage, proc.stderr[-3000:])
         assert list((work / "cache" / stage).glob(".tmp-*")), (stage, "killed with its output in the temp dir")
         assert not (work / "tests" / "results.json").exists()
@@ -364,7 +372,7 @@ def test_real_tune_killed_in_trial_stages_resumes_to_requested_trials(tmp_path, 
     work = _new_ws(tmp_path / "tune-killed", mlflow_db_template)
     kill_points = ["synthesize", "evaluate"]
     for stage in kill_points:
-        proc = _cli_run({KILL_AT_ENV: stage}, "tune", suite_file, "-w", str(work), "--trials", "2", "--no-progress")
+        proc = _cli_run({}, "tune", suite_file, "-w", str(work), "--trials", "2", "--no-progress", kill_at=stage)
         assert proc.returncode == -9, (stage, proc.stderr[-3000:])
         assert list((work / "cache" / stage).glob(".tmp-*")), stage
         assert not (work / "tests" / "tune.json").exists()

@@ -11,11 +11,12 @@ from PIL import Image
 from torch import nn
 
 from todsynth.data.classes import PALETTE
-from todsynth.metrics.fidelity import mask_fidelity
+from todsynth.data.imagenet import IMAGENET_MEAN_255, IMAGENET_STD_255, normalize_01
 from todsynth.seg.evaluate import evaluate_segmentor, predict
-from todsynth.seg.judge import SegmentorLogits, normalize_01
-from todsynth.seg.models import IMAGENET_MEAN_255, IMAGENET_STD_255, build_segmentor
-from todsynth.seg.train import SegItem
+from todsynth.seg.fidelity import mask_fidelity
+from todsynth.seg.items import SegItem
+from todsynth.seg.judge import SegmentorLogits
+from todsynth.seg.models import build_segmentor
 
 COLOURS = torch.tensor(PALETTE, dtype=torch.float32) / 255.0  # (7, 3)
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from todsynth.data.classes import PALETTE
 from todsynth.seg.freemask import FILTERED_DIRNAME, filter_masks
-from todsynth.seg.train import SegItem
+from todsynth.seg.items import SegItem
 
 COLOURS = torch.tensor(PALETTE, dtype=torch.float32) / 255.0
 

@@ -12,7 +12,8 @@ import torch
 
 from todsynth.data.loveda import list_samples
 from todsynth.data.procedural import generate_dataset
-from todsynth.seg.train import SegItem, as_seg_items, train_segmentor
+from todsynth.seg.items import SegItem, as_seg_items
+from todsynth.seg.train import train_segmentor
 
 
 @pytest.fixture(scope="module")

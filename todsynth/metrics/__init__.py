@@ -1,0 +1,1 @@
+"""Metrics: confusion-matrix scores (mIoU, OA, mAcc, per-class IoU) and FID/KID with offline extractors."""

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from todsynth.data.imagenet import normalize_01
 from todsynth.errors import ConfigError, WeightsNotFoundError
 
 INCEPTION_ENV = "TODSYNTH_INCEPTION_WEIGHTS"
@@ -102,8 +103,6 @@ class SegmenterExtractor(nn.Module):
     def forward(self, images_01: torch.Tensor) -> torch.Tensor:
         """Features float32 (B, D) for RGB images (B, 3, H, W) in [0, 1]."""
         import torch.nn.functional as F
-
-        from todsynth.seg.judge import normalize_01
 
         device = next(self.segmentor.parameters()).device
         stages = self.segmentor.extract_feat(normalize_01(images_01.float().to(device)))

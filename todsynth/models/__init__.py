@@ -1,0 +1,1 @@
+"""The generator's parts: mask-conditioned MM-DiT, autoencoders, presets, safetensors I/O."""

@@ -61,6 +61,7 @@ class Generator:
 
     @property
     def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along each side (the autoencoder's downsampling)."""
         return vae_scale_factor(self.vae)
 
     @property
@@ -71,6 +72,7 @@ class Generator:
 
     @property
     def device(self) -> torch.device:
+        """Device of the transformer's weights."""
         return self.transformer.device
 
     @torch.no_grad()

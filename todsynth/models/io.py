@@ -37,5 +37,5 @@ def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
-    """safetensors write of detached, contiguous CPU copies (shared storage is split)."""
+    """Safetensors write of detached, contiguous CPU copies (shared storage is split)."""
     save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(path))

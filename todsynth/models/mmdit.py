@@ -228,10 +228,12 @@ class MaskMMDiT(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """Dtype of the transformer's weights."""
         return self.transformer.dtype
 
     @property
     def device(self) -> torch.device:
+        """Device of the transformer's weights."""
         return self.transformer.device
 
     @torch.no_grad()
@@ -350,6 +352,8 @@ _TEXT_STREAM = re.compile(
 
 
 def is_text_stream(name: str) -> bool:
-    """True for a ``MaskMMDiT`` parameter name of the text stream (context embedder, time-text embedding,
-    text AdaLN, text Q/K/V/qk-norm/output and FFN)."""
+    """True for a ``MaskMMDiT`` parameter name of the text stream.
+
+    The text stream: context embedder, time-text embedding, text AdaLN, text Q/K/V/qk-norm/output and FFN.
+    """
     return _TEXT_STREAM.match(name) is not None

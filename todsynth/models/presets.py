@@ -142,7 +142,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vae_path": None,
         "scheduler": {"shift": 3.0, "num_train_timesteps": 1000},
         "text": {"kind": "tiny", "seed": 0, "seq_len": 16, "joint_dim": 64, "pooled_dim": 64},
-        # Budgets (python -m bench.conditioning, 400 procedural 64 px scenes, 2 quiet CPU cores, ~8.7 it/s): 1500
+        # Budgets (todsynth bench check-conditioning, 400 procedural 64 px scenes, 2 quiet CPU cores, ~8.7 it/s): 1500
         # steps (~3 minutes); the loss still falls at the end, so longer budgets draw cleaner images.
         # vae_train only applies to a trainable VAE override (TINY_SCRATCH_VAE); the pixel shuffle fits its scaling.
         "vae_train": {"steps": 1500, "batch_size": 8, "lr": 2e-3},

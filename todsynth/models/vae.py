@@ -60,10 +60,12 @@ class SpaceToDepthAutoencoder(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype set by ``.to()`` (the transform has no weights; a buffer carries it)."""
         return self._anchor.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device set by ``.to()`` (the transform has no weights; a buffer carries it)."""
         return self._anchor.device
 
     def register_to_config(self, **kwargs: Any) -> None:
@@ -74,10 +76,12 @@ class SpaceToDepthAutoencoder(nn.Module):
         """AutoencoderKL's memory switch; a no-op here (a pixel shuffle keeps no activations for backward)."""
 
     def encode(self, x: torch.Tensor) -> AutoencoderKLOutput:
+        """Images (B, 3, H, W) -> a deterministic latent distribution of their pixel-unshuffled (B, 3f², H/f, W/f)."""
         z = F.pixel_unshuffle(x, self.config.factor)
         return AutoencoderKLOutput(latent_dist=DiagonalGaussianDistribution(torch.cat([z, z], 1), deterministic=True))
 
     def decode(self, z: torch.Tensor) -> DecoderOutput:
+        """Latents (B, 3f², h, w) -> images (B, 3, hf, wf) by pixel shuffle (exact inverse of ``encode``)."""
         return DecoderOutput(sample=F.pixel_shuffle(z, self.config.factor))
 
 

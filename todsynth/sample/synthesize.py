@@ -40,7 +40,9 @@ SPLIT = "Train"
 class PromptSource(Protocol):
     """What synthesize needs from a prompt cache: ``get(prompts) -> (embeds (N,L,D), pooled (N,P))``."""
 
-    def get(self, prompts: list[str]) -> tuple[Tensor, Tensor]: ...
+    def get(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        """Embeddings of ``prompts``: (N, L, D) and pooled (N, P)."""
+        ...
 
 
 def sample_seed(seed: int, sample_: Sample) -> int:

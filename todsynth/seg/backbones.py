@@ -43,6 +43,7 @@ class DilatedCNN(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> tuple[Tensor]:
+        """Features (B, channels, H, W) at full resolution, as a one-stage tuple (MMSeg's backbone contract)."""
         return (self.layers(x),)
 
 

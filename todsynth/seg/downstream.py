@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from todsynth.data.classes import CLASSES, NUM_CLASSES
-from todsynth.seg.train import SegItem, as_seg_items
+from todsynth.seg.items import SegItem, as_seg_items
 
 
 def downstream_items(real_items: Sequence[Any], synthetic_items: Sequence[Any],

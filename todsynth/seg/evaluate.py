@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from todsynth.data.classes import CLASSES, IGNORE_INDEX, NUM_CLASSES
+from todsynth.data.loveda import load_image, load_mask
 from todsynth.metrics.segmentation import confusion_matrix, scores_from_confusion
+from todsynth.seg.items import as_seg_items
 from todsynth.seg.judge import segment_logits
 
 
@@ -46,9 +48,6 @@ def evaluate_segmentor(
     Returns ``scores_from_confusion``'s dict (``miou``, ``oa``, ``macc``, ``per_class_iou``, ...) plus
     ``n_images``. Predictions are made at each image's own size (whole-image inference).
     """
-    from todsynth.data.loveda import load_image, load_mask
-    from todsynth.seg.train import as_seg_items
-
     pairs = as_seg_items(items)
     if not pairs:
         raise ValueError("no items to evaluate")

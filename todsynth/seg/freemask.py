@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from todsynth.data.classes import CLASSES, IGNORE_INDEX, NUM_CLASSES, RAW_NODATA
-from todsynth.seg.train import SegItem, as_seg_items
+from todsynth.seg.items import SegItem, as_seg_items
 
 FILTERED_DIRNAME = "masks_filtered_png"
 

@@ -1,5 +1,7 @@
-"""Segmentor checkpoints: ours are safetensors + JSON (no pickle); user MMSeg ``.pth`` files are
-read with ``torch.load(weights_only=True)`` unless the user explicitly trusts the file.
+"""Segmentor checkpoints: ours are safetensors + JSON (no pickle).
+
+User MMSeg ``.pth`` files are read with ``torch.load(weights_only=True)`` unless the user explicitly trusts
+the file.
 
 Layout of a directory written by :func:`save_segmentor`::
 

@@ -3,8 +3,9 @@
 CRFM needs d(loss)/d(image) through the segmentor, so we call ``model(x, mode="tensor")`` (the
 plain forward: backbone + decode head) and never ``inference_model`` / ``test_step``, which wrap the
 forward in ``torch.no_grad`` (research/ecosystem.md §4.5). Normalisation is done here, on RGB in
-[0, 1], with ImageNet statistics; it matches what the model's ``SegDataPreProcessor`` does to
-BGR-loaded 0..255 images during training (BGR -> RGB, then the same mean/std in 0..255 units).
+[0, 1], with ImageNet statistics (``todsynth.data.imagenet.normalize_01``); it matches what the
+model's ``SegDataPreProcessor`` does to BGR-loaded 0..255 images during training (BGR -> RGB, then
+the same mean/std in 0..255 units).
 """
 
 from __future__ import annotations
@@ -13,16 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from todsynth.seg.models import IMAGENET_MEAN_255, IMAGENET_STD_255
-
-
-def normalize_01(images_01: torch.Tensor) -> torch.Tensor:
-    """ImageNet-normalise RGB images in [0, 1], (B, 3, H, W) float -> same shape."""
-    if images_01.ndim != 4 or images_01.shape[1] != 3:
-        raise ValueError(f"images must be (B, 3, H, W) RGB in [0, 1], got shape {tuple(images_01.shape)}")
-    mean = images_01.new_tensor(IMAGENET_MEAN_255).div(255.0).view(1, 3, 1, 1)
-    std = images_01.new_tensor(IMAGENET_STD_255).div(255.0).view(1, 3, 1, 1)
-    return (images_01 - mean) / std
+from todsynth.data.imagenet import normalize_01
 
 
 def segment_logits(model: nn.Module, images_01: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,7 @@
-"""MMSeg-side data pieces for training: a dataset over explicit (image, mask) path pairs and a
-weighted infinite sampler. Importing this module imports mmseg (after :func:`ensure_mmseg`)."""
+"""MMSeg-side data pieces for training: a dataset over (image, mask) path pairs, a weighted infinite sampler.
+
+Importing this module imports mmseg (after :func:`ensure_mmseg`).
+"""
 
 from __future__ import annotations
 

@@ -18,11 +18,8 @@ import torch
 from torch import nn
 
 from todsynth.data.classes import NUM_CLASSES
+from todsynth.data.imagenet import IMAGENET_MEAN_255, IMAGENET_STD_255
 from todsynth.errors import ConfigError
-
-# ImageNet statistics in 0..255 units (MMSeg's convention), RGB order.
-IMAGENET_MEAN_255: tuple[float, float, float] = (123.675, 116.28, 103.53)
-IMAGENET_STD_255: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
 # Shipped LoveDA configs, relative to mmseg/.mim/configs.
 SHIPPED_CONFIGS: dict[str, str] = {
@@ -32,8 +29,10 @@ SHIPPED_CONFIGS: dict[str, str] = {
 
 
 def _data_preprocessor(crop_size: tuple[int, int] | None) -> dict[str, Any]:
-    """SegDataPreProcessor: BGR (cv2-loaded) -> RGB, ImageNet normalisation, pad to ``crop_size``
-    (or to a multiple of 32 without a crop; mmseg needs exactly one of the two when training)."""
+    """SegDataPreProcessor: BGR (cv2-loaded) -> RGB, ImageNet normalisation, padding.
+
+    Pads to ``crop_size`` (or to a multiple of 32 without a crop; mmseg needs exactly one of the two when training).
+    """
     cfg: dict[str, Any] = dict(
         type="SegDataPreProcessor",
         mean=list(IMAGENET_MEAN_255),

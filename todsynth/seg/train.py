@@ -17,7 +17,6 @@ import random
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,30 +25,8 @@ import torch
 from torch import nn
 
 from todsynth.data.classes import CLASSES, NUM_CLASSES, PALETTE
-
-
-@dataclass(frozen=True)
-class SegItem:
-    """One training/evaluation pair: RGB image PNG and raw LoveDA mask PNG (0 = no-data, 1..7)."""
-
-    image_path: Path
-    mask_path: Path
-
-
-def as_seg_items(pairs: Sequence[Any]) -> list[SegItem]:
-    """SegItems from SegItems, ``todsynth.data.loveda.Sample``s or (image, mask) tuples."""
-    items: list[SegItem] = []
-    for p in pairs:
-        if isinstance(p, SegItem):
-            items.append(p)
-        elif hasattr(p, "image_path") and hasattr(p, "mask_path"):
-            if p.mask_path is None:
-                raise ValueError(f"sample {p.image_path} has no mask (LoveDA Test?); it cannot be used here")
-            items.append(SegItem(Path(p.image_path), Path(p.mask_path)))
-        else:
-            image, mask = p
-            items.append(SegItem(Path(image), Path(mask)))
-    return items
+from todsynth.seg.evaluate import evaluate_segmentor
+from todsynth.seg.items import as_seg_items
 
 
 def _make_hook(max_iters: int, progress: bool) -> Any:
@@ -244,8 +221,6 @@ def train_segmentor(
     }
     (work_dir / "train_log.json").write_text(json.dumps(log, indent=1))
     if val_items:
-        from todsynth.seg.evaluate import evaluate_segmentor
-
         scores = evaluate_segmentor(trained, val_items, num_classes=num_classes, class_names=class_names)
         (work_dir / "val_scores.json").write_text(json.dumps(scores, indent=1))
     return trained

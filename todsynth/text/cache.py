@@ -1,6 +1,6 @@
-"""On-disk prompt-embedding cache: one safetensors file per (encoder, prompt).
+r"""On-disk prompt-embedding cache: one safetensors file per (encoder, prompt).
 
-Files are named ``sha256(encoder.name + "\\0" + prompt).safetensors`` and hold ``prompt_embeds``
+Files are named ``sha256(encoder.name + "\0" + prompt).safetensors`` and hold ``prompt_embeds``
 (L, D) and ``pooled_prompt_embeds`` (P) plus the prompt and encoder name as metadata. Writes are
 atomic (temp file, then rename); a file that cannot be read or does not match its key is an error,
 never a silent miss.

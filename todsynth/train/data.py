@@ -21,7 +21,9 @@ from todsynth.models.generator import Generator
 class PromptSource(Protocol):
     """What training needs from a prompt cache: ``get(prompts) -> (embeds (N,L,D), pooled (N,P))``."""
 
-    def get(self, prompts: list[str]) -> tuple[Tensor, Tensor]: ...
+    def get(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        """Embeddings of ``prompts``: (N, L, D) and pooled (N, P)."""
+        ...
 
 
 def resize_pair(image: Tensor, mask: Tensor, size: int) -> tuple[Tensor, Tensor]:

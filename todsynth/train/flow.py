@@ -15,8 +15,10 @@ from todsynth.train.config import TimestepSampling
 
 
 def train_sigma_table(num_train_timesteps: int, shift: float) -> tuple[Tensor, Tensor]:
-    """SD3's training table: sigmas (N,) from ~1 down to 1/N with the timestep shift applied, and
-    timesteps = sigmas * N (float32), exactly as ``FlowMatchEulerDiscreteScheduler`` builds them."""
+    """SD3's training table: sigmas (N,) and timesteps (N,), exactly as ``FlowMatchEulerDiscreteScheduler`` builds them.
+
+    Sigmas run from ~1 down to 1/N with the timestep shift applied; timesteps = sigmas * N (float32).
+    """
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=shift)
     return scheduler.sigmas.float().clone(), scheduler.timesteps.float().clone()
 

@@ -65,6 +65,6 @@ def configure_trainable(
 
 @torch.no_grad()
 def ema_update(shadow: dict[str, Tensor], params: dict[str, nn.Parameter], decay: float) -> None:
-    """shadow <- decay * shadow + (1 - decay) * param, for every trained parameter."""
+    """Shadow <- decay * shadow + (1 - decay) * param, for every trained parameter."""
     for name, p in params.items():
         shadow[name].lerp_(p.detach().to(shadow[name].dtype), 1.0 - decay)

@@ -3,34 +3,33 @@
 Issue "Sampling and CRFM", acceptance point 5. Loads a trained generator, a judge and an evaluator (any
 ``save_generator`` / ``save_segmentor`` directories: a ``bench run`` workspace holds them under
 ``cache/generator/*/generator``, ``cache/judge/*/model`` and ``cache/evaluator/*/model``), samples
-``--masks`` masks of a LoveDA-layout split once per setting with the same seeds, and prints the evaluator's
+``--masks`` masks of a LoveDA-layout split once per setting with the same seeds, and reports the evaluator's
 and the judge's mIoU of each setting's images against their masks (the judge's own score shows whether a
 correction transfers to an independent model or only fools the judge).
 
-Run: ``python -m bench.crfm_fidelity --generator G --judge J --evaluator E --data ROOT [--split Val]
+Run: ``todsynth bench check-crfm --generator G --judge J --evaluator E --data ROOT [--split Val]
 [--masks 64] [--steps 12] [--scorer DIR ...] [--setting '{"rectified_step": 4, "max_step_size": 300, "clamp": null}' ...]``
 (a setting is a YAML/JSON mapping of ``CRFMConfig`` fields; ``{}`` is plain sampling and is always first).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.conditioning import miou
+from bench.checks.scoring import miou
+from todsynth.errors import ConfigError
 
 PAPER_SETTINGS: list[dict[str, Any]] = [
     {"rectified_step": 4, "max_step_size": 0.1, "step_scheme": "LD"},
     {"rectified_step": 4, "max_step_size": 100.0, "step_scheme": "C", "clamp": None},
     {"rectified_step": 4, "max_step_size": 1000.0, "step_scheme": "C", "clamp": None},
 ]
+SPLITS = ("Train", "Val")
 
 
 def check_n_masks(n_masks: int, dataset: Any) -> None:
@@ -52,6 +51,7 @@ def crfm_fidelity(
     batch_size: int = 8,
     seed: int = 0,
     scorers: Mapping[str, torch.nn.Module] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per setting (plain first): ``setting``, ``evaluator_miou``, ``judge_miou``, ``scorer_miou``, ``n_masks``.
 
@@ -61,6 +61,7 @@ def crfm_fidelity(
         prompts: ``get(prompts) -> (embeds, pooled)`` (``PromptCache``).
         settings: ``CRFMConfig`` field mappings; an empty mapping is plain sampling.
         scorers: more segmentors by name, e.g. one that the settings were NOT chosen with (``scorer_miou``).
+        on_row: called with each row as soon as it is scored (progress).
     """
     from todsynth.sample.crfm import CRFMConfig
     from todsynth.sample.sampler import SamplerConfig, sample
@@ -81,73 +82,65 @@ def crfm_fidelity(
                      "judge_miou": miou(judge, images, masks),
                      "scorer_miou": {k: miou(m, images, masks) for k, m in (scorers or {}).items()},
                      "n_masks": n_masks})
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    """CLI (see the module docstring)."""
+def parse_settings(raw: Sequence[str]) -> list[dict[str, Any]]:
+    """``--setting`` values (YAML mappings of ``CRFMConfig`` fields), each checked; :data:`PAPER_SETTINGS` if none.
+
+    Raises:
+        ConfigError: naming the ``--setting`` value that is not YAML, not a mapping, or not a valid CRFMConfig.
+    """
     import yaml
 
-    parser = argparse.ArgumentParser(prog="python -m bench.crfm_fidelity", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--generator", required=True, help="save_generator directory")
-    parser.add_argument("--judge", required=True, help="save_segmentor directory of the CRFM judge")
-    parser.add_argument("--evaluator", required=True, help="save_segmentor directory of the independent evaluator")
-    parser.add_argument("--data", required=True, help="LoveDA-layout root whose masks are sampled")
-    parser.add_argument("--split", default="Val", choices=["Train", "Val"])
-    parser.add_argument("--masks", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=12, help="Euler steps")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scorer", action="append", default=[], metavar="DIR",
-                        help="another save_segmentor directory to score with (repeatable; e.g. one the settings were not chosen with)")
-    parser.add_argument("--setting", action="append", default=[], help="CRFMConfig fields as YAML (repeatable)")
-    parser.add_argument("--prompt-cache", default=None, help="PromptCache directory (default: a temporary one)")
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from todsynth.data.loveda import LoveDA
-    from todsynth.errors import TodsynthError
-    from todsynth.models.generator import load_generator
     from todsynth.sample.crfm import CRFMConfig
-    from todsynth.seg.compat import ensure_mmseg
-    from todsynth.seg.io import load_segmentor
-    from todsynth.text import PromptCache, build_prompt_encoder
 
     settings = []
-    for raw in args.setting:  # validate every input before minutes of loading and sampling
+    for text in raw:
         try:
-            setting = yaml.safe_load(raw) or {}
+            setting = yaml.safe_load(text) or {}
             if not isinstance(setting, dict):
                 raise ValueError("not a mapping of CRFMConfig fields")
             CRFMConfig(**setting)
         except (yaml.YAMLError, TypeError, ValueError) as e:
-            parser.error(f"--setting {raw!r}: {e}")
+            raise ConfigError(f"--setting {text!r}: {' '.join(str(e).split())}") from None
         settings.append(setting)
-    settings = settings or PAPER_SETTINGS
+    return settings or PAPER_SETTINGS
+
+
+def check_crfm(
+    generator: Path, judge: Path, evaluator: Path, data: Path, *, split: str = "Val", n_masks: int = 64,
+    steps: int = 12, seed: int = 0, scorers: Sequence[Path] = (), settings: Sequence[str] = (),
+    prompt_cache: Path | None = None, on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """The sweep from directories and CLI strings: every input checked before minutes of loading and sampling.
+
+    Raises:
+        ConfigError: a bad ``--setting``, ``--split`` or ``--masks`` (named); TodsynthError: a missing dataset
+            or model directory.
+    """
+    from todsynth.data.loveda import LoveDA
+    from todsynth.models.generator import load_generator
+    from todsynth.seg.compat import ensure_mmseg
+    from todsynth.seg.io import load_segmentor
+    from todsynth.text import PromptCache, build_prompt_encoder
+
+    parsed = parse_settings(settings)
+    if split not in SPLITS:
+        raise ConfigError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+    dataset = LoveDA(data, split)
     try:
-        dataset = LoveDA(args.data, args.split)
-    except TodsynthError as e:
-        parser.error(str(e))
-    try:
-        check_n_masks(args.masks, dataset)
+        check_n_masks(n_masks, dataset)
     except ValueError as e:
-        parser.error(f"--masks {args.masks}: {e}, split {args.data}/{args.split}")
-    try:
-        ensure_mmseg()
-        gen = load_generator(args.generator)
-        judge, evaluator = load_segmentor(args.judge), load_segmentor(args.evaluator)
-        scorers = {str(d): load_segmentor(d) for d in args.scorer}
-    except TodsynthError as e:
-        parser.error(str(e))
+        raise ConfigError(f"--masks {n_masks}: {e}, split {data}/{split}") from None
+    ensure_mmseg()
+    gen = load_generator(generator)
+    judge_model, evaluator_model = load_segmentor(judge), load_segmentor(evaluator)
+    scorer_models = {str(d): load_segmentor(d) for d in scorers}
     text = dict(gen.config["text"])  # the resolved preset it was built from
     with tempfile.TemporaryDirectory() as tmp:
-        cache = PromptCache(args.prompt_cache or Path(tmp), build_prompt_encoder(text.pop("kind"), **text))
-        rows = crfm_fidelity(gen, judge, evaluator, dataset, cache, settings, n_masks=args.masks,
-                             num_inference_steps=args.steps, seed=args.seed, scorers=scorers)
-    for row in rows:
-        print(json.dumps(row))
-
-
-if __name__ == "__main__":
-    main()
+        cache = PromptCache(prompt_cache or Path(tmp), build_prompt_encoder(text.pop("kind"), **text))
+        return crfm_fidelity(gen, judge_model, evaluator_model, dataset, cache, parsed, n_masks=n_masks,
+                             num_inference_steps=steps, seed=seed, scorers=scorer_models, on_row=on_row)

@@ -5,6 +5,10 @@ conditioning mask (dataset-wide mIoU, OA, mAcc, per-class IoU). It must never be
 that guided CRFM: CRFM pushes images toward what the judge predicts, so scoring with the judge would
 reward overfitting to it rather than fidelity. The harness passes both; this function refuses the
 judge when it can tell.
+
+It lives in ``todsynth.seg`` because it is a segmentor evaluation (``evaluate_segmentor`` plus that refusal):
+``seg.evaluate`` scores with ``todsynth.metrics.segmentation``, and ``todsynth.metrics`` never imports
+``todsynth.seg``, so the two packages depend one way.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from todsynth.data.classes import CLASSES, NUM_CLASSES
+from todsynth.seg.evaluate import evaluate_segmentor
 
 
 def _underlying(model: Any) -> Any:
@@ -37,7 +42,5 @@ def mask_fidelity(
     """
     if judge is not None and (evaluator is judge or _underlying(evaluator) is _underlying(judge)):
         raise ValueError("mask fidelity must be measured with the evaluator, not the CRFM judge")
-    from todsynth.seg.evaluate import evaluate_segmentor
-
     return evaluate_segmentor(_underlying(evaluator), items, batch_size, num_classes=num_classes,
                               class_names=class_names)
