@@ -12,13 +12,14 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bench.metrics import REGISTRY, of_kind
+
 MIN_SETTINGS = 4  # fewer points give a rank correlation that is mostly noise: not computed
-# Numbers a setting carries that are not measurements of its images: the evaluator's ceiling on real images, cost,
-# the image counts behind FID (they follow the labelled subset's size, not the images' quality), the baseline's score,
-# bookkeeping of tuning trials. Downstream scores (``downstream_*``) and nested keys (``a/b``) are left out too.
-NOT_IMAGE_METRICS = frozenset({"evaluator_real_miou", "seconds_per_image", "fid_comparable", "trial_seconds",
-                               "feasible", "fid_n_real", "fid_n_synthetic", "real_only_miou"})
-ORDER = ("fid", "kid", "mask_miou", "mask_oa")  # shown first, in this order; any other image metric after them
+# Image metrics: the registry's ``image`` kind (bench.metrics), feature-based ones (FID, KID) first, then any unregistered number a
+# setting carries. Everything else registered (downstream scores, the evaluator's ceiling, cost, the image counts
+# behind FID that follow the subset's size) and tuning bookkeeping is left out, as are nested keys (``a/b``).
+BOOKKEEPING = frozenset({"fid_comparable", "trial_seconds", "feasible"})
+ORDER = tuple(sorted(of_kind("image"), key=lambda n: not REGISTRY[n].features))  # FID, KID, then mask metrics
 
 
 def _num(v: Any) -> float | None:
@@ -26,9 +27,9 @@ def _num(v: Any) -> float | None:
 
 
 def image_metrics(settings: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The image metrics with a number in at least one setting: :data:`ORDER` first, then the rest sorted."""
+    """The image metrics with a number in at least one setting: :data:`ORDER` first, then unregistered ones sorted."""
     seen = {k for s in settings for k, v in s["metrics"].items()
-            if _num(v) is not None and k not in NOT_IMAGE_METRICS and not k.startswith("downstream_") and "/" not in k}
+            if _num(v) is not None and "/" not in k and k not in BOOKKEEPING and (k not in REGISTRY or k in ORDER)}
     return [m for m in ORDER if m in seen] + sorted(seen - set(ORDER))
 
 

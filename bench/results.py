@@ -33,12 +33,13 @@ from typing import Any
 
 from bench.cache import CachedStage
 from bench.graph import node_key
+from bench.metrics import METRICS, produced_by
 from bench.provenance import provenance
 from bench.schema import ResolvedVariant, Suite, resolve_variants
 
-DOWNSTREAM_KEYS = ("downstream_miou", "downstream_oa", "downstream_macc", "per_class_iou")
-SYNTHETIC_KEYS = ("fid", "kid", "fid_extractor", "fid_comparable", "fid_n_real", "fid_n_synthetic", "fid_resize",
-                  "mask_miou", "mask_oa", "evaluator_real_miou", "seconds_per_image")
+# results.json's keys per stage: the registry's metrics of that stage plus the non-numeric companions
+DOWNSTREAM_KEYS = (*produced_by("downstream"), "per_class_iou")
+SYNTHETIC_KEYS = (*produced_by("evaluate"), "fid_extractor", "fid_comparable", "fid_resize")
 
 
 def results_path(suite: Suite) -> Path:
@@ -154,12 +155,9 @@ def read_results(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-TABLE_COLUMNS = ("downstream_miou", "downstream_oa", "downstream_macc", "mask_miou", "evaluator_real_miou", "fid", "kid",
-                 "seconds_per_image")
-COLUMN_LABELS = {"downstream_miou": "mIoU", "downstream_oa": "OA", "downstream_macc": "mAcc", "mask_miou": "mask mIoU",
-                 "evaluator_real_miou": "eval. real", "fid": "FID", "kid": "KID", "seconds_per_image": "s/img"}
-COLUMN_FORMATS = {"downstream_miou": ".3f", "downstream_oa": ".3f", "downstream_macc": ".3f", "mask_miou": ".3f",
-                  "evaluator_real_miou": ".3f", "fid": ".2f", "kid": ".3f", "seconds_per_image": ".2f"}
+TABLE_COLUMNS = tuple(m.name for m in METRICS if m.table)
+COLUMN_LABELS = {m.name: m.label for m in METRICS}
+COLUMN_FORMATS = {m.name: m.fmt for m in METRICS}
 
 
 def results_table(results: dict[str, Any]) -> Any:
@@ -189,7 +187,7 @@ def results_table(results: dict[str, Any]) -> Any:
     if any(v["metrics"].get("fid_comparable") is False for v in results["variants"]):
         table.caption = "* FID/KID from a fallback extractor: not comparable with published Inception FID"
     table.caption = ((table.caption or "") + "\nmIoU/OA/mAcc: downstream model on real Val; mask mIoU: evaluator on "
-                     "synthetic pairs; eval. real: the same evaluator on the real images of those masks (the ceiling of mask mIoU); "
+                     "synthetic pairs; evaluator on real: the same evaluator on the real images of those masks (the ceiling of mask mIoU); "
                      "the baseline trains on real data only").strip()
     return table
 
@@ -197,8 +195,7 @@ def results_table(results: dict[str, Any]) -> Any:
 # ---------------------------------------------------------------- MLflow variant runs
 # One MLflow run per variant and seed (and one per tuning trial) carries these, under the same names for every
 # variant, so MLflow's compare view, parallel coordinates and scatter plots line variants up without NaN.
-RUN_METRICS = ("downstream_miou", "downstream_oa", "downstream_macc", "fid", "kid", "fid_n_real", "fid_n_synthetic",
-               "mask_miou", "mask_oa", "evaluator_real_miou", "seconds_per_image")
+RUN_METRICS = (*produced_by("downstream"), *produced_by("evaluate"))
 
 
 def _number(v: Any) -> bool:

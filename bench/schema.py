@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from bench.metrics import needs_downstream, scored
+
 # Closed vocabularies (kept in step with todsynth.models.presets.PRESETS and todsynth.seg.models.SEG_MODELS;
 # tests/test_bench_schema.py checks that every name here exists there).
 PresetName = Literal["tiny", "sd3.5-medium"]
@@ -38,17 +40,7 @@ ENV_SD3_DIR = "TODSYNTH_SD3_DIR"
 ENV_INCEPTION = "TODSYNTH_INCEPTION_WEIGHTS"
 
 # Metric name -> higher_is_better. Direction drives tune and report.
-KNOWN_METRICS: dict[str, bool] = {
-    "downstream_miou": True,
-    "downstream_oa": True,
-    "downstream_macc": True,
-    "mask_miou": True,
-    "mask_oa": True,
-    "evaluator_real_miou": True,  # the evaluator's mIoU on the real images of the synthesized masks (its ceiling)
-    "fid": False,
-    "kid": False,
-    "seconds_per_image": False,
-}
+KNOWN_METRICS: dict[str, bool] = scored()  # name -> higher_is_better, from the registry (bench.metrics)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
@@ -813,7 +805,7 @@ def _tune_problems(tune: Tune, variants: list[ResolvedVariant], suite: Suite) ->
         if ref is None:
             problems.append(f"tune.constraints[{i}].relative_to: {c.relative_to!r} is not a variant "
                             f"({', '.join(sorted(by_name))})")
-        elif ref.kind == "baseline" and not c.metric.startswith("downstream_"):
+        elif ref.kind == "baseline" and not needs_downstream(c.metric):
             problems.append(f"tune.constraints[{i}].relative_to: baseline {c.relative_to!r} has no {c.metric} "
                             "(only downstream_* metrics)")
     return problems

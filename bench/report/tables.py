@@ -9,21 +9,17 @@ import io
 import math
 from typing import Any
 
-from bench.schema import KNOWN_METRICS
+from bench.metrics import METRICS, of_kind, scored
 
-# Table columns, in order; direction from the suite's metric specs, else KNOWN_METRICS.
-COLUMNS = ("downstream_miou", "downstream_oa", "downstream_macc", "mask_miou", "evaluator_real_miou", "fid", "kid",
-           "seconds_per_image")
-LABELS = {
-    "downstream_miou": "mIoU", "downstream_oa": "OA", "downstream_macc": "mAcc", "mask_miou": "mask mIoU",
-    "evaluator_real_miou": "evaluator on real", "fid": "FID", "kid": "KID", "seconds_per_image": "s/image",
-    "mask_oa": "mask OA",
-}
+# Table columns, in order, labels and directions: the metric registry (bench.metrics); a run's metric specs may
+# restate directions.
+COLUMNS = tuple(m.name for m in METRICS if m.table)
+LABELS = {m.name: m.label for m in METRICS}
 # Instruments, not contestants: shown, never marked best (the evaluator's ceiling is the same model's score on real
-# images; a larger labelled subset has more masks, not a better variant).
-UNRANKED = frozenset({"evaluator_real_miou"})
+# images).
+UNRANKED = frozenset(of_kind("instrument"))
 # Metrics computed on the FID feature extractor: both daggered when it is a fallback (``fid_comparable`` false).
-FALLBACK_FEATURES = ("fid", "kid")
+FALLBACK_FEATURES = tuple(m.name for m in METRICS if m.features)
 
 
 def as_number(v: Any) -> float | None:
@@ -41,7 +37,7 @@ def class_names(results: dict[str, Any]) -> list[str]:
 
 def metric_directions(results: dict[str, Any]) -> dict[str, bool]:
     """Metric -> higher_is_better, from the run's metric specs, else the known direction."""
-    out = dict(KNOWN_METRICS)
+    out = scored()
     out.update({m["name"]: bool(m["higher_is_better"]) for m in results.get("metric_specs", [])})
     return out
 
