@@ -311,7 +311,7 @@ def test_pareto_front_is_drawn_above_the_variant_stars(monkeypatch, tmp_path):
 
     figs = []
     monkeypatch.setattr(plots, "_save_figure", lambda fig, path: figs.append(fig) or path)
-    trials = [{"number": i, "fid": f, "mask_miou": m, "feasible": True}
+    trials = [{"number": i, "x": f, "y": m, "feasible": True}
               for i, (f, m) in enumerate([(90.0, 0.4), (95.0, 0.5), (99.0, 0.45)])]
     variants = [{"name": "crfm", "metrics": {"fid": 90.0, "mask_miou": 0.4}}]  # on the front, under a star
     plots.plot_pareto(trials, [0, 1], variants, tmp_path / "p.png")
@@ -320,9 +320,27 @@ def test_pareto_front_is_drawn_above_the_variant_stars(monkeypatch, tmp_path):
     stars = next(c for c in ax.collections if c.get_label() == "suite variants")
     assert list(front.get_xdata()) == [90.0, 95.0]
     assert front.get_zorder() > stars.get_zorder()
+    assert ax.get_xlabel() == "FID (↓)" and ax.get_ylabel() == "mask mIoU (↑)"
+    plots.plot_pareto(trials, [0], [], tmp_path / "q.png", axes=("kid", "downstream_miou"))  # the suite's objectives
+    assert figs[1].axes[0].get_xlabel() == "KID (↓)" and figs[1].axes[0].get_title() == "Tuning trials: KID vs mIoU"
     import matplotlib.pyplot as plt
 
-    plt.close(figs[0])
+    for fig in figs:
+        plt.close(fig)
+
+
+def test_tuning_axes_follow_the_suite_objectives(tiny_suite_data):
+    from bench.report.gather import tuning_axes
+
+    def suite(objectives):
+        tune = {"search_space": {"crfm.rectified_step": {"type": "int", "low": 0, "high": 4}},
+                "objectives": [{"metric": m, "direction": d} for m, d in objectives], "n_trials": 2}
+        return validate_data({**tiny_suite_data, "tune": tune}, "test")
+
+    assert tuning_axes(suite([("mask_miou", "maximize"), ("fid", "minimize")])) == ("fid", "mask_miou")
+    assert tuning_axes(suite([("downstream_miou", "maximize"), ("kid", "minimize")])) == ("kid", "downstream_miou")
+    assert tuning_axes(suite([("fid", "minimize")])) == ("mask_miou", "fid")
+    assert tuning_axes(validate_data(tiny_suite_data, "test")) == ("fid", "mask_miou")
 
 
 def _two(seeds):

@@ -63,6 +63,7 @@ def build_context(suite: Suite, data: ReportData, out: Path, scratch: Path) -> d
         "min_settings": MIN_SETTINGS,
         "non_comparable": any(r["comparable"] == "no" for r in rows),
         "pareto": pareto_rows([data.trials[i] for i in front]), "n_trials": len(data.trials),
+        "pareto_axes": [{"label": LABELS.get(m, m), "arrow": "↑" if dirs.get(m, True) else "↓"} for m in data.axes],
         "study": data.study_name,
     }
 
@@ -113,20 +114,25 @@ def _efficiency_section(data: ReportData, out: Path) -> dict[str, Any] | None:
 
 
 def _pareto_figure(data: ReportData, out: Path) -> tuple[dict[str, str] | None, list[int]]:
-    """``pareto.png`` with its caption and the indices of the feasible trials' Pareto front (FID down, mask mIoU
-    up); a note instead without tuning trials."""
+    """``pareto.png`` with its caption and the indices of the feasible trials' Pareto front over the suite's tuning
+    objectives (``data.axes``, directions from the metric registry); a note instead without tuning trials."""
+    from bench.metrics import label, scored
+
+    xm, ym = data.axes
+    names = f"{label(xm)} vs {label(ym)}"
     if not data.trials:
-        data.notes.append("No tuning trials in MLflow for this suite (run `todsynth bench tune` to add the FID vs "
-                          "mask-mIoU Pareto plot).")
+        data.notes.append(f"No tuning trials in MLflow for this suite (run `todsynth bench tune` to add the {names} "
+                          "Pareto plot).")
         return None, []
+    hib = (scored().get(xm, True), scored().get(ym, True))
+    better = " and ".join(f"{'higher' if h else 'lower'} {label(m)}" for m, h in zip(data.axes, hib, strict=True))
     feasible = [i for i, t in enumerate(data.trials) if t["feasible"]]
-    front = [feasible[i] for i in pareto_front([(data.trials[i]["fid"], data.trials[i]["mask_miou"]) for i in feasible],
-                                               (False, True))]
-    plot_pareto(data.trials, front, data.results["variants"], out / "pareto.png")
+    front = [feasible[i] for i in pareto_front([(data.trials[i]["x"], data.trials[i]["y"]) for i in feasible], hib)]
+    plot_pareto(data.trials, front, data.results["variants"], out / "pareto.png", data.axes)
     study = data.study_name if data.study_name is not None else "?"
-    return {"file": "pareto.png", "title": "Tuning: FID vs mask mIoU",
+    return {"file": "pareto.png", "title": f"Tuning: {names}",
             "caption": f"{len(data.trials)} finished trials of study {study}; "
-                       "red: the Pareto front of the feasible trials (no other has both lower FID and higher mask mIoU); "
+                       f"red: the Pareto front of the feasible trials (no other has both {better}); "
                        "stars: the suite's variants."}, front
 
 

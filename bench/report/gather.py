@@ -39,6 +39,7 @@ class ReportData:
     trials: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     workspace: Path | None = None
+    axes: tuple[str, str] = ("fid", "mask_miou")  # the tuning plot's (x, y): tuning_axes(suite)
 
     @property
     def study_name(self) -> str | None:
@@ -130,6 +131,7 @@ def load_report_data(suite: Suite, scratch: Path, run_id: str | None = None) -> 
             f"run, made with config {str(results.get('config_hash'))[:12]}. Rerun `todsynth bench run` to refresh it."
         )
     _workspace_cross_check(suite, data)
+    data.axes = tuning_axes(suite)
     _load_trials(suite, data)
     return data
 
@@ -155,9 +157,20 @@ def _numbers(variants: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(v["name"], json.dumps(v["metrics"], sort_keys=True)) for v in variants]
 
 
+def tuning_axes(suite: Suite) -> tuple[str, str]:
+    """The tuning plot's (x, y) metrics from the suite's tune objectives: y the first objective, x the second; with
+    one objective, x is FID (or mask mIoU when FID is the objective); without ``tune``, FID vs mask mIoU."""
+    objectives = [o.metric for o in suite.tune.objectives] if suite.tune is not None else []
+    if len(objectives) >= 2:
+        return objectives[1], objectives[0]
+    if objectives:
+        return ("mask_miou" if objectives[0] == "fid" else "fid"), objectives[0]
+    return "fid", "mask_miou"
+
+
 def _load_trials(suite: Suite, data: ReportData) -> None:
-    """Finished trials of the latest tuning study (``todsynth.kind=trial`` children of a ``study`` run) with FID and
-    mask mIoU; ``params`` are the tuned ones (tag ``optuna.params``), ``feasible`` from the trial's constraints."""
+    """Finished trials of the latest tuning study (``todsynth.kind=trial`` children of a ``study`` run) with both
+    axis metrics (``x``, ``y``: ``data.axes``); ``params`` are the tuned ones (tag ``optuna.params``), ``feasible`` from the trial's constraints."""
     from bench.tracking import find_children, find_runs
 
     studies = find_runs(suite.tracking_uri, suite.experiment, "study", status=None)
@@ -171,8 +184,8 @@ def _load_trials(suite: Suite, data: ReportData) -> None:
     for run in children:
         if run["status"] != "FINISHED":
             continue
-        fid, miou = _trial_metric(run["metrics"], "fid"), _trial_metric(run["metrics"], "mask_miou")
-        if fid is None or miou is None:
+        x, y = (_trial_metric(run["metrics"], m) for m in data.axes)
+        if x is None or y is None:
             continue
         number = run["tags"].get("optuna.trial_number", "")
         try:
@@ -180,7 +193,7 @@ def _load_trials(suite: Suite, data: ReportData) -> None:
         except (KeyError, json.JSONDecodeError):
             params = {k: v for k, v in run["params"].items() if k.startswith(("crfm.", "sampling."))}
         data.trials.append({"number": int(number) if number.isdigit() else None, "run_id": run["run_id"],
-                            "fid": fid, "mask_miou": miou, "params": params, "metrics": dict(run["metrics"]),
+                            "x": x, "y": y, "params": params, "metrics": dict(run["metrics"]),
                             "feasible": run["metrics"].get("feasible", 1.0) > 0})
     data.trials.sort(key=lambda t: (t["number"] is None, t["number"] or 0))
 

@@ -172,8 +172,14 @@ def pareto_front(points: list[tuple[float, ...]], higher_is_better: tuple[bool, 
     return [i for i, p in enumerate(signed) if not any(dominates(q, p) for j, q in enumerate(signed) if j != i)]
 
 
-def plot_pareto(trials: list[dict[str, Any]], front: list[int], variants: list[dict[str, Any]], path: Path) -> Path:
-    """FID (x, lower is better) vs mask mIoU (y, higher is better) of tuning trials; the Pareto front in red."""
+def plot_pareto(trials: list[dict[str, Any]], front: list[int], variants: list[dict[str, Any]], path: Path,
+                axes: tuple[str, str] = ("fid", "mask_miou")) -> Path:
+    """Tuning trials' ``x`` vs ``y`` (the metrics ``axes``: the suite's objectives, labels and directions from the
+    registry); the Pareto front in red, the suite's variants as stars."""
+    from bench.metrics import label, scored
+
+    xm, ym = axes
+    arrow = {m: "↑" if scored().get(m, True) else "↓" for m in axes}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,27 +188,27 @@ def plot_pareto(trials: list[dict[str, Any]], front: list[int], variants: list[d
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
     ok = [t for t in trials if t.get("feasible", True)]
     bad = [t for t in trials if not t.get("feasible", True)]
-    ax.scatter([t["fid"] for t in ok], [t["mask_miou"] for t in ok], c="#8a8a8a", s=28, label="trials")
+    ax.scatter([t["x"] for t in ok], [t["y"] for t in ok], c="#8a8a8a", s=28, label="trials")
     if bad:
-        ax.scatter([t["fid"] for t in bad], [t["mask_miou"] for t in bad], c="#8a8a8a", marker="x", s=28,
+        ax.scatter([t["x"] for t in bad], [t["y"] for t in bad], c="#8a8a8a", marker="x", s=28,
                    label="infeasible trials (constraint violated)")
-    pf = sorted((trials[i] for i in front), key=lambda t: t["fid"])
+    pf = sorted((trials[i] for i in front), key=lambda t: t["x"])
     # above the stars (zorder 3): a suite variant that is also a trial must not hide the front the legend promises
-    ax.plot([t["fid"] for t in pf], [t["mask_miou"] for t in pf], "o-", color="#d62728", ms=7, label="Pareto front",
+    ax.plot([t["x"] for t in pf], [t["y"] for t in pf], "o-", color="#d62728", ms=7, label="Pareto front",
             zorder=4)
     for t in trials:
         if t["number"] is not None:
-            ax.annotate(str(t["number"]), (t["fid"], t["mask_miou"]), textcoords="offset points", xytext=(3, 3), fontsize=7)
-    refs = [v for v in variants if as_number(v["metrics"].get("fid")) is not None and as_number(v["metrics"].get("mask_miou")) is not None]
+            ax.annotate(str(t["number"]), (t["x"], t["y"]), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    refs = [v for v in variants if as_number(v["metrics"].get(xm)) is not None and as_number(v["metrics"].get(ym)) is not None]
     if refs:
-        ax.scatter([v["metrics"]["fid"] for v in refs], [v["metrics"]["mask_miou"] for v in refs], marker="*", s=120,
+        ax.scatter([v["metrics"][xm] for v in refs], [v["metrics"][ym] for v in refs], marker="*", s=120,
                    c="#1f77b4", label="suite variants", zorder=3, alpha=0.8)
         for v in refs:
-            ax.annotate(v["name"], (v["metrics"]["fid"], v["metrics"]["mask_miou"]), textcoords="offset points",
+            ax.annotate(v["name"], (v["metrics"][xm], v["metrics"][ym]), textcoords="offset points",
                         xytext=(4, -10), fontsize=7, color="#1f77b4")
-    ax.set_xlabel("FID (↓)")
-    ax.set_ylabel("mask mIoU (evaluator, ↑)")
-    ax.set_title("Tuning trials: FID vs mask mIoU")
+    ax.set_xlabel(f"{label(xm)} ({arrow[xm]})")
+    ax.set_ylabel(f"{label(ym)} ({arrow[ym]})")
+    ax.set_title(f"Tuning trials: {label(xm)} vs {label(ym)}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save_figure(fig, path)

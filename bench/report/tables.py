@@ -214,7 +214,7 @@ def _count(v: Any) -> str:
 
 
 def pareto_rows(front: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pareto-optimal trials with display texts at one number of decimals per column."""
-    fid = column_decimals([t["fid"] for t in front])
-    miou = column_decimals([t["mask_miou"] for t in front])
-    return [t | {"fid_text": fmt(t["fid"], decimals=fid), "miou_text": fmt(t["mask_miou"], decimals=miou)} for t in front]
+    """Pareto-optimal trials with display texts (``x_text``, ``y_text``) at one number of decimals per column."""
+    dx = column_decimals([t["x"] for t in front])
+    dy = column_decimals([t["y"] for t in front])
+    return [t | {"x_text": fmt(t["x"], decimals=dx), "y_text": fmt(t["y"], decimals=dy)} for t in front]
