@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor
 
-from todsynth.sample.crfm import CRFMConfig, rectify_with_stats
+from todsynth.sample.crfm import CRFMConfig, rectify
 from todsynth.sample.euler import euler_step, flow_sigmas, timesteps_from_sigmas
 from todsynth.sample.timing import CLOCKS, Clock, Stopwatch
 
@@ -214,6 +214,7 @@ def _sample_batch(
     masks = masks.to(device)
     embeds, pooled = embeds.to(device, dtype), pooled.to(device, dtype)
     decode = _decoder(generator)
+    crfm_decode, crfm_judge = sw.traced("vae_decode", decode), sw.traced("judge", judge)  # type: ignore[arg-type]
     n = cfg.num_inference_steps
     shift = generator.shift if cfg.shift is None else cfg.shift
     sigmas = flow_sigmas(n, float(shift), int(generator.num_train_timesteps))
@@ -239,13 +240,7 @@ def _sample_batch(
             if rectified:
                 v = v.clone()  # out of inference mode, for CRFM's backward pass
                 for _ in range(crfm.num_rectified):
-                    r = rectify_with_stats(
-                        v, x, sigma, decode, judge, masks, alphas[i],  # type: ignore[arg-type]
-                        l2_norm=crfm.l2_norm, shrink=crfm.shrink, clamp=crfm.clamp,
-                        error_only=crfm.error_only, ignore_index=crfm.ignore_index,
-                        skip_below_error=crfm.skip_below_error, judge_size=crfm.judge_size,
-                        micro_batch=crfm.micro_batch, stopwatch=sw,
-                    )
+                    r = rectify(v, x, sigma, crfm_decode, crfm_judge, masks, alphas[i], crfm)  # type: ignore[arg-type]
                     v = r.v
                     losses.append(r.loss)
                     errors.append(r.error_fraction)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Literal, get_args
 
 import torch
+from torch import Tensor
 
 Clock = Literal["wall", "cpu", "cuda"]
 CLOCKS: tuple[str, ...] = get_args(Clock)
@@ -64,46 +65,46 @@ class Stopwatch:
             finally:
                 self._seconds[name] += self._now() - t0
 
-    @contextmanager
-    def split(self, first: str, second: str) -> Iterator[Callable[[], None]]:
-        """Time the body as ``first`` until the yielded ``switch()`` is first called, then as ``second``.
+    def traced(self, name: str, fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+        """``fn`` with its forward pass and its part of any later backward pass timed under ``name``.
 
-        For one region that runs two things back to back where only a callback sees the boundary, e.g. one
-        backward pass through the judge and then the decoder, switched by a hook on the decoded image's
-        gradient. Never switched: the whole body counts as ``first``.
+        The backward part runs from the moment the gradient w.r.t. ``fn``'s output is complete to the moment
+        the gradient w.r.t. its input is: tensor hooks mark both, so one backward pass through several traced
+        functions (CRFM's judge, then the VAE decoder) is still split per function.
         """
+
+        def observed(x: Tensor) -> Tensor:
+            with self.section(name):
+                y = fn(x)
+            if x.requires_grad and y.requires_grad:
+                self._time_backward(name, x, y)
+            return y
+
+        return observed
+
+    def _time_backward(self, name: str, x: Tensor, y: Tensor) -> None:
+        """Hooks timing the backward from ``y``'s gradient to ``x``'s (they fire only if the backward runs)."""
         if self.cuda_events:
-            start, mid, end = (torch.cuda.Event(enable_timing=True) for _ in range(3))
-            switched = [False]
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
-            def switch_event() -> None:
-                if not switched[0]:
-                    switched[0] = True
-                    mid.record()
+            def begin(_grad: Tensor) -> None:
+                start.record()
 
-            start.record()
-            try:
-                yield switch_event
-            finally:
-                if not switched[0]:
-                    mid.record()
+            def finish(_grad: Tensor) -> None:
                 end.record()
-                self._events += [(first, start, mid), (second, mid, end)]
+                self._events.append((name, start, end))
         else:
-            t0 = self._now()
             marks: list[float] = []
 
-            def switch() -> None:
-                if not marks:
-                    marks.append(self._now())
+            def begin(_grad: Tensor) -> None:
+                marks.append(self._now())
 
-            try:
-                yield switch
-            finally:
-                t2 = self._now()
-                t1 = marks[0] if marks else t2
-                self._seconds[first] += t1 - t0
-                self._seconds[second] += t2 - t1
+            def finish(_grad: Tensor) -> None:
+                if marks:
+                    self._seconds[name] += self._now() - marks.pop()
+
+        y.register_hook(begin)
+        x.register_hook(finish)
 
     def totals(self) -> dict[str, float]:
         """Seconds per section so far (one CUDA synchronize when events are used)."""
