@@ -218,7 +218,7 @@ def test_predict_labels_are_the_first_maximal_index() -> None:
 
 def test_stopwatch_traced_times_forward_and_backward_per_function() -> None:
     """Stopwatch.traced: each function's forward, and its part of one backward pass through both, under its name."""
-    from todsynth.sample.timing import Stopwatch
+    from bench.perf.timing import Stopwatch
 
     ticks = iter(range(100))
     sw = Stopwatch("wall")
@@ -238,7 +238,7 @@ def test_crfm_timings_cover_judge_and_decoder_backward(generator, judge) -> None
     """One backward pass through judge and decoder, still timed per model (the hooks on their inputs fire)."""
     import unittest.mock
 
-    from todsynth.sample.timing import Stopwatch
+    from bench.perf.timing import Stopwatch
 
     masks, embeds, pooled, seeds = _inputs(2)
     original = Stopwatch._time_backward
@@ -249,8 +249,10 @@ def test_crfm_timings_cover_judge_and_decoder_backward(generator, judge) -> None
         x.register_hook(lambda _grad: finished.append(name))
         original(self, name, x, y)
 
+    sw = Stopwatch("wall")
     with unittest.mock.patch.object(Stopwatch, "_time_backward", spy):
-        out = sample(generator, masks, embeds, pooled, seeds, SamplerConfig(num_inference_steps=3, batch_size=2),
-                     CRFMConfig(rectified_step=2), judge)
+        sample(generator, masks, embeds, pooled, seeds, SamplerConfig(num_inference_steps=3, batch_size=2),
+               CRFMConfig(rectified_step=2), judge, observer=sw)
     assert traced == ["vae_decode", "judge"] * 2 and sorted(finished) == sorted(traced)  # every backward part ran
-    assert out.timings["judge"] > 0 and out.timings["vae_decode"] > 0
+    timings = sw.totals()
+    assert timings["judge"] > 0 and timings["vae_decode"] > 0

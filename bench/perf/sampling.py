@@ -16,25 +16,26 @@ from torch import Tensor, nn
 from bench.perf.config import PerfConfig
 from bench.perf.memory import PeakMemory
 from bench.perf.models import autocast
+from bench.perf.rounds import profile_sampling
 from bench.perf.timing import stats
 
-SECTIONS = ("transformer", "vae_decode", "judge", "euler", "final_decode", "encode_mask")
+SECTIONS = ("transformer", "vae_decode", "judge", "euler", "final_decode", "encode_mask")  # the sampler's (observer.py)
 
 
 def measure_sampling(gen: Any, judge: nn.Module, masks: Tensor, embeds: Tensor, pooled: Tensor,
                      cfg: PerfConfig) -> dict[str, Any]:
     """Plain vs CRFM seconds per image, CRFM's breakdown, standalone VAE/judge passes, peak memory, ratios."""
     from todsynth.sample.crfm import CRFMConfig
-    from todsynth.sample.profile import profile_sampling
     from todsynth.sample.sampler import SamplerConfig, sample
 
     device = torch.device(cfg.device)
     clock = "cuda" if device.type == "cuda" else cfg.clock
-    scfg = SamplerConfig(num_inference_steps=cfg.steps, batch_size=cfg.batch, clock=clock,  # type: ignore[arg-type]
+    scfg = SamplerConfig(num_inference_steps=cfg.steps, batch_size=int(cfg.batch),  # type: ignore[arg-type]
                          precision=cfg.precision)  # type: ignore[arg-type]
     crfm = CRFMConfig(rectified_step=cfg.rectified)
     with autocast(device, cfg.precision):  # the standalone passes run like the in-loop ones
-        prof = profile_sampling(gen, judge, masks, embeds, pooled, scfg, crfm, repeats=cfg.repeats)
+        prof = profile_sampling(gen, judge, masks, embeds, pooled, scfg, crfm, clock=clock,  # type: ignore[arg-type]
+                                repeats=cfg.repeats)
     seeds = list(range(masks.shape[0]))
     with PeakMemory(device) as plain_mem:
         sample(gen, masks, embeds, pooled, seeds, scfg)

@@ -1,0 +1,37 @@
+"""Where the sampler may be observed from outside: named sections of its loop and CRFM's two differentiable calls.
+
+The library never times itself; a harness passes an observer to ``sample(..., observer=...)``
+(``bench.perf.timing.Stopwatch`` times each part). Observing must not change what is computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Protocol
+
+from torch import Tensor
+
+TensorFn = Callable[[Tensor], Tensor]
+
+# The sampler's sections, in loop order; vae_decode and judge are CRFM's traced calls (forward and backward).
+SECTIONS: tuple[str, ...] = ("encode_mask", "transformer", "vae_decode", "judge", "euler", "final_decode")
+
+
+class SamplingObserver(Protocol):
+    """Hooks the sampler calls: ``section(name)`` around a part of the loop, ``traced(name, fn)`` once per batch
+    for the VAE decoder (``vae_decode``) and the judge (``judge``) it hands to CRFM."""
+
+    def section(self, name: str) -> AbstractContextManager[object]: ...
+
+    def traced(self, name: str, fn: TensorFn) -> TensorFn: ...
+
+
+class Unobserved:
+    """The default observer: no-op sections, functions returned as they are."""
+
+    def section(self, name: str) -> AbstractContextManager[object]:
+        return nullcontext()
+
+    def traced(self, name: str, fn: TensorFn) -> TensorFn:
+        return fn
