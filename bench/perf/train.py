@@ -6,6 +6,7 @@ import gc
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from bench.perf.config import PerfConfig
 from bench.perf.memory import PeakMemory
@@ -14,9 +15,9 @@ from bench.perf.timing import stats, timed
 
 
 def measure_train(gen: Any, cfg: PerfConfig) -> dict[str, Any]:
-    """One generator training step (branches trainable, flow-matching MSE, backward, clip 1.0, AdamW):
-    seconds, samples/s and peak memory. Mirrors ``todsynth.train.generator``'s step on random latents."""
-    from todsynth.train.flow import flow_matching_loss, noisy_latents
+    """One generator training step, ``todsynth.train.step.train_step`` as ``train_generator`` runs it (branches
+    trainable, flow-matching MSE, backward, clip 1.0, AdamW) on random latents: seconds, samples/s, peak memory."""
+    from todsynth.train.step import TrainBatch, train_step
     from todsynth.train.trainable import configure_trainable
 
     device = torch.device(cfg.device)
@@ -31,18 +32,16 @@ def measure_train(gen: Any, cfg: PerfConfig) -> dict[str, Any]:
     shape = (b, *gen.latent_shape)
     x0, noise, m = (torch.randn(shape, generator=g).to(device) for _ in range(3))
     _, embeds, pooled = perf_inputs(gen, b, cfg.seed + 2)
-    embeds, pooled = embeds.to(device), pooled.to(device)
     sigma = torch.rand(b, generator=g).to(device)
-    t = sigma * gen.num_train_timesteps
+    batch = TrainBatch(x0=x0, mask_latents=m, embeds=embeds.to(device), pooled=pooled.to(device), noise=noise,
+                       sigma=sigma, timestep=sigma * gen.num_train_timesteps)
+
+    def forward(*args: Tensor) -> Tensor:  # what accelerate's mixed precision does to a prepared model's forward
+        with autocast(device, cfg.precision):
+            return model(*args)
 
     def step() -> None:
-        with autocast(device, cfg.precision):
-            pred = model(noisy_latents(x0, noise, sigma), m, t, embeds, pooled)
-        loss = flow_matching_loss(pred, x0, noise)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(forward, [batch], opt, list(params.values()), max_grad_norm=1.0)
 
     model.train()
     try:
