@@ -50,8 +50,9 @@ def _inputs(b: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torc
     return latents, v, target
 
 
+# The checks below call the correction with its settings as keywords; both helpers map them onto the config object.
 def rectify_with_stats(v, latents, sigma, decode, judge, target, step_size, **settings):  # noqa: ANN001, ANN201
-    """The correction with ``settings`` as CRFMConfig fields."""
+    """``rectify`` with ``settings`` as CRFMConfig fields."""
     return rectify(v, latents, sigma, decode, judge, target, step_size, CRFMConfig(**settings))
 
 

@@ -236,13 +236,29 @@ def test_mask_conditions_output_after_training(dataset, vae_dir: Path, tmp_path:
     assert (v_a - v_b).abs().mean() > 1e-3 * v_a.abs().mean()
 
 
-def test_resume_gives_identical_weights(dataset, vae_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_resume_gives_identical_weights(dataset, vae_dir: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import todsynth.train.generator as generator_module
+
     cfg = config(vae_dir, steps=6, checkpoint_every=2, keep_checkpoints=1, ema_decay=0.5, caption_dropout=0.5)
     full = train_generator(cfg, dataset, HashPrompts(), tmp_path / "full", progress=False)
 
     run = tmp_path / "killed"
-    stopped = train_generator(cfg, dataset, HashPrompts(), run, progress=False, stop_after=3)
-    assert stopped.name == "checkpoint-2" and not (run / "generator").exists()  # step 3 was lost, as in a kill
+    step, calls = generator_module.train_step, []
+
+    class Killed(BaseException):  # like a signal: no ``except Exception`` on the way stops it
+        pass
+
+    def dies_in_step_4(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        if len(calls) == 4:
+            raise Killed("in step 4")
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(generator_module, "train_step", dies_in_step_4)
+    with pytest.raises(Killed):
+        train_generator(cfg, dataset, HashPrompts(), run, progress=False)
+    monkeypatch.undo()
+    assert not (run / "generator").exists()  # step 3 was done but lost with the kill: no checkpoint after step 2
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2"]
     resumed = train_generator(cfg, dataset, HashPrompts(), run, progress=False)
     assert json.loads((run / "train_summary.json").read_text())["resumed_from"] == 2

@@ -212,7 +212,8 @@ def _sample_batch(
     masks = masks.to(device)
     embeds, pooled = embeds.to(device, dtype), pooled.to(device, dtype)
     decode = latent_decoder(generator)
-    crfm_decode, crfm_judge = observer.traced("vae_decode", decode), observer.traced("judge", judge)  # type: ignore[arg-type]
+    crfm_decode = observer.traced("vae_decode", decode)
+    crfm_judge = observer.traced("judge", judge) if judge is not None else None
     timesteps, sigmas = _schedule(generator, cfg, device)
     alphas = crfm.step_sizes(cfg.num_inference_steps)
     x0s: list[Tensor] = []

@@ -204,8 +204,6 @@ def train_generator(
     out_dir: str | Path,
     resume: bool = True,
     progress: bool = True,
-    *,
-    stop_after: int | None = None,
 ) -> Path:
     """Train the mask-conditioned generator; returns ``out_dir/generator`` (a ``save_generator`` dir).
 
@@ -218,8 +216,6 @@ def train_generator(
         resume: continue from the newest checkpoint (its config must match, except cadence fields);
             False discards existing checkpoints. A finished run of the same config returns at once.
         progress: show a rich progress bar (step, loss, it/s) on the main process.
-        stop_after: stop once this many steps are done in total, as if killed (no final checkpoint,
-            no generator); returns the newest checkpoint dir (or ``out_dir``). For tests and time boxes.
     """
     from accelerate import Accelerator
 
@@ -240,19 +236,14 @@ def train_generator(
     start = _resume(out_dir, cfg, run, rng, order, resume)
     draws = _MicroBatches(cfg, run.gen, data, dataset, prompt_cache, uncond, rng, order,  # type: ignore[arg-type]
                           accelerator.process_index, accelerator.num_processes, accelerator.device)
-    end = cfg.steps if stop_after is None else max(start, min(cfg.steps, stop_after))
     t0 = time.perf_counter()
-    losses = _train_loop(cfg, run, draws, out_dir, start, end, progress)
-    elapsed = time.perf_counter() - t0
-    if end < cfg.steps:
-        ckpts = list_checkpoints(out_dir)
-        return ckpts[-1] if ckpts else out_dir
-    return _finish(cfg, run, out_dir, losses, start, elapsed, t_encode)
+    losses = _train_loop(cfg, run, draws, out_dir, start, progress)
+    return _finish(cfg, run, out_dir, losses, start, time.perf_counter() - t0, t_encode)
 
 
-def _train_loop(cfg: TrainConfig, run: _Run, draws: _MicroBatches, out_dir: Path, start: int, end: int,
+def _train_loop(cfg: TrainConfig, run: _Run, draws: _MicroBatches, out_dir: Path, start: int,
                 progress: bool) -> list[float]:
-    """Steps ``start .. end - 1``: train_step, LR schedule, EMA, log lines, checkpoints; returns the losses."""
+    """Steps ``start .. cfg.steps - 1``: train_step, LR schedule, EMA, log lines, checkpoints; returns the losses."""
     accelerator = run.accelerator
     params = list(run.params.values())
     samples_per_step = draws.size * cfg.grad_accum
@@ -261,7 +252,7 @@ def _train_loop(cfg: TrainConfig, run: _Run, draws: _MicroBatches, out_dir: Path
     t0 = time.perf_counter()
     with _progress(progress and accelerator.is_main_process) as pbar:
         task = pbar.add_task("gen train", total=cfg.steps, completed=start, loss=float("nan"), its=0.0)
-        for step in range(start, end):
+        for step in range(start, cfg.steps):
             run.prepared.train()
             micro = [draws.draw() for _ in range(cfg.grad_accum)]
             step_loss = train_step(run.prepared, micro, run.optimizer, params, max_grad_norm=cfg.max_grad_norm,
