@@ -104,10 +104,11 @@ class _MicroBatches:
 
     def __init__(self, cfg: TrainConfig, gen: Generator, data: LatentSet | None, dataset: Any,
                  prompts: PromptSource, uncond: tuple[Tensor, Tensor], rng: torch.Generator, order: _Batches,
-                 rank: int, world: int, device: torch.device) -> None:
+                 accelerator: Any) -> None:
         self.cfg, self.gen, self.data, self.dataset, self.prompts, self.uncond = cfg, gen, data, dataset, prompts, uncond
-        self.rng, self.order, self.device = rng, order, device
-        self.size = cfg.batch_size * world
+        self.rng, self.order, self.device = rng, order, accelerator.device
+        self.size = cfg.batch_size * accelerator.num_processes
+        rank = accelerator.process_index
         self.mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
         self.sigmas, self.timesteps = train_sigma_table(gen.num_train_timesteps, gen.shift)
 
@@ -228,14 +229,14 @@ def train_generator(
     run = _setup(cfg, preset, accelerator)
 
     t_encode = time.perf_counter()
-    uncond = tuple(t.float().cpu() for t in prompt_cache.get([""]))
+    uncond_embeds, uncond_pooled = (t.float().cpu() for t in prompt_cache.get([""]))
     data = encode_dataset(run.gen, dataset, prompt_cache, flips=cfg.hflip) if cfg.cache_latents else None
     t_encode = time.perf_counter() - t_encode
     rng = torch.Generator().manual_seed(cfg.seed)
     order = _Batches(len(data) if data is not None else len(dataset), rng)
     start = _resume(out_dir, cfg, run, rng, order, resume)
-    draws = _MicroBatches(cfg, run.gen, data, dataset, prompt_cache, uncond, rng, order,  # type: ignore[arg-type]
-                          accelerator.process_index, accelerator.num_processes, accelerator.device)
+    draws = _MicroBatches(cfg, run.gen, data, dataset, prompt_cache, (uncond_embeds, uncond_pooled), rng, order,
+                          accelerator)
     t0 = time.perf_counter()
     losses = _train_loop(cfg, run, draws, out_dir, start, progress)
     return _finish(cfg, run, out_dir, losses, start, time.perf_counter() - t0, t_encode)
