@@ -199,9 +199,9 @@ def rectify(
     Returns:
         :class:`Rectified`: the corrected ``v`` in ``velocity.dtype`` and the stats before the correction.
 
-    The extras around the paper's correction change no sample's result: ``crfm.micro_batch`` computes the
-    gradient that many samples at a time (per-image losses are summed, so each sample's gradient is its own),
-    and ``crfm.skip_below_error`` leaves samples the judge already gets almost right untouched.
+    The extras around the paper's correction: ``crfm.micro_batch`` computes the gradient that many samples at a
+    time, with the same result (per-image losses are summed, so each sample's gradient is its own);
+    ``crfm.skip_below_error`` (beyond the paper) leaves samples the judge already gets almost right untouched.
     Runs under ``torch.enable_grad()`` so it works inside a no-grad sampler.
     """
     _check_shapes(velocity, latents, target)
