@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderKL
 from torch import nn
 
-from todsynth.sample.crfm import CRFMConfig, judge_loss, rectify_velocity, rectify_with_stats, step_sizes
+from todsynth.sample.crfm import CRFMConfig, judge_loss, rectify, step_sizes
 
 SCALING, SHIFT = 1.5035, 0.0609
 
@@ -48,6 +48,17 @@ def _inputs(b: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torc
     target = torch.randint(0, 7, (b, 16, 16), generator=g)
     target[:, :2] = 255
     return latents, v, target
+
+
+# The checks below call the correction with its settings as keywords; both helpers map them onto the config object.
+def rectify_with_stats(v, latents, sigma, decode, judge, target, step_size, **settings):  # noqa: ANN001, ANN201
+    """``rectify`` with ``settings`` as CRFMConfig fields."""
+    return rectify(v, latents, sigma, decode, judge, target, step_size, CRFMConfig(**settings))
+
+
+def rectify_velocity(v, latents, sigma, decode, judge, target, step_size, **settings):  # noqa: ANN001, ANN201
+    """Only the corrected velocity."""
+    return rectify_with_stats(v, latents, sigma, decode, judge, target, step_size, **settings).v
 
 
 def _masked_ce(v, latents, sigma, decode, judge, target) -> torch.Tensor:

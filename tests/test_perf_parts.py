@@ -3,8 +3,6 @@ channels_last / decoder checkpointing / bf16 preparation, FLOP counting, bench.p
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -218,47 +216,43 @@ def test_predict_labels_are_the_first_maximal_index() -> None:
     assert (predict(_TiedLogits(), images)[:, :4] == 2).all()
 
 
-def test_stopwatch_split_attributes_one_region_to_two_sections() -> None:
-    """Stopwatch.split: body time before the first switch() to ``first``, the rest to ``second``."""
-    from todsynth.sample.timing import Stopwatch
+def test_stopwatch_traced_times_forward_and_backward_per_function() -> None:
+    """Stopwatch.traced: each function's forward, and its part of one backward pass through both, under its name."""
+    from bench.perf.timing import Stopwatch
 
     ticks = iter(range(100))
     sw = Stopwatch("wall")
     sw._now = lambda: float(next(ticks))  # a fake clock: 0, 1, 2, ...
-    with sw.split("judge", "vae_decode") as switch:  # t0 = 0
-        switch()  # 1
-        switch()  # ignored: only the first switch counts
-    # end = 2
-    with sw.split("judge", "vae_decode"):  # never switched: 3 .. 4, all "judge"
-        pass
-    assert sw.totals() == {"judge": 1.0 + 1.0, "vae_decode": 1.0}
+    double = sw.traced("double", lambda x: x * 2)
+    square = sw.traced("square", lambda x: x**2)
+    leaf = torch.ones(3, requires_grad=True)
+    y = square(double(leaf))  # forwards: double 0 .. 1, square 2 .. 3
+    y.sum().backward()  # square's output grad 4, double's output grad 5 (its begin hook first), square done 6, leaf 7
+    assert sw.totals() == {"double": 1.0 + 2.0, "square": 1.0 + 2.0}
+    with torch.no_grad():
+        double(leaf)  # no graph: forward only (8 .. 9), no hooks
+    assert sw.totals()["double"] == 4.0
 
 
-def test_crfm_timings_split_judge_and_decoder(generator, judge) -> None:  # noqa: F811
-    """One backward pass through judge and decoder, still timed per model (the hook on the image fires)."""
-    masks, embeds, pooled, seeds = _inputs(2)
-    calls = []
-    from todsynth.sample.timing import Stopwatch
-
-    original = Stopwatch.split
-
-    switched = []
-
-    @contextlib.contextmanager
-    def spy(self, first, second):  # noqa: ANN001, ANN202
-        calls.append((first, second))
-        with original(self, first, second) as switch:
-
-            def counted() -> None:
-                switched.append(True)
-                switch()
-
-            yield counted
-
+def test_crfm_timings_cover_judge_and_decoder_backward(generator, judge) -> None:  # noqa: F811
+    """One backward pass through judge and decoder, still timed per model (the hooks on their inputs fire)."""
     import unittest.mock
 
-    with unittest.mock.patch.object(Stopwatch, "split", spy):
-        out = sample(generator, masks, embeds, pooled, seeds, SamplerConfig(num_inference_steps=3, batch_size=2),
-                     CRFMConfig(rectified_step=2), judge)
-    assert calls == [("judge", "vae_decode")] * 2 and switched == [True] * 2  # the image-gradient hook fired
-    assert out.timings["judge"] > 0 and out.timings["vae_decode"] > 0
+    from bench.perf.timing import Stopwatch
+
+    masks, embeds, pooled, seeds = _inputs(2)
+    original = Stopwatch._time_backward
+    traced, finished = [], []
+
+    def spy(self, name, x, y):  # noqa: ANN001, ANN202
+        traced.append(name)
+        x.register_hook(lambda _grad: finished.append(name))
+        original(self, name, x, y)
+
+    sw = Stopwatch("wall")
+    with unittest.mock.patch.object(Stopwatch, "_time_backward", spy):
+        sample(generator, masks, embeds, pooled, seeds, SamplerConfig(num_inference_steps=3, batch_size=2),
+               CRFMConfig(rectified_step=2), judge, observer=sw)
+    assert traced == ["vae_decode", "judge"] * 2 and sorted(finished) == sorted(traced)  # every backward part ran
+    timings = sw.totals()
+    assert timings["judge"] > 0 and timings["vae_decode"] > 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
@@ -11,6 +13,7 @@ from todsynth.models.generator import Generator, build_generator
 from todsynth.models.presets import resolve_preset
 from todsynth.models.vae import decode_latents
 from todsynth.sample.crfm import CRFMConfig, judge_loss
+from todsynth.sample.observer import SECTIONS
 from todsynth.sample.sampler import SamplerConfig, initial_noise, sample
 
 SIZE, C = 32, 7
@@ -121,14 +124,34 @@ def test_cfg(generator) -> None:
     assert not torch.allclose(guided.images, plain.images, atol=1e-4)
 
 
-@pytest.mark.parametrize("clock", ["wall", "cpu"])
-def test_timings_and_seconds(generator, judge, clock) -> None:
+class Recorder:
+    """A test observer: records the sections entered and the functions traced, and calls them unchanged."""
+
+    def __init__(self) -> None:
+        self.sections: list[str] = []
+        self.traced_calls: list[str] = []
+
+    def section(self, name):  # noqa: ANN001, ANN201
+        self.sections.append(name)
+        return contextlib.nullcontext()
+
+    def traced(self, name, fn):  # noqa: ANN001, ANN201
+        def call(x):  # noqa: ANN001, ANN202
+            self.traced_calls.append(name)
+            return fn(x)
+
+        return call
+
+
+def test_observer_sees_every_part_and_changes_nothing(generator, judge) -> None:
     masks, embeds, pooled, seeds = _inputs(2)
-    out = sample(generator, masks, embeds, pooled, seeds, SamplerConfig(num_inference_steps=3, clock=clock), CRFM, judge)
-    assert len(out.seconds) == 2 and all(s > 0 for s in out.seconds)
-    for key in ("encode_mask", "transformer", "vae_decode", "judge", "euler", "final_decode", "total"):
-        assert out.timings[key] > 0, key
-    assert out.timings["total"] >= out.timings["transformer"] + out.timings["vae_decode"]
+    cfg = SamplerConfig(num_inference_steps=3)
+    rec = Recorder()
+    observed = sample(generator, masks, embeds, pooled, seeds, cfg, CRFM, judge, observer=rec)
+    assert set(rec.sections) == set(SECTIONS) - {"vae_decode", "judge"}
+    assert rec.sections.count("transformer") == rec.sections.count("euler") == 3
+    assert rec.traced_calls == ["vae_decode", "judge"] * 2  # CRFM's calls, rectified_step=2
+    assert torch.equal(observed.images, sample(generator, masks, embeds, pooled, seeds, cfg, CRFM, judge).images)
 
 
 @pytest.mark.parametrize(("change", "match"), [
@@ -150,7 +173,7 @@ def test_input_errors_name_the_argument(generator, judge, change, match) -> None
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("num_inference_steps", 0), ("shift", 0.0), ("guidance_scale", 0.5), ("batch_size", 0), ("clock", "gpu"),
+    ("num_inference_steps", 0), ("shift", 0.0), ("guidance_scale", 0.5), ("batch_size", 0),
 ])
 def test_sampler_config_validation(field, value) -> None:
     with pytest.raises(ValueError, match=field):

@@ -71,6 +71,64 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "transformer.safetensors"))
 
 
+# ------------------------------------------------------------------ the training step
+
+
+class _Velocity(torch.nn.Module):
+    """A stand-in velocity model with MaskMMDiT's call signature (1x1 convolutions over latents and mask)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.nn.Parameter(torch.randn(4, 4, 1, 1, generator=g))
+        self.m = torch.nn.Parameter(torch.randn(4, 4, 1, 1, generator=g))
+
+    def forward(self, x, mask_latents, timestep, embeds, pooled):  # noqa: ANN001, ANN201
+        scale = 1 + timestep.view(-1, 1, 1, 1) / 1000 + embeds.mean((1, 2)).view(-1, 1, 1, 1) + pooled.mean(1).view(-1, 1, 1, 1)
+        return torch.nn.functional.conv2d(x, self.x) * scale + torch.nn.functional.conv2d(mask_latents, self.m)
+
+
+def _batch(b: int, seed: int):  # noqa: ANN202
+    from todsynth.train import TrainBatch
+
+    g = torch.Generator().manual_seed(seed)
+    x0, m, noise = (torch.randn(b, 4, 6, 6, generator=g) for _ in range(3))
+    sigma = torch.rand(b, generator=g)
+    return TrainBatch(x0, m, torch.randn(b, 5, 8, generator=g), torch.randn(b, 8, generator=g), noise, sigma, sigma * 1000)
+
+
+def test_train_step_accumulates_micro_batches_like_one_batch() -> None:
+    """Two micro-batches of 2 step exactly like one batch of 4 (to rounding), and the step's loss is their mean."""
+    from todsynth.train import TrainBatch, train_step
+    from todsynth.train.step import batch_loss
+
+    halves = [_batch(2, 1), _batch(2, 2)]
+    whole = TrainBatch(*(torch.cat([getattr(h, f) for h in halves]) for f in TrainBatch.__dataclass_fields__))
+    models = [_Velocity(), _Velocity()]
+    with torch.no_grad():
+        expected = sum(batch_loss(models[0], h).item() for h in halves) / 2
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in models]
+    loss = train_step(models[0], halves, opts[0], list(models[0].parameters()), max_grad_norm=100.0)
+    train_step(models[1], [whole], opts[1], list(models[1].parameters()), max_grad_norm=100.0)
+    assert loss == pytest.approx(expected)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+        assert a.grad is None  # zeroed (set to None) after the step
+    with pytest.raises(ValueError, match="batches"):
+        train_step(models[0], [], opts[0], list(models[0].parameters()))
+
+
+def test_train_step_clips_the_gradient() -> None:
+    from todsynth.train import train_step
+
+    model = _Velocity()
+    before = [p.detach().clone() for p in model.parameters()]
+    train_step(model, [_batch(2, 3)], torch.optim.SGD(model.parameters(), lr=1.0), list(model.parameters()),
+               max_grad_norm=1e-3)
+    step = torch.cat([(p.detach() - q).flatten() for p, q in zip(model.parameters(), before, strict=True)])
+    assert 0 < step.norm() <= 1e-3 * (1 + 1e-4)  # SGD lr 1: the step is the clipped gradient
+
+
 # ------------------------------------------------------------------ flow matching pieces
 
 
@@ -178,13 +236,29 @@ def test_mask_conditions_output_after_training(dataset, vae_dir: Path, tmp_path:
     assert (v_a - v_b).abs().mean() > 1e-3 * v_a.abs().mean()
 
 
-def test_resume_gives_identical_weights(dataset, vae_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_resume_gives_identical_weights(dataset, vae_dir: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import todsynth.train.generator as generator_module
+
     cfg = config(vae_dir, steps=6, checkpoint_every=2, keep_checkpoints=1, ema_decay=0.5, caption_dropout=0.5)
     full = train_generator(cfg, dataset, HashPrompts(), tmp_path / "full", progress=False)
 
     run = tmp_path / "killed"
-    stopped = train_generator(cfg, dataset, HashPrompts(), run, progress=False, stop_after=3)
-    assert stopped.name == "checkpoint-2" and not (run / "generator").exists()  # step 3 was lost, as in a kill
+    step, calls = generator_module.train_step, []
+
+    class Killed(BaseException):  # like a signal: no ``except Exception`` on the way stops it
+        pass
+
+    def dies_in_step_4(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        if len(calls) == 4:
+            raise Killed("in step 4")
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(generator_module, "train_step", dies_in_step_4)
+    with pytest.raises(Killed):
+        train_generator(cfg, dataset, HashPrompts(), run, progress=False)
+    monkeypatch.undo()
+    assert not (run / "generator").exists()  # step 3 was done but lost with the kill: no checkpoint after step 2
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2"]
     resumed = train_generator(cfg, dataset, HashPrompts(), run, progress=False)
     assert json.loads((run / "train_summary.json").read_text())["resumed_from"] == 2

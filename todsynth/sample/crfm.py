@@ -8,6 +8,10 @@ detached leaf, so the transformer is never differentiated.
 Per-sample semantics: per-image losses are SUMMED before one backward pass, so every sample in a batch
 receives exactly the gradient it would get alone. The public release averages over the batch instead,
 which divides every sample's step by the batch size B; todsynth deliberately does not.
+
+:func:`rectify` is one correction: :func:`judge_gradient` (decode, judge, loss, gradient) then
+:func:`update_velocity`, all settings from one :class:`CRFMConfig`. Nothing here measures time: a harness
+times the decoder and the judge by passing wrapped ``decode``/``judge`` callables (``bench/perf``).
 """
 
 from __future__ import annotations
@@ -20,8 +24,6 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from todsynth.sample.timing import Stopwatch
 
 StepScheme = Literal["C", "LI", "LD", "cosine"]
 STEP_SCHEMES: tuple[str, ...] = get_args(StepScheme)
@@ -172,6 +174,126 @@ class Rectified:
     skipped: Tensor  # (B,) bool, True where skip_below_error left the sample untouched
 
 
+def rectify(
+    velocity: Tensor,
+    latents: Tensor,
+    sigma: float | Tensor,
+    decode: Callable[[Tensor], Tensor],
+    judge: Callable[[Tensor], Tensor],
+    target: Tensor,
+    step_size: float | Tensor,
+    crfm: CRFMConfig,
+) -> Rectified:
+    """One CRFM correction of a batch's velocity: :func:`judge_gradient`, then :func:`update_velocity`.
+
+    Args:
+        velocity: (B,c,h,w) transformer velocity (treated as a detached leaf).
+        latents: (B,c,h,w) current ``z_t``.
+        sigma: current noise level (a float, or a 0-d tensor).
+        decode: latent (B,c,h,w) -> image (B,3,H,W) in [0,1], differentiable.
+        judge: image (B,3,H,W) in [0,1] -> logits (B,C,H,W), differentiable.
+        target: (B,H,W) long labels (``crfm.ignore_index`` ignored).
+        step_size: ``alpha_i`` as a float or a (B,) tensor.
+        crfm: the loss and update settings (``rectified_step`` and the schedule are the sampler's).
+
+    Returns:
+        :class:`Rectified`: the corrected ``v`` in ``velocity.dtype`` and the stats before the correction.
+
+    The extras around the paper's correction: ``crfm.micro_batch`` computes the gradient that many samples at a
+    time, with the same result (per-image losses are summed, so each sample's gradient is its own);
+    ``crfm.skip_below_error`` (beyond the paper) leaves samples the judge already gets almost right untouched.
+    Runs under ``torch.enable_grad()`` so it works inside a no-grad sampler.
+    """
+    _check_shapes(velocity, latents, target)
+    b = velocity.shape[0]
+    alpha = _per_sample(step_size, b, velocity.device)
+    target = target.to(velocity.device).long()
+    v = velocity.detach().to(torch.float32)
+    chunks = _micro_batches(b, crfm.micro_batch)
+    parts = [judge_gradient(v[c].detach(), latents[c], sigma, decode, judge, target[c], crfm) for c in chunks]
+    loss, error_fraction, skipped = (_cat([p[k] for p in parts]) for k in (1, 2, 3))
+    if all(p[0] is None for p in parts):
+        return Rectified(velocity, loss, error_fraction, skipped)
+    grad = _cat([torch.zeros_like(v[c]) if p[0] is None else p[0] for c, p in zip(chunks, parts, strict=True)])
+    v_new = update_velocity(v, grad, alpha, crfm)
+    if crfm.skip_below_error is not None:
+        v_new = torch.where(skipped.view(b, 1, 1, 1).to(v_new.device), v, v_new)
+    return Rectified(v_new.to(velocity.dtype), loss, error_fraction, skipped)
+
+
+def judge_gradient(
+    v: Tensor,
+    latents: Tensor,
+    sigma: float | Tensor,
+    decode: Callable[[Tensor], Tensor],
+    judge: Callable[[Tensor], Tensor],
+    target: Tensor,
+    crfm: CRFMConfig,
+) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+    """Steps 2-4 up to the gradient: ``x0_hat = z_t - sigma * v``, decode, judge, loss, ``d(sum of losses)/dv``.
+
+    ``v`` is a detached float32 (B,c,h,w) tensor; one backward pass runs through the judge and the decoder.
+    Returns ``(grad (B,c,h,w) float32, or None when every sample is skipped; loss (B,); error_fraction (B,);
+    skipped (B,) bool)``, all detached.
+    """
+    b = v.shape[0]
+    with torch.enable_grad():
+        v = v.requires_grad_(True)
+        x0_hat = latents.detach().to(torch.float32)
+        x0_hat = torch.sub(x0_hat, v, alpha=sigma) if isinstance(sigma, float) else x0_hat - sigma * v
+        images, judged_target = _at_judge_size(decode(x0_hat), target, crfm.judge_size)
+        loss, error_fraction = judge_loss(
+            judge(images), judged_target, error_only=crfm.error_only, ignore_index=crfm.ignore_index
+        )
+        if crfm.skip_below_error is None:  # no data-dependent branch: no host-device sync in the sampling loop
+            skipped = torch.zeros(b, dtype=torch.bool, device=loss.device)
+            total = loss.sum()  # SUM: each sample's gradient is its own (see module doc)
+        else:
+            skipped = error_fraction < crfm.skip_below_error
+            if bool(skipped.all()):  # one sync, only with this opt-in: saves the backward when nothing is left
+                return None, loss.detach(), error_fraction, skipped
+            total = (loss * (~skipped).float()).sum()
+        (grad,) = torch.autograd.grad(total, v)
+    return grad.detach(), loss.detach(), error_fraction, skipped
+
+
+def update_velocity(v: Tensor, grad: Tensor, alpha: float | Tensor, crfm: CRFMConfig) -> Tensor:
+    """Step 4's update of a float32 ``v`` (B,c,h,w); a new tensor.
+
+    Optionally normalise each sample's gradient to unit L2 norm and shrink ``v *= (1 - alpha)``; then
+    ``v - alpha * grad``, clamped to ``[-clamp, clamp]``. ``alpha`` is a float or a (B,1,1,1) tensor.
+    """
+    if crfm.l2_norm:
+        grad = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(v.shape[0], 1, 1, 1)
+    v_new = v * (1 - alpha) if crfm.shrink else v
+    v_new = torch.sub(v_new, grad, alpha=alpha) if isinstance(alpha, float) else v_new - alpha * grad
+    if crfm.clamp is not None:
+        v_new = v_new.clamp_(-crfm.clamp, crfm.clamp)  # v_new is a fresh tensor here
+    return v_new
+
+
+def _check_shapes(velocity: Tensor, latents: Tensor, target: Tensor) -> None:
+    if velocity.shape != latents.shape:
+        raise ValueError(f"velocity {tuple(velocity.shape)} and latents {tuple(latents.shape)} must match")
+    b = velocity.shape[0]
+    if target.ndim != 3 or target.shape[0] != b:
+        raise ValueError(f"target must be (B={b}, H, W) labels, got shape {tuple(target.shape)}")
+
+
+def _at_judge_size(images: Tensor, target: Tensor, judge_size: int | None) -> tuple[Tensor, Tensor]:
+    """Images resized bilinearly (antialiased) and the target nearest to ``judge_size``; as is when None or equal."""
+    if judge_size is None or tuple(images.shape[-2:]) == (judge_size, judge_size):
+        return images, target
+    size = (judge_size, judge_size)
+    resized = F.interpolate(target[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    return F.interpolate(images, size=size, mode="bilinear", antialias=True), resized
+
+
+def _micro_batches(batch: int, micro_batch: int | None) -> list[slice]:
+    size = batch if micro_batch is None else min(micro_batch, batch)
+    return [slice(lo, lo + size) for lo in range(0, batch, size)]
+
+
 def _per_sample(value: float | Tensor, batch: int, device: torch.device) -> float | Tensor:
     """A float step size as is; a 0-d or (B,) tensor as (B,1,1,1) float32 on ``device``.
 
@@ -190,172 +312,3 @@ def _per_sample(value: float | Tensor, batch: int, device: torch.device) -> floa
 
 def _cat(tensors: list[Tensor]) -> Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
-
-
-def _judge_gradient(
-    v: Tensor,
-    latents: Tensor,
-    sigma: float | Tensor,
-    decode: Callable[[Tensor], Tensor],
-    judge: Callable[[Tensor], Tensor],
-    target: Tensor,
-    *,
-    error_only: bool,
-    ignore_index: int,
-    skip_below_error: float | None,
-    judge_size: int | None,
-    sw: Stopwatch,
-) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
-    """d(summed judge loss)/dv for one (micro-)batch: ``(grad or None if all skipped, loss, error_fraction, skipped)``.
-
-    One backward pass runs through the judge and then the decoder; a hook on the decoded image's gradient marks
-    where the judge's part ends, so the stopwatch still attributes time to ``judge`` and ``vae_decode`` (a
-    backward split at the image, two ``autograd.grad`` calls, gives the same gradient and cost 0.11 ms more per
-    correction on the tiny preset on CPU).
-    """
-    b = v.shape[0]
-    with torch.enable_grad():
-        v = v.requires_grad_(True)  # a fresh detached float32 tensor from rectify_with_stats
-        x0_hat = latents.detach().to(torch.float32)
-        x0_hat = torch.sub(x0_hat, v, alpha=sigma) if isinstance(sigma, float) else x0_hat - sigma * v
-        with sw.section("vae_decode"):
-            images = decode(x0_hat)
-        with sw.section("judge"):
-            judged, judged_target = images, target
-            if judge_size is not None and tuple(images.shape[-2:]) != (judge_size, judge_size):
-                judged = F.interpolate(images, size=(judge_size, judge_size), mode="bilinear", antialias=True)
-                judged_target = F.interpolate(target[:, None].float(), size=(judge_size, judge_size), mode="nearest")
-                judged_target = judged_target[:, 0].long()
-            loss, error_fraction = judge_loss(
-                judge(judged), judged_target, error_only=error_only, ignore_index=ignore_index
-            )
-        if skip_below_error is None:  # no data-dependent branch: no host-device sync in the sampling loop
-            skipped = torch.zeros(b, dtype=torch.bool, device=loss.device)
-            total = loss.sum()  # SUM: each sample's gradient is its own (see module doc)
-        else:
-            skipped = error_fraction < skip_below_error
-            if bool(skipped.all()):  # one sync, only with this opt-in: saves the backward when nothing is left
-                return None, loss.detach(), error_fraction, skipped
-            total = (loss * (~skipped).float()).sum()
-        with sw.split("judge", "vae_decode") as switch:
-
-            def judge_done(_grad: Tensor) -> None:  # the image's gradient is complete: the decoder's part starts
-                switch()
-
-            images.register_hook(judge_done)
-            (grad,) = torch.autograd.grad(total, v)
-    return grad.detach(), loss.detach(), error_fraction, skipped
-
-
-def rectify_with_stats(
-    velocity: Tensor,
-    latents: Tensor,
-    sigma: float | Tensor,
-    decode: Callable[[Tensor], Tensor],
-    judge: Callable[[Tensor], Tensor],
-    target: Tensor,
-    step_size: float | Tensor,
-    *,
-    l2_norm: bool = False,
-    shrink: bool = False,
-    clamp: float | None = 1.0,
-    error_only: bool = True,
-    ignore_index: int = 255,
-    skip_below_error: float | None = None,
-    judge_size: int | None = None,
-    micro_batch: int | None = None,
-    stopwatch: Stopwatch | None = None,
-) -> Rectified:
-    """:func:`rectify_velocity` plus per-sample loss/error stats, the beyond-paper options and timing.
-
-    ``micro_batch``: decode, judge and backward at most this many samples at a time, which bounds the
-    autograd memory of the VAE decoder (the CRFM peak at 512 px) to one micro-batch; per-image losses are
-    summed, so every sample's gradient, and the result, is the same as in one pass (None = whole batch).
-    """
-    if velocity.shape != latents.shape:
-        raise ValueError(f"velocity {tuple(velocity.shape)} and latents {tuple(latents.shape)} must match")
-    b = velocity.shape[0]
-    if target.ndim != 3 or target.shape[0] != b:
-        raise ValueError(f"target must be (B={b}, H, W) labels, got shape {tuple(target.shape)}")
-    if micro_batch is not None and not (_is_int(micro_batch) and micro_batch >= 1):
-        raise ValueError(f"micro_batch must be an int >= 1 or None, got {micro_batch!r}")
-    sw = stopwatch or Stopwatch()
-    alpha = _per_sample(step_size, b, velocity.device)
-    target = target.to(velocity.device).long()
-    v = velocity.detach().to(torch.float32)
-    size = b if micro_batch is None else min(micro_batch, b)
-    kw = dict(error_only=error_only, ignore_index=ignore_index, skip_below_error=skip_below_error,
-              judge_size=judge_size, sw=sw)
-    parts = [
-        _judge_gradient(v[lo : lo + size].detach(), latents[lo : lo + size], sigma, decode, judge,
-                        target[lo : lo + size], **kw)  # type: ignore[arg-type]
-        for lo in range(0, b, size)
-    ]
-    loss = _cat([p[1] for p in parts])
-    error_fraction = _cat([p[2] for p in parts])
-    skipped = _cat([p[3] for p in parts])
-    if all(p[0] is None for p in parts):
-        return Rectified(velocity, loss, error_fraction, skipped)
-    grad = _cat([torch.zeros_like(v[lo : lo + size]) if p[0] is None else p[0]
-                 for lo, p in zip(range(0, b, size), parts, strict=True)])
-    if l2_norm:
-        grad = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(b, 1, 1, 1)
-    v_new = v
-    if shrink:
-        v_new = v_new * (1 - alpha)
-    v_new = torch.sub(v_new, grad, alpha=alpha) if isinstance(alpha, float) else v_new - alpha * grad
-    if clamp is not None:
-        v_new = v_new.clamp_(-clamp, clamp)  # v_new is a fresh tensor here
-    if skip_below_error is not None:
-        v_new = torch.where(skipped.view(b, 1, 1, 1).to(v_new.device), v, v_new)
-    return Rectified(v_new.to(velocity.dtype), loss, error_fraction, skipped)
-
-
-def rectify_velocity(
-    velocity: Tensor,
-    latents: Tensor,
-    sigma: float | Tensor,
-    decode: Callable[[Tensor], Tensor],
-    judge: Callable[[Tensor], Tensor],
-    target: Tensor,
-    step_size: float | Tensor,
-    *,
-    l2_norm: bool = False,
-    shrink: bool = False,
-    clamp: float | None = 1.0,
-    error_only: bool = True,
-    ignore_index: int = 255,
-) -> Tensor:
-    """One CRFM correction of a batch's velocity; returns the corrected ``v`` (B,c,h,w), ``velocity.dtype``.
-
-    Args:
-        velocity: (B,c,h,w) transformer velocity (treated as a detached leaf).
-        latents: (B,c,h,w) current ``z_t``.
-        sigma: current noise level (scalar).
-        decode: latent (B,c,h,w) -> image (B,3,H,W) in [0,1], differentiable.
-        judge: image (B,3,H,W) in [0,1] -> logits (B,C,H,W), differentiable.
-        target: (B,H,W) long labels (``ignore_index`` ignored).
-        step_size: ``alpha`` as a float or a (B,) tensor.
-        l2_norm: normalise each sample's gradient to unit L2 norm.
-        shrink: ``v *= (1 - alpha)`` before the gradient step.
-        clamp: clamp the result to ``[-clamp, clamp]`` (None disables).
-        error_only: CE only on pixels the judge gets wrong.
-        ignore_index: label excluded from the loss.
-
-    ``x0_hat = latents - sigma * v``; per-image CE (see :func:`judge_loss`) summed over the batch;
-    ``v <- v - alpha * d loss / d v``. Runs under ``torch.enable_grad()`` so it works inside a no-grad sampler.
-    """
-    return rectify_with_stats(
-        velocity,
-        latents,
-        sigma,
-        decode,
-        judge,
-        target,
-        step_size,
-        l2_norm=l2_norm,
-        shrink=shrink,
-        clamp=clamp,
-        error_only=error_only,
-        ignore_index=ignore_index,
-    ).v

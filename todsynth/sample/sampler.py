@@ -3,7 +3,7 @@
 The loop reads like the paper's algorithm: velocity from the transformer (no gradient), CRFM correction
 for ``i < rectified_step``, Euler step; decode once at the end. Each sample's initial noise comes from
 its own ``torch.Generator(seed)`` (drawn on CPU, then moved), so a sample is reproducible alone, in any
-batch, and on any device.
+batch, and on any device. Nothing here measures time: a harness passes an ``observer`` (``observer.py``).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor
 
-from todsynth.sample.crfm import CRFMConfig, rectify_with_stats
+from todsynth.sample.crfm import CRFMConfig, rectify
 from todsynth.sample.euler import euler_step, flow_sigmas, timesteps_from_sigmas
-from todsynth.sample.timing import CLOCKS, Clock, Stopwatch
+from todsynth.sample.observer import SamplingObserver, Unobserved
 
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -33,8 +33,6 @@ class SamplerConfig:
         guidance_scale: classifier-free guidance; 1.0 = off (the release's setting). Above 1 the
             unconditional branch keeps the mask and swaps the prompt for the empty-prompt embedding.
         batch_size: samples per transformer call; results do not depend on it.
-        clock: how sections and per-image seconds are timed: "wall" (perf counters, no syncs), "cpu" (process
-            CPU seconds, robust on a busy machine) or "cuda" (CUDA events, one sync per call).
         precision: "fp32", or "bf16": transformer, VAE and judge run under ``torch.autocast(bfloat16)`` on the
             generator's device (the GPU setting; with bf16 weights, see ``todsynth.sample.speed``); the Euler
             update and the CRFM arithmetic stay float32.
@@ -44,7 +42,6 @@ class SamplerConfig:
     shift: float | None = None
     guidance_scale: float = 1.0
     batch_size: int = 4
-    clock: Clock = "wall"
     precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
@@ -55,8 +52,6 @@ class SamplerConfig:
             raise ValueError(f"SamplerConfig.shift must be > 0 or None, got {self.shift!r}")
         if not self.guidance_scale >= 1.0:
             raise ValueError(f"SamplerConfig.guidance_scale must be >= 1.0 (1.0 = CFG off), got {self.guidance_scale!r}")
-        if self.clock not in CLOCKS:
-            raise ValueError(f"SamplerConfig.clock must be one of {CLOCKS}, got {self.clock!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"SamplerConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
         b = self.batch_size
@@ -70,9 +65,6 @@ class SampleOutput:
 
     Attributes:
         images: (B, 3, H, W) float32 in [0, 1], on CPU.
-        seconds: per-image wall seconds (each batch's time split evenly over its samples).
-        timings: seconds per section summed over the call: ``encode_mask``, ``transformer``, ``vae_decode``
-            (CRFM decode forward + backward), ``judge`` (forward + backward), ``euler``, ``final_decode``, ``total``.
         x0: if ``crfm.return_x0``: one (B, c, h, w) CPU tensor per step, the clean-latent estimate
             ``z_t - sigma * v`` of the (corrected) velocity used for that step.
         judge_loss: (B, K) per-sample judge loss before each of the K = rectified_step * num_rectified
@@ -81,8 +73,6 @@ class SampleOutput:
     """
 
     images: Tensor
-    seconds: list[float]
-    timings: dict[str, float]
     x0: list[Tensor] | None = None
     judge_loss: Tensor | None = None
     error_fraction: Tensor | None = None
@@ -152,7 +142,7 @@ def initial_noise(seeds: Sequence[int], shape: Sequence[int]) -> Tensor:
     )
 
 
-def _decoder(generator: Any) -> Callable[[Tensor], Tensor]:
+def latent_decoder(generator: Any) -> Callable[[Tensor], Tensor]:
     """Differentiable latent -> [0,1] image function for the generator's VAE (float32 out)."""
     from todsynth.models.vae import decode_latents
 
@@ -193,6 +183,14 @@ def _velocity(
     return v_uncond + guidance_scale * (v_cond - v_uncond)
 
 
+def _schedule(generator: Any, cfg: SamplerConfig, device: torch.device) -> tuple[Tensor, list[float]]:
+    """Model timesteps (N,) on ``device`` and the sigmas (N+1,) as host floats (the Euler step's, never synced)."""
+    shift = generator.shift if cfg.shift is None else cfg.shift
+    sigmas = flow_sigmas(cfg.num_inference_steps, float(shift), int(generator.num_train_timesteps))
+    timesteps = timesteps_from_sigmas(sigmas, int(generator.num_train_timesteps)).to(device)
+    return timesteps, sigmas.tolist()
+
+
 def _sample_batch(
     generator: Any,
     masks: Tensor,
@@ -203,7 +201,7 @@ def _sample_batch(
     crfm: CRFMConfig,
     judge: Callable[[Tensor], Tensor] | None,
     negative: tuple[Tensor, Tensor] | None,
-    sw: Stopwatch,
+    observer: SamplingObserver,
 ) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor]]:
     """One batch through the loop; returns images (CPU), x0 list, per-correction losses and error fractions.
 
@@ -213,13 +211,11 @@ def _sample_batch(
     device, dtype = _device_dtype(generator.transformer)
     masks = masks.to(device)
     embeds, pooled = embeds.to(device, dtype), pooled.to(device, dtype)
-    decode = _decoder(generator)
-    n = cfg.num_inference_steps
-    shift = generator.shift if cfg.shift is None else cfg.shift
-    sigmas = flow_sigmas(n, float(shift), int(generator.num_train_timesteps))
-    timesteps = timesteps_from_sigmas(sigmas, int(generator.num_train_timesteps)).to(device)
-    sigma_list = sigmas.tolist()  # host floats for the Euler step (sigmas never leave the CPU)
-    alphas = crfm.step_sizes(n)
+    decode = latent_decoder(generator)
+    crfm_decode = observer.traced("vae_decode", decode)
+    crfm_judge = observer.traced("judge", judge) if judge is not None else None
+    timesteps, sigmas = _schedule(generator, cfg, device)
+    alphas = crfm.step_sizes(cfg.num_inference_steps)
     x0s: list[Tensor] = []
     losses: list[Tensor] = []
     errors: list[Tensor] = []
@@ -228,33 +224,28 @@ def _sample_batch(
     # image on the tiny CPU preset): the mask encoding, every transformer call, every uncorrected step. Only a
     # rectified step's latents and (cloned) velocity enter CRFM's backward pass, so they stay normal tensors.
     with torch.no_grad(), autocast:
-        with sw.section("encode_mask"), torch.inference_mode():  # only ever a transformer input
+        with observer.section("encode_mask"), torch.inference_mode():  # only ever a transformer input
             mask_latents = generator.encode_mask(masks).to(dtype)
         x = initial_noise(seeds, mask_latents.shape[1:]).to(device)
-        for i in range(n):
-            sigma, sigma_next = sigma_list[i], sigma_list[i + 1]
+        for i in range(cfg.num_inference_steps):
+            sigma, sigma_next = sigmas[i], sigmas[i + 1]
             rectified = i < crfm.rectified_step
-            with torch.inference_mode():  # the transformer is never differentiated
-                v = _step_velocity(generator, x, mask_latents, timesteps[i], embeds, pooled, cfg, negative, dtype, sw)
+            with observer.section("transformer"), torch.inference_mode():  # the transformer is never differentiated
+                v = _velocity(generator.transformer, x, mask_latents, timesteps[i], embeds, pooled,
+                              cfg.guidance_scale, negative, dtype)
             if rectified:
                 v = v.clone()  # out of inference mode, for CRFM's backward pass
                 for _ in range(crfm.num_rectified):
-                    r = rectify_with_stats(
-                        v, x, sigma, decode, judge, masks, alphas[i],  # type: ignore[arg-type]
-                        l2_norm=crfm.l2_norm, shrink=crfm.shrink, clamp=crfm.clamp,
-                        error_only=crfm.error_only, ignore_index=crfm.ignore_index,
-                        skip_below_error=crfm.skip_below_error, judge_size=crfm.judge_size,
-                        micro_batch=crfm.micro_batch, stopwatch=sw,
-                    )
+                    r = rectify(v, x, sigma, crfm_decode, crfm_judge, masks, alphas[i], crfm)  # type: ignore[arg-type]
                     v = r.v
                     losses.append(r.loss)
                     errors.append(r.error_fraction)
             with torch.inference_mode(not rectified):  # a rectified step's x is the next correction's input
                 if crfm.return_x0:
                     x0s.append(x - sigma * v)
-                with sw.section("euler"):
+                with observer.section("euler"):
                     x = euler_step(x, v, sigma, sigma_next)
-        with sw.section("final_decode"), torch.inference_mode():
+        with observer.section("final_decode"), torch.inference_mode():
             images = decode(x).clamp(0, 1)
     images = images.cpu()
     if images.is_inference():  # a normal tensor for the caller (in-place use outside inference mode is allowed)
@@ -267,21 +258,11 @@ def _to_cpu(tensors: list[Tensor]) -> list[Tensor]:
     return list(torch.stack(tensors).cpu().unbind(0)) if tensors else []
 
 
-def _step_velocity(
-    generator: Any,
-    x: Tensor,
-    mask_latents: Tensor,
-    t: Tensor,
-    embeds: Tensor,
-    pooled: Tensor,
-    cfg: SamplerConfig,
-    negative: tuple[Tensor, Tensor] | None,
-    dtype: torch.dtype,
-    sw: Stopwatch,
-) -> Tensor:
-    """The transformer's (CFG-combined) float32 velocity for one step, timed as ``transformer``."""
-    with sw.section("transformer"):
-        return _velocity(generator.transformer, x, mask_latents, t, embeds, pooled, cfg.guidance_scale, negative, dtype)
+def _join(chunks: list[list[Tensor]]) -> Tensor | None:
+    """Per-batch lists of K (b,) tensors -> one (B, K) tensor (None when there are none)."""
+    if not chunks[0]:
+        return None
+    return torch.cat([torch.stack(c, dim=1) for c in chunks])
 
 
 def sample(
@@ -294,6 +275,7 @@ def sample(
     crfm: CRFMConfig | None = None,
     judge: Callable[[Tensor], Tensor] | None = None,
     negative: tuple[Tensor, Tensor] | None = None,
+    observer: SamplingObserver | None = None,
 ) -> SampleOutput:
     """Generate one image per mask.
 
@@ -305,42 +287,23 @@ def sample(
         seeds: one int per mask; sample k's initial noise depends only on ``seeds[k]``.
         cfg: sampler settings; crfm: CRFM settings (None = off); judge: image [0,1] -> logits (B, C, H, W),
             required when CRFM is on; negative: (embeds (1|B, L, D), pooled (1|B, P)) of the empty prompt for CFG.
+        observer: hooks around the loop's parts (see ``todsynth.sample.observer``); None observes nothing.
     """
     crfm = crfm or CRFMConfig()
     check_inputs(generator, masks, prompt_embeds, pooled, seeds, cfg, crfm, judge, negative)
-    sw = Stopwatch(cfg.clock)
-    images: list[Tensor] = []
-    seconds: list[float] = []
-    x0_chunks: list[list[Tensor]] = []
-    loss_chunks: list[list[Tensor]] = []
-    error_chunks: list[list[Tensor]] = []
-    t_start = sw.now()
-    for lo in range(0, masks.shape[0], cfg.batch_size):
-        hi = min(lo + cfg.batch_size, masks.shape[0])
-        t0 = sw.now()
-        imgs, x0s, losses, errors = _sample_batch(
-            generator, masks[lo:hi], prompt_embeds[lo:hi], pooled[lo:hi], seeds[lo:hi],
-            cfg, crfm, judge, negative, sw,
-        )
-        seconds += [(sw.now() - t0) / (hi - lo)] * (hi - lo)
-        images.append(imgs)
-        x0_chunks.append(x0s)
-        loss_chunks.append(losses)
-        error_chunks.append(errors)
-    timings = sw.totals()
-    timings["total"] = sw.now() - t_start
-
-    def _join(chunks: list[list[Tensor]]) -> Tensor | None:
-        if not chunks[0]:
-            return None
-        return torch.cat([torch.stack(c, dim=1) for c in chunks])
-
+    observer = observer or Unobserved()
+    b = masks.shape[0]
+    bounds = [(lo, min(lo + cfg.batch_size, b)) for lo in range(0, b, cfg.batch_size)]
+    batches = [
+        _sample_batch(generator, masks[lo:hi], prompt_embeds[lo:hi], pooled[lo:hi], seeds[lo:hi],
+                      cfg, crfm, judge, negative, observer)
+        for lo, hi in bounds
+    ]
+    x0_chunks = [b[1] for b in batches]
     x0 = [torch.cat([c[i] for c in x0_chunks]) for i in range(len(x0_chunks[0]))] if crfm.return_x0 else None
     return SampleOutput(
-        images=torch.cat(images),
-        seconds=seconds,
-        timings=timings,
+        images=torch.cat([b[0] for b in batches]),
         x0=x0,
-        judge_loss=_join(loss_chunks),
-        error_fraction=_join(error_chunks),
+        judge_loss=_join([b[2] for b in batches]),
+        error_fraction=_join([b[3] for b in batches]),
     )

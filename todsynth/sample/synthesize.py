@@ -16,6 +16,7 @@ import io
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -141,16 +142,12 @@ def merge_manifests(out_dir: str | Path, world: int) -> dict[str, Any]:
         if shards[-1]["settings"] != shards[0]["settings"]:
             raise DataValidationError(f"shard manifest {path} was written with other settings than shard 0 (stale run?)")
     images = sorted((e for s in shards for e in s["images"]), key=lambda e: e["index"])
-    timings: dict[str, float] = {}
-    for s in shards:
-        for k, v in s["timings"].items():
-            timings[k] = timings.get(k, 0.0) + v
-    manifest = _manifest(shards[0]["settings"], images, timings, world)
+    manifest = _manifest(shards[0]["settings"], images, world)
     _atomic_write_bytes(out_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
     return manifest
 
 
-def _manifest(settings: dict[str, Any], images: list[dict[str, Any]], timings: dict[str, float], world: int) -> dict:
+def _manifest(settings: dict[str, Any], images: list[dict[str, Any]], world: int) -> dict:
     seconds = sum(e["seconds"] for e in images)
     return {
         "settings": settings,
@@ -160,7 +157,6 @@ def _manifest(settings: dict[str, Any], images: list[dict[str, Any]], timings: d
             "n_images": len(images),
             "seconds": seconds,
             "seconds_per_image": seconds / len(images) if images else 0.0,
-            "timings": timings,
         },
     }
 
@@ -209,7 +205,6 @@ def synthesize(
     settings = _settings(generator, cfg, crfm, seed, len(samples))
     mine = [(i, s) for i, s in enumerate(samples) if i % world == rank]
     entries: list[dict[str, Any]] = []
-    timings: dict[str, float] = {}
     bar = _progress(progress and rank == 0, len(mine), f"synthesize [{rank}/{world}]")
     with bar as advance:
         for lo in range(0, len(mine), cfg.batch_size):
@@ -219,40 +214,47 @@ def synthesize(
             prompts = [prompt_for_labels(m.numpy()) for m, _ in loaded]
             embeds, pooled = prompt_cache.get(prompts)
             seeds = [sample_seed(seed, s) for _, s in chunk]
+            t0 = time.perf_counter()
             out = sample(generator, masks, embeds, pooled, seeds, cfg, crfm, judge, negative)
+            seconds = (time.perf_counter() - t0) / len(chunk)  # the batch's wall time, split evenly
             for k, ((index, s), (mask, resized)) in enumerate(zip(chunk, loaded, strict=True)):
-                domain_dir = out_dir / SPLIT / s.domain
-                image_path = domain_dir / IMAGES_DIR / f"{s.id}.png"
-                mask_path = domain_dir / MASKS_DIR / f"{s.id}.png"
-                _atomic_write_bytes(image_path, _png_bytes(image_to_uint8(out.images[k])))
-                if resized:
-                    _atomic_write_bytes(mask_path, _png_bytes(raw_labels(mask.numpy())))
-                else:
-                    _atomic_write_bytes(mask_path, Path(s.mask_path).read_bytes())  # type: ignore[arg-type]
-                entry = {
-                    "index": index,
-                    "id": s.id,
-                    "domain": s.domain,
-                    "seed": seeds[k],
-                    "prompt": prompts[k],
-                    "image": image_path.relative_to(out_dir).as_posix(),
-                    "mask": mask_path.relative_to(out_dir).as_posix(),
-                    "source_mask": str(s.mask_path),
-                    "mask_resized": resized,
-                    "seconds": out.seconds[k],
-                }
+                entry = _write_pair(out_dir, s, out.images[k], mask, resized)
+                entry = {"index": index, "id": s.id, "domain": s.domain, "seed": seeds[k], "prompt": prompts[k],
+                         **entry, "seconds": seconds}
                 if out.judge_loss is not None and out.error_fraction is not None:
                     entry["judge_loss"] = out.judge_loss[k].tolist()
                     entry["judge_error_fraction"] = out.error_fraction[k].tolist()
                 entries.append(entry)
-            for key, value in out.timings.items():
-                timings[key] = timings.get(key, 0.0) + value
             advance(len(chunk))
+    return _finish(out_dir, settings, entries, rank, world, state)
+
+
+def _write_pair(out_dir: Path, s: Sample, image: Tensor, mask: Tensor, resized: bool) -> dict[str, Any]:
+    """Write one generated image and its mask (byte copy unless resized); their manifest fields."""
+    domain_dir = out_dir / SPLIT / s.domain
+    image_path = domain_dir / IMAGES_DIR / f"{s.id}.png"
+    mask_path = domain_dir / MASKS_DIR / f"{s.id}.png"
+    _atomic_write_bytes(image_path, _png_bytes(image_to_uint8(image)))
+    if resized:
+        _atomic_write_bytes(mask_path, _png_bytes(raw_labels(mask.numpy())))
+    else:
+        _atomic_write_bytes(mask_path, Path(s.mask_path).read_bytes())  # type: ignore[arg-type]
+    return {
+        "image": image_path.relative_to(out_dir).as_posix(),
+        "mask": mask_path.relative_to(out_dir).as_posix(),
+        "source_mask": str(s.mask_path),
+        "mask_resized": resized,
+    }
+
+
+def _finish(out_dir: Path, settings: dict[str, Any], entries: list[dict[str, Any]], rank: int, world: int,
+            state: Any) -> dict[str, Any]:
+    """Write ``manifest.json`` (one process) or this shard's manifest, merging once every shard is written."""
     if world == 1:
-        manifest = _manifest(settings, entries, timings, 1)
+        manifest = _manifest(settings, entries, 1)
         _atomic_write_bytes(out_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
         return manifest
-    shard_manifest = {"shard": [rank, world], "settings": settings, "images": entries, "timings": timings}
+    shard_manifest = {"shard": [rank, world], "settings": settings, "images": entries}
     _atomic_write_bytes(out_dir / _shard_name(rank, world), json.dumps(shard_manifest, indent=2).encode())
     if state is not None:  # accelerate: every shard is written after the barrier; rank 0 merges once
         state.wait_for_everyone()

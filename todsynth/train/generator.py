@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import resource
 import time
-from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from todsynth.models.presets import is_scratch, resolve_preset
 from todsynth.train.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from todsynth.train.config import TrainConfig
 from todsynth.train.data import LatentSet, PromptSource, encode_dataset, encode_pairs, load_items
-from todsynth.train.flow import flow_matching_loss, noisy_latents, sample_sigmas, train_sigma_table
+from todsynth.train.flow import sample_sigmas, train_sigma_table
+from todsynth.train.step import TrainBatch, train_step
 from todsynth.train.trainable import configure_trainable, ema_update, merge_lora
 
 SUMMARY_FILE = "train_summary.json"
@@ -97,6 +98,39 @@ def _batch_tensors(
     return x0, m, e.float().cpu(), p.float().cpu()
 
 
+class _MicroBatches:
+    """Draws micro-batches from the training generator.
+
+    Each process draws the global batch (order, flips, caption dropout, timesteps, noise) and keeps its own slice,
+    so the generator state is the same everywhere.
+    """
+
+    def __init__(self, cfg: TrainConfig, gen: Generator, data: LatentSet | None, dataset: Any,
+                 prompts: PromptSource, uncond: tuple[Tensor, Tensor], rng: torch.Generator, order: _Batches,
+                 accelerator: Any) -> None:
+        self.cfg, self.gen, self.data, self.dataset, self.prompts, self.uncond = cfg, gen, data, dataset, prompts, uncond
+        self.rng, self.order, self.device = rng, order, accelerator.device
+        self.size = cfg.batch_size * accelerator.num_processes
+        rank = accelerator.process_index
+        self.mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
+        self.sigmas, self.timesteps = train_sigma_table(gen.num_train_timesteps, gen.shift)
+
+    def draw(self) -> TrainBatch:
+        """The next micro-batch, this process's slice, on the device."""
+        cfg, rng, g, mine = self.cfg, self.rng, self.size, self.mine
+        idx = self.order.take(g)
+        flip = torch.rand(g, generator=rng) < 0.5 if cfg.hflip else torch.zeros(g, dtype=torch.bool)
+        drop = torch.rand(g, generator=rng) < cfg.caption_dropout
+        sigma, t = sample_sigmas(cfg.timestep_sampling, g, self.sigmas, self.timesteps, rng, cfg.logit_mean, cfg.logit_std)
+        noise = torch.randn((g, *self.gen.latent_shape), generator=rng)
+        x0, m, e, p = _batch_tensors(self.gen, self.data, self.dataset, self.prompts, idx[mine], flip[mine])
+        d = drop[mine]
+        e = torch.where(d[:, None, None], self.uncond[0].expand_as(e), e)
+        p = torch.where(d[:, None], self.uncond[1].expand_as(p), p)
+        x0, noise_b, m, e, p = (v.to(self.device) for v in (x0, noise[mine], m, e, p))
+        return TrainBatch(x0, m, e, p, noise_b, sigma[mine].to(self.device), t[mine].to(self.device))
+
+
 def _completed(out_dir: Path, cfg: TrainConfig) -> bool:
     """True when ``out_dir`` holds a finished run of this config (its generator is saved)."""
     path = out_dir / SUMMARY_FILE
@@ -106,6 +140,68 @@ def _completed(out_dir: Path, cfg: TrainConfig) -> bool:
     return bool(summary.get("completed")) and not cfg.resume_mismatch(summary.get("config", {}))
 
 
+@dataclass
+class _Run:
+    """The training run's live objects (what a checkpoint saves and restores, and what the loop steps)."""
+
+    accelerator: Any
+    gen: Generator
+    prepared: Any  # the transformer as accelerate prepared it (DDP / mixed-precision forward)
+    params: dict[str, torch.nn.Parameter]
+    optimizer: Any
+    lr_scheduler: Any
+    ema: dict[str, Tensor] | None
+    mask_stream_params: int  # counted once the trainable set is configured (LoRA adapters included)
+
+
+def _setup(cfg: TrainConfig, preset: dict[str, Any], accelerator: Any) -> _Run:
+    """Build the generator, its trainable set, AdamW, the cosine schedule and the EMA; prepare them."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    gen = build_generator(preset)
+    gen.vae.to(accelerator.device)
+    model = gen.transformer
+    model.gradient_checkpointing = cfg.gradient_checkpointing
+    with seeded_init(cfg.seed + 2):
+        params = configure_trainable(model, cfg.trainable, cfg.lora_rank, cfg.lora_alpha)
+    optimizer = torch.optim.AdamW(
+        list(params.values()), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
+    )
+    lr_scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+    ema = {n: p.detach().clone().float() for n, p in params.items()} if cfg.ema_decay is not None else None
+    n_mask = sum(p.numel() for p in model.mask_stream_parameters())
+    return _Run(accelerator, gen, prepared, params, optimizer, lr_scheduler, ema, n_mask)
+
+
+def _resume(out_dir: Path, cfg: TrainConfig, run: _Run, rng: torch.Generator, order: _Batches, resume: bool) -> int:
+    """Restore the newest checkpoint into ``run``, ``rng`` and ``order`` (resume) or discard them; the start step.
+
+    ``log.jsonl`` keeps only the lines up to the start step.
+    """
+    start = 0
+    ckpts = list_checkpoints(out_dir)
+    if ckpts and resume:
+        saved = json.loads((ckpts[-1] / "state.json").read_text())["config"]
+        mismatch = cfg.resume_mismatch(saved)
+        if mismatch:
+            raise ConfigError(
+                f"cannot resume {ckpts[-1]}: config differs in {mismatch}; use another out_dir or resume=False"
+            )
+        scaler = run.accelerator.scaler
+        st = load_checkpoint(ckpts[-1], run.params, run.optimizer, run.lr_scheduler, run.ema, scaler)
+        rng.set_state(st.rng_state)
+        order.perm, order.pos, start = st.perm, st.pos, st.step
+    elif ckpts:
+        prune_checkpoints(out_dir, 0)
+    log_path = out_dir / LOG_FILE
+    log_lines = [ln for ln in log_path.read_text().splitlines() if ln] if (log_path.exists() and start) else []
+    log_lines = [ln for ln in log_lines if json.loads(ln)["step"] <= start]
+    if run.accelerator.is_main_process:
+        log_path.write_text("".join(ln + "\n" for ln in log_lines))
+    return start
+
+
 def train_generator(
     cfg: TrainConfig,
     dataset: Any,
@@ -113,8 +209,6 @@ def train_generator(
     out_dir: str | Path,
     resume: bool = True,
     progress: bool = True,
-    *,
-    stop_after: int | None = None,
 ) -> Path:
     """Train the mask-conditioned generator; returns ``out_dir/generator`` (a ``save_generator`` dir).
 
@@ -127,11 +221,8 @@ def train_generator(
         resume: continue from the newest checkpoint (its config must match, except cadence fields);
             False discards existing checkpoints. A finished run of the same config returns at once.
         progress: show a rich progress bar (step, loss, it/s) on the main process.
-        stop_after: stop once this many steps are done in total, as if killed (no final checkpoint,
-            no generator); returns the newest checkpoint dir (or ``out_dir``). For tests and time boxes.
     """
     from accelerate import Accelerator
-    from diffusers.optimization import get_cosine_schedule_with_warmup
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -139,96 +230,41 @@ def train_generator(
         return out_dir / GENERATOR_DIR
     preset = generator_preset(cfg)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
-    rank, world = accelerator.process_index, accelerator.num_processes
-
-    gen = build_generator(preset)
-    gen.vae.to(accelerator.device)
-    model = gen.transformer
-    model.gradient_checkpointing = cfg.gradient_checkpointing
-    with seeded_init(cfg.seed + 2):
-        params = configure_trainable(model, cfg.trainable, cfg.lora_rank, cfg.lora_alpha)
-    n_trainable = sum(p.numel() for p in params.values())
-    n_mask = sum(p.numel() for p in model.mask_stream_parameters())
-
-    optimizer = torch.optim.AdamW(
-        list(params.values()), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
-    )
-    lr_scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
-    prepared, optimizer = accelerator.prepare(model, optimizer)
-    ema = {n: p.detach().clone().float() for n, p in params.items()} if cfg.ema_decay is not None else None
+    run = _setup(cfg, preset, accelerator)
 
     t_encode = time.perf_counter()
     uncond_embeds, uncond_pooled = (t.float().cpu() for t in prompt_cache.get([""]))
-    data = encode_dataset(gen, dataset, prompt_cache, flips=cfg.hflip) if cfg.cache_latents else None
+    data = encode_dataset(run.gen, dataset, prompt_cache, flips=cfg.hflip) if cfg.cache_latents else None
     t_encode = time.perf_counter() - t_encode
-    n_items = len(data) if data is not None else len(dataset)
-    sigmas, timesteps = train_sigma_table(gen.num_train_timesteps, gen.shift)
-
     rng = torch.Generator().manual_seed(cfg.seed)
-    batches = _Batches(n_items, rng)
-    start = 0
-    ckpts = list_checkpoints(out_dir)
-    if ckpts and resume:
-        saved = json.loads((ckpts[-1] / "state.json").read_text())["config"]
-        mismatch = cfg.resume_mismatch(saved)
-        if mismatch:
-            raise ConfigError(
-                f"cannot resume {ckpts[-1]}: config differs in {mismatch}; use another out_dir or resume=False"
-            )
-        st = load_checkpoint(ckpts[-1], params, optimizer, lr_scheduler, ema, accelerator.scaler)
-        rng.set_state(st.rng_state)
-        batches.perm, batches.pos, start = st.perm, st.pos, st.step
-    elif ckpts:
-        prune_checkpoints(out_dir, 0)
+    order = _Batches(len(data) if data is not None else len(dataset), rng)
+    start = _resume(out_dir, cfg, run, rng, order, resume)
+    draws = _MicroBatches(cfg, run.gen, data, dataset, prompt_cache, (uncond_embeds, uncond_pooled), rng, order,
+                          accelerator)
+    t0 = time.perf_counter()
+    losses = _train_loop(cfg, run, draws, out_dir, start, progress)
+    return _finish(cfg, run, out_dir, losses, start, time.perf_counter() - t0, t_encode)
 
-    log_path = out_dir / LOG_FILE
-    log_lines = [ln for ln in log_path.read_text().splitlines() if ln] if (log_path.exists() and start) else []
-    log_lines = [ln for ln in log_lines if json.loads(ln)["step"] <= start]
-    if accelerator.is_main_process:
-        log_path.write_text("".join(ln + "\n" for ln in log_lines))
 
-    b, g = cfg.batch_size, cfg.batch_size * world
-    mine = slice(rank * b, (rank + 1) * b)
-    device = accelerator.device
-    latent_shape = gen.latent_shape
+def _train_loop(cfg: TrainConfig, run: _Run, draws: _MicroBatches, out_dir: Path, start: int,
+                progress: bool) -> list[float]:
+    """Steps ``start .. cfg.steps - 1``: train_step, LR schedule, EMA, log lines, checkpoints; returns the losses."""
+    accelerator = run.accelerator
+    params = list(run.params.values())
+    samples_per_step = draws.size * cfg.grad_accum
     window: list[float] = []
     losses: list[float] = []
     t0 = time.perf_counter()
-    done = start
-    bar = _progress(progress and accelerator.is_main_process)
-    with bar as pbar:
+    with _progress(progress and accelerator.is_main_process) as pbar:
         task = pbar.add_task("gen train", total=cfg.steps, completed=start, loss=float("nan"), its=0.0)
         for step in range(start, cfg.steps):
-            if stop_after is not None and step >= stop_after:
-                break
-            prepared.train()
-            step_loss = 0.0
-            for micro in range(cfg.grad_accum):
-                idx = batches.take(g)
-                flip = torch.rand(g, generator=rng) < 0.5 if cfg.hflip else torch.zeros(g, dtype=torch.bool)
-                drop = torch.rand(g, generator=rng) < cfg.caption_dropout
-                sigma, t = sample_sigmas(
-                    cfg.timestep_sampling, g, sigmas, timesteps, rng, cfg.logit_mean, cfg.logit_std
-                )
-                noise = torch.randn((g, *latent_shape), generator=rng)
-                x0, m, e, p = _batch_tensors(gen, data, dataset, prompt_cache, idx[mine], flip[mine])
-                d = drop[mine]
-                e = torch.where(d[:, None, None], uncond_embeds.expand_as(e), e)
-                p = torch.where(d[:, None], uncond_pooled.expand_as(p), p)
-                x0, noise_b, m, e, p = (v.to(device) for v in (x0, noise[mine], m, e, p))
-                sigma_b, t_b = sigma[mine].to(device), t[mine].to(device)
-                sync = micro == cfg.grad_accum - 1
-                with nullcontext() if sync else accelerator.no_sync(prepared):
-                    pred = prepared(noisy_latents(x0, noise_b, sigma_b), m, t_b, e, p)
-                    loss = flow_matching_loss(pred, x0, noise_b)
-                    accelerator.backward(loss / cfg.grad_accum)
-                step_loss += loss.detach().item() / cfg.grad_accum
-            accelerator.clip_grad_norm_(list(params.values()), cfg.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema_update(ema, params, cfg.ema_decay)
+            run.prepared.train()
+            micro = [draws.draw() for _ in range(cfg.grad_accum)]
+            step_loss = train_step(run.prepared, micro, run.optimizer, params, max_grad_norm=cfg.max_grad_norm,
+                                   backend=accelerator)
+            run.lr_scheduler.step()
+            if run.ema is not None:
+                ema_update(run.ema, run.params, cfg.ema_decay)  # type: ignore[arg-type]
             done = step + 1
             window.append(step_loss)
             losses.append(step_loss)
@@ -236,48 +272,43 @@ def train_generator(
             pbar.update(task, completed=done, loss=step_loss, its=its)
             if done % cfg.log_every == 0 or done == cfg.steps:
                 if accelerator.is_main_process:
-                    line = {
-                        "step": done,
-                        "loss": sum(window) / len(window),
-                        "lr": lr_scheduler.get_last_lr()[0],
-                        "it_per_s": its,
-                        "samples_per_s": its * g * cfg.grad_accum,
-                    }
-                    with log_path.open("a") as fh:
+                    line = {"step": done, "loss": sum(window) / len(window), "lr": run.lr_scheduler.get_last_lr()[0],
+                            "it_per_s": its, "samples_per_s": its * samples_per_step}
+                    with (out_dir / LOG_FILE).open("a") as fh:
                         fh.write(json.dumps(line) + "\n")
                 window = []
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
                 if accelerator.is_main_process:
-                    save_checkpoint(
-                        out_dir, done, params, optimizer, lr_scheduler, rng, batches.perm, batches.pos,
-                        cfg.to_dict(), ema, accelerator.scaler,
-                    )
+                    save_checkpoint(out_dir, done, run.params, run.optimizer, run.lr_scheduler, draws.rng,
+                                    draws.order.perm, draws.order.pos, cfg.to_dict(), run.ema, accelerator.scaler)
                     prune_checkpoints(out_dir, cfg.keep_checkpoints)
                 accelerator.wait_for_everyone()
-    elapsed = time.perf_counter() - t0
+    return losses
 
-    if done < cfg.steps:
-        ckpts = list_checkpoints(out_dir)
-        return ckpts[-1] if ckpts else out_dir
 
-    model = accelerator.unwrap_model(prepared, keep_fp32_wrapper=False)
-    if ema is not None:
+def _finish(cfg: TrainConfig, run: _Run, out_dir: Path, losses: list[float], start: int, elapsed: float,
+            t_encode: float) -> Path:
+    """Final weights (EMA copied in, LoRA merged) saved as ``out_dir/generator`` with ``train_summary.json``."""
+    accelerator = run.accelerator
+    model = accelerator.unwrap_model(run.prepared, keep_fp32_wrapper=False)
+    if run.ema is not None:
         with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(ema[name])
+            for name, p in run.params.items():
+                p.copy_(run.ema[name])
     if cfg.trainable == "lora":
         merge_lora(model)
     model.gradient_checkpointing = False
     model.requires_grad_(False).eval()
     gen_dir = out_dir / GENERATOR_DIR
     if accelerator.is_main_process:
-        save_generator(gen, gen_dir)
-        steps_run = done - start
+        save_generator(run.gen, gen_dir)
+        g = cfg.batch_size * accelerator.num_processes
+        steps_run = cfg.steps - start
         tail = losses[-max(1, len(losses) // 10) :]
         summary = {
             "completed": True,
             "config": cfg.to_dict(),
-            "steps": done,
+            "steps": cfg.steps,
             "resumed_from": start,
             "final_loss": sum(tail) / len(tail) if tail else None,
             "train_seconds": elapsed,
@@ -285,10 +316,10 @@ def train_generator(
             "samples_per_s": steps_run * g * cfg.grad_accum / elapsed if steps_run else None,
             "peak_rss_mb": _peak_rss_mb(),
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
-            "trainable_params": n_trainable,
-            "mask_stream_params": n_mask,
-            "num_processes": world,
-            "device": str(device),
+            "trainable_params": sum(p.numel() for p in run.params.values()),
+            "mask_stream_params": run.mask_stream_params,
+            "num_processes": accelerator.num_processes,
+            "device": str(accelerator.device),
         }
         (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()

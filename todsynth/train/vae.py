@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,69 @@ def reconstruction_l1(vae: Autoencoder, images_01: torch.Tensor, batch_size: int
     return total / images_01.numel()
 
 
+@dataclass(frozen=True)
+class _Images:
+    """Where the training images come from.
+
+    ``preloaded`` (photos (N,3,H,W), or photo/grey pairs (2,N,3,H,W) when ``grey_classes`` is set) or read from
+    ``dataset`` per batch.
+    """
+
+    dataset: Any
+    size: int
+    grey_classes: int | None
+    mask_fraction: float
+    preloaded: torch.Tensor | None
+
+    def batch(self, batch_size: int, rng: torch.Generator) -> torch.Tensor:
+        """A random batch in [-1, 1]: photos, some swapped for their masks' grey images, randomly flipped."""
+        idx = torch.randint(len(self.dataset), (batch_size,), generator=rng)
+        if self.grey_classes is None:
+            x = self.preloaded[idx] if self.preloaded is not None else _load_images(self.dataset, idx.tolist(), self.size)
+        else:
+            pair = (self.preloaded[:, idx] if self.preloaded is not None
+                    else _load_images(self.dataset, idx.tolist(), self.size, self.grey_classes))
+            use_grey = (torch.rand(batch_size, generator=rng) < self.mask_fraction).view(-1, 1, 1, 1)
+            x = torch.where(use_grey, pair[1], pair[0])
+        flip = (torch.rand(batch_size, generator=rng) < 0.5).view(-1, 1, 1, 1)
+        return torch.where(flip, x.flip(-1), x) * 2 - 1
+
+    def for_scaling(self) -> torch.Tensor:
+        """The photos the latent scaling is fitted on: all preloaded ones, else the first 256."""
+        if self.preloaded is not None:
+            return self.preloaded if self.grey_classes is None else self.preloaded[0]
+        return _load_images(self.dataset, list(range(min(len(self.dataset), 256))), self.size)
+
+
+def _fit(vae: Autoencoder, images: _Images, steps: int, batch_size: int, lr: float, kl_weight: float,
+         rng: torch.Generator, progress: bool) -> list[float]:
+    """``steps`` AdamW steps (cosine schedule, clip 1.0) on L1 + ``kl_weight`` KL; returns each step's L1."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from rich.progress import Progress
+
+    rec_hist: list[float] = []
+    vae.train()
+    if steps:
+        opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+        sched = get_cosine_schedule_with_warmup(opt, max(1, steps // 20), steps)
+    with Progress(disable=not progress or not steps) as bar:
+        task = bar.add_task("vae train", total=steps)
+        for _ in range(steps):
+            x = images.batch(batch_size, rng)
+            dist = vae.encode(x).latent_dist
+            rec = vae.decode(dist.sample(generator=rng)).sample
+            rec_loss = F.l1_loss(rec, x)
+            loss = rec_loss + kl_weight * dist.kl().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            rec_hist.append(rec_loss.item())
+            bar.update(task, advance=1)
+    return rec_hist
+
+
 def train_vae(
     dataset: Any,
     vae_cfg: dict[str, Any],
@@ -109,9 +173,6 @@ def train_vae(
         ``out_dir`` with ``vae.safetensors``, ``config.json`` (fitted ``scaling_factor``/``shift_factor``)
         and ``train_summary.json`` (final losses, seconds).
     """
-    from diffusers.optimization import get_cosine_schedule_with_warmup
-    from rich.progress import Progress
-
     if steps < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(f"need steps >= 1, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}")
     if not 0.0 <= mask_fraction < 1.0:
@@ -130,40 +191,11 @@ def train_vae(
     grey_classes = num_classes if mask_fraction > 0 else None
     preload = n * 3 * size * size * 4 * (2 if grey_classes else 1) <= _PRELOAD_BYTES
     all_images = _load_images(dataset, list(range(n)), size, grey_classes) if preload else None
+    images = _Images(dataset, size, grey_classes, mask_fraction, all_images)
     t0 = time.perf_counter()
-    rec_hist: list[float] = []
-    vae.train()
-    if steps:
-        opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-        sched = get_cosine_schedule_with_warmup(opt, max(1, steps // 20), steps)
-    with Progress(disable=not progress or not steps) as bar:
-        task = bar.add_task("vae train", total=steps)
-        for _ in range(steps):
-            idx = torch.randint(n, (batch_size,), generator=rng)
-            if grey_classes is None:
-                x = all_images[idx] if all_images is not None else _load_images(dataset, idx.tolist(), size)
-            else:
-                pair = all_images[:, idx] if all_images is not None else _load_images(dataset, idx.tolist(), size, grey_classes)
-                use_grey = (torch.rand(batch_size, generator=rng) < mask_fraction).view(-1, 1, 1, 1)
-                x = torch.where(use_grey, pair[1], pair[0])
-            flip = (torch.rand(batch_size, generator=rng) < 0.5).view(-1, 1, 1, 1)
-            x = torch.where(flip, x.flip(-1), x) * 2 - 1
-            dist = vae.encode(x).latent_dist
-            rec = vae.decode(dist.sample(generator=rng)).sample
-            rec_loss = F.l1_loss(rec, x)
-            loss = rec_loss + kl_weight * dist.kl().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            rec_hist.append(rec_loss.item())
-            bar.update(task, advance=1)
+    rec_hist = _fit(vae, images, steps, batch_size, lr, kl_weight, rng, progress)
     seconds = time.perf_counter() - t0
-    if all_images is not None:
-        fit_images = all_images if grey_classes is None else all_images[0]
-    else:
-        fit_images = _load_images(dataset, list(range(min(n, 256))), size)
+    fit_images = images.for_scaling()
     scaling, shift = fit_latent_scaling(vae, fit_images)
     vae.register_to_config(scaling_factor=scaling, shift_factor=shift)
     vae.eval().requires_grad_(False)

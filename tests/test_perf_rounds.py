@@ -1,19 +1,21 @@
-"""profile_sampling: a benchmark helper; here only its bookkeeping is checked (no timing thresholds)."""
+"""bench.perf.rounds: plain vs CRFM rounds; here only their bookkeeping is checked (no timing thresholds)."""
 
 from __future__ import annotations
 
 import pytest
 from test_sample_sampler import _inputs, generator, judge  # noqa: F401  (fixtures: tiny preset, 1x1 judge)
 
+from bench.perf.rounds import profile_sampling, timed_sample
 from todsynth.sample.crfm import CRFMConfig
-from todsynth.sample.profile import profile_sampling
+from todsynth.sample.observer import SECTIONS
 from todsynth.sample.sampler import SamplerConfig
 
 
 def test_profile_reports_consistent_figures(generator, judge) -> None:  # noqa: F811
     masks, embeds, pooled, _ = _inputs(2)
-    cfg = SamplerConfig(num_inference_steps=3, batch_size=1, clock="cpu")
-    r = profile_sampling(generator, judge, masks, embeds, pooled, cfg, CRFMConfig(rectified_step=2), repeats=1)
+    cfg = SamplerConfig(num_inference_steps=3, batch_size=1)
+    r = profile_sampling(generator, judge, masks, embeds, pooled, cfg, CRFMConfig(rectified_step=2), clock="cpu",
+                         repeats=1)
     assert (r["batch_size"], r["num_inference_steps"], r["rectified_step"], r["clock"]) == (2, 3, 2, "cpu")
     assert r["crfm_seconds_per_image"] > 0 and r["plain_seconds_per_image"] > 0  # no timing order: a test, not a benchmark
     assert r["crfm_extra_seconds_per_image"] == pytest.approx(r["crfm_seconds_per_image"] - r["plain_seconds_per_image"])
@@ -39,3 +41,17 @@ def test_profile_needs_crfm(generator, judge) -> None:  # noqa: F811
     with pytest.raises(ValueError, match="warmup"):
         profile_sampling(generator, judge, masks, embeds, pooled, SamplerConfig(num_inference_steps=2),
                          CRFMConfig(rectified_step=1), warmup=-1)
+
+
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_timed_sample_covers_every_section(generator, judge, clock) -> None:  # noqa: F811
+    """The Stopwatch observer times every section of the sampler (CRFM's decode and judge too) and the total."""
+    masks, embeds, pooled, _ = _inputs(2)
+    cfg = SamplerConfig(num_inference_steps=3)
+    t = timed_sample(generator, masks, embeds, pooled, cfg, CRFMConfig(rectified_step=2, max_step_size=0.5), judge, clock)
+    assert set(t) == {*SECTIONS, "total"}
+    for key in (*SECTIONS, "total"):
+        assert t[key] > 0, key
+    assert t["total"] >= t["transformer"] + t["vae_decode"]
+    plain = timed_sample(generator, masks, embeds, pooled, cfg, None, None, clock)
+    assert set(plain) == {*SECTIONS, "total"} - {"vae_decode", "judge"}
