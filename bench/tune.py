@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.cache import CachedStage, StageCache, _alive
+from bench.cache import CachedStage, StageCache, process_alive
 from bench.engine import StageFn, preflight, run_nodes, variant_graph
 from bench.graph import node_key
 from bench.results import aggregate, run_metrics, run_params, seed_metrics, variant_params, write_results
@@ -410,7 +410,7 @@ def stale_trials(study: Any, tune: Tune, now: float | None = None) -> list[Any]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = t.system_attrs
         pid = attrs.get(ATTR_PID)
-        if attrs.get(ATTR_HOST) == host and pid is not None and int(pid) != os.getpid() and not _alive(int(pid)):
+        if attrs.get(ATTR_HOST) == host and pid is not None and int(pid) != os.getpid() and not process_alive(int(pid)):
             out.append(t)
         elif journal and ATTR_BEAT in attrs and now - float(attrs[ATTR_BEAT]) > tune.grace_period_s:
             out.append(t)
