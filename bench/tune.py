@@ -19,8 +19,8 @@ metric values, the synthesis sample grid), the trial's new stage runs below it; 
 run id as user attr ``mlflow_run_id``. The study summary goes to ``<workspace>/<suite>/tune.json``; with trials that
 reach downstream, it and the study run carry which image metric predicts the downstream gain (``bench.correlation``).
 
-Test hook: ``TODSYNTH_TUNE_TEST_SLEEP_S`` makes every trial sleep that long after it started (so a test can
-kill a worker mid-trial).
+Stage functions passed to :func:`tune_suite` run in every worker: spawned workers receive them pickled, so they
+must be importable module-level callables (functions, or instances of module-level classes).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import json
 import math
 import multiprocessing
 import os
+import pickle
 import socket
 import threading
 import time
@@ -52,7 +53,6 @@ from todsynth.errors import ConfigError, StageError, TodsynthError
 
 JOURNAL = "optuna.journal"
 TUNE_JSON = "tune.json"
-SLEEP_ENV = "TODSYNTH_TUNE_TEST_SLEEP_S"
 ATTR_HOST, ATTR_PID, ATTR_BEAT = "todsynth:host", "todsynth:pid", "todsynth:heartbeat"
 FINGERPRINT = "todsynth:fingerprint"
 PARENT = "mlflow_parent_run_id"
@@ -74,7 +74,6 @@ class TuneOptions:
     sampler: str | None = None
     progress: bool = True
     track: bool = True
-    stages_module: str | None = None  # module with STAGES/STAGE_VERSIONS (default bench.stages); tests use stand-ins
 
 
 @dataclass
@@ -449,11 +448,6 @@ class Session:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.suite, self.opts, self.tune = suite, opts, tune_spec(suite)
-        if opts.stages_module is not None and stage_fns is None:
-            import importlib
-
-            module = importlib.import_module(opts.stages_module)
-            stage_fns, stage_versions = module.STAGES, module.STAGE_VERSIONS
         self.stage_fns, self.stage_versions = stage_fns, stage_versions
         if console is None:
             from rich.console import Console
@@ -664,8 +658,6 @@ class Session:
                      "todsynth.worker": str(self.worker_index), "todsynth.variant": name})
                 trial.set_user_attr("mlflow_run_id", run_id)
             with Heartbeat(self.study._storage, trial._trial_id, self.tune.heartbeat_s):
-                if os.environ.get(SLEEP_ENV):
-                    time.sleep(float(os.environ[SLEEP_ENV]))
                 stage_tracker = self.tracker.with_parent(run_id) if run_id else None
                 out = self.run_variant(variant, trial_stages(self.tune), stage_tracker)
             metrics = out["metrics"]
@@ -933,16 +925,26 @@ def _work_sharing_cpu(session: Session, workers: int) -> int:
         return session.work()
 
 
-def _spawned_worker(suite: Suite, opts: TuneOptions) -> None:
+def _spawned_worker(suite: Suite, opts: TuneOptions, stage_fns: Mapping[str, StageFn] | None,
+                    stage_versions: Mapping[str, int] | None) -> None:
     """Body of a ``--workers`` child process (spawned): join the study and work until the cap."""
     try:
-        session = Session(suite, opts)
+        session = Session(suite, opts, stage_fns=stage_fns, stage_versions=stage_versions)
         _work_sharing_cpu(session, opts.workers)
     except TodsynthError as exc:
         from rich.console import Console
 
         Console(stderr=True).print(f"[bold red]error:[/] tune worker {os.getpid()}: {exc}", highlight=False)
         raise SystemExit(2) from None
+
+
+def _check_picklable(stage_fns: Mapping[str, StageFn] | None, stage_versions: Mapping[str, int] | None) -> None:
+    """Spawned workers receive the stage functions pickled (by reference): refuse ones they could not import."""
+    try:
+        pickle.dumps((stage_fns, stage_versions))
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        raise ConfigError(f"--workers > 1: the stage functions must be importable module-level callables to reach "
+                          f"spawned workers ({type(exc).__name__}: {exc})") from None
 
 
 def tune_suite(
@@ -955,15 +957,16 @@ def tune_suite(
 ) -> TuneOutcome:
     """Create or continue the study, run trials here and in ``opts.workers - 1`` spawned processes, summarise.
 
-    ``stage_fns``/``stage_versions`` (tests) only reach this process's trials, so they need ``workers == 1``.
+    ``stage_fns``/``stage_versions`` (default :mod:`bench.stages`) run in this process and in the spawned workers,
+    which receive them pickled: with ``workers > 1`` they must be importable module-level callables.
     """
     tune_spec(suite)
     if opts.workers < 1:
         raise ConfigError(f"--workers {opts.workers}: needs at least 1")
     if opts.trials is not None and opts.trials < 1:
         raise ConfigError(f"--trials {opts.trials}: needs at least 1")
-    if stage_fns is not None and opts.workers > 1:
-        raise ConfigError("stage functions passed in cannot reach spawned workers; use TuneOptions.stages_module")
+    if opts.workers > 1:
+        _check_picklable(stage_fns, stage_versions)
     preflight(suite)
     t0 = time.perf_counter()
     (suite.workspace / suite.name).mkdir(parents=True, exist_ok=True)
@@ -977,7 +980,7 @@ def tune_suite(
     procs = []
     ctx = multiprocessing.get_context("spawn")
     for _ in range(opts.workers - 1):
-        p = ctx.Process(target=_spawned_worker, args=(suite, opts), daemon=False)
+        p = ctx.Process(target=_spawned_worker, args=(suite, opts, stage_fns, stage_versions), daemon=False)
         p.start()
         procs.append(p)
     ran = 0

@@ -312,3 +312,11 @@ def test_failing_stage_fails_the_trial_and_stops(tune_data, fake_stages):
     client = MlflowClient(tracking_uri=suite.tracking_uri)
     assert client.get_run(trials[0].user_attrs["mlflow_run_id"]).info.status == "FAILED"
     assert client.get_run(session.study.user_attrs["mlflow_parent_run_id"]).info.status == "FAILED"
+
+
+def test_unpicklable_stage_functions_cannot_reach_spawned_workers(tune_data, fake_stages):
+    fns, _ = fake_stages
+    fns = {**fns, "synthesize": lambda spec, inputs, out_dir: {}}  # no importable name: spawned workers lack it
+    with pytest.raises(ConfigError, match="importable module-level callables"):
+        _tune(tune_data, fns, 2, workers=2)
+    assert not (validate_data(tune_data, "s").workspace / "t").exists()  # refused before anything was created
