@@ -10,19 +10,17 @@ import pytest
 
 from bench.suites import SuiteError, validate_data
 from bench.tune import (
-    ATTR_HOST,
-    ATTR_PID,
     Session,
     StudyLock,
     TuneOptions,
     constraint_values,
     default_params,
-    reap,
     redact,
     summary_tables,
     trial_variant,
     tune_suite,
 )
+from bench.tune.storage import ATTR_HOST, ATTR_PID, reap
 from todsynth.errors import ConfigError
 
 SPACE = {

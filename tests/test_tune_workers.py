@@ -22,7 +22,8 @@ import yaml
 from test_tune_fakes import BARRIER_ENV, BARRIER_KIND_ENV
 
 from bench.suites import validate_data
-from bench.tune import ATTR_PID, TuneOptions, tune_suite
+from bench.tune import TuneOptions, tune_suite
+from bench.tune.storage import ATTR_PID
 
 REPO = Path(__file__).resolve().parent.parent
 TUNE = {
@@ -235,7 +236,7 @@ def _has_study(journal: Path, name: str) -> bool:
 
 
 def test_worker_threads_split_the_cores_unless_pinned():
-    from bench.tune import worker_threads
+    from bench.tune.workers import worker_threads
 
     assert worker_threads(1, 2, {}) is None  # one process keeps torch's default
     assert worker_threads(2, 2, {}) == 1
