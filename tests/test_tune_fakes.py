@@ -1,9 +1,9 @@
 """Importable stand-in stages for bench tune's multi-process tests (spawned workers unpickle them by reference).
 
 Same contract as bench.stages; metrics depend on the variant's CRFM settings so a wrong trial shows up as a
-wrong number: mask_miou = 0.4 + 0.02 * rectified_step, fid = 100 - 3 * rectified_step. :class:`SlowRealStage`
-and :func:`cli_with_slow_synthesize` slow the real stages down instead (so a test can kill a worker mid-trial).
-No tests here.
+wrong number: mask_miou = 0.4 + 0.02 * rectified_step, fid = 100 - 3 * rectified_step. :class:`SleepAtTrialStart`
+and :func:`cli_with_slow_trials` make every trial of the real CLI wait before its stages instead (so a test can kill
+a worker mid-trial, even when the trial's stages are cached). No tests here.
 """
 
 from __future__ import annotations
@@ -88,31 +88,26 @@ def stages(trial_seconds: float = TRIAL_SECONDS) -> dict[str, FakeStage]:
 STAGES = stages()
 
 
-class SlowRealStage:
-    """A real stage of bench.stages that sleeps ``sleep_s`` first (picklable: looked up by name when called)."""
+class SleepAtTrialStart:
+    """``on_trial_start`` for bench tune: every trial waits ``sleep_s`` before its stages (picklable)."""
 
-    def __init__(self, name: str, sleep_s: float = 0.0) -> None:
-        self.name, self.sleep_s = name, sleep_s
+    def __init__(self, sleep_s: float) -> None:
+        self.sleep_s = sleep_s
 
-    def __call__(self, spec, inputs, out_dir):
-        from bench.stages import STAGES as REAL
-
+    def __call__(self, trial) -> None:
         time.sleep(self.sleep_s)
-        return REAL[self.name](spec, inputs, out_dir)
 
 
-def cli_with_slow_synthesize(sleep_s: float) -> None:
-    """Run the ``todsynth`` CLI (a subprocess's main) with the real stages, every computed synthesize sleeping first.
+def cli_with_slow_trials(sleep_s: float) -> None:
+    """Run the ``todsynth`` CLI (a subprocess's main) with every tune trial waiting ``sleep_s`` before its stages.
 
-    The CLI's ``bench tune`` calls ``bench.tune.tune_suite``; patched here to pass these stages, which reach the
-    spawned workers too.
+    The CLI's ``bench tune`` calls ``bench.tune.tune_suite``; patched here to pass :class:`SleepAtTrialStart`, which
+    reaches the spawned workers too.
     """
     import functools
 
     import bench.tune
     import cli
-    from bench.stages import STAGES as REAL
 
-    fns = {s: SlowRealStage(s, sleep_s if s == "synthesize" else 0.0) for s in REAL}
-    bench.tune.tune_suite = functools.partial(bench.tune.tune_suite, stage_fns=fns)
+    bench.tune.tune_suite = functools.partial(bench.tune.tune_suite, on_trial_start=SleepAtTrialStart(sleep_s))
     cli.main()

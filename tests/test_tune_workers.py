@@ -159,12 +159,12 @@ def _real_suite_file(tmp_path: Path) -> Path:
     return path
 
 
-def _cli(*args: str, synthesize_sleep_s: float | None = None, **kw) -> subprocess.Popen:
-    """``todsynth bench tune ARGS``; with ``synthesize_sleep_s``, every computed synthesize stage sleeps that long first."""
+def _cli(*args: str, trial_sleep_s: float | None = None, **kw) -> subprocess.Popen:
+    """``todsynth bench tune ARGS``; with ``trial_sleep_s``, every trial waits that long before its stages."""
     main = "import cli; cli.main()"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    if synthesize_sleep_s is not None:
-        main = f"import test_tune_fakes; test_tune_fakes.cli_with_slow_synthesize({synthesize_sleep_s!r})"
+    if trial_sleep_s is not None:
+        main = f"import test_tune_fakes; test_tune_fakes.cli_with_slow_trials({trial_sleep_s!r})"
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "tests"), env.get("PYTHONPATH")) if p)
     cmd = [sys.executable, "-c", main, "bench", "tune", *args, "--no-progress"]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
@@ -189,10 +189,9 @@ def test_real_stages_two_workers_cap_continue_and_kill(tmp_path, mlflow_db_templ
     summary = json.loads((ws / "tests" / "tune.json").read_text())
     _check_study(summary, f"sqlite:///{ws / 'mlflow.db'}", 8)
     assert [t["number"] for t in summary["trials"]] == list(range(8))
-    # a new study on the same (now cached) workspace; SIGKILL a spawned worker while its trial's synthesize sleeps
+    # a new study on the same (now cached) workspace; SIGKILL a spawned worker while its trial waits to start
     journal = ws / "tests" / "optuna.journal"
-    proc = _cli(str(suite), "-w", str(ws), "--trials", "3", "--workers", "2", "--study", "killed",
-                synthesize_sleep_s=20.0)
+    proc = _cli(str(suite), "-w", str(ws), "--trials", "3", "--workers", "2", "--study", "killed", trial_sleep_s=20.0)
     killed: list = []
     deadline = time.time() + 600
     while not killed and time.time() < deadline and proc.poll() is None:

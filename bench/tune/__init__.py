@@ -19,8 +19,9 @@ metric values, the synthesis sample grid), the trial's new stage runs below it; 
 run id as user attr ``mlflow_run_id``. The study summary goes to ``<workspace>/<suite>/tune.json``; with trials that
 reach downstream, it and the study run carry which image metric predicts the downstream gain (``bench.correlation``).
 
-Stage functions passed to :func:`tune_suite` run in every worker: spawned workers receive them pickled, so they
-must be importable module-level callables (functions, or instances of module-level classes).
+Stage functions and the ``on_trial_start`` callback passed to :func:`tune_suite` run in every worker: spawned
+workers receive them pickled, so they must be importable module-level callables (functions, or instances of
+module-level classes).
 
 Rooms: :mod:`.space` (search space, trial variant, constraints), :mod:`.storage` (storage URLs, lock,
 heartbeats, reaping), :mod:`.study` (open/check the study, its MLflow run), :mod:`.session` (one process's
@@ -39,7 +40,7 @@ from typing import Any
 from bench.cache import StageCache
 from bench.engine import StageFn, preflight
 from bench.schema import Suite
-from bench.tune.session import Session, TuneOptions
+from bench.tune.session import Session, TrialStartFn, TuneOptions
 from bench.tune.space import (
     base_variant,
     constraint_values,
@@ -67,14 +68,14 @@ class TuneOutcome:
 
 
 def check_options(opts: TuneOptions, stage_fns: Mapping[str, StageFn] | None,
-                  stage_versions: Mapping[str, int] | None) -> None:
+                  stage_versions: Mapping[str, int] | None, on_trial_start: TrialStartFn | None = None) -> None:
     """ConfigError for options no study can run with (before anything is created)."""
     if opts.workers < 1:
         raise ConfigError(f"--workers {opts.workers}: needs at least 1")
     if opts.trials is not None and opts.trials < 1:
         raise ConfigError(f"--trials {opts.trials}: needs at least 1")
     if opts.workers > 1:
-        check_picklable(stage_fns, stage_versions)
+        check_picklable(stage_fns, stage_versions, on_trial_start)
 
 
 def tune_suite(
@@ -83,27 +84,30 @@ def tune_suite(
     *,
     stage_fns: Mapping[str, StageFn] | None = None,
     stage_versions: Mapping[str, int] | None = None,
+    on_trial_start: TrialStartFn | None = None,
     console: Any = None,
 ) -> TuneOutcome:
     """Create or continue the study, run trials here and in ``opts.workers - 1`` spawned processes, summarise.
 
-    ``stage_fns``/``stage_versions`` (default :mod:`bench.stages`) run in this process and in the spawned workers,
-    which receive them pickled: with ``workers > 1`` they must be importable module-level callables.
+    ``stage_fns``/``stage_versions`` (default :mod:`bench.stages`) and ``on_trial_start(trial)`` (called as each
+    trial starts, before its stages: see :class:`Session`) run in this process and in the spawned workers, which
+    receive them pickled: with ``workers > 1`` they must be importable module-level callables.
     """
     tune_spec(suite)
-    check_options(opts, stage_fns, stage_versions)
+    check_options(opts, stage_fns, stage_versions, on_trial_start)
     preflight(suite)
     t0 = time.perf_counter()
     (suite.workspace / suite.name).mkdir(parents=True, exist_ok=True)
     StageCache(suite.workspace).cleanup_stale()
-    session = Session(suite, opts, stage_fns=stage_fns, stage_versions=stage_versions, console=console, create=True)
+    session = Session(suite, opts, stage_fns=stage_fns, stage_versions=stage_versions, on_trial_start=on_trial_start,
+                      console=console, create=True)
     session.prepare()
     complete, running = session.counts()
     session.console.print(
         f"[bold]tune[/] study {session.study_name} in {redact(session.url)}: {complete} of {session.target} trials "
         f"complete, {running} running; {opts.workers} worker(s) here", highlight=False, soft_wrap=True)
     try:
-        with worker_processes(suite, opts, stage_fns, stage_versions) as procs:
+        with worker_processes(suite, opts, stage_fns, stage_versions, on_trial_start) as procs:
             ran = work_with_core_share(session, opts.workers)  # the shared stages above ran with every core
     except BaseException as exc:
         session.abort(exc)

@@ -14,7 +14,7 @@ import math
 import time
 import traceback
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,16 +74,24 @@ def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
             if isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(float(v))}
 
 
+TrialStartFn = Callable[[Any], None]  # called with the Optuna trial once it is claimed, before its stages run
+
+
 class Session:
-    """One process's view of the study: storage, lock, study, tracker, options."""
+    """One process's view of the study: storage, lock, study, tracker, options.
+
+    ``stage_fns``/``stage_versions`` default to :mod:`bench.stages`; ``on_trial_start(trial)``, when given, runs in
+    each trial once its parameters are suggested, its MLflow run is open and its heartbeat beats, before its stages.
+    """
 
     def __init__(self, suite: Suite, opts: TuneOptions, *, stage_fns: Mapping[str, StageFn] | None = None,
-                 stage_versions: Mapping[str, int] | None = None, console: Any = None, create: bool = False) -> None:
+                 stage_versions: Mapping[str, int] | None = None, on_trial_start: TrialStartFn | None = None,
+                 console: Any = None, create: bool = False) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.suite, self.opts, self.tune = suite, opts, tune_spec(suite)
-        self.stage_fns, self.stage_versions = stage_fns, stage_versions
+        self.stage_fns, self.stage_versions, self.on_trial_start = stage_fns, stage_versions, on_trial_start
         if console is None:
             from rich.console import Console
 
@@ -228,6 +236,8 @@ class Session:
             variant = trial_variant(self.suite, params, name)
             run_id = self._start_trial_run(trial, name, variant, params)
             with Heartbeat(self.study._storage, trial._trial_id, self.tune.heartbeat_s):
+                if self.on_trial_start is not None:
+                    self.on_trial_start(trial)
                 stage_tracker = self.tracker.with_parent(run_id) if run_id else None
                 out = self.run_variant(variant, trial_stages(self.tune), stage_tracker)
             metrics = out["metrics"]

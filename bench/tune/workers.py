@@ -1,8 +1,8 @@
 """Local worker processes of a study (``--workers K``): K - 1 spawned processes beside this one, each a
 :class:`~bench.tune.session.Session` working until the cap, with its share of the CPU cores.
 
-Spawned workers receive the suite, options and stage functions pickled, so stage functions passed in must be
-importable module-level callables (:func:`check_picklable` says so before anything starts).
+Spawned workers receive the suite, options, stage functions and trial-start callback pickled, so callables passed
+in must be importable module-level ones (:func:`check_picklable` says so before anything starts).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from bench.engine import StageFn
 from bench.schema import Suite
-from bench.tune.session import Session, TuneOptions
+from bench.tune.session import Session, TrialStartFn, TuneOptions
 from todsynth.errors import ConfigError, TodsynthError
 
 
@@ -42,10 +42,11 @@ def work_with_core_share(session: Session, workers: int) -> int:
 
 
 def spawned_worker(suite: Suite, opts: TuneOptions, stage_fns: Mapping[str, StageFn] | None,
-                   stage_versions: Mapping[str, int] | None) -> None:
+                   stage_versions: Mapping[str, int] | None, on_trial_start: TrialStartFn | None) -> None:
     """Body of a ``--workers`` child process (spawned): join the study and work until the cap."""
     try:
-        session = Session(suite, opts, stage_fns=stage_fns, stage_versions=stage_versions)
+        session = Session(suite, opts, stage_fns=stage_fns, stage_versions=stage_versions,
+                          on_trial_start=on_trial_start)
         work_with_core_share(session, opts.workers)
     except TodsynthError as exc:
         from rich.console import Console
@@ -54,24 +55,27 @@ def spawned_worker(suite: Suite, opts: TuneOptions, stage_fns: Mapping[str, Stag
         raise SystemExit(2) from None
 
 
-def check_picklable(stage_fns: Mapping[str, StageFn] | None, stage_versions: Mapping[str, int] | None) -> None:
+def check_picklable(stage_fns: Mapping[str, StageFn] | None, stage_versions: Mapping[str, int] | None,
+                    on_trial_start: TrialStartFn | None = None) -> None:
     """Spawned workers receive the stage functions pickled (by reference): refuse ones they could not import."""
     try:
-        pickle.dumps((stage_fns, stage_versions))
+        pickle.dumps((stage_fns, stage_versions, on_trial_start))
     except (pickle.PicklingError, AttributeError, TypeError) as exc:
-        raise ConfigError(f"--workers > 1: the stage functions must be importable module-level callables to reach "
-                          f"spawned workers ({type(exc).__name__}: {exc})") from None
+        raise ConfigError(f"--workers > 1: the stage functions and on_trial_start must be importable module-level "
+                          f"callables to reach spawned workers ({type(exc).__name__}: {exc})") from None
 
 
 @contextlib.contextmanager
 def worker_processes(suite: Suite, opts: TuneOptions, stage_fns: Mapping[str, StageFn] | None,
-                     stage_versions: Mapping[str, int] | None) -> Iterator[list[Any]]:
+                     stage_versions: Mapping[str, int] | None, on_trial_start: TrialStartFn | None = None
+                     ) -> Iterator[list[Any]]:
     """Start ``opts.workers - 1`` spawned workers for the body; terminate them if it raises; always wait for them."""
     ctx = multiprocessing.get_context("spawn")
     procs = []
     try:
         for _ in range(opts.workers - 1):
-            p = ctx.Process(target=spawned_worker, args=(suite, opts, stage_fns, stage_versions), daemon=False)
+            p = ctx.Process(target=spawned_worker, args=(suite, opts, stage_fns, stage_versions, on_trial_start),
+                            daemon=False)
             p.start()
             procs.append(p)
         yield procs
