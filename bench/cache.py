@@ -145,7 +145,7 @@ class StageCache:
                 continue
             for d in stage_dir.iterdir():
                 m = _TMP_RE.match(d.name)
-                if m and d.is_dir() and not _alive(int(m["pid"])):
+                if m and d.is_dir() and not process_alive(int(m["pid"])):
                     shutil.rmtree(d, ignore_errors=True)
                     removed.append(d)
         return removed
@@ -217,7 +217,7 @@ class StageCache:
         return CachedStage(final, marker)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """True when a process with this pid runs on this machine (and is not a zombie)."""
     if pid == os.getpid():
         return True

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.cache import _alive
+from bench.cache import process_alive
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:
@@ -29,7 +29,7 @@ def invocation_status(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             run.update(e)
     for run in runs.values():
         if run.get("event") != "end":
-            run["status"] = "RUNNING" if run.get("pid") and _alive(int(run["pid"])) else "KILLED"
+            run["status"] = "RUNNING" if run.get("pid") and process_alive(int(run["pid"])) else "KILLED"
     return list(runs.values())
 
 

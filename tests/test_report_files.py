@@ -394,7 +394,7 @@ def test_latex_daggers_fid_and_kid_of_a_fallback_extractor_with_a_footnote_row()
 
 
 def test_report_tuning_trials_pareto(ran, tmp_path):
-    """Trials logged as bench/tune.py does (study run, trial children with fid/mask_miou, stage grandchildren)."""
+    """Trials logged as bench.tune does (study run, trial children with fid/mask_miou, stage grandchildren)."""
     from bench.tracking import Tracker
 
     suite, _ = ran

@@ -1,7 +1,9 @@
-"""Importable stand-in stages for bench tune's multi-process tests (spawned workers import them by name).
+"""Importable stand-in stages for bench tune's multi-process tests (spawned workers unpickle them by reference).
 
 Same contract as bench.stages; metrics depend on the variant's CRFM settings so a wrong trial shows up as a
-wrong number: mask_miou = 0.4 + 0.02 * rectified_step, fid = 100 - 3 * rectified_step. No tests here.
+wrong number: mask_miou = 0.4 + 0.02 * rectified_step, fid = 100 - 3 * rectified_step. :class:`SleepAtTrialStart`
+and :func:`cli_with_slow_trials` make every trial of the real CLI wait before its stages instead (so a test can kill
+a worker mid-trial, even when the trial's stages are cached). No tests here.
 """
 
 from __future__ import annotations
@@ -51,13 +53,19 @@ if os.environ.get(BARRIER_KIND_ENV) == "up":  # imported by a spawned worker's s
     _check_in()
 
 
-def _stage(name: str):
-    def fn(spec, inputs, out_dir):
+class FakeStage:
+    """One stand-in stage; a module-level class so spawned tune workers can unpickle it."""
+
+    def __init__(self, name: str, trial_seconds: float = TRIAL_SECONDS) -> None:
+        self.name, self.trial_seconds = name, trial_seconds
+
+    def __call__(self, spec, inputs, out_dir):
+        name = self.name
         (out_dir / f"{name}.json").write_text(json.dumps({"spec": spec, "inputs": sorted(inputs)}, default=str))
         arts = {"file": out_dir / f"{name}.json"}
         if name == "synthesize":
             _wait_for_other_workers()
-            time.sleep(TRIAL_SECONDS)
+            time.sleep(self.trial_seconds)
             rs = (spec["crfm"] or {}).get("rectified_step", 0)
             Image.fromarray(np.full((8, 8, 3), 40 * rs, np.uint8)).save(out_dir / "grid.png")
             arts |= {"metrics": {"seconds_per_image": 0.5, "rs": rs}, "mlflow_artifacts": ["grid.png"]}
@@ -67,8 +75,39 @@ def _stage(name: str):
                                "mask_miou": 0.4 + 0.02 * rs, "seconds_per_image": 0.5}
         return arts
 
-    return fn
+
+NAMES = ("data", "prompts", "autoencoder", "generator", "judge", "evaluator", "real_features", "synthesize", "evaluate",
+         "downstream")
 
 
-STAGES = {s: _stage(s) for s in ("data", "prompts", "autoencoder", "generator", "judge", "evaluator", "real_features",
-                                 "synthesize", "evaluate", "downstream")}
+def stages(trial_seconds: float = TRIAL_SECONDS) -> dict[str, FakeStage]:
+    """The stand-in stages, a synthesize stage taking ``trial_seconds``."""
+    return {s: FakeStage(s, trial_seconds) for s in NAMES}
+
+
+STAGES = stages()
+
+
+class SleepAtTrialStart:
+    """``on_trial_start`` for bench tune: every trial waits ``sleep_s`` before its stages (picklable)."""
+
+    def __init__(self, sleep_s: float) -> None:
+        self.sleep_s = sleep_s
+
+    def __call__(self, trial) -> None:
+        time.sleep(self.sleep_s)
+
+
+def cli_with_slow_trials(sleep_s: float) -> None:
+    """Run the ``todsynth`` CLI (a subprocess's main) with every tune trial waiting ``sleep_s`` before its stages.
+
+    The CLI's ``bench tune`` calls ``bench.tune.tune_suite``; patched here to pass :class:`SleepAtTrialStart`, which
+    reaches the spawned workers too.
+    """
+    import functools
+
+    import bench.tune
+    import cli
+
+    bench.tune.tune_suite = functools.partial(bench.tune.tune_suite, on_trial_start=SleepAtTrialStart(sleep_s))
+    cli.main()

@@ -10,19 +10,17 @@ import pytest
 
 from bench.suites import SuiteError, validate_data
 from bench.tune import (
-    ATTR_HOST,
-    ATTR_PID,
     Session,
     StudyLock,
     TuneOptions,
     constraint_values,
     default_params,
-    reap,
     redact,
     summary_tables,
     trial_variant,
     tune_suite,
 )
+from bench.tune.storage import ATTR_HOST, ATTR_PID, reap
 from todsynth.errors import ConfigError
 
 SPACE = {
@@ -312,3 +310,26 @@ def test_failing_stage_fails_the_trial_and_stops(tune_data, fake_stages):
     client = MlflowClient(tracking_uri=suite.tracking_uri)
     assert client.get_run(trials[0].user_attrs["mlflow_run_id"]).info.status == "FAILED"
     assert client.get_run(session.study.user_attrs["mlflow_parent_run_id"]).info.status == "FAILED"
+
+
+def test_unpicklable_stage_functions_cannot_reach_spawned_workers(tune_data, fake_stages):
+    fns, _ = fake_stages
+    fns = {**fns, "synthesize": lambda spec, inputs, out_dir: {}}  # no importable name: spawned workers lack it
+    with pytest.raises(ConfigError, match="importable module-level callables"):
+        _tune(tune_data, fns, 2, workers=2)
+    assert not (validate_data(tune_data, "s").workspace / "t").exists()  # refused before anything was created
+
+
+def test_on_trial_start_sees_each_trial_before_its_stages(tune_data, fake_stages):
+    fns, calls = fake_stages
+    seen = []
+
+    def started(trial):
+        seen.append((trial.number, dict(trial.params), calls.count("synthesize")))
+
+    suite = validate_data(tune_data, "s")
+    tune_suite(suite, TuneOptions(trials=2, progress=False, track=False), stage_fns=fns, stage_versions={},
+               on_trial_start=started)
+    default = {"crfm.rectified_step": 2, "crfm.max_step_size": 0.1, "crfm.step_scheme": "LD"}
+    assert seen[0] == (0, default, 0)  # parameters suggested, its synthesize not yet run
+    assert seen[1][0] == 1 and len(seen[1][1]) == 3 and seen[1][2] == 1 and len(seen) == 2

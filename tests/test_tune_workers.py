@@ -1,7 +1,7 @@
 """bench tune with several worker processes sharing one study: exact global cap, continuation, a killed worker.
 
-Fast variants run the coordinator in this process with stand-in stages (tests/test_tune_fakes.py) imported by
-spawned workers; the slow variants run the real CLI on the real tiny stages (suites/tests.yaml).
+Fast variants run the coordinator in this process with stand-in stages (tests/test_tune_fakes.py) that reach the
+spawned workers pickled; the slow variants run the real CLI on the real tiny stages (suites/tests.yaml).
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
+import test_tune_fakes as fakes
 import yaml
 from test_tune_fakes import BARRIER_ENV, BARRIER_KIND_ENV
 
 from bench.suites import validate_data
-from bench.tune import ATTR_PID, SLEEP_ENV, TuneOptions, tune_suite
+from bench.tune import TuneOptions, tune_suite
+from bench.tune.storage import ATTR_PID
 
 REPO = Path(__file__).resolve().parent.parent
 TUNE = {
@@ -74,7 +76,7 @@ def _check_study(summary: dict, tracking_uri: str, n: int) -> None:
 
 @pytest.fixture
 def fake_suite(tiny_suite_data, bench_workspace, monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # spawned workers import test_tune_fakes
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # spawned workers unpickle test_tune_fakes' stages
     data = json.loads(json.dumps(tiny_suite_data))
     data["workspace"] = str(bench_workspace)
     data["sampling"]["num_inference_steps"] = 3
@@ -86,14 +88,15 @@ def test_two_workers_finish_exactly_n_then_continue(fake_suite, monkeypatch, tmp
     # each trial waits until both worker processes have reached a trial: the spawned one needs seconds to import
     # torch, long enough on a loaded machine for this process to take all 6 trials
     monkeypatch.setenv(BARRIER_ENV, str(tmp_path / "barrier"))
-    opts = TuneOptions(trials=6, workers=2, progress=False, stages_module="test_tune_fakes")
-    out = tune_suite(fake_suite, opts)
+    opts = TuneOptions(trials=6, workers=2, progress=False)
+    out = tune_suite(fake_suite, opts, stage_fns=fakes.STAGES, stage_versions=fakes.STAGE_VERSIONS)
     assert out.worker_exitcodes == [0]
     _check_study(out.summary, fake_suite.tracking_uri, 6)
     pids = {t.system_attrs[ATTR_PID] for t in _journal_trials(fake_suite.workspace / "t" / "optuna.journal", "t")}
     assert len(pids) == 2  # both processes ran trials
     assert json.loads((fake_suite.workspace / "t" / "tune.json").read_text()) == out.summary
-    more = tune_suite(fake_suite, TuneOptions(trials=8, workers=2, progress=False, stages_module="test_tune_fakes"))
+    more = tune_suite(fake_suite, TuneOptions(trials=8, workers=2, progress=False), stage_fns=fakes.STAGES,
+                      stage_versions=fakes.STAGE_VERSIONS)
     _check_study(more.summary, fake_suite.tracking_uri, 8)
     assert [t["number"] for t in more.summary["trials"]] == list(range(8))  # exactly 2 added
 
@@ -116,7 +119,6 @@ def _kill_first_foreign_running(journal: Path, study: str, killed: list, stop: t
 
 
 def test_killed_worker_trial_is_retried_not_lost(fake_suite, monkeypatch, tmp_path):
-    monkeypatch.setenv(SLEEP_ENV, "1.5")  # every trial runs long enough to be killed mid-way
     # this process's first trial waits until the spawned worker is up, so the killer always finds a foreign trial
     monkeypatch.setenv(BARRIER_ENV, str(tmp_path / "barrier"))
     monkeypatch.setenv(BARRIER_KIND_ENV, "up")
@@ -126,7 +128,9 @@ def test_killed_worker_trial_is_retried_not_lost(fake_suite, monkeypatch, tmp_pa
                               args=(fake_suite.workspace / "t" / "optuna.journal", "t", killed, stop), daemon=True)
     killer.start()
     try:
-        out = tune_suite(fake_suite, TuneOptions(trials=4, workers=2, progress=False, stages_module="test_tune_fakes"))
+        # every trial runs long enough to be killed mid-way
+        out = tune_suite(fake_suite, TuneOptions(trials=4, workers=2, progress=False),
+                         stage_fns=fakes.stages(trial_seconds=1.8), stage_versions=fakes.STAGE_VERSIONS)
     finally:
         stop.set()
         killer.join()
@@ -155,10 +159,15 @@ def _real_suite_file(tmp_path: Path) -> Path:
     return path
 
 
-def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", "import cli; cli.main()", "bench", "tune", *args, "--no-progress"]
-    return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+def _cli(*args: str, trial_sleep_s: float | None = None, **kw) -> subprocess.Popen:
+    """``todsynth bench tune ARGS``; with ``trial_sleep_s``, every trial waits that long before its stages."""
+    main = "import cli; cli.main()"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if trial_sleep_s is not None:
+        main = f"import test_tune_fakes; test_tune_fakes.cli_with_slow_trials({trial_sleep_s!r})"
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "tests"), env.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, "-c", main, "bench", "tune", *args, "--no-progress"]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
 @pytest.mark.slow
@@ -180,10 +189,9 @@ def test_real_stages_two_workers_cap_continue_and_kill(tmp_path, mlflow_db_templ
     summary = json.loads((ws / "tests" / "tune.json").read_text())
     _check_study(summary, f"sqlite:///{ws / 'mlflow.db'}", 8)
     assert [t["number"] for t in summary["trials"]] == list(range(8))
-    # a new study on the same (now cached) workspace; SIGKILL a spawned worker while its trial sleeps
+    # a new study on the same (now cached) workspace; SIGKILL a spawned worker while its trial waits to start
     journal = ws / "tests" / "optuna.journal"
-    proc = _cli(str(suite), "-w", str(ws), "--trials", "3", "--workers", "2", "--study", "killed",
-                env={SLEEP_ENV: "20"})
+    proc = _cli(str(suite), "-w", str(ws), "--trials", "3", "--workers", "2", "--study", "killed", trial_sleep_s=20.0)
     killed: list = []
     deadline = time.time() + 600
     while not killed and time.time() < deadline and proc.poll() is None:
@@ -227,7 +235,7 @@ def _has_study(journal: Path, name: str) -> bool:
 
 
 def test_worker_threads_split_the_cores_unless_pinned():
-    from bench.tune import worker_threads
+    from bench.tune.workers import worker_threads
 
     assert worker_threads(1, 2, {}) is None  # one process keeps torch's default
     assert worker_threads(2, 2, {}) == 1

@@ -1,0 +1,127 @@
+"""The study itself: open or create it in its storage, refuse one made for another configuration, count the
+workers that joined it, and its MLflow study run (started or reopened, summarised and ended).
+
+The tracker is passed in (:class:`bench.tracking.Tracker`); nothing here imports MLflow. Optuna is imported inside.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from bench.schema import Suite
+from bench.suites import canonical_json, resolved_dict, resolved_yaml
+from bench.tune.space import default_params, tune_spec
+from bench.tune.storage import redact
+from todsynth.errors import ConfigError
+
+# study user attrs
+FINGERPRINT = "todsynth:fingerprint"
+PARENT = "mlflow_parent_run_id"
+REFERENCE = "todsynth:reference"
+WORKERS = "todsynth:workers_started"
+# tune: keys that may change between invocations of one study (they do not change what a trial computes).
+RUNTIME_TUNE_KEYS = ("n_trials", "timeout_s", "storage", "sampler", "seed", "heartbeat_s", "grace_s", "max_retry",
+                     "enqueue_default")
+
+
+def study_fingerprint(suite: Suite) -> str:
+    """Hash of what a trial computes (suite config minus workspace/tracking and the runtime-only tune keys)."""
+    data = resolved_dict(suite)
+    data = {k: v for k, v in data.items() if k not in ("workspace", "tracking")}
+    data["tune"] = {k: v for k, v in (data.get("tune") or {}).items() if k not in RUNTIME_TUNE_KEYS}
+    return hashlib.sha256(canonical_json({"suite": data, "version": str(suite.version)}).encode()).hexdigest()
+
+
+def artifact_location(suite: Suite) -> str | None:
+    """Artifact root of a new experiment: ``tracking.artifacts``; with an http(s) tracking server and none set,
+    the server's own (proxied) root, so workers on other machines upload through it; else ``<ws>/mlartifacts``."""
+    if suite.tracking.artifacts is None and suite.tracking_uri.startswith(("http://", "https://")):
+        return None
+    return suite.artifact_location
+
+
+def open_study(storage: Any, suite: Suite, name: str, url: str, *, create: bool) -> Any:
+    """Create (``create``, enqueueing the default trial) or load the study; a ConfigError when it was made with
+    other objectives or for another configuration of the suite (:func:`study_fingerprint`)."""
+    import optuna
+
+    tune = tune_spec(suite)
+    directions = [o.optuna_direction for o in tune.objectives]
+    if create:
+        try:
+            study = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
+        except ValueError as exc:
+            raise ConfigError(f"study {name!r} in {redact(url)}: {exc}; pass --study NEW") from None
+    else:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            raise ConfigError(f"study {name!r} not found in {redact(url)}") from None
+    if [d.name.lower() for d in study.directions] != directions:
+        raise ConfigError(
+            f"study {name!r} in {redact(url)} optimises "
+            f"{[d.name.lower() for d in study.directions]}, the suite asks {directions}; pass --study NEW")
+    fp = study_fingerprint(suite)
+    have = study.user_attrs.get(FINGERPRINT)
+    if have is None and create:
+        study.set_user_attr(FINGERPRINT, fp)
+        study.set_user_attr("suite", suite.name)
+        study.set_user_attr("objectives", [o.metric for o in tune.objectives])
+    elif have is not None and have != fp:
+        raise ConfigError(
+            f"study {name!r} in {redact(url)} was created for another configuration of suite "
+            f"{suite.name!r} (search space, objectives or stages changed); pass --study NEW to start a new one")
+    if create and tune.enqueue_default:
+        params = default_params(suite)
+        if params:
+            study.enqueue_trial(params, user_attrs={"default": True}, skip_if_exists=True)
+    return study
+
+
+def join_study(study: Any) -> int:
+    """Count this process among the study's workers; returns its index (0 for the first ever). Call under the lock."""
+    started = int(study.user_attrs.get(WORKERS, 0))
+    study.set_user_attr(WORKERS, started + 1)
+    return started
+
+
+def start_study_run(tracker: Any, study: Any, suite: Suite, *, url: str, target: int, console: Any) -> None:
+    """Create (or reopen) the study's MLflow parent run; its id is a study user attr."""
+    from bench.provenance import git_commit
+
+    for run_id in tracker.mark_stale_killed():
+        console.print(f"[yellow]marked MLflow run {run_id} KILLED (its process is gone)[/]")
+    run_id = study.user_attrs.get(PARENT)
+    if run_id and tracker.reopen(run_id):
+        tracker.set_tags(run_id, {"todsynth.n_trials_target": target})
+        return
+    name = study.study_name
+    tags = {"todsynth.suite": suite.name, "todsynth.study": name, "optuna.study": name,
+            "optuna.storage": redact(url), "todsynth.git_commit": git_commit(),
+            "todsynth.n_trials_target": str(target), "todsynth.objectives": ",".join(
+                o.metric for o in tune_spec(suite).objectives)}
+    run_id = tracker.start_parent(f"tune:{name}", resolved_dict(suite), tags, resolved_yaml(suite), kind="study")
+    study.set_user_attr(PARENT, run_id)
+    study.set_user_attr("mlflow_tracking_uri", redact(suite.tracking_uri))
+
+
+def close_study_run(tracker: Any, summary: Mapping[str, Any], path: Path, target: int) -> None:
+    """Log tune.json, the best values, counts and the downstream correlation on the study run; end it FINISHED."""
+    from bench.correlation import mlflow_metrics
+
+    parent = tracker.parent_run_id
+    tracker.log_artifact(parent, path)
+    best = summary["best"]
+    if len(best) == 1:
+        tracker.log_metrics(parent, {f"best/{k}": v for k, v in best[0]["values"].items()})
+    tracker.log_metrics(parent, {"n_complete": summary["n_complete"], "n_fail": summary["n_fail"],
+                                 "pareto_size": len(summary["pareto"])})
+    corr = summary["downstream_correlation"]
+    if corr is not None:  # the same numbers as tune.json's (and the report's) section
+        tracker.log_metrics(parent, mlflow_metrics(corr))
+        tracker.set_tags(parent, {"todsynth.gain_spearman": corr["reason"] or "computed"})
+    tracker.set_tags(parent, {"todsynth.complete": str(summary["n_complete"] >= target).lower()})
+    tracker.end(parent, "FINISHED")  # a rerun reopens it to add trials
