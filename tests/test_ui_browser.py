@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
 import time
 import urllib.parse
 
 import pytest
 from test_report_html import browser  # noqa: F401  (the headless-Chromium fixture)
-from test_ui_server import TODSYNTH, _free_port, _post
+from test_ui_server import _free_port, _post, start_ui
 
 from bench.engine import run_suite
 from bench.suites import validate_data
@@ -37,15 +36,8 @@ def test_variant_runs_compare_in_the_mlflow_ui(tiny_suite_data, bench_workspace,
     out = run_suite(suite, stage_fns=fns, stage_versions={}, progress=False)
     port = _free_port()
     log_path = tmp_path / "ui.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen([str(TODSYNTH), "ui", "--port", str(port), "--workspace", str(bench_workspace)],
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc, ready = start_ui(bench_workspace, port, log_path)
     try:
-        deadline = time.monotonic() + 120
-        while not (ready := re.search(r"^ready (\S+)$", log_path.read_text(), re.M)) and time.monotonic() < deadline:
-            assert proc.poll() is None, log_path.read_text()
-            time.sleep(0.25)
-        assert ready, log_path.read_text()
         api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
         exp_id = re.search(r"#/experiments/(\d+)/runs", ready[1])[1]
         found = _post(f"{api}/runs/search", {"experiment_ids": [exp_id],
@@ -79,6 +71,5 @@ def test_variant_runs_compare_in_the_mlflow_ui(tiny_suite_data, bench_workspace,
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-        log.close()
     if proc.returncode not in (0, None):
         pytest.fail(log_path.read_text())

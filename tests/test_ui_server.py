@@ -32,6 +32,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_ui(workspace: Path, port: int, log_path: Path) -> tuple[subprocess.Popen, re.Match]:
+    """Start the real `todsynth ui` over ``workspace`` with its output in ``log_path`` (read through the path: seeking
+    the child's own handle moves its write offset); returns the process and its ``ready <url>`` line's match."""
+    log = log_path.open("w")
+    proc = subprocess.Popen([str(TODSYNTH), "ui", "--port", str(port), "--workspace", str(workspace)],
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    log.close()  # the child keeps its own handle
+    deadline = time.monotonic() + 120
+    while not (ready := re.search(r"^ready (\S+)$", log_path.read_text(), re.M)) and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.25)
+    if not ready:
+        proc.kill()
+        pytest.fail(f"no 'ready' from the UI on port {port}; its output:\n{log_path.read_text()}")
+    return proc, ready
+
+
 def _get(url: str) -> dict | None:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
@@ -50,16 +68,9 @@ def test_ui_serves_the_workspace_store(tiny_suite_data, bench_workspace, fake_st
     perf = Tracker(uri, arts, "todsynth/perf", bench_workspace)  # the newest run, but not a suite run
     perf.end(perf.start_parent("perf", {}, {}, "", kind="perf"))
     port = _free_port()
-    log_path = tmp_path / "ui.log"  # read through its path: seeking the child's own handle moves its write offset
-    log = log_path.open("w")
-    proc = subprocess.Popen([str(TODSYNTH), "ui", "--port", str(port), "--workspace", str(bench_workspace)],
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    log_path = tmp_path / "ui.log"
+    proc, ready = start_ui(bench_workspace, port, log_path)
     try:
-        deadline = time.monotonic() + 120
-        while not (ready := re.search(r"^ready (\S+)$", log_path.read_text(), re.M)) and time.monotonic() < deadline:
-            assert proc.poll() is None, log_path.read_text()
-            time.sleep(0.25)
-        assert ready, f"no 'ready' from the UI on port {port}; its output:\n{log_path.read_text()}"
         tree = [" ".join(c.cmdline()) for c in psutil.Process(proc.pid).children(recursive=True)]
         assert not [c for c in tree if "mlflow.server.jobs" in c or "huey" in c], tree  # no job runner, no consumers
         assert len(tree) == 2, tree  # `mlflow server` and its one uvicorn worker
@@ -74,7 +85,6 @@ def test_ui_serves_the_workspace_store(tiny_suite_data, bench_workspace, fake_st
     finally:
         proc.send_signal(signal.SIGTERM)  # forwarded to the server's process group
         rc = proc.wait(timeout=30)
-    log.close()
     text = log_path.read_text()
     assert rc == 0, text
     assert f"http://127.0.0.1:{port}/" in text and "MLflow UI stopped" in text
