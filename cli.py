@@ -340,6 +340,7 @@ def gen_sample(
     from todsynth.data.loveda import list_samples
     from todsynth.models.generator import load_generator
     from todsynth.sample.crfm import STEP_SCHEMES, CRFMConfig
+    from todsynth.sample.rules import rectified_step_problem
     from todsynth.sample.sampler import SamplerConfig
     from todsynth.sample.speed import prepare_sampling_run
     from todsynth.sample.synthesize import synthesize
@@ -351,8 +352,8 @@ def gen_sample(
         fail(f"--step-scheme {step_scheme!r} is not one of {', '.join(STEP_SCHEMES)}")
     if crfm and judge is None:
         fail("--crfm needs --judge (a segmentor trained on the same real training set)")
-    if crfm and rectified_step > steps:
-        fail(f"--rectified-step {rectified_step} exceeds --steps {steps}")
+    if crfm and (why := rectified_step_problem(rectified_step, steps, "--steps")):
+        fail(f"--rectified-step {why}")
     if guidance < 1.0:
         fail(f"--guidance {guidance} must be >= 1.0 (1.0 = CFG off)")
     device = _sample_device()

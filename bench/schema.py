@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from bench.metrics import needs_downstream, scored
+from todsynth.sample.rules import rectified_step_problem
 
 # Closed vocabularies (kept in step with todsynth.models.presets.PRESETS and todsynth.seg.models.SEG_MODELS;
 # tests/test_bench_schema.py checks that every name here exists there).
@@ -718,9 +719,10 @@ def check_suite(suite: Suite) -> list[str]:
         if v.kind == "baseline":
             baselines.append(v.origin)
             continue
-        n, rs = v.sampling.num_inference_steps, v.crfm.rectified_step
-        if rs > n:
-            problems.append(f"{v.origin}.crfm.rectified_step: {rs} > sampling.num_inference_steps {n}")
+        why = rectified_step_problem(v.crfm.rectified_step, v.sampling.num_inference_steps,
+                                     "sampling.num_inference_steps")
+        if why:
+            problems.append(f"{v.origin}.crfm.rectified_step: {why}")
     for origin in baselines[1:]:
         problems.append(f"{origin}: a second baseline variant (real-only training is one row; remove it)")
     for i, v in enumerate(suite.variants):
@@ -794,10 +796,11 @@ def _tune_problems(tune: Tune, variants: list[ResolvedVariant], suite: Suite) ->
     rs = tune.search_space.get("crfm.rectified_step")
     if rs is not None:
         top = max(v for v in rs.probe_values() if isinstance(v, int | float))
-        if top > base_steps:
+        why = rectified_step_problem(int(top), base_steps, "sampling.num_inference_steps")
+        if why:
             what = "high" if rs.type != "categorical" else "choices"
-            problems.append(f"tune.search_space.crfm.rectified_step.{what}: {top:g} > sampling.num_inference_steps "
-                            f"{base_steps} (rectified steps cannot exceed the sampling steps)")
+            problems.append(f"tune.search_space.crfm.rectified_step.{what}: {why} "
+                            "(rectified steps cannot exceed the sampling steps)")
     for i, c in enumerate(tune.constraints):
         if c.relative_to is None:
             continue

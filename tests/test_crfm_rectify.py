@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -219,3 +220,23 @@ def test_works_under_no_grad_and_never_touches_velocity_graph(decode, judge) -> 
 def test_error_only_config_replace_roundtrip() -> None:
     c = replace(CRFMConfig(rectified_step=4), max_step_size=0.2)
     assert c.step_sizes(23)[0] == pytest.approx(0.2 * 22 / 23)
+
+
+def test_the_rectified_step_rule_is_one_function():
+    """CRFM's step sizes, the sampler, suites, tune, `gen sample` and `bench perf` all ask rectified_step_problem."""
+    import subprocess
+
+    from todsynth.sample.rules import rectified_step_problem
+
+    assert rectified_step_problem(4, 4) is None and rectified_step_problem(0, 1) is None
+    assert rectified_step_problem(5, 4, "sampling.num_inference_steps") == "5 > sampling.num_inference_steps 4"
+    assert rectified_step_problem(-1, 4) == "must be an int >= 0, got -1"
+    assert rectified_step_problem(True, 4) == "must be an int >= 0, got True"
+    assert rectified_step_problem(1, 0) == "num_inference_steps must be an int >= 1, got 0"
+    with pytest.raises(ValueError, match="rectified_step 5 > num_inference_steps 4"):
+        step_sizes("C", 0.1, 4, 5)
+    # the comparison itself is written once (git grep over the code, tests aside)
+    out = subprocess.run(["git", "grep", "-nE", r"rectified(_step)? > [A-Za-z_.]*steps", "--", "*.py", ":!tests"],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent).stdout
+    code = [line for line in out.splitlines() if "rules.py" not in line and "``" not in line]  # docs may name it
+    assert code == [], out

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from todsynth.errors import ConfigError
+from todsynth.sample.rules import rectified_step_problem
 
 SCHEMA = "todsynth.perf/1"
 PERF_PRESETS: tuple[str, ...] = ("tiny", "sd3.5-medium")
@@ -66,8 +67,8 @@ class PerfConfig:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"--{name.replace('_', '-')} {value!r}: must be an int >= {low}")
-        if self.rectified > self.steps:
-            raise ConfigError(f"--rectified {self.rectified} exceeds --steps {self.steps}")
+        if why := rectified_step_problem(self.rectified, self.steps, "--steps"):
+            raise ConfigError(f"--rectified {why}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads {self.threads}: must be >= 1")
         if self.train_batch is not None and self.train_batch < 1:

@@ -13,6 +13,7 @@ from typing import Any
 from bench.metrics import needs_downstream
 from bench.schema import CRFM, ResolvedVariant, Sampling, SearchDim, Suite, Tune, resolve_variants
 from todsynth.errors import ConfigError, StageError
+from todsynth.sample.rules import rectified_step_problem
 
 
 def tune_spec(suite: Suite) -> Tune:
@@ -126,9 +127,10 @@ def trial_variant(suite: Suite, params: Mapping[str, Any], name: str) -> Resolve
         (sampling if section == "sampling" else crfm)[fname] = value
     variant = ResolvedVariant(name=name, kind="synthetic", sampling=Sampling(**sampling), crfm=CRFM(**crfm),
                               origin=f"tune {name}")
-    if variant.crfm.rectified_step > variant.sampling.num_inference_steps:
-        raise ConfigError(f"{name}: crfm.rectified_step {variant.crfm.rectified_step} > "
-                          f"sampling.num_inference_steps {variant.sampling.num_inference_steps}")
+    why = rectified_step_problem(variant.crfm.rectified_step, variant.sampling.num_inference_steps,
+                                 "sampling.num_inference_steps")
+    if why:
+        raise ConfigError(f"{name}: crfm.rectified_step {why}")
     return variant
 
 

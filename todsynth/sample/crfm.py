@@ -25,12 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from todsynth.sample.rules import is_int, rectified_step_problem
+
 StepScheme = Literal["C", "LI", "LD", "cosine"]
 STEP_SCHEMES: tuple[str, ...] = get_args(StepScheme)
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True)
@@ -71,9 +69,9 @@ class CRFMConfig:
     return_x0: bool = False
 
     def __post_init__(self) -> None:
-        if not _is_int(self.rectified_step) or self.rectified_step < 0:
+        if not is_int(self.rectified_step) or self.rectified_step < 0:
             raise ValueError(f"CRFMConfig.rectified_step must be an int >= 0, got {self.rectified_step!r}")
-        if not _is_int(self.num_rectified) or self.num_rectified < 1:
+        if not is_int(self.num_rectified) or self.num_rectified < 1:
             raise ValueError(f"CRFMConfig.num_rectified must be an int >= 1, got {self.num_rectified!r}")
         if not isinstance(self.max_step_size, int | float) or isinstance(self.max_step_size, bool) or not (
             math.isfinite(self.max_step_size) and self.max_step_size >= 0
@@ -86,13 +84,13 @@ class CRFMConfig:
                 raise ValueError(f"CRFMConfig.{name} must be a bool, got {getattr(self, name)!r}")
         if self.clamp is not None and not (isinstance(self.clamp, int | float) and self.clamp > 0):
             raise ValueError(f"CRFMConfig.clamp must be > 0 or None, got {self.clamp!r}")
-        if not _is_int(self.ignore_index):
+        if not is_int(self.ignore_index):
             raise ValueError(f"CRFMConfig.ignore_index must be an int, got {self.ignore_index!r}")
         if self.skip_below_error is not None and not (0.0 <= self.skip_below_error <= 1.0):
             raise ValueError(f"CRFMConfig.skip_below_error must be in [0, 1] or None, got {self.skip_below_error!r}")
-        if self.judge_size is not None and not (_is_int(self.judge_size) and self.judge_size >= 1):
+        if self.judge_size is not None and not (is_int(self.judge_size) and self.judge_size >= 1):
             raise ValueError(f"CRFMConfig.judge_size must be an int >= 1 or None, got {self.judge_size!r}")
-        if self.micro_batch is not None and not (_is_int(self.micro_batch) and self.micro_batch >= 1):
+        if self.micro_batch is not None and not (is_int(self.micro_batch) and self.micro_batch >= 1):
             raise ValueError(f"CRFMConfig.micro_batch must be an int >= 1 or None, got {self.micro_batch!r}")
 
     @property
@@ -112,12 +110,8 @@ def step_sizes(scheme: str, max_step_size: float, num_inference_steps: int, rect
     a smooth decay with LD's end points (``a`` before step 0, 0 at step N) that stays near ``a`` for longer.
     ``step_sizes("LD", 0.1, 23, 4)`` -> 0.0957, 0.0913, 0.0870, 0.0826.
     """
-    if not _is_int(num_inference_steps) or num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
-    if not _is_int(rectified_step) or not 0 <= rectified_step <= num_inference_steps:
-        raise ValueError(
-            f"rectified_step must be an int in [0, num_inference_steps={num_inference_steps}], got {rectified_step!r}"
-        )
+    if why := rectified_step_problem(rectified_step, num_inference_steps):
+        raise ValueError(f"rectified_step {why}")
     a, n = float(max_step_size), num_inference_steps
     match scheme:
         case "C":

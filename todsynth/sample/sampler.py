@@ -18,6 +18,7 @@ from torch import Tensor
 from todsynth.sample.crfm import CRFMConfig, rectify
 from todsynth.sample.euler import euler_step, flow_sigmas, timesteps_from_sigmas
 from todsynth.sample.observer import SamplingObserver, Unobserved
+from todsynth.sample.rules import rectified_step_problem
 
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -118,10 +119,8 @@ def check_inputs(
         raise ValueError(f"pooled must be (B={b}, P), got {tuple(pooled.shape)}")
     if len(seeds) != b:
         raise ValueError(f"seeds must have one seed per mask: len(seeds)={len(seeds)} but B={b}")
-    if crfm.rectified_step > cfg.num_inference_steps:
-        raise ValueError(
-            f"rectified_step={crfm.rectified_step} exceeds num_inference_steps={cfg.num_inference_steps}"
-        )
+    if why := rectified_step_problem(crfm.rectified_step, cfg.num_inference_steps):
+        raise ValueError(f"rectified_step {why}")
     if crfm.enabled and judge is None:
         raise ValueError(f"judge is required when rectified_step={crfm.rectified_step} > 0")
     if cfg.guidance_scale > 1.0:
