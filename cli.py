@@ -811,7 +811,7 @@ def ui(
     import threading
     import time
 
-    from bench.tracking import (
+    from bench.tracking.server import (
         SERVER_ENV,
         StoreNotFoundError,
         bind_error,
@@ -885,7 +885,7 @@ def ui(
                 ready.set()  # from here on the server's log is passed on
                 console.print(f"[green]ready[/] {link}", highlight=False, soft_wrap=True)
                 if link != url:
-                    from bench.tracking import variants_view_url
+                    from bench.tracking.server import variants_view_url
 
                     console.print(f"compare variants: {variants_view_url(link)}", highlight=False, soft_wrap=True)
             elif time.monotonic() > deadline:
@@ -915,7 +915,7 @@ def ui(
 
 def _landing(url: str) -> str:
     """The runs table of the newest suite experiment on the server at ``url``, else ``url`` itself."""
-    from bench.tracking import newest_suite_experiment, runs_view_url
+    from bench.tracking.server import newest_suite_experiment, runs_view_url
 
     try:
         exp_id = newest_suite_experiment(url)
