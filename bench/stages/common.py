@@ -88,22 +88,13 @@ class LazyEncoder:
         return self._encoder.encode(prompts)
 
 
-def build_encoder(spec: dict[str, Any], device: str) -> Any:
-    """The prompts stage's encoder from its spec (the preset's ``text`` config, SD3 dir for ``sd3``)."""
-    from todsynth.text import build_prompt_encoder
-
-    text = dict(spec["text"])
-    kind = text.pop("kind")
-    kw = {"sd3_dir": spec["sd3_dir"], "device": device, **text} if kind == "sd3" else text
-    return build_prompt_encoder(kind, **kw)
-
-
 def stage_prompt_cache(prompts: CachedStage, device: str) -> Any:
     """The prompt cache written by the ``prompts`` stage (its encoder built lazily, only on a miss)."""
-    from todsynth.text import PromptCache
+    from todsynth.text import PromptCache, preset_prompt_encoder
 
     spec = prompts.marker["spec"]
-    encoder = LazyEncoder(prompts.artifacts["encoder_name"], lambda: build_encoder(spec, device))
+    encoder = LazyEncoder(prompts.artifacts["encoder_name"],
+                          lambda: preset_prompt_encoder(spec["text"], sd3_dir=spec["sd3_dir"], device=device))
     return PromptCache(artifact_path(prompts, "cache"), encoder)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cache import CachedStage
-from bench.stages.common import build_encoder, runtime, split_samples, write_json
+from bench.stages.common import runtime, split_samples, write_json
 
 SAMPLES_FILE = "samples.json"
 
@@ -79,9 +79,9 @@ def stage_prompts(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir:
     """Vectorize every training mask's prompt and the empty prompt once (safetensors per prompt)."""
     from todsynth.data.classes import prompt_for_labels, reduce_labels
     from todsynth.data.loveda import read_raw_mask
-    from todsynth.text import PromptCache
+    from todsynth.text import PromptCache, preset_prompt_encoder
 
-    encoder = build_encoder(spec, runtime(spec)["device"])
+    encoder = preset_prompt_encoder(spec["text"], sd3_dir=spec["sd3_dir"], device=runtime(spec)["device"])
     prompts = sorted({prompt_for_labels(reduce_labels(read_raw_mask(s.mask_path)))
                       for s in split_samples(inputs["data"], "Train")})
     prompts.append("")

@@ -35,16 +35,12 @@ def stage_autoencoder(spec: dict[str, Any], inputs: dict[str, CachedStage], out_
     (space-to-depth) whose latent scaling alone is fitted on them."""
     from todsynth.data.loveda import LoveDA
     from todsynth.models.presets import resolve_preset
-    from todsynth.train import train_vae
+    from todsynth.train.vae import train_preset_vae
 
     preset = resolve_preset(spec["preset"], spec["overrides"])
-    budget = {**(preset.get("vae_train") or {}), **{k: v for k, v in spec["train"].items() if v is not None}}
     data = inputs["data"]
     dataset = LoveDA(artifact_path(data, "root"), "Train", domains(data), samples=train_samples(spec, data))
-    kw = {"kl_weight": budget["kl_weight"]} if budget.get("kl_weight") is not None else {}
-    vae_dir = train_vae(dataset, preset["vae"], out_dir / "vae", steps=budget["steps"], batch_size=budget["batch_size"],
-                        lr=budget["lr"], seed=budget["seed"], image_size=preset["image_size"],
-                        progress=shows_progress(spec), **kw)
+    vae_dir = train_preset_vae(dataset, preset, out_dir / "vae", spec["train"], progress=shows_progress(spec))
     metrics = {}
     summary = Path(vae_dir) / "train_summary.json"
     if summary.is_file():  # outcomes only: the settings (steps, lr, seed, batch size) are the stage run's params
