@@ -176,7 +176,7 @@ def run_suite(
     tracker = None
     parent = None
     if track:
-        from bench.tracking import Tracker
+        from bench.tracking.tracker import Tracker
 
         tracker = Tracker(suite.tracking_uri, suite.artifact_location, suite.experiment, ws)
         for run_id in tracker.mark_stale_killed():
@@ -252,7 +252,7 @@ VARIANT_RUN_VERSION = 1  # part of a variant run's identity: bump when its field
 
 def _log_variant_runs(tracker: Any, suite: Suite, results: dict[str, Any], done: Mapping[str, CachedStage],
                       hashes: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    """One MLflow run per variant and seed (:meth:`bench.tracking.Tracker.variant_run`); ``{variant: {seed: id}}``."""
+    """One MLflow run per variant and seed (:meth:`bench.tracking.tracker.Tracker.variant_run`); ``{variant: {seed: id}}``."""
     from bench.results import variant_runs
 
     ids: dict[str, dict[str, str]] = {}

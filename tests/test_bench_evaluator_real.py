@@ -15,7 +15,9 @@ import pytest
 from PIL import Image
 
 from bench import stages
+from bench.cache import CachedStage
 from bench.engine import run_suite
+from bench.stages.common import split_samples, train_samples
 from bench.suites import validate_data
 
 
@@ -33,7 +35,7 @@ def evaluator_stages(fake_stages):
     def synthesize(spec, inputs, out_dir):
         """The real stage's choice of masks (subset, then limit); images: the real ones, darkened and noised."""
         calls.append("synthesize")
-        masks = stages._train(spec, inputs["data"])
+        masks = train_samples(spec, inputs["data"])
         masks = masks[: spec["limit"]] if spec["limit"] is not None else masks
         copy = out_dir / "copy-0"
         entries = []
@@ -74,8 +76,8 @@ def test_evaluator_real_miou_is_the_evaluators_score_on_those_real_images(
     out = run_suite(suite, stage_fns=evaluator_stages(fake_stages), stage_versions={}, progress=False)
 
     data_dir = _entries(bench_workspace, "data")[0]
-    data_stage = stages.CachedStage(data_dir, json.loads((data_dir / "done.json").read_text()))
-    train = stages._samples(data_stage, "Train")
+    data_stage = CachedStage(data_dir, json.loads((data_dir / "done.json").read_text()))
+    train = split_samples(data_stage, "Train")
     used = train[:3] if "limit" in dataset else labelled_subset(train, 4, 0)
     assert len(train) == 8 and len(used) < len(train)
     ev_dir = _entries(bench_workspace, "evaluator")[0]

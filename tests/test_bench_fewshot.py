@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from bench import stages
+from bench.cache import CachedStage
 from bench.engine import graph_hashes, run_suite
 from bench.graph import build_graph
 from bench.report import write_report
 from bench.report.efficiency import data_efficiency, efficiency_table
 from bench.schema import resolve_variants
+from bench.stages.common import split_samples, train_samples
 from bench.suites import SuiteError, load_suite, validate_data
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,20 +111,20 @@ def test_without_subsets_the_graph_is_unchanged(tiny_suite_data, tmp_path):
 
 
 def test_stages_train_on_the_subset(tmp_path):
-    """``_train``: the whole split without ``subset``, else labelled_subset (the nested draw); Val untouched."""
+    """``train_samples``: the whole split without ``subset``, else labelled_subset (the nested draw); Val untouched."""
     from todsynth.data.subset import DRAW_RULE, labelled_subset
 
     spec = {"kind": "procedural", "domains": ["Urban", "Rural"],
             "procedural": {"n_train": 8, "n_val": 2, "size": 16, "seed": 0}}
     arts = stages.stage_data(spec, {}, tmp_path)
-    data = stages.CachedStage(tmp_path, {"artifacts": arts, "spec": spec})
-    train = stages._samples(data, "Train")
-    assert stages._train({}, data) == train
+    data = CachedStage(tmp_path, {"artifacts": arts, "spec": spec})
+    train = split_samples(data, "Train")
+    assert train_samples({}, data) == train
     sub = {"n": 4, "seed": 0, "rule": DRAW_RULE}
-    assert stages._train({"subset": sub}, data) == labelled_subset(train, 4, 0)
-    assert {s.domain for s in stages._train({"subset": sub}, data)} == {"Urban", "Rural"}
+    assert train_samples({"subset": sub}, data) == labelled_subset(train, 4, 0)
+    assert {s.domain for s in train_samples({"subset": sub}, data)} == {"Urban", "Rural"}
     with pytest.raises(ValueError, match="rule"):
-        stages._train({"subset": {**sub, "rule": "other"}}, data)
+        train_samples({"subset": {**sub, "rule": "other"}}, data)
 
 
 # ---------------------------------------------------------------------- the whole path with fake stages

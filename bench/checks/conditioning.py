@@ -159,7 +159,7 @@ def _train(s: Settings, resolved: dict[str, Any], work_dir: Path, stages: _Stage
     from todsynth.data.loveda import LoveDA, list_samples
     from todsynth.seg.io import load_segmentor, save_segmentor
     from todsynth.seg.train import train_segmentor
-    from todsynth.text import PromptCache, build_prompt_encoder
+    from todsynth.text import PromptCache, preset_prompt_encoder
     from todsynth.train import TrainConfig, train_generator, train_vae
 
     def data_fn(tmp: Path, _: Path) -> dict[str, Any]:
@@ -193,7 +193,7 @@ def _train(s: Settings, resolved: dict[str, Any], work_dir: Path, stages: _Stage
     vae, vae_computed = stages.run("autoencoder", {"vae": resolved["vae"], "budget": budget, "image_size": s.size},
                                    {"data": data}, vae_fn)
     text = dict(resolved["text"])
-    prompts = PromptCache(work_dir / "prompts" / short_hash(text), build_prompt_encoder(text.pop("kind"), **text))
+    prompts = PromptCache(work_dir / "prompts" / short_hash(text), preset_prompt_encoder(text, sd3_dir=resolved.get("source")))
     gen_overrides = {k: v for k, v in s.overrides.items() if k not in ("train", "vae_train")}
     cfg = TrainConfig.from_preset(s.preset, preset_overrides=gen_overrides, vae_dir=str(vae.path("vae")),
                                   **(s.overrides.get("train") or {}))

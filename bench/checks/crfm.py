@@ -125,7 +125,7 @@ def check_crfm(
     from todsynth.models.generator import load_generator
     from todsynth.seg.compat import ensure_mmseg
     from todsynth.seg.io import load_segmentor
-    from todsynth.text import PromptCache, build_prompt_encoder
+    from todsynth.text import PromptCache, preset_prompt_encoder
 
     parsed = parse_settings(settings)
     if split not in SPLITS:
@@ -141,6 +141,6 @@ def check_crfm(
     scorer_models = {str(d): load_segmentor(d) for d in scorers}
     text = dict(gen.config["text"])  # the resolved preset it was built from
     with tempfile.TemporaryDirectory() as tmp:
-        cache = PromptCache(prompt_cache or Path(tmp), build_prompt_encoder(text.pop("kind"), **text))
+        cache = PromptCache(prompt_cache or Path(tmp), preset_prompt_encoder(text, sd3_dir=gen.config.get("source")))
         return crfm_fidelity(gen, judge_model, evaluator_model, dataset, cache, parsed, n_masks=n_masks,
                              num_inference_steps=steps, seed=seed, scorers=scorer_models, on_row=on_row)

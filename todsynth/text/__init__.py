@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from todsynth.errors import ConfigError
@@ -24,4 +26,19 @@ def build_prompt_encoder(kind: Literal["tiny", "sd3"], **kwargs: Any) -> PromptE
             raise ConfigError(f"prompt encoder kind={kind!r} is not one of {', '.join(ENCODER_KINDS)}")
 
 
-__all__ = ["ENCODER_KINDS", "PromptCache", "PromptEncoder", "SD3PromptEncoder", "TinyPromptEncoder", "build_prompt_encoder"]
+def preset_prompt_encoder(text: Mapping[str, Any] | None, *, sd3_dir: str | Path | None = None,
+                          device: str | None = None) -> PromptEncoder:
+    """The prompt encoder a preset's ``text`` config names (``{"kind": "tiny"}`` when None).
+
+    The config's other keys are the encoder's arguments; ``sd3`` loads from ``sd3_dir`` (on ``device`` when one
+    is given, else its default). What the prompts stage, ``gen train`` and the checks build.
+    """
+    kw = dict(text or {"kind": "tiny"})
+    kind = kw.pop("kind")
+    if kind == "sd3":
+        kw = {"sd3_dir": sd3_dir, **({"device": device} if device is not None else {}), **kw}
+    return build_prompt_encoder(kind, **kw)
+
+
+__all__ = ["ENCODER_KINDS", "PromptCache", "PromptEncoder", "SD3PromptEncoder", "TinyPromptEncoder", "build_prompt_encoder",
+           "preset_prompt_encoder"]

@@ -218,3 +218,22 @@ def train_vae(
     }
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return out_dir
+
+
+def vae_budget(preset: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A scratch preset's ``vae_train`` budget, the non-None ``overrides`` (steps, batch_size, lr, kl_weight, seed) over it."""
+    return {**(preset.get("vae_train") or {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+
+
+def train_preset_vae(dataset: Any, preset: dict[str, Any], out_dir: str | Path,
+                     overrides: dict[str, Any] | None = None, *, progress: bool = False) -> Path:
+    """Train a resolved scratch preset's autoencoder on the dataset with its :func:`vae_budget`.
+
+    ``preset["vae"]`` at ``preset["image_size"]``; seed 0 unless the budget gives one, the KL weight only when it
+    names one. What the suite's autoencoder stage and ``todsynth gen train`` both call; returns ``out_dir`` (:func:`train_vae`).
+    """
+    budget = vae_budget(preset, overrides)
+    kw = {"kl_weight": budget["kl_weight"]} if budget.get("kl_weight") is not None else {}
+    return train_vae(dataset, preset["vae"], out_dir, steps=budget["steps"], batch_size=budget["batch_size"],
+                     lr=budget["lr"], seed=budget.get("seed", 0), image_size=preset["image_size"], progress=progress,
+                     **kw)

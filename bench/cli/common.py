@@ -1,0 +1,31 @@
+"""What every command room shares: the two rich consoles, the one-line error exit, and the suite options.
+
+Imports typer and rich only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", "-w", help="Workspace dir (default: the suite's, ./runs).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a suite value: key.path=value (YAML scalar); repeatable.")]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print a one-line error and exit (2 = bad input)."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def suite_problems(exc: Exception) -> NoReturn:
+    """Print each problem of a SuiteError on its own line and exit 2."""
+    for problem in getattr(exc, "problems", [str(exc)]):
+        err_console.print(f"[bold red]error:[/] {getattr(exc, 'source', 'suite')}: {problem}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)

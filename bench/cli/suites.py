@@ -1,0 +1,129 @@
+"""``todsynth bench validate | run | ls | report``: a declared suite checked, run (or planned), listed, reported.
+
+Plain command functions; ``cli.py`` registers them on ``bench_app`` (beside ``tune`` and ``perf``). Imports
+:mod:`bench.cli.common` and (inside the commands) the harness: ``bench.suites``, ``bench.engine``, ``bench.results``,
+``bench.workspace``, ``bench.report``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typer signatures)
+
+import typer
+
+from bench.cli.common import SetOpt, WorkspaceOpt, console, err_console, suite_problems
+
+
+def bench_validate(
+    suite: Annotated[Path, typer.Argument(help="Suite YAML (e.g. suites/loveda.yaml).")],
+    workspace: WorkspaceOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Check a suite (schema, key paths, cross-field rules) without creating anything."""
+    from bench.graph import build_graph
+    from bench.schema import resolve_variants
+    from bench.suites import SuiteError, config_hash, load_suite
+
+    try:
+        s = load_suite(suite, set_ or [], workspace)
+    except SuiteError as exc:
+        suite_problems(exc)
+    variants = resolve_variants(s)
+    console.print(
+        f"[green]ok[/] {s.name} v{s.version}: {len(variants)} variants ({', '.join(v.name for v in variants)}) "
+        f"x {len(s.seeds)} seed(s), {len(build_graph(s))} stages, config {config_hash(s)[:12]}",
+        highlight=False,
+    )
+
+
+def bench_run(
+    suite: Annotated[Path | None, typer.Argument(help="Suite YAML; default: the embedded smoke suite.")] = None,
+    workspace: WorkspaceOpt = None,
+    set_: SetOpt = None,
+    force: Annotated[list[str] | None, typer.Option("--force", help="Recompute a stage (name or key) and its dependents; repeatable.")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="Plain output, no progress bars.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and list the stage graph (cached or to "
+                                          "compute); run nothing, create nothing.")] = False,
+) -> None:
+    """Run (or resume) a suite: cached stages, MLflow tracking, <workspace>/<suite>/results.json."""
+    from bench.engine import plan, preflight, run_suite
+    from bench.results import results_table
+    from bench.suites import SuiteError, load_suite, resolve_suite_path
+
+    try:
+        s = load_suite(suite, set_ or [], workspace)
+    except SuiteError as exc:
+        suite_problems(exc)
+    try:
+        rows = plan(s, force or []) if dry_run else None
+        if rows is None:
+            preflight(s, force or [])
+    except SuiteError as exc:  # name the file, as schema errors do
+        exc.source = str(resolve_suite_path(suite))
+        suite_problems(exc)
+    if rows is not None:
+        _print_plan(s, rows)
+        return
+    outcome = run_suite(s, force=force or [], progress=not no_progress, console=err_console)
+    console.print(results_table(outcome.results))
+    console.print(
+        f"{len(outcome.computed)} stages computed, {len(outcome.cached)} reused, {outcome.seconds:.1f}s; "
+        f"results: {outcome.results_file}; MLflow run {outcome.parent_run_id} in {s.tracking_uri}",
+        highlight=False, soft_wrap=True,
+    )
+
+
+def _print_plan(s: Any, rows: list[dict[str, Any]]) -> None:
+    """The dry-run table: every stage of the graph in run order, its inputs and whether it would be computed."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"{s.name}: {len(rows)} stages (dry run, nothing executed)", box=box.SIMPLE_HEAD)
+    for col in ("#", "stage key", "inputs", "status", "hash"):
+        table.add_column(col, no_wrap=col != "inputs")
+    for i, r in enumerate(rows, 1):
+        table.add_row(str(i), escape(r["key"]), escape(", ".join(r["deps"]) or "-"), r["status"], r["hash"][:12])
+    console.print(table)
+    todo = sum(r["status"] != "cached" for r in rows)
+    console.print(f"{todo} to compute, {len(rows) - todo} cached in {s.workspace}", highlight=False, soft_wrap=True)
+
+
+def bench_ls(workspace: Annotated[Path, typer.Option("--workspace", "-w", help="Workspace dir.")] = Path("runs")) -> None:
+    """Suites run in a workspace, with their invocations and last status."""
+    from rich.table import Table
+
+    from bench.workspace import list_suites
+
+    rows = list_suites(workspace)
+    if not rows:
+        console.print(f"no suite runs in {workspace}")
+        return
+    table = Table(title=f"suites in {workspace}")
+    for col in ("suite", "runs", "last status", "last started", "config", "variants", "results"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["suite"], str(r["runs"]), r["last_status"], r["last_started"], str(r["config_hash"])[:12],
+                      str(r["variants"]), r["results"] or "-")
+    console.print(table)
+
+
+def bench_report(
+    suite: Annotated[Path | None, typer.Argument(help="Suite YAML; default: the embedded smoke suite.")] = None,
+    workspace: WorkspaceOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report dir (default: reports/<suite>).")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="MLflow run id of the suite run (default: the latest finished).")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Markdown + HTML comparison report (with CSV, LaTeX, plots, sample grid) of a suite's run, read from MLflow."""
+    from bench.report import write_report
+    from bench.suites import SuiteError, load_suite
+
+    try:
+        s = load_suite(suite, set_ or [], workspace)
+    except SuiteError as exc:
+        suite_problems(exc)
+    path = write_report(s, out, run_id=run)
+    console.print(f"report: {path / 'report.md'} and {path / 'index.html'} (+ results.csv, results.tex)", highlight=False,
+                  soft_wrap=True)

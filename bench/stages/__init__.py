@@ -1,0 +1,71 @@
+"""The suite's stages: one small plain function each, ``(spec, inputs, out_dir) -> artifacts``.
+
+``spec`` is the node's resolved config (what the cache hash covers) plus ``spec["runtime"]`` (device,
+launcher, a resumable ``work_dir``; not hashed). ``inputs`` maps a role (``data``, ``generator``,
+``judge``...) to the finished :class:`bench.cache.CachedStage` it depends on. A stage writes only under
+``out_dir`` (a temp dir the cache renames into place) and returns JSON values; paths inside
+``out_dir`` are stored relative. ``metrics`` are logged to the stage's MLflow child run,
+``mlflow_artifacts`` (relative paths) are attached to it.
+
+Rooms, by job: :mod:`~bench.stages.data` (data, prompts), :mod:`~bench.stages.models` (autoencoder, generator,
+judge, evaluator), :mod:`~bench.stages.synthesis` (real_features, synthesize, evaluate),
+:mod:`~bench.stages.downstream`, and :mod:`~bench.stages.common` (what they share). This package holds the table
+(:data:`STAGES`, :data:`STAGE_VERSIONS`) and re-exports the public names the engine, the report and the tests use.
+
+Heavy imports (torch, diffusers, mmseg) stay inside the functions: importing this package is cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.cache import CachedStage
+from bench.stages.common import LazyEncoder, artifact_path
+from bench.stages.data import SAMPLES_FILE, bad_sample_files, stage_data, stage_prompts
+from bench.stages.downstream import stage_downstream
+from bench.stages.models import (
+    AUTOENCODER_METRICS,
+    stage_autoencoder,
+    stage_evaluator,
+    stage_generator,
+    stage_judge,
+)
+from bench.stages.synthesis import (
+    source_samples,
+    stage_evaluate,
+    stage_real_features,
+    stage_synthesize,
+    synthetic_pairs,
+)
+
+# Bump a stage's version when its function changes what it computes: its cache entries (and their
+# dependents') are then recomputed. The package version is part of every key as well.
+STAGE_VERSIONS: dict[str, int] = {
+    "data": 1, "prompts": 1, "autoencoder": 1, "generator": 1, "judge": 1, "evaluator": 1,
+    "real_features": 1, "synthesize": 1, "evaluate": 3, "downstream": 1,
+}  # evaluate 2: adds evaluator_real_miou (the evaluator on the real images of the synthesized masks); 3: FID/KID's
+#   image counts (fid_n_real, fid_n_synthetic) and resize (fid_resize)
+
+StageFn = Callable[[dict[str, Any], dict[str, CachedStage], Path], dict[str, Any]]
+
+STAGES: dict[str, StageFn] = {
+    "data": stage_data,
+    "prompts": stage_prompts,
+    "autoencoder": stage_autoencoder,
+    "generator": stage_generator,
+    "judge": stage_judge,
+    "evaluator": stage_evaluator,
+    "real_features": stage_real_features,
+    "synthesize": stage_synthesize,
+    "evaluate": stage_evaluate,
+    "downstream": stage_downstream,
+}
+
+__all__ = [
+    "AUTOENCODER_METRICS", "SAMPLES_FILE", "STAGES", "STAGE_VERSIONS", "LazyEncoder", "StageFn", "artifact_path",
+    "bad_sample_files", "source_samples", "stage_autoencoder", "stage_data", "stage_downstream", "stage_evaluate",
+    "stage_evaluator", "stage_generator", "stage_judge", "stage_prompts", "stage_real_features", "stage_synthesize",
+    "synthetic_pairs",
+]

@@ -1,0 +1,92 @@
+"""The ``downstream`` stage: the segmentor trained on real (+ synthetic, optionally FreeMask-filtered) data and
+scored on real Val, the measure of what the synthetic data is worth.
+
+Imports :mod:`bench.stages.common`, :mod:`bench.stages.synthesis` (``synthetic_pairs``) and (lazily) ``todsynth.seg``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from bench.cache import CachedStage
+from bench.stages.common import (
+    launch_rank,
+    load_seg,
+    runtime,
+    shows_progress,
+    split_samples,
+    square_crop,
+    train_samples,
+    write_json,
+)
+from bench.stages.synthesis import synthetic_pairs
+from todsynth.data.classes import NUM_CLASSES
+
+
+def _freemask(pairs: list[tuple[Path, Path]], judge_stage: CachedStage, margin: float, out_dir: Path,
+              device: str) -> tuple[list[Any], dict[str, Any]]:
+    """FreeMask-filter synthetic masks with the judge; filtered copies live in ``out_dir/freemask``.
+
+    The masks are copied first: ``filter_masks`` writes beside its input masks, and the synthesize
+    stage's cached directory must never change.
+    """
+    from todsynth.seg.freemask import filter_masks
+    from todsynth.seg.judge import SegmentorLogits
+
+    copies = []
+    for i, (image, mask) in enumerate(pairs):
+        dest = out_dir / "freemask" / f"{i:06d}" / "masks_png" / mask.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(mask, dest)
+        copies.append((image, dest))
+    result = filter_masks(SegmentorLogits(load_seg(judge_stage, device)), copies, margin=margin)
+    for _, dest in copies:  # only the filtered copies are needed
+        dest.unlink()
+    return result.items, result.stats
+
+
+def stage_downstream(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
+    """Train the downstream segmentor on real (+ synthetic, FreeMask-filtered) data; score on real Val."""
+    from todsynth.seg.evaluate import evaluate_segmentor
+    from todsynth.seg.io import save_segmentor
+    from todsynth.seg.train import train_segmentor
+
+    if launch_rank() != 0:  # see bench.stages.models: rank 0 alone trains under torchrun
+        return {}
+    rt = runtime(spec)
+    data = inputs["data"]
+    real = train_samples(spec, data)
+    val = split_samples(data, "Val")
+    if spec["val_limit"] is not None:
+        val = val[: spec["val_limit"]]
+    items: list[Any] = list(real)
+    repeat: list[float] | None = None
+    kept = None
+    if "synthesize" in inputs:
+        from todsynth.seg.downstream import downstream_items
+
+        synth = synthetic_pairs(inputs["synthesize"])
+        if spec.get("freemask"):
+            synth, freemask_stats = _freemask(synth, inputs["judge"], spec["freemask"]["margin"], out_dir, rt["device"])
+            write_json(out_dir / "freemask.json", freemask_stats)
+            kept = 1.0 - freemask_stats["filtered_fraction_total"]
+        items, repeat = downstream_items(real, synth, spec["ratio"])
+    model = train_segmentor(
+        spec["model"], items, out_dir / "work", max_iters=spec["iters"], batch_size=spec["batch_size"], lr=spec["lr"],
+        seed=spec["seed"], crop_size=square_crop(spec["crop_size"]), repeat_factors=repeat,
+        optimizer=spec["optimizer"], progress=shows_progress(spec),
+    )
+    save_segmentor(model, spec["model"], out_dir / "model", NUM_CLASSES)
+    scores = evaluate_segmentor(model, val)
+    per_class = scores["per_class_iou"]
+    (out_dir / "per_class_iou.csv").write_text(
+        "class,iou\n" + "".join(f"{k},{v!r}\n" for k, v in per_class.items()))
+    metrics: dict[str, Any] = {
+        "downstream_miou": scores["miou"], "downstream_oa": scores["oa"], "downstream_macc": scores["macc"],
+        "per_class_iou": per_class, "n_train_items": len(items), "n_val": len(val),
+    }
+    if kept is not None:
+        metrics["freemask_kept_fraction"] = kept
+    return {"model": out_dir / "model", "metrics": metrics, "mlflow_artifacts": ["per_class_iou.csv"]}

@@ -1,0 +1,154 @@
+"""The per-variant stages around the generator: ``real_features`` (FID/KID reference, once), ``synthesize``
+(images from the training masks, CRFM-guided by the judge) and ``evaluate`` (mask fidelity with the evaluator,
+FID/KID), and the readers of a synthesize stage's output (:func:`synthetic_pairs`, :func:`source_samples`).
+
+Imports :mod:`bench.stages.common`, :mod:`bench.grids`, :mod:`bench.graph` (``n_synthetic``, lazily) and (lazily)
+``todsynth.models``, ``todsynth.sample``, ``todsynth.seg``, ``todsynth.metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from bench.cache import CachedStage
+from bench.grids import sample_grid
+from bench.stages.common import (
+    artifact_path,
+    launch_rank,
+    load_seg,
+    runtime,
+    shows_progress,
+    split_samples,
+    stage_prompt_cache,
+    train_samples,
+    write_json,
+)
+
+
+def _extractor(kind: str, weights: str | None, evaluator: CachedStage | None, device: str) -> Any:
+    """FID feature extractor: Inception from a local file, or the evaluator's backbone ("segmenter")."""
+    from todsynth.metrics.fid import build_extractor
+
+    if kind == "inception":
+        return build_extractor("inception", weights=weights, device=device)
+    if evaluator is None:
+        raise ValueError("the evaluator FID extractor needs the evaluator stage")
+    return build_extractor("segmenter", evaluator=load_seg(evaluator, device), device=device)
+
+
+def stage_real_features(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
+    """FID/KID reference features of the real training images (computed once, reused by every variant)."""
+    from todsynth.metrics.fid import extract_features, save_features
+
+    rt = runtime(spec)
+    extractor = _extractor(spec["extractor"], spec.get("weights"), inputs.get("evaluator"), rt["device"])
+    feats = extract_features([s.image_path for s in split_samples(inputs["data"], "Train")], extractor)
+    meta = {"extractor": getattr(extractor, "name", spec["extractor"]),
+            "comparable": bool(getattr(extractor, "comparable", False)), "split": "Train"}
+    save_features(out_dir / "features.safetensors", feats, meta)
+    return {"features": out_dir / "features.safetensors", "metrics": {"n_real": int(feats.shape[0])}}
+
+
+def synthetic_pairs(synth: CachedStage) -> list[tuple[Path, Path]]:
+    """(image, mask) paths of every image a synthesize stage wrote, in manifest order."""
+    pairs = []
+    for rel in synth.artifacts["copies"]:
+        root = synth.dir / rel
+        manifest = json.loads((root / "manifest.json").read_text())
+        pairs += [(root / e["image"], root / e["mask"]) for e in manifest["images"]]
+    return pairs
+
+
+def source_samples(synth: CachedStage, data: CachedStage) -> list[Any]:
+    """The real training ``Sample``s whose masks a synthesize stage generated from (each once, in split order)."""
+    used = set()
+    for rel in synth.artifacts["copies"]:
+        manifest = json.loads((synth.dir / rel / "manifest.json").read_text())
+        used |= {(e["domain"], e["id"]) for e in manifest["images"]}
+    return [s for s in split_samples(data, "Train") if (s.domain, s.id) in used]
+
+
+def stage_synthesize(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
+    """Generate ``round(ratio * n_masks)`` images from the (limited) training masks, CRFM-guided by the judge."""
+    from bench.graph import n_synthetic
+    from todsynth.models.generator import load_generator
+    from todsynth.sample.crfm import CRFMConfig
+    from todsynth.sample.sampler import SamplerConfig
+    from todsynth.sample.speed import prepare_sampling_run
+    from todsynth.sample.synthesize import synthesize
+    from todsynth.seg.judge import SegmentorLogits
+
+    rt = runtime(spec)
+    device = rt["device"]
+    gen = load_generator(artifact_path(inputs["generator"], "generator"), device=device)
+    masks = train_samples(spec, inputs["data"])
+    if spec["limit"] is not None:
+        masks = masks[: spec["limit"]]
+    total = n_synthetic(spec["ratio"], len(masks))
+    cfg = SamplerConfig(**spec["sampling"])
+    crfm = CRFMConfig(**spec["crfm"]) if spec["crfm"] else None
+    judge = SegmentorLogits(load_seg(inputs["judge"], device)) if crfm is not None else None
+    cfg = prepare_sampling_run(gen, judge, cfg)  # as `bench perf` measures: channels_last; bf16 on CUDA
+    cache = stage_prompt_cache(inputs["prompts"], device)
+    copies, seconds, n_images = [], 0.0, 0
+    for r in range(math.ceil(total / len(masks))):
+        chunk = masks[: min(len(masks), total - r * len(masks))]
+        root = out_dir / f"copy-{r}"
+        manifest = synthesize(gen, chunk, root, cache, cfg, crfm, judge, seed=1000 * spec["seed"] + r,
+                              progress=shows_progress(spec))
+        copies.append(root)
+        if "totals" in manifest:  # the merged manifest (rank 0 under accelerate; always when not launched)
+            seconds += manifest["totals"]["seconds"]
+            n_images += manifest["totals"]["n_images"]
+    if launch_rank() != 0:
+        return {}
+    arts: dict[str, Any] = {"copies": copies}
+    grid = sample_grid(synthetic_pairs(CachedStage(out_dir, {"artifacts": {"copies": [c.name for c in copies]}})),
+                       out_dir / "grid.png")
+    arts |= {
+        "grid": grid,
+        "metrics": {"n_images": n_images, "seconds_per_image": seconds / max(n_images, 1), "n_masks": len(masks)},
+        "mlflow_artifacts": ["grid.png"],
+    }
+    return arts
+
+
+def stage_evaluate(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
+    """Mask fidelity with the EVALUATOR (never the judge), FID/KID against the cached real features.
+
+    ``evaluator_real_miou`` is the evaluator's mIoU on the REAL images of the same masks: the ceiling of
+    ``mask_miou`` (a synthetic image can at best be segmented as well as the real one). It is recomputed per
+    variant and seed (one evaluator pass over those real images, deterministic), which keeps it cache-correct
+    for any ``limit``, ``ratio`` or labelled subset without a stage of its own.
+    """
+    from todsynth.metrics.fid import extract_features, fid_kid, load_features
+    from todsynth.seg.evaluate import evaluate_segmentor
+    from todsynth.seg.fidelity import mask_fidelity
+
+    rt = runtime(spec)
+    synth = inputs["synthesize"]
+    pairs = synthetic_pairs(synth)
+    evaluator = load_seg(inputs["evaluator"], rt["device"])
+    fidelity = mask_fidelity(evaluator, pairs)
+    ceiling = evaluate_segmentor(evaluator, source_samples(synth, inputs["data"]))
+    feat_spec = inputs["real_features"].marker["spec"]
+    extractor = _extractor(feat_spec["extractor"], feat_spec.get("weights"), inputs["evaluator"], rt["device"])
+    fake = extract_features([p[0] for p in pairs], extractor)
+    real, meta = load_features(artifact_path(inputs["real_features"], "features"))
+    fk = fid_kid(real, fake, extractor=meta["extractor"], comparable=meta["comparable"])
+    write_json(out_dir / "fidelity.json", fidelity)
+    write_json(out_dir / "evaluator_real.json", ceiling)
+    write_json(out_dir / "fid.json", fk)
+    metrics = {
+        "fid": fk["fid"], "kid": fk["kid"], "fid_extractor": fk["fid_extractor"],
+        "fid_comparable": fk["fid_comparable"], "fid_n_real": fk["n_real"], "fid_n_synthetic": fk["n_fake"],
+        "fid_resize": getattr(extractor, "resize_label", "unknown"),
+        "mask_miou": fidelity["miou"], "mask_oa": fidelity.get("oa"), "mask_macc": fidelity.get("macc"),
+        "mask_per_class_iou": fidelity.get("per_class_iou", {}),
+        "evaluator_real_miou": ceiling["miou"], "n_real_masks": ceiling["n_images"],
+        "seconds_per_image": synth.artifacts["metrics"]["seconds_per_image"],
+    }
+    return {"metrics": metrics, "mlflow_artifacts": ["fidelity.json", "evaluator_real.json", "fid.json"]}

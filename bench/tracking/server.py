@@ -1,0 +1,144 @@
+"""The UI server's helpers: the workspace store (:func:`store_uri`, :func:`check_store`), the ``mlflow server``
+command line and environment, whether a port is free or ours, and the UI's landing URLs (asked of the server over
+its REST API).
+
+Imports :mod:`todsynth.errors` only: never mlflow (the server runs as ``python -m mlflow``; the ``ui`` process
+talks to it over plain HTTP).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from todsynth.errors import TodsynthError
+
+
+class StoreNotFoundError(TodsynthError):
+    """A workspace has no MLflow store (``<ws>/mlflow.db``)."""
+
+
+def store_uri(workspace: Path) -> str:
+    """The tracking URI of a workspace's own store: ``sqlite:///<ws>/mlflow.db``."""
+    return f"sqlite:///{Path(workspace).expanduser().absolute() / 'mlflow.db'}"
+
+
+def check_store(tracking_uri: str, workspace: Path) -> None:
+    """Refuse a missing sqlite store up front (opening one would create an empty DB); server URIs pass."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not db.is_file():
+            raise StoreNotFoundError(
+                f"no MLflow store at {db}; run `todsynth bench run <suite> --workspace {workspace}` first "
+                "(or pass the --workspace the suite ran in)"
+            )
+
+
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why ``host:port`` cannot be listened on now, or None: a trial bind with SO_REUSEADDR, as uvicorn binds."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+    except OSError as exc:  # socket.gaierror too: a host name that does not resolve
+        return exc
+    return None
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """True when process ``pid`` or one of its descendants listens on TCP ``port``: the server answering is ours."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return False
+    for proc in procs:
+        try:
+            conns = proc.net_connections("tcp")  # tcp4 and tcp6
+        except psutil.Error:
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns):
+            return True
+    return False
+
+
+def _rest(url: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST to the MLflow REST API of the server at ``url`` (plain HTTP: the ui process never imports mlflow)."""
+    import urllib.request
+
+    req = urllib.request.Request(f"{url.rstrip('/')}/api/2.0/mlflow/{endpoint}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return dict(json.loads(r.read()))
+
+
+def newest_suite_experiment(url: str) -> str | None:
+    """Id of the experiment holding the newest ``todsynth.kind=suite`` run, asked of the server at ``url``; None when
+    there is no such run."""
+    ids: list[str] = []
+    token = None
+    while True:
+        page = _rest(url, "experiments/search", {"max_results": 1000, **({"page_token": token} if token else {})})
+        ids += [e["experiment_id"] for e in page.get("experiments", [])]
+        token = page.get("next_page_token")
+        if not token:
+            break
+    if not ids:
+        return None
+    runs = _rest(url, "runs/search", {"experiment_ids": ids, "filter": "tags.`todsynth.kind` = 'suite'",
+                                      "order_by": ["attributes.start_time DESC"], "max_results": 1}).get("runs", [])
+    return str(runs[0]["info"]["experiment_id"]) if runs else None
+
+
+def runs_view_url(url: str, experiment_id: str) -> str:
+    """The UI page of an experiment's runs table. ``workflowType=machine_learning``: MLflow 3's UI otherwise opens
+    in its GenAI mode (traces overview) unless the browser last chose otherwise."""
+    return f"{url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+VARIANT_FILTER = "tags.todsynth.kind = 'variant'"
+
+
+def variants_view_url(runs_url: str) -> str:
+    """A runs-view URL (:func:`runs_view_url`) filtered to the suite's variant runs (expand the suite run to see
+    them nested below it, select them, then Compare)."""
+    from urllib.parse import quote
+
+    return f"{runs_url}&searchFilter={quote(VARIANT_FILTER)}"
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+# MLflow 3's job runner (a supervisor plus a huey consumer per GenAI job queue: scorers, evaluation, prompt
+# optimisation, periodic trace tasks) is 8 of the server's 10 processes; todsynth submits no jobs.
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def server_command(workspace: Path, host: str = "127.0.0.1", port: int = 5000, workers: int = 1) -> list[str]:
+    """``mlflow server`` over a workspace's store: ``sqlite:///<ws>/mlflow.db``, artifacts served from
+    ``<ws>/mlartifacts`` (proxied, so clients on other machines can log artifacts too). Run it with
+    :data:`SERVER_ENV` in the environment."""
+    import sys
+
+    ws = Path(workspace).expanduser().absolute()
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", store_uri(ws),
+        "--serve-artifacts", "--artifacts-destination", str(ws / "mlartifacts"),
+        "--host", host, "--port", str(port), "--workers", str(workers),
+    ]
