@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typ
 import typer
 
 from bench.cli.checks import bench_check_conditioning, bench_check_crfm
-from bench.cli.common import SetOpt, WorkspaceOpt, console, err_console, fail
+from bench.cli.common import SetOpt, WorkspaceOpt, console, err_console, fail, load_suite_or_exit
 from bench.cli.common import suite_problems as _suite_problems
 from bench.cli.data import data_index, data_procedural, data_validate, prompts_vectorize
 from bench.cli.gen import gen_train
@@ -200,7 +200,7 @@ def bench_tune(
 ) -> None:
     """Optuna study over the suite's tune.search_space; each trial runs synthesize -> evaluate [-> downstream]."""
     from bench.engine import preflight
-    from bench.suites import SuiteError, load_suite
+    from bench.suites import SuiteError
     from bench.tune import TuneOptions, summary_tables, tune_suite
 
     sets = list(set_ or [])
@@ -208,8 +208,8 @@ def bench_tune(
         sets.append(f"tracking.uri={tracking_uri}")
     if sampler is not None and sampler not in ("tpe", "gp", "random", "grid", "nsga2"):
         fail(f"--sampler {sampler!r}: choose tpe, gp, random, grid or nsga2")
+    s = load_suite_or_exit(suite, sets, workspace)
     try:
-        s = load_suite(suite, sets, workspace)
         preflight(s)
     except SuiteError as exc:
         _suite_problems(exc)

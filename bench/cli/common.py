@@ -6,10 +6,13 @@ Imports typer and rich only.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from bench.schema import Suite
 
 console = Console()
 err_console = Console(stderr=True)
@@ -29,3 +32,13 @@ def suite_problems(exc: Exception) -> NoReturn:
     for problem in getattr(exc, "problems", [str(exc)]):
         err_console.print(f"[bold red]error:[/] {getattr(exc, 'source', 'suite')}: {problem}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def load_suite_or_exit(suite: Path | None, sets: list[str] | None, workspace: Path | None) -> Suite:
+    """The validated suite (``None``: the embedded smoke suite), or each of its problems on a line and exit 2."""
+    from bench.suites import SuiteError, load_suite
+
+    try:
+        return load_suite(suite, sets or [], workspace)
+    except SuiteError as exc:
+        suite_problems(exc)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typ
 
 import typer
 
-from bench.cli.common import SetOpt, WorkspaceOpt, console, err_console, suite_problems
+from bench.cli.common import SetOpt, WorkspaceOpt, console, err_console, load_suite_or_exit, suite_problems
 
 
 def bench_validate(
@@ -23,12 +23,9 @@ def bench_validate(
     """Check a suite (schema, key paths, cross-field rules) without creating anything."""
     from bench.graph import build_graph
     from bench.schema import resolve_variants
-    from bench.suites import SuiteError, config_hash, load_suite
+    from bench.suites import config_hash
 
-    try:
-        s = load_suite(suite, set_ or [], workspace)
-    except SuiteError as exc:
-        suite_problems(exc)
+    s = load_suite_or_exit(suite, set_, workspace)
     variants = resolve_variants(s)
     console.print(
         f"[green]ok[/] {s.name} v{s.version}: {len(variants)} variants ({', '.join(v.name for v in variants)}) "
@@ -49,12 +46,9 @@ def bench_run(
     """Run (or resume) a suite: cached stages, MLflow tracking, <workspace>/<suite>/results.json."""
     from bench.engine import plan, preflight, run_suite
     from bench.results import results_table
-    from bench.suites import SuiteError, load_suite, resolve_suite_path
+    from bench.suites import SuiteError, resolve_suite_path
 
-    try:
-        s = load_suite(suite, set_ or [], workspace)
-    except SuiteError as exc:
-        suite_problems(exc)
+    s = load_suite_or_exit(suite, set_, workspace)
     try:
         rows = plan(s, force or []) if dry_run else None
         if rows is None:
@@ -118,12 +112,8 @@ def bench_report(
 ) -> None:
     """Markdown + HTML comparison report (with CSV, LaTeX, plots, sample grid) of a suite's run, read from MLflow."""
     from bench.report import write_report
-    from bench.suites import SuiteError, load_suite
 
-    try:
-        s = load_suite(suite, set_ or [], workspace)
-    except SuiteError as exc:
-        suite_problems(exc)
+    s = load_suite_or_exit(suite, set_, workspace)
     path = write_report(s, out, run_id=run)
     console.print(f"report: {path / 'report.md'} and {path / 'index.html'} (+ results.csv, results.tex)", highlight=False,
                   soft_wrap=True)
