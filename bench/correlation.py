@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bench.metrics import REGISTRY, of_kind
+from bench.metrics import REGISTRY, finite_number, of_kind
 
 MIN_SETTINGS = 4  # fewer points give a rank correlation that is mostly noise: not computed
 # Image metrics: the registry's ``image`` kind (bench.metrics), feature-based ones (FID, KID) first, then any unregistered number a
@@ -22,14 +22,10 @@ BOOKKEEPING = frozenset({"fid_comparable", "trial_seconds", "feasible"})
 ORDER = tuple(sorted(of_kind("image"), key=lambda n: not REGISTRY[n].features))  # FID, KID, then mask metrics
 
 
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
 def image_metrics(settings: Sequence[Mapping[str, Any]]) -> list[str]:
     """The image metrics with a number in at least one setting: :data:`ORDER` first, then unregistered ones sorted."""
     seen = {k for s in settings for k, v in s["metrics"].items()
-            if _num(v) is not None and "/" not in k and k not in BOOKKEEPING and (k not in REGISTRY or k in ORDER)}
+            if finite_number(v) is not None and "/" not in k and k not in BOOKKEEPING and (k not in REGISTRY or k in ORDER)}
     return [m for m in ORDER if m in seen] + sorted(seen - set(ORDER))
 
 
@@ -55,7 +51,7 @@ def gain_correlations(settings: Sequence[Mapping[str, Any]], directions: Mapping
     "gain"}]}]}``. With fewer than ``min_settings`` settings that have a gain, ``metrics`` is empty.
     """
     directions = directions or {}
-    usable = [s for s in settings if _num(s.get("gain")) is not None]
+    usable = [s for s in settings if finite_number(s.get("gain")) is not None]
     out: dict[str, Any] = {"n_settings": len(usable), "min_settings": min_settings, "reason": None, "metrics": []}
     if len(usable) < min_settings:
         out["reason"] = (f"{len(usable)} synthetic setting{'s' if len(usable) != 1 else ''} with a downstream gain; "
@@ -63,7 +59,7 @@ def gain_correlations(settings: Sequence[Mapping[str, Any]], directions: Mapping
         return out
     for metric in image_metrics(usable):
         points = [{"name": str(s["name"]), "x": x, "gain": float(s["gain"])}
-                  for s in usable if (x := _num(s["metrics"].get(metric))) is not None]
+                  for s in usable if (x := finite_number(s["metrics"].get(metric))) is not None]
         hi = directions.get(metric)
         rho, note = None, None
         if len(points) < min_settings:
@@ -102,7 +98,7 @@ def study_settings(trials: Sequence[Mapping[str, Any]], real_only: float | None 
     """
     settings = []
     for t in trials:
-        miou = _num(t["metrics"].get("downstream_miou"))
+        miou = finite_number(t["metrics"].get("downstream_miou"))
         if miou is not None:
             settings.append({"name": str(t["name"]), "metrics": dict(t["metrics"]),
                              "gain": miou - real_only if real_only is not None else miou})

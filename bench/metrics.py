@@ -12,8 +12,9 @@ ceiling: shown beside mask fidelity, never ranked), ``cost`` and ``count`` (book
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Kind = Literal["downstream", "image", "instrument", "cost", "count"]
 
@@ -78,3 +79,8 @@ def label(metric: str) -> str:
 def of_kind(*kinds: Kind) -> tuple[str, ...]:
     """The metrics of ``kinds``, in registry order."""
     return tuple(m.name for m in METRICS if m.kind in kinds)
+
+
+def finite_number(v: Any) -> float | None:
+    """``v`` as a float when it is a finite real number (not a bool, NaN or inf), else None."""
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None

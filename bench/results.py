@@ -33,7 +33,7 @@ from typing import Any
 
 from bench.cache import CachedStage
 from bench.graph import node_key
-from bench.metrics import METRICS, produced_by
+from bench.metrics import METRICS, finite_number, produced_by
 from bench.provenance import provenance
 from bench.schema import ResolvedVariant, Suite, resolve_variants
 
@@ -198,10 +198,6 @@ def results_table(results: dict[str, Any]) -> Any:
 RUN_METRICS = (*produced_by("downstream"), *produced_by("evaluate"))
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def run_metrics(metrics: Mapping[str, Any], real_only_miou: float | None = None) -> dict[str, float]:
     """A variant's numeric metrics as its MLflow run logs them.
 
@@ -209,11 +205,12 @@ def run_metrics(metrics: Mapping[str, Any], real_only_miou: float | None = None)
     images of the same masks) and, given the real-only baseline's downstream mIoU (same seed and subset),
     ``real_only_miou`` and ``downstream_gain`` (downstream mIoU minus it). Undefined values are left out.
     """
-    out = {k: float(metrics[k]) for k in RUN_METRICS if _number(metrics.get(k))}
-    out |= {f"per_class_iou/{c}": float(v) for c, v in (metrics.get("per_class_iou") or {}).items() if _number(v)}
+    out = {k: x for k in RUN_METRICS if (x := finite_number(metrics.get(k))) is not None}
+    out |= {f"per_class_iou/{c}": x for c, v in (metrics.get("per_class_iou") or {}).items()
+            if (x := finite_number(v)) is not None}
     if "mask_miou" in out and out.get("evaluator_real_miou"):
         out["mask_miou_of_ceiling"] = out["mask_miou"] / out["evaluator_real_miou"]
-    if real_only_miou is not None and _number(real_only_miou) and "downstream_miou" in out:
+    if finite_number(real_only_miou) is not None and "downstream_miou" in out:
         out["real_only_miou"] = float(real_only_miou)
         out["downstream_gain"] = out["downstream_miou"] - float(real_only_miou)
     return out
