@@ -54,6 +54,8 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("mask_miou_of_ceiling", "mask mIoU / ceiling", True, "derived", "image"),
 )
 REGISTRY: dict[str, MetricDef] = {m.name: m for m in METRICS}
+TABLE_COLUMNS: tuple[str, ...] = tuple(m.name for m in METRICS if m.table)  # the results tables' columns, in order
+LABELS: dict[str, str] = {m.name: m.label for m in METRICS}
 
 
 def scored(stages: tuple[str, ...] = ("downstream", "evaluate")) -> dict[str, bool]:

@@ -33,7 +33,7 @@ from typing import Any
 
 from bench.cache import CachedStage
 from bench.graph import node_key
-from bench.metrics import METRICS, finite_number, produced_by
+from bench.metrics import LABELS, METRICS, TABLE_COLUMNS, finite_number, produced_by
 from bench.provenance import provenance
 from bench.schema import ResolvedVariant, Suite, resolve_variants
 
@@ -155,8 +155,6 @@ def read_results(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-TABLE_COLUMNS = tuple(m.name for m in METRICS if m.table)
-COLUMN_LABELS = {m.name: m.label for m in METRICS}
 COLUMN_FORMATS = {m.name: m.fmt for m in METRICS}
 
 
@@ -169,7 +167,7 @@ def results_table(results: dict[str, Any]) -> Any:
     table = Table(title=f"{results['suite']} ({results['config_hash'][:8]})", box=box.SIMPLE_HEAD)
     table.add_column("variant", no_wrap=True)
     for col in TABLE_COLUMNS:
-        table.add_column(COLUMN_LABELS[col], justify="right", no_wrap=True)
+        table.add_column(LABELS[col], justify="right", no_wrap=True)
     for v in results["variants"]:
         cells = []
         for col in TABLE_COLUMNS:

@@ -9,12 +9,11 @@ import io
 import math
 from typing import Any
 
-from bench.metrics import METRICS, of_kind, scored
+from bench.metrics import LABELS, METRICS, TABLE_COLUMNS, of_kind, scored
 
 # Table columns, in order, labels and directions: the metric registry (bench.metrics); a run's metric specs may
 # restate directions.
-COLUMNS = tuple(m.name for m in METRICS if m.table)
-LABELS = {m.name: m.label for m in METRICS}
+COLUMNS = TABLE_COLUMNS
 # Instruments, not contestants: shown, never marked best (the evaluator's ceiling is the same model's score on real
 # images).
 UNRANKED = frozenset(of_kind("instrument"))
