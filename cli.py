@@ -138,8 +138,8 @@ def gen_sample(
     """Generate one image per real training mask (optionally CRFM-guided) into a LoveDA-layout dataset."""
     from todsynth.data.loveda import list_samples
     from todsynth.models.generator import load_generator
+    from todsynth.sample.config import rectified_step_problem
     from todsynth.sample.crfm import STEP_SCHEMES, CRFMConfig
-    from todsynth.sample.rules import rectified_step_problem
     from todsynth.sample.sampler import SamplerConfig
     from todsynth.sample.speed import prepare_sampling_run
     from todsynth.sample.synthesize import synthesize

@@ -26,7 +26,7 @@ from bench.cache import CODE_VERSION, CachedStage, StageCache, stage_hash
 from bench.graph import Node, build_graph, node_key, select_forced
 from bench.provenance import git_commit, now_iso, package_versions
 from bench.results import collect_results, results_path, strict_json, write_results
-from bench.schema import CRFMOverride, ResolvedVariant, SamplingOverride, Suite, Variant, check_runnable
+from bench.schema import CRFM, ResolvedVariant, Sampling, Suite, Variant, check_runnable
 from bench.suites import SuiteError, config_hash, resolved_dict, resolved_yaml
 from todsynth.errors import StageError, TodsynthError
 
@@ -289,9 +289,8 @@ def variant_graph(suite: Suite, variant: ResolvedVariant, stages: tuple[str, ...
     if variant.kind == "baseline":
         declared = Variant(name=variant.name, kind="baseline")
     else:
-        declared = Variant(name=variant.name, kind="synthetic",
-                           sampling=SamplingOverride(**variant.sampling.model_dump()),
-                           crfm=CRFMOverride(**variant.crfm.model_dump()))
+        declared = Variant(name=variant.name, kind="synthetic", sampling=Sampling.values_of(variant.sampling),
+                           crfm=CRFM.values_of(variant.crfm))
     nodes = build_graph(suite.model_copy(update={"variants": [declared], "matrix": None}))
     wanted = {node_key(stage, variant.name, seed) for stage in stages for seed in suite.seeds}
     by_key = {n.key: n for n in nodes}

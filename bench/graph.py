@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from bench.schema import ResolvedVariant, Segmenter, Suite, resolve_variants
+from bench.schema import CRFM, ResolvedVariant, Sampling, Segmenter, Suite, resolve_variants
 
 STAGE_ORDER = (
     "data", "prompts", "autoencoder", "generator", "judge", "evaluator", "real_features",
@@ -96,9 +96,9 @@ def n_synthetic(ratio: float, n_masks: int) -> int:
 
 def synthesis_spec(suite: Suite, v: ResolvedVariant, seed: int) -> dict[str, Any]:
     """The hashed spec of ``synthesize[v,seed]``; CRFM settings drop out when ``rectified_step == 0``."""
-    crfm = v.crfm.model_dump(mode="json") if v.crfm.rectified_step > 0 else None
+    crfm = CRFM.values_of(v.crfm) if v.crfm.enabled else None
     return _with_subset({
-        "sampling": v.sampling.model_dump(mode="json"),
+        "sampling": Sampling.values_of(v.sampling),
         "crfm": crfm,
         "seed": seed,
         "limit": suite.dataset.limit,
@@ -169,7 +169,7 @@ def build_graph(suite: Suite) -> list[Node]:
             if v.kind == "synthetic":
                 syn = node_key("synthesize", v.name, seed)
                 syn_deps = {"data": "data", "prompts": "prompts", "generator": generator}
-                if v.crfm.rectified_step > 0:
+                if v.crfm.enabled:
                     syn_deps["judge"] = judge
                 nodes.append(Node(syn, "synthesize", synthesis_spec(suite, v, seed), syn_deps, v.name, seed,
                                   launcher("synthesize"), v.subset))

@@ -35,7 +35,7 @@ from bench.cache import CachedStage
 from bench.graph import node_key
 from bench.metrics import LABELS, METRICS, TABLE_COLUMNS, finite_number, produced_by
 from bench.provenance import provenance
-from bench.schema import ResolvedVariant, Suite, resolve_variants
+from bench.schema import CRFM, ResolvedVariant, Sampling, Suite, resolve_variants
 
 # results.json's keys per stage: the registry's metrics of that stage plus the non-numeric companions
 DOWNSTREAM_KEYS = (*produced_by("downstream"), "per_class_iou")
@@ -88,7 +88,7 @@ def variant_params(suite: Suite, v: ResolvedVariant) -> dict[str, Any]:
     labelled subset (with ``dataset.subsets``). results.json, the MLflow variant runs and tuning trials use it."""
     params: dict[str, Any] = {}
     if v.kind == "synthetic":
-        params |= {"sampling": v.sampling.model_dump(mode="json"), "crfm": v.crfm.model_dump(mode="json"),
+        params |= {"sampling": Sampling.values_of(v.sampling), "crfm": CRFM.values_of(v.crfm),
                    "ratio": suite.downstream.ratio}
     if v.subset is not None:
         params["subset"] = {"n": v.subset, "seed": suite.dataset.subset_seed}

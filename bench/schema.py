@@ -9,10 +9,14 @@ names, judge == evaluator); :func:`check_runnable` adds the checks that need the
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -22,19 +26,21 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    ValidationInfo,
+    create_model,
+    field_serializer,
     field_validator,
     model_validator,
 )
 
 from bench.metrics import needs_downstream, scored
-from todsynth.sample.rules import rectified_step_problem
+from todsynth.sample.config import CRFMConfig, SamplerConfig, rectified_step_problem
 
 # Closed vocabularies (kept in step with todsynth.models.presets.PRESETS and todsynth.seg.models.SEG_MODELS;
 # tests/test_bench_schema.py checks that every name here exists there).
 PresetName = Literal["tiny", "sd3.5-medium"]
 SegModelName = Literal["fcn-tiny", "dcnn", "fcn-r18", "deeplabv3plus-r18", "pspnet-r50", "deeplabv3plus-r50"]
 Domain = Literal["Urban", "Rural"]
-StepScheme = Literal["C", "LI", "LD", "cosine"]  # todsynth.sample.crfm.STEP_SCHEMES
 
 ENV_LOVEDA_ROOT = "TODSYNTH_LOVEDA_ROOT"
 ENV_SD3_DIR = "TODSYNTH_SD3_DIR"
@@ -229,52 +235,65 @@ class Downstream(Strict):
     freemask: FreeMask = FreeMask()
 
 
-class Sampling(Strict):
-    """Euler flow sampler; ``shift`` None = the preset's scheduler shift; guidance 1.0 = no CFG."""
+class ConfigSection(Strict):
+    """A suite section generated from a library config dataclass (:func:`config_section`).
 
-    num_inference_steps: PositiveInt = 28
-    shift: PositiveFloat | None = None
-    guidance_scale: float = Field(1.0, ge=1.0)
-    batch_size: PositiveInt = 4
+    As a suite default it holds every field; as a variant's override it is a partial mapping: only the keys
+    the YAML gives are set (pydantic's ``model_fields_set`` is the explicit "unset" marker, so ``null`` is a
+    value, e.g. ``clamp: null`` turns clamping off), and :meth:`apply` lays them over a config with
+    :func:`dataclasses.replace`.
+    """
 
+    config_class: ClassVar[type[Any]]
 
-class CRFM(Strict):
-    """Control-rectify flow matching defaults; ``rectified_step: 0`` is plain sampling."""
+    def to_config(self) -> Any:
+        """The library config with every field of this section (the rest at the library's defaults)."""
+        return self.config_class(**{k: getattr(self, k) for k in type(self).model_fields})
 
-    rectified_step: NonNegativeInt = 0
-    num_rectified: PositiveInt = 1
-    max_step_size: NonNegativeFloat = 0.1
-    step_scheme: StepScheme = "LD"
-    l2_norm: bool = False
-    shrink: bool = False
-    clamp: PositiveFloat | None = 1.0
-    error_only: bool = True
-    skip_below_error: float | None = Field(None, ge=0.0, le=1.0)
-    judge_size: PositiveInt | None = None
+    def overrides(self) -> dict[str, Any]:
+        """The keys given, in field order: ``{"rectified_step": 0}`` for ``crfm: {rectified_step: 0}``."""
+        return {k: getattr(self, k) for k in type(self).model_fields if k in self.model_fields_set}
 
+    def apply(self, config: Any) -> Any:
+        """``config`` with the keys given here replaced."""
+        return dataclasses.replace(config, **self.overrides())
 
-class SamplingOverride(Strict):
-    """Per-variant sampling overrides (None = suite default)."""
-
-    num_inference_steps: PositiveInt | None = None
-    shift: PositiveFloat | None = None
-    guidance_scale: float | None = Field(None, ge=1.0)
-    batch_size: PositiveInt | None = None
+    @classmethod
+    def values_of(cls, config: Any) -> dict[str, Any]:
+        """A config's values of this section's fields, in field order (what is hashed, logged and reported)."""
+        return {k: getattr(config, k) for k in cls.model_fields}
 
 
-class CRFMOverride(Strict):
-    """Per-variant CRFM overrides (None = suite default)."""
+def config_section(name: str, config: type[Any], exclude: tuple[str, ...], doc: str) -> type[ConfigSection]:
+    """The suite section ``name`` (the module attribute it is bound to, so it pickles) of a library config:
+    its dataclass fields (types, defaults) minus ``exclude``.
 
-    rectified_step: NonNegativeInt | None = None
-    num_rectified: PositiveInt | None = None
-    max_step_size: NonNegativeFloat | None = None
-    step_scheme: StepScheme | None = None
-    l2_norm: bool | None = None
-    shrink: bool | None = None
-    clamp: PositiveFloat | None = None
-    error_only: bool | None = None
-    skip_below_error: float | None = Field(None, ge=0.0, le=1.0)
-    judge_size: PositiveInt | None = None
+    Each given value is checked by the config's own ``field_problem`` and reported under its key
+    (``variants[1].crfm.rectified_step: must be an int >= 0, got -1``): the rules are written once, there.
+    """
+    hints = typing.get_type_hints(config)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(config) if f.name not in exclude}
+
+    def check(cls: type, value: Any, info: ValidationInfo) -> Any:
+        if why := config.field_problem(info.field_name, value):
+            raise ValueError(why)
+        return value
+
+    model = create_model(  # type: ignore[call-overload]
+        name, __base__=ConfigSection, __doc__=doc, __module__=__name__,
+        __validators__={"field_rules": field_validator(*fields)(check)}, **fields)
+    model.config_class = config
+    return model
+
+
+# Which fields of the library configs a suite sets. Left out: the sampler's precision (a device setting, see
+# resources), CRFM's ignore_index (the dataset's label, 255 for LoveDA), micro_batch and return_x0 (memory and
+# debugging knobs that change no image).
+Sampling = config_section("Sampling", SamplerConfig, exclude=("precision",), doc=(
+    "Euler flow sampler (todsynth.sample.config.SamplerConfig); ``shift`` None = the preset's scheduler shift; "
+    "guidance 1.0 = no CFG."))
+CRFM = config_section("CRFM", CRFMConfig, exclude=("ignore_index", "micro_batch", "return_x0"), doc=(
+    "Control-rectify flow matching (todsynth.sample.config.CRFMConfig); ``rectified_step: 0`` is plain sampling."))
 
 
 class Variant(Strict):
@@ -282,8 +301,13 @@ class Variant(Strict):
 
     name: str = Field(pattern=NAME_PATTERN, max_length=80)
     kind: Literal["baseline", "synthetic"] = "synthetic"
-    sampling: SamplingOverride = SamplingOverride()
-    crfm: CRFMOverride = CRFMOverride()
+    sampling: Sampling = Sampling()  # type: ignore[valid-type]  # partial: only the keys given override
+    crfm: CRFM = CRFM()  # type: ignore[valid-type]
+
+    @field_serializer("sampling", "crfm")
+    def _given(self, section: ConfigSection) -> dict[str, Any]:
+        """Dump an override as the keys given (the resolved suite and its hash show what the YAML said)."""
+        return section.overrides()
 
 
 class Matrix(Strict):
@@ -304,7 +328,7 @@ class Matrix(Strict):
             raise ValueError("needs at least one axis, e.g. {crfm.rectified_step: [0, 2, 4]}")
         for key, values in v.items():
             section, _, field = key.partition(".")
-            model = {"crfm": CRFMOverride, "sampling": SamplingOverride}.get(section)
+            model = {"crfm": CRFM, "sampling": Sampling}.get(section)
             if model is None or field not in model.model_fields:
                 raise ValueError(f"axis {key!r} is not crfm.<field> or sampling.<field>")
             if not values:
@@ -512,7 +536,7 @@ class Tune(Strict):
             raise ValueError("needs at least one dimension")
         for key in v:
             section, _, field = key.partition(".")
-            model = {"crfm": CRFMOverride, "sampling": SamplingOverride}.get(section)
+            model = {"crfm": CRFM, "sampling": Sampling}.get(section)
             if model is None or field not in model.model_fields:
                 raise ValueError(f"search dimension {key!r} is not crfm.<field> or sampling.<field>")
         return v
@@ -552,8 +576,8 @@ class Suite(Strict):
     judge: Segmenter = Segmenter()
     evaluator: Segmenter = Segmenter(model="deeplabv3plus-r18", seed=1)
     downstream: Downstream = Downstream()
-    sampling: Sampling = Sampling()
-    crfm: CRFM = CRFM()
+    sampling: Sampling = Sampling()  # type: ignore[valid-type]
+    crfm: CRFM = CRFM()  # type: ignore[valid-type]
     variants: list[Variant] = []
     matrix: Matrix | None = None
     metrics: list[MetricSpec] = [MetricSpec(name=n) for n in KNOWN_METRICS]
@@ -602,15 +626,14 @@ def absolute_uri(uri: str) -> str:
     return uri if "://" in uri else str(Path(uri).absolute())
 
 
-class ResolvedVariant(BaseModel):
-    """A variant merged with the suite's sampling/crfm defaults (matrix rows included)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+@dataclass(frozen=True)
+class ResolvedVariant:
+    """A variant: the suite's sampling/crfm defaults with its overrides applied, as the library's configs."""
 
     name: str
     kind: Literal["baseline", "synthetic"]
-    sampling: Sampling
-    crfm: CRFM
+    sampling: SamplerConfig
+    crfm: CRFMConfig
     origin: str  # key path of its declaration, for error messages
     subset: int | None = None  # labelled-subset size n (dataset.subsets), None = the whole training split
 
@@ -630,19 +653,12 @@ def _abbr(field: str) -> str:
     return "".join(part[0] for part in field.split("_") if part)
 
 
-def _merge(base: BaseModel, override: BaseModel) -> dict[str, Any]:
-    """Defaults with every non-None override applied (None never overrides; False does)."""
-    merged = base.model_dump()
-    merged.update({k: v for k, v in override.model_dump().items() if v is not None})
-    return merged
-
-
 def expand_matrix(matrix: Matrix) -> list[tuple[str, Variant]]:
     """Matrix -> ``(origin, Variant)`` per combination, in axis order (cartesian product)."""
     keys = list(matrix.axes)
     out: list[tuple[str, Variant]] = []
     for i, combo in enumerate(itertools.product(*(matrix.axes[k] for k in keys))):
-        data = matrix.base.model_dump(exclude_none=True)
+        data = matrix.base.model_dump(exclude_unset=True)  # the base's given keys; the axes add theirs
         parts = [matrix.base.name]
         for key, value in zip(keys, combo, strict=True):
             section, _, field = key.partition(".")
@@ -653,16 +669,22 @@ def expand_matrix(matrix: Matrix) -> list[tuple[str, Variant]]:
         try:
             out.append((origin, Variant.model_validate(data)))
         except Exception as exc:  # pydantic ValidationError: re-raise with the matrix key path
-            raise ValueError(f"{origin}: {_first_error(exc)}") from None
+            raise ValueError(f"{origin}: {first_error(exc)}") from None
     return out
 
 
-def _first_error(exc: Exception) -> str:
+def describe_error(e: Mapping[str, Any]) -> str:
+    """One pydantic error as ``key.path: message (got value)``; the value is left out where the message has it."""
+    msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+    got = e.get("input")
+    quiet = e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) or ", got " in msg
+    return f"{format_loc(e['loc'])}: {msg}" + ("" if quiet else f" (got {got!r})")
+
+
+def first_error(exc: Exception) -> str:
+    """A pydantic error's first problem (:func:`describe_error`); other errors as their text."""
     errors = getattr(exc, "errors", None)
-    if callable(errors):
-        e = errors()[0]
-        return f"{format_loc(e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-    return str(exc)
+    return describe_error(errors()[0]) if callable(errors) else str(exc)
 
 
 def format_loc(loc: tuple[Any, ...]) -> str:
@@ -689,15 +711,15 @@ def resolve_variants(suite: Suite, per_subset: bool = True) -> list[ResolvedVari
         ResolvedVariant(
             name=v.name,
             kind=v.kind,
-            sampling=Sampling(**_merge(suite.sampling, v.sampling)),
-            crfm=CRFM(**_merge(suite.crfm, v.crfm)),
+            sampling=v.sampling.apply(suite.sampling.to_config()),
+            crfm=v.crfm.apply(suite.crfm.to_config()),
             origin=origin,
         )
         for origin, v in declared
     ]
     if not per_subset or suite.dataset.subsets is None:
         return resolved
-    return [v.model_copy(update={"name": subset_name(v.name, n), "origin": f"{v.origin}@n{n}", "subset": n})
+    return [dataclasses.replace(v, name=subset_name(v.name, n), origin=f"{v.origin}@n{n}", subset=n)
             for n in suite.dataset.subsets for v in resolved]
 
 
@@ -726,7 +748,7 @@ def check_suite(suite: Suite) -> list[str]:
     for origin in baselines[1:]:
         problems.append(f"{origin}: a second baseline variant (real-only training is one row; remove it)")
     for i, v in enumerate(suite.variants):
-        if v.kind == "baseline" and (v.sampling.model_dump(exclude_none=True) or v.crfm.model_dump(exclude_none=True)):
+        if v.kind == "baseline" and (v.sampling.overrides() or v.crfm.overrides()):
             problems.append(f"variants[{i}]: a baseline variant takes no sampling/crfm settings")
     same_ckpt = suite.judge.checkpoint is not None and suite.judge.checkpoint == suite.evaluator.checkpoint
     same_train = (
@@ -780,12 +802,12 @@ def _tune_problems(tune: Tune, variants: list[ResolvedVariant], suite: Suite) ->
             base_steps = base.sampling.num_inference_steps
     for key, dim in tune.search_space.items():
         section, _, field = key.partition(".")
-        model = {"crfm": CRFMOverride, "sampling": SamplingOverride}[section]
+        model = {"crfm": CRFM, "sampling": Sampling}[section]
         for value in dim.probe_values():
             try:
                 model.model_validate({field: value})
             except Exception as exc:  # pydantic ValidationError
-                problems.append(f"tune.search_space.{key}: value {value!r} is not a valid {key} ({_first_error(exc)})")
+                problems.append(f"tune.search_space.{key}: value {value!r} is not a valid {key} ({first_error(exc)})")
                 break
         if tune.sampler == "grid" and dim.type == "float" and dim.step is None:
             problems.append(f"tune.search_space.{key}: the grid sampler needs a step (or type: categorical)")

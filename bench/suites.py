@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from bench.schema import Suite, check_suite, format_loc
+from bench.schema import Suite, check_suite, describe_error
 from todsynth.errors import ConfigError
 
 BUILTIN_PACKAGE = "bench.suites_builtin"
@@ -124,15 +124,7 @@ def validate_data(data: dict[str, Any], source: str) -> Suite:
     try:
         suite = Suite.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for e in exc.errors():
-            msg = e["msg"].removeprefix("Value error, ")
-            if e["type"] == "extra_forbidden":
-                msg = "unknown key"
-            got = e.get("input")
-            shown = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
-            problems.append(f"{format_loc(e['loc'])}: {msg}{shown}")
-        raise SuiteError(source, problems) from None
+        raise SuiteError(source, [describe_error(e) for e in exc.errors()]) from None
     problems = check_suite(suite)
     if problems:
         raise SuiteError(source, problems)

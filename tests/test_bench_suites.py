@@ -82,9 +82,9 @@ def test_loveda_protocol(monkeypatch, tmp_path):
     [
         ({"name": "x", "bogus": 1}, "bogus: unknown key"),
         ({"name": "x", "sampling": {"num_inference_steps": "many"}}, "sampling.num_inference_steps: Input should be a valid integer"),
-        ({"name": "x", "sampling": {"num_inference_steps": -2}}, "sampling.num_inference_steps: Input should be greater than 0"),
-        ({"name": "x", "sampling": {"num_inference_steps": 0}}, "sampling.num_inference_steps: Input should be greater than 0"),
-        ({"name": "x", "variants": [{"name": "a", "crfm": {"rectified_step": -1}}]}, "variants[0].crfm.rectified_step: Input should be greater than or equal to 0"),
+        ({"name": "x", "sampling": {"num_inference_steps": -2}}, "sampling.num_inference_steps: must be an int >= 1, got -2"),
+        ({"name": "x", "sampling": {"num_inference_steps": 0}}, "sampling.num_inference_steps: must be an int >= 1, got 0"),
+        ({"name": "x", "variants": [{"name": "a", "crfm": {"rectified_step": -1}}]}, "variants[0].crfm.rectified_step: must be an int >= 0, got -1"),
         ({"name": "x", "generator": {"preset": "huge"}}, "generator.preset: Input should be 'tiny' or 'sd3.5-medium'"),
         ({"name": "x", "judge": {"model": "unet"}}, "judge.model: Input should be"),
         ({"name": "x", "crfm": {"step_scheme": "XX"}}, "crfm.step_scheme: Input should be"),
@@ -207,14 +207,12 @@ def test_vocabularies_match_the_library():
     """Schema literals name presets / models / schemes the library actually has."""
     from typing import get_args
 
-    from bench.schema import PresetName, SegModelName, StepScheme
+    from bench.schema import PresetName, SegModelName
     from todsynth.models.presets import PRESETS
-    from todsynth.sample.crfm import STEP_SCHEMES
     from todsynth.seg.models import SEG_MODELS
 
     assert set(get_args(PresetName)) <= set(PRESETS)
     assert set(get_args(SegModelName)) <= set(SEG_MODELS)
-    assert set(get_args(StepScheme)) == set(STEP_SCHEMES)
 
 
 def test_generator_train_fields_are_trainconfig_fields():
@@ -230,3 +228,43 @@ def test_preset_overrides_checked_against_the_preset():
     problems = _problems({"name": "x", "variants": [{"name": "a"}], "generator": {"overrides": {"imagesize": 32}}})
     assert len(problems) == 1 and problems[0].startswith("generator.overrides: ") and "imagesize" in problems[0]
     assert validate_data({"name": "x", "variants": [{"name": "a"}], "generator": {"overrides": {"image_size": 32}}}, "s")
+
+
+def test_sampling_and_crfm_sections_are_the_library_configs():
+    """The suite's sampling:/crfm: fields, types and defaults come from SamplerConfig/CRFMConfig (declared once)."""
+    import dataclasses
+
+    from bench.schema import CRFM, Sampling
+    from todsynth.sample.config import CRFMConfig, SamplerConfig
+
+    for section, config, left_out in ((Sampling, SamplerConfig, {"precision"}),
+                                      (CRFM, CRFMConfig, {"ignore_index", "micro_batch", "return_x0"})):
+        declared = [f for f in dataclasses.fields(config) if f.name not in left_out]
+        assert list(section.model_fields) == [f.name for f in declared]
+        assert {k: v.default for k, v in section.model_fields.items()} == {f.name: f.default for f in declared}
+        assert section().to_config() == config()
+    # the config's own rule is the schema's (one message, under the key)
+    with pytest.raises(ValueError, match="CRFMConfig.skip_below_error must be in"):
+        CRFMConfig(skip_below_error=2.0)
+    assert _problems({"name": "x", "crfm": {"skip_below_error": 2.0}}) == [
+        "crfm.skip_below_error: must be in [0, 1] or None, got 2.0"]
+
+
+def test_variant_override_is_a_partial_mapping_where_null_is_a_value():
+    """A key left out keeps the suite default; `null` is a value (clamp: null turns clamping off)."""
+    base = {"name": "x", "crfm": {"rectified_step": 2, "clamp": 0.5}, "sampling": {"num_inference_steps": 4}}
+    suite = validate_data({**base, "variants": [
+        {"name": "keep"}, {"name": "off", "crfm": {"clamp": None}}, {"name": "rs0", "crfm": {"rectified_step": 0}}]}, "s")
+    v = {r.name: r for r in resolve_variants(suite)}
+    assert (v["keep"].crfm.clamp, v["keep"].crfm.rectified_step) == (0.5, 2)
+    assert (v["off"].crfm.clamp, v["off"].crfm.rectified_step) == (None, 2)
+    assert (v["rs0"].crfm.clamp, v["rs0"].crfm.rectified_step) == (0.5, 0)
+    assert suite.variants[1].crfm.overrides() == {"clamp": None} and suite.variants[0].crfm.overrides() == {}
+    # a matrix row keeps the same rule: the base's given keys, then the axis
+    mat = validate_data({**base, "variants": [], "matrix": {
+        "base": {"name": "m", "crfm": {"clamp": None}}, "axes": {"crfm.rectified_step": [0, 1]}}}, "s")
+    assert [(r.name, r.crfm.clamp, r.crfm.rectified_step) for r in resolve_variants(mat)] == [
+        ("m-rs0", None, 0), ("m-rs1", None, 1)]
+    # a baseline takes no settings, not even a null one
+    assert _problems({**base, "variants": [{"name": "b", "kind": "baseline", "crfm": {"clamp": None}}]}) == [
+        "variants[0]: a baseline variant takes no sampling/crfm settings"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from todsynth.errors import ConfigError
-from todsynth.sample.rules import rectified_step_problem
+from todsynth.sample.config import rectified_step_problem
 
 SCHEMA = "todsynth.perf/1"
 PERF_PRESETS: tuple[str, ...] = ("tiny", "sd3.5-medium")

@@ -11,9 +11,18 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from bench.metrics import needs_downstream
-from bench.schema import CRFM, ResolvedVariant, Sampling, SearchDim, Suite, Tune, resolve_variants
+from bench.schema import (
+    CRFM,
+    ResolvedVariant,
+    Sampling,
+    SearchDim,
+    Suite,
+    Tune,
+    first_error,
+    resolve_variants,
+)
 from todsynth.errors import ConfigError, StageError
-from todsynth.sample.rules import rectified_step_problem
+from todsynth.sample.config import rectified_step_problem
 
 
 def tune_spec(suite: Suite) -> Tune:
@@ -31,8 +40,8 @@ def base_variant(suite: Suite) -> ResolvedVariant:
             if v.name == tune.base_variant:
                 return v
         raise ConfigError(f"tune.base_variant: {tune.base_variant!r} is not a variant of suite {suite.name!r}")
-    return ResolvedVariant(name="tune-base", kind="synthetic", sampling=suite.sampling, crfm=suite.crfm,
-                           origin="suite defaults")
+    return ResolvedVariant(name="tune-base", kind="synthetic", sampling=suite.sampling.to_config(),
+                           crfm=suite.crfm.to_config(), origin="suite defaults")
 
 
 def distributions(tune: Tune) -> dict[str, Any]:
@@ -121,12 +130,16 @@ def suggest(trial: Any, tune: Tune) -> dict[str, Any]:
 def trial_variant(suite: Suite, params: Mapping[str, Any], name: str) -> ResolvedVariant:
     """The base variant with ``params`` (``crfm.<field>``/``sampling.<field>``) applied, validated."""
     base = base_variant(suite)
-    sampling, crfm = base.sampling.model_dump(), base.crfm.model_dump()
+    given: dict[str, dict[str, Any]] = {"sampling": {}, "crfm": {}}
     for key, value in params.items():
         section, _, fname = key.partition(".")
-        (sampling if section == "sampling" else crfm)[fname] = value
-    variant = ResolvedVariant(name=name, kind="synthetic", sampling=Sampling(**sampling), crfm=CRFM(**crfm),
-                              origin=f"tune {name}")
+        given[section][fname] = value
+    try:  # the trial's values, checked like a variant's override, laid over the base variant's configs
+        sampling, crfm = Sampling.model_validate(given["sampling"]), CRFM.model_validate(given["crfm"])
+    except ValueError as exc:  # pydantic's ValidationError
+        raise ConfigError(f"{name}: {first_error(exc)}") from None
+    variant = ResolvedVariant(name=name, kind="synthetic", sampling=sampling.apply(base.sampling),
+                              crfm=crfm.apply(base.crfm), origin=f"tune {name}")
     why = rectified_step_problem(variant.crfm.rectified_step, variant.sampling.num_inference_steps,
                                  "sampling.num_inference_steps")
     if why:

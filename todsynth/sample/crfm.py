@@ -19,88 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from todsynth.sample.rules import is_int, rectified_step_problem
-
-StepScheme = Literal["C", "LI", "LD", "cosine"]
-STEP_SCHEMES: tuple[str, ...] = get_args(StepScheme)
-
-
-@dataclass(frozen=True)
-class CRFMConfig:
-    """Every CRFM knob. Defaults are the paper's/release's; ``rectified_step=0`` switches CRFM off.
-
-    Args:
-        rectified_step: number of leading sampling steps that are rectified (0 = off).
-        num_rectified: corrections per rectified step (release: 1).
-        max_step_size: ``alpha_max`` of the step-size schedule (release: 0.1).
-        step_scheme: "C" constant, "LI" linear increasing, "LD" linear decreasing (default), "cosine".
-        l2_norm: divide each sample's gradient by its L2 norm.
-        shrink: the release's ``is_synth`` option, ``v *= (1 - alpha)`` before the gradient step.
-        clamp: clamp the corrected velocity to ``[-clamp, clamp]`` (None disables).
-        error_only: count the CE only on pixels the judge gets wrong (argmax != target).
-        ignore_index: target label excluded from the loss.
-        skip_below_error: beyond the paper; leave a sample's velocity untouched when the fraction of valid
-            pixels its judge gets wrong is already below this value (None disables).
-        judge_size: beyond the paper; run the judge at this square size (decoded image resized bilinearly
-            with antialiasing, target nearest) to make the correction cheaper (None = full size).
-        micro_batch: memory knob, results unchanged: decode + judge + backward this many samples at a time
-            (bounds the VAE decoder's autograd memory, the CRFM peak at 512 px; None = the whole batch).
-        return_x0: keep the intermediate clean-latent estimates ``x0_hat`` of every step.
-    """
-
-    rectified_step: int = 0
-    num_rectified: int = 1
-    max_step_size: float = 0.1
-    step_scheme: StepScheme = "LD"
-    l2_norm: bool = False
-    shrink: bool = False
-    clamp: float | None = 1.0
-    error_only: bool = True
-    ignore_index: int = 255
-    skip_below_error: float | None = None
-    judge_size: int | None = None
-    micro_batch: int | None = None
-    return_x0: bool = False
-
-    def __post_init__(self) -> None:
-        if not is_int(self.rectified_step) or self.rectified_step < 0:
-            raise ValueError(f"CRFMConfig.rectified_step must be an int >= 0, got {self.rectified_step!r}")
-        if not is_int(self.num_rectified) or self.num_rectified < 1:
-            raise ValueError(f"CRFMConfig.num_rectified must be an int >= 1, got {self.num_rectified!r}")
-        if not isinstance(self.max_step_size, int | float) or isinstance(self.max_step_size, bool) or not (
-            math.isfinite(self.max_step_size) and self.max_step_size >= 0
-        ):
-            raise ValueError(f"CRFMConfig.max_step_size must be a finite number >= 0, got {self.max_step_size!r}")
-        if self.step_scheme not in STEP_SCHEMES:
-            raise ValueError(f"CRFMConfig.step_scheme must be one of {STEP_SCHEMES}, got {self.step_scheme!r}")
-        for name in ("l2_norm", "shrink", "error_only", "return_x0"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"CRFMConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        if self.clamp is not None and not (isinstance(self.clamp, int | float) and self.clamp > 0):
-            raise ValueError(f"CRFMConfig.clamp must be > 0 or None, got {self.clamp!r}")
-        if not is_int(self.ignore_index):
-            raise ValueError(f"CRFMConfig.ignore_index must be an int, got {self.ignore_index!r}")
-        if self.skip_below_error is not None and not (0.0 <= self.skip_below_error <= 1.0):
-            raise ValueError(f"CRFMConfig.skip_below_error must be in [0, 1] or None, got {self.skip_below_error!r}")
-        if self.judge_size is not None and not (is_int(self.judge_size) and self.judge_size >= 1):
-            raise ValueError(f"CRFMConfig.judge_size must be an int >= 1 or None, got {self.judge_size!r}")
-        if self.micro_batch is not None and not (is_int(self.micro_batch) and self.micro_batch >= 1):
-            raise ValueError(f"CRFMConfig.micro_batch must be an int >= 1 or None, got {self.micro_batch!r}")
-
-    @property
-    def enabled(self) -> bool:
-        """True when at least one step is rectified."""
-        return self.rectified_step > 0
-
-    def step_sizes(self, num_inference_steps: int) -> list[float]:
-        """This config's ``alpha_i`` for ``i < rectified_step`` (see :func:`step_sizes`)."""
-        return step_sizes(self.step_scheme, self.max_step_size, num_inference_steps, self.rectified_step)
+from todsynth.sample.config import STEP_SCHEMES, CRFMConfig, rectified_step_problem
 
 
 def step_sizes(scheme: str, max_step_size: float, num_inference_steps: int, rectified_step: int) -> list[float]:

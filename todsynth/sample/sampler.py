@@ -10,54 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from todsynth.sample.crfm import CRFMConfig, rectify
+from todsynth.sample.config import SamplerConfig, rectified_step_problem
+from todsynth.sample.crfm import CRFMConfig, rectify, step_sizes
 from todsynth.sample.euler import euler_step, flow_sigmas, timesteps_from_sigmas
 from todsynth.sample.observer import SamplingObserver, Unobserved
-from todsynth.sample.rules import rectified_step_problem
-
-Precision = Literal["fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    """Sampling settings.
-
-    Args:
-        num_inference_steps: Euler steps (release: 28 plain, 23 with CRFM).
-        shift: timestep shift; None uses the generator's (SD3: 3.0).
-        guidance_scale: classifier-free guidance; 1.0 = off (the release's setting). Above 1 the
-            unconditional branch keeps the mask and swaps the prompt for the empty-prompt embedding.
-        batch_size: samples per transformer call; results do not depend on it.
-        precision: "fp32", or "bf16": transformer, VAE and judge run under ``torch.autocast(bfloat16)`` on the
-            generator's device (the GPU setting; with bf16 weights, see ``todsynth.sample.speed``); the Euler
-            update and the CRFM arithmetic stay float32.
-    """
-
-    num_inference_steps: int = 28
-    shift: float | None = None
-    guidance_scale: float = 1.0
-    batch_size: int = 4
-    precision: Precision = "fp32"
-
-    def __post_init__(self) -> None:
-        n = self.num_inference_steps
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"SamplerConfig.num_inference_steps must be an int >= 1, got {n!r}")
-        if self.shift is not None and not self.shift > 0:
-            raise ValueError(f"SamplerConfig.shift must be > 0 or None, got {self.shift!r}")
-        if not self.guidance_scale >= 1.0:
-            raise ValueError(f"SamplerConfig.guidance_scale must be >= 1.0 (1.0 = CFG off), got {self.guidance_scale!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"SamplerConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
-        b = self.batch_size
-        if not isinstance(b, int) or isinstance(b, bool) or b < 1:
-            raise ValueError(f"SamplerConfig.batch_size must be an int >= 1, got {b!r}")
 
 
 @dataclass
@@ -214,7 +175,7 @@ def _sample_batch(
     crfm_decode = observer.traced("vae_decode", decode)
     crfm_judge = observer.traced("judge", judge) if judge is not None else None
     timesteps, sigmas = _schedule(generator, cfg, device)
-    alphas = crfm.step_sizes(cfg.num_inference_steps)
+    alphas = step_sizes(crfm.step_scheme, crfm.max_step_size, cfg.num_inference_steps, crfm.rectified_step)
     x0s: list[Tensor] = []
     losses: list[Tensor] = []
     errors: list[Tensor] = []
