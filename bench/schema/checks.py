@@ -1,0 +1,184 @@
+"""Checks over a whole suite: :func:`check_suite` (cross-field, ``bench validate``) and :func:`check_runnable`
+(local files that must exist, ``bench run``)."""
+
+from __future__ import annotations
+
+from bench.metrics import needs_downstream
+from bench.schema.base import ENV_INCEPTION, ENV_LOVEDA_ROOT, ENV_SD3_DIR, first_error
+from bench.schema.sections import GeneratorSpec, Segmenter
+from bench.schema.suite import Suite, resolve_variants
+from bench.schema.tuning import Tune
+from bench.schema.variants import CRFM, ResolvedVariant, Sampling
+from todsynth.sample.config import rectified_step_problem
+
+
+def check_suite(suite: Suite) -> list[str]:
+    """Cross-field problems, each prefixed with its key path; empty when the suite is consistent."""
+    problems: list[str] = []
+    try:
+        variants = resolve_variants(suite, per_subset=False)
+    except ValueError as exc:
+        return [str(exc)]
+    if not variants:
+        problems.append("variants: the suite declares no variant (add `variants:` or `matrix:`)")
+    seen: dict[str, str] = {}
+    baselines = []
+    for v in variants:
+        if v.name in seen:
+            problems.append(f"{v.origin}.name: duplicate variant name {v.name!r} (first at {seen[v.name]})")
+        seen.setdefault(v.name, v.origin)
+        if v.kind == "baseline":
+            baselines.append(v.origin)
+            continue
+        why = rectified_step_problem(v.crfm.rectified_step, v.sampling.num_inference_steps,
+                                     "sampling.num_inference_steps")
+        if why:
+            problems.append(f"{v.origin}.crfm.rectified_step: {why}")
+    for origin in baselines[1:]:
+        problems.append(f"{origin}: a second baseline variant (real-only training is one row; remove it)")
+    for i, v in enumerate(suite.variants):
+        if v.kind == "baseline" and (v.sampling.overrides() or v.crfm.overrides()):
+            problems.append(f"variants[{i}]: a baseline variant takes no sampling/crfm settings")
+    same_ckpt = suite.judge.checkpoint is not None and suite.judge.checkpoint == suite.evaluator.checkpoint
+    same_train = (
+        suite.judge.checkpoint is None
+        and suite.evaluator.checkpoint is None
+        and suite.judge.model_dump() == suite.evaluator.model_dump()
+    )
+    if same_ckpt or same_train:
+        problems.append(
+            "evaluator: identical to judge; mask fidelity must be scored by an independent model "
+            "(change evaluator.seed or evaluator.model)"
+        )
+    problems += _subset_problems(suite)
+    if suite.tune is not None:
+        problems += _tune_problems(suite.tune, variants, suite)
+    problems += _preset_problems(suite.generator)
+    return problems
+
+
+def _subset_problems(suite: Suite) -> list[str]:
+    """``dataset.subsets`` checks: sizes the procedural training split can hold; no tuning over several sizes."""
+    ds = suite.dataset
+    if ds.subsets is None:
+        return []
+    problems = []
+    if ds.kind == "procedural" and max(ds.subsets) > ds.procedural.n_train:
+        problems.append(f"dataset.subsets: {max(ds.subsets)} > dataset.procedural.n_train {ds.procedural.n_train} "
+                        "(subsets are drawn from the training scenes)")
+    if suite.judge.checkpoint is not None:
+        problems.append("judge.checkpoint: with dataset.subsets the judge is trained on each labelled subset; "
+                        "remove the checkpoint")
+    if suite.tune is not None:
+        problems.append("tune: not supported together with dataset.subsets (tune in a suite without subsets, "
+                        "then use the tuned settings as a variant here)")
+    return problems
+
+
+def _tune_problems(tune: Tune, variants: list[ResolvedVariant], suite: Suite) -> list[str]:
+    """``tune:`` checks that need the rest of the suite: base variant, field types of each dimension,
+    ``rectified_step`` against the step count, constraint references, grid-sampler discreteness."""
+    problems: list[str] = []
+    by_name = {v.name: v for v in variants}
+    base_steps = suite.sampling.num_inference_steps
+    if tune.base_variant is not None:
+        base = by_name.get(tune.base_variant)
+        if base is None:
+            problems.append(f"tune.base_variant: {tune.base_variant!r} is not a variant ({', '.join(sorted(by_name))})")
+        elif base.kind != "synthetic":
+            problems.append(f"tune.base_variant: {tune.base_variant!r} is a baseline; name a synthetic variant")
+        else:
+            base_steps = base.sampling.num_inference_steps
+    for key, dim in tune.search_space.items():
+        section, _, field = key.partition(".")
+        model = {"crfm": CRFM, "sampling": Sampling}[section]
+        for value in dim.probe_values():
+            try:
+                model.model_validate({field: value})
+            except Exception as exc:  # pydantic ValidationError
+                problems.append(f"tune.search_space.{key}: value {value!r} is not a valid {key} ({first_error(exc)})")
+                break
+        if tune.sampler == "grid" and dim.type == "float" and dim.step is None:
+            problems.append(f"tune.search_space.{key}: the grid sampler needs a step (or type: categorical)")
+    steps_dim = tune.search_space.get("sampling.num_inference_steps")
+    if steps_dim is not None:
+        values = steps_dim.probe_values()
+        base_steps = int(min(values))
+    rs = tune.search_space.get("crfm.rectified_step")
+    if rs is not None:
+        top = max(v for v in rs.probe_values() if isinstance(v, int | float))
+        why = rectified_step_problem(int(top), base_steps, "sampling.num_inference_steps")
+        if why:
+            what = "high" if rs.type != "categorical" else "choices"
+            problems.append(f"tune.search_space.crfm.rectified_step.{what}: {why} "
+                            "(rectified steps cannot exceed the sampling steps)")
+    for i, c in enumerate(tune.constraints):
+        if c.relative_to is None:
+            continue
+        ref = by_name.get(c.relative_to)
+        if ref is None:
+            problems.append(f"tune.constraints[{i}].relative_to: {c.relative_to!r} is not a variant "
+                            f"({', '.join(sorted(by_name))})")
+        elif ref.kind == "baseline" and not needs_downstream(c.metric):
+            problems.append(f"tune.constraints[{i}].relative_to: baseline {c.relative_to!r} has no {c.metric} "
+                            "(only downstream_* metrics)")
+    return problems
+
+
+def _preset_problems(gen: GeneratorSpec) -> list[str]:
+    """Preset overrides the library refuses (unknown keys), named under ``generator.overrides``."""
+    from todsynth.errors import ConfigError
+    from todsynth.models.presets import resolve_preset
+
+    if "source" in gen.overrides:
+        return ["generator.overrides.source: set generator.sd3_dir (or $TODSYNTH_SD3_DIR) instead"]
+    try:
+        preset = resolve_preset(gen.preset, gen.overrides)
+    except ConfigError as exc:
+        return [f"generator.overrides: {exc}"]
+    kind = (preset.get("text") or {}).get("kind")
+    if kind is not None and gen.text_encoder != kind:
+        return [f"generator.text_encoder: {gen.text_encoder} does not match preset {gen.preset}'s text encoder {kind} "
+                "(the transformer's text widths come from the preset)"]
+    return []
+
+
+def check_runnable(suite: Suite) -> list[str]:
+    """Problems that only matter when running: local data/weights that must exist (one per path)."""
+    problems: list[str] = []
+    if suite.dataset.kind == "loveda":
+        root = suite.dataset.root
+        if root is None:
+            problems.append(
+                f"dataset.root: not set; put the LoveDA root (holding Train/ and Val/) in the suite "
+                f"or export {ENV_LOVEDA_ROOT}=/path/to/LoveDA"
+            )
+        elif not (root / "Train").is_dir() or not (root / "Val").is_dir():
+            problems.append(
+                f"dataset.root: {root} has no Train/ and Val/ folders; download LoveDA "
+                f"(zenodo.org/record/5706578) there, or set dataset.root / {ENV_LOVEDA_ROOT}"
+            )
+    gen = suite.generator
+    if gen.preset != "tiny" or gen.text_encoder == "sd3":
+        if gen.sd3_dir is None:
+            problems.append(
+                f"generator.sd3_dir: not set; point it (or {ENV_SD3_DIR}) at a local "
+                "stabilityai/stable-diffusion-3.5-medium snapshot"
+            )
+        elif not (gen.sd3_dir / "model_index.json").is_file():
+            problems.append(
+                f"generator.sd3_dir: {gen.sd3_dir} holds no model_index.json; download "
+                f"stabilityai/stable-diffusion-3.5-medium there, or set generator.sd3_dir / {ENV_SD3_DIR}"
+            )
+    for role in ("judge", "evaluator"):
+        seg: Segmenter = getattr(suite, role)
+        if seg.checkpoint is not None and not seg.checkpoint.is_file():
+            problems.append(f"{role}.checkpoint: {seg.checkpoint} does not exist; fix the path or remove the key to train one")
+    if suite.fid.extractor == "inception":
+        w = suite.fid.inception_weights
+        if w is None or not w.is_file():
+            problems.append(
+                f"fid.inception_weights: {w or 'not set'} is not a file; put the pt_inception-2015-12-05 weights "
+                f"there (fid.inception_weights or {ENV_INCEPTION}), or use fid.extractor: auto"
+            )
+    return problems
