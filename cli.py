@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typer signatures)
+from typing import TYPE_CHECKING, Annotated, Any, Optional  # noqa: F401  (Optional used by typer signatures)
 
 import typer
 
@@ -24,6 +24,9 @@ from bench.cli.data import data_index, data_procedural, data_validate, prompts_v
 from bench.cli.gen import gen_train
 from bench.cli.seg import seg_eval, seg_models, seg_train
 from bench.cli.suites import bench_ls, bench_report, bench_run, bench_validate
+
+if TYPE_CHECKING:
+    from todsynth.seg.judge import SegmentorLogits
 
 app = typer.Typer(
     name="todsynth",
@@ -96,8 +99,11 @@ def _sample_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _load_judge(path: Path, model_name: str, trust: bool, num_classes: int, device: str):  # noqa: ANN202
-    """A frozen differentiable judge from a saved segmentor dir, or a user .pth (weights_only unless trusted)."""
+def _load_judge(path: Path, model_name: str, trust: bool, num_classes: int, device: str) -> SegmentorLogits:
+    """A frozen differentiable judge from a saved segmentor dir, or a user .pth (weights_only unless trusted).
+
+    Exits with code 2 (:func:`bench.cli.common.fail`) when ``path`` does not exist.
+    """
     from todsynth.seg.judge import SegmentorLogits
 
     if path.is_dir():

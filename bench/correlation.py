@@ -1,5 +1,7 @@
-"""Which image metric predicts downstream gain: Spearman rank correlation of each image metric with the downstream
-mIoU gain over real-only, across synthetic settings (a suite's variants or a tuning study's trials).
+"""Which image metric predicts downstream gain: a Spearman rank correlation per image metric.
+
+Each image metric is correlated with the downstream mIoU gain over real-only, across synthetic settings (a suite's
+variants or a tuning study's trials).
 
 One implementation for ``bench report`` (the report section and its scatter) and ``bench tune`` (``tune.json`` and
 the study's MLflow run), so both carry the same numbers. A setting is ``{"name", "gain", "metrics"}``: ``gain`` is

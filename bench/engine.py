@@ -117,8 +117,11 @@ def preflight(suite: Suite, force: list[str] | tuple[str, ...] = ()) -> list[Nod
 
 
 def plan(suite: Suite, force: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """What ``bench run`` would do, touching nothing: per node (graph order) its key, stage, deps, hash and
-    status (``cached``, ``compute`` or ``forced``). Raises :class:`SuiteError` as :func:`preflight` does."""
+    """What ``bench run`` would do, touching nothing: one row per node, in graph order.
+
+    A row is the node's ``key``, ``stage``, ``deps``, ``hash`` and ``status`` (``cached``, ``compute`` or
+    ``forced``). Raises :class:`SuiteError` as :func:`preflight` does.
+    """
     from bench.stages import STAGE_VERSIONS
 
     nodes = preflight(suite, force)

@@ -25,8 +25,10 @@ def read_rgb(path: Path) -> Any:
 
 
 def mask_rgb(path: Path, size: tuple[int, int] | None = None) -> Any:
-    """A raw LoveDA mask file (0..7) in palette colours, uint8 ``(H, W, 3)``; resized (nearest) to ``size``
-    ``(W, H)`` when given and different."""
+    """A raw LoveDA mask file (0..7) in palette colours, uint8 ``(H, W, 3)``.
+
+    Resized (nearest) to ``size`` ``(W, H)`` when given and different.
+    """
     import numpy as np
     from PIL import Image
 

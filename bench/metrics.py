@@ -21,9 +21,19 @@ Kind = Literal["downstream", "image", "instrument", "cost", "count"]
 
 @dataclass(frozen=True)
 class MetricDef:
-    """One metric: ``name``, report ``label``, ``unit``, ``higher_is_better`` (None for counts), the ``stage`` that
-    produces it (``derived``: computed from other metrics when a variant run is logged), its ``kind``, whether the
-    results table shows it (``table``), its terminal format (``fmt``) and whether it comes from the FID feature extractor (``features``)."""
+    """One metric of the registry.
+
+    Attributes:
+        name: its key in results.json, MLflow and suite files.
+        label: how the report labels it.
+        higher_is_better: whether a higher value is better; None for counts (not a score).
+        stage: the stage that produces it (``derived``: computed from other metrics when a variant run is logged).
+        kind: what kind of number it is (the module docstring lists the kinds).
+        unit: the unit of its values (``s``: seconds); empty when unitless.
+        fmt: its terminal format.
+        table: whether the results table shows it.
+        features: whether it comes from the FID feature extractor.
+    """
 
     name: str
     label: str

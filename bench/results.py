@@ -69,8 +69,10 @@ def aggregate(per_seed: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str,
 
 
 def seed_metrics(done: Mapping[str, CachedStage], variant: str, seed: int) -> dict[str, Any]:
-    """One variant's metrics for one seed from its finished ``downstream`` and ``evaluate`` stages (either may be
-    absent: a baseline has no ``evaluate``, a tuning trial may stop before ``downstream``)."""
+    """One variant's metrics for one seed, from its finished ``downstream`` and ``evaluate`` stages.
+
+    Either stage may be absent: a baseline has no ``evaluate``, a tuning trial may stop before ``downstream``.
+    """
     metrics: dict[str, Any] = {}
     down = done.get(node_key("downstream", variant, seed))
     if down is not None:
@@ -84,8 +86,11 @@ def seed_metrics(done: Mapping[str, CachedStage], variant: str, seed: int) -> di
 
 
 def variant_params(suite: Suite, v: ResolvedVariant) -> dict[str, Any]:
-    """What makes a variant: its sampling and CRFM settings and synthetic:real ratio (synthetic only), and its
-    labelled subset (with ``dataset.subsets``). results.json, the MLflow variant runs and tuning trials use it."""
+    """What makes a variant, as a params dict.
+
+    Its sampling and CRFM settings and synthetic:real ratio (synthetic only), and its labelled subset (with
+    ``dataset.subsets``). results.json, the MLflow variant runs and tuning trials use it.
+    """
     params: dict[str, Any] = {}
     if v.kind == "synthetic":
         params |= {"sampling": Sampling.values_of(v.sampling), "crfm": CRFM.values_of(v.crfm),
@@ -215,8 +220,11 @@ def run_metrics(metrics: Mapping[str, Any], real_only_miou: float | None = None)
 
 
 def run_params(name: str, seed: int | str, params: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """A variant's MLflow run params: ``variant``, ``seed``, ``n`` (labelled subset or ``all``), ``sampling.*``,
-    ``crfm.*``, ``ratio`` and ``fid.extractor``/``fid.resize`` (synthetic), from results.json's ``params``."""
+    """A variant's MLflow run params, from results.json's ``params``.
+
+    They are ``variant``, ``seed``, ``n`` (labelled subset or ``all``), ``sampling.*``, ``crfm.*``, ``ratio`` and
+    ``fid.extractor``/``fid.resize`` (synthetic).
+    """
     out: dict[str, Any] = {"variant": name, "seed": seed, "n": (params.get("subset") or {}).get("n", "all")}
     out |= {k: params[k] for k in ("sampling", "crfm", "ratio") if k in params}
     if "fid_extractor" in metrics:
@@ -225,8 +233,11 @@ def run_params(name: str, seed: int | str, params: Mapping[str, Any], metrics: M
 
 
 def variant_runs(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The MLflow variant runs of a results dict: one per variant and seed, ``{"variant", "kind", "seed",
-    "params", "metrics"}``. A synthetic variant's gain is over the baseline of the same subset and seed."""
+    """The MLflow variant runs of a results dict: one per variant and seed.
+
+    Each is ``{"variant", "kind", "seed", "params", "metrics"}``. A synthetic variant's gain is over the baseline of
+    the same subset and seed.
+    """
     baselines = {(v.get("n"), p["seed"]): p["metrics"].get("downstream_miou")
                  for v in results["variants"] if v["kind"] == "baseline" for p in v["per_seed"]}
     out = []

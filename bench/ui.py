@@ -61,8 +61,11 @@ def _write_stderr(line: str) -> None:
 
 @dataclass(frozen=True)
 class UIOutput:
-    """How the supervisor talks to the user: ``say`` (stdout) and ``warn`` (stderr) take one rich-markup line each;
-    ``log`` takes a raw line of the server's own log, passed on once it is ready."""
+    """How the supervisor talks to the user.
+
+    ``say`` (stdout) and ``warn`` (stderr) take one rich-markup line each; ``log`` takes a raw line of the server's
+    own log, passed on once it is ready.
+    """
 
     say: Callable[[str], None]
     warn: Callable[[str], None]

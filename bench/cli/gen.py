@@ -1,7 +1,6 @@
-"""``todsynth gen train``: the mask-conditioned MM-DiT trained from a LoveDA-layout root (``gen sample`` stays in
-``cli.py``).
+"""``todsynth gen train``: the mask-conditioned MM-DiT trained from a LoveDA-layout root.
 
-A plain command function; ``cli.py`` registers it on ``gen_app``. Imports :mod:`bench.cli.common` and (inside the
+``gen sample`` stays in ``cli.py``. A plain command function; ``cli.py`` registers it on ``gen_app``. Imports :mod:`bench.cli.common` and (inside the
 command) ``todsynth.data``, ``todsynth.models``, ``todsynth.text``, ``todsynth.train``.
 """
 

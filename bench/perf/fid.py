@@ -1,5 +1,7 @@
-"""FID feature extraction throughput (Inception when ``TODSYNTH_INCEPTION_WEIGHTS`` is set, else the segmenter
-fallback on the judge's network)."""
+"""FID feature extraction throughput.
+
+Inception when ``TODSYNTH_INCEPTION_WEIGHTS`` is set, else the segmenter fallback on the judge's network.
+"""
 
 from __future__ import annotations
 

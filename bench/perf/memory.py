@@ -9,8 +9,10 @@ import torch
 
 
 class PeakMemory:
-    """Peak memory of a block in MiB: ``torch.cuda.max_memory_allocated`` on CUDA, else the process RSS
-    polled by a psutil thread every ``interval`` s (use around untimed runs: the poller takes the GIL).
+    """Peak memory of a block in MiB, as a context manager.
+
+    ``torch.cuda.max_memory_allocated`` on CUDA, else the process RSS polled by a psutil thread every ``interval`` s
+    (use around untimed runs: the poller takes the GIL).
 
     Attributes after the block: ``peak_mb``, ``baseline_mb`` (at entry), ``kind``.
     """
@@ -59,4 +61,5 @@ class PeakMemory:
             self.peak_mb = self._peak / 2**20
 
     def as_dict(self) -> dict[str, Any]:
+        """The readings as ``{"peak_mb", "baseline_mb", "kind"}`` (what the perf report stores)."""
         return {"peak_mb": self.peak_mb, "baseline_mb": self.baseline_mb, "kind": self.kind}

@@ -80,8 +80,10 @@ def perf_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def log_perf(report: dict[str, Any], tracking_uri: str, json_path: Path | None = None) -> str:
-    """Log a report to MLflow (experiment ``todsynth/perf``): config as params, numbers as metrics, the JSON
-    as an artifact. Returns the run id."""
+    """Log a report to MLflow (experiment ``todsynth/perf``); returns the run id.
+
+    The config goes in as params, the numbers as metrics, the JSON as an artifact.
+    """
     import tempfile
 
     import yaml

@@ -1,5 +1,7 @@
-"""Timing instruments of ``bench perf``: the sampler's section :class:`Stopwatch` (wall clock, process CPU time or
-CUDA events), repeated timings ``timed(fn, device, repeats)`` and their summary ``stats(values)``.
+"""Timing instruments of ``bench perf``: a section stopwatch, repeated timings and their summary.
+
+They are the sampler's section :class:`Stopwatch` (wall clock, process CPU time or CUDA events), repeated timings
+``timed(fn, device, repeats)`` and their summary ``stats(values)``.
 
 ``"wall"`` (perf counters) adds no synchronisation, so on CUDA it measures launch time only. ``"cpu"``
 counts this process's CPU seconds (all threads), which a busy shared machine barely disturbs: use it to
@@ -23,8 +25,12 @@ Clock = Literal["wall", "cpu", "cuda"]
 CLOCKS: tuple[str, ...] = get_args(Clock)
 
 
-def clock_function(clock: Clock):  # noqa: ANN201
-    """``time.perf_counter`` for "wall", ``time.process_time`` for "cpu" (CUDA events are not a function)."""
+def clock_function(clock: Clock) -> Callable[[], float]:
+    """``time.perf_counter`` for "wall", ``time.process_time`` for "cpu".
+
+    Raises:
+        ValueError: for "cuda" (CUDA events are not a function).
+    """
     match clock:
         case "wall":
             return time.perf_counter

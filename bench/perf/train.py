@@ -15,8 +15,11 @@ from bench.perf.timing import stats, timed
 
 
 def measure_train(gen: Any, cfg: PerfConfig) -> dict[str, Any]:
-    """One generator training step, ``todsynth.train.step.train_step`` as ``train_generator`` runs it (branches
-    trainable, flow-matching MSE, backward, clip 1.0, AdamW) on random latents: seconds, samples/s, peak memory."""
+    """Time one generator training step on random latents: seconds, samples/s, peak memory.
+
+    The step is ``todsynth.train.step.train_step`` as ``train_generator`` runs it (branches trainable,
+    flow-matching MSE, backward, clip 1.0, AdamW).
+    """
     from todsynth.train.step import TrainBatch, train_step
     from todsynth.train.trainable import configure_trainable
 

@@ -1,6 +1,9 @@
-"""What the report's templates are given: :func:`build_context` draws every figure into the report dir and
-collects the sections (results table, figures with captions, data efficiency, Pareto trials, metric-vs-gain
-blocks, samples, provenance) and the notes saying what is missing and why."""
+"""What the report's templates are given: the context :func:`build_context` builds.
+
+:func:`build_context` draws every figure into the report dir and collects the sections (results table, figures
+with captions, data efficiency, Pareto trials, metric-vs-gain blocks, samples, provenance) and the notes saying what
+is missing and why.
+"""
 
 from __future__ import annotations
 
@@ -114,8 +117,11 @@ def _efficiency_section(data: ReportData, out: Path) -> dict[str, Any] | None:
 
 
 def _pareto_figure(data: ReportData, out: Path) -> tuple[dict[str, str] | None, list[int]]:
-    """``pareto.png`` with its caption and the indices of the feasible trials' Pareto front over the suite's tuning
-    objectives (``data.axes``, directions from the metric registry); a note instead without tuning trials."""
+    """``pareto.png`` with its caption, and the indices of the feasible trials' Pareto front.
+
+    The front is over the suite's tuning objectives (``data.axes``, directions from the metric registry). Without
+    tuning trials: ``(None, [])`` and a note.
+    """
     from bench.metrics import label, scored
 
     xm, ym = data.axes

@@ -1,5 +1,8 @@
-"""Data efficiency (``dataset.subsets``): the downstream mIoU gain of each synthetic variant over the real-only
-model at the same labelled-subset size, paired by seed; its table rows and ``data_efficiency.csv``."""
+"""Data efficiency (``dataset.subsets``): its table rows and ``data_efficiency.csv``.
+
+The downstream mIoU gain of each synthetic variant over the real-only model at the same labelled-subset size,
+paired by seed.
+"""
 
 from __future__ import annotations
 

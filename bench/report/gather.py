@@ -78,9 +78,11 @@ def _parent_run(suite: Suite, run_id: str | None) -> dict[str, Any]:
 
 
 def cross_check(results: dict[str, Any], tracking_uri: str) -> list[str]:
-    """Disagreements between a results dict and its MLflow variant runs (one per variant and seed, listed in
-    ``results["mlflow"]["variant_runs"]``): every metric the run should carry, as :func:`bench.results.run_metrics`
-    derives it, must be logged with the same value."""
+    """Disagreements between a results dict and its MLflow variant runs, one line each (empty: they agree).
+
+    The runs are one per variant and seed, listed in ``results["mlflow"]["variant_runs"]``: every metric the run
+    should carry, as :func:`bench.results.run_metrics` derives it, must be logged with the same value.
+    """
     from bench.results import variant_runs
     from bench.tracking import clean_key, get_run_record
 
@@ -158,8 +160,11 @@ def _numbers(variants: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def tuning_axes(suite: Suite) -> tuple[str, str]:
-    """The tuning plot's (x, y) metrics from the suite's tune objectives: y the first objective, x the second; with
-    one objective, x is FID (or mask mIoU when FID is the objective); without ``tune``, FID vs mask mIoU."""
+    """The tuning plot's (x, y) metrics, from the suite's tune objectives.
+
+    y is the first objective, x the second; with one objective, x is FID (or mask mIoU when FID is the objective);
+    without ``tune``, FID vs mask mIoU.
+    """
     objectives = [o.metric for o in suite.tune.objectives] if suite.tune is not None else []
     if len(objectives) >= 2:
         return objectives[1], objectives[0]
@@ -169,8 +174,12 @@ def tuning_axes(suite: Suite) -> tuple[str, str]:
 
 
 def _load_trials(suite: Suite, data: ReportData) -> None:
-    """Finished trials of the latest tuning study (``todsynth.kind=trial`` children of a ``study`` run) with both
-    axis metrics (``x``, ``y``: ``data.axes``); ``params`` are the tuned ones (tag ``optuna.params``), ``feasible`` from the trial's constraints."""
+    """Fill ``data.study`` and ``data.trials`` from the latest tuning study.
+
+    The trials are the finished ones (``todsynth.kind=trial`` children of a ``study`` run) with both axis metrics
+    (``x``, ``y``: ``data.axes``); ``params`` are the tuned ones (tag ``optuna.params``), ``feasible`` from the
+    trial's constraints.
+    """
     from bench.tracking import find_children, find_runs
 
     studies = find_runs(suite.tracking_uri, suite.experiment, "study", status=None)

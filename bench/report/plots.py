@@ -88,7 +88,7 @@ MIN_REL_SPAN = 0.1  # a panel's y range spans at least this fraction of its larg
 
 def honest_limits(values: list[float], errors: list[float] | None = None, min_rel_span: float = MIN_REL_SPAN
                   ) -> tuple[float, float]:
-    """y limits around ``values`` (± ``errors``), widened to at least ``min_rel_span`` x max |value|, plus a margin.
+    """The y limits around ``values`` (± ``errors``), widened to at least ``min_rel_span`` x max |value|, plus a margin.
 
     A twin axis scaled to two points lets a 0.0003 mIoU difference fill the height; this does not.
     """
@@ -174,8 +174,11 @@ def pareto_front(points: list[tuple[float, ...]], higher_is_better: tuple[bool, 
 
 def plot_pareto(trials: list[dict[str, Any]], front: list[int], variants: list[dict[str, Any]], path: Path,
                 axes: tuple[str, str] = ("fid", "mask_miou")) -> Path:
-    """Tuning trials' ``x`` vs ``y`` (the metrics ``axes``: the suite's objectives, labels and directions from the
-    registry); the Pareto front in red, the suite's variants as stars."""
+    """Plot tuning trials' ``x`` vs ``y`` to ``path``; returns ``path``.
+
+    ``x`` and ``y`` are the metrics ``axes`` (the suite's objectives; labels and directions from the registry); the
+    Pareto front in red, the suite's variants as stars.
+    """
     from bench.metrics import label, scored
 
     xm, ym = axes

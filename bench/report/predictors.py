@@ -1,5 +1,8 @@
-"""Which image metric predicts downstream gain: the suite's synthetic variants (and the tuning study's trials) as
-settings of :func:`bench.correlation.gain_correlations`, their display rows, and the report's section blocks."""
+"""Which image metric predicts downstream gain: the report's section blocks.
+
+The suite's synthetic variants (and the tuning study's trials) as settings of
+:func:`bench.correlation.gain_correlations`, their display rows, and the report's section blocks.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +16,11 @@ from bench.report.tables import LABELS, as_number, metric_directions
 
 
 def paired_gain(v: dict[str, Any], base: dict[str, Any]) -> float | None:
-    """Downstream mIoU of ``v`` minus ``base``'s, per seed, mean over the seeds both ran (as :func:`data_efficiency`);
-    from the means when neither row has per-seed numbers."""
+    """Downstream mIoU of ``v`` minus ``base``'s, per seed, mean over the seeds both ran (as :func:`data_efficiency`).
+
+    From the means when neither row has per-seed numbers. None when the per-seed numbers share no seed (or only one
+    row has them), or when a mean is missing.
+    """
     got, ref = seed_values(v), seed_values(base)
     seeds = [s for s in got if s in ref]
     if seeds:
@@ -26,8 +32,11 @@ def paired_gain(v: dict[str, Any], base: dict[str, Any]) -> float | None:
 
 
 def gain_settings(results: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
-    """The suite's synthetic variants as settings of :func:`bench.correlation.gain_correlations`: gain over the
-    matching real-only (with ``dataset.subsets`` the real-only of the same n). Returns (settings, pairing rule)."""
+    """The suite's synthetic variants as settings of :func:`bench.correlation.gain_correlations`.
+
+    The gain is over the matching real-only (with ``dataset.subsets`` the real-only of the same n). Returns
+    (settings, pairing rule).
+    """
     baselines = [v for v in results["variants"] if v["kind"] == "baseline"]
     if "subsets" in results:
         by_n = {v.get("n"): v for v in baselines}
@@ -76,8 +85,11 @@ def predictor_rows(corr: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def predictor_sections(data: ReportData, out: Path) -> list[dict[str, Any]]:
-    """The report's "which image metric predicts downstream gain" blocks: the suite's variants, and the tuning
-    study's trials when they have a downstream mIoU; each with its one-line reason when not computed."""
+    """The report's "which image metric predicts downstream gain" blocks.
+
+    One for the suite's variants, and one for the tuning study's trials when they have a downstream mIoU; each with
+    its one-line reason when not computed.
+    """
     from bench.correlation import GAIN_LABEL, gain_correlations, study_settings
 
     dirs = metric_directions(data.results)

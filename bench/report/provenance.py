@@ -1,5 +1,7 @@
-"""How a committed report names where its numbers came from: paths (relative to the workspace, never a temp
-dir's absolute path), the MLflow store, the device."""
+"""How a committed report names where its numbers came from.
+
+Paths (relative to the workspace, never a temp dir's absolute path), the MLflow store, the device.
+"""
 
 from __future__ import annotations
 
@@ -25,8 +27,10 @@ def _shown_dir(path: Path) -> str:
 
 
 def display_path(path: Path, workspace: Path | None = None) -> str:
-    """A path as a committed report may show it: relative to the workspace, and never a temp dir's absolute path
-    (a report built from a scratch workspace names only the file)."""
+    """A path as a committed report may show it: relative to the workspace, never a temp dir's absolute path.
+
+    A report built from a scratch workspace names only the file.
+    """
     p = Path(path).expanduser().absolute()
     ws = Path(workspace).expanduser().absolute() if workspace is not None else None
     if ws is not None and (p == ws or ws in p.parents):

@@ -1,6 +1,8 @@
-"""Writing a report: :func:`write_report` gathers, builds the context, renders the Jinja2 templates of
-``bench/templates`` (Markdown, self-contained HTML) and the CSV/LaTeX tables into a temp dir beside the report
-dir, then swaps it into place."""
+"""Writing a report: :func:`write_report`.
+
+It gathers, builds the context, renders the Jinja2 templates of ``bench/templates`` (Markdown, self-contained HTML)
+and the CSV/LaTeX tables into a temp dir beside the report dir, then swaps it into place.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""The report's sample images: each variant's synthesize outputs (found through ``stages.json`` in the workspace
-cache) side by side with their masks and real images in ``samples.png``; the logged ``grid.png`` artifacts when the
-outputs are gone."""
+"""The report's sample images.
+
+Each variant's synthesize outputs (found through ``stages.json`` in the workspace cache) side by side with their
+masks and real images in ``samples.png``; the logged ``grid.png`` artifacts when the outputs are gone.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
-"""The results table: which columns, which cells (one number of decimals per column, best per column), and its
-``results.csv`` (raw floats) and ``results.tex`` (booktabs) renderings; plus the display helpers every other table
-of the report shares (:func:`as_number`, :func:`fmt`, :func:`column_decimals`)."""
+"""The results table, and the display helpers every other table of the report shares.
+
+Which columns, which cells (one number of decimals per column, best per column), and its ``results.csv`` (raw
+floats) and ``results.tex`` (booktabs) renderings; plus the shared helpers (:func:`as_number`, :func:`fmt`,
+:func:`column_decimals`).
+"""
 
 from __future__ import annotations
 
@@ -67,8 +70,11 @@ def best_variants(results: dict[str, Any]) -> dict[str, set[str]]:
 
 
 def column_decimals(values: list[float]) -> int:
-    """Decimals of a table column, one number for all its cells so they align at the point: by the largest |value|
-    4 below 10, 2 below 100, 1 above; more when the smallest non-zero |value| is below 0.01 (3 significant digits)."""
+    """Decimals of a table column: one number for all its cells, so they align at the point.
+
+    By the largest |value|: 4 below 10, 2 below 100, 1 above; more when the smallest non-zero |value| is below 0.01
+    (3 significant digits).
+    """
     mags = [abs(v) for v in values if v == v]
     if not mags:
         return 4
@@ -92,8 +98,11 @@ def several_seeds(results: dict[str, Any]) -> bool:
 
 
 def table_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per variant: display cells per column (``mean`` or ``mean ± std`` at the column's fixed decimals), best flags,
-    FID extractor/comparable. ``std`` is None with one seed."""
+    """The results table's display rows, one per variant.
+
+    A row holds the display cells per column (``mean`` or ``mean ± std`` at the column's fixed decimals), best
+    flags, FID extractor/comparable. ``std`` is None with one seed.
+    """
     several = several_seeds(results)
     best = best_variants(results)
     cols = table_columns(results)
@@ -118,8 +127,10 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def render_csv(results: dict[str, Any]) -> str:
-    """One row per variant: every metric's mean and std as raw floats (std empty with one seed), FID
-    extractor/comparable, per-class IoU."""
+    """The text of ``results.csv``: one row per variant.
+
+    Every metric's mean and std as raw floats (std empty with one seed), FID extractor/comparable, per-class IoU.
+    """
     cols = table_columns(results)
     several = several_seeds(results)
     classes = class_names(results)
@@ -157,8 +168,11 @@ def _tex(text: str) -> str:
 
 
 def render_latex(results: dict[str, Any]) -> str:
-    """A booktabs table (needs ``\\usepackage{booktabs}``): best per column bold, FID and KID from a fallback
-    feature extractor daggered, with the dagger explained in a footnote row."""
+    r"""The text of ``results.tex``: a booktabs table (needs ``\usepackage{booktabs}``).
+
+    Best per column bold, FID and KID from a fallback feature extractor daggered, with the dagger explained in a
+    footnote row.
+    """
     cols = table_columns(results)
     dirs = metric_directions(results)
     rows = table_rows(results)

@@ -1,5 +1,7 @@
-"""What the stages share: a finished stage's artifacts and sample listings, the unhashed ``runtime`` part of a
-spec, the prompt cache, saved segmentors and JSON outputs.
+"""What the stages share.
+
+A finished stage's artifacts and sample listings, the unhashed ``runtime`` part of a spec, the prompt cache, saved
+segmentors and JSON outputs.
 
 Imports :mod:`bench.cache` only (the library lazily, inside the functions), so every stage room may import it.
 """

@@ -1,5 +1,7 @@
-"""The input stages: ``data`` (procedural scenes or a validated LoveDA root, listed per split) and ``prompts``
-(every training mask's prompt vectorized once).
+"""The input stages: ``data`` and ``prompts``.
+
+``data``: procedural scenes or a validated LoveDA root, listed per split; ``prompts``: every training mask's prompt
+vectorized once.
 
 Imports :mod:`bench.stages.common` and (lazily) ``todsynth.data``, ``todsynth.text``, ``todsynth.errors``.
 """

@@ -1,5 +1,6 @@
-"""The ``downstream`` stage: the segmentor trained on real (+ synthetic, optionally FreeMask-filtered) data and
-scored on real Val, the measure of what the synthetic data is worth.
+"""The ``downstream`` stage: the measure of what the synthetic data is worth.
+
+The segmentor trained on real (+ synthetic, optionally FreeMask-filtered) data and scored on real Val.
 
 Imports :mod:`bench.stages.common`, :mod:`bench.stages.synthesis` (``synthetic_pairs``) and (lazily) ``todsynth.seg``.
 """

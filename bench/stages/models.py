@@ -1,5 +1,7 @@
-"""The model stages: ``autoencoder`` (scratch presets), ``generator`` (the mask-conditioned MM-DiT), and the two
-segmentors ``judge`` (guides CRFM) and ``evaluator`` (scores; never the judge), trained or loaded.
+"""The model stages: ``autoencoder``, ``generator``, ``judge`` and ``evaluator``.
+
+``autoencoder`` (scratch presets), ``generator`` (the mask-conditioned MM-DiT), and the two segmentors ``judge``
+(guides CRFM) and ``evaluator`` (scores; never the judge), trained or loaded.
 
 Imports :mod:`bench.stages.common` and (lazily) ``todsynth.data``, ``todsynth.models``, ``todsynth.train``,
 ``todsynth.seg``.
@@ -31,8 +33,11 @@ AUTOENCODER_METRICS = ("final_l1", "recon_l1", "scaling_factor", "shift_factor",
 
 
 def stage_autoencoder(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
-    """The autoencoder of a scratch preset: a VAE trained on the real training images, or a fixed transform
-    (space-to-depth) whose latent scaling alone is fitted on them."""
+    """The autoencoder of a scratch preset.
+
+    A VAE trained on the real training images, or a fixed transform (space-to-depth) whose latent scaling alone is
+    fitted on them.
+    """
     from todsynth.data.loveda import LoveDA
     from todsynth.models.presets import resolve_preset
     from todsynth.train.vae import train_preset_vae

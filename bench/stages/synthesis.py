@@ -1,6 +1,8 @@
-"""The per-variant stages around the generator: ``real_features`` (FID/KID reference, once), ``synthesize``
-(images from the training masks, CRFM-guided by the judge) and ``evaluate`` (mask fidelity with the evaluator,
-FID/KID), and the readers of a synthesize stage's output (:func:`synthetic_pairs`, :func:`source_samples`).
+"""The per-variant stages around the generator, and the readers of a synthesize stage's output.
+
+The stages are ``real_features`` (FID/KID reference, once), ``synthesize`` (images from the training masks,
+CRFM-guided by the judge) and ``evaluate`` (mask fidelity with the evaluator, FID/KID); the readers are
+:func:`synthetic_pairs` and :func:`source_samples`.
 
 Imports :mod:`bench.stages.common`, :mod:`bench.grids`, :mod:`bench.graph` (``n_synthetic``, lazily) and (lazily)
 ``todsynth.models``, ``todsynth.sample``, ``todsynth.seg``, ``todsynth.metrics``.

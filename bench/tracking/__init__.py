@@ -1,5 +1,7 @@
-"""MLflow tracking: the ONLY package that imports mlflow (in :mod:`~bench.tracking.tracker` and
-:mod:`~bench.tracking.queries`, lazily, inside functions; nothing else in the project imports mlflow).
+"""MLflow tracking: the ONLY package that imports mlflow.
+
+mlflow is imported in :mod:`~bench.tracking.tracker` and :mod:`~bench.tracking.queries`, lazily, inside functions;
+nothing else in the project imports it.
 
 Rooms: :mod:`~bench.tracking.tracker` (the write side: :class:`Tracker`, the run layout of suites, stages,
 variants and studies), :mod:`~bench.tracking.queries` (the read side: runs, children and artifacts as plain dicts

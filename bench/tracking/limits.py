@@ -1,5 +1,6 @@
-"""What the tracker and the queries share: MLflow's length limits, the keys and values it accepts, and the retry
-around a locked sqlite store.
+"""What the tracker and the queries share.
+
+MLflow's length limits, the keys and values it accepts, and the retry around a locked sqlite store.
 
 Imports nothing of the project (and not mlflow).
 """
@@ -41,7 +42,7 @@ def _scalar(v: Any) -> str:
 
 
 def clean_key(key: str) -> str:
-    """A key MLflow accepts: ``[\\w ./-]`` only, at most 250 characters."""
+    r"""A key MLflow accepts: ``[\w ./-]`` only, at most 250 characters."""
     return re.sub(r"[^\w ./-]", "_", key)[:MAX_KEY]
 
 

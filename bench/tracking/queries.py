@@ -1,5 +1,6 @@
-"""The read side: runs, children and artifacts of a store as plain dicts and files (what the report and the
-tests read), so callers never handle mlflow types.
+"""The read side: runs, children and artifacts of a store as plain dicts and files.
+
+That is what the report and the tests read, so callers never handle mlflow types.
 
 Imports :mod:`bench.tracking.limits` and mlflow (lazily, inside the functions).
 """
@@ -14,8 +15,11 @@ from bench.tracking.limits import retry
 
 
 def run_record(run: Any) -> dict[str, Any]:
-    """An MLflow Run -> a plain dict (``run_id``, ``run_name``, ``status``, ``start_time``/``end_time`` in ms,
-    ``experiment_id``, ``tags``, ``params``, ``metrics``), so callers never handle mlflow types."""
+    """An MLflow Run -> a plain dict, so callers never handle mlflow types.
+
+    Keys: ``run_id``, ``run_name``, ``status``, ``start_time``/``end_time`` in ms, ``experiment_id``, ``tags``,
+    ``params``, ``metrics``.
+    """
     info, data = run.info, run.data
     return {
         "run_id": info.run_id,

@@ -1,6 +1,7 @@
-"""The UI server's helpers: the workspace store (:func:`store_uri`, :func:`check_store`), the ``mlflow server``
-command line and environment, whether a port is free or ours, and the UI's landing URLs (asked of the server over
-its REST API).
+"""The UI server's helpers: store, server command, ports and landing URLs.
+
+The workspace store (:func:`store_uri`, :func:`check_store`), the ``mlflow server`` command line and environment,
+whether a port is free or ours, and the UI's landing URLs (asked of the server over its REST API).
 
 Imports :mod:`todsynth.errors` only: never mlflow (the server runs as ``python -m mlflow``; the ``ui`` process
 talks to it over plain HTTP).
@@ -78,8 +79,10 @@ def _rest(url: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def newest_suite_experiment(url: str) -> str | None:
-    """Id of the experiment holding the newest ``todsynth.kind=suite`` run, asked of the server at ``url``; None when
-    there is no such run."""
+    """Id of the experiment holding the newest ``todsynth.kind=suite`` run, asked of the server at ``url``.
+
+    None when there is no such run.
+    """
     ids: list[str] = []
     token = None
     while True:
@@ -96,8 +99,11 @@ def newest_suite_experiment(url: str) -> str | None:
 
 
 def runs_view_url(url: str, experiment_id: str) -> str:
-    """The UI page of an experiment's runs table. ``workflowType=machine_learning``: MLflow 3's UI otherwise opens
-    in its GenAI mode (traces overview) unless the browser last chose otherwise."""
+    """The UI page of an experiment's runs table.
+
+    ``workflowType=machine_learning``: MLflow 3's UI otherwise opens in its GenAI mode (traces overview) unless the
+    browser last chose otherwise.
+    """
     return f"{url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
@@ -105,8 +111,10 @@ VARIANT_FILTER = "tags.todsynth.kind = 'variant'"
 
 
 def variants_view_url(runs_url: str) -> str:
-    """A runs-view URL (:func:`runs_view_url`) filtered to the suite's variant runs (expand the suite run to see
-    them nested below it, select them, then Compare)."""
+    """A runs-view URL (:func:`runs_view_url`) filtered to the suite's variant runs.
+
+    In the UI: expand the suite run to see them nested below it, select them, then Compare.
+    """
     from urllib.parse import quote
 
     return f"{runs_url}&searchFilter={quote(VARIANT_FILTER)}"
@@ -130,9 +138,11 @@ SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def server_command(workspace: Path, host: str = "127.0.0.1", port: int = 5000, workers: int = 1) -> list[str]:
-    """``mlflow server`` over a workspace's store: ``sqlite:///<ws>/mlflow.db``, artifacts served from
-    ``<ws>/mlartifacts`` (proxied, so clients on other machines can log artifacts too). Run it with
-    :data:`SERVER_ENV` in the environment."""
+    """The ``mlflow server`` command line (argv) over a workspace's store.
+
+    The store is ``sqlite:///<ws>/mlflow.db``, artifacts served from ``<ws>/mlartifacts`` (proxied, so clients on
+    other machines can log artifacts too). Run it with :data:`SERVER_ENV` in the environment.
+    """
     import sys
 
     ws = Path(workspace).expanduser().absolute()

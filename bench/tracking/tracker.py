@@ -69,8 +69,10 @@ class Tracker:
     # ------------------------------------------------------------------ runs
     def start_parent(self, run_name: str, params: dict[str, Any], tags: dict[str, str], resolved_yaml: str,
                      kind: str = "suite") -> str:
-        """Create the top run (``todsynth.kind=suite``, or ``study`` for ``bench tune``) with flattened params and
-        the resolved YAML."""
+        """Create the top run (``todsynth.kind=suite``, or ``study`` for ``bench tune``); returns its run id.
+
+        The run gets the flattened params and the resolved YAML (``suite.resolved.yaml``).
+        """
         run = self._create(run_name, {**tags, "todsynth.kind": kind})
         self.parent_run_id = run
         self.log_params(run, params)

@@ -1,6 +1,8 @@
-"""One process's part in a study: open it, prepare the shared stages and constraint references, then the trial
-loop (reap dead workers' trials and ask under the study lock, run the trial's stages, log it, tell Optuna), and
-the study's end (tune.json and the MLflow study run).
+"""One process's part in a study: open it, prepare, run the trial loop, end the study.
+
+It opens the study, prepares the shared stages and constraint references, then runs the trial loop (reap dead
+workers' trials and ask under the study lock, run the trial's stages, log it, tell Optuna), and the study's end
+(tune.json and the MLflow study run).
 
 A trial runs the SAME stage functions as ``bench run`` through :func:`bench.engine.run_nodes`; its MLflow run is
 a child of the study run, the trial's new stage runs below it.
@@ -313,8 +315,11 @@ class Session:
 
 def log_trial(tracker: Any, run_id: str, suite: Suite, done: Mapping[str, CachedStage], variant: ResolvedVariant,
               metrics: Mapping[str, Any], cons: Mapping[str, float], seconds: float) -> None:
-    """The trial's run gets a variant run's params and metrics (:func:`bench.results.run_metrics`), plus its
-    constraints, time and feasibility, and each seed's synthesis artifacts (the sample grid)."""
+    """Log a finished trial to its MLflow run ``run_id``.
+
+    The trial's run gets a variant run's params and metrics (:func:`bench.results.run_metrics`), plus its
+    constraints, time and feasibility, and each seed's synthesis artifacts (the sample grid).
+    """
     if "fid_extractor" in metrics:
         tracker.log_params(run_id, {"fid": run_params(variant.name, "", {}, metrics)["fid"]})
     tracker.log_metrics(run_id, {**run_metrics(metrics), **{f"constraint/{k}": v for k, v in cons.items()},

@@ -1,5 +1,7 @@
-"""The search space and what a trial is: Optuna distributions and samplers, the trial's variant and stages,
-its suggested parameters, and its constraint values.
+"""The search space and what a trial is.
+
+Optuna distributions and samplers, the trial's variant and stages, its suggested parameters, and its constraint
+values.
 
 Pure functions over the suite's ``tune:`` section (no storage, no MLflow); Optuna is imported inside.
 """

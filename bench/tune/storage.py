@@ -1,5 +1,7 @@
-"""Where a study lives and who is alive in it: storage URLs and opening, the study-wide lock, trial
-heartbeats, and reaping the RUNNING trials of dead workers (failed, their parameters enqueued again).
+"""Where a study lives and who is alive in it.
+
+Storage URLs and opening, the study-wide lock, trial heartbeats, and reaping the RUNNING trials of dead workers
+(failed, their parameters enqueued again).
 
 A trial's worker is recorded on the trial (``todsynth:host``/``todsynth:pid``, see :func:`claim_trial`); it is
 dead when that pid is gone on this host, or (journal) when its ``todsynth:heartbeat`` is older than
@@ -151,6 +153,7 @@ class RetryCopy:
             self._inner = RetryFailedTrialCallback(max_retry=max_retry)
 
     def __call__(self, study: Any, trial: Any) -> None:
+        """Enqueue the failed ``trial`` again (as Optuna's callback does), from a copy without those attrs."""
         trial = copy.deepcopy(trial)
         trial.system_attrs = {k: v for k, v in trial.system_attrs.items()
                               if not k.startswith(("todsynth:", "constraints"))}

@@ -1,5 +1,7 @@
-"""The study itself: open or create it in its storage, refuse one made for another configuration, count the
-workers that joined it, and its MLflow study run (started or reopened, summarised and ended).
+"""The study itself: opening it, its workers and its MLflow study run.
+
+Open or create it in its storage, refuse one made for another configuration, count the workers that joined it,
+and its MLflow study run (started or reopened, summarised and ended).
 
 The tracker is passed in (:class:`bench.tracking.Tracker`); nothing here imports MLflow. Optuna is imported inside.
 """
@@ -36,16 +38,23 @@ def study_fingerprint(suite: Suite) -> str:
 
 
 def artifact_location(suite: Suite) -> str | None:
-    """Artifact root of a new experiment: ``tracking.artifacts``; with an http(s) tracking server and none set,
-    the server's own (proxied) root, so workers on other machines upload through it; else ``<ws>/mlartifacts``."""
+    """Artifact root of a new experiment; None leaves it to the tracking server.
+
+    ``tracking.artifacts`` when set; with an http(s) tracking server and none set, None: the server's own (proxied)
+    root, so workers on other machines upload through it; else ``<ws>/mlartifacts``.
+    """
     if suite.tracking.artifacts is None and suite.tracking_uri.startswith(("http://", "https://")):
         return None
     return suite.artifact_location
 
 
 def open_study(storage: Any, suite: Suite, name: str, url: str, *, create: bool) -> Any:
-    """Create (``create``, enqueueing the default trial) or load the study; a ConfigError when it was made with
-    other objectives or for another configuration of the suite (:func:`study_fingerprint`)."""
+    """Create (``create``, enqueueing the default trial) or load the study; returns the Optuna study.
+
+    Raises:
+        ConfigError: the study was made with other objectives or for another configuration of the suite
+            (:func:`study_fingerprint`), or it cannot be created or found.
+    """
     import optuna
 
     tune = tune_spec(suite)

@@ -1,5 +1,7 @@
-"""What a study amounts to: the ``tune.json`` content (trials, best trial(s), Pareto front, importances, which
-image metric predicts the downstream gain) and its rich tables.
+"""What a study amounts to: the ``tune.json`` content and its rich tables.
+
+The content is the trials, best trial(s), Pareto front, importances, and which image metric predicts the downstream
+gain.
 
 Reads the study only; writing tune.json and the MLflow study run are the session's. Optuna and rich are imported
 inside.
@@ -117,10 +119,12 @@ def summarize(study: Any, suite: Suite, url: str, target: int) -> dict[str, Any]
 
 def downstream_correlation(suite: Suite, records: list[dict[str, Any]], reference: Mapping[str, Mapping[str, float]]
                            ) -> dict[str, Any] | None:
-    """Which image metric predicts downstream gain, over the COMPLETE trials (:mod:`bench.correlation`, as the report
-    computes it); None when no trial has a downstream mIoU. The real-only value is the study's reference of a baseline
-    variant when a constraint made one; else the target is the downstream mIoU (one shared real-only: same ranks, same
-    rho)."""
+    """Which image metric predicts downstream gain, over the COMPLETE trials; None when none has a downstream mIoU.
+
+    Computed by :mod:`bench.correlation`, as the report computes it. The real-only value is the study's reference of
+    a baseline variant when a constraint made one; else the target is the downstream mIoU (one shared real-only: same
+    ranks, same rho).
+    """
     real_only = next((float(reference[v.name]["downstream_miou"]) for v in resolve_variants(suite)
                       if v.kind == "baseline" and "downstream_miou" in reference.get(v.name, {})), None)
     settings, target = study_settings([{"name": f"trial-{r['number']}", "metrics": r["metrics"] or {}}

@@ -1,5 +1,7 @@
-"""Local worker processes of a study (``--workers K``): K - 1 spawned processes beside this one, each a
-:class:`~bench.tune.session.Session` working until the cap, with its share of the CPU cores.
+"""Local worker processes of a study (``--workers K``).
+
+K - 1 spawned processes beside this one, each a :class:`~bench.tune.session.Session` working until the cap, with
+its share of the CPU cores.
 
 Spawned workers receive the suite, options, stage functions and trial-start callback pickled, so callables passed
 in must be importable module-level ones (:func:`check_picklable` says so before anything starts).

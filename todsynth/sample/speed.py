@@ -54,8 +54,10 @@ def prepare_for_sampling(
 
 
 def default_precision(device: torch.device | str) -> str:
-    """The sampler precision an entry point uses on ``device``: ``bf16`` on CUDA, ``fp32`` elsewhere
-    (bf16 autocast on the CPU measured slower: plain 71 -> 108 ms/image on the tiny preset)."""
+    """Return the sampler precision an entry point uses on ``device``: ``bf16`` on CUDA, ``fp32`` elsewhere.
+
+    bf16 autocast on the CPU measured slower (plain 71 -> 108 ms/image on the tiny preset).
+    """
     return "bf16" if torch.device(device).type == "cuda" else "fp32"
 
 
@@ -67,8 +69,10 @@ def prepare_sampling_run(
     precision: str | None = None,
     compile: bool = False,
 ) -> SamplerConfig:
-    """What the sampling entry points (``gen sample``, the suite's synthesize stage) do before sampling,
-    the setup ``bench perf`` measures; prepares in place and returns ``cfg`` with its precision resolved.
+    """Prepare a sampling run as the entry points do; returns ``cfg`` with its precision resolved.
+
+    This is what the sampling entry points (``gen sample``, the suite's synthesize stage) do before sampling,
+    the setup ``bench perf`` measures; ``generator`` and ``judge`` are prepared in place.
 
     Args:
         generator, judge: as for :func:`prepare_for_sampling` (judge None without CRFM).
@@ -76,6 +80,9 @@ def prepare_sampling_run(
         precision: ``fp32`` / ``bf16``; None = :func:`default_precision` of the generator's device. bf16 on
             CUDA also casts the transformer and VAE weights to bf16 (on the CPU it is autocast only).
         compile: ``torch.compile`` the transformer (opt-in: compile time, see the README's Performance).
+
+    Raises:
+        ValueError: ``precision`` is neither ``fp32``, ``bf16`` nor None.
 
     channels_last is always on: it does not change results beyond float rounding (tested on the tiny preset).
     """
