@@ -1,5 +1,8 @@
-"""What every suite section shares: the closed vocabularies, the strict base model, environment-variable paths,
-and how a pydantic error is reported (``key.path: message``)."""
+"""What every suite section shares.
+
+The closed vocabularies, the strict base model, environment-variable paths, and how a pydantic error is
+reported (``key.path: message``).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""Checks over a whole suite: :func:`check_suite` (cross-field, ``bench validate``) and :func:`check_runnable`
-(local files that must exist, ``bench run``)."""
+"""Checks over a whole suite.
+
+:func:`check_suite` (cross-field, ``bench validate``) and :func:`check_runnable` (local files that must exist,
+``bench run``).
+"""
 
 from __future__ import annotations
 
@@ -76,8 +79,11 @@ def _subset_problems(suite: Suite) -> list[str]:
 
 
 def _tune_problems(tune: Tune, variants: list[ResolvedVariant], suite: Suite) -> list[str]:
-    """``tune:`` checks that need the rest of the suite: base variant, field types of each dimension,
-    ``rectified_step`` against the step count, constraint references, grid-sampler discreteness."""
+    """``tune:`` checks that need the rest of the suite.
+
+    Base variant, field types of each dimension, ``rectified_step`` against the step count, constraint
+    references, grid-sampler discreteness.
+    """
     problems: list[str] = []
     by_name = {v.name: v for v in variants}
     base_steps = suite.sampling.num_inference_steps

@@ -173,8 +173,11 @@ class Segmenter(Strict):
 
 
 class FreeMask(Strict):
-    """FreeMask filtering (``todsynth.seg.freemask``): synthetic pixels of class c whose judge loss exceeds
-    ``margin`` x the class's mean loss become ignore; larger margins keep more pixels."""
+    """FreeMask filtering (``todsynth.seg.freemask``).
+
+    Synthetic pixels of class c whose judge loss exceeds ``margin`` x the class's mean loss become ignore;
+    larger margins keep more pixels.
+    """
 
     enabled: bool = False
     margin: PositiveFloat = 1.25

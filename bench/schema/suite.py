@@ -61,8 +61,10 @@ class Suite(Strict):
 
     @property
     def tracking_uri(self) -> str:
-        """The MLflow tracking URI (default ``sqlite:///<workspace>/mlflow.db``), with local paths made absolute: a
-        relative ``sqlite:///runs/mlflow.db`` would name another store from another directory."""
+        """The MLflow tracking URI (default ``sqlite:///<workspace>/mlflow.db``), local paths made absolute.
+
+        A relative ``sqlite:///runs/mlflow.db`` would name another store from another directory.
+        """
         return absolute_uri(self.tracking.uri or f"sqlite:///{self.workspace / 'mlflow.db'}")
 
     @property

@@ -91,8 +91,11 @@ class Objective(Strict):
 
 
 class Constraint(Strict):
-    """A tuning constraint ``min <= metric <= max``; with ``relative_to: <variant>`` the bounds are offsets from
-    that variant's value (``{metric: fid, relative_to: plain, max: 5}`` means FID <= FID(plain) + 5)."""
+    """A tuning constraint ``min <= metric <= max``.
+
+    With ``relative_to: <variant>`` the bounds are offsets from that variant's value
+    (``{metric: fid, relative_to: plain, max: 5}`` means FID <= FID(plain) + 5).
+    """
 
     metric: str
     min: float | None = None

@@ -1,5 +1,8 @@
-"""Variants: the ``sampling:``/``crfm:`` sections generated from the library's configs, a variant's partial
-override, the matrix, and the resolved variant (the library's configs, ready for a stage)."""
+"""Variants and their settings.
+
+The ``sampling:``/``crfm:`` sections generated from the library's configs, a variant's partial override, the
+matrix, and the resolved variant (the library's configs, ready for a stage).
+"""
 
 from __future__ import annotations
 
@@ -45,9 +48,9 @@ class ConfigSection(Strict):
 
 
 def config_section(name: str, config: type[Any], exclude: tuple[str, ...], doc: str) -> type[ConfigSection]:
-    """The suite section ``name`` (the module attribute it is bound to, so it pickles) of a library config:
-    its dataclass fields (types, defaults) minus ``exclude``.
+    """The suite section of a library config: its dataclass fields (types, defaults) minus ``exclude``.
 
+    ``name`` is the module attribute the section is bound to (so it pickles).
     Each given value is checked by the config's own ``field_problem`` and reported under its key
     (``variants[1].crfm.rectified_step: must be an int >= 0, got -1``): the rules are written once, there.
     """
