@@ -27,6 +27,7 @@ from bench.graph import Node, build_graph, node_key, select_forced
 from bench.provenance import git_commit, now_iso, package_versions
 from bench.results import collect_results, results_path, strict_json, write_results
 from bench.schema import CRFM, ResolvedVariant, Sampling, Suite, Variant, check_runnable
+from bench.specs import Runtime
 from bench.suites import SuiteError, config_hash, resolved_dict, resolved_yaml
 from todsynth.errors import StageError, TodsynthError
 
@@ -99,7 +100,7 @@ def graph_hashes(nodes: list[Node], stage_versions: Mapping[str, int]) -> dict[s
     hashes: dict[str, str] = {}
     for node in nodes:
         inputs = {role: hashes[dep] for role, dep in node.deps.items()}
-        hashes[node.key] = stage_hash(node.stage, node.spec, inputs, stage_code_version(node.stage, stage_versions))
+        hashes[node.key] = stage_hash(node.stage, node.spec.hashed(), inputs, stage_code_version(node.stage, stage_versions))
     return hashes
 
 
@@ -351,12 +352,12 @@ def _run_node(
     log_dir: Path, progress: bool = False,
 ) -> tuple[CachedStage, bool, float]:
     """Compute or reuse one node; on new work, a child MLflow run wraps the stage function."""
-    meta: dict[str, Any] = {"key": node.key, "spec": node.spec, "inputs": input_hashes, "code_version": code}
+    meta: dict[str, Any] = {"key": node.key, "spec": node.spec.hashed(), "inputs": input_hashes, "code_version": code}
     work_dir = cache.root / node.stage / f".work-{h}"  # resumable checkpoints of long stages (kept across kills)
     if force and work_dir.exists():  # --force recomputes from scratch, not from a killed run's checkpoints
         shutil.rmtree(work_dir)
-    spec = {**node.spec, "runtime": {"device": device, "launcher": node.launcher, "gpus": suite.resources.gpus,
-                                     "work_dir": str(work_dir), "progress": progress}}
+    spec = node.spec.at(Runtime(device=device, launcher=node.launcher, gpus=suite.resources.gpus,
+                                work_dir=str(work_dir), progress=progress))
     child: list[str] = []
 
     def work(tmp: Path) -> dict[str, Any]:
@@ -367,7 +368,7 @@ def _run_node(
                 tags |= {"todsynth.variant": node.variant, "todsynth.seed": str(node.seed)}
             if node.subset is not None:
                 tags["todsynth.subset"] = str(node.subset)
-            child.append(tracker.start_child(node.key, node.spec, tags))
+            child.append(tracker.start_child(node.key, meta["spec"], tags))
             meta["mlflow_run_id"] = child[0]
         if node.launcher == "inprocess":
             return fn(spec, inputs, tmp)

@@ -9,7 +9,7 @@ With ``dataset.subsets`` the stages that learn from labelled training data exist
 ``autoencoder[n=16]``, ``generator[n=16]``, ``judge[n=16]``, and the variants are ``plain@n16`` etc.
 (``synthesize[plain@n16,seed=0]``); their specs carry ``subset: {n, seed, rule}``, so the cache never
 shares them across sizes. ``data``, ``prompts``, ``evaluator`` and ``real_features`` stay shared. Without
-``subsets`` nothing changes: same keys, same specs, same hashes.
+``subsets`` nothing changes: same keys, same specs, same hashes. The specs are typed (:mod:`bench.specs`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,23 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from bench.schema import CRFM, ResolvedVariant, Sampling, Segmenter, Suite, resolve_variants
+from bench.schema import ResolvedVariant, Segmenter, Suite, resolve_variants
+from bench.specs import (
+    AutoencoderSpec,
+    CheckpointSpec,
+    DataSpec,
+    DownstreamSpec,
+    EvaluateSpec,
+    FeaturesSpec,
+    GeneratorStageSpec,
+    Launcher,
+    MixedDownstreamSpec,
+    PromptsSpec,
+    SegmenterSpec,
+    StageSpec,
+    Subset,
+    SynthesizeSpec,
+)
 
 STAGE_ORDER = (
     "data", "prompts", "autoencoder", "generator", "judge", "evaluator", "real_features",
@@ -27,7 +43,6 @@ STAGE_ORDER = (
 # Stages that would use several GPUs: generator training and sampling via accelerate, MMSeg via torchrun.
 ACCELERATE_STAGES = frozenset({"generator", "synthesize"})
 TORCHRUN_STAGES = frozenset({"judge", "evaluator", "downstream"})
-Launcher = Literal["inprocess", "accelerate", "torchrun"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +51,7 @@ class Node:
 
     key: str
     stage: str
-    spec: dict[str, Any]
+    spec: StageSpec
     deps: dict[str, str] = field(default_factory=dict)  # role -> node key
     variant: str | None = None
     seed: int | None = None
@@ -54,18 +69,13 @@ def subset_key(stage: str, n: int | None) -> str:
     return stage if n is None else f"{stage}[n={n}]"
 
 
-def subset_spec(suite: Suite, n: int | None) -> dict[str, Any] | None:
-    """What a node trained on the labelled subset of size n adds to its spec (None: the whole split)."""
+def subset_spec(suite: Suite, n: int | None) -> Subset | None:
+    """The labelled-subset draw of size n a node trains on (None: the whole split)."""
     if n is None:
         return None
     from todsynth.data.subset import DRAW_RULE
 
-    return {"n": n, "seed": suite.dataset.subset_seed, "rule": DRAW_RULE}
-
-
-def _with_subset(spec: dict[str, Any], sub: dict[str, Any] | None) -> dict[str, Any]:
-    """``spec`` plus ``subset`` when drawn (absent otherwise, so suites without subsets keep their hashes)."""
-    return spec if sub is None else {**spec, "subset": sub}
+    return Subset(n=n, seed=suite.dataset.subset_seed, rule=DRAW_RULE)
 
 
 def fid_extractor(suite: Suite) -> Literal["inception", "evaluator"]:
@@ -83,10 +93,11 @@ def preset_text(suite: Suite) -> dict[str, Any]:
     return dict(resolve_preset(suite.generator.preset, suite.generator.overrides).get("text") or {})
 
 
-def _segmenter_spec(seg: Segmenter) -> dict[str, Any]:
+def _segmenter_spec(seg: Segmenter, sub: Subset | None = None) -> SegmenterSpec | CheckpointSpec:
     if seg.checkpoint is not None:
-        return {"model": seg.model, "checkpoint": str(seg.checkpoint), "trust_checkpoint": seg.trust_checkpoint}
-    return seg.model_dump(mode="json", exclude={"checkpoint", "trust_checkpoint"})
+        return CheckpointSpec(model=seg.model, checkpoint=str(seg.checkpoint), trust_checkpoint=seg.trust_checkpoint)
+    return SegmenterSpec(model=seg.model, iters=seg.iters, batch_size=seg.batch_size, lr=seg.lr,
+                         optimizer=seg.optimizer, seed=seg.seed, crop_size=seg.crop_size, subset=sub)
 
 
 def n_synthetic(ratio: float, n_masks: int) -> int:
@@ -94,17 +105,30 @@ def n_synthetic(ratio: float, n_masks: int) -> int:
     return max(1, round(ratio * n_masks))
 
 
-def synthesis_spec(suite: Suite, v: ResolvedVariant, seed: int) -> dict[str, Any]:
-    """The hashed spec of ``synthesize[v,seed]``; CRFM settings drop out when ``rectified_step == 0``."""
-    crfm = CRFM.values_of(v.crfm) if v.crfm.enabled else None
-    return _with_subset({
-        "sampling": Sampling.values_of(v.sampling),
-        "crfm": crfm,
-        "seed": seed,
-        "limit": suite.dataset.limit,
-        "ratio": suite.downstream.ratio,
-        "copies": math.ceil(suite.downstream.ratio),
-    }, subset_spec(suite, v.subset))
+def synthesis_spec(suite: Suite, v: ResolvedVariant, seed: int) -> SynthesizeSpec:
+    """The spec of ``synthesize[v,seed]``; CRFM settings drop out when ``rectified_step == 0``."""
+    return SynthesizeSpec(
+        sampling=v.sampling, crfm=v.crfm if v.crfm.enabled else None, seed=seed, limit=suite.dataset.limit,
+        ratio=suite.downstream.ratio, copies=math.ceil(suite.downstream.ratio), subset=subset_spec(suite, v.subset))
+
+
+def downstream_spec(suite: Suite, v: ResolvedVariant, seed: int) -> DownstreamSpec:
+    """The spec of ``downstream[v,seed]``: real only for the baseline, real + synthetic (FreeMask) otherwise."""
+    d, freemask = suite.downstream, suite.downstream.freemask
+    common = {"model": d.model, "iters": d.iters, "batch_size": d.batch_size, "lr": d.lr, "optimizer": d.optimizer,
+              "crop_size": d.crop_size, "seed": d.seed + seed, "val_limit": suite.dataset.val_limit,
+              "subset": subset_spec(suite, v.subset)}
+    if v.kind == "baseline":
+        return DownstreamSpec(**common)
+    return MixedDownstreamSpec(**common, ratio=d.ratio, freemask=freemask if freemask.enabled else None)
+
+
+def data_spec(suite: Suite) -> DataSpec:
+    """The spec of ``data``: procedural scenes, or a LoveDA root."""
+    ds = suite.dataset
+    if ds.kind == "procedural":
+        return DataSpec(kind=ds.kind, domains=tuple(ds.domains), procedural=ds.procedural)
+    return DataSpec(kind=ds.kind, domains=tuple(ds.domains), root=str(ds.root), on_bad_sample=ds.on_bad_sample)
 
 
 def build_graph(suite: Suite) -> list[Node]:
@@ -118,17 +142,11 @@ def build_graph(suite: Suite) -> list[Node]:
             return "torchrun"
         return "inprocess"
 
-    ds = suite.dataset
-    data_spec: dict[str, Any] = {"kind": ds.kind, "domains": list(ds.domains)}
-    if ds.kind == "procedural":
-        data_spec["procedural"] = ds.procedural.model_dump(mode="json")
-    else:
-        data_spec["root"] = str(ds.root)
-        data_spec["on_bad_sample"] = ds.on_bad_sample
-    gen = suite.generator
+    ds, gen = suite.dataset, suite.generator
     nodes = [
-        Node("data", "data", data_spec),
-        Node("prompts", "prompts", {"text": preset_text(suite), "sd3_dir": _opt(gen.sd3_dir) if gen.text_encoder == "sd3" else None},
+        Node("data", "data", data_spec(suite)),
+        Node("prompts", "prompts", PromptsSpec(text=preset_text(suite),
+                                               sd3_dir=_opt(gen.sd3_dir) if gen.text_encoder == "sd3" else None),
              {"data": "data"}),
     ]
     for n in ds.subsets or [None]:  # the stages that learn from labelled training data: once per subset size
@@ -136,17 +154,13 @@ def build_graph(suite: Suite) -> list[Node]:
         gen_deps = {"data": "data", "prompts": "prompts"}
         if gen.scratch:
             ae = subset_key("autoencoder", n)
-            nodes.append(Node(ae, "autoencoder", _with_subset(
-                {"preset": gen.preset, "overrides": gen.overrides, "train": gen.vae_train.model_dump(mode="json")}, sub),
-                {"data": "data"}, subset=n))
+            nodes.append(Node(ae, "autoencoder", AutoencoderSpec(
+                preset=gen.preset, overrides=gen.overrides, train=gen.vae_train, subset=sub), {"data": "data"}, subset=n))
             gen_deps["autoencoder"] = ae
-        nodes.append(Node(subset_key("generator", n), "generator", _with_subset({
-            "preset": gen.preset,
-            "sd3_dir": _opt(gen.sd3_dir) if not gen.scratch else None,
-            "overrides": gen.overrides,
-            "train": gen.train.model_dump(mode="json"),
-        }, sub), gen_deps, launcher=launcher("generator"), subset=n))
-        nodes.append(Node(subset_key("judge", n), "judge", _with_subset(_segmenter_spec(suite.judge), sub),
+        nodes.append(Node(subset_key("generator", n), "generator", GeneratorStageSpec(
+            preset=gen.preset, sd3_dir=_opt(gen.sd3_dir) if not gen.scratch else None, overrides=gen.overrides,
+            train=gen.train, subset=sub), gen_deps, launcher=launcher("generator"), subset=n))
+        nodes.append(Node(subset_key("judge", n), "judge", _segmenter_spec(suite.judge, sub),
                           {"data": "data"}, launcher=launcher("judge"), subset=n))
     nodes.append(Node("evaluator", "evaluator", _segmenter_spec(suite.evaluator), {"data": "data"},
                       launcher=launcher("evaluator")))
@@ -154,17 +168,13 @@ def build_graph(suite: Suite) -> list[Node]:
     feat_deps = {"data": "data"}
     if extractor == "evaluator":
         feat_deps["evaluator"] = "evaluator"
-    nodes.append(Node("real_features", "real_features", {
-        "extractor": extractor,
-        "weights": _opt(suite.fid.inception_weights) if extractor == "inception" else None,
-    }, feat_deps))
+    nodes.append(Node("real_features", "real_features", FeaturesSpec(
+        extractor=extractor, weights=_opt(suite.fid.inception_weights) if extractor == "inception" else None),
+        feat_deps))
 
-    freemask = suite.downstream.freemask
-    down_base = suite.downstream.model_dump(mode="json", exclude={"ratio", "freemask", "seed"})
     for v in resolve_variants(suite):
         judge, generator = subset_key("judge", v.subset), subset_key("generator", v.subset)
         for seed in suite.seeds:
-            down_spec = {**down_base, "seed": suite.downstream.seed + seed, "val_limit": ds.val_limit}
             down_deps = {"data": "data"}
             if v.kind == "synthetic":
                 syn = node_key("synthesize", v.name, seed)
@@ -177,15 +187,12 @@ def build_graph(suite: Suite) -> list[Node]:
                 eval_deps = {"synthesize": syn, "evaluator": "evaluator", "real_features": "real_features",
                              "data": "data"}
                 nodes.append(Node(node_key("evaluate", v.name, seed), "evaluate",
-                                  {"extractor": extractor}, eval_deps, v.name, seed, subset=v.subset))
+                                  EvaluateSpec(extractor=extractor), eval_deps, v.name, seed, subset=v.subset))
                 down_deps["synthesize"] = syn
-                down_spec["ratio"] = suite.downstream.ratio
-                down_spec["freemask"] = freemask.model_dump(mode="json") if freemask.enabled else None
-                if freemask.enabled:
+                if suite.downstream.freemask.enabled:
                     down_deps["judge"] = judge
-            nodes.append(Node(node_key("downstream", v.name, seed), "downstream",
-                              _with_subset(down_spec, subset_spec(suite, v.subset)), down_deps, v.name, seed,
-                              launcher("downstream"), v.subset))
+            nodes.append(Node(node_key("downstream", v.name, seed), "downstream", downstream_spec(suite, v, seed),
+                              down_deps, v.name, seed, launcher("downstream"), v.subset))
     return _dedupe(nodes)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cache import CachedStage
+from bench.specs import StageSpec, spec_from_json, spec_to_json
 from todsynth.errors import StageError
 
 
@@ -29,23 +30,23 @@ def launch_command(launcher: str, gpus: int, stage: str, job_dir: Path, out_dir:
     return head + worker
 
 
-def write_job(job_dir: Path, spec: dict[str, Any], inputs: dict[str, CachedStage]) -> None:
+def write_job(job_dir: Path, spec: StageSpec, inputs: dict[str, CachedStage]) -> None:
     """Spec and inputs (their dirs and markers) as JSON for the worker processes."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / "spec.json").write_text(json.dumps(spec, default=str))
+    (job_dir / "spec.json").write_text(json.dumps(spec_to_json(spec), default=str))
     (job_dir / "inputs.json").write_text(
         json.dumps({role: {"dir": str(c.dir), "marker": c.marker} for role, c in inputs.items()}, default=str)
     )
 
 
-def read_job(job_dir: Path) -> tuple[dict[str, Any], dict[str, CachedStage]]:
+def read_job(job_dir: Path) -> tuple[StageSpec, dict[str, CachedStage]]:
     """Inverse of :func:`write_job`."""
-    spec = json.loads((job_dir / "spec.json").read_text())
+    spec = spec_from_json(json.loads((job_dir / "spec.json").read_text()))
     raw = json.loads((job_dir / "inputs.json").read_text())
     return spec, {role: CachedStage(Path(v["dir"]), v["marker"]) for role, v in raw.items()}
 
 
-def run_launched(launcher: str, gpus: int, stage: str, spec: dict[str, Any], inputs: dict[str, CachedStage],
+def run_launched(launcher: str, gpus: int, stage: str, spec: StageSpec, inputs: dict[str, CachedStage],
                  out_dir: Path, job_dir: Path) -> dict[str, Any]:
     """Run a stage under a multi-process launcher and return rank 0's artifacts."""
     write_job(job_dir, spec, inputs)

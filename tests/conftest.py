@@ -68,14 +68,14 @@ def fake_stages():
             calls.append(stage)
             if not out_dir.name.startswith(".tmp-"):
                 raise AssertionError(f"stage wrote outside a temp dir: {out_dir}")
-            (out_dir / f"{stage}.json").write_text(_json.dumps({"spec": spec, "inputs": sorted(inputs)}, default=str))
+            (out_dir / f"{stage}.json").write_text(_json.dumps({"spec": spec.hashed(), "inputs": sorted(inputs)}, default=str))
             arts = {"file": out_dir / f"{stage}.json"}
             crfm = None
             if "synthesize" in inputs:
                 crfm = inputs["synthesize"].marker["spec"]["crfm"]
             rs = crfm["rectified_step"] if crfm else 0
             if stage == "synthesize":
-                Image.fromarray(np.full((8, 8, 3), 40 * (spec["crfm"] or {}).get("rectified_step", 0), np.uint8)).save(
+                Image.fromarray(np.full((8, 8, 3), 40 * (spec.crfm.rectified_step if spec.crfm else 0), np.uint8)).save(
                     out_dir / "grid.png")
                 arts |= {"metrics": {"seconds_per_image": 0.5 + 0.1 * rs}, "mlflow_artifacts": ["grid.png"]}
             elif stage == "evaluate":
@@ -84,7 +84,7 @@ def fake_stages():
                                    "fid_resize": "none: native resolution", "mask_miou": 0.4 + 0.02 * rs, "evaluator_real_miou": 0.6,
                                    "seconds_per_image": inputs["synthesize"].artifacts["metrics"]["seconds_per_image"]}
             elif stage == "downstream":
-                miou = 0.5 + 0.01 * spec["seed"] + (0.05 + 0.01 * rs if "synthesize" in inputs else 0.0)
+                miou = 0.5 + 0.01 * spec.seed + (0.05 + 0.01 * rs if "synthesize" in inputs else 0.0)
                 (out_dir / "per_class_iou.json").write_text(_json.dumps({"building": miou}))
                 arts |= {"metrics": {"downstream_miou": miou, "downstream_oa": miou + 0.2, "downstream_macc": miou + 0.1,
                                      "per_class_iou": {"background": miou - 0.1, "building": miou + 0.1}},

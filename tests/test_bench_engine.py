@@ -42,7 +42,7 @@ def test_graph_nodes_and_deps(tiny_suite_data, tmp_path):
     by_key = {n.key: n for n in nodes}
     assert "judge" in by_key["synthesize[crfm,seed=0]"].deps.values()
     assert "judge" not in by_key["synthesize[plain,seed=0]"].deps.values()  # rectified_step 0 needs no judge
-    assert by_key["synthesize[plain,seed=0]"].spec["crfm"] is None
+    assert by_key["synthesize[plain,seed=0]"].spec.crfm is None
     assert set(by_key["downstream[real-only,seed=0]"].deps) == {"data"}
     # mask fidelity is scored by the evaluator, never the judge that guided CRFM (data: the evaluator's ceiling,
     # its mIoU on the real images of the synthesized masks)
@@ -167,7 +167,7 @@ def test_crash_then_resume_gives_equal_results(tiny_suite_data, tmp_path, fake_s
     state = {"crashed": False}
 
     def crashing(spec, inputs, out_dir):
-        if spec["crfm"] is not None and not state["crashed"]:
+        if spec.crfm is not None and not state["crashed"]:
             state["crashed"] = True
             (out_dir / "half.png").write_bytes(b"partial")
             raise RuntimeError("simulated crash")
@@ -290,21 +290,28 @@ def test_launched_stage_round_trip(tiny_suite_data, tmp_path, monkeypatch):
     from bench import stages as stages_mod
     from bench.cache import CachedStage
     from bench.launch import read_job, write_job
+    from bench.schema import CRFM
+    from bench.specs import Runtime, Subset, SynthesizeSpec
     from bench.worker import main
+    from todsynth.sample.config import CRFMConfig, SamplerConfig
 
     def fake(spec, inputs, out_dir):
-        (out_dir / "w.txt").write_text(spec["x"] + inputs["data"].marker["stage"])
+        (out_dir / "w.txt").write_text(spec.crfm.step_scheme + inputs["data"].marker["stage"])
         return {"w": out_dir / "w.txt", "metrics": {"m": 1.5}}
 
     monkeypatch.setitem(stages_mod.STAGES, "generator", fake)
     job, out = tmp_path / "job", tmp_path / "out"
     out.mkdir()
-    write_job(job, {"x": "a"}, {"data": CachedStage(tmp_path, {"stage": "data"})})
+    sent = SynthesizeSpec(sampling=SamplerConfig(num_inference_steps=5), crfm=CRFMConfig(rectified_step=2, step_scheme="C",
+                          clamp=None), seed=1, limit=None, ratio=1.5, copies=2, subset=Subset(n=4, seed=0, rule="r"),
+                          runtime=Runtime(device="cuda", launcher="accelerate", gpus=2, work_dir="/w", progress=True))
+    write_job(job, sent, {"data": CachedStage(tmp_path, {"stage": "data"})})
     spec, inputs = read_job(job)
-    assert spec == {"x": "a"} and inputs["data"].marker == {"stage": "data"}
+    assert spec == sent and inputs["data"].marker == {"stage": "data"}  # typed specs survive the JSON round trip
+    assert spec.hashed()["crfm"] == CRFM.values_of(sent.crfm) and spec.hashed()["subset"] == {"n": 4, "seed": 0, "rule": "r"}
     assert main(["--stage", "generator", "--job", str(job), "--out", str(out)]) == 0
     assert json.loads((job / "artifacts.json").read_text()) == {"w": "w.txt", "metrics": {"m": 1.5}}
-    assert (out / "w.txt").read_text() == "adata"
+    assert (out / "w.txt").read_text() == "Cdata"
 
 
 def test_results_file_is_strict_json(tmp_path):

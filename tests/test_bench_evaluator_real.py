@@ -29,17 +29,17 @@ def evaluator_stages(fake_stages):
         from todsynth.seg.models import build_segmentor
 
         calls.append("evaluator")
-        save_segmentor(build_segmentor(spec["model"], seed=spec["seed"]), spec["model"], out_dir / "model", 7)
+        save_segmentor(build_segmentor(spec.model, seed=spec.seed), spec.model, out_dir / "model", 7)
         return {"model": out_dir / "model"}
 
     def synthesize(spec, inputs, out_dir):
         """The real stage's choice of masks (subset, then limit); images: the real ones, darkened and noised."""
         calls.append("synthesize")
-        masks = train_samples(spec, inputs["data"])
-        masks = masks[: spec["limit"]] if spec["limit"] is not None else masks
+        masks = train_samples(spec.subset, inputs["data"])
+        masks = masks[: spec.limit] if spec.limit is not None else masks
         copy = out_dir / "copy-0"
         entries = []
-        rng = np.random.default_rng(spec["seed"])
+        rng = np.random.default_rng(spec.seed)
         for s in masks:
             base = copy / "Train" / s.domain
             for d in ("images_png", "masks_png"):

@@ -48,21 +48,21 @@ def test_fewshot_suite_protocol(tmp_path):
     for n in ds.subsets:  # what learns from labelled data exists once per size, on that subset only
         for stage in ("autoencoder", "generator", "judge"):
             node = by_key[f"{stage}[n={n}]"]
-            assert node.spec["subset"]["n"] == n and node.subset == n
+            assert node.spec.subset.n == n and node.subset == n
     for shared in ("data", "prompts", "evaluator", "real_features"):  # the fixed instrument and the data
-        assert "subset" not in by_key[shared].spec and by_key[shared].subset is None
+        assert getattr(by_key[shared].spec, "subset", None) is None and by_key[shared].subset is None
     assert not any(k in by_key for k in ("generator", "judge", "autoencoder"))
     variants = [f"{v}@n{n}" for n in ds.subsets for v in ("real-only", "plain", "crfm")]
     for v in variants:
         for seed in suite.seeds:
             n = int(v.rpartition("@n")[2])
             down = by_key[f"downstream[{v},seed={seed}]"]
-            assert down.spec["subset"]["n"] == n and down.variant == v and down.seed == seed
+            assert down.spec.subset.n == n and down.variant == v and down.seed == seed
             if v.startswith("real-only"):
                 assert f"synthesize[{v},seed={seed}]" not in by_key
                 continue
             syn = by_key[f"synthesize[{v},seed={seed}]"]
-            assert syn.spec["subset"]["n"] == n and syn.spec["limit"] is None and syn.deps["generator"] == f"generator[n={n}]"
+            assert syn.spec.subset.n == n and syn.spec.limit is None and syn.deps["generator"] == f"generator[n={n}]"
             assert down.deps["judge"] == f"judge[n={n}]"  # FreeMask with the subset's judge
             assert by_key[f"evaluate[{v},seed={seed}]"].deps["evaluator"] == "evaluator"
             if v.startswith("crfm"):
@@ -106,25 +106,27 @@ def test_without_subsets_the_graph_is_unchanged(tiny_suite_data, tmp_path):
     nodes = build_graph(_suite(tiny_suite_data, tmp_path / "ws"))
     assert [n.key for n in nodes][:7] == ["data", "prompts", "autoencoder", "generator", "judge", "evaluator",
                                          "real_features"]
-    assert all("subset" not in n.spec and n.subset is None for n in nodes)
+    assert all(getattr(n.spec, "subset", None) is None and n.subset is None for n in nodes)
     assert {n.variant for n in nodes} == {None, "real-only", "plain", "crfm"}
 
 
 def test_stages_train_on_the_subset(tmp_path):
     """``train_samples``: the whole split without ``subset``, else labelled_subset (the nested draw); Val untouched."""
+    from bench.schema import Procedural
+    from bench.specs import DataSpec, Subset
     from todsynth.data.subset import DRAW_RULE, labelled_subset
 
-    spec = {"kind": "procedural", "domains": ["Urban", "Rural"],
-            "procedural": {"n_train": 8, "n_val": 2, "size": 16, "seed": 0}}
+    spec = DataSpec(kind="procedural", domains=("Urban", "Rural"),
+                    procedural=Procedural(n_train=8, n_val=2, size=16, seed=0))
     arts = stages.stage_data(spec, {}, tmp_path)
-    data = CachedStage(tmp_path, {"artifacts": arts, "spec": spec})
+    data = CachedStage(tmp_path, {"artifacts": arts, "spec": spec.hashed()})
     train = split_samples(data, "Train")
-    assert train_samples({}, data) == train
-    sub = {"n": 4, "seed": 0, "rule": DRAW_RULE}
-    assert train_samples({"subset": sub}, data) == labelled_subset(train, 4, 0)
-    assert {s.domain for s in train_samples({"subset": sub}, data)} == {"Urban", "Rural"}
+    assert train_samples(None, data) == train
+    sub = Subset(n=4, seed=0, rule=DRAW_RULE)
+    assert train_samples(sub, data) == labelled_subset(train, 4, 0)
+    assert {s.domain for s in train_samples(sub, data)} == {"Urban", "Rural"}
     with pytest.raises(ValueError, match="rule"):
-        train_samples({"subset": {**sub, "rule": "other"}}, data)
+        train_samples(Subset(n=4, seed=0, rule="other"), data)
 
 
 # ---------------------------------------------------------------------- the whole path with fake stages
@@ -138,7 +140,7 @@ def fewshot_stages(fake_stages):
 
     def downstream(spec, inputs, out_dir):
         calls.append("downstream")
-        n, seed = spec["subset"]["n"], spec["seed"]
+        n, seed = spec.subset.n, spec.seed
         miou = 0.3 + 0.01 * n + 0.02 * seed
         if "synthesize" in inputs:
             rs = (inputs["synthesize"].marker["spec"]["crfm"] or {}).get("rectified_step", 0)

@@ -51,8 +51,8 @@ def deterministic_stages():
     def make(stage):
         def fn(spec, inputs, out):
             (out / f"{stage}.txt").write_text(json.dumps(sorted(inputs)))
-            crfm = (spec.get("crfm") or {}).get("rectified_step", 0) if stage == "synthesize" else 0
-            m = {"downstream_miou": 0.5 + 0.01 * spec.get("seed", 0) + 0.03 * ("synthesize" in inputs),
+            crfm = (spec.crfm.rectified_step if spec.crfm else 0) if stage == "synthesize" else 0
+            m = {"downstream_miou": 0.5 + 0.01 * getattr(spec, "seed", 0) + 0.03 * ("synthesize" in inputs),
                  "downstream_oa": 0.7, "downstream_macc": 0.6, "per_class_iou": {"building": 0.4},
                  "fid": 90.0 - crfm, "kid": 0.1, "mask_miou": 0.3, "seconds_per_image": 1.0,
                  "fid_extractor": "evaluator", "fid_comparable": False}

@@ -35,7 +35,7 @@ def report_stages(fake_stages):
         from todsynth.data.loveda import list_samples
 
         calls.append("synthesize")
-        rs = (spec["crfm"] or {}).get("rectified_step", 0)
+        rs = (spec.crfm.rectified_step if spec.crfm else 0)
         root = inputs["data"].dir / inputs["data"].artifacts["root"]
         copy = out_dir / "copy-0"
         entries = []

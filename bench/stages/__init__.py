@@ -1,7 +1,7 @@
 """The suite's stages: one small plain function each, ``(spec, inputs, out_dir) -> artifacts``.
 
-``spec`` is the node's resolved config (what the cache hash covers) plus ``spec["runtime"]`` (device,
-launcher, a resumable ``work_dir``; not hashed). ``inputs`` maps a role (``data``, ``generator``,
+``spec`` is the node's typed spec (:mod:`bench.specs`: what the cache hash covers) with its ``runtime`` (device,
+launcher, a resumable ``work_dir``, progress; not hashed) filled in. ``inputs`` maps a role (``data``, ``generator``,
 ``judge``...) to the finished :class:`bench.cache.CachedStage` it depends on. A stage writes only under
 ``out_dir`` (a temp dir the cache renames into place) and returns JSON values; paths inside
 ``out_dir`` are stored relative. ``metrics`` are logged to the stage's MLflow child run,
@@ -48,7 +48,7 @@ STAGE_VERSIONS: dict[str, int] = {
 }  # evaluate 2: adds evaluator_real_miou (the evaluator on the real images of the synthesized masks); 3: FID/KID's
 #   image counts (fid_n_real, fid_n_synthetic) and resize (fid_resize)
 
-StageFn = Callable[[dict[str, Any], dict[str, CachedStage], Path], dict[str, Any]]
+StageFn = Callable[[Any, dict[str, CachedStage], Path], dict[str, Any]]  # spec: the stage's bench.specs type
 
 STAGES: dict[str, StageFn] = {
     "data": stage_data,

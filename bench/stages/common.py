@@ -1,9 +1,10 @@
 """What the stages share.
 
-A finished stage's artifacts and sample listings, the unhashed ``runtime`` part of a spec, the prompt cache, saved
+A finished stage's artifacts and sample listings, the labelled subset's samples, the prompt cache, saved
 segmentors and JSON outputs.
 
-Imports :mod:`bench.cache` only (the library lazily, inside the functions), so every stage room may import it.
+Imports :mod:`bench.cache` and :mod:`bench.specs` only (the library lazily, inside the functions), so every stage
+room may import it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cache import CachedStage
+from bench.specs import Subset
 
 
 def artifact_path(stage: CachedStage, key: str) -> Path:
@@ -29,16 +31,6 @@ def launch_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def runtime(spec: dict[str, Any]) -> dict[str, Any]:
-    """The spec's unhashed ``runtime`` part (device, launcher, work dir, progress); CPU when absent."""
-    return dict(spec.get("runtime") or {"device": "cpu"})
-
-
-def shows_progress(spec: dict[str, Any]) -> bool:
-    """Whether the stage draws progress bars (``runtime.progress``)."""
-    return bool(runtime(spec).get("progress", False))
-
-
 def split_samples(data: CachedStage, split: str) -> list[Any]:
     """``Sample``s of a split from the data stage's listing (``Train`` or ``Val``)."""
     from todsynth.data.loveda import Sample
@@ -51,17 +43,16 @@ def split_samples(data: CachedStage, split: str) -> list[Any]:
     ]
 
 
-def train_samples(spec: dict[str, Any], data: CachedStage) -> list[Any]:
-    """The training ``Sample``s a stage may learn from: the whole split, or the labelled subset in ``spec["subset"]``."""
+def train_samples(sub: Subset | None, data: CachedStage) -> list[Any]:
+    """The training ``Sample``s a stage may learn from: the whole split (``sub`` None), or the labelled subset."""
     samples = split_samples(data, "Train")
-    sub = spec.get("subset")
     if sub is None:
         return samples
     from todsynth.data.subset import DRAW_RULE, labelled_subset
 
-    if sub["rule"] != DRAW_RULE:
-        raise ValueError(f"subset rule {sub['rule']!r} is not this version's {DRAW_RULE!r}")
-    return labelled_subset(samples, sub["n"], sub["seed"])
+    if sub.rule != DRAW_RULE:
+        raise ValueError(f"subset rule {sub.rule!r} is not this version's {DRAW_RULE!r}")
+    return labelled_subset(samples, sub.n, sub.seed)
 
 
 def domains(data: CachedStage) -> list[str]:

@@ -13,28 +13,29 @@ from pathlib import Path
 from typing import Any
 
 from bench.cache import CachedStage
-from bench.stages.common import runtime, split_samples, write_json
+from bench.specs import DataSpec, PromptsSpec
+from bench.stages.common import split_samples, write_json
 
 SAMPLES_FILE = "samples.json"
 
 
-def stage_data(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
+def stage_data(spec: DataSpec, inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
     """Procedural scenes (written here) or a validated LoveDA root (listed): ``samples.json`` per split."""
     from todsynth.data.loveda import list_samples
 
     skip: dict[Path, str] | None = None
-    if spec["kind"] == "procedural":
+    if spec.procedural is not None:
         from todsynth.data.procedural import generate_dataset
 
-        p = spec["procedural"]
-        root = generate_dataset(out_dir / "data", p["n_train"], p["n_val"], p["size"], p["seed"])
+        p = spec.procedural
+        root = generate_dataset(out_dir / "data", p.n_train, p.n_val, p.size, p.seed)
     else:
         from todsynth.data.validate import validate_dataset
         from todsynth.errors import DataValidationError
 
-        root = Path(spec["root"])
+        root = Path(str(spec.root))
         problems = validate_dataset(root)
-        skip = bad_sample_files(root, problems) if spec.get("on_bad_sample") == "skip" else None
+        skip = bad_sample_files(root, problems) if spec.on_bad_sample == "skip" else None
         if problems and skip is None:
             shown = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
             hint = "fix or remove the files, or set dataset.on_bad_sample: skip"
@@ -48,7 +49,7 @@ def stage_data(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Pa
         listing[split] = [
             {"id": s.id, "domain": s.domain, "image": s.image_path.relative_to(root).as_posix(),
              "mask": s.mask_path.relative_to(root).as_posix() if s.mask_path else None}
-            for s in list_samples(root, split, spec["domains"], skip=set(skip))
+            for s in list_samples(root, split, list(spec.domains), skip=set(skip))
         ]
     out: dict[str, Any] = {
         "root": root,
@@ -77,13 +78,13 @@ def bad_sample_files(root: Path, problems: list[str]) -> dict[Path, str]:
     return bad
 
 
-def stage_prompts(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
+def stage_prompts(spec: PromptsSpec, inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
     """Vectorize every training mask's prompt and the empty prompt once (safetensors per prompt)."""
     from todsynth.data.classes import prompt_for_labels, reduce_labels
     from todsynth.data.loveda import read_raw_mask
     from todsynth.text import PromptCache, preset_prompt_encoder
 
-    encoder = preset_prompt_encoder(spec["text"], sd3_dir=spec["sd3_dir"], device=runtime(spec)["device"])
+    encoder = preset_prompt_encoder(spec.text, sd3_dir=spec.sd3_dir, device=spec.runtime.device)
     prompts = sorted({prompt_for_labels(reduce_labels(read_raw_mask(s.mask_path)))
                       for s in split_samples(inputs["data"], "Train")})
     prompts.append("")

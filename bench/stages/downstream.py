@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.cache import CachedStage
+from bench.specs import DownstreamSpec, MixedDownstreamSpec
 from bench.stages.common import (
     launch_rank,
     load_seg,
-    runtime,
-    shows_progress,
     split_samples,
     square_crop,
     train_samples,
@@ -48,7 +47,7 @@ def _freemask(pairs: list[tuple[Path, Path]], judge_stage: CachedStage, margin: 
     return result.items, result.stats
 
 
-def stage_downstream(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
+def stage_downstream(spec: DownstreamSpec, inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
     """Train the downstream segmentor on real (+ synthetic, FreeMask-filtered) data; score on real Val."""
     from todsynth.seg.evaluate import evaluate_segmentor
     from todsynth.seg.io import save_segmentor
@@ -56,30 +55,30 @@ def stage_downstream(spec: dict[str, Any], inputs: dict[str, CachedStage], out_d
 
     if launch_rank() != 0:  # see bench.stages.models: rank 0 alone trains under torchrun
         return {}
-    rt = runtime(spec)
     data = inputs["data"]
-    real = train_samples(spec, data)
+    real = train_samples(spec.subset, data)
     val = split_samples(data, "Val")
-    if spec["val_limit"] is not None:
-        val = val[: spec["val_limit"]]
+    if spec.val_limit is not None:
+        val = val[: spec.val_limit]
     items: list[Any] = list(real)
     repeat: list[float] | None = None
     kept = None
-    if "synthesize" in inputs:
+    if isinstance(spec, MixedDownstreamSpec):
         from todsynth.seg.downstream import downstream_items
 
         synth = synthetic_pairs(inputs["synthesize"])
-        if spec.get("freemask"):
-            synth, freemask_stats = _freemask(synth, inputs["judge"], spec["freemask"]["margin"], out_dir, rt["device"])
+        if spec.freemask is not None:
+            synth, freemask_stats = _freemask(synth, inputs["judge"], spec.freemask.margin, out_dir,
+                                              spec.runtime.device)
             write_json(out_dir / "freemask.json", freemask_stats)
             kept = 1.0 - freemask_stats["filtered_fraction_total"]
-        items, repeat = downstream_items(real, synth, spec["ratio"])
+        items, repeat = downstream_items(real, synth, spec.ratio)
     model = train_segmentor(
-        spec["model"], items, out_dir / "work", max_iters=spec["iters"], batch_size=spec["batch_size"], lr=spec["lr"],
-        seed=spec["seed"], crop_size=square_crop(spec["crop_size"]), repeat_factors=repeat,
-        optimizer=spec["optimizer"], progress=shows_progress(spec),
+        spec.model, items, out_dir / "work", max_iters=spec.iters, batch_size=spec.batch_size, lr=spec.lr,
+        seed=spec.seed, crop_size=square_crop(spec.crop_size), repeat_factors=repeat,
+        optimizer=spec.optimizer, progress=spec.runtime.progress,
     )
-    save_segmentor(model, spec["model"], out_dir / "model", NUM_CLASSES)
+    save_segmentor(model, spec.model, out_dir / "model", NUM_CLASSES)
     scores = evaluate_segmentor(model, val)
     per_class = scores["per_class_iou"]
     (out_dir / "per_class_iou.csv").write_text(

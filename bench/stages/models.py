@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.cache import CachedStage
+from bench.specs import AutoencoderSpec, CheckpointSpec, GeneratorStageSpec, SegmenterSpec
 from bench.stages.common import (
     artifact_path,
     domains,
     launch_rank,
-    runtime,
-    shows_progress,
     split_samples,
     square_crop,
     stage_prompt_cache,
@@ -32,7 +31,7 @@ from todsynth.data.classes import NUM_CLASSES
 AUTOENCODER_METRICS = ("final_l1", "recon_l1", "scaling_factor", "shift_factor", "params", "train_seconds")
 
 
-def stage_autoencoder(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
+def stage_autoencoder(spec: AutoencoderSpec, inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
     """The autoencoder of a scratch preset.
 
     A VAE trained on the real training images, or a fixed transform (space-to-depth) whose latent scaling alone is
@@ -42,10 +41,11 @@ def stage_autoencoder(spec: dict[str, Any], inputs: dict[str, CachedStage], out_
     from todsynth.models.presets import resolve_preset
     from todsynth.train.vae import train_preset_vae
 
-    preset = resolve_preset(spec["preset"], spec["overrides"])
+    preset = resolve_preset(spec.preset, spec.overrides)
     data = inputs["data"]
-    dataset = LoveDA(artifact_path(data, "root"), "Train", domains(data), samples=train_samples(spec, data))
-    vae_dir = train_preset_vae(dataset, preset, out_dir / "vae", spec["train"], progress=shows_progress(spec))
+    dataset = LoveDA(artifact_path(data, "root"), "Train", domains(data), samples=train_samples(spec.subset, data))
+    vae_dir = train_preset_vae(dataset, preset, out_dir / "vae", spec.train.model_dump(),
+                               progress=spec.runtime.progress)
     metrics = {}
     summary = Path(vae_dir) / "train_summary.json"
     if summary.is_file():  # outcomes only: the settings (steps, lr, seed, batch size) are the stage run's params
@@ -54,24 +54,24 @@ def stage_autoencoder(spec: dict[str, Any], inputs: dict[str, CachedStage], out_
             "mlflow_artifacts": [str(summary.relative_to(out_dir))] if summary.is_file() else []}
 
 
-def stage_generator(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
+def stage_generator(spec: GeneratorStageSpec, inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
     """Train the mask-conditioned MM-DiT (flow matching); checkpoints in a resumable work dir."""
     from todsynth.data.loveda import LoveDA
     from todsynth.train import TrainConfig, train_generator
 
-    rt = runtime(spec)
-    overrides = dict(spec["overrides"])
-    if spec.get("sd3_dir"):
-        overrides["source"] = spec["sd3_dir"]
-    fields = {k: v for k, v in spec["train"].items() if v is not None}
+    rt = spec.runtime
+    overrides = dict(spec.overrides)
+    if spec.sd3_dir:
+        overrides["source"] = spec.sd3_dir
+    fields = spec.train.model_dump(exclude_none=True)
     vae_dir = str(artifact_path(inputs["autoencoder"], "vae")) if "autoencoder" in inputs else None
-    cfg = TrainConfig.from_preset(spec["preset"], preset_overrides=overrides, vae_dir=vae_dir, **fields)
+    cfg = TrainConfig.from_preset(spec.preset, preset_overrides=overrides, vae_dir=vae_dir, **fields)
     data = inputs["data"]
-    dataset = LoveDA(artifact_path(data, "root"), "Train", domains(data), samples=train_samples(spec, data))
+    dataset = LoveDA(artifact_path(data, "root"), "Train", domains(data), samples=train_samples(spec.subset, data))
     # Checkpoints go to a work dir keyed by the stage hash (not the temp dir), so a killed run resumes.
-    work = Path(rt.get("work_dir") or out_dir / "work")
-    gen_dir = train_generator(cfg, dataset, stage_prompt_cache(inputs["prompts"], rt["device"]), work,
-                              resume=True, progress=shows_progress(spec))
+    work = Path(rt.work_dir or out_dir / "work")
+    gen_dir = train_generator(cfg, dataset, stage_prompt_cache(inputs["prompts"], rt.device), work,
+                              resume=True, progress=rt.progress)
     if launch_rank() != 0:  # accelerate: every rank trains, rank 0 publishes
         return {}
     shutil.copytree(gen_dir, out_dir / "generator")
@@ -88,7 +88,7 @@ def stage_generator(spec: dict[str, Any], inputs: dict[str, CachedStage], out_di
             "mlflow_artifacts": [n for n in ("train_summary.json",) if (out_dir / n).is_file()]}
 
 
-def _segmenter(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
+def _segmenter(spec: SegmenterSpec | CheckpointSpec, inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
     """The judge and evaluator stages' body: train (or load) a segmentor, save it, score it on real Val."""
     from todsynth.seg.evaluate import evaluate_segmentor
     from todsynth.seg.io import load_user_checkpoint, save_segmentor
@@ -100,15 +100,15 @@ def _segmenter(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Pa
         return {}
     data = inputs["data"]
     val = split_samples(data, "Val")
-    if spec.get("checkpoint"):
-        model = load_user_checkpoint(spec["checkpoint"], spec["model"], trust=spec["trust_checkpoint"])
+    if isinstance(spec, CheckpointSpec):
+        model = load_user_checkpoint(spec.checkpoint, spec.model, trust=spec.trust_checkpoint)
     else:
         model = train_segmentor(
-            spec["model"], train_samples(spec, data), out_dir / "work", max_iters=spec["iters"],
-            batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"], crop_size=square_crop(spec["crop_size"]),
-            optimizer=spec["optimizer"], progress=shows_progress(spec),
+            spec.model, train_samples(spec.subset, data), out_dir / "work", max_iters=spec.iters,
+            batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed, crop_size=square_crop(spec.crop_size),
+            optimizer=spec.optimizer, progress=spec.runtime.progress,
         )
-    save_segmentor(model, spec["model"], out_dir / "model", NUM_CLASSES)
+    save_segmentor(model, spec.model, out_dir / "model", NUM_CLASSES)
     scores = evaluate_segmentor(model, val) if val else {}
     write_json(out_dir / "val_scores.json", scores)
     return {
@@ -118,11 +118,11 @@ def _segmenter(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Pa
     }
 
 
-def stage_judge(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
+def stage_judge(spec: SegmenterSpec | CheckpointSpec, inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
     """Train (or load) the judge segmentor on the real training set; score it on real Val."""
     return _segmenter(spec, inputs, out_dir)
 
 
-def stage_evaluator(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
+def stage_evaluator(spec: SegmenterSpec | CheckpointSpec, inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
     """Train (or load) the evaluator segmentor on the real training set; score it on real Val."""
     return _segmenter(spec, inputs, out_dir)

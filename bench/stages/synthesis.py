@@ -17,12 +17,11 @@ from typing import Any
 
 from bench.cache import CachedStage
 from bench.grids import sample_grid
+from bench.specs import EvaluateSpec, FeaturesSpec, SynthesizeSpec
 from bench.stages.common import (
     artifact_path,
     launch_rank,
     load_seg,
-    runtime,
-    shows_progress,
     split_samples,
     stage_prompt_cache,
     train_samples,
@@ -41,14 +40,13 @@ def _extractor(kind: str, weights: str | None, evaluator: CachedStage | None, de
     return build_extractor("segmenter", evaluator=load_seg(evaluator, device), device=device)
 
 
-def stage_real_features(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
+def stage_real_features(spec: FeaturesSpec, inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
     """FID/KID reference features of the real training images (computed once, reused by every variant)."""
     from todsynth.metrics.fid import extract_features, save_features
 
-    rt = runtime(spec)
-    extractor = _extractor(spec["extractor"], spec.get("weights"), inputs.get("evaluator"), rt["device"])
+    extractor = _extractor(spec.extractor, spec.weights, inputs.get("evaluator"), spec.runtime.device)
     feats = extract_features([s.image_path for s in split_samples(inputs["data"], "Train")], extractor)
-    meta = {"extractor": getattr(extractor, "name", spec["extractor"]),
+    meta = {"extractor": getattr(extractor, "name", spec.extractor),
             "comparable": bool(getattr(extractor, "comparable", False)), "split": "Train"}
     save_features(out_dir / "features.safetensors", feats, meta)
     return {"features": out_dir / "features.safetensors", "metrics": {"n_real": int(feats.shape[0])}}
@@ -73,34 +71,30 @@ def source_samples(synth: CachedStage, data: CachedStage) -> list[Any]:
     return [s for s in split_samples(data, "Train") if (s.domain, s.id) in used]
 
 
-def stage_synthesize(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
+def stage_synthesize(spec: SynthesizeSpec, inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
     """Generate ``round(ratio * n_masks)`` images from the (limited) training masks, CRFM-guided by the judge."""
     from bench.graph import n_synthetic
     from todsynth.models.generator import load_generator
-    from todsynth.sample.crfm import CRFMConfig
-    from todsynth.sample.sampler import SamplerConfig
     from todsynth.sample.speed import prepare_sampling_run
     from todsynth.sample.synthesize import synthesize
     from todsynth.seg.judge import SegmentorLogits
 
-    rt = runtime(spec)
-    device = rt["device"]
+    device = spec.runtime.device
     gen = load_generator(artifact_path(inputs["generator"], "generator"), device=device)
-    masks = train_samples(spec, inputs["data"])
-    if spec["limit"] is not None:
-        masks = masks[: spec["limit"]]
-    total = n_synthetic(spec["ratio"], len(masks))
-    cfg = SamplerConfig(**spec["sampling"])
-    crfm = CRFMConfig(**spec["crfm"]) if spec["crfm"] else None
+    masks = train_samples(spec.subset, inputs["data"])
+    if spec.limit is not None:
+        masks = masks[: spec.limit]
+    total = n_synthetic(spec.ratio, len(masks))
+    crfm = spec.crfm
     judge = SegmentorLogits(load_seg(inputs["judge"], device)) if crfm is not None else None
-    cfg = prepare_sampling_run(gen, judge, cfg)  # as `bench perf` measures: channels_last; bf16 on CUDA
+    cfg = prepare_sampling_run(gen, judge, spec.sampling)  # as `bench perf` measures: channels_last; bf16 on CUDA
     cache = stage_prompt_cache(inputs["prompts"], device)
     copies, seconds, n_images = [], 0.0, 0
     for r in range(math.ceil(total / len(masks))):
         chunk = masks[: min(len(masks), total - r * len(masks))]
         root = out_dir / f"copy-{r}"
-        manifest = synthesize(gen, chunk, root, cache, cfg, crfm, judge, seed=1000 * spec["seed"] + r,
-                              progress=shows_progress(spec))
+        manifest = synthesize(gen, chunk, root, cache, cfg, crfm, judge, seed=1000 * spec.seed + r,
+                              progress=spec.runtime.progress)
         copies.append(root)
         if "totals" in manifest:  # the merged manifest (rank 0 under accelerate; always when not launched)
             seconds += manifest["totals"]["seconds"]
@@ -118,7 +112,7 @@ def stage_synthesize(spec: dict[str, Any], inputs: dict[str, CachedStage], out_d
     return arts
 
 
-def stage_evaluate(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
+def stage_evaluate(spec: EvaluateSpec, inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
     """Mask fidelity with the EVALUATOR (never the judge), FID/KID against the cached real features.
 
     ``evaluator_real_miou`` is the evaluator's mIoU on the REAL images of the same masks: the ceiling of
@@ -130,14 +124,14 @@ def stage_evaluate(spec: dict[str, Any], inputs: dict[str, CachedStage], out_dir
     from todsynth.seg.evaluate import evaluate_segmentor
     from todsynth.seg.fidelity import mask_fidelity
 
-    rt = runtime(spec)
+    device = spec.runtime.device
     synth = inputs["synthesize"]
     pairs = synthetic_pairs(synth)
-    evaluator = load_seg(inputs["evaluator"], rt["device"])
+    evaluator = load_seg(inputs["evaluator"], device)
     fidelity = mask_fidelity(evaluator, pairs)
     ceiling = evaluate_segmentor(evaluator, source_samples(synth, inputs["data"]))
     feat_spec = inputs["real_features"].marker["spec"]
-    extractor = _extractor(feat_spec["extractor"], feat_spec.get("weights"), inputs["evaluator"], rt["device"])
+    extractor = _extractor(feat_spec["extractor"], feat_spec.get("weights"), inputs["evaluator"], device)
     fake = extract_features([p[0] for p in pairs], extractor)
     real, meta = load_features(artifact_path(inputs["real_features"], "features"))
     fk = fid_kid(real, fake, extractor=meta["extractor"], comparable=meta["comparable"])

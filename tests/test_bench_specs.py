@@ -1,0 +1,58 @@
+"""Typed stage specs: their hashed form (what the cache keys cover) and their JSON round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.graph import build_graph
+from bench.specs import MixedDownstreamSpec, Runtime, SynthesizeSpec, spec_from_json, spec_to_json
+from bench.suites import load_suite
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _nodes(name: str) -> dict:
+    return {n.key: n for n in build_graph(load_suite(REPO / "suites" / f"{name}.yaml"))}
+
+
+def test_hashed_forms_of_the_tests_suite():
+    """The hashed dicts are the pre-typed-spec dicts, key for key (so existing caches stay valid)."""
+    nodes = _nodes("tests")
+    assert nodes["data"].spec.hashed() == {
+        "kind": "procedural", "domains": ["Urban", "Rural"], "procedural": {"n_train": 8, "n_val": 4, "size": 32, "seed": 0}}
+    crfm = nodes["synthesize[crfm,seed=0]"].spec
+    assert isinstance(crfm, SynthesizeSpec) and crfm.crfm is not None and crfm.crfm.rectified_step == 2
+    assert crfm.hashed() == {
+        "sampling": {"num_inference_steps": 3, "shift": None, "guidance_scale": 1.0, "batch_size": 4},
+        "crfm": {"rectified_step": 2, "num_rectified": 1, "max_step_size": 0.1, "step_scheme": "LD", "l2_norm": False,
+                 "shrink": False, "clamp": 1.0, "error_only": True, "skip_below_error": None, "judge_size": None},
+        "seed": 0, "limit": 4, "ratio": 1.0, "copies": 1}
+    assert nodes["synthesize[plain,seed=0]"].spec.hashed()["crfm"] is None
+    base = {"model": "fcn-tiny", "iters": 2, "batch_size": 4, "lr": 0.01, "optimizer": "sgd", "crop_size": None,
+            "seed": 0, "val_limit": None}
+    assert nodes["downstream[real-only,seed=0]"].spec.hashed() == base
+    mixed = nodes["downstream[plain,seed=0]"].spec
+    assert isinstance(mixed, MixedDownstreamSpec)
+    assert mixed.hashed() == {**base, "ratio": 1.0, "freemask": {"enabled": True, "margin": 1.25}}
+    assert nodes["evaluate[crfm,seed=0]"].spec.hashed() == {"extractor": "evaluator"}
+
+
+@pytest.mark.parametrize("suite", ["tests", "fewshot", "loveda"])
+def test_every_spec_survives_the_launch_json(suite, monkeypatch):
+    """What a launched stage's processes read back is the spec the engine built, runtime included."""
+    monkeypatch.setenv("TODSYNTH_LOVEDA_ROOT", "/data/LoveDA")
+    rt = Runtime(device="cuda", launcher="torchrun", gpus=2, work_dir="/w", progress=True)
+    for node in _nodes(suite).values():
+        spec = node.spec.at(rt)
+        back = spec_from_json(spec_to_json(spec))
+        assert back == spec and type(back) is type(spec), node.key
+        assert "runtime" not in spec.hashed() and spec.hashed() == node.spec.hashed()
+
+
+def test_subset_is_hashed_only_when_drawn():
+    nodes = _nodes("fewshot")
+    gen = next(n for n in nodes.values() if n.stage == "generator")
+    assert gen.spec.hashed()["subset"] == {"n": gen.subset, "seed": 0, "rule": gen.spec.subset.rule}
+    assert "subset" not in nodes["evaluator"].spec.hashed()
