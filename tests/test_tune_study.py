@@ -112,6 +112,10 @@ def test_default_trial_and_variant(tune_data):
     assert v.sampling.num_inference_steps == 4 and v.kind == "synthetic"
     tune_data["tune"]["search_space"]["crfm.rectified_step"] = {"type": "int", "low": 3, "high": 4}
     assert "crfm.rectified_step" not in default_params(validate_data(tune_data, "s"))  # outside: sampler's choice
+    # a trial's values are checked like a variant's override: null is a value, a bad value names its key
+    assert trial_variant(suite, {"crfm.clamp": None}, "t").crfm.clamp is None
+    with pytest.raises(ConfigError, match=r"t: crfm.max_step_size: must be a finite number >= 0, got -1"):
+        trial_variant(suite, {"crfm.max_step_size": -1}, "t")
 
 
 def test_study_runs_exact_trials_and_continues(tune_data, fake_stages):

@@ -136,12 +136,14 @@ def trial_variant(suite: Suite, params: Mapping[str, Any], name: str) -> Resolve
     for key, value in params.items():
         section, _, fname = key.partition(".")
         given[section][fname] = value
-    try:  # the trial's values, checked like a variant's override, laid over the base variant's configs
-        sampling, crfm = Sampling.model_validate(given["sampling"]), CRFM.model_validate(given["crfm"])
-    except ValueError as exc:  # pydantic's ValidationError
-        raise ConfigError(f"{name}: {first_error(exc)}") from None
-    variant = ResolvedVariant(name=name, kind="synthetic", sampling=sampling.apply(base.sampling),
-                              crfm=crfm.apply(base.crfm), origin=f"tune {name}")
+    checked = {}
+    for section, model in (("sampling", Sampling), ("crfm", CRFM)):
+        try:  # the trial's values, checked like a variant's override, laid over the base variant's configs
+            checked[section] = model.model_validate(given[section])
+        except ValueError as exc:  # pydantic's ValidationError
+            raise ConfigError(f"{name}: {section}.{first_error(exc)}") from None
+    variant = ResolvedVariant(name=name, kind="synthetic", sampling=checked["sampling"].apply(base.sampling),
+                              crfm=checked["crfm"].apply(base.crfm), origin=f"tune {name}")
     why = rectified_step_problem(variant.crfm.rectified_step, variant.sampling.num_inference_steps,
                                  "sampling.num_inference_steps")
     if why:
