@@ -27,9 +27,7 @@ MAX_FUNCTION_LINES = 80
 LONG_MODULES_ALLOWED: frozenset[str] = frozenset({
     "bench/schema.py",  # to split with the one config source (issue 17 part 1)
 })
-LONG_FUNCTIONS_ALLOWED: frozenset[str] = frozenset({
-    "todsynth/seg/train.py::train_segmentor",
-})
+LONG_FUNCTIONS_ALLOWED: frozenset[str] = frozenset()
 PRIVATE_IMPORTS_ALLOWED: frozenset[str] = frozenset()
 FORBIDDEN_IN_LIBRARY = ("bench", "mlflow", "optuna")  # todsynth/ is the method library: no harness, no tracking
 
