@@ -29,6 +29,7 @@ from todsynth.seg.evaluate import evaluate_segmentor
 from todsynth.seg.items import SegItem, as_seg_items
 
 if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
     from torch.utils.data import DataLoader
 
 
@@ -41,8 +42,8 @@ def _make_hook(max_iters: int, progress: bool) -> Any:
 
         def __init__(self) -> None:
             self.losses: list[float] = []
-            self._progress = None
-            self._task = None
+            self._progress: Progress | None = None
+            self._task: TaskID | None = None
 
         def before_train(self, runner: Any) -> None:
             if progress:
@@ -64,7 +65,7 @@ def _make_hook(max_iters: int, progress: bool) -> Any:
         def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
             loss = float(torch.as_tensor(outputs["loss"]).detach()) if outputs and "loss" in outputs else float("nan")
             self.losses.append(loss)
-            if self._progress is not None:
+            if self._progress is not None and self._task is not None:  # both set in before_train
                 self._progress.update(self._task, advance=1, loss=loss)
 
         def after_train(self, runner: Any) -> None:
