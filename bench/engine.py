@@ -24,9 +24,9 @@ from rich.markup import escape
 
 from bench.cache import CODE_VERSION, CachedStage, StageCache, stage_hash
 from bench.graph import Node, build_graph, node_key, select_forced
-from bench.provenance import git_commit, now_iso, package_versions
+from bench.provenance import device_label, git_commit, now_iso, package_versions
 from bench.results import collect_results, results_path, strict_json, write_results
-from bench.schema import CRFM, ResolvedVariant, Sampling, Suite, Variant, check_runnable
+from bench.schema import Suite, check_runnable
 from bench.specs import Runtime
 from bench.suites import SuiteError, config_hash, resolved_dict, resolved_yaml
 from todsynth.errors import StageError, TodsynthError
@@ -54,25 +54,6 @@ def resolve_device(requested: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _device_label(device: str) -> str:
-    """The device a run used, in words (GPU name or CPU model), for provenance."""
-    import platform
-
-    import torch
-
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {model} ({os.cpu_count()} cores)"
 
 
 def _stage_registry(
@@ -176,60 +157,19 @@ def run_suite(
         console.print(f"[dim]removed leftover {d} of a killed run[/]", soft_wrap=True)
     chash = config_hash(suite)
     device = resolve_device(suite.resources.device)
-
-    tracker = None
-    parent = None
-    if track:
-        from bench.tracking.tracker import Tracker
-
-        tracker = Tracker(suite.tracking_uri, suite.artifact_location, suite.experiment, ws)
-        for run_id in tracker.mark_stale_killed():
-            console.print(f"[yellow]marked MLflow run {run_id} KILLED (its process is gone)[/]", soft_wrap=True)
-        versions = package_versions()
-        commit = git_commit()
-        tags = {
-            "todsynth.suite": suite.name,
-            "todsynth.suite_version": str(suite.version),
-            "todsynth.config_hash": chash,
-            "todsynth.git_commit": commit,
-            "mlflow.source.git.commit": commit.removesuffix("-dirty"),
-            "todsynth.device": _device_label(resolve_device(suite.resources.device)),
-            **{f"todsynth.version.{k}": v for k, v in versions.items()},
-        }
-        parent = tracker.start_parent(f"{suite.name}@{chash[:8]}", resolved_dict(suite), tags, resolved_yaml(suite))
+    tracker, parent = _start_suite_run(suite, chash, console) if track else (None, None)
     invocation = {"suite": suite.name, "config_hash": chash, "parent_run_id": parent, "pid": os.getpid(),
                   "host": socket.gethostname(), "started": now_iso()}
     _append_log(suite_dir / RUNS_LOG, {**invocation, "event": "start"})
 
     outcome = RunOutcome(results={}, results_file=results_path(suite), parent_run_id=parent)
-    done: dict[str, CachedStage] = {}
     hashes = graph_hashes(nodes, stage_versions)
     stage_rows: list[dict[str, Any]] = []
     status = "FAILED"
-    bar = _Progress(len(nodes), console, enabled=progress)
     try:
-        with bar:
-            for node in nodes:
-                inputs = {role: done[dep] for role, dep in node.deps.items()}
-                input_hashes = {role: hashes[dep] for role, dep in node.deps.items()}
-                code = stage_code_version(node.stage, stage_versions)
-                h = hashes[node.key]
-                bar.start(node.key)
-                cached, computed, seconds = _run_node(
-                    node, h, inputs, input_hashes, code, cache, stage_fns[node.stage], tracker, suite, device,
-                    force=node.key in forced, console=console, log_dir=suite_dir / "logs", progress=progress,
-                )
-                done[node.key] = cached
-                (outcome.computed if computed else outcome.cached).append(node.key)
-                stage_rows.append({"key": node.key, "stage": node.stage, "hash": h,
-                                   "status": "computed" if computed else "cached", "dir": str(cached.dir),
-                                   "mlflow_run_id": cached.marker.get("mlflow_run_id"), "seconds": seconds})
-                bar.finish(node.key, computed, seconds)
-        results = strict_json(collect_results(suite, done, chash, parent))
-        if tracker is not None:
-            results["mlflow"]["variant_runs"] = _log_variant_runs(tracker, suite, results, done, hashes)
-        write_results(outcome.results_file, results)
-        outcome.results = results
+        done = _run_suite_nodes(suite, nodes, hashes, forced, cache, stage_fns, stage_versions, tracker, device,
+                                outcome, stage_rows, console=console, progress=progress)
+        outcome.results = _write_suite_results(suite, done, hashes, chash, parent, tracker, outcome.results_file)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -240,15 +180,86 @@ def run_suite(
                                           "computed": len(outcome.computed), "cached": len(outcome.cached),
                                           "seconds": outcome.seconds})
         if tracker is not None and parent is not None:
-            try:
-                tracker.log_text(parent, json.dumps(stage_rows, indent=2), "stages.json")
-                tracker.log_metrics(parent, {"stages_computed": len(outcome.computed),
-                                             "stages_cached": len(outcome.cached), "seconds": outcome.seconds})
-                if outcome.results:
-                    tracker.log_artifact(parent, outcome.results_file)
-            finally:
-                tracker.end(parent, status)
+            _end_suite_run(tracker, parent, stage_rows, outcome, status)
     return outcome
+
+
+def _start_suite_run(suite: Suite, chash: str, console: Any) -> tuple[Any, str]:
+    """The suite's Tracker and its new parent run (tagged with config hash, commit, device, versions) -> id."""
+    from bench.tracking.tracker import Tracker
+
+    tracker = Tracker(suite.tracking_uri, suite.artifact_location, suite.experiment, suite.workspace)
+    for run_id in tracker.mark_stale_killed():
+        console.print(f"[yellow]marked MLflow run {run_id} KILLED (its process is gone)[/]", soft_wrap=True)
+    versions = package_versions()
+    commit = git_commit()
+    tags = {
+        "todsynth.suite": suite.name,
+        "todsynth.suite_version": str(suite.version),
+        "todsynth.config_hash": chash,
+        "todsynth.git_commit": commit,
+        "mlflow.source.git.commit": commit.removesuffix("-dirty"),
+        "todsynth.device": device_label(resolve_device(suite.resources.device)),
+        **{f"todsynth.version.{k}": v for k, v in versions.items()},
+    }
+    parent = tracker.start_parent(f"{suite.name}@{chash[:8]}", resolved_dict(suite), tags, resolved_yaml(suite))
+    return tracker, parent
+
+
+def _run_suite_nodes(
+    suite: Suite, nodes: list[Node], hashes: Mapping[str, str], forced: set[str], cache: StageCache,
+    stage_fns: Mapping[str, StageFn], stage_versions: Mapping[str, int], tracker: Any, device: str,
+    outcome: RunOutcome, stage_rows: list[dict[str, Any]], *, console: Any, progress: bool,
+) -> dict[str, CachedStage]:
+    """Compute or reuse every node in order, with the stage counter.
+
+    Fills ``outcome``'s computed/cached lists and ``stage_rows`` (``stages.json``) as each node finishes, so a
+    failure keeps what was done.
+    """
+    done: dict[str, CachedStage] = {}
+    bar = _Progress(len(nodes), console, enabled=progress)
+    with bar:
+        for node in nodes:
+            inputs = {role: done[dep] for role, dep in node.deps.items()}
+            input_hashes = {role: hashes[dep] for role, dep in node.deps.items()}
+            code = stage_code_version(node.stage, stage_versions)
+            h = hashes[node.key]
+            bar.start(node.key)
+            cached, computed, seconds = _run_node(
+                node, h, inputs, input_hashes, code, cache, stage_fns[node.stage], tracker, suite, device,
+                force=node.key in forced, console=console, log_dir=suite.workspace / suite.name / "logs",
+                progress=progress,
+            )
+            done[node.key] = cached
+            (outcome.computed if computed else outcome.cached).append(node.key)
+            stage_rows.append({"key": node.key, "stage": node.stage, "hash": h,
+                               "status": "computed" if computed else "cached", "dir": str(cached.dir),
+                               "mlflow_run_id": cached.marker.get("mlflow_run_id"), "seconds": seconds})
+            bar.finish(node.key, computed, seconds)
+    return done
+
+
+def _write_suite_results(suite: Suite, done: Mapping[str, CachedStage], hashes: Mapping[str, str], chash: str,
+                         parent: str | None, tracker: Any, path: Path) -> dict[str, Any]:
+    """Collect results.json from the finished stages (+ the variant runs' ids when tracked), write it, return it."""
+    results = strict_json(collect_results(suite, done, chash, parent))
+    if tracker is not None:
+        results["mlflow"]["variant_runs"] = _log_variant_runs(tracker, suite, results, done, hashes)
+    write_results(path, results)
+    return results
+
+
+def _end_suite_run(tracker: Any, parent: str, stage_rows: list[dict[str, Any]], outcome: RunOutcome,
+                   status: str) -> None:
+    """Log ``stages.json``, the stage counts and results.json (if written) to the parent run, then end it."""
+    try:
+        tracker.log_text(parent, json.dumps(stage_rows, indent=2), "stages.json")
+        tracker.log_metrics(parent, {"stages_computed": len(outcome.computed),
+                                     "stages_cached": len(outcome.cached), "seconds": outcome.seconds})
+        if outcome.results:
+            tracker.log_artifact(parent, outcome.results_file)
+    finally:
+        tracker.end(parent, status)
 
 
 VARIANT_RUN_VERSION = 1  # part of a variant run's identity: bump when its fields change
@@ -281,34 +292,6 @@ def _log_variant_runs(tracker: Any, suite: Suite, results: dict[str, Any], done:
                                         [g for g in grids if g.exists()])
         ids.setdefault(name, {})[str(seed)] = run_id
     return ids
-
-
-def variant_graph(suite: Suite, variant: ResolvedVariant, stages: tuple[str, ...] = ("synthesize", "evaluate")) -> list[Node]:
-    """Nodes computing ``stages`` of one variant (declared or not) for every seed, dependencies first.
-
-    ``bench tune`` builds a variant from a trial's parameters and runs these nodes: they hash exactly like a
-    declared variant with the same settings (the name is not hashed), so a repeated setting reuses the cache.
-    A baseline variant only has ``downstream``.
-    """
-    if variant.kind == "baseline":
-        declared = Variant(name=variant.name, kind="baseline")
-    else:
-        declared = Variant(name=variant.name, kind="synthetic", sampling=Sampling.values_of(variant.sampling),
-                           crfm=CRFM.values_of(variant.crfm))
-    nodes = build_graph(suite.model_copy(update={"variants": [declared], "matrix": None}))
-    wanted = {node_key(stage, variant.name, seed) for stage in stages for seed in suite.seeds}
-    by_key = {n.key: n for n in nodes}
-    unknown = wanted - set(by_key)
-    if unknown:
-        raise ValueError(f"no such stage for variant {variant.name!r}: {', '.join(sorted(unknown))}")
-    keep: set[str] = set()
-    todo = list(wanted)
-    while todo:  # ancestors of the wanted nodes
-        key = todo.pop()
-        if key not in keep:
-            keep.add(key)
-            todo.extend(by_key[key].deps.values())
-    return [n for n in nodes if n.key in keep]
 
 
 def run_nodes(

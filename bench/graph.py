@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from bench.schema import ResolvedVariant, Segmenter, Suite, resolve_variants
+from bench.schema import CRFM, ResolvedVariant, Sampling, Segmenter, Suite, Variant, resolve_variants
 from bench.specs import (
     AutoencoderSpec,
     CheckpointSpec,
@@ -232,3 +232,31 @@ def select_forced(nodes: list[Node], force: list[str] | tuple[str, ...]) -> set[
             raise ValueError(f"--force {name}: no such stage in this suite (stages: {', '.join(stages)}; or a key like {nodes[-1].key})")
         roots |= hit
     return dependents(nodes, roots)
+
+
+def variant_graph(suite: Suite, variant: ResolvedVariant, stages: tuple[str, ...] = ("synthesize", "evaluate")) -> list[Node]:
+    """Nodes computing ``stages`` of one variant (declared or not) for every seed, dependencies first.
+
+    ``bench tune`` builds a variant from a trial's parameters and runs these nodes: they hash exactly like a
+    declared variant with the same settings (the name is not hashed), so a repeated setting reuses the cache.
+    A baseline variant only has ``downstream``.
+    """
+    if variant.kind == "baseline":
+        declared = Variant(name=variant.name, kind="baseline")
+    else:
+        declared = Variant(name=variant.name, kind="synthetic", sampling=Sampling.values_of(variant.sampling),
+                           crfm=CRFM.values_of(variant.crfm))
+    nodes = build_graph(suite.model_copy(update={"variants": [declared], "matrix": None}))
+    wanted = {node_key(stage, variant.name, seed) for stage in stages for seed in suite.seeds}
+    by_key = {n.key: n for n in nodes}
+    unknown = wanted - set(by_key)
+    if unknown:
+        raise ValueError(f"no such stage for variant {variant.name!r}: {', '.join(sorted(unknown))}")
+    keep: set[str] = set()
+    todo = list(wanted)
+    while todo:  # ancestors of the wanted nodes
+        key = todo.pop()
+        if key not in keep:
+            keep.add(key)
+            todo.extend(by_key[key].deps.values())
+    return [n for n in nodes if n.key in keep]

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.cache import CachedStage
-from bench.engine import StageFn, run_nodes, variant_graph
-from bench.graph import node_key
+from bench.engine import StageFn, run_nodes
+from bench.graph import node_key, variant_graph
 from bench.results import aggregate, run_metrics, run_params, seed_metrics, variant_params, write_results
 from bench.schema import ResolvedVariant, Suite, resolve_variants
 from bench.tune.space import (

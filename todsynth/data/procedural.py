@@ -18,6 +18,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -43,7 +44,7 @@ _COLOURS: dict[int, tuple[tuple[float, float, float], ...]] = {
     FOREST: ((0.17, 0.29, 0.16), (0.25, 0.36, 0.20), (0.30, 0.38, 0.26)),
     AGRICULTURAL: ((0.34, 0.48, 0.24), (0.27, 0.38, 0.19), (0.66, 0.61, 0.40), (0.50, 0.43, 0.33)),
 }
-PNG_SETTINGS = {"format": "PNG", "compress_level": 6, "optimize": False}
+PNG_SETTINGS: dict[str, Any] = {"format": "PNG", "compress_level": 6, "optimize": False}
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:

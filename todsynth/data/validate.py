@@ -87,9 +87,9 @@ def validate_dataset(root: str | Path, progress: Callable[[Path], None] | None =
             problems.append(f"{img_dir}: no .png images")
         if not mask_dir.is_dir() and split != "Test":
             problems.append(f"{mask_dir}: missing masks directory")
-        for stem, mpath in masks.items():
+        for stem, orphan in masks.items():
             if stem not in images:
-                problems.append(f"{mpath}: mask without image (expected {img_dir / mpath.name})")
+                problems.append(f"{orphan}: mask without image (expected {img_dir / orphan.name})")
         for stem, ipath in images.items():
             if progress is not None:
                 progress(ipath)

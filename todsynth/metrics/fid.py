@@ -95,7 +95,7 @@ class SegmenterExtractor(nn.Module):
         super().__init__()
         if per_stage_dim < 1:
             raise ValueError(f"per_stage_dim must be >= 1, got {per_stage_dim}")
-        self.segmentor = getattr(segmentor, "model", segmentor).eval()
+        self.segmentor: Any = getattr(segmentor, "model", segmentor).eval()  # an mmseg model (extract_feat)
         self.per_stage_dim = per_stage_dim
         self.name = f"segmenter:{label}"
 
@@ -163,11 +163,10 @@ def extract_features(images: torch.Tensor | Sequence[Any], extractor: Callable[[
         raise ValueError("no images to extract features from")
     out: list[np.ndarray] = []
     for start in range(0, n, batch_size):
-        chunk = images[start : start + batch_size]
         if isinstance(images, torch.Tensor):
-            groups = [chunk]
+            groups = [images[start : start + batch_size]]
         else:
-            loaded = _load_batch(chunk)
+            loaded = _load_batch(images[start : start + batch_size])
             groups, cur = [], [loaded[0]]
             for t in loaded[1:]:
                 if t.shape == cur[-1].shape:

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
+from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 from safetensors.torch import load_file
 
 from todsynth.errors import ConfigError, WeightsNotFoundError
@@ -68,7 +70,7 @@ class Generator:
     def latent_shape(self) -> tuple[int, int, int]:
         """(c, h, w) of one image's latents."""
         s = self.image_size // self.vae_scale_factor
-        return (int(self.vae.config.latent_channels), s, s)
+        return (int(self.vae.config["latent_channels"]), s, s)
 
     @property
     def device(self) -> torch.device:
@@ -120,16 +122,16 @@ def _check_shapes(transformer: SD3Transformer2DModel, vae: Autoencoder, image_si
     """Image size, VAE factor, patch size and channels must agree (ConfigError naming the values)."""
     cfg = transformer.config
     f = vae_scale_factor(vae)
-    if image_size % (f * cfg.patch_size):
+    if image_size % (f * cfg["patch_size"]):
         raise ConfigError(
-            f"image_size={image_size} must be divisible by vae factor {f} x patch_size {cfg.patch_size}"
+            f"image_size={image_size} must be divisible by vae factor {f} x patch_size {cfg['patch_size']}"
         )
-    grid = image_size // f // cfg.patch_size
-    if cfg.pos_embed_max_size is not None and grid > cfg.pos_embed_max_size:
-        raise ConfigError(f"image_size={image_size} gives {grid} patches a side > pos_embed_max_size={cfg.pos_embed_max_size}")
-    if vae.config.latent_channels != cfg.in_channels:
+    grid = image_size // f // cfg["patch_size"]
+    if cfg["pos_embed_max_size"] is not None and grid > cfg["pos_embed_max_size"]:
+        raise ConfigError(f"image_size={image_size} gives {grid} patches a side > pos_embed_max_size={cfg['pos_embed_max_size']}")
+    if vae.config["latent_channels"] != cfg["in_channels"]:
         raise ConfigError(
-            f"vae latent_channels={vae.config.latent_channels} != transformer in_channels={cfg.in_channels}"
+            f"vae latent_channels={vae.config['latent_channels']} != transformer in_channels={cfg['in_channels']}"
         )
 
 

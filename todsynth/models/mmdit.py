@@ -14,14 +14,15 @@ stream ends). The mask stream mirrors it: there it has a continuous AdaLN, keys 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from collections.abc import Iterable
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
-from diffusers import SD3Transformer2DModel
 from diffusers.models.attention import FeedForward, JointTransformerBlock
 from diffusers.models.embeddings import PatchEmbed
 from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero, RMSNorm
+from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -54,7 +55,7 @@ class MaskStreamBlock(nn.Module):
         self.pre_only = pre_only
         self.heads = num_heads
         if pre_only:
-            self.norm1: nn.Module = AdaLayerNormContinuous(
+            self.norm1: AdaLayerNormContinuous | AdaLayerNormZero = AdaLayerNormContinuous(
                 dim, dim, elementwise_affine=False, eps=1e-6, bias=True, norm_type="layer_norm"
             )
         else:
@@ -153,6 +154,11 @@ def joint_block_forward(
     return context, hidden, mask_hidden
 
 
+def _joint_blocks(transformer: SD3Transformer2DModel) -> Iterable[JointTransformerBlock]:
+    """``transformer.transformer_blocks`` as what they are (a ModuleList's items are typed ``nn.Module``)."""
+    return cast("Iterable[JointTransformerBlock]", transformer.transformer_blocks)
+
+
 class MaskMMDiT(nn.Module):
     """SD3 MM-DiT with a third (mask) token stream in every block's joint attention.
 
@@ -203,23 +209,24 @@ class MaskMMDiT(nn.Module):
         self.mask_init = mask_init
         self.gradient_checkpointing = gradient_checkpointing
         self.mask_embed = PatchEmbed(
-            height=cfg.sample_size,
-            width=cfg.sample_size,
-            patch_size=cfg.patch_size,
-            in_channels=cfg.in_channels,
+            height=cfg["sample_size"],
+            width=cfg["sample_size"],
+            patch_size=cfg["patch_size"],
+            in_channels=cfg["in_channels"],
             embed_dim=dim,
-            pos_embed_max_size=cfg.pos_embed_max_size,
+            pos_embed_max_size=cfg["pos_embed_max_size"],
         )
         self.mask_blocks = nn.ModuleList(
-            MaskStreamBlock(dim, cfg.num_attention_heads, cfg.attention_head_dim, cfg.qk_norm, b.context_pre_only)
-            for b in transformer.transformer_blocks
+            MaskStreamBlock(dim, cfg["num_attention_heads"], cfg["attention_head_dim"], cfg["qk_norm"],
+                            b.context_pre_only)
+            for b in _joint_blocks(transformer)
         )
         self._init_mask_stream(mask_init)
         self.mask_hint: nn.Conv2d | None = None
         if mask_hint:
-            self.mask_hint = nn.Conv2d(cfg.in_channels, dim, cfg.patch_size, stride=cfg.patch_size)
+            self.mask_hint = nn.Conv2d(cfg["in_channels"], dim, cfg["patch_size"], stride=cfg["patch_size"])
             nn.init.zeros_(self.mask_hint.weight)
-            nn.init.zeros_(self.mask_hint.bias)
+            nn.init.zeros_(cast("Tensor", self.mask_hint.bias))  # bias=True: never None
 
     @property
     def config(self):  # noqa: ANN201  (diffusers FrozenDict)
@@ -240,13 +247,13 @@ class MaskMMDiT(nn.Module):
     def _init_mask_stream(self, mask_init: MaskInit) -> None:
         """Zero the AdaLN-Zero modulation (``fresh``) or copy the image stream's weights (``image``)."""
         if mask_init == "fresh":
-            for mb in self.mask_blocks:
+            for mb in self._mask_blocks():
                 nn.init.zeros_(mb.norm1.linear.weight)
                 nn.init.zeros_(mb.norm1.linear.bias)
             return
         self.mask_embed.load_state_dict(self.transformer.pos_embed.state_dict())
         dim = self.transformer.inner_dim
-        for block, mb in zip(self.transformer.transformer_blocks, self.mask_blocks, strict=True):
+        for block, mb in zip(_joint_blocks(self.transformer), self._mask_blocks(), strict=True):
             w, b = block.norm1.linear.weight, block.norm1.linear.bias  # chunks: shift, scale, gate, ... (6 or 9)
             if mb.pre_only:  # AdaLayerNormContinuous chunks are (scale, shift)
                 mb.norm1.linear.weight.copy_(torch.cat([w[dim : 2 * dim], w[:dim]]))
@@ -255,14 +262,18 @@ class MaskMMDiT(nn.Module):
                 mb.norm1.linear.weight.copy_(w[: 6 * dim])
                 mb.norm1.linear.bias.copy_(b[: 6 * dim])
                 mb.to_q.load_state_dict(block.attn.to_q.state_dict())
-                if mb.norm_q is not None:
-                    mb.norm_q.load_state_dict(block.attn.norm_q.state_dict())
+                if mb.norm_q is not None:  # the block's own norm exists too (same qk_norm)
+                    mb.norm_q.load_state_dict(cast("nn.Module", block.attn.norm_q).state_dict())
                 mb.to_out.load_state_dict(block.attn.to_out[0].state_dict())
                 mb.ff.load_state_dict(block.ff.state_dict())
             mb.to_k.load_state_dict(block.attn.to_k.state_dict())
             mb.to_v.load_state_dict(block.attn.to_v.state_dict())
             if mb.norm_k is not None:
-                mb.norm_k.load_state_dict(block.attn.norm_k.state_dict())
+                mb.norm_k.load_state_dict(cast("nn.Module", block.attn.norm_k).state_dict())
+
+    def _mask_blocks(self) -> Iterable[MaskStreamBlock]:
+        """``mask_blocks`` as what they are (a ModuleList's items are typed ``nn.Module``)."""
+        return cast("Iterable[MaskStreamBlock]", self.mask_blocks)
 
     def mask_stream_parameters(self) -> list[nn.Parameter]:
         """Parameters of the new mask stream (patch embedding + per-block mask modules + the optional hint)."""
@@ -307,17 +318,18 @@ class MaskMMDiT(nn.Module):
         if mask_latents is not None and self.mask_hint is not None:  # (B, d, h/p, w/p) -> (B, tokens, d)
             hidden = hidden + self.mask_hint(mask_latents.to(latents.dtype)).flatten(2).transpose(1, 2)
 
-        for block, mb in zip(tr.transformer_blocks, self.mask_blocks, strict=True):
-            mb = None if mask_hidden is None else mb
+        for block, mb in zip(_joint_blocks(tr), self._mask_blocks(), strict=True):
+            mask_block = None if mask_hidden is None else mb
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 context, hidden, mask_hidden = checkpoint(
-                    joint_block_forward, block, mb, hidden, context, mask_hidden, temb, use_reentrant=False
+                    joint_block_forward, block, mask_block, hidden, context, mask_hidden, temb, use_reentrant=False
                 )
             else:
-                context, hidden, mask_hidden = joint_block_forward(block, mb, hidden, context, mask_hidden, temb)
+                context, hidden, mask_hidden = joint_block_forward(block, mask_block, hidden, context, mask_hidden,
+                                                                   temb)
 
         hidden = tr.proj_out(tr.norm_out(hidden, temb))
-        p = tr.config.patch_size
+        p = tr.config["patch_size"]
         h, w = height // p, width // p
         hidden = hidden.reshape(b, h, w, p, p, tr.out_channels)
         out = torch.einsum("nhwpqc->nchpwq", hidden).reshape(b, tr.out_channels, h * p, w * p)

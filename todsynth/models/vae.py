@@ -17,9 +17,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
 from diffusers.configuration_utils import FrozenDict
-from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL, AutoencoderKLOutput
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from safetensors.torch import load_file
 from torch import nn
@@ -47,6 +46,8 @@ class SpaceToDepthAutoencoder(nn.Module):
 
     Shapes: images (B, C, H, W) in [-1, 1] <-> latents (B, C * factor**2, H / factor, W / factor).
     """
+
+    _anchor: torch.Tensor  # a buffer (registered in __init__)
 
     def __init__(self, in_channels: int = 3, factor: int = 4, scaling_factor: float = 1.0, shift_factor: float = 0.0,
                  sample_size: int = 64) -> None:
@@ -77,12 +78,12 @@ class SpaceToDepthAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> AutoencoderKLOutput:
         """Images (B, 3, H, W) -> a deterministic latent distribution of their pixel-unshuffled (B, 3f², H/f, W/f)."""
-        z = F.pixel_unshuffle(x, self.config.factor)
+        z = F.pixel_unshuffle(x, self.config["factor"])
         return AutoencoderKLOutput(latent_dist=DiagonalGaussianDistribution(torch.cat([z, z], 1), deterministic=True))
 
     def decode(self, z: torch.Tensor) -> DecoderOutput:
         """Latents (B, 3f², h, w) -> images (B, 3, hf, wf) by pixel shuffle (exact inverse of ``encode``)."""
-        return DecoderOutput(sample=F.pixel_shuffle(z, self.config.factor))
+        return DecoderOutput(sample=F.pixel_shuffle(z, self.config["factor"]))
 
 
 Autoencoder = AutoencoderKL | SpaceToDepthAutoencoder
@@ -107,8 +108,8 @@ def is_trainable(vae: Autoencoder) -> bool:
 
 def _scaling_and_shift(vae: Autoencoder) -> tuple[float, float]:
     """(scaling_factor, shift_factor) of a VAE; SD1-style VAEs have no shift (0)."""
-    scaling = float(vae.config.scaling_factor)
-    shift = vae.config.shift_factor
+    scaling = float(vae.config["scaling_factor"])
+    shift = vae.config["shift_factor"]
     return scaling, float(shift) if shift is not None else 0.0
 
 
@@ -165,8 +166,8 @@ def mask_to_grey(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
 def vae_scale_factor(vae: Autoencoder) -> int:
     """Spatial downsampling factor: ``factor`` of a pixel shuffle, 2 ** (number of blocks - 1) of a VAE."""
     if vae.config.get("kind") == SPACE_TO_DEPTH:
-        return int(vae.config.factor)
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+        return int(vae.config["factor"])
+    return 2 ** (len(vae.config["block_out_channels"]) - 1)
 
 
 def save_vae(vae: Autoencoder, out_dir: str | Path) -> Path:
@@ -192,7 +193,7 @@ def load_vae(vae_dir: str | Path, device: str | torch.device = "cpu") -> Autoenc
     with init_empty_weights():  # no random init (and no global RNG use): the weights come from the file
         vae = build_vae(json.loads(config.read_text()))
     vae.load_state_dict(load_file(str(weights)), assign=True)
-    return vae.to(device).eval()
+    return vae.to(device).eval()  # type: ignore[arg-type]  # diffusers' @wraps(Module.to) hides the bound self
 
 
 def vae_kwargs(vae: Autoencoder) -> dict[str, Any]:

@@ -129,7 +129,7 @@ def rectify(
     v = velocity.detach().to(torch.float32)
     chunks = _micro_batches(b, crfm.micro_batch)
     parts = [judge_gradient(v[c].detach(), latents[c], sigma, decode, judge, target[c], crfm) for c in chunks]
-    loss, error_fraction, skipped = (_cat([p[k] for p in parts]) for k in (1, 2, 3))
+    loss, error_fraction, skipped = (_cat([p[k] for p in parts]) for k in (1, 2, 3))  # type: ignore[misc]  # p[1:] are tensors
     if all(p[0] is None for p in parts):
         return Rectified(velocity, loss, error_fraction, skipped)
     grad = _cat([torch.zeros_like(v[c]) if p[0] is None else p[0] for c, p in zip(chunks, parts, strict=True)])

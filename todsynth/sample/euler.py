@@ -7,12 +7,16 @@ Nothing here keeps a step index: the loop owns ``i`` and passes ``sigmas[i], sig
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 import torch
 from torch import Tensor
 
+Sigmas = TypeVar("Sigmas", Tensor, np.ndarray, float)
 
-def shift_sigmas(sigmas: np.ndarray | float, shift: float) -> np.ndarray | float:
+
+def shift_sigmas(sigmas: Sigmas, shift: float) -> Sigmas:
     """SD3's static timestep shift ``shift * s / (1 + (shift - 1) * s)`` (shift > 1 spends more steps at high noise)."""
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 

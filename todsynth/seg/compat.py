@@ -166,7 +166,7 @@ def ensure_mmseg() -> Flavour:
                 del sys.modules[key]
             stub = build_ops_stub()
             sys.modules["mmcv.ops"] = stub
-            mmcv.ops = stub  # type: ignore[attr-defined]
+            mmcv.ops = stub
     _state["flavour"] = flavour
     return flavour
 

@@ -57,7 +57,7 @@ def evaluate_segmentor(
     for batch in _batches(pairs, batch_size):
         images = [load_image(p.image_path) for p in batch]
         masks = [load_mask(p.mask_path) for p in batch]
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple[int, ...], list[int]] = {}
         for k, img in enumerate(images):
             groups.setdefault(tuple(img.shape[1:]), []).append(k)
         for idx in groups.values():

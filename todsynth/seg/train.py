@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -26,7 +26,11 @@ from torch import nn
 
 from todsynth.data.classes import CLASSES, NUM_CLASSES, PALETTE
 from todsynth.seg.evaluate import evaluate_segmentor
-from todsynth.seg.items import as_seg_items
+from todsynth.seg.items import SegItem, as_seg_items
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+    from torch.utils.data import DataLoader
 
 
 def _make_hook(max_iters: int, progress: bool) -> Any:
@@ -38,8 +42,8 @@ def _make_hook(max_iters: int, progress: bool) -> Any:
 
         def __init__(self) -> None:
             self.losses: list[float] = []
-            self._progress = None
-            self._task = None
+            self._progress: Progress | None = None
+            self._task: TaskID | None = None
 
         def before_train(self, runner: Any) -> None:
             if progress:
@@ -61,7 +65,7 @@ def _make_hook(max_iters: int, progress: bool) -> Any:
         def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
             loss = float(torch.as_tensor(outputs["loss"]).detach()) if outputs and "loss" in outputs else float("nan")
             self.losses.append(loss)
-            if self._progress is not None:
+            if self._progress is not None and self._task is not None:  # both set in before_train
                 self._progress.update(self._task, advance=1, loss=loss)
 
         def after_train(self, runner: Any) -> None:
@@ -84,6 +88,107 @@ def _close_file_handlers(logger: logging.Logger) -> None:
         if isinstance(h, logging.FileHandler):
             h.close()
             logger.removeHandler(h)
+
+
+def _check_train_inputs(items: Sequence[SegItem], max_iters: int, batch_size: int, lr: float,
+                        repeat_factors: Sequence[float] | None, optimizer: str) -> None:
+    """Raise ValueError, naming the argument, before any work (see ``train_segmentor``'s Raises)."""
+    if not items:
+        raise ValueError("train_items is empty")
+    if max_iters < 1 or batch_size < 1 or lr <= 0:
+        raise ValueError(f"need max_iters >= 1, batch_size >= 1, lr > 0; got {max_iters}, {batch_size}, {lr}")
+    if repeat_factors is not None and len(repeat_factors) != len(items):
+        raise ValueError(f"repeat_factors has {len(repeat_factors)} entries for {len(items)} items")
+    if optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"optimizer={optimizer!r} is not one of sgd, adamw")
+
+
+def _train_loader(items: Sequence[SegItem], class_names: Sequence[str], crop_size: tuple[int, int] | None,
+                  batch_size: int, seed: int, repeat_factors: Sequence[float] | None,
+                  num_workers: int) -> DataLoader[Any]:
+    """The endless training DataLoader: MMSeg pipeline over the pairs, uniform or ``repeat_factors`` sampling."""
+    from mmengine.dataset import InfiniteSampler, pseudo_collate
+    from torch.utils.data import DataLoader
+
+    from todsynth.seg.mmdata import PairSegDataset, WeightedInfiniteSampler, train_pipeline
+
+    palette = [list(c) for c in PALETTE] if len(class_names) == len(PALETTE) else None
+    metainfo: dict[str, Any] = {"classes": tuple(class_names)}
+    if palette is not None:
+        metainfo["palette"] = palette
+    dataset = PairSegDataset(
+        [(str(i.image_path), str(i.mask_path)) for i in items],
+        metainfo=metainfo,
+        pipeline=train_pipeline(crop_size),
+        serialize_data=False,
+    )
+    sampler = (
+        InfiniteSampler(dataset, shuffle=True, seed=seed)
+        if repeat_factors is None
+        else WeightedInfiniteSampler(dataset, repeat_factors, seed=seed)
+    )
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      persistent_workers=num_workers > 0, collate_fn=pseudo_collate, drop_last=False)
+
+
+def _optim_schedule(model: nn.Module, optimizer: Literal["sgd", "adamw"], lr: float,
+                    max_iters: int) -> tuple[Any, Any]:
+    """``(OptimWrapper, PolyLR)``: SGD (momentum 0.9, wd 5e-4) or AdamW (wd 1e-2), poly decay to lr * 1e-2."""
+    from mmengine.optim import OptimWrapper, PolyLR
+
+    if optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
+    optim_wrapper = OptimWrapper(opt)
+    scheduler = PolyLR(optim_wrapper, eta_min=lr * 1e-2, power=0.9, begin=0, end=max_iters, by_epoch=False)
+    return optim_wrapper, scheduler
+
+
+def _build_runner(name: str, model: nn.Module, work_dir: Path, loader: DataLoader[Any], optim_wrapper: Any,
+                  scheduler: Any, *, max_iters: int, log_interval: int, seed: int) -> Any:
+    """The iteration-based mmengine Runner over built objects, its console limited to errors."""
+    from mmengine.runner import Runner
+
+    from todsynth.seg.compat import quiet_mmengine
+
+    class _QuietRunner(Runner):
+        def build_logger(self, log_level: Any = "INFO", log_file: Any = None, **kwargs: Any) -> Any:
+            logger = super().build_logger(log_level=log_level, log_file=log_file, **kwargs)
+            _quiet_console(logger)
+            return logger
+
+    with quiet_mmengine():
+        return _QuietRunner(
+            model=model,
+            work_dir=str(work_dir),
+            train_dataloader=loader,
+            optim_wrapper=optim_wrapper,
+            param_scheduler=[scheduler],
+            train_cfg=dict(by_epoch=False, max_iters=max_iters, val_interval=max_iters + 1),
+            default_hooks=dict(
+                checkpoint=None,
+                logger=dict(type="LoggerHook", interval=log_interval, log_metric_by_epoch=False),
+            ),
+            log_processor=dict(by_epoch=False),
+            # unique: mmengine keys its global logger/message hub/visualizer by this name
+            experiment_name=f"todsynth-seg-{name}-{uuid.uuid4().hex[:8]}",
+            launcher="none",
+            env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo")),
+            randomness=dict(seed=seed, deterministic=False),
+            default_scope="mmseg",
+        )
+
+
+def _run_training(runner: Any, hook: Any) -> tuple[float, float]:
+    """Train with ``hook`` registered; closes mmengine's log file even on failure. -> (wall s, CPU s)."""
+    runner.register_hook(hook)
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        runner.train()
+    finally:
+        _close_file_handlers(runner.logger)
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def train_segmentor(
@@ -123,89 +228,23 @@ def train_segmentor(
         ValueError: empty training set, non-positive schedule values, or mismatched repeat factors.
     """
     items = as_seg_items(train_items)
-    if not items:
-        raise ValueError("train_items is empty")
-    if max_iters < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"need max_iters >= 1, batch_size >= 1, lr > 0; got {max_iters}, {batch_size}, {lr}")
-    if repeat_factors is not None and len(repeat_factors) != len(items):
-        raise ValueError(f"repeat_factors has {len(repeat_factors)} entries for {len(items)} items")
-    if optimizer not in ("sgd", "adamw"):
-        raise ValueError(f"optimizer={optimizer!r} is not one of sgd, adamw")
+    _check_train_inputs(items, max_iters, batch_size, lr, repeat_factors, optimizer)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     # Snapshot before the (first-time) heavy imports too: some of them draw from `random`.
     rng_state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-
-    from mmengine.dataset import InfiniteSampler, pseudo_collate
-    from mmengine.optim import OptimWrapper, PolyLR
-    from mmengine.runner import Runner
-    from torch.utils.data import DataLoader
-
-    from todsynth.seg.compat import quiet_mmengine, register_mmseg
-    from todsynth.seg.mmdata import PairSegDataset, WeightedInfiniteSampler, train_pipeline
-    from todsynth.seg.models import build_segmentor
-
     try:
+        from todsynth.seg.compat import register_mmseg
+        from todsynth.seg.models import build_segmentor
+
         register_mmseg()
         model = build_segmentor(name, num_classes, crop_size=crop_size, seed=seed)
-        palette = [list(c) for c in PALETTE] if len(class_names) == len(PALETTE) else None
-        metainfo: dict[str, Any] = {"classes": tuple(class_names)}
-        if palette is not None:
-            metainfo["palette"] = palette
-        dataset = PairSegDataset(
-            [(str(i.image_path), str(i.mask_path)) for i in items],
-            metainfo=metainfo,
-            pipeline=train_pipeline(crop_size),
-            serialize_data=False,
-        )
-        sampler = (
-            InfiniteSampler(dataset, shuffle=True, seed=seed)
-            if repeat_factors is None
-            else WeightedInfiniteSampler(dataset, repeat_factors, seed=seed)
-        )
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                            persistent_workers=num_workers > 0, collate_fn=pseudo_collate, drop_last=False)
-        if optimizer == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-        else:
-            opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
-        optim_wrapper = OptimWrapper(opt)
-        scheduler = PolyLR(optim_wrapper, eta_min=lr * 1e-2, power=0.9, begin=0, end=max_iters, by_epoch=False)
+        loader = _train_loader(items, class_names, crop_size, batch_size, seed, repeat_factors, num_workers)
+        optim_wrapper, scheduler = _optim_schedule(model, optimizer, lr, max_iters)
         hook = _make_hook(max_iters, progress)
-
-        class _QuietRunner(Runner):
-            def build_logger(self, log_level: Any = "INFO", log_file: Any = None, **kwargs: Any) -> Any:
-                logger = super().build_logger(log_level=log_level, log_file=log_file, **kwargs)
-                _quiet_console(logger)
-                return logger
-
-        with quiet_mmengine():
-            runner = _QuietRunner(
-                model=model,
-                work_dir=str(work_dir),
-                train_dataloader=loader,
-                optim_wrapper=optim_wrapper,
-                param_scheduler=[scheduler],
-                train_cfg=dict(by_epoch=False, max_iters=max_iters, val_interval=max_iters + 1),
-                default_hooks=dict(
-                    checkpoint=None,
-                    logger=dict(type="LoggerHook", interval=log_interval, log_metric_by_epoch=False),
-                ),
-                log_processor=dict(by_epoch=False),
-                # unique: mmengine keys its global logger/message hub/visualizer by this name
-                experiment_name=f"todsynth-seg-{name}-{uuid.uuid4().hex[:8]}",
-                launcher="none",
-                env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo")),
-                randomness=dict(seed=seed, deterministic=False),
-                default_scope="mmseg",
-            )
-        runner.register_hook(hook)
-        t0, c0 = time.perf_counter(), time.process_time()
-        try:
-            runner.train()
-        finally:
-            _close_file_handlers(runner.logger)
-        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+        runner = _build_runner(name, model, work_dir, loader, optim_wrapper, scheduler,
+                               max_iters=max_iters, log_interval=log_interval, seed=seed)
+        seconds, cpu_seconds = _run_training(runner, hook)
     finally:
         random.setstate(rng_state[0])
         np.random.set_state(rng_state[1])

@@ -122,7 +122,7 @@ class SD3PromptEncoder:
         )
         dtype_name = str(dtype).removeprefix("torch.")
         name = f"sd3-{_fingerprint(root)}-t5len{t5_max_length}-{dtype_name}"
-        return cls(tokenizers, encoders, t5_max_length=t5_max_length, name=name, device=device)  # type: ignore[arg-type]
+        return cls(tokenizers, encoders, t5_max_length=t5_max_length, name=name, device=device)
 
     def _clip(self, index: int, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Penultimate hidden states (N, 77, d_clip) and projected text_embeds (N, proj) of CLIP ``index``."""

@@ -17,7 +17,10 @@ def inject_lora(model: MaskMMDiT, rank: int, alpha: float | None = None) -> None
     from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(
-        r=rank, lora_alpha=alpha if alpha is not None else rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS
+        r=rank,
+        lora_alpha=alpha if alpha is not None else rank,  # type: ignore[arg-type]  # peft says int; scaling = alpha / r takes a float
+        init_lora_weights="gaussian",
+        target_modules=LORA_TARGETS,
     )
     inject_adapter_in_model(config, model.transformer)
 
