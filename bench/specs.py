@@ -187,20 +187,13 @@ class EvaluateSpec(StageSpec):
 
 
 @dataclass(frozen=True)
-class DownstreamSpec(StageSpec):
-    """``downstream[variant,seed]`` of the real-only baseline: train on real data, evaluate on real Val."""
+class DownstreamSpec(SegmenterSpec):
+    """``downstream[variant,seed]`` of the real-only baseline: train on real data, score on real Val.
 
-    nested: ClassVar[dict[str, Any]] = {"subset": Subset}
+    ``val_limit`` caps the Val images scored (None: all).
+    """
 
-    model: str
-    iters: int
-    batch_size: int
-    lr: float
-    optimizer: Literal["sgd", "adamw"]
-    crop_size: int | None
-    seed: int
-    val_limit: int | None
-    subset: Subset | None = field(default=None, metadata=OMIT_NONE)
+    val_limit: int | None = field(kw_only=True)
 
 
 @dataclass(frozen=True)
