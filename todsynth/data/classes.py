@@ -6,6 +6,8 @@ Raw LoveDA masks: 0 = no-data, 1..7 = the classes below. Training labels are red
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 CLASSES: tuple[str, ...] = (
@@ -67,4 +69,4 @@ def colorize(reduced: np.ndarray) -> np.ndarray:
     for i, c in enumerate(PALETTE):
         lut[i] = c
     lut[IGNORE_INDEX] = NODATA_COLOUR
-    return lut[reduced]
+    return cast("np.ndarray", lut[reduced])

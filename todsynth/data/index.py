@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from todsynth.data.classes import prompt_for_labels, reduce_labels
 from todsynth.data.loveda import DOMAINS, list_samples, read_raw_mask
@@ -19,10 +20,10 @@ from todsynth.errors import DatasetNotFoundError, DataValidationError
 INDEX_KEYS: tuple[str, ...] = ("source", "target", "prompt")
 
 
-def build_index(root: str | Path, split: str = "Train", domains: Sequence[str] = DOMAINS) -> list[dict]:
+def build_index(root: str | Path, split: str = "Train", domains: Sequence[str] = DOMAINS) -> list[dict[str, str]]:
     """Index entries for every sample of ``split`` (sorted as :func:`list_samples`); needs masks."""
     root = Path(root)
-    entries: list[dict] = []
+    entries: list[dict[str, str]] = []
     for s in list_samples(root, split, domains):
         if s.mask_path is None:
             raise DatasetNotFoundError(
@@ -54,12 +55,12 @@ def write_index(
     return out
 
 
-def read_index(path: str | Path) -> list[dict]:
+def read_index(path: str | Path) -> list[dict[str, Any]]:
     """Entries of an ``index.jsonl``; a malformed line is a :class:`DataValidationError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise DatasetNotFoundError(f"index file not found: {path} (write one with `todsynth data index ROOT`)")
-    entries: list[dict] = []
+    entries: list[dict[str, Any]] = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():

@@ -141,7 +141,7 @@ def load_mask(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(reduce_labels(read_raw_mask(path)).astype(np.int64))
 
 
-class LoveDA(Dataset):
+class LoveDA(Dataset[dict[str, Any]]):
     """LoveDA (or procedural) tiles as ``{"image", "mask", "prompt", "id"}`` dicts.
 
     ``image`` float32 (3, H, W) in [0, 1]; ``mask`` long (H, W) reduced labels; ``prompt`` names the

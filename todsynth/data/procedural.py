@@ -18,7 +18,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -55,7 +55,7 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     i = np.minimum(t.astype(np.int64), cells - 1)
     f = t - i
     rows = grid[i] * (1 - f)[:, None] + grid[i + 1] * f[:, None]
-    return rows[:, i] * (1 - f)[None, :] + rows[:, i + 1] * f[None, :]
+    return cast("np.ndarray", rows[:, i] * (1 - f)[None, :] + rows[:, i + 1] * f[None, :])
 
 
 def _band(rng: np.random.Generator, size: int, width: float, meander: float) -> np.ndarray:
@@ -68,7 +68,7 @@ def _band(rng: np.random.Generator, size: int, width: float, meander: float) -> 
     period = rng.uniform(0.6, 1.5) * size
     centre = y0 + slope * (xx - size / 2) + meander * size * np.sin(2 * np.pi * xx / period + rng.uniform(0, 6.3))
     half = width / 2 * (1 + 0.25 * meander * np.sin(2 * np.pi * xx / (period * 0.7)))
-    return np.abs(yy - centre) < np.maximum(half, 0.75)
+    return cast("np.ndarray", np.abs(yy - centre) < np.maximum(half, 0.75))
 
 
 def _layout(rng: np.random.Generator, size: int, domain: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

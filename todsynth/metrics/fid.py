@@ -60,7 +60,7 @@ class InceptionExtractor(nn.Module):
                 f"on a connected machine and pass its path (--inception-weights or {INCEPTION_ENV})"
             )
         try:
-            self.base = torch.jit.load(str(path), map_location=device).eval()
+            self.base = torch.jit.load(str(path), map_location=device).eval()  # type: ignore[no-untyped-call]  # torch leaves jit.load unannotated
         except (RuntimeError, ValueError) as exc:
             raise ConfigError(f"{path} is not clean-fid's TorchScript Inception ({INCEPTION_URL}): {exc}") from exc
         from cleanfid.resize import build_resizer
@@ -75,7 +75,7 @@ class InceptionExtractor(nn.Module):
         arr = (images_01.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)).permute(0, 2, 3, 1).cpu().numpy()
         resized = np.stack([self.resize(a) for a in arr])  # (B, 299, 299, 3) float32 in 0..255
         x = torch.from_numpy(resized).permute(0, 3, 1, 2).to(self.device)
-        feats = self.base.layers((x - 128.0) / 128.0)  # clean-fid's normalisation (InceptionV3W)
+        feats: torch.Tensor = self.base.layers((x - 128.0) / 128.0)  # clean-fid's normalisation (InceptionV3W)
         return feats.reshape(x.shape[0], -1).float()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ def _nanmean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else math.nan
 
 
-def scores_from_confusion(cm: torch.Tensor | np.ndarray, class_names: Sequence[str] = CLASSES) -> dict:
+def scores_from_confusion(cm: torch.Tensor | np.ndarray, class_names: Sequence[str] = CLASSES) -> dict[str, Any]:
     """Scores from a (C, C) confusion matrix (rows target, columns prediction).
 
     Returns:

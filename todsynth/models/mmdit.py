@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -208,7 +208,7 @@ class MaskMMDiT(nn.Module):
         self.transformer = transformer
         self.mask_init = mask_init
         self.gradient_checkpointing = gradient_checkpointing
-        self.mask_embed = PatchEmbed(
+        self.mask_embed = PatchEmbed(  # type: ignore[no-untyped-call]  # diffusers leaves PatchEmbed.__init__ unannotated
             height=cfg["sample_size"],
             width=cfg["sample_size"],
             patch_size=cfg["patch_size"],
@@ -229,7 +229,7 @@ class MaskMMDiT(nn.Module):
             nn.init.zeros_(cast("Tensor", self.mask_hint.bias))  # bias=True: never None
 
     @property
-    def config(self):  # noqa: ANN201  (diffusers FrozenDict)
+    def config(self) -> dict[str, Any]:
         """The base transformer's config (patch size, channels, widths)."""
         return self.transformer.config
 

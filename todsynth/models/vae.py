@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import FrozenDict
-from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL, AutoencoderKLOutput
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
+from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from safetensors.torch import load_file
 from torch import nn
 
@@ -54,7 +55,7 @@ class SpaceToDepthAutoencoder(nn.Module):
         super().__init__()
         if factor < 1 or in_channels < 1:
             raise ValueError(f"factor and in_channels must be >= 1, got {factor}, {in_channels}")
-        self.config = FrozenDict(kind=SPACE_TO_DEPTH, in_channels=in_channels, factor=factor,
+        self.config = FrozenDict(kind=SPACE_TO_DEPTH, in_channels=in_channels, factor=factor,  # type: ignore[no-untyped-call]  # diffusers leaves FrozenDict unannotated
                                  latent_channels=in_channels * factor**2, scaling_factor=scaling_factor,
                                  shift_factor=shift_factor, sample_size=sample_size)
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)  # carries device and dtype
@@ -71,7 +72,7 @@ class SpaceToDepthAutoencoder(nn.Module):
 
     def register_to_config(self, **kwargs: Any) -> None:
         """Replace config values (AutoencoderKL's method of the same name; used to store fitted scaling)."""
-        self.config = FrozenDict({**self.config, **kwargs})
+        self.config = FrozenDict({**self.config, **kwargs})  # type: ignore[no-untyped-call]  # diffusers leaves FrozenDict unannotated
 
     def enable_gradient_checkpointing(self) -> None:
         """AutoencoderKL's memory switch; a no-op here (a pixel shuffle keeps no activations for backward)."""
@@ -98,7 +99,7 @@ def build_vae(config: dict[str, Any]) -> Autoencoder:
         return SpaceToDepthAutoencoder(**config)
     if kind != AUTOENCODER_KL:
         raise ConfigError(f"vae kind {kind!r} is not one of {AUTOENCODER_KL!r}, {SPACE_TO_DEPTH!r}")
-    return AutoencoderKL(**config)
+    return cast("AutoencoderKL", AutoencoderKL(**config))
 
 
 def is_trainable(vae: Autoencoder) -> bool:
@@ -122,7 +123,7 @@ def encode_latents(vae: Autoencoder, images_01: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"images_01 must be (B,3,H,W), got {tuple(images_01.shape)}")
     scaling, shift = _scaling_and_shift(vae)
     x = images_01.to(device=vae.device, dtype=vae.dtype) * 2.0 - 1.0
-    z = vae.encode(x).latent_dist.mean
+    z: torch.Tensor = vae.encode(x).latent_dist.mean
     return (z - shift) * scaling
 
 
@@ -156,7 +157,7 @@ def mask_to_grey(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
     mask = mask.long()
     valid = mask != IGNORE_INDEX
     if bool(((mask < 0) | ((mask >= num_classes) & valid)).any()):
-        bad = sorted(set(mask[valid].unique().tolist()) - set(range(num_classes)))
+        bad = sorted(set(mask[valid].unique().tolist()) - set(range(num_classes)))  # type: ignore[no-untyped-call]  # torch leaves Tensor.unique unannotated
         raise ValueError(f"mask holds labels {bad} outside 0..{num_classes - 1} (255 = ignore)")
     raw = torch.where(valid, mask + 1, torch.zeros_like(mask))
     grey = torch.div(raw * 255, num_classes, rounding_mode="floor").float() / 255.0
@@ -167,7 +168,7 @@ def vae_scale_factor(vae: Autoencoder) -> int:
     """Spatial downsampling factor: ``factor`` of a pixel shuffle, 2 ** (number of blocks - 1) of a VAE."""
     if vae.config.get("kind") == SPACE_TO_DEPTH:
         return int(vae.config["factor"])
-    return 2 ** (len(vae.config["block_out_channels"]) - 1)
+    return cast("int", 2 ** (len(vae.config["block_out_channels"]) - 1))
 
 
 def save_vae(vae: Autoencoder, out_dir: str | Path) -> Path:

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from todsynth.sample.config import SamplerConfig, rectified_step_problem
-from todsynth.sample.crfm import CRFMConfig, rectify, step_sizes
+from todsynth.sample.config import CRFMConfig, SamplerConfig, rectified_step_problem
+from todsynth.sample.crfm import rectify, step_sizes
 from todsynth.sample.euler import euler_step, flow_sigmas, timesteps_from_sigmas
 from todsynth.sample.observer import SamplingObserver, Unobserved
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from todsynth.sample.sampler import SamplerConfig
+from todsynth.sample.config import SamplerConfig
 
 
 def prepare_for_sampling(

@@ -31,8 +31,8 @@ from torch import Tensor
 from todsynth.data.classes import prompt_for_labels, raw_labels
 from todsynth.data.loveda import IMAGES_DIR, MASKS_DIR, Sample, load_mask
 from todsynth.errors import DataValidationError
-from todsynth.sample.crfm import CRFMConfig
-from todsynth.sample.sampler import SamplerConfig, sample
+from todsynth.sample.config import CRFMConfig, SamplerConfig
+from todsynth.sample.sampler import sample
 
 MANIFEST = "manifest.json"
 SPLIT = "Train"
@@ -147,7 +147,7 @@ def merge_manifests(out_dir: str | Path, world: int) -> dict[str, Any]:
     return manifest
 
 
-def _manifest(settings: dict[str, Any], images: list[dict[str, Any]], world: int) -> dict:
+def _manifest(settings: dict[str, Any], images: list[dict[str, Any]], world: int) -> dict[str, Any]:
     seconds = sum(e["seconds"] for e in images)
     return {
         "settings": settings,

@@ -23,7 +23,7 @@ def segment_logits(model: nn.Module, images_01: torch.Tensor) -> torch.Tensor:
     The model's train/eval mode is left as it is (callers decide; BN needs eval for inference).
     """
     x = normalize_01(images_01.float())
-    logits = model(x, mode="tensor")
+    logits: torch.Tensor = model(x, mode="tensor")
     if logits.shape[-2:] != images_01.shape[-2:]:
         align = bool(getattr(getattr(model, "decode_head", None), "align_corners", False))
         logits = F.interpolate(logits, size=images_01.shape[-2:], mode="bilinear", align_corners=align)

@@ -20,7 +20,7 @@ from mmseg.datasets import BaseSegDataset  # noqa: E402
 from mmseg.datasets.transforms import LoadAnnotations, PackSegInputs, RandomCrop  # noqa: E402
 
 
-class PairSegDataset(BaseSegDataset):
+class PairSegDataset(BaseSegDataset):  # type: ignore[misc]  # mmseg ships no types: BaseSegDataset is Any
     """MMSeg dataset over an explicit list of (image path, raw mask path) pairs.
 
     Masks are raw LoveDA labels (0 = no-data); with ``reduce_zero_label=True`` they become
@@ -56,7 +56,7 @@ def train_pipeline(crop_size: tuple[int, int] | None) -> list[Any]:
     return steps
 
 
-class WeightedInfiniteSampler(InfiniteSampler):
+class WeightedInfiniteSampler(InfiniteSampler):  # type: ignore[misc]  # mmengine ships no types: InfiniteSampler is Any
     """Infinite sampler drawing index ``i`` with probability ``weights[i] / sum(weights)`` (with replacement).
 
     Seeded by its own ``torch.Generator``; all-equal weights give i.i.d. uniform draws.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -253,7 +253,7 @@ def _shipped(name: str, num_classes: int, norm: dict[str, Any]) -> dict[str, Any
         return None
     from mmengine.config import Config
 
-    model = Config.fromfile(str(path)).model.to_dict()
+    model: dict[str, Any] = Config.fromfile(str(path)).model.to_dict()
     model = _replace_norm(model, norm)
     model["pretrained"] = None
     model["backbone"]["init_cfg"] = None
@@ -305,4 +305,4 @@ def build_segmentor(name: str, num_classes: int = NUM_CLASSES, *, crop_size: tup
         torch.manual_seed(seed)
         model = MODELS.build(ConfigDict(cfg))
         model.init_weights()
-    return model
+    return cast("nn.Module", model)

@@ -37,7 +37,7 @@ def _make_hook(max_iters: int, progress: bool) -> Any:
     """An mmengine hook that records each iteration's loss and drives an optional rich progress bar."""
     from mmengine.hooks import Hook
 
-    class RecordHook(Hook):
+    class RecordHook(Hook):  # type: ignore[misc]  # mmengine ships no types: Hook is Any
         priority = "VERY_LOW"
 
         def __init__(self) -> None:
@@ -152,7 +152,7 @@ def _build_runner(name: str, model: nn.Module, work_dir: Path, loader: DataLoade
 
     from todsynth.seg.compat import quiet_mmengine
 
-    class _QuietRunner(Runner):
+    class _QuietRunner(Runner):  # type: ignore[misc]  # mmengine ships no types: Runner is Any
         def build_logger(self, log_level: Any = "INFO", log_file: Any = None, **kwargs: Any) -> Any:
             logger = super().build_logger(log_level=log_level, log_file=log_file, **kwargs)
             _quiet_console(logger)
@@ -250,7 +250,7 @@ def train_segmentor(
         np.random.set_state(rng_state[1])
         torch.set_rng_state(rng_state[2])
 
-    trained = runner.model.module if hasattr(runner.model, "module") else runner.model
+    trained: nn.Module = runner.model.module if hasattr(runner.model, "module") else runner.model
     trained.eval()
     log = {
         "model": name, "max_iters": max_iters, "batch_size": batch_size, "lr": lr, "seed": seed,

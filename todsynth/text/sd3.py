@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -144,7 +144,7 @@ class SD3PromptEncoder:
             return_tensors="pt",
         ).input_ids
         t5 = self.text_encoders[2]
-        return t5(ids.to(self.device))[0].to(dtype=t5.dtype)
+        return cast("torch.Tensor", t5(ids.to(self.device))[0].to(dtype=t5.dtype))
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -70,7 +70,7 @@ class TinyPromptEncoder:
         ids, real = self.tokenize(list(prompts))
         d = self.joint_dim
         x = self.tokens[ids] + self.positions
-        q, k, v = (F.layer_norm(x, (d,)) @ self.w_qkv).split(d, dim=-1)
+        q, k, v = (F.layer_norm(x, (d,)) @ self.w_qkv).split(d, dim=-1)  # type: ignore[no-untyped-call]  # torch leaves Tensor.split unannotated
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=real[:, None, :])
         x = x + attn @ self.w_out
         x = x + F.gelu(F.layer_norm(x, (d,)) @ self.w_up) @ self.w_down

@@ -60,7 +60,7 @@ class LocalBackend:
 
     def backward(self, loss: Tensor) -> None:
         """``loss.backward()``."""
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
 
     def no_sync(self, model: Any) -> AbstractContextManager[object]:
         """Nothing to synchronise in one process."""
