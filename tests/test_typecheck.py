@@ -1,4 +1,4 @@
-"""The library type-checks: ``mypy todsynth`` (settings in pyproject.toml's ``[tool.mypy]``) reports no errors."""
+"""The library type-checks: ``mypy todsynth`` (strict; settings in pyproject.toml's ``[tool.mypy]``) reports no errors."""
 
 from __future__ import annotations
 
