@@ -144,9 +144,7 @@ def gen_sample(
     """Generate one image per real training mask (optionally CRFM-guided) into a LoveDA-layout dataset."""
     from todsynth.data.loveda import list_samples
     from todsynth.models.generator import load_generator
-    from todsynth.sample.config import rectified_step_problem
-    from todsynth.sample.crfm import STEP_SCHEMES, CRFMConfig
-    from todsynth.sample.sampler import SamplerConfig
+    from todsynth.sample.config import STEP_SCHEMES, CRFMConfig, SamplerConfig, rectified_step_problem
     from todsynth.sample.speed import prepare_sampling_run
     from todsynth.sample.synthesize import synthesize
     from todsynth.text import PromptCache, preset_prompt_encoder

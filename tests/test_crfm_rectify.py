@@ -10,7 +10,8 @@ import torch
 from diffusers import AutoencoderKL
 from torch import nn
 
-from todsynth.sample.crfm import CRFMConfig, judge_loss, rectify, step_sizes
+from todsynth.sample.config import CRFMConfig
+from todsynth.sample.crfm import judge_loss, rectify, step_sizes
 
 SCALING, SHIFT = 1.5035, 0.0609
 

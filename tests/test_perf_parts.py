@@ -12,8 +12,8 @@ from bench.perf import PeakMemory, PerfConfig, perf_preset, stats, transformer_f
 from todsynth.errors import ConfigError
 from todsynth.models.generator import build_generator
 from todsynth.models.presets import TINY_SCRATCH_VAE_OVERRIDES, deep_merge, resolve_preset
-from todsynth.sample.crfm import CRFMConfig
-from todsynth.sample.sampler import SamplerConfig, sample
+from todsynth.sample.config import CRFMConfig, SamplerConfig
+from todsynth.sample.sampler import sample
 from todsynth.sample.speed import prepare_for_sampling
 
 HOST_READS = ("cpu", "item", "tolist", "numpy", "__bool__", "__float__", "__int__")

@@ -6,9 +6,8 @@ import pytest
 from test_sample_sampler import _inputs, generator, judge  # noqa: F401  (fixtures: tiny preset, 1x1 judge)
 
 from bench.perf.rounds import profile_sampling, timed_sample
-from todsynth.sample.crfm import CRFMConfig
+from todsynth.sample.config import CRFMConfig, SamplerConfig
 from todsynth.sample.observer import SECTIONS
-from todsynth.sample.sampler import SamplerConfig
 
 
 def test_profile_reports_consistent_figures(generator, judge) -> None:  # noqa: F811

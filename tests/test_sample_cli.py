@@ -71,8 +71,7 @@ def test_gen_sample_prepares_models_and_keeps_results(setup, monkeypatch) -> Non
     from todsynth.data.loveda import list_samples
     from todsynth.models.generator import load_generator
     from todsynth.sample import speed
-    from todsynth.sample.crfm import CRFMConfig
-    from todsynth.sample.sampler import SamplerConfig
+    from todsynth.sample.config import CRFMConfig, SamplerConfig
     from todsynth.sample.synthesize import synthesize
     from todsynth.seg.io import save_segmentor
     from todsynth.seg.models import build_segmentor

@@ -12,9 +12,10 @@ from torch import nn
 from todsynth.models.generator import Generator, build_generator
 from todsynth.models.presets import resolve_preset
 from todsynth.models.vae import decode_latents
-from todsynth.sample.crfm import CRFMConfig, judge_loss
+from todsynth.sample.config import CRFMConfig, SamplerConfig
+from todsynth.sample.crfm import judge_loss
 from todsynth.sample.observer import SECTIONS
-from todsynth.sample.sampler import SamplerConfig, initial_noise, sample
+from todsynth.sample.sampler import initial_noise, sample
 
 SIZE, C = 32, 7
 

@@ -13,8 +13,7 @@ from test_sample_sampler import generator, judge  # noqa: F401  (fixtures: tiny 
 
 from todsynth.data.loveda import list_samples
 from todsynth.data.procedural import generate_dataset
-from todsynth.sample.crfm import CRFMConfig
-from todsynth.sample.sampler import SamplerConfig
+from todsynth.sample.config import CRFMConfig, SamplerConfig
 from todsynth.sample.synthesize import merge_manifests, sample_seed, synthesize
 
 CFG = SamplerConfig(num_inference_steps=2, batch_size=2)

@@ -218,7 +218,8 @@ def _sample_and_score(s: Settings, t: _Trained) -> dict[str, Any]:
     from todsynth.data.loveda import LoveDA
     from todsynth.models.generator import load_generator
     from todsynth.models.vae import reconstruct
-    from todsynth.sample.sampler import SamplerConfig, sample
+    from todsynth.sample.config import SamplerConfig
+    from todsynth.sample.sampler import sample
     from todsynth.train.evaluate import conditioning_gap
 
     gen = load_generator(t.generator.path("generator"))

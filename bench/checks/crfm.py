@@ -63,8 +63,8 @@ def crfm_fidelity(
         scorers: more segmentors by name, e.g. one that the settings were NOT chosen with (``scorer_miou``).
         on_row: called with each row as soon as it is scored (progress).
     """
-    from todsynth.sample.crfm import CRFMConfig
-    from todsynth.sample.sampler import SamplerConfig, sample
+    from todsynth.sample.config import CRFMConfig, SamplerConfig
+    from todsynth.sample.sampler import sample
     from todsynth.seg.judge import SegmentorLogits
 
     check_n_masks(n_masks, dataset)
@@ -95,7 +95,7 @@ def parse_settings(raw: Sequence[str]) -> list[dict[str, Any]]:
     """
     import yaml
 
-    from todsynth.sample.crfm import CRFMConfig
+    from todsynth.sample.config import CRFMConfig
 
     settings = []
     for text in raw:

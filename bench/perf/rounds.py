@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.perf.timing import Clock, Stopwatch, clock_function, sync
-from todsynth.sample.crfm import CRFMConfig
-from todsynth.sample.sampler import SamplerConfig, latent_decoder, sample
+from todsynth.sample.config import CRFMConfig, SamplerConfig
+from todsynth.sample.sampler import latent_decoder, sample
 
 Timings = dict[str, float]
 

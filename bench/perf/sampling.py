@@ -25,8 +25,8 @@ SECTIONS = ("transformer", "vae_decode", "judge", "euler", "final_decode", "enco
 def measure_sampling(gen: Any, judge: nn.Module, masks: Tensor, embeds: Tensor, pooled: Tensor,
                      cfg: PerfConfig) -> dict[str, Any]:
     """Plain vs CRFM seconds per image, CRFM's breakdown, standalone VAE/judge passes, peak memory, ratios."""
-    from todsynth.sample.crfm import CRFMConfig
-    from todsynth.sample.sampler import SamplerConfig, sample
+    from todsynth.sample.config import CRFMConfig, SamplerConfig
+    from todsynth.sample.sampler import sample
 
     device = torch.device(cfg.device)
     clock = "cuda" if device.type == "cuda" else cfg.clock
