@@ -168,3 +168,11 @@ def test_sd35_save_only_trained_weights_and_rebuild(sd3_dir: Path, tmp_path: Pat
     assert json.loads((out / "config.json").read_text())["transformer_saved"] == "without_text_stream"
     loaded = load_generator(out)
     torch.testing.assert_close(velocity(loaded), velocity(gen), rtol=0, atol=0)
+
+
+def test_unknown_mask_stream_key_is_refused() -> None:
+    from todsynth.errors import ConfigError
+
+    assert resolve_preset("tiny", {"mask_stream": {"tokens": False}})["mask_stream"]["tokens"] is False
+    with pytest.raises(ConfigError, match=r"unknown mask_stream key\(s\) \['tokenz'\]"):
+        resolve_preset("tiny", {"mask_stream": {"tokenz": False}})

@@ -190,3 +190,23 @@ def test_sample_prediction_returns_the_velocity_of_its_x0() -> None:
     torch.testing.assert_close(x - sigma * v, raw, rtol=1e-5, atol=1e-5)  # CRFM's x0_hat is the prediction
     with pytest.raises(ValueError, match="prediction"):
         MaskMMDiT(tiny_transformer(), prediction="noise")  # type: ignore[arg-type]
+
+
+def test_without_mask_tokens_the_hint_alone_carries_the_mask() -> None:
+    """``mask_tokens=False`` builds no mask stream; the output still depends on the mask (through the hint)."""
+    from todsynth.models.generator import build_generator
+    from todsynth.models.presets import resolve_preset
+
+    preset = resolve_preset("tiny", {"image_size": 32, "transformer": {"num_layers": 2}, "mask_stream": {"tokens": False}})
+    model = build_generator(preset).transformer
+    assert model.mask_embed is None and len(model.mask_blocks) == 0
+    assert {id(p) for p in model.mask_stream_parameters()} == {id(p) for p in model.mask_hint.parameters()}
+    assert not any(k.startswith(("mask_embed.", "mask_blocks.")) for k in model.state_dict())
+    with torch.no_grad():
+        torch.nn.init.normal_(model.mask_hint.weight, std=0.1)
+        z = torch.randn(2, 48, 8, 8)
+        m1, m2 = torch.randn(2, 48, 8, 8), torch.randn(2, 48, 8, 8)
+        t, e, p = torch.full((2,), 500.0), torch.randn(2, 16, 64), torch.randn(2, 64)
+        assert not torch.allclose(model(z, m1, t, e, p), model(z, m2, t, e, p))
+    with pytest.raises(ValueError, match="mask_tokens=False needs mask_hint=True"):
+        MaskMMDiT(model.transformer, mask_hint=False, mask_tokens=False)

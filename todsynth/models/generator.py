@@ -146,6 +146,7 @@ def build_generator(preset: Mapping[str, Any]) -> Generator:
     seed = int(preset.get("seed", 0))
     init = preset.get("mask_stream", {}).get("init", "fresh")
     hint = bool(preset.get("mask_stream", {}).get("hint", False))
+    tokens = bool(preset.get("mask_stream", {}).get("tokens", True))
     prediction = str(preset.get("prediction", "velocity"))
     if is_scratch(preset):
         with seeded_init(seed):
@@ -168,7 +169,7 @@ def build_generator(preset: Mapping[str, Any]) -> Generator:
         vae = load_vae(preset["vae_path"])
     _check_shapes(transformer, vae, int(preset["image_size"]))
     with seeded_init(seed + 1):
-        model = MaskMMDiT(transformer, mask_init=init, mask_hint=hint, prediction=prediction,  # type: ignore[arg-type]
+        model = MaskMMDiT(transformer, mask_init=init, mask_hint=hint, mask_tokens=tokens, prediction=prediction,  # type: ignore[arg-type]
                           num_train_timesteps=n_train)
     vae.requires_grad_(False).eval()
     return Generator(

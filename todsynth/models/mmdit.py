@@ -176,6 +176,10 @@ class MaskMMDiT(nn.Module):
             for SD3.5 (the paper's pure triple attention). The tiny preset turns it on: trained for minutes
             on a CPU, joint attention alone did not learn to route each image token to the mask token at
             its own position (samples from true and shuffled masks scored the same; README "The tiny preset").
+        mask_tokens: the mask token stream (``mask_embed``, ``mask_blocks``) exists and joins the joint attention
+            (the paper's MM-DiT; SD3.5). False builds no mask stream: the hint alone carries the mask (needs
+            ``mask_hint``). Measured on the tiny preset: the mask tokens double the attention's sequence and cost
+            1.8x the training time per step for the same fidelity per step (README "The tiny preset").
         prediction: what the network's output means. ``"velocity"`` (SD3): it is ``v = noise - x0``.
             ``"sample"``: it is ``x0_hat`` and ``forward`` returns ``v = (z - x0_hat) / max(sigma, sigma_floor)``
             with ``sigma = timestep / num_train_timesteps`` ("Back to Basics", Li & He 2025: a narrow network
@@ -189,6 +193,7 @@ class MaskMMDiT(nn.Module):
         mask_init: MaskInit = "fresh",
         gradient_checkpointing: bool = False,
         mask_hint: bool = False,
+        mask_tokens: bool = True,
         prediction: Prediction = "velocity",
         sigma_floor: float = 0.05,
         num_train_timesteps: int = 1000,
@@ -200,6 +205,8 @@ class MaskMMDiT(nn.Module):
             raise ValueError(f"prediction must be 'velocity' or 'sample', got {prediction!r}")
         if not 0.0 < sigma_floor <= 1.0:
             raise ValueError(f"sigma_floor must be in (0, 1], got {sigma_floor}")
+        if not mask_tokens and not mask_hint:
+            raise ValueError("mask_tokens=False needs mask_hint=True (otherwise the mask never reaches the model)")
         self.prediction = prediction
         self.sigma_floor = float(sigma_floor)
         self.num_train_timesteps = int(num_train_timesteps)
@@ -208,20 +215,23 @@ class MaskMMDiT(nn.Module):
         self.transformer = transformer
         self.mask_init = mask_init
         self.gradient_checkpointing = gradient_checkpointing
-        self.mask_embed = PatchEmbed(  # type: ignore[no-untyped-call]  # diffusers leaves PatchEmbed.__init__ unannotated
-            height=cfg["sample_size"],
-            width=cfg["sample_size"],
-            patch_size=cfg["patch_size"],
-            in_channels=cfg["in_channels"],
-            embed_dim=dim,
-            pos_embed_max_size=cfg["pos_embed_max_size"],
-        )
-        self.mask_blocks = nn.ModuleList(
-            MaskStreamBlock(dim, cfg["num_attention_heads"], cfg["attention_head_dim"], cfg["qk_norm"],
-                            b.context_pre_only)
-            for b in _joint_blocks(transformer)
-        )
-        self._init_mask_stream(mask_init)
+        self.mask_embed: PatchEmbed | None = None
+        self.mask_blocks = nn.ModuleList()
+        if mask_tokens:
+            self.mask_embed = PatchEmbed(  # type: ignore[no-untyped-call]  # diffusers leaves PatchEmbed.__init__ unannotated
+                height=cfg["sample_size"],
+                width=cfg["sample_size"],
+                patch_size=cfg["patch_size"],
+                in_channels=cfg["in_channels"],
+                embed_dim=dim,
+                pos_embed_max_size=cfg["pos_embed_max_size"],
+            )
+            self.mask_blocks.extend(
+                MaskStreamBlock(dim, cfg["num_attention_heads"], cfg["attention_head_dim"], cfg["qk_norm"],
+                                b.context_pre_only)
+                for b in _joint_blocks(transformer)
+            )
+            self._init_mask_stream(mask_init)
         self.mask_hint: nn.Conv2d | None = None
         if mask_hint:
             self.mask_hint = nn.Conv2d(cfg["in_channels"], dim, cfg["patch_size"], stride=cfg["patch_size"])
@@ -251,7 +261,7 @@ class MaskMMDiT(nn.Module):
                 nn.init.zeros_(mb.norm1.linear.weight)
                 nn.init.zeros_(mb.norm1.linear.bias)
             return
-        self.mask_embed.load_state_dict(self.transformer.pos_embed.state_dict())
+        cast("PatchEmbed", self.mask_embed).load_state_dict(self.transformer.pos_embed.state_dict())
         dim = self.transformer.inner_dim
         for block, mb in zip(_joint_blocks(self.transformer), self._mask_blocks(), strict=True):
             w, b = block.norm1.linear.weight, block.norm1.linear.bias  # chunks: shift, scale, gate, ... (6 or 9)
@@ -277,8 +287,9 @@ class MaskMMDiT(nn.Module):
 
     def mask_stream_parameters(self) -> list[nn.Parameter]:
         """Parameters of the new mask stream (patch embedding + per-block mask modules + the optional hint)."""
+        embed = [] if self.mask_embed is None else list(self.mask_embed.parameters())
         hint = [] if self.mask_hint is None else list(self.mask_hint.parameters())
-        return [*self.mask_embed.parameters(), *self.mask_blocks.parameters(), *hint]
+        return [*embed, *self.mask_blocks.parameters(), *hint]
 
     def forward(
         self,
@@ -314,11 +325,14 @@ class MaskMMDiT(nn.Module):
         hidden = tr.pos_embed(latents).contiguous()
         temb = tr.time_text_embed(timestep, pooled)
         context = tr.context_embedder(prompt_embeds)
-        mask_hidden = None if mask_latents is None else self.mask_embed(mask_latents.to(latents.dtype)).contiguous()
+        mask_hidden = (None if mask_latents is None or self.mask_embed is None
+                       else self.mask_embed(mask_latents.to(latents.dtype)).contiguous())
         if mask_latents is not None and self.mask_hint is not None:  # (B, d, h/p, w/p) -> (B, tokens, d)
             hidden = hidden + self.mask_hint(mask_latents.to(latents.dtype)).flatten(2).transpose(1, 2)
 
-        for block, mb in zip(_joint_blocks(tr), self._mask_blocks(), strict=True):
+        blocks = list(_joint_blocks(tr))
+        mask_blocks: list[MaskStreamBlock | None] = list(self._mask_blocks()) or [None] * len(blocks)
+        for block, mb in zip(blocks, mask_blocks, strict=True):
             mask_block = None if mask_hidden is None else mb
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 context, hidden, mask_hidden = checkpoint(
