@@ -18,7 +18,8 @@ from todsynth.models.vae import save_vae
 from todsynth.train import TrainConfig, train_generator
 from todsynth.train.flow import flow_matching_loss, noisy_latents, sample_sigmas, train_sigma_table
 
-SMALL = {"transformer": {"num_layers": 2}}
+# With the mask token stream (the paper's MM-DiT; the tiny preset itself runs without it), so its training stays covered.
+SMALL = {"transformer": {"num_layers": 2}, "mask_stream": {"tokens": True}}
 
 
 class HashPrompts:

@@ -43,10 +43,11 @@ from bench.stages.synthesis import (
 # Bump a stage's version when its function changes what it computes: its cache entries (and their
 # dependents') are then recomputed. The package version is part of every key as well.
 STAGE_VERSIONS: dict[str, int] = {
-    "data": 1, "prompts": 1, "autoencoder": 1, "generator": 1, "judge": 1, "evaluator": 1,
+    "data": 1, "prompts": 1, "autoencoder": 1, "generator": 2, "judge": 1, "evaluator": 1,
     "real_features": 1, "synthesize": 1, "evaluate": 3, "downstream": 1,
 }  # evaluate 2: adds evaluator_real_miou (the evaluator on the real images of the synthesized masks); 3: FID/KID's
-#   image counts (fid_n_real, fid_n_synthetic) and resize (fid_resize)
+#   image counts (fid_n_real, fid_n_synthetic) and resize (fid_resize). generator 2: the tiny preset drops the mask
+#   token stream and trains 3000 steps (the spec names the preset, not its contents, so a preset change bumps this)
 
 StageFn = Callable[[Any, dict[str, CachedStage], Path], dict[str, Any]]  # spec: the stage's bench.specs type
 

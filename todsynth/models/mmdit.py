@@ -215,22 +215,21 @@ class MaskMMDiT(nn.Module):
         self.transformer = transformer
         self.mask_init = mask_init
         self.gradient_checkpointing = gradient_checkpointing
-        self.mask_embed: PatchEmbed | None = None
-        self.mask_blocks = nn.ModuleList()
+        # Registered in this order (embed, blocks) so state-dict and parameter order match the original layout.
+        self.mask_embed: PatchEmbed | None = PatchEmbed(  # type: ignore[no-untyped-call]  # diffusers leaves PatchEmbed.__init__ unannotated
+            height=cfg["sample_size"],
+            width=cfg["sample_size"],
+            patch_size=cfg["patch_size"],
+            in_channels=cfg["in_channels"],
+            embed_dim=dim,
+            pos_embed_max_size=cfg["pos_embed_max_size"],
+        ) if mask_tokens else None
+        self.mask_blocks = nn.ModuleList(
+            MaskStreamBlock(dim, cfg["num_attention_heads"], cfg["attention_head_dim"], cfg["qk_norm"],
+                            b.context_pre_only)
+            for b in (_joint_blocks(transformer) if mask_tokens else ())
+        )
         if mask_tokens:
-            self.mask_embed = PatchEmbed(  # type: ignore[no-untyped-call]  # diffusers leaves PatchEmbed.__init__ unannotated
-                height=cfg["sample_size"],
-                width=cfg["sample_size"],
-                patch_size=cfg["patch_size"],
-                in_channels=cfg["in_channels"],
-                embed_dim=dim,
-                pos_embed_max_size=cfg["pos_embed_max_size"],
-            )
-            self.mask_blocks.extend(
-                MaskStreamBlock(dim, cfg["num_attention_heads"], cfg["attention_head_dim"], cfg["qk_norm"],
-                                b.context_pre_only)
-                for b in _joint_blocks(transformer)
-            )
             self._init_mask_stream(mask_init)
         self.mask_hint: nn.Conv2d | None = None
         if mask_hint:

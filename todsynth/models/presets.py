@@ -128,10 +128,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         # "hint": the mask latents are also added to the image tokens (MaskMMDiT.mask_hint). Without it, 1500 steps
         # gave samples that ignore their masks (dcnn evaluator mIoU on 16 Val masks: true 0.031, shuffled 0.031);
         # with it 0.105 vs 0.039 (README "The tiny preset").
-        # "tokens": False (not yet the default) drops the mask token stream and leaves the mask to the hint: the same
-        # fidelity per step (1500 steps: 0.186 vs 0.183, shuffled 0.059 vs 0.054) at 1.8x the steps per second (20.8
-        # vs 11.4 it/s on 2 quiet cores), so the same minutes buy twice the steps (README "The tiny preset").
-        "mask_stream": {"init": "image", "hint": True, "tokens": True},
+        # "tokens": False drops the mask token stream and leaves the mask to the hint: the same fidelity per step (1500
+        # steps: 0.186 vs 0.183, shuffled 0.059 vs 0.054) at 1.8x the steps per second (20.8 vs 11.4 it/s on 2 quiet
+        # cores), so the same minutes buy twice the steps (README "The tiny preset"). SD3.5 keeps the mask stream.
+        "mask_stream": {"init": "image", "hint": True, "tokens": False},
         # The network predicts clean pixels (x0) and MaskMMDiT turns them into a velocity: with logit-normal
         # timesteps, 0.178 vs 0.053 (velocity head: 0.105 vs 0.039); each 4x4-pixel token is a 48-dim vector,
         # close to the model's width of 64, the regime where predicting x0 learns faster.
@@ -145,12 +145,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vae_path": None,
         "scheduler": {"shift": 3.0, "num_train_timesteps": 1000},
         "text": {"kind": "tiny", "seed": 0, "seq_len": 16, "joint_dim": 64, "pooled_dim": 64},
-        # Budgets (todsynth bench check-conditioning, 400 procedural 64 px scenes, 2 quiet CPU cores, ~8.7 it/s): 1500
-        # steps (~3 minutes); the loss still falls at the end, so longer budgets draw cleaner images.
+        # Budgets (todsynth bench check-conditioning, 400 procedural 64 px scenes, 2 quiet CPU cores, ~20 it/s): 3000
+        # steps (~2.5 minutes; 0.38 of the evaluator's ceiling); the loss still falls at the end, so longer budgets
+        # draw cleaner images (4500 steps: 0.48).
         # vae_train only applies to a trainable VAE override (TINY_SCRATCH_VAE); the pixel shuffle fits its scaling.
         "vae_train": {"steps": 1500, "batch_size": 8, "lr": 2e-3},
         "train": {
-            "steps": 1500,
+            "steps": 3000,
             "batch_size": 8,
             "lr": 2e-3,
             "warmup_steps": 30,
