@@ -216,26 +216,46 @@ def _run_suite_nodes(
     Fills ``outcome``'s computed/cached lists and ``stage_rows`` (``stages.json``) as each node finishes, so a
     failure keeps what was done.
     """
-    done: dict[str, CachedStage] = {}
     bar = _Progress(len(nodes), console, enabled=progress)
+
+    def finished(node: Node, cached: CachedStage, computed: bool, seconds: float) -> None:
+        (outcome.computed if computed else outcome.cached).append(node.key)
+        stage_rows.append({"key": node.key, "stage": node.stage, "hash": hashes[node.key],
+                           "status": "computed" if computed else "cached", "dir": str(cached.dir),
+                           "mlflow_run_id": cached.marker.get("mlflow_run_id"), "seconds": seconds})
+        bar.finish(node.key, computed, seconds)
+
     with bar:
-        for node in nodes:
-            inputs = {role: done[dep] for role, dep in node.deps.items()}
-            input_hashes = {role: hashes[dep] for role, dep in node.deps.items()}
-            code = stage_code_version(node.stage, stage_versions)
-            h = hashes[node.key]
-            bar.start(node.key)
-            cached, computed, seconds = _run_node(
-                node, h, inputs, input_hashes, code, cache, stage_fns[node.stage], tracker, suite, device,
-                force=node.key in forced, console=console, log_dir=suite.workspace / suite.name / "logs",
-                progress=progress,
-            )
-            done[node.key] = cached
-            (outcome.computed if computed else outcome.cached).append(node.key)
-            stage_rows.append({"key": node.key, "stage": node.stage, "hash": h,
-                               "status": "computed" if computed else "cached", "dir": str(cached.dir),
-                               "mlflow_run_id": cached.marker.get("mlflow_run_id"), "seconds": seconds})
-            bar.finish(node.key, computed, seconds)
+        return _compute_nodes(suite, nodes, hashes, cache, stage_fns, stage_versions, tracker, device,
+                              console=console, progress=progress, forced=forced,
+                              on_start=lambda node: bar.start(node.key), on_done=finished)
+
+
+def _compute_nodes(
+    suite: Suite, nodes: list[Node], hashes: Mapping[str, str], cache: StageCache, stage_fns: Mapping[str, StageFn],
+    stage_versions: Mapping[str, int], tracker: Any, device: str, *, console: Any, progress: bool,
+    forced: set[str] | frozenset[str] = frozenset(), on_start: Callable[[Node], None] | None = None,
+    on_done: Callable[[Node, CachedStage, bool, float], None] | None = None,
+) -> dict[str, CachedStage]:
+    """The one node loop of ``run_suite`` and ``run_nodes``: each node's inputs, then :func:`_run_node`, in order.
+
+    ``on_start(node)`` and ``on_done(node, cached, computed, seconds)`` let the caller count and report.
+    """
+    done: dict[str, CachedStage] = {}
+    for node in nodes:
+        if on_start is not None:
+            on_start(node)
+        inputs = {role: done[dep] for role, dep in node.deps.items()}
+        input_hashes = {role: hashes[dep] for role, dep in node.deps.items()}
+        code = stage_code_version(node.stage, stage_versions)
+        cached, computed, seconds = _run_node(
+            node, hashes[node.key], inputs, input_hashes, code, cache, stage_fns[node.stage], tracker, suite, device,
+            force=node.key in forced, console=console, log_dir=suite.workspace / suite.name / "logs",
+            progress=progress,
+        )
+        done[node.key] = cached
+        if on_done is not None:
+            on_done(node, cached, computed, seconds)
     return done
 
 
@@ -317,16 +337,8 @@ def run_nodes(
     cache = StageCache(suite.workspace)
     device = resolve_device(suite.resources.device)
     hashes = graph_hashes(nodes, stage_versions)
-    done: dict[str, CachedStage] = {}
-    for node in nodes:
-        inputs = {role: done[dep] for role, dep in node.deps.items()}
-        input_hashes = {role: hashes[dep] for role, dep in node.deps.items()}
-        code = stage_code_version(node.stage, stage_versions)
-        done[node.key], _, _ = _run_node(
-            node, hashes[node.key], inputs, input_hashes, code, cache, stage_fns[node.stage], tracker, suite, device,
-            force=False, console=console, log_dir=suite.workspace / suite.name / "logs", progress=progress,
-        )
-    return done
+    return _compute_nodes(suite, nodes, hashes, cache, stage_fns, stage_versions, tracker, device, console=console,
+                          progress=progress)
 
 
 def _run_node(

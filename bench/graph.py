@@ -127,8 +127,8 @@ def data_spec(suite: Suite) -> DataSpec:
     """The spec of ``data``: procedural scenes, or a LoveDA root."""
     ds = suite.dataset
     if ds.kind == "procedural":
-        return DataSpec(kind=ds.kind, domains=tuple(ds.domains), procedural=ds.procedural)
-    return DataSpec(kind=ds.kind, domains=tuple(ds.domains), root=str(ds.root), on_bad_sample=ds.on_bad_sample)
+        return DataSpec(kind=ds.kind, domains=list(ds.domains), procedural=ds.procedural)
+    return DataSpec(kind=ds.kind, domains=list(ds.domains), root=str(ds.root), on_bad_sample=ds.on_bad_sample)
 
 
 def build_graph(suite: Suite) -> list[Node]:

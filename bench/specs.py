@@ -57,8 +57,6 @@ def _json(value: Any) -> Any:
         return value.model_dump(mode="json")
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
-    if isinstance(value, tuple):
-        return list(value)
     return value
 
 
@@ -92,7 +90,7 @@ class DataSpec(StageSpec):
     nested: ClassVar[dict[str, Any]] = {"procedural": Procedural}
 
     kind: Literal["procedural", "loveda"]
-    domains: tuple[str, ...]
+    domains: list[str]
     procedural: Procedural | None = field(default=None, metadata=OMIT_NONE)
     root: str | None = field(default=None, metadata=OMIT_NONE)
     on_bad_sample: Literal["error", "skip"] | None = field(default=None, metadata=OMIT_NONE)
@@ -224,6 +222,4 @@ def spec_from_json(data: dict[str, Any]) -> StageSpec:
     for name, typ in cls.nested.items():
         if values.get(name) is not None:
             values[name] = typ(**values[name])
-    if "domains" in values:
-        values["domains"] = tuple(values["domains"])
     return cls(**values, runtime=Runtime(**data["runtime"]))

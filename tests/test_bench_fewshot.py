@@ -116,7 +116,7 @@ def test_stages_train_on_the_subset(tmp_path):
     from bench.specs import DataSpec, Subset
     from todsynth.data.subset import DRAW_RULE, labelled_subset
 
-    spec = DataSpec(kind="procedural", domains=("Urban", "Rural"),
+    spec = DataSpec(kind="procedural", domains=["Urban", "Rural"],
                     procedural=Procedural(n_train=8, n_val=2, size=16, seed=0))
     arts = stages.stage_data(spec, {}, tmp_path)
     data = CachedStage(tmp_path, {"artifacts": arts, "spec": spec.hashed()})

@@ -46,6 +46,7 @@ from bench.schema.suite import Suite, resolve_variants
 from bench.schema.tuning import Constraint, Objective, SearchDim, Tune
 from bench.schema.variants import (
     CRFM,
+    SECTIONS,
     ConfigSection,
     Matrix,
     ResolvedVariant,
@@ -53,6 +54,7 @@ from bench.schema.variants import (
     Variant,
     config_section,
     expand_matrix,
+    section_field,
     subset_name,
 )
 
@@ -60,7 +62,7 @@ __all__ = [
     "CRFM", "ENV_INCEPTION", "ENV_LOVEDA_ROOT", "ENV_SD3_DIR", "KNOWN_METRICS", "NAME_PATTERN", "ConfigSection",
     "Constraint", "Dataset", "Domain", "Downstream", "Fid", "FreeMask", "GeneratorSpec", "GeneratorTrain", "Matrix",
     "MetricSpec", "Objective", "PresetName", "Procedural", "ResolvedVariant", "Resources", "Sampling", "SearchDim",
-    "SegModelName", "Segmenter", "Strict", "Suite", "Tracking", "Tune", "VaeTrain", "Variant", "absolute_uri",
+    "SECTIONS", "SegModelName", "Segmenter", "Strict", "Suite", "Tracking", "Tune", "VaeTrain", "Variant", "absolute_uri",
     "check_runnable", "check_suite", "config_section", "describe_error", "expand_matrix", "first_error",
-    "format_loc", "resolve_variants", "subset_name",
+    "format_loc", "resolve_variants", "section_field", "subset_name",
 ]

@@ -11,7 +11,7 @@ from bench.schema.base import ENV_INCEPTION, ENV_LOVEDA_ROOT, ENV_SD3_DIR, first
 from bench.schema.sections import GeneratorSpec, Segmenter
 from bench.schema.suite import Suite, resolve_variants
 from bench.schema.tuning import Tune
-from bench.schema.variants import CRFM, ResolvedVariant, Sampling
+from bench.schema.variants import SECTIONS, ResolvedVariant
 from todsynth.sample.config import rectified_step_problem
 
 
@@ -97,7 +97,7 @@ def _tune_problems(tune: Tune, variants: list[ResolvedVariant], suite: Suite) ->
             base_steps = base.sampling.num_inference_steps
     for key, dim in tune.search_space.items():
         section, _, field = key.partition(".")
-        model = {"crfm": CRFM, "sampling": Sampling}[section]
+        model = SECTIONS[section]  # Tune checked the key
         for value in dim.probe_values():
             try:
                 model.model_validate({field: value})

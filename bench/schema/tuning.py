@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from bench.schema.base import KNOWN_METRICS, Strict
-from bench.schema.variants import CRFM, Sampling
+from bench.schema.variants import section_field
 
 
 class SearchDim(Strict):
@@ -158,9 +158,7 @@ class Tune(Strict):
         if not v:
             raise ValueError("needs at least one dimension")
         for key in v:
-            section, _, field = key.partition(".")
-            model = {"crfm": CRFM, "sampling": Sampling}.get(section)
-            if model is None or field not in model.model_fields:
+            if section_field(key) is None:
                 raise ValueError(f"search dimension {key!r} is not crfm.<field> or sampling.<field>")
         return v
 

@@ -77,6 +77,14 @@ Sampling = config_section("Sampling", SamplerConfig, exclude=("precision",), doc
     "guidance 1.0 = no CFG."))
 CRFM = config_section("CRFM", CRFMConfig, exclude=("ignore_index", "micro_batch", "return_x0"), doc=(
     "Control-rectify flow matching (todsynth.sample.config.CRFMConfig); ``rectified_step: 0`` is plain sampling."))
+SECTIONS: dict[str, type[ConfigSection]] = {"sampling": Sampling, "crfm": CRFM}  # a variant's sections, by key
+
+
+def section_field(key: str) -> tuple[str, type[ConfigSection], str] | None:
+    """``"crfm.clamp"`` -> ``("crfm", CRFM, "clamp")``; None unless ``key`` names a field of a variant's section."""
+    section, _, field = key.partition(".")
+    model = SECTIONS.get(section)
+    return (section, model, field) if model is not None and field in model.model_fields else None
 
 
 class Variant(Strict):
@@ -110,9 +118,7 @@ class Matrix(Strict):
         if not v:
             raise ValueError("needs at least one axis, e.g. {crfm.rectified_step: [0, 2, 4]}")
         for key, values in v.items():
-            section, _, field = key.partition(".")
-            model = {"crfm": CRFM, "sampling": Sampling}.get(section)
-            if model is None or field not in model.model_fields:
+            if section_field(key) is None:
                 raise ValueError(f"axis {key!r} is not crfm.<field> or sampling.<field>")
             if not values:
                 raise ValueError(f"axis {key!r} has no values")

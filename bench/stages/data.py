@@ -49,7 +49,7 @@ def stage_data(spec: DataSpec, inputs: dict[str, CachedStage], out_dir: Path) ->
         listing[split] = [
             {"id": s.id, "domain": s.domain, "image": s.image_path.relative_to(root).as_posix(),
              "mask": s.mask_path.relative_to(root).as_posix() if s.mask_path else None}
-            for s in list_samples(root, split, list(spec.domains), skip=set(skip))
+            for s in list_samples(root, split, spec.domains, skip=set(skip))
         ]
     out: dict[str, Any] = {
         "root": root,

@@ -14,9 +14,8 @@ from typing import Any
 
 from bench.metrics import needs_downstream
 from bench.schema import (
-    CRFM,
+    SECTIONS,
     ResolvedVariant,
-    Sampling,
     SearchDim,
     Suite,
     Tune,
@@ -132,12 +131,12 @@ def suggest(trial: Any, tune: Tune) -> dict[str, Any]:
 def trial_variant(suite: Suite, params: Mapping[str, Any], name: str) -> ResolvedVariant:
     """The base variant with ``params`` (``crfm.<field>``/``sampling.<field>``) applied, validated."""
     base = base_variant(suite)
-    given: dict[str, dict[str, Any]] = {"sampling": {}, "crfm": {}}
+    given: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
     for key, value in params.items():
         section, _, fname = key.partition(".")
         given[section][fname] = value
     checked = {}
-    for section, model in (("sampling", Sampling), ("crfm", CRFM)):
+    for section, model in SECTIONS.items():
         try:  # the trial's values, checked like a variant's override, laid over the base variant's configs
             checked[section] = model.model_validate(given[section])
         except ValueError as exc:  # pydantic's ValidationError

@@ -330,9 +330,10 @@ class MaskMMDiT(nn.Module):
             hidden = hidden + self.mask_hint(mask_latents.to(latents.dtype)).flatten(2).transpose(1, 2)
 
         blocks = list(_joint_blocks(tr))
-        mask_blocks: list[MaskStreamBlock | None] = list(self._mask_blocks()) or [None] * len(blocks)
-        for block, mb in zip(blocks, mask_blocks, strict=True):
-            mask_block = None if mask_hidden is None else mb
+        # no mask stream (mask_latents None, or mask_tokens=False): SD3's own blocks alone
+        mask_blocks: list[MaskStreamBlock | None] = (
+            list(self._mask_blocks()) if mask_hidden is not None else [None] * len(blocks))
+        for block, mask_block in zip(blocks, mask_blocks, strict=True):
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 context, hidden, mask_hidden = checkpoint(
                     joint_block_forward, block, mask_block, hidden, context, mask_hidden, temb, use_reentrant=False
