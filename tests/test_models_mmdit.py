@@ -210,3 +210,27 @@ def test_without_mask_tokens_the_hint_alone_carries_the_mask() -> None:
         assert not torch.allclose(model(z, m1, t, e, p), model(z, m2, t, e, p))
     with pytest.raises(ValueError, match="mask_tokens=False needs mask_hint=True"):
         MaskMMDiT(model.transformer, mask_hint=False, mask_tokens=False)
+
+
+def test_mask_keep_drops_the_hint_per_sample_as_no_mask_would() -> None:
+    """``mask_keep`` 0 computes a sample as with ``mask_latents`` None, 1 as with its mask; rows are independent."""
+    from todsynth.models.generator import build_generator
+    from todsynth.models.presets import resolve_preset
+
+    preset = resolve_preset("tiny", {"image_size": 32, "transformer": {"num_layers": 2}, "mask_stream": {"tokens": False}})
+    model = build_generator(preset).transformer
+    with torch.no_grad():
+        torch.nn.init.normal_(model.mask_hint.weight, std=0.1)
+        z, m = torch.randn(3, 48, 8, 8), torch.randn(3, 48, 8, 8)
+        t, e, p = torch.full((3,), 500.0), torch.randn(3, 16, 64), torch.randn(3, 64)
+        with_mask, without = model(z, m, t, e, p), model(z, None, t, e, p)
+        mixed = model(z, m, t, e, p, mask_keep=torch.tensor([1.0, 0.0, 1.0]))
+    torch.testing.assert_close(mixed[[0, 2]], with_mask[[0, 2]], rtol=0, atol=1e-6)
+    torch.testing.assert_close(mixed[1], without[1], rtol=0, atol=1e-6)
+    assert (with_mask[1] - without[1]).abs().max() > 1e-3  # the mask mattered for the dropped row
+    with pytest.raises(ValueError, match=r"mask_keep must be \(3,\)"):
+        model(z, m, t, e, p, mask_keep=torch.ones(2))
+    tokens = MaskMMDiT(tiny_transformer(), mask_hint=True)
+    x, m2, t2, e2, p2 = inputs()
+    with pytest.raises(ValueError, match="mask_keep needs mask_tokens=False"):
+        tokens(x, m2, t2, e2, p2, mask_keep=torch.ones(2))

@@ -167,7 +167,7 @@ def test_noising_and_loss() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("steps", 0), ("caption_dropout", 1.0), ("trainable", "full"), ("timestep_sampling", "cosmap"), ("ema_decay", 1.5)],
+    [("steps", 0), ("caption_dropout", 1.0), ("mask_dropout", -0.1), ("mask_dropout", 1.0), ("trainable", "full"), ("timestep_sampling", "cosmap"), ("ema_decay", 1.5)],
 )
 def test_config_rejects_bad_values(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=f"TrainConfig.{field}"):
@@ -284,3 +284,30 @@ def test_uncached_latents_match_cached(dataset, vae_dir: Path, tmp_path: Path) -
     a, b = tensors(cached), tensors(direct)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_mask_dropout_drops_masks_with_the_prompts(dataset, vae_dir: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """One uniform draw per sample decides both dropouts: at equal rates a sample loses mask and prompt together."""
+    import todsynth.train.generator as generator_module
+
+    with pytest.raises(ConfigError, match="mask token stream"):
+        train_generator(config(vae_dir, mask_dropout=0.2), dataset, HashPrompts(), tmp_path / "tokens", progress=False)
+    seen: list = []
+    step = generator_module.train_step
+
+    def recording(model, batches, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen.extend(batches)
+        return step(model, batches, *args, **kwargs)
+
+    monkeypatch.setattr(generator_module, "train_step", recording)
+    no_tokens = {"transformer": {"num_layers": 2}, "mask_stream": {"tokens": False}}
+    cfg = config(vae_dir, preset_overrides=no_tokens, steps=6, batch_size=4, caption_dropout=0.5, mask_dropout=0.5)
+    train_generator(cfg, dataset, HashPrompts(), tmp_path / "drop", progress=False)
+    uncond = HashPrompts().get([""])[1][0]
+    keep = torch.cat([b.mask_keep for b in seen])
+    dropped_prompt = torch.stack([(p == uncond).all() for b in seen for p in b.pooled])
+    assert torch.equal(keep == 0, dropped_prompt) and 0 < int((keep == 0).sum()) < len(keep)
+    seen.clear()
+    train_generator(config(vae_dir, preset_overrides=no_tokens, steps=2), dataset, HashPrompts(), tmp_path / "keep",
+                    progress=False)
+    assert seen and all(b.mask_keep is None for b in seen)

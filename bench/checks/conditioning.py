@@ -64,6 +64,8 @@ class Settings:
     evaluator_lr: float = 2e-3
     num_inference_steps: int = 12
     seed: int = 0
+    guidance_scale: float = 1.0
+    mask_guidance: bool = False
 
 
 def check_settings(s: Settings) -> dict[str, Any]:
@@ -77,6 +79,11 @@ def check_settings(s: Settings) -> dict[str, Any]:
     count = s.n_val if s.mask_split == "Val" else s.n_train
     if count < s.n_masks:
         raise ConfigError(f"{s.mask_split} has {count} items, fewer than n_masks={s.n_masks}")
+    from todsynth.sample.config import SamplerConfig
+
+    for name, value in (("guidance_scale", s.guidance_scale), ("mask_guidance", s.mask_guidance)):
+        if why := SamplerConfig.field_problem(name, value):
+            raise ConfigError(f"{name} {why}")
     resolved = resolve_preset(s.preset, s.overrides)
     if int(resolved["image_size"]) != s.size:
         raise ConfigError(f"dataset size {s.size} != preset image_size {resolved['image_size']}")
@@ -229,10 +236,12 @@ def _sample_and_score(s: Settings, t: _Trained) -> dict[str, Any]:
     real = torch.stack([it["image"] for it in items])
     perm = torch.roll(torch.arange(s.n_masks), 1)  # derangement: image k is drawn from mask k-1
     embeds, pooled = t.prompts.get([it["prompt"] for it in items])
-    scfg = SamplerConfig(num_inference_steps=s.num_inference_steps, batch_size=8)
+    scfg = SamplerConfig(num_inference_steps=s.num_inference_steps, batch_size=8, guidance_scale=s.guidance_scale,
+                         mask_guidance=s.mask_guidance)
+    negative = t.prompts.get([""]) if s.guidance_scale > 1.0 else None
     seeds = [s.seed * 100_000 + k for k in range(s.n_masks)]
-    true_imgs = sample(gen, masks, embeds, pooled, seeds, scfg).images
-    shuf_imgs = sample(gen, masks[perm], embeds[perm], pooled[perm], seeds, scfg).images
+    true_imgs = sample(gen, masks, embeds, pooled, seeds, scfg, negative=negative).images
+    shuf_imgs = sample(gen, masks[perm], embeds[perm], pooled[perm], seeds, scfg, negative=negative).images
     loss = conditioning_gap(gen, masks_set, t.prompts, seed=s.seed)
     with torch.no_grad():  # the autoencoder's cap: what the evaluator still sees after encode -> decode
         recon = reconstruct(gen.vae, real)
@@ -275,6 +284,8 @@ def _result(s: Settings, t: _Trained, scored: dict[str, Any], run_dir: Path) -> 
         "mask_split": s.mask_split,
         "n_masks": s.n_masks,
         "num_inference_steps": s.num_inference_steps,
+        "guidance_scale": s.guidance_scale,
+        "mask_guidance": s.mask_guidance,
         "run_dir": str(run_dir),
     }
 
@@ -295,6 +306,8 @@ def measure_conditioning(
     evaluator_lr: float = 2e-3,
     num_inference_steps: int = 12,
     seed: int = 0,
+    guidance_scale: float = 1.0,
+    mask_guidance: bool = False,
     progress: bool = False,
     log: Log | None = None,
 ) -> dict[str, Any]:
@@ -305,7 +318,9 @@ def measure_conditioning(
         overrides: deep-merged into the preset (``resolve_preset``); its ``train``/``vae_train`` budgets
             are the training settings used (``TrainConfig.from_preset`` fields / ``train_vae`` kwargs).
         n_masks: masks sampled from ``mask_split`` (``"Val"``: held out from generator training; ``"Train"``).
-        num_inference_steps: Euler steps of plain sampling (no CRFM, no CFG).
+        num_inference_steps: Euler steps of plain sampling (no CRFM).
+        guidance_scale, mask_guidance: CFG as in ``SamplerConfig`` (1.0 = off; the negative is the empty prompt,
+            and with ``mask_guidance`` no mask).
         progress: the training functions' progress bars. log: receives one line per stage (computed or cached).
 
     Returns:
@@ -321,7 +336,7 @@ def measure_conditioning(
             ``size`` != the preset's ``image_size``), before any work.
     """
     s = Settings(preset, dict(overrides or {}), n_train, n_val, size, data_seed, n_masks, mask_split, evaluator,
-                 evaluator_iters, evaluator_lr, num_inference_steps, seed)
+                 evaluator_iters, evaluator_lr, num_inference_steps, seed, guidance_scale, mask_guidance)
     resolved = check_settings(s)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,8 @@ def bench_check_conditioning(
     masks: Annotated[int, typer.Option("--masks", help="Masks sampled (true and shuffled).")] = 16,
     mask_split: Annotated[str, typer.Option("--mask-split", help="Train | Val (Val: held out from generator training).")] = "Val",
     steps: Annotated[int, typer.Option("--steps", help="Euler steps (the smoke suite's).")] = 12,
+    guidance: Annotated[float, typer.Option("--guidance", help="CFG scale (1 = off); the negative is the empty prompt.")] = 1.0,
+    mask_guidance: Annotated[bool, typer.Option("--mask-guidance", help="The CFG negative has no mask either (a generator trained with train.mask_dropout).")] = False,
     evaluator: Annotated[str, typer.Option("--evaluator", help="The instrument (smoke's evaluator: dcnn, 500 it).")] = "dcnn",
     evaluator_iters: Annotated[int, typer.Option("--evaluator-iters", help="Evaluator training iterations.")] = 500,
     evaluator_lr: Annotated[float, typer.Option("--evaluator-lr", help="AdamW peak LR of the evaluator.")] = 2e-3,
@@ -43,7 +45,7 @@ def bench_check_conditioning(
     result = measure_conditioning(
         work_dir, preset=preset, overrides=parse_overrides(set_ or []), n_train=n_train, n_val=n_val, n_masks=masks,
         mask_split=mask_split, num_inference_steps=steps, evaluator=evaluator, evaluator_iters=evaluator_iters,
-        evaluator_lr=evaluator_lr, progress=not no_progress,
+        evaluator_lr=evaluator_lr, guidance_scale=guidance, mask_guidance=mask_guidance, progress=not no_progress,
         log=lambda line: err_console.print(f"[dim]{line}[/]", highlight=False, soft_wrap=True),
     )
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "run_dir"}, default=str))

@@ -297,6 +297,7 @@ class MaskMMDiT(nn.Module):
         timestep: Tensor,
         prompt_embeds: Tensor,
         pooled: Tensor,
+        mask_keep: Tensor | None = None,
     ) -> Tensor:
         """Velocity for noisy latents given the mask's latents, the timestep and the prompt.
 
@@ -306,6 +307,9 @@ class MaskMMDiT(nn.Module):
                 None runs the base SD3 transformer alone (text + image streams, identical to diffusers').
             timestep: (B,) on the 0..1000 scale (sigma * num_train_timesteps).
             prompt_embeds: (B, L, joint_attention_dim); pooled: (B, pooled_projection_dim).
+            mask_keep: (B,) 1 where a sample keeps its mask, 0 where it is computed as with ``mask_latents``
+                None (mask dropout for mask guidance; the hint is multiplied by it). Only without mask tokens:
+                a token stream cannot be dropped per sample. None keeps every mask.
 
         Returns:
             velocity (B, c, h, w), the flow-matching target ``noise - x0``.
@@ -318,6 +322,11 @@ class MaskMMDiT(nn.Module):
                 f"mask_latents {tuple(mask_latents.shape)} must have the latents' shape {tuple(latents.shape)}"
             )
         b = latents.shape[0]
+        if mask_keep is not None:
+            if self.mask_embed is not None:
+                raise ValueError("mask_keep needs mask_tokens=False (a mask token stream cannot be dropped per sample)")
+            if mask_keep.shape != (b,):
+                raise ValueError(f"mask_keep must be ({b},), got {tuple(mask_keep.shape)}")
         if timestep.ndim == 0:
             timestep = timestep.expand(b)
         height, width = latents.shape[-2:]
@@ -327,7 +336,8 @@ class MaskMMDiT(nn.Module):
         mask_hidden = (None if mask_latents is None or self.mask_embed is None
                        else self.mask_embed(mask_latents.to(latents.dtype)).contiguous())
         if mask_latents is not None and self.mask_hint is not None:  # (B, d, h/p, w/p) -> (B, tokens, d)
-            hidden = hidden + self.mask_hint(mask_latents.to(latents.dtype)).flatten(2).transpose(1, 2)
+            hint = self.mask_hint(mask_latents.to(latents.dtype)).flatten(2).transpose(1, 2)
+            hidden = hidden + (hint if mask_keep is None else hint * mask_keep.to(hint.dtype).view(b, 1, 1))
 
         blocks = list(_joint_blocks(tr))
         # no mask stream (mask_latents None, or mask_tokens=False): SD3's own blocks alone

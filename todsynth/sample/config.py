@@ -137,6 +137,9 @@ class SamplerConfig:
         shift: timestep shift; None uses the generator's (SD3: 3.0).
         guidance_scale: classifier-free guidance; 1.0 = off (the release's setting). Above 1 the
             unconditional branch keeps the mask and swaps the prompt for the empty-prompt embedding.
+        mask_guidance: the unconditional branch has no mask either (the transformer runs with ``mask_latents``
+            None), so guidance strengthens the mask as well as the prompt. For a generator trained with
+            ``TrainConfig.mask_dropout`` > 0; acts only with ``guidance_scale`` > 1.
         batch_size: samples per transformer call; results do not depend on it.
         precision: "fp32", or "bf16": transformer, VAE and judge run under ``torch.autocast(bfloat16)`` on the
             generator's device (the GPU setting; with bf16 weights, see ``todsynth.sample.speed``); the Euler
@@ -146,6 +149,7 @@ class SamplerConfig:
     num_inference_steps: int = 28
     shift: float | None = None
     guidance_scale: float = 1.0
+    mask_guidance: bool = False
     batch_size: int = 4
     precision: Precision = "fp32"
 
@@ -162,6 +166,8 @@ class SamplerConfig:
                 return f"must be > 0 or None, got {value!r}"
             case "guidance_scale" if not (_is_number(value) and value >= 1.0):  # type: ignore[operator]
                 return f"must be >= 1.0 (1.0 = CFG off), got {value!r}"
+            case "mask_guidance" if not isinstance(value, bool):
+                return f"must be true or false, got {value!r}"
             case "precision" if value not in PRECISIONS:
                 return f"must be one of {PRECISIONS}, got {value!r}"
         return None

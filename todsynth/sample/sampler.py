@@ -121,17 +121,26 @@ def _velocity(
     t: Tensor,
     embeds: Tensor,
     pooled: Tensor,
-    guidance_scale: float,
+    cfg: SamplerConfig,
     negative: tuple[Tensor, Tensor] | None,
     dtype: torch.dtype,
 ) -> Tensor:
-    """Transformer velocity (float32); with CFG one call on [uncond; cond] and ``v_u + g (v_c - v_u)``."""
+    """Transformer velocity (float32); with CFG ``v_u + g (v_c - v_u)``.
+
+    The unconditional velocity ``v_u`` has the empty prompt, and with ``cfg.mask_guidance`` no mask either (a
+    call of its own); otherwise it shares one call on [uncond; cond] with ``v_c``.
+    """
     b = x.shape[0]
     timestep = t.expand(b)
+    guidance_scale = cfg.guidance_scale
     if guidance_scale <= 1.0 or negative is None:
         return transformer(x.to(dtype), mask_latents, timestep, embeds, pooled).float()
     neg_embeds = negative[0].to(embeds).expand(b, *embeds.shape[1:])
     neg_pooled = negative[1].to(pooled).expand(b, *pooled.shape[1:])
+    if cfg.mask_guidance:
+        v_uncond = transformer(x.to(dtype), None, timestep, neg_embeds, neg_pooled).float()
+        v_cond = transformer(x.to(dtype), mask_latents, timestep, embeds, pooled).float()
+        return v_uncond + guidance_scale * (v_cond - v_uncond)
     v = transformer(
         torch.cat([x, x]).to(dtype),
         torch.cat([mask_latents, mask_latents]),
@@ -192,7 +201,7 @@ def _sample_batch(
             rectified = i < crfm.rectified_step
             with observer.section("transformer"), torch.inference_mode():  # the transformer is never differentiated
                 v = _velocity(generator.transformer, x, mask_latents, timesteps[i], embeds, pooled,
-                              cfg.guidance_scale, negative, dtype)
+                              cfg, negative, dtype)
             if rectified:
                 v = v.clone()  # out of inference mode, for CRFM's backward pass
                 for _ in range(crfm.num_rectified):

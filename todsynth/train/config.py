@@ -32,6 +32,11 @@ class TrainConfig:
             (LoRA on the image stream's attention + the full mask stream); lora_rank, lora_alpha (None = rank).
         mask_init: None keeps the preset's ``mask_stream.init``; else ``fresh`` / ``image``.
         caption_dropout: probability of replacing a sample's prompt by the empty prompt (for CFG).
+        mask_dropout: probability of training a sample without its mask (for mask guidance,
+            ``SamplerConfig.mask_guidance``). One uniform draw per sample decides both dropouts (prompt dropped
+            below ``caption_dropout``, mask below ``mask_dropout``), so with equal values a sample loses both
+            together: the unconditional sample that guidance contrasts with. Needs a generator without a mask token
+            stream (``mask_stream.tokens: false``).
         hflip: flip image AND mask together with probability 0.5.
         ema_decay: keep an EMA of the trained weights and save it as the final generator (None = off).
         mixed_precision: accelerate's setting (``bf16``/``fp16`` on GPU).
@@ -61,6 +66,7 @@ class TrainConfig:
     lora_alpha: float | None = None
     mask_init: Literal["fresh", "image"] | None = None
     caption_dropout: float = 0.0
+    mask_dropout: float = 0.0
     hflip: bool = True
     ema_decay: float | None = None
     mixed_precision: MixedPrecision = "no"
@@ -87,8 +93,9 @@ class TrainConfig:
             raise bad("lr", "must be > 0")
         if not self.max_grad_norm > 0:
             raise bad("max_grad_norm", "must be > 0")
-        if not 0.0 <= self.caption_dropout < 1.0:
-            raise bad("caption_dropout", "must be in [0, 1)")
+        for name in ("caption_dropout", "mask_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise bad(name, "must be in [0, 1)")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise bad("ema_decay", "must be in (0, 1) or None")
         choices = {

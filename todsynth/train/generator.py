@@ -48,6 +48,11 @@ def generator_preset(cfg: TrainConfig) -> dict[str, Any]:
             f"preset {cfg.preset!r} is trained from scratch and needs a trained VAE: set vae_dir "
             "(todsynth.train.train_vae writes one; `todsynth gen train` trains it first)"
         )
+    if cfg.mask_dropout > 0 and (preset.get("mask_stream") or {}).get("tokens", True):
+        raise ConfigError(
+            f"mask_dropout={cfg.mask_dropout} needs a generator without a mask token stream "
+            "(preset mask_stream.tokens: false; a token stream cannot be dropped per sample)"
+        )
     return preset
 
 
@@ -120,7 +125,8 @@ class _MicroBatches:
         cfg, rng, g, mine = self.cfg, self.rng, self.size, self.mine
         idx = self.order.take(g)
         flip = torch.rand(g, generator=rng) < 0.5 if cfg.hflip else torch.zeros(g, dtype=torch.bool)
-        drop = torch.rand(g, generator=rng) < cfg.caption_dropout
+        u = torch.rand(g, generator=rng)  # one draw decides both dropouts (nested: equal rates drop together)
+        drop = u < cfg.caption_dropout
         sigma, t = sample_sigmas(cfg.timestep_sampling, g, self.sigmas, self.timesteps, rng, cfg.logit_mean, cfg.logit_std)
         noise = torch.randn((g, *self.gen.latent_shape), generator=rng)
         x0, m, e, p = _batch_tensors(self.gen, self.data, self.dataset, self.prompts, idx[mine], flip[mine])
@@ -128,7 +134,8 @@ class _MicroBatches:
         e = torch.where(d[:, None, None], self.uncond[0].expand_as(e), e)
         p = torch.where(d[:, None], self.uncond[1].expand_as(p), p)
         x0, noise_b, m, e, p = (v.to(self.device) for v in (x0, noise[mine], m, e, p))
-        return TrainBatch(x0, m, e, p, noise_b, sigma[mine].to(self.device), t[mine].to(self.device))
+        keep = (u[mine] >= cfg.mask_dropout).float().to(self.device) if cfg.mask_dropout > 0 else None
+        return TrainBatch(x0, m, e, p, noise_b, sigma[mine].to(self.device), t[mine].to(self.device), keep)
 
 
 def _completed(out_dir: Path, cfg: TrainConfig) -> bool:

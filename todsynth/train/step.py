@@ -28,6 +28,8 @@ class TrainBatch:
         x0: (B, c, h, w) clean image latents; mask_latents: (B, c, h, w) the mask stream's input.
         embeds: (B, L, D) prompt embeddings; pooled: (B, P).
         noise: (B, c, h, w) standard normal; sigma: (B,) noise levels in (0, 1]; timestep: (B,) on the 0..T scale.
+        mask_keep: (B,) 1 = the sample keeps its mask, 0 = trained without it (``TrainConfig.mask_dropout``);
+            None = every sample keeps its mask (the model is called without the argument).
     """
 
     x0: Tensor
@@ -37,6 +39,7 @@ class TrainBatch:
     noise: Tensor
     sigma: Tensor
     timestep: Tensor
+    mask_keep: Tensor | None = None
 
 
 class StepBackend(Protocol):
@@ -74,7 +77,8 @@ class LocalBackend:
 def batch_loss(model: Callable[..., Tensor], batch: TrainBatch) -> Tensor:
     """The flow-matching loss (float32 scalar) of ``model``'s velocity on the noised micro-batch."""
     x_sigma = noisy_latents(batch.x0, batch.noise, batch.sigma)
-    pred = model(x_sigma, batch.mask_latents, batch.timestep, batch.embeds, batch.pooled)
+    args = (x_sigma, batch.mask_latents, batch.timestep, batch.embeds, batch.pooled)
+    pred = model(*args) if batch.mask_keep is None else model(*args, mask_keep=batch.mask_keep)
     return flow_matching_loss(pred, batch.x0, batch.noise)
 
 
