@@ -20,6 +20,7 @@ from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 from safetensors.torch import load_file
 
+from todsynth.data.classes import IGNORE_INDEX
 from todsynth.errors import ConfigError, WeightsNotFoundError
 from todsynth.models.io import atomic_dir, save_tensors
 from todsynth.models.mmdit import MaskMMDiT, is_text_stream
@@ -77,14 +78,27 @@ class Generator:
         """Device of the transformer's weights."""
         return self.transformer.device
 
+    @property
+    def mask_encoding(self) -> str:
+        """How masks enter the model: ``grey`` (the paper's grey image through the VAE) or ``onehot``."""
+        return mask_encoding(self.config)
+
     @torch.no_grad()
     def encode_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        """Reduced label map long (B,H,W) -> mask latents (B,c,h,w): grey image through the frozen VAE."""
+        """Reduced label map long (B,H,W) -> mask latents (B,c,h,w) on the latents' grid.
+
+        ``grey``: the grey image (``mask_to_grey``) through the frozen VAE, c = the latent channels. ``onehot``:
+        one channel per class plus one for ignore (no-data), 0/1, each latent cell's f x f pixels stacked
+        (``pixel_unshuffle`` by the VAE factor f), c = (num_classes + 1) * f * f.
+        """
         if mask.ndim != 3 or tuple(mask.shape[-2:]) != (self.image_size, self.image_size):
             raise ValueError(
                 f"mask must be (B,{self.image_size},{self.image_size}) for this generator, got {tuple(mask.shape)}"
             )
-        grey = mask_to_grey(mask.to(self.vae.device), self.num_classes)
+        mask = mask.to(self.vae.device)
+        if self.mask_encoding == "onehot":
+            return onehot_mask_latents(mask, self.num_classes, self.vae_scale_factor)
+        grey = mask_to_grey(mask, self.num_classes)
         return encode_latents(self.vae, grey)
 
     @torch.no_grad()
@@ -118,6 +132,34 @@ def _subdir(source: Path, section: Mapping[str, Any], what: str) -> str:
     return sub
 
 
+MASK_ENCODINGS = ("grey", "onehot")
+
+
+def mask_encoding(preset: Mapping[str, Any]) -> str:
+    """The preset's ``mask_stream.encoding`` (default ``grey``), checked (ConfigError naming the value)."""
+    stream = preset.get("mask_stream") or {}
+    encoding = str(stream.get("encoding", "grey"))
+    if encoding not in MASK_ENCODINGS:
+        raise ConfigError(f"mask_stream.encoding={encoding!r} must be one of {MASK_ENCODINGS}")
+    if encoding == "onehot" and bool(stream.get("tokens", True)):
+        raise ConfigError("mask_stream.encoding='onehot' needs mask_stream.tokens: false (the mask token stream "
+                          "embeds VAE latents with the image stream's patch embedding)")
+    return encoding
+
+
+def onehot_mask_latents(mask: torch.Tensor, num_classes: int, factor: int) -> torch.Tensor:
+    """Reduced labels long (B,H,W) (255 = ignore) -> (B, (num_classes + 1) f^2, H/f, W/f) float 0/1.
+
+    Channel 0 is ignore, channel k + 1 class k, before ``pixel_unshuffle`` by ``factor`` (f).
+    """
+    valid = mask != IGNORE_INDEX
+    if bool(((mask < 0) | ((mask >= num_classes) & valid)).any()):
+        raise ValueError(f"mask holds labels outside 0..{num_classes - 1} (255 = ignore)")
+    index = torch.where(valid, mask.long() + 1, torch.zeros_like(mask, dtype=torch.long))
+    onehot = torch.nn.functional.one_hot(index, num_classes + 1).permute(0, 3, 1, 2).float()
+    return torch.nn.functional.pixel_unshuffle(onehot, factor)
+
+
 def _check_shapes(transformer: SD3Transformer2DModel, vae: Autoencoder, image_size: int) -> None:
     """Image size, VAE factor, patch size and channels must agree (ConfigError naming the values)."""
     cfg = transformer.config
@@ -147,6 +189,7 @@ def build_generator(preset: Mapping[str, Any]) -> Generator:
     init = preset.get("mask_stream", {}).get("init", "fresh")
     hint = bool(preset.get("mask_stream", {}).get("hint", False))
     tokens = bool(preset.get("mask_stream", {}).get("tokens", True))
+    encoding = mask_encoding(preset)
     prediction = str(preset.get("prediction", "velocity"))
     if is_scratch(preset):
         with seeded_init(seed):
@@ -169,8 +212,10 @@ def build_generator(preset: Mapping[str, Any]) -> Generator:
         vae = load_vae(preset["vae_path"])
     _check_shapes(transformer, vae, int(preset["image_size"]))
     with seeded_init(seed + 1):
+        f = vae_scale_factor(vae)
+        mask_channels = (int(preset["num_classes"]) + 1) * f * f if encoding == "onehot" else None
         model = MaskMMDiT(transformer, mask_init=init, mask_hint=hint, mask_tokens=tokens, prediction=prediction,  # type: ignore[arg-type]
-                          num_train_timesteps=n_train)
+                          num_train_timesteps=n_train, mask_channels=mask_channels)
     vae.requires_grad_(False).eval()
     return Generator(
         transformer=model,

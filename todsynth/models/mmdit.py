@@ -180,6 +180,8 @@ class MaskMMDiT(nn.Module):
             (the paper's MM-DiT; SD3.5). False builds no mask stream: the hint alone carries the mask (needs
             ``mask_hint``). Measured on the tiny preset: the mask tokens double the attention's sequence and cost
             1.8x the training time per step for the same fidelity per step (README "The tiny preset").
+        mask_channels: channels of ``mask_latents`` when they are not image latents (a one-hot mask,
+            ``Generator.encode_mask``); None = the transformer's ``in_channels``. Needs ``mask_tokens=False``.
         prediction: what the network's output means. ``"velocity"`` (SD3): it is ``v = noise - x0``.
             ``"sample"``: it is ``x0_hat`` and ``forward`` returns ``v = (z - x0_hat) / max(sigma, sigma_floor)``
             with ``sigma = timestep / num_train_timesteps`` ("Back to Basics", Li & He 2025: a narrow network
@@ -197,6 +199,7 @@ class MaskMMDiT(nn.Module):
         prediction: Prediction = "velocity",
         sigma_floor: float = 0.05,
         num_train_timesteps: int = 1000,
+        mask_channels: int | None = None,
     ) -> None:
         super().__init__()
         if mask_init not in ("fresh", "image"):
@@ -207,6 +210,8 @@ class MaskMMDiT(nn.Module):
             raise ValueError(f"sigma_floor must be in (0, 1], got {sigma_floor}")
         if not mask_tokens and not mask_hint:
             raise ValueError("mask_tokens=False needs mask_hint=True (otherwise the mask never reaches the model)")
+        if mask_channels is not None and mask_tokens:
+            raise ValueError("mask_channels needs mask_tokens=False (the mask token stream embeds image-shaped latents)")
         self.prediction = prediction
         self.sigma_floor = float(sigma_floor)
         self.num_train_timesteps = int(num_train_timesteps)
@@ -214,6 +219,7 @@ class MaskMMDiT(nn.Module):
         dim = transformer.inner_dim
         self.transformer = transformer
         self.mask_init = mask_init
+        self.mask_channels = int(cfg["in_channels"] if mask_channels is None else mask_channels)
         self.gradient_checkpointing = gradient_checkpointing
         # Registered in this order (embed, blocks) so state-dict and parameter order match the original layout.
         self.mask_embed: PatchEmbed | None = PatchEmbed(  # type: ignore[no-untyped-call]  # diffusers leaves PatchEmbed.__init__ unannotated
@@ -233,7 +239,7 @@ class MaskMMDiT(nn.Module):
             self._init_mask_stream(mask_init)
         self.mask_hint: nn.Conv2d | None = None
         if mask_hint:
-            self.mask_hint = nn.Conv2d(cfg["in_channels"], dim, cfg["patch_size"], stride=cfg["patch_size"])
+            self.mask_hint = nn.Conv2d(self.mask_channels, dim, cfg["patch_size"], stride=cfg["patch_size"])
             nn.init.zeros_(self.mask_hint.weight)
             nn.init.zeros_(cast("Tensor", self.mask_hint.bias))  # bias=True: never None
 
@@ -303,7 +309,8 @@ class MaskMMDiT(nn.Module):
 
         Args:
             latents: (B, c, h, w) noisy image latents, h and w divisible by the patch size.
-            mask_latents: (B, c, h, w) VAE latents of the mask's grey image (``Generator.encode_mask``);
+            mask_latents: (B, mask_channels, h, w) the mask on the latents' grid (``Generator.encode_mask``; VAE
+                latents of its grey image unless ``mask_channels`` says otherwise);
                 None runs the base SD3 transformer alone (text + image streams, identical to diffusers').
             timestep: (B,) on the 0..1000 scale (sigma * num_train_timesteps).
             prompt_embeds: (B, L, joint_attention_dim); pooled: (B, pooled_projection_dim).
@@ -317,10 +324,10 @@ class MaskMMDiT(nn.Module):
         tr = self.transformer
         if latents.ndim != 4:
             raise ValueError(f"latents must be (B,c,h,w), got {tuple(latents.shape)}")
-        if mask_latents is not None and mask_latents.shape != latents.shape:
-            raise ValueError(
-                f"mask_latents {tuple(mask_latents.shape)} must have the latents' shape {tuple(latents.shape)}"
-            )
+        want = (latents.shape[0], self.mask_channels, *latents.shape[2:])
+        if mask_latents is not None and tuple(mask_latents.shape) != want:
+            raise ValueError(f"mask_latents {tuple(mask_latents.shape)} must be {want} (the latents' batch and grid, "
+                             f"{self.mask_channels} channels)")
         b = latents.shape[0]
         if mask_keep is not None:
             if self.mask_embed is not None:

@@ -189,7 +189,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-MASK_STREAM_KEYS = frozenset({"init", "hint", "tokens"})  # what build_generator reads (MaskMMDiT's options)
+MASK_STREAM_KEYS = frozenset({"init", "hint", "tokens", "encoding"})  # what build_generator reads (MaskMMDiT's options)
 
 
 def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -195,7 +195,7 @@ def _sample_batch(
     with torch.no_grad(), autocast:
         with observer.section("encode_mask"), torch.inference_mode():  # only ever a transformer input
             mask_latents = generator.encode_mask(masks).to(dtype)
-        x = initial_noise(seeds, mask_latents.shape[1:]).to(device)
+        x = initial_noise(seeds, generator.latent_shape).to(device)
         for i in range(cfg.num_inference_steps):
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
             rectified = i < crfm.rectified_step
