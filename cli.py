@@ -135,6 +135,7 @@ def gen_sample(
     seed: Annotated[int, typer.Option("--seed", help="Run seed; each image's seed derives from it and the sample id.")] = 0,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N training masks.")] = None,
     guidance: Annotated[float, typer.Option("--guidance", help="CFG scale; 1.0 = off (the release's setting).")] = 1.0,
+    mask_guidance: Annotated[bool, typer.Option("--mask-guidance", help="The CFG negative has no mask either (a generator trained with mask_dropout, e.g. the tiny preset).")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per transformer call.")] = 4,
     prompt_cache: Annotated[Path | None, typer.Option("--prompt-cache", help="Prompt-embedding cache dir (default: OUT/prompt_cache).")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="fp32 or bf16 (default: bf16 weights + autocast on CUDA, fp32 on CPU).")] = None,
@@ -165,7 +166,7 @@ def gen_sample(
     samples = samples[:limit] if limit else samples
     encoder = preset_prompt_encoder(gen.config.get("text"), sd3_dir=gen.config["source"], device=device)
     cache = PromptCache(prompt_cache or out / "prompt_cache", encoder)
-    cfg = SamplerConfig(num_inference_steps=steps, guidance_scale=guidance, batch_size=batch_size)
+    cfg = SamplerConfig(num_inference_steps=steps, guidance_scale=guidance, mask_guidance=mask_guidance, batch_size=batch_size)
     crfm_cfg = CRFMConfig(rectified_step=rectified_step, max_step_size=max_step_size, step_scheme=step_scheme) if crfm else None  # type: ignore[arg-type]
     judge_fn = _load_judge(judge, judge_model, trust_checkpoint, gen.num_classes, device) if crfm and judge else None
     cfg = prepare_sampling_run(gen, judge_fn, cfg, precision=precision, compile=compile_)  # what `bench perf` measures

@@ -25,7 +25,7 @@ def test_hashed_forms_of_the_tests_suite():
     crfm = nodes["synthesize[crfm,seed=0]"].spec
     assert isinstance(crfm, SynthesizeSpec) and crfm.crfm is not None and crfm.crfm.rectified_step == 2
     assert crfm.hashed() == {
-        "sampling": {"num_inference_steps": 3, "shift": None, "guidance_scale": 1.0, "batch_size": 4},
+        "sampling": {"num_inference_steps": 3, "shift": None, "guidance_scale": 1.0, "mask_guidance": False, "batch_size": 4},
         "crfm": {"rectified_step": 2, "num_rectified": 1, "max_step_size": 0.1, "step_scheme": "LD", "l2_norm": False,
                  "shrink": False, "clamp": 1.0, "error_only": True, "skip_below_error": None, "judge_size": None},
         "seed": 0, "limit": 4, "ratio": 1.0, "copies": 1}

@@ -80,7 +80,9 @@ def test_build_is_seeded_and_leaves_global_rng_alone() -> None:
 
 def test_encode_mask_checks_size() -> None:
     gen = build_generator(resolve_preset("tiny", {"transformer": {"num_layers": 2}}))
-    assert gen.encode_mask(torch.zeros(3, 64, 64, dtype=torch.long)).shape == (3, 48, 16, 16)
+    assert gen.encode_mask(torch.zeros(3, 64, 64, dtype=torch.long)).shape == (3, 8 * 16, 16, 16)  # onehot
+    grey = build_generator(resolve_preset("tiny", {"transformer": {"num_layers": 2}, "mask_stream": {"encoding": "grey"}}))
+    assert grey.encode_mask(torch.zeros(3, 64, 64, dtype=torch.long)).shape == (3, 48, 16, 16)
     with pytest.raises(ValueError, match="mask must be"):
         gen.encode_mask(torch.zeros(1, 32, 32, dtype=torch.long))
 

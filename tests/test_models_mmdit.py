@@ -205,7 +205,9 @@ def test_without_mask_tokens_the_hint_alone_carries_the_mask() -> None:
     with torch.no_grad():
         torch.nn.init.normal_(model.mask_hint.weight, std=0.1)
         z = torch.randn(2, 48, 8, 8)
-        m1, m2 = torch.randn(2, 48, 8, 8), torch.randn(2, 48, 8, 8)
+        c = model.mask_channels  # the preset's onehot mask: (7 classes + no-data) x 4 x 4 pixels
+        assert c == 8 * 16
+        m1, m2 = torch.randn(2, c, 8, 8), torch.randn(2, c, 8, 8)
         t, e, p = torch.full((2,), 500.0), torch.randn(2, 16, 64), torch.randn(2, 64)
         assert not torch.allclose(model(z, m1, t, e, p), model(z, m2, t, e, p))
     with pytest.raises(ValueError, match="mask_tokens=False needs mask_hint=True"):
@@ -221,7 +223,7 @@ def test_mask_keep_drops_the_hint_per_sample_as_no_mask_would() -> None:
     model = build_generator(preset).transformer
     with torch.no_grad():
         torch.nn.init.normal_(model.mask_hint.weight, std=0.1)
-        z, m = torch.randn(3, 48, 8, 8), torch.randn(3, 48, 8, 8)
+        z, m = torch.randn(3, 48, 8, 8), torch.randn(3, model.mask_channels, 8, 8)
         t, e, p = torch.full((3,), 500.0), torch.randn(3, 16, 64), torch.randn(3, 64)
         with_mask, without = model(z, m, t, e, p), model(z, None, t, e, p)
         mixed = model(z, m, t, e, p, mask_keep=torch.tensor([1.0, 0.0, 1.0]))

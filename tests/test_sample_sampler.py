@@ -205,7 +205,7 @@ def test_mask_guidance_contrasts_with_no_mask() -> None:
     sched.set_timesteps(3)
     with torch.no_grad():
         m = gen.encode_mask(masks)
-        x = torch.stack([torch.randn(m.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
+        x = torch.stack([torch.randn(gen.latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
         for t in sched.timesteps:
             tt = t.expand(2)
             v_c = gen.transformer(x, m, tt, embeds, pooled)

@@ -115,9 +115,7 @@ def profile_sampling(
     b = masks.shape[0]
     cfg = replace(cfg, batch_size=max(cfg.batch_size, b))
     device = next(generator.transformer.parameters()).device
-    with torch.no_grad():
-        latent_shape = tuple(generator.encode_mask(masks[:1].to(device)).shape[1:])
-    z = torch.randn((b, *latent_shape), generator=torch.Generator("cpu").manual_seed(0)).to(device)
+    z = torch.randn((b, *generator.latent_shape), generator=torch.Generator("cpu").manual_seed(0)).to(device)
     decode, target = latent_decoder(generator), masks.to(device).long()
     now = clock_function("wall" if clock == "cuda" else clock)
     corrections = crfm.rectified_step * crfm.num_rectified

@@ -33,8 +33,9 @@ def measure_train(gen: Any, cfg: PerfConfig) -> dict[str, Any]:
     b = int(cfg.train_batch)  # type: ignore[arg-type]
     g = torch.Generator("cpu").manual_seed(cfg.seed + 1)
     shape = (b, *gen.latent_shape)
-    x0, noise, m = (torch.randn(shape, generator=g).to(device) for _ in range(3))
-    _, embeds, pooled = perf_inputs(gen, b, cfg.seed + 2)
+    x0, noise = (torch.randn(shape, generator=g).to(device) for _ in range(2))
+    masks, embeds, pooled = perf_inputs(gen, b, cfg.seed + 2)
+    m = gen.encode_mask(masks.to(device))
     sigma = torch.rand(b, generator=g).to(device)
     batch = TrainBatch(x0=x0, mask_latents=m, embeds=embeds.to(device), pooled=pooled.to(device), noise=noise,
                        sigma=sigma, timestep=sigma * gen.num_train_timesteps)

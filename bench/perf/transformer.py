@@ -39,7 +39,7 @@ def measure_transformer(gen: Any, masks: Tensor, embeds: Tensor, pooled: Tensor,
     with torch.no_grad(), autocast(device, cfg.precision):
         m = gen.encode_mask(masks.to(device)).to(dtype)
         g = torch.Generator("cpu").manual_seed(cfg.seed)
-        x = torch.randn(m.shape, generator=g).to(device, dtype)
+        x = torch.randn((m.shape[0], *gen.latent_shape), generator=g).to(device, dtype)
         t = torch.full((m.shape[0],), 500.0, device=device)
         args = (x, m, t, embeds.to(device, dtype), pooled.to(device, dtype))
         seconds = timed(lambda: gen.transformer(*args), device, cfg.repeats)
@@ -52,7 +52,7 @@ def measure_transformer(gen: Any, masks: Tensor, embeds: Tensor, pooled: Tensor,
         "batch": int(m.shape[0]),
         "tokens": {
             "image": int(m.shape[-1] * m.shape[-2] // base.config.patch_size**2),
-            "mask": int(m.shape[-1] * m.shape[-2] // base.config.patch_size**2),
+            "mask": int(m.shape[-1] * m.shape[-2] // base.config.patch_size**2) if base.mask_embed is not None else 0,
             "text": int(embeds.shape[1]),
         },
         "params": sum(p.numel() for p in base.parameters()),
