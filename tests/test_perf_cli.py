@@ -79,7 +79,7 @@ def test_perf_tiny_writes_json_and_logs_to_mlflow(tmp_path, bench_workspace) -> 
                          + report["judge"]["fwd_bwd_seconds_per_image"]["min"]) * (1 - 1e-9)
     tr = report["transformer"]
     assert tr["achieved_tflops"] == pytest.approx(tr["flops_per_forward"] / tr["forward_seconds"]["median"] / 1e12)
-    assert tr["tokens"] == {"image": 64, "mask": 64, "text": 16}  # 32 px / (4 px a latent, patch 1)
+    assert tr["tokens"] == {"image": 64, "mask": 0, "text": 16}  # 32 px / (4 px a latent, patch 1); no mask tokens
 
     from mlflow.tracking import MlflowClient
 
