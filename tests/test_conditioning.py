@@ -67,6 +67,7 @@ def test_measure_conditioning_plumbing_and_cache(tmp_path) -> None:
         assert r["ae_cap"] == pytest.approx(1.0, abs=1e-6)
         assert r["fidelity_true"] == pytest.approx(r["miou_true"] / r["miou_real"])
     assert r["gap"] == pytest.approx(r["miou_true"] - r["miou_shuffled"])
+    assert (r["guidance_scale"], r["mask_guidance"]) == (1.5, True)  # the smoke suite's sampler by default
     assert r["vae_wall_s"] > 0 and r["gen_cpu_s"] > 0
     run = Path(r["run_dir"])
     assert run.parent == tmp_path / "results"
@@ -92,7 +93,8 @@ def test_measure_conditioning_plumbing_and_cache(tmp_path) -> None:
     assert (r2["miou_true"], r2["miou_shuffled"]) == (r["miou_true"], r["miou_shuffled"])
     assert r2["run_dir"] == r["run_dir"]
     for bad, needle in (({"n_masks": 1}, "n_masks"), ({"n_masks": 5}, "fewer than n_masks"),
-                        ({"size": 64}, "image_size"), ({"mask_split": "Test"}, "mask_split")):
+                        ({"size": 64}, "image_size"), ({"mask_split": "Test"}, "mask_split"),
+                        ({"guidance_scale": 0.5}, "guidance_scale"), ({"mask_guidance": "yes"}, "mask_guidance")):
         with pytest.raises(ConfigError, match=needle):
             measure_conditioning(tmp_path / "bad", **{**kw, **bad})
     assert not (tmp_path / "bad").exists()  # refused before any work
@@ -170,6 +172,7 @@ def _cli_exit(monkeypatch, capsys, *args: str) -> tuple[int, str]:
         (["--setting", "{rectified_stp: 4}"], "rectified_stp"),
         (["--setting", "[1, 2]"], "not a mapping"),
         (["--setting", "{max_step_size: -1}"], "max_step_size"),
+        (["--guidance", "0.5"], "--guidance"),
     ],
 )
 def test_check_crfm_refuses_bad_input_before_loading(tmp_path, monkeypatch, capsys, extra, needle) -> None:
@@ -196,6 +199,7 @@ def test_check_crfm_names_a_missing_dataset(tmp_path, monkeypatch, capsys) -> No
         (["--masks", "1"], "n_masks must be >= 2"),
         (["--masks", "9", "--n-val", "8"], "fewer than n_masks=9"),
         (["--mask-split", "Test"], "mask_split='Test'"),
+        (["--guidance", "0.5"], "guidance_scale"),
         (["--set", "train.steps"], "is not key.path=value"),
         (["--set", "no_such_key=1"], "unknown override key"),
         (["--preset", "nope"], "unknown generator preset"),

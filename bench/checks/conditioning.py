@@ -64,8 +64,8 @@ class Settings:
     evaluator_lr: float = 2e-3
     num_inference_steps: int = 12
     seed: int = 0
-    guidance_scale: float = 1.0
-    mask_guidance: bool = False
+    guidance_scale: float = 1.5
+    mask_guidance: bool = True
 
 
 def check_settings(s: Settings) -> dict[str, Any]:
@@ -306,8 +306,8 @@ def measure_conditioning(
     evaluator_lr: float = 2e-3,
     num_inference_steps: int = 12,
     seed: int = 0,
-    guidance_scale: float = 1.0,
-    mask_guidance: bool = False,
+    guidance_scale: float = 1.5,
+    mask_guidance: bool = True,
     progress: bool = False,
     log: Log | None = None,
 ) -> dict[str, Any]:
@@ -320,7 +320,7 @@ def measure_conditioning(
         n_masks: masks sampled from ``mask_split`` (``"Val"``: held out from generator training; ``"Train"``).
         num_inference_steps: Euler steps of plain sampling (no CRFM).
         guidance_scale, mask_guidance: CFG as in ``SamplerConfig`` (1.0 = off; the negative is the empty prompt,
-            and with ``mask_guidance`` no mask).
+            and with ``mask_guidance`` no mask); the defaults are the smoke suite's sampler.
         progress: the training functions' progress bars. log: receives one line per stage (computed or cached).
 
     Returns:

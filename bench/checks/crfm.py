@@ -50,6 +50,8 @@ def crfm_fidelity(
     num_inference_steps: int = 12,
     batch_size: int = 8,
     seed: int = 0,
+    guidance_scale: float = 1.0,
+    mask_guidance: bool = False,
     scorers: Mapping[str, torch.nn.Module] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -60,6 +62,7 @@ def crfm_fidelity(
         dataset: LoveDA-style items (``mask``, ``prompt``); the first ``n_masks`` are used.
         prompts: ``get(prompts) -> (embeds, pooled)`` (``PromptCache``).
         settings: ``CRFMConfig`` field mappings; an empty mapping is plain sampling.
+        guidance_scale, mask_guidance: the sampler's CFG (``SamplerConfig``; the negative is the empty prompt).
         scorers: more segmentors by name, e.g. one that the settings were NOT chosen with (``scorer_miou``).
         on_row: called with each row as soon as it is scored (progress).
     """
@@ -72,12 +75,15 @@ def crfm_fidelity(
     masks = torch.stack([it["mask"] for it in items])
     embeds, pooled = prompts.get([it["prompt"] for it in items])
     seeds = [seed * 100_000 + k for k in range(n_masks)]
-    cfg = SamplerConfig(num_inference_steps=num_inference_steps, batch_size=batch_size)
+    cfg = SamplerConfig(num_inference_steps=num_inference_steps, batch_size=batch_size, guidance_scale=guidance_scale,
+                        mask_guidance=mask_guidance)
+    negative = prompts.get([""]) if guidance_scale > 1.0 else None
     judge_fn = SegmentorLogits(judge)
     rows = []
     for setting in [{}, *[s for s in settings if s]]:
         crfm = CRFMConfig(**setting) if setting else None
-        images = sample(generator, masks, embeds, pooled, seeds, cfg, crfm=crfm, judge=judge_fn if crfm else None).images
+        images = sample(generator, masks, embeds, pooled, seeds, cfg, crfm=crfm, judge=judge_fn if crfm else None,
+                        negative=negative).images
         rows.append({"setting": dict(setting), "evaluator_miou": miou(evaluator, images, masks),
                      "judge_miou": miou(judge, images, masks),
                      "scorer_miou": {k: miou(m, images, masks) for k, m in (scorers or {}).items()},
@@ -112,7 +118,8 @@ def parse_settings(raw: Sequence[str]) -> list[dict[str, Any]]:
 
 def check_crfm(
     generator: Path, judge: Path, evaluator: Path, data: Path, *, split: str = "Val", n_masks: int = 64,
-    steps: int = 12, seed: int = 0, scorers: Sequence[Path] = (), settings: Sequence[str] = (),
+    steps: int = 12, seed: int = 0, guidance_scale: float = 1.0, mask_guidance: bool = False,
+    scorers: Sequence[Path] = (), settings: Sequence[str] = (),
     prompt_cache: Path | None = None, on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """The sweep from directories and CLI strings: every input checked before minutes of loading and sampling.
@@ -123,11 +130,16 @@ def check_crfm(
     """
     from todsynth.data.loveda import LoveDA
     from todsynth.models.generator import load_generator
+    from todsynth.sample.config import SamplerConfig
     from todsynth.seg.compat import ensure_mmseg
     from todsynth.seg.io import load_segmentor
     from todsynth.text import PromptCache, preset_prompt_encoder
 
     parsed = parse_settings(settings)
+    for flag, field, value in (("--guidance", "guidance_scale", guidance_scale),
+                               ("--mask-guidance", "mask_guidance", mask_guidance)):
+        if why := SamplerConfig.field_problem(field, value):
+            raise ConfigError(f"{flag} {why}")
     if split not in SPLITS:
         raise ConfigError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
     dataset = LoveDA(data, split)
@@ -143,4 +155,5 @@ def check_crfm(
     with tempfile.TemporaryDirectory() as tmp:
         cache = PromptCache(prompt_cache or Path(tmp), preset_prompt_encoder(text, sd3_dir=gen.config.get("source")))
         return crfm_fidelity(gen, judge_model, evaluator_model, dataset, cache, parsed, n_masks=n_masks,
-                             num_inference_steps=steps, seed=seed, scorers=scorer_models, on_row=on_row)
+                             num_inference_steps=steps, seed=seed, guidance_scale=guidance_scale,
+                             mask_guidance=mask_guidance, scorers=scorer_models, on_row=on_row)

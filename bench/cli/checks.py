@@ -23,8 +23,8 @@ def bench_check_conditioning(
     masks: Annotated[int, typer.Option("--masks", help="Masks sampled (true and shuffled).")] = 16,
     mask_split: Annotated[str, typer.Option("--mask-split", help="Train | Val (Val: held out from generator training).")] = "Val",
     steps: Annotated[int, typer.Option("--steps", help="Euler steps (the smoke suite's).")] = 12,
-    guidance: Annotated[float, typer.Option("--guidance", help="CFG scale (1 = off); the negative is the empty prompt.")] = 1.0,
-    mask_guidance: Annotated[bool, typer.Option("--mask-guidance", help="The CFG negative has no mask either (a generator trained with train.mask_dropout).")] = False,
+    guidance: Annotated[float, typer.Option("--guidance", help="CFG scale (1 = off; the negative is the empty prompt); default: the smoke suite's.")] = 1.5,
+    mask_guidance: Annotated[bool, typer.Option("--mask-guidance/--no-mask-guidance", help="The CFG negative has no mask either (the tiny preset trains with train.mask_dropout for it); default: the smoke suite's.")] = True,
     evaluator: Annotated[str, typer.Option("--evaluator", help="The instrument (smoke's evaluator: dcnn, 500 it).")] = "dcnn",
     evaluator_iters: Annotated[int, typer.Option("--evaluator-iters", help="Evaluator training iterations.")] = 500,
     evaluator_lr: Annotated[float, typer.Option("--evaluator-lr", help="AdamW peak LR of the evaluator.")] = 2e-3,
@@ -61,6 +61,8 @@ def bench_check_crfm(
     masks: Annotated[int, typer.Option("--masks", help="Masks sampled per setting.")] = 64,
     steps: Annotated[int, typer.Option("--steps", help="Euler steps.")] = 12,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed (the same for every setting).")] = 0,
+    guidance: Annotated[float, typer.Option("--guidance", help="CFG scale (1 = off; the smoke suite's: 1.5).")] = 1.0,
+    mask_guidance: Annotated[bool, typer.Option("--mask-guidance", help="The CFG negative has no mask either (the smoke suite's).")] = False,
     scorer: Annotated[list[Path] | None, typer.Option("--scorer", help="Another save_segmentor dir to score with (e.g. one the settings were not chosen with); repeatable.")] = None,
     setting: Annotated[list[str] | None, typer.Option("--setting", help="CRFMConfig fields as YAML; repeatable (default: the paper's three).")] = None,
     prompt_cache: Annotated[Path | None, typer.Option("--prompt-cache", help="PromptCache dir (default: a temporary one).")] = None,
@@ -87,6 +89,7 @@ def bench_check_crfm(
                 status.update(f"check-crfm: {len(rows)} setting(s) scored, sampling the next")
 
         check_crfm(generator, judge, evaluator, data, split=split, n_masks=masks, steps=steps, seed=seed,
+                   guidance_scale=guidance, mask_guidance=mask_guidance,
                    scorers=scorer or [], settings=setting or [], prompt_cache=prompt_cache, on_row=on_row)
     for row in rows:
         typer.echo(json.dumps(row))
