@@ -178,3 +178,28 @@ def test_unknown_mask_stream_key_is_refused() -> None:
     assert resolve_preset("tiny", {"mask_stream": {"tokens": False}})["mask_stream"]["tokens"] is False
     with pytest.raises(ConfigError, match=r"unknown mask_stream key\(s\) \['tokenz'\]"):
         resolve_preset("tiny", {"mask_stream": {"tokenz": False}})
+
+
+def test_onehot_mask_latents_put_each_pixel_class_in_its_own_channel() -> None:
+    """One channel per class + ignore (channel 0) at every pixel of a latent cell; pixel_shuffle undoes it."""
+    from todsynth.models.generator import onehot_mask_latents
+
+    mask = torch.randint(0, 7, (2, 8, 8), generator=torch.Generator().manual_seed(0))
+    mask[0, :2, :2] = 255
+    z = onehot_mask_latents(mask, 7, 4)
+    assert z.shape == (2, 8 * 16, 2, 2) and set(z.unique().tolist()) == {0.0, 1.0}
+    back = torch.nn.functional.pixel_shuffle(z, 4)  # (2, 8, 8, 8): the one-hot image
+    assert torch.equal(back.sum(1), torch.ones(2, 8, 8))
+    labels = back.argmax(1) - 1
+    assert torch.equal(torch.where(labels < 0, torch.full_like(labels, 255), labels), mask)
+    with pytest.raises(ValueError, match="outside 0..6"):
+        onehot_mask_latents(torch.full((1, 4, 4), 7), 7, 4)
+
+
+@pytest.mark.parametrize(
+    ("mask_stream", "needle"),
+    [({"encoding": "rgb"}, "must be one of"), ({"encoding": "onehot", "tokens": True}, "needs mask_stream.tokens: false")],
+)
+def test_mask_encoding_is_checked(mask_stream: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        build_generator(resolve_preset("tiny", {"transformer": {"num_layers": 1}, "mask_stream": mask_stream}))
