@@ -182,7 +182,7 @@ def test_unknown_mask_stream_key_is_refused() -> None:
 
 def test_onehot_mask_latents_put_each_pixel_class_in_its_own_channel() -> None:
     """One channel per class + ignore (channel 0) at every pixel of a latent cell; pixel_shuffle undoes it."""
-    from todsynth.models.generator import onehot_mask_latents
+    from todsynth.models.vae import onehot_mask_latents
 
     mask = torch.randint(0, 7, (2, 8, 8), generator=torch.Generator().manual_seed(0))
     mask[0, :2, :2] = 255

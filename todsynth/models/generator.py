@@ -20,7 +20,6 @@ from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 from safetensors.torch import load_file
 
-from todsynth.data.classes import IGNORE_INDEX
 from todsynth.errors import ConfigError, WeightsNotFoundError
 from todsynth.models.io import atomic_dir, save_tensors
 from todsynth.models.mmdit import MaskMMDiT, is_text_stream
@@ -31,6 +30,7 @@ from todsynth.models.vae import (
     encode_latents,
     load_vae,
     mask_to_grey,
+    onehot_mask_latents,
     vae_kwargs,
     vae_scale_factor,
 )
@@ -145,19 +145,6 @@ def mask_encoding(preset: Mapping[str, Any]) -> str:
         raise ConfigError("mask_stream.encoding='onehot' needs mask_stream.tokens: false (the mask token stream "
                           "embeds VAE latents with the image stream's patch embedding)")
     return encoding
-
-
-def onehot_mask_latents(mask: torch.Tensor, num_classes: int, factor: int) -> torch.Tensor:
-    """Reduced labels long (B,H,W) (255 = ignore) -> (B, (num_classes + 1) f^2, H/f, W/f) float 0/1.
-
-    Channel 0 is ignore, channel k + 1 class k, before ``pixel_unshuffle`` by ``factor`` (f).
-    """
-    valid = mask != IGNORE_INDEX
-    if bool(((mask < 0) | ((mask >= num_classes) & valid)).any()):
-        raise ValueError(f"mask holds labels outside 0..{num_classes - 1} (255 = ignore)")
-    index = torch.where(valid, mask.long() + 1, torch.zeros_like(mask, dtype=torch.long))
-    onehot = torch.nn.functional.one_hot(index, num_classes + 1).permute(0, 3, 1, 2).float()
-    return torch.nn.functional.pixel_unshuffle(onehot, factor)
 
 
 def _check_shapes(transformer: SD3Transformer2DModel, vae: Autoencoder, image_size: int) -> None:

@@ -144,11 +144,10 @@ def reconstruct(vae: Autoencoder, images_01: torch.Tensor) -> torch.Tensor:
     return decode_latents(vae, encode_latents(vae, images_01))
 
 
-def mask_to_grey(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Reduced label map long (B,H,W) (0..C-1, 255 ignore) -> grey image float (B,3,H,W) in [0,1].
+def mask_raw_labels(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Reduced label map (B,H,W) (0..C-1, 255 ignore) -> long raw labels (ignore -> 0, k -> k+1), checked.
 
-    The grey level is the raw label (ignore -> 0, k -> k+1) times 255 / num_classes, floored to an
-    8-bit value as a PNG would hold it, and repeated on 3 channels so the image VAE can encode it.
+    The tensor form of ``todsynth.data.classes.raw_labels`` (numpy, for label files), with the labels checked.
     """
     if mask.ndim != 3:
         raise ValueError(f"mask must be (B,H,W), got {tuple(mask.shape)}")
@@ -159,9 +158,28 @@ def mask_to_grey(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
     if bool(((mask < 0) | ((mask >= num_classes) & valid)).any()):
         bad = sorted(set(mask[valid].unique().tolist()) - set(range(num_classes)))  # type: ignore[no-untyped-call]  # torch leaves Tensor.unique unannotated
         raise ValueError(f"mask holds labels {bad} outside 0..{num_classes - 1} (255 = ignore)")
-    raw = torch.where(valid, mask + 1, torch.zeros_like(mask))
+    return torch.where(valid, mask + 1, torch.zeros_like(mask))
+
+
+def mask_to_grey(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Reduced label map long (B,H,W) (0..C-1, 255 ignore) -> grey image float (B,3,H,W) in [0,1].
+
+    The grey level is the raw label (``mask_raw_labels``: ignore -> 0, k -> k+1) times 255 / num_classes, floored to an
+    8-bit value as a PNG would hold it, and repeated on 3 channels so the image VAE can encode it.
+    """
+    raw = mask_raw_labels(mask, num_classes)
     grey = torch.div(raw * 255, num_classes, rounding_mode="floor").float() / 255.0
     return grey.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+
+
+def onehot_mask_latents(mask: torch.Tensor, num_classes: int, factor: int) -> torch.Tensor:
+    """Reduced labels long (B,H,W) (255 = ignore) -> (B, (num_classes + 1) f^2, H/f, W/f) float 0/1.
+
+    Channel ``mask_raw_labels`` (0 = ignore, k + 1 = class k) is 1 at each pixel, before ``pixel_unshuffle`` by
+    ``factor`` (f) stacks each latent cell's f x f pixels.
+    """
+    onehot = torch.nn.functional.one_hot(mask_raw_labels(mask, num_classes), num_classes + 1).permute(0, 3, 1, 2).float()
+    return torch.nn.functional.pixel_unshuffle(onehot, factor)
 
 
 def vae_scale_factor(vae: Autoencoder) -> int:

@@ -138,8 +138,9 @@ def _velocity(
     neg_embeds = negative[0].to(embeds).expand(b, *embeds.shape[1:])
     neg_pooled = negative[1].to(pooled).expand(b, *pooled.shape[1:])
     if cfg.mask_guidance:
-        v_uncond = transformer(x.to(dtype), None, timestep, neg_embeds, neg_pooled).float()
-        v_cond = transformer(x.to(dtype), mask_latents, timestep, embeds, pooled).float()
+        z = x.to(dtype)
+        v_uncond = transformer(z, None, timestep, neg_embeds, neg_pooled).float()
+        v_cond = transformer(z, mask_latents, timestep, embeds, pooled).float()
         return v_uncond + guidance_scale * (v_cond - v_uncond)
     v = transformer(
         torch.cat([x, x]).to(dtype),

@@ -25,7 +25,7 @@ class TrainBatch:
     """One micro-batch on the model's device.
 
     Attributes:
-        x0: (B, c, h, w) clean image latents; mask_latents: (B, c, h, w) the mask stream's input.
+        x0: (B, c, h, w) clean image latents; mask_latents: (B, m, h, w) the mask's input (``Generator.encode_mask``).
         embeds: (B, L, D) prompt embeddings; pooled: (B, P).
         noise: (B, c, h, w) standard normal; sigma: (B,) noise levels in (0, 1]; timestep: (B,) on the 0..T scale.
         mask_keep: (B,) 1 = the sample keeps its mask, 0 = trained without it (``TrainConfig.mask_dropout``);
