@@ -55,7 +55,7 @@ def test_tiny_preset_matches_brief() -> None:
     assert gen.vae_scale_factor == 4 and gen.latent_shape == (48, 16, 16)
     assert sum(p.numel() for p in gen.vae.parameters()) == 0
     assert gen.transformer.mask_hint is not None and gen.transformer.prediction == "sample"
-    assert (gen.shift, gen.num_train_timesteps) == (3.0, 1000)
+    assert (gen.shift, gen.num_train_timesteps) == (1.0, 1000)
 
 
 def test_inconsistent_sizes_raise() -> None:
