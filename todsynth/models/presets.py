@@ -150,17 +150,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         # No timestep shift (SD3.5's 3.0 is for 1024 px; SD3 used 1.0 at its 256 px base resolution, and these
         # images are 64 px). The shift moves training and sampling towards high noise, where a 64 px scene's layout
         # is settled early; at 3.0 the fine textures (barren grain, crop rows) got few training draws and few Euler
-        # steps. Same budget, 64 held-out Val masks, guidance 1.5: evaluator mIoU 0.623 vs 0.487 (0.88 vs 0.69 of
-        # its ceiling), shuffled 0.100 vs 0.090 (README "The tiny preset").
+        # steps. 3000 training steps, 64 held-out Val masks, guidance 1.5: evaluator mIoU 0.623 vs 0.487 (0.88 vs 0.69
+        # of its ceiling), shuffled 0.100 vs 0.090 (README "The tiny preset").
         "scheduler": {"shift": 1.0, "num_train_timesteps": 1000},
         "text": {"kind": "tiny", "seed": 0, "seq_len": 16, "joint_dim": 64, "pooled_dim": 64},
-        # Budgets (todsynth bench check-conditioning, 400 procedural 64 px scenes, 2 quiet CPU cores, ~20 it/s): 3000
-        # steps (~2.5 minutes; with the grey encoding 0.38 of the evaluator's ceiling, 0.48 at 4500 steps; onehot and
-        # mask guidance: 0.69 on 64 held-out masks).
+        # Budgets (todsynth bench check-conditioning, 400 procedural 64 px scenes, 2 CPU cores, 13-20 it/s): 2000
+        # steps, for make demo's 10 minutes. Shift 1, onehot, guidance 1.5, 64 held-out masks: 0.72 of the evaluator's
+        # ceiling at 1500 steps, 0.83 at 2000, 0.88 at 3000 (with shift 3 and the grey mask: 0.38 at 3000, 0.48 at 4500).
         # vae_train only applies to a trainable VAE override (TINY_SCRATCH_VAE); the pixel shuffle fits its scaling.
         "vae_train": {"steps": 1500, "batch_size": 8, "lr": 2e-3},
         "train": {
-            "steps": 3000,
+            "steps": 2000,
             "batch_size": 8,
             "lr": 2e-3,
             "warmup_steps": 30,
