@@ -50,8 +50,8 @@ def crfm_fidelity(
     num_inference_steps: int = 12,
     batch_size: int = 8,
     seed: int = 0,
-    guidance_scale: float = 1.0,
-    mask_guidance: bool = False,
+    guidance_scale: float = 1.5,
+    mask_guidance: bool = True,
     scorers: Mapping[str, torch.nn.Module] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -118,7 +118,7 @@ def parse_settings(raw: Sequence[str]) -> list[dict[str, Any]]:
 
 def check_crfm(
     generator: Path, judge: Path, evaluator: Path, data: Path, *, split: str = "Val", n_masks: int = 64,
-    steps: int = 12, seed: int = 0, guidance_scale: float = 1.0, mask_guidance: bool = False,
+    steps: int = 12, seed: int = 0, guidance_scale: float = 1.5, mask_guidance: bool = True,
     scorers: Sequence[Path] = (), settings: Sequence[str] = (),
     prompt_cache: Path | None = None, on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
