@@ -211,3 +211,33 @@ def test_check_conditioning_refuses_bad_input_before_work(tmp_path, monkeypatch,
     assert code == 2 and needle in err, err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     assert not work.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [([], (1.5, True)), (["--guidance", "1"], (1.0, True)), (["--no-mask-guidance"], (1.5, False))],
+)
+def test_check_crfm_samples_as_the_smoke_suite_by_default(tmp_path, monkeypatch, capsys, extra, expected) -> None:
+    """check-crfm's sampler defaults are check-conditioning's and the smoke suite's (guidance 1.5, mask guidance)."""
+    import bench.checks.crfm as crfm_check
+    from bench.suites import load_suite
+
+    smoke = load_suite(Path(__file__).resolve().parents[1] / "suites" / "smoke.yaml")
+    assert (smoke.sampling.guidance_scale, smoke.sampling.mask_guidance) == (1.5, True)
+    seen: dict[str, object] = {}
+
+    def fake_check_crfm(*args: object, **kwargs: object) -> list[dict[str, object]]:
+        seen.update(kwargs)
+        return []
+
+    from todsynth.data.procedural import generate_dataset
+
+    root = generate_dataset(tmp_path / "d", 2, 3, 32, 0)
+    monkeypatch.setattr(crfm_check, "check_crfm", fake_check_crfm)
+    monkeypatch.setattr(sys, "argv", ["todsynth", "bench", "check-crfm", "--generator", "g", "--judge", "j",
+                                      "--evaluator", "e", "--data", str(root), "--no-progress", *extra])
+    try:
+        cli.main()
+    except SystemExit as exc:
+        assert exc.code in (0, None), capsys.readouterr().err
+    assert (seen["guidance_scale"], seen["mask_guidance"]) == expected
