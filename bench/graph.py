@@ -93,6 +93,21 @@ def preset_text(suite: Suite) -> dict[str, Any]:
     return dict(resolve_preset(suite.generator.preset, suite.generator.overrides).get("text") or {})
 
 
+def preset_digest(suite: Suite) -> str:
+    """sha256 of the resolved generator preset (``PRESETS[name]`` + the suite's overrides), canonical JSON.
+
+    The suite names a preset and leaves its budgets (steps, shift, widths, ...) to it, so the autoencoder and
+    generator keys carry this digest: editing a preset re-keys them and everything after them.
+    """
+    import hashlib
+    import json
+
+    from todsynth.models.presets import resolve_preset
+
+    resolved = resolve_preset(suite.generator.preset, suite.generator.overrides)
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _segmenter_spec(seg: Segmenter, sub: Subset | None = None) -> SegmenterSpec | CheckpointSpec:
     if seg.checkpoint is not None:
         return CheckpointSpec(model=seg.model, checkpoint=str(seg.checkpoint), trust_checkpoint=seg.trust_checkpoint)
@@ -143,6 +158,7 @@ def build_graph(suite: Suite) -> list[Node]:
         return "inprocess"
 
     ds, gen = suite.dataset, suite.generator
+    digest = preset_digest(suite)
     nodes = [
         Node("data", "data", data_spec(suite)),
         Node("prompts", "prompts", PromptsSpec(text=preset_text(suite),
@@ -155,11 +171,11 @@ def build_graph(suite: Suite) -> list[Node]:
         if gen.scratch:
             ae = subset_key("autoencoder", n)
             nodes.append(Node(ae, "autoencoder", AutoencoderSpec(
-                preset=gen.preset, overrides=gen.overrides, train=gen.vae_train, subset=sub), {"data": "data"}, subset=n))
+                preset=gen.preset, overrides=gen.overrides, preset_digest=digest, train=gen.vae_train, subset=sub), {"data": "data"}, subset=n))
             gen_deps["autoencoder"] = ae
         nodes.append(Node(subset_key("generator", n), "generator", GeneratorStageSpec(
             preset=gen.preset, sd3_dir=_opt(gen.sd3_dir) if not gen.scratch else None, overrides=gen.overrides,
-            train=gen.train, subset=sub), gen_deps, launcher=launcher("generator"), subset=n))
+            preset_digest=digest, train=gen.train, subset=sub), gen_deps, launcher=launcher("generator"), subset=n))
         nodes.append(Node(subset_key("judge", n), "judge", _segmenter_spec(suite.judge, sub),
                           {"data": "data"}, launcher=launcher("judge"), subset=n))
     nodes.append(Node("evaluator", "evaluator", _segmenter_spec(suite.evaluator), {"data": "data"},

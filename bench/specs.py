@@ -112,6 +112,7 @@ class AutoencoderSpec(StageSpec):
 
     preset: str
     overrides: dict[str, Any]
+    preset_digest: str  # of the resolved preset (graph.preset_digest): a change to PRESETS re-keys the stage
     train: VaeTrain
     subset: Subset | None = field(default=None, metadata=OMIT_NONE)
 
@@ -125,6 +126,7 @@ class GeneratorStageSpec(StageSpec):
     preset: str
     sd3_dir: str | None
     overrides: dict[str, Any]
+    preset_digest: str  # of the resolved preset (graph.preset_digest): a change to PRESETS re-keys the stage
     train: GeneratorTrain
     subset: Subset | None = field(default=None, metadata=OMIT_NONE)
 

@@ -51,6 +51,27 @@ def test_every_spec_survives_the_launch_json(suite, monkeypatch):
         assert "runtime" not in spec.hashed() and spec.hashed() == node.spec.hashed()
 
 
+def test_a_preset_change_rekeys_the_autoencoder_and_generator(monkeypatch):
+    """The suite names the preset; editing the preset's contents (here the scheduler shift) changes the autoencoder
+    and generator keys and everything downstream of the generator, and nothing that does not read the preset."""
+    import copy
+
+    from bench.engine import graph_hashes
+    from bench.stages import STAGE_VERSIONS
+    from todsynth.models import presets
+
+    suite = load_suite(REPO / "suites" / "tests.yaml")
+    before = graph_hashes(build_graph(suite), STAGE_VERSIONS)
+    tiny = copy.deepcopy(presets.PRESETS["tiny"])
+    tiny["scheduler"]["shift"] = tiny["scheduler"]["shift"] + 2.0
+    monkeypatch.setitem(presets.PRESETS, "tiny", tiny)
+    after = graph_hashes(build_graph(suite), STAGE_VERSIONS)
+    changed = {k for k in before if before[k] != after[k]}
+    assert {"autoencoder", "generator"} <= changed
+    assert any(k.startswith("synthesize[") for k in changed) and any(k.startswith("downstream[plain") for k in changed)
+    assert not changed & {"data", "judge", "evaluator", "downstream[real-only,seed=0]"}
+
+
 def test_subset_is_hashed_only_when_drawn():
     nodes = _nodes("fewshot")
     gen = next(n for n in nodes.values() if n.stage == "generator")

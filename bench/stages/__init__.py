@@ -47,7 +47,8 @@ STAGE_VERSIONS: dict[str, int] = {
     "real_features": 1, "synthesize": 1, "evaluate": 3, "downstream": 1,
 }  # evaluate 2: adds evaluator_real_miou (the evaluator on the real images of the synthesized masks); 3: FID/KID's
 #   image counts (fid_n_real, fid_n_synthetic) and resize (fid_resize). generator 2: the tiny preset drops the mask
-#   token stream and trains 3000 steps (the spec names the preset, not its contents, so a preset change bumps this)
+#   token stream and trains 3000 steps (since then the autoencoder and generator specs carry graph.preset_digest, the
+#   resolved preset's hash, so a preset change re-keys them without a bump here)
 
 StageFn = Callable[[Any, dict[str, CachedStage], Path], dict[str, Any]]  # spec: the stage's bench.specs type
 
