@@ -52,7 +52,7 @@ def test_plain_sampling_matches_diffusers_scheduler_loop(generator) -> None:
     out = sample(generator, masks, embeds, pooled, seeds, CFG)
     assert out.images.shape == (2, 3, SIZE, SIZE) and out.images.dtype == torch.float32
     assert 0.0 <= out.images.min() and out.images.max() <= 1.0
-    sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    sched = FlowMatchEulerDiscreteScheduler(shift=generator.shift)  # the preset's
     sched.set_timesteps(3)
     with torch.no_grad():
         mask_latents = generator.encode_mask(masks)
@@ -201,7 +201,7 @@ def test_mask_guidance_contrasts_with_no_mask() -> None:
     guided = sample(gen, masks, embeds, pooled, seeds, with_mask, negative=same_prompt).images
     assert (guided - plain.images).abs().max() > 1e-3
     # the same loop by hand: v = v_u + 3 (v_c - v_u), v_u without the mask
-    sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    sched = FlowMatchEulerDiscreteScheduler(shift=gen.shift)
     sched.set_timesteps(3)
     with torch.no_grad():
         m = gen.encode_mask(masks)
