@@ -14,10 +14,12 @@ shares them across sizes. ``data``, ``prompts``, ``evaluator`` and ``real_featur
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from bench.cache import canonical
 from bench.schema import CRFM, ResolvedVariant, Sampling, Segmenter, Suite, Variant, resolve_variants
 from bench.specs import (
     AutoencoderSpec,
@@ -35,6 +37,7 @@ from bench.specs import (
     Subset,
     SynthesizeSpec,
 )
+from todsynth.models.presets import resolve_preset
 
 STAGE_ORDER = (
     "data", "prompts", "autoencoder", "generator", "judge", "evaluator", "real_features",
@@ -86,26 +89,13 @@ def fid_extractor(suite: Suite) -> Literal["inception", "evaluator"]:
     return "inception" if w is not None and w.is_file() else "evaluator"
 
 
-def preset_text(suite: Suite) -> dict[str, Any]:
-    """The preset's prompt-encoder config (``kind`` + widths): the prompts must match the transformer."""
-    from todsynth.models.presets import resolve_preset
-
-    return dict(resolve_preset(suite.generator.preset, suite.generator.overrides).get("text") or {})
-
-
-def preset_digest(suite: Suite) -> str:
-    """sha256 of the resolved generator preset (``PRESETS[name]`` + the suite's overrides), canonical JSON.
+def preset_digest(resolved: dict[str, Any]) -> str:
+    """sha256 of a resolved generator preset (``resolve_preset``: ``PRESETS[name]`` + the suite's overrides).
 
     The suite names a preset and leaves its budgets (steps, shift, widths, ...) to it, so the autoencoder and
     generator keys carry this digest: editing a preset re-keys them and everything after them.
     """
-    import hashlib
-    import json
-
-    from todsynth.models.presets import resolve_preset
-
-    resolved = resolve_preset(suite.generator.preset, suite.generator.overrides)
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(canonical(resolved).encode()).hexdigest()
 
 
 def _segmenter_spec(seg: Segmenter, sub: Subset | None = None) -> SegmenterSpec | CheckpointSpec:
@@ -158,10 +148,12 @@ def build_graph(suite: Suite) -> list[Node]:
         return "inprocess"
 
     ds, gen = suite.dataset, suite.generator
-    digest = preset_digest(suite)
+    preset = resolve_preset(gen.preset, gen.overrides)
+    digest = preset_digest(preset)
     nodes = [
         Node("data", "data", data_spec(suite)),
-        Node("prompts", "prompts", PromptsSpec(text=preset_text(suite),
+        # the preset's prompt-encoder config (kind + widths): the prompts must match the transformer
+        Node("prompts", "prompts", PromptsSpec(text=dict(preset.get("text") or {}),
                                                sd3_dir=_opt(gen.sd3_dir) if gen.text_encoder == "sd3" else None),
              {"data": "data"}),
     ]
