@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from bench.cache import canonical
 from bench.schema import Suite, check_suite, describe_error
 from todsynth.errors import ConfigError
 
@@ -154,13 +155,8 @@ def resolved_yaml(suite: Suite) -> str:
     return yaml.safe_dump(resolved_dict(suite), sort_keys=False)
 
 
-def canonical_json(obj: Any) -> str:
-    """Deterministic JSON (sorted keys, no spaces) for hashing."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
 def config_hash(suite: Suite) -> str:
     """sha256 of the resolved suite (minus workspace/tracking) and its ``version``, as hex."""
     data = {k: v for k, v in resolved_dict(suite).items() if k not in UNHASHED_KEYS}
-    payload = canonical_json({"suite": data, "version": str(suite.version)})
+    payload = canonical({"suite": data, "version": str(suite.version)})
     return hashlib.sha256(payload.encode()).hexdigest()

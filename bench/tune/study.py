@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bench.cache import canonical
 from bench.schema import Suite
-from bench.suites import canonical_json, resolved_dict, resolved_yaml
+from bench.suites import resolved_dict, resolved_yaml
 from bench.tune.space import default_params, tune_spec
 from bench.tune.storage import redact
 from todsynth.errors import ConfigError
@@ -34,7 +35,7 @@ def study_fingerprint(suite: Suite) -> str:
     data = resolved_dict(suite)
     data = {k: v for k, v in data.items() if k not in ("workspace", "tracking")}
     data["tune"] = {k: v for k, v in (data.get("tune") or {}).items() if k not in RUNTIME_TUNE_KEYS}
-    return hashlib.sha256(canonical_json({"suite": data, "version": str(suite.version)}).encode()).hexdigest()
+    return hashlib.sha256(canonical({"suite": data, "version": str(suite.version)}).encode()).hexdigest()
 
 
 def artifact_location(suite: Suite) -> str | None:
