@@ -215,3 +215,17 @@ def test_mask_guidance_contrasts_with_no_mask() -> None:
 
         ref = decode_latents(gen.vae, x).clamp(0, 1)
     torch.testing.assert_close(guided, ref, rtol=0, atol=1e-4)
+
+
+def test_cfg_negative_is_the_empty_prompt_only_when_guiding() -> None:
+    asked: list[list[str]] = []
+
+    def get(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        asked.append(prompts)
+        return torch.zeros(len(prompts), 5, 64), torch.ones(len(prompts), 64)
+
+    from todsynth.sample.sampler import cfg_negative
+
+    assert cfg_negative(get, SamplerConfig(guidance_scale=1.0)) is None and asked == []
+    embeds, pooled = cfg_negative(get, SamplerConfig(guidance_scale=1.5))
+    assert asked == [[""]] and embeds.shape == (1, 5, 64) and pooled.shape == (1, 64)

@@ -226,7 +226,7 @@ def _sample_and_score(s: Settings, t: _Trained) -> dict[str, Any]:
     from todsynth.models.generator import load_generator
     from todsynth.models.vae import reconstruct
     from todsynth.sample.config import SamplerConfig
-    from todsynth.sample.sampler import sample
+    from todsynth.sample.sampler import cfg_negative, sample
     from todsynth.train.evaluate import conditioning_gap
 
     gen = load_generator(t.generator.path("generator"))
@@ -238,7 +238,7 @@ def _sample_and_score(s: Settings, t: _Trained) -> dict[str, Any]:
     embeds, pooled = t.prompts.get([it["prompt"] for it in items])
     scfg = SamplerConfig(num_inference_steps=s.num_inference_steps, batch_size=8, guidance_scale=s.guidance_scale,
                          mask_guidance=s.mask_guidance)
-    negative = t.prompts.get([""]) if s.guidance_scale > 1.0 else None
+    negative = cfg_negative(t.prompts.get, scfg)
     seeds = [s.seed * 100_000 + k for k in range(s.n_masks)]
     true_imgs = sample(gen, masks, embeds, pooled, seeds, scfg, negative=negative).images
     shuf_imgs = sample(gen, masks[perm], embeds[perm], pooled[perm], seeds, scfg, negative=negative).images

@@ -67,7 +67,7 @@ def crfm_fidelity(
         on_row: called with each row as soon as it is scored (progress).
     """
     from todsynth.sample.config import CRFMConfig, SamplerConfig
-    from todsynth.sample.sampler import sample
+    from todsynth.sample.sampler import cfg_negative, sample
     from todsynth.seg.judge import SegmentorLogits
 
     check_n_masks(n_masks, dataset)
@@ -77,7 +77,7 @@ def crfm_fidelity(
     seeds = [seed * 100_000 + k for k in range(n_masks)]
     cfg = SamplerConfig(num_inference_steps=num_inference_steps, batch_size=batch_size, guidance_scale=guidance_scale,
                         mask_guidance=mask_guidance)
-    negative = prompts.get([""]) if guidance_scale > 1.0 else None
+    negative = cfg_negative(prompts.get, cfg)
     judge_fn = SegmentorLogits(judge)
     rows = []
     for setting in [{}, *[s for s in settings if s]]:

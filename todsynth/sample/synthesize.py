@@ -32,7 +32,7 @@ from todsynth.data.classes import prompt_for_labels, raw_labels
 from todsynth.data.loveda import IMAGES_DIR, MASKS_DIR, Sample, load_mask
 from todsynth.errors import DataValidationError
 from todsynth.sample.config import CRFMConfig, SamplerConfig
-from todsynth.sample.sampler import sample
+from todsynth.sample.sampler import cfg_negative, sample
 
 MANIFEST = "manifest.json"
 SPLIT = "Train"
@@ -201,7 +201,7 @@ def synthesize(
         raise ValueError("samples is empty: nothing to synthesize")
     out_dir = Path(out_dir)
     hw = (generator.image_size,) * 2 if isinstance(generator.image_size, int) else tuple(generator.image_size)
-    negative = prompt_cache.get([""]) if cfg.guidance_scale > 1.0 else None
+    negative = cfg_negative(prompt_cache.get, cfg)
     settings = _settings(generator, cfg, crfm, seed, len(samples))
     mine = [(i, s) for i, s in enumerate(samples) if i % world == rank]
     entries: list[dict[str, Any]] = []
