@@ -23,6 +23,7 @@ BUILTIN_PACKAGE = "bench.suites_builtin"
 DEFAULT_SUITE = "smoke"
 # Keys that say where results go, not what is computed: left out of the config hash.
 UNHASHED_KEYS = frozenset({"workspace", "tracking"})
+UNHASHED_RESOURCES = frozenset({"jobs"})  # how many stages run at once: same results, other wall time
 
 
 class SuiteError(ConfigError):
@@ -156,7 +157,8 @@ def resolved_yaml(suite: Suite) -> str:
 
 
 def config_hash(suite: Suite) -> str:
-    """sha256 of the resolved suite (minus workspace/tracking) and its ``version``, as hex."""
+    """sha256 of the resolved suite (minus workspace, tracking, resources.jobs) and its ``version``, as hex."""
     data = {k: v for k, v in resolved_dict(suite).items() if k not in UNHASHED_KEYS}
+    data["resources"] = {k: v for k, v in data["resources"].items() if k not in UNHASHED_RESOURCES}
     payload = canonical({"suite": data, "version": str(suite.version)})
     return hashlib.sha256(payload.encode()).hexdigest()

@@ -235,7 +235,7 @@ def _has_study(journal: Path, name: str) -> bool:
 
 
 def test_worker_threads_split_the_cores_unless_pinned():
-    from bench.tune.workers import worker_threads
+    from bench.pool import worker_threads
 
     assert worker_threads(1, 2, {}) is None  # one process keeps torch's default
     assert worker_threads(2, 2, {}) == 1

@@ -233,10 +233,16 @@ class Fid(Strict):
 
 
 class Resources(Strict):
-    """Where to run; ``gpus > 1`` launches generator/synthesis with accelerate and MMSeg with torchrun."""
+    """Where to run; ``gpus > 1`` launches generator/synthesis with accelerate and MMSeg with torchrun.
+
+    ``jobs > 1`` runs up to that many independent stages at once, each in its own process with its share of the
+    CPU cores (:mod:`bench.pool`); it changes how long a run takes, not what it computes, so the config hash
+    leaves it out.
+    """
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpus: PositiveInt = 1
+    jobs: PositiveInt = 1
 
     @model_validator(mode="after")
     def _cpu(self) -> Resources:

@@ -39,6 +39,7 @@ from typing import Any
 
 from bench.cache import StageCache
 from bench.engine import StageFn, preflight
+from bench.pool import check_picklable
 from bench.schema import Suite
 from bench.tune.session import Session, TrialStartFn, TuneOptions
 from bench.tune.space import (
@@ -52,7 +53,7 @@ from bench.tune.space import (
 )
 from bench.tune.storage import StudyLock, journal_path, redact, storage_url
 from bench.tune.summary import read_tune_json, summarize, summary_tables
-from bench.tune.workers import check_picklable, work_with_core_share, worker_processes
+from bench.tune.workers import work_with_core_share, worker_processes
 from todsynth.errors import ConfigError
 
 
@@ -75,7 +76,8 @@ def check_options(opts: TuneOptions, stage_fns: Mapping[str, StageFn] | None,
     if opts.trials is not None and opts.trials < 1:
         raise ConfigError(f"--trials {opts.trials}: needs at least 1")
     if opts.workers > 1:
-        check_picklable(stage_fns, stage_versions, on_trial_start)
+        check_picklable((stage_fns, stage_versions, on_trial_start),
+                        "--workers > 1: the stage functions and on_trial_start")
 
 
 def tune_suite(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import random
 import time
 import uuid
@@ -174,7 +175,10 @@ def _build_runner(name: str, model: nn.Module, work_dir: Path, loader: DataLoade
             # unique: mmengine keys its global logger/message hub/visualizer by this name
             experiment_name=f"todsynth-seg-{name}-{uuid.uuid4().hex[:8]}",
             launcher="none",
-            env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo")),
+            # mp_cfg: keep the process's start method for loader workers (mmengine would force fork, and warn in
+            # a spawned bench pool process, whose method is spawn)
+            env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo"),
+                         mp_cfg=dict(mp_start_method=multiprocessing.get_start_method(allow_none=True) or "fork")),
             randomness=dict(seed=seed, deterministic=False),
             default_scope="mmseg",
         )

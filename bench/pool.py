@@ -1,0 +1,110 @@
+"""Processes that run stages side by side: ``resources.jobs > 1`` (``bench run``) and ``--workers K`` (``bench tune``).
+
+On a CPU the small models of the tiny preset leave cores idle: a downstream FCN trains about as fast with one
+torch thread as with two, a CNN judge 1.5 times faster with two. Two such stages, one thread each, finish
+together in the time of one. :class:`StagePool` keeps ``jobs`` spawned processes (each imports torch once) and
+runs a stage function in one of them with a given number of torch threads; the engine decides how many
+(:func:`stage_threads`). Every stage seeds its own generators from its spec, so where it runs changes nothing
+but floating-point rounding (thread count changes the order of reductions).
+
+Spawned processes receive the stage functions pickled (by reference): they must be importable module-level
+callables (:func:`check_picklable`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from todsynth.errors import ConfigError
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def worker_threads(workers: int, cpus: int | None, env: Mapping[str, str]) -> int | None:
+    """Torch intra-op threads for each of ``workers`` busy processes on one machine (None: leave torch's default).
+
+    Every process defaults to one thread per core, so W workers oversubscribe the CPU W times; OpenMP threads
+    then spin against each other (tiny-preset generator training on 2 cores: 20 it/s alone with 1 thread, 2 it/s
+    with 2 threads beside another busy process). Cores are split evenly instead, unless the user pinned
+    ``OMP_NUM_THREADS`` (respected as given).
+    """
+    if workers <= 1 or env.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, (cpus or 1) // workers)
+
+
+def stage_threads(busy: int, jobs: int, cpus: int, env: Mapping[str, str]) -> int | None:
+    """Threads for a stage that starts while ``busy`` other stages run or wait to start (None: torch's default).
+
+    A stage with nothing beside it, now or until it ends (no other stage can become ready before it
+    finishes), gets every core; otherwise each of the ``jobs`` slots gets its share (:func:`worker_threads`).
+    """
+    if env.get("OMP_NUM_THREADS"):
+        return None
+    return cpus if busy == 0 else worker_threads(jobs, cpus, env)
+
+
+def check_picklable(objects: Any, what: str) -> None:
+    """Refuse objects a spawned process could not receive (lambdas, closures, local classes), naming ``what``."""
+    try:
+        pickle.dumps(objects)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        raise ConfigError(f"{what} must be importable module-level callables to reach spawned processes "
+                          f"({type(exc).__name__}: {exc})") from None
+
+
+def _ignore_interrupts() -> None:
+    """Pool processes leave Ctrl-C to the parent, which ends them (:meth:`StagePool.terminate`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _call(fn: Any, threads: int | None, args: tuple[Any, ...]) -> Any:
+    """Body of a pool task: ``fn(*args)`` with ``threads`` torch intra-op threads (None: unchanged)."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return fn(*args)
+
+
+class StagePool:
+    """``jobs`` spawned processes that run stage functions; use as a context manager.
+
+    :meth:`call` blocks its (engine) thread until the stage returns in a pool process and returns its result, or
+    raises what the stage raised. A process that dies (killed, out of memory) raises
+    :class:`concurrent.futures.process.BrokenProcessPool` in every waiting thread.
+    """
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs = jobs
+        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_ignore_interrupts)
+
+    def call(self, fn: Any, threads: int | None, *args: Any) -> Any:
+        """``fn(*args)`` in a pool process with ``threads`` torch threads; blocks until it returns."""
+        return self._pool.submit(_call, fn, threads, args).result()
+
+    def terminate(self) -> None:
+        """End the pool's processes now (Ctrl-C): running stages stop, their waiting threads raise."""
+        for p in list(getattr(self._pool, "_processes", {}).values()):  # no public kill before Python 3.14
+            if p.is_alive():
+                p.terminate()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> StagePool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,58 @@
+"""Importable stand-in stages for ``resources.jobs > 1`` tests (pool processes unpickle them by reference).
+
+Each call appends a line to ``$TODSYNTH_TEST_JOBS_LOG/<stage key>.json``: pid, start and end times and the torch
+threads it ran with, so a test can see which stages overlapped. judge and evaluator (both ready as soon as the
+data is) sleep ``SLOW_S``; the stage whose key is in ``$TODSYNTH_TEST_JOBS_FAIL`` raises. No tests here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+LOG_ENV = "TODSYNTH_TEST_JOBS_LOG"
+FAIL_ENV = "TODSYNTH_TEST_JOBS_FAIL"
+SLOW = ("judge", "evaluator")
+SLOW_S = 1.0
+
+
+class JobStage:
+    """One stand-in stage (module-level class: picklable by reference)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, spec, inputs, out_dir):
+        import torch
+
+        start = time.time()
+        if self.name in SLOW:
+            time.sleep(SLOW_S)
+        if self.name == os.environ.get(FAIL_ENV):
+            raise RuntimeError(f"{self.name} failed on purpose")
+        (out_dir / "out.json").write_text(json.dumps({"spec": spec.hashed(), "inputs": sorted(inputs)}, default=str))
+        arts: dict = {"file": out_dir / "out.json"}
+        rs = spec.crfm.rectified_step if getattr(spec, "crfm", None) else 0
+        if self.name == "synthesize":
+            arts["metrics"] = {"seconds_per_image": 0.5, "rs": rs}
+        elif self.name == "evaluate":
+            rs = inputs["synthesize"].artifacts["metrics"]["rs"]
+            arts["metrics"] = {"fid": 100.0 - 3 * rs, "kid": 0.1, "fid_extractor": "evaluator",
+                               "fid_comparable": False, "mask_miou": 0.4 + 0.02 * rs, "evaluator_real_miou": 0.6,
+                               "seconds_per_image": 0.5}
+        elif self.name == "downstream":
+            miou = 0.5 + (0.05 + 0.01 * inputs["synthesize"].artifacts["metrics"]["rs"] if "synthesize" in inputs else 0)
+            arts["metrics"] = {"downstream_miou": miou, "downstream_oa": miou + 0.2, "downstream_macc": miou + 0.1}
+        log = os.environ.get(LOG_ENV)
+        if log:
+            record = {"stage": self.name, "pid": os.getpid(), "start": start, "end": time.time(),
+                      "threads": torch.get_num_threads()}
+            with open(os.path.join(log, f"{self.name}.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+        return arts
+
+
+NAMES = ("data", "prompts", "autoencoder", "generator", "judge", "evaluator", "real_features", "synthesize", "evaluate",
+         "downstream")
+STAGES = {s: JobStage(s) for s in NAMES}

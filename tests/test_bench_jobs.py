@@ -1,0 +1,104 @@
+"""``resources.jobs > 1``: independent stages side by side in pool processes, each with its share of the cores."""
+
+from __future__ import annotations
+
+import json
+
+import jobs_fakes
+import pytest
+
+from bench.cache import StageCache
+from bench.engine import graph_hashes, run_suite
+from bench.graph import build_graph
+from bench.pool import stage_threads, usable_cores
+from bench.suites import config_hash, validate_data
+from todsynth.errors import ConfigError, StageError
+
+
+def _suite(data, ws, jobs):
+    data = json.loads(json.dumps(data))
+    data["workspace"] = str(ws)
+    data["resources"]["jobs"] = jobs
+    return validate_data(data, "test")
+
+
+def _run(suite, fns=jobs_fakes.STAGES):
+    return run_suite(suite, stage_fns=fns, stage_versions={}, track=False, progress=False)
+
+
+def _log(folder):
+    return {p.stem: [json.loads(line) for line in p.read_text().splitlines()] for p in folder.glob("*.jsonl")}
+
+
+def test_jobs_2_runs_ready_stages_side_by_side_with_a_share_of_the_cores(tiny_suite_data, tmp_path, monkeypatch):
+    log = tmp_path / "log"
+    log.mkdir()
+    monkeypatch.setenv(jobs_fakes.LOG_ENV, str(log))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    one = _run(_suite(tiny_suite_data, tmp_path / "ws1", 1))
+    for p in log.iterdir():
+        p.unlink()
+    two = _run(_suite(tiny_suite_data, tmp_path / "ws2", 2))
+    assert two.results["variants"] == one.results["variants"]  # same results
+    assert sorted(two.computed) == sorted(n.key for n in build_graph(_suite(tiny_suite_data, tmp_path, 2)))
+    runs = _log(log)
+    records = [r for rs in runs.values() for r in rs]
+    overlaps = [(a, b) for a in records for b in records
+                if a is not b and a["start"] < b["end"] and b["start"] < a["end"]]
+    assert overlaps  # judge and evaluator sleep 1 s each, and each is ready beside other stages
+    assert all(a["pid"] != b["pid"] for a, b in overlaps)  # in two processes
+    # a stage that ran beside another started while that one ran or waited: one core share each
+    share = max(1, usable_cores() // 2)
+    assert {a["threads"] for a, _ in overlaps} == {share}
+    # the data stage starts alone and nothing can start beside it before it ends: every core
+    assert runs["data"][0]["threads"] == usable_cores()
+
+
+def test_side_by_side_cached_stages_are_reused_without_running(tiny_suite_data, tmp_path, monkeypatch):
+    log = tmp_path / "log"
+    log.mkdir()
+    monkeypatch.setenv(jobs_fakes.LOG_ENV, str(log))
+    suite = _suite(tiny_suite_data, tmp_path / "ws", 2)
+    first = _run(suite)
+    n = sum(len(v) for v in _log(log).values())
+    second = _run(suite)
+    assert sum(len(v) for v in _log(log).values()) == n == len(first.computed)
+    assert second.computed == [] and len(second.cached) == n
+    assert second.results["variants"] == first.results["variants"]
+
+
+def test_a_failing_stage_side_by_side_keeps_what_finished(tiny_suite_data, tmp_path, monkeypatch):
+    monkeypatch.setenv(jobs_fakes.FAIL_ENV, "evaluator")
+    suite = _suite(tiny_suite_data, tmp_path / "ws", 2)
+    with pytest.raises(StageError, match=r"stage evaluator failed: RuntimeError: evaluator failed on purpose"):
+        _run(suite)
+    hashes = graph_hashes(build_graph(suite), {})
+    cache = StageCache(suite.workspace)
+    assert cache.lookup("judge", hashes["judge"]) is not None  # ran beside the evaluator and finished: kept
+    assert cache.lookup("evaluator", hashes["evaluator"]) is None
+    assert not (suite.workspace / "t" / "results.json").exists()
+    monkeypatch.delenv(jobs_fakes.FAIL_ENV)
+    rerun = _run(suite)
+    assert "judge" in rerun.cached and "evaluator" in rerun.computed
+
+
+def test_side_by_side_refuses_stage_functions_a_process_cannot_receive(tiny_suite_data, tmp_path):
+    fns = {**jobs_fakes.STAGES, "judge": lambda spec, inputs, out: {}}
+    with pytest.raises(ConfigError, match=r"resources.jobs 2: the stage functions must be importable"):
+        _run(_suite(tiny_suite_data, tmp_path / "ws", 2), fns)
+
+
+def test_stage_threads_give_a_lone_stage_every_core_and_split_them_otherwise():
+    assert stage_threads(0, 2, 2, {}) == 2  # nothing beside it now or until it ends
+    assert stage_threads(1, 2, 2, {}) == 1
+    assert stage_threads(3, 2, 16, {}) == 8
+    assert stage_threads(1, 3, 2, {}) == 1  # never zero
+    assert stage_threads(0, 2, 16, {"OMP_NUM_THREADS": "4"}) is None  # the user's pin wins
+    assert stage_threads(1, 2, 16, {"OMP_NUM_THREADS": "4"}) is None
+
+
+def test_jobs_is_left_out_of_the_config_hash(tiny_suite_data, tmp_path):
+    assert config_hash(_suite(tiny_suite_data, tmp_path, 1)) == config_hash(_suite(tiny_suite_data, tmp_path, 2))
+    data = json.loads(json.dumps(tiny_suite_data))
+    data["resources"]["device"] = "cuda"
+    assert config_hash(_suite(data, tmp_path, 1)) != config_hash(_suite(tiny_suite_data, tmp_path, 1))
