@@ -8,7 +8,6 @@ through ``stage_fns``.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -27,6 +26,7 @@ from bench.cache import CODE_VERSION, CachedStage, StageCache, stage_hash
 from bench.graph import Node, build_graph, node_key, select_forced
 from bench.provenance import device_label, git_commit, now_iso, package_versions
 from bench.results import collect_results, results_path, strict_json, write_results
+from bench.schedule import ProgressFn
 from bench.schema import Suite, check_runnable
 from bench.specs import Runtime
 from bench.suites import SuiteError, config_hash, resolved_dict, resolved_yaml
@@ -217,8 +217,10 @@ def _run_suite_nodes(
     Fills ``outcome``'s computed/cached lists and ``stage_rows`` (``stages.json``) as each node finishes, so a
     failure keeps what was done.
     """
+    from bench.schedule import StageProgress
+
     jobs = suite.resources.jobs
-    bar = _Progress(len(nodes), console, enabled=progress, live=jobs > 1)
+    bar = StageProgress(len(nodes), console, enabled=progress, live=jobs > 1)
 
     def finished(node: Node, cached: CachedStage, computed: bool, seconds: float) -> None:
         (outcome.computed if computed else outcome.cached).append(node.key)
@@ -230,7 +232,8 @@ def _run_suite_nodes(
     with bar:
         return _compute_nodes(suite, nodes, hashes, cache, stage_fns, stage_versions, tracker, device,
                               console=console, progress=progress, forced=forced,
-                              on_start=lambda node: bar.start(node.key), on_done=finished, jobs=jobs)
+                              on_start=lambda node: bar.start(node.key), on_done=finished, jobs=jobs,
+                              on_progress=bar.report)
 
 
 def _compute_nodes(
@@ -238,16 +241,31 @@ def _compute_nodes(
     stage_versions: Mapping[str, int], tracker: Any, device: str, *, console: Any, progress: bool,
     forced: set[str] | frozenset[str] = frozenset(), on_start: Callable[[Node], None] | None = None,
     on_done: Callable[[Node, CachedStage, bool, float], None] | None = None, jobs: int = 1,
+    on_progress: ProgressFn | None = None,
 ) -> dict[str, CachedStage]:
     """The one node loop of ``run_suite`` and ``run_nodes``: each node's inputs, then :func:`_run_node`.
 
     ``jobs`` 1 runs the nodes in graph order in this process; more runs independent ones side by side in spawned
-    processes (:func:`_compute_side_by_side`). ``on_start(node)`` and ``on_done(node, cached, computed, seconds)``
-    let the caller count and report; both are called from this thread.
+    processes (:func:`bench.schedule.run_side_by_side`). ``on_start(node)`` and ``on_done(node, cached, computed, seconds)``
+    let the caller count and report; both are called from this thread. Side by side, the stages' progress bars
+    reach ``on_progress(key, label, completed, total, fields)`` instead of the terminal (from another thread).
     """
     if jobs > 1:
-        return _compute_side_by_side(suite, nodes, hashes, cache, stage_fns, stage_versions, tracker, device,
-                                     console=console, forced=forced, on_start=on_start, on_done=on_done, jobs=jobs)
+        from bench.schedule import run_side_by_side, serialized
+
+        locked = serialized(tracker)  # engine threads share one MLflow client
+
+        def step(node: Node, done: Mapping[str, CachedStage], pooled: StageFn | None) -> tuple[CachedStage, bool, float]:
+            fn = pooled if pooled is not None else stage_fns[node.stage]  # None: cached, reused here
+            bars = progress and pooled is not None and node.launcher == "inprocess"  # launched ones would draw
+            return _node_step(node, done, suite, hashes, cache, fn, stage_versions, locked, device, forced=forced,
+                              console=console, progress=bars)
+
+        def reusable(node: Node) -> bool:
+            return node.key not in forced and cache.lookup(node.stage, hashes[node.key]) is not None
+
+        return run_side_by_side(nodes, jobs, step, stage_fns=stage_fns, reusable=reusable, on_start=on_start,
+                                on_done=on_done, on_progress=on_progress if progress else None)
     done: dict[str, CachedStage] = {}
     for node in nodes:
         if on_start is not None:
@@ -269,113 +287,6 @@ def _node_step(node: Node, done: Mapping[str, CachedStage], suite: Suite, hashes
     return _run_node(node, hashes[node.key], inputs, input_hashes, stage_code_version(node.stage, stage_versions),
                      cache, fn, tracker, suite, device, force=node.key in forced, console=console,
                      log_dir=suite.workspace / suite.name / "logs", progress=progress)
-
-
-def _descendants(nodes: Sequence[Node]) -> dict[str, int]:
-    """How many nodes depend on each node, directly or not (the side-by-side scheduler starts those first)."""
-    below: dict[str, set[str]] = {n.key: set() for n in nodes}
-    for node in reversed(nodes):  # graph order lists dependencies first
-        for dep in node.deps.values():
-            below[dep] |= below[node.key] | {node.key}
-    return {k: len(v) for k, v in below.items()}
-
-
-def _compute_side_by_side(
-    suite: Suite, nodes: list[Node], hashes: Mapping[str, str], cache: StageCache, stage_fns: Mapping[str, StageFn],
-    stage_versions: Mapping[str, int], tracker: Any, device: str, *, console: Any,
-    forced: set[str] | frozenset[str], on_start: Callable[[Node], None] | None,
-    on_done: Callable[[Node, CachedStage, bool, float], None] | None, jobs: int,
-) -> dict[str, CachedStage]:
-    """Run up to ``jobs`` ready nodes at once, each in a :class:`bench.pool.StagePool` process.
-
-    A node is ready when its inputs are done; among ready ones, those with the most dependents start first. One
-    engine thread per running node drives :func:`_run_node` (cache lock, MLflow child run) while the stage function
-    runs in a pool process with :func:`bench.pool.stage_threads` torch threads: every core for a node with nothing
-    beside it, a share otherwise. Nodes already cached are reused here without a slot. Stage progress bars are
-    off (several stages would draw over each other): the counter lines say what started and finished. When a node
-    fails, nothing new starts; the running ones finish (their outputs are cached) and the first error is raised.
-    Ctrl-C ends the pool's processes.
-    """
-    import threading
-    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-
-    from bench.pool import StagePool, check_picklable, stage_threads, usable_cores
-
-    check_picklable(dict(stage_fns), f"resources.jobs {jobs}: the stage functions")
-    if tracker is not None:
-        tracker = _Serialized(tracker, threading.Lock())
-    cpus = usable_cores()
-    rank = _descendants(nodes)
-    order = {n.key: i for i, n in enumerate(nodes)}
-    waiting = list(nodes)
-    done: dict[str, CachedStage] = {}
-    running: dict[Future[tuple[CachedStage, bool, float]], Node] = {}
-    failure: BaseException | None = None
-
-    def ready() -> list[Node]:
-        return sorted((n for n in waiting if all(d in done for d in n.deps.values())),
-                      key=lambda n: (-rank[n.key], order[n.key]))
-
-    def finish(node: Node, result: tuple[CachedStage, bool, float]) -> None:
-        done[node.key] = result[0]
-        if on_done is not None:
-            on_done(node, *result)
-
-    with StagePool(jobs) as pool, ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage") as threads:
-        try:
-            while (waiting and failure is None) or running:
-                queue = ready() if failure is None else []
-                reused = [n for n in queue if n.key not in forced and cache.lookup(n.stage, hashes[n.key]) is not None]
-                for node in reused:  # cached: no slot, no process
-                    waiting.remove(node)
-                    if on_start is not None:
-                        on_start(node)
-                    finish(node, _node_step(node, done, suite, hashes, cache, stage_fns[node.stage], stage_versions,
-                                            tracker, device, forced=forced, console=console, progress=False))
-                if reused:
-                    continue
-                while queue and len(running) < jobs:
-                    node = queue.pop(0)
-                    waiting.remove(node)
-                    n_threads = stage_threads(len(running) + len(queue), jobs, cpus, os.environ)
-                    fn = functools.partial(pool.call, stage_fns[node.stage], n_threads)
-                    if on_start is not None:
-                        on_start(node)
-                    running[threads.submit(_node_step, node, dict(done), suite, hashes, cache, fn, stage_versions,
-                                           tracker, device, forced=forced, console=console, progress=False)] = node
-                if not running:
-                    break
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    node = running.pop(future)
-                    try:
-                        finish(node, future.result())
-                    except Exception as exc:  # keep the first; let the others finish and cache their work
-                        failure = failure or exc
-        except KeyboardInterrupt:
-            pool.terminate()
-            raise
-    if failure is not None:
-        raise failure
-    return done
-
-
-class _Serialized:
-    """A tracker whose methods run one at a time (engine threads share one MLflow client and database)."""
-
-    def __init__(self, inner: Any, lock: Any) -> None:
-        self._inner, self._lock = inner, lock
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if not callable(attr):
-            return attr
-
-        def locked(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                return attr(*args, **kwargs)
-
-        return locked
 
 
 def _write_suite_results(suite: Suite, done: Mapping[str, CachedStage], hashes: Mapping[str, str], chash: str,
@@ -530,47 +441,3 @@ def _append_log(path: Path, record: dict[str, Any]) -> None:
     """One JSON line per invocation event (read by ``bench ls``)."""
     with path.open("a") as f:
         f.write(json.dumps(record, default=str) + "\n")
-
-
-class _Progress:
-    """Stage counter lines (``[3/17] generator``); a stage's own rich bars (training, sampling) show beneath.
-
-    Not a rich Live display while stages run one at a time: only one may be active, and long stages bring their
-    own. With ``live`` (stages side by side, their own bars off) a transient display lists the running stages
-    with their elapsed time, under the counter lines.
-    """
-
-    def __init__(self, total: int, console: Any, enabled: bool, live: bool = False) -> None:
-        self.total, self.console, self.enabled = total, console, enabled
-        self.started = self.done = 0
-        self._live: Any = None
-        self._tasks: dict[str, Any] = {}
-        if enabled and live:
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-            self._live = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                                  console=console, transient=True)
-
-    def __enter__(self) -> _Progress:
-        if self._live is not None:
-            self._live.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._live is not None:
-            self._live.stop()
-
-    def start(self, key: str) -> None:
-        self.started += 1
-        if self.enabled:
-            self.console.print(f"[bold]\\[{self.started}/{self.total}][/] {escape(key)} ...", highlight=False)
-            if self._live is not None:
-                self._tasks[key] = self._live.add_task(escape(key), total=None)
-
-    def finish(self, key: str, computed: bool, seconds: float) -> None:
-        self.done += 1
-        if self.enabled:
-            if key in self._tasks:
-                self._live.remove_task(self._tasks.pop(key))
-            mark = f"[green]done[/] in {seconds:.1f}s" if computed else "[cyan]cached[/]"
-            self.console.print(f"[bold]\\[{self.done}/{self.total}][/] {escape(key)}: {mark}", highlight=False)

@@ -17,7 +17,9 @@ import multiprocessing
 import os
 import pickle
 import signal
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -65,18 +67,44 @@ def check_picklable(objects: Any, what: str) -> None:
                           f"({type(exc).__name__}: {exc})") from None
 
 
-def _ignore_interrupts() -> None:
-    """Pool processes leave Ctrl-C to the parent, which ends them (:meth:`StagePool.terminate`)."""
+_reports: Any = None  # in a pool process: the queue its stages' progress goes to (set by _start_process)
+REPORT_EVERY_S = 0.25  # a bar's updates reach the engine at most this often (and always its last one)
+
+
+def _start_process(reports: Any) -> None:
+    """Pool process set-up: keep the progress queue; leave Ctrl-C to the parent (:meth:`StagePool.terminate`)."""
+    global _reports
+    _reports = reports
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _call(fn: Any, threads: int | None, args: tuple[Any, ...]) -> Any:
-    """Body of a pool task: ``fn(*args)`` with ``threads`` torch intra-op threads (None: unchanged)."""
+def _reporter(key: str) -> Any:
+    """A :func:`todsynth.progress.set_sink` sink that puts ``(key, label, completed, total, fields)`` on the queue."""
+    last: dict[str, float] = {}
+
+    def sink(label: str, completed: int, total: int, fields: Mapping[str, float]) -> None:
+        now = time.monotonic()
+        if completed < total and now - last.get(label, -1e9) < REPORT_EVERY_S:
+            return
+        last[label] = now
+        _reports.put((key, label, completed, total, dict(fields)))
+
+    return sink
+
+
+def _call(fn: Any, threads: int | None, key: str, args: tuple[Any, ...]) -> Any:
+    """Body of a pool task: ``fn(*args)`` with ``threads`` torch threads (None: unchanged), bars reported as ``key``."""
     import torch
+
+    from todsynth.progress import set_sink
 
     if threads is not None:
         torch.set_num_threads(threads)
-    return fn(*args)
+    previous = set_sink(_reporter(key) if _reports is not None else None)
+    try:
+        return fn(*args)
+    finally:
+        set_sink(previous)
 
 
 class StagePool:
@@ -84,17 +112,35 @@ class StagePool:
 
     :meth:`call` blocks its (engine) thread until the stage returns in a pool process and returns its result, or
     raises what the stage raised. A process that dies (killed, out of memory) raises
-    :class:`concurrent.futures.process.BrokenProcessPool` in every waiting thread.
+    :class:`concurrent.futures.process.BrokenProcessPool` in every waiting thread. The stages' progress bars
+    (:mod:`todsynth.progress`) reach ``on_progress(key, label, completed, total, fields)``, called from a thread
+    of this process.
     """
 
-    def __init__(self, jobs: int) -> None:
+    def __init__(self, jobs: int, on_progress: Callable[[str, str, int, int, Mapping[str, float]], None] | None = None
+                 ) -> None:
+        ctx = multiprocessing.get_context("spawn")
         self.jobs = jobs
-        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_ignore_interrupts)
+        self._terminated = False
+        # a SimpleQueue writes in put() itself (no feeder thread), so a stage's last report is in the pipe before
+        # its result reaches this process, and before the None that ends the reader
+        self._reports = ctx.SimpleQueue()
+        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_start_process,
+                                         initargs=(self._reports,))
+        self._reader = threading.Thread(target=self._read, args=(on_progress,), daemon=True, name="stage-progress")
+        self._reader.start()
 
-    def call(self, fn: Any, threads: int | None, *args: Any) -> Any:
+    def _read(self, on_progress: Any) -> None:
+        for report in iter(self._reports.get, None):  # always drained: a full pipe would block the stages
+            if on_progress is not None:
+                try:
+                    on_progress(*report)
+                except Exception:  # a display error must not stop the draining  # noqa: S110
+                    pass
+
+    def call(self, fn: Any, threads: int | None, key: str, *args: Any) -> Any:
         """``fn(*args)`` in a pool process with ``threads`` torch threads; blocks until it returns."""
-        return self._pool.submit(_call, fn, threads, args).result()
+        return self._pool.submit(_call, fn, threads, key, args).result()
 
     def terminate(self) -> None:
         """End the pool's processes now (Ctrl-C): running stages stop, their waiting threads raise."""
@@ -102,9 +148,13 @@ class StagePool:
             if p.is_alive():
                 p.terminate()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._terminated = True  # a process ended mid-report may hold the queue's lock: leave the reader be
 
     def __enter__(self) -> StagePool:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if not self._terminated:  # the reader is a daemon thread: abandoned otherwise
+            self._reports.put(None)
+            self._reader.join(timeout=5)

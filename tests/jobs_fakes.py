@@ -13,8 +13,21 @@ import time
 
 LOG_ENV = "TODSYNTH_TEST_JOBS_LOG"
 FAIL_ENV = "TODSYNTH_TEST_JOBS_FAIL"
+BARRIER_ENV = "TODSYNTH_TEST_JOBS_BARRIER"  # a folder: judge and evaluator wait there for each other
 SLOW = ("judge", "evaluator")
 SLOW_S = 1.0
+BARRIER_TIMEOUT_S = 60.0
+
+
+def _meet(folder: str, name: str) -> None:
+    """Check in as ``name`` and wait until every SLOW stage has (they run at once, or this times out)."""
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, name), "w").close()
+    deadline = time.monotonic() + BARRIER_TIMEOUT_S
+    while not all(os.path.exists(os.path.join(folder, s)) for s in SLOW):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name}: the other slow stages never started beside it")
+        time.sleep(0.02)
 
 
 class JobStage:
@@ -28,6 +41,8 @@ class JobStage:
 
         start = time.time()
         if self.name in SLOW:
+            if os.environ.get(BARRIER_ENV):
+                _meet(os.environ[BARRIER_ENV], self.name)
             time.sleep(SLOW_S)
         if self.name == os.environ.get(FAIL_ENV):
             raise RuntimeError(f"{self.name} failed on purpose")
@@ -42,6 +57,11 @@ class JobStage:
                                "fid_comparable": False, "mask_miou": 0.4 + 0.02 * rs, "evaluator_real_miou": 0.6,
                                "seconds_per_image": 0.5}
         elif self.name == "downstream":
+            from todsynth.progress import progress_bar
+
+            with progress_bar("fake train", 3, enabled=spec.runtime.progress) as update:
+                for _ in range(3):
+                    update(advance=1, loss=0.5)
             miou = 0.5 + (0.05 + 0.01 * inputs["synthesize"].artifacts["metrics"]["rs"] if "synthesize" in inputs else 0)
             arts["metrics"] = {"downstream_miou": miou, "downstream_oa": miou + 0.2, "downstream_macc": miou + 0.1}
         log = os.environ.get(LOG_ENV)

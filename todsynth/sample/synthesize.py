@@ -17,8 +17,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +30,7 @@ from torch import Tensor
 from todsynth.data.classes import prompt_for_labels, raw_labels
 from todsynth.data.loveda import IMAGES_DIR, MASKS_DIR, Sample, load_mask
 from todsynth.errors import DataValidationError
+from todsynth.progress import progress_bar
 from todsynth.sample.config import CRFMConfig, SamplerConfig
 from todsynth.sample.sampler import cfg_negative, sample
 
@@ -105,19 +105,6 @@ def _load_target(s: Sample, hw: tuple[int, int]) -> tuple[Tensor, bool]:
         return mask, False
     resized = torch.nn.functional.interpolate(mask[None, None].float(), size=hw, mode="nearest")
     return resized[0, 0].long(), True
-
-
-@contextmanager
-def _progress(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar yielding ``advance(n)`` (a no-op when disabled)."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
 
 
 def _auto_shard() -> tuple[tuple[int, int], Any]:
@@ -205,8 +192,7 @@ def synthesize(
     settings = _settings(generator, cfg, crfm, seed, len(samples))
     mine = [(i, s) for i, s in enumerate(samples) if i % world == rank]
     entries: list[dict[str, Any]] = []
-    bar = _progress(progress and rank == 0, len(mine), f"synthesize [{rank}/{world}]")
-    with bar as advance:
+    with progress_bar(f"synthesize [{rank}/{world}]", len(mine), enabled=progress and rank == 0) as update:
         for lo in range(0, len(mine), cfg.batch_size):
             chunk = mine[lo : lo + cfg.batch_size]
             loaded = [_load_target(s, hw) for _, s in chunk]
@@ -225,7 +211,7 @@ def synthesize(
                     entry["judge_loss"] = out.judge_loss[k].tolist()
                     entry["judge_error_fraction"] = out.error_fraction[k].tolist()
                 entries.append(entry)
-            advance(len(chunk))
+            update(advance=len(chunk))
     return _finish(out_dir, settings, entries, rank, world, state)
 
 

@@ -30,49 +30,37 @@ from todsynth.seg.evaluate import evaluate_segmentor
 from todsynth.seg.items import SegItem, as_seg_items
 
 if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
     from torch.utils.data import DataLoader
 
 
 def _make_hook(max_iters: int, progress: bool) -> Any:
-    """An mmengine hook that records each iteration's loss and drives an optional rich progress bar."""
+    """An mmengine hook that records each iteration's loss and drives an optional progress bar."""
+    from contextlib import ExitStack
+
     from mmengine.hooks import Hook
+
+    from todsynth.progress import progress_bar
 
     class RecordHook(Hook):  # type: ignore[misc]  # mmengine ships no types: Hook is Any
         priority = "VERY_LOW"
 
         def __init__(self) -> None:
             self.losses: list[float] = []
-            self._progress: Progress | None = None
-            self._task: TaskID | None = None
+            self._bar = ExitStack()
+            self._update: Any = None
 
         def before_train(self, runner: Any) -> None:
-            if progress:
-                from rich.progress import (
-                    BarColumn,
-                    MofNCompleteColumn,
-                    Progress,
-                    TextColumn,
-                    TimeRemainingColumn,
-                )
-
-                self._progress = Progress(
-                    TextColumn("seg train"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), transient=True,
-                )
-                self._progress.start()
-                self._task = self._progress.add_task("train", total=max_iters, loss=float("nan"))
+            self._update = self._bar.enter_context(progress_bar("seg train", max_iters, enabled=progress))
 
         def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
             loss = float(torch.as_tensor(outputs["loss"]).detach()) if outputs and "loss" in outputs else float("nan")
             self.losses.append(loss)
-            if self._progress is not None and self._task is not None:  # both set in before_train
-                self._progress.update(self._task, advance=1, loss=loss)
+            if self._update is not None:
+                self._update(advance=1, loss=loss)
 
         def after_train(self, runner: Any) -> None:
-            if self._progress is not None:
-                self._progress.stop()
-                self._progress = None
+            self._bar.close()
+            self._update = None
 
     return RecordHook()
 

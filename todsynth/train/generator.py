@@ -23,6 +23,7 @@ from torch import Tensor
 from todsynth.errors import ConfigError
 from todsynth.models.generator import Generator, build_generator, save_generator, seeded_init
 from todsynth.models.presets import is_scratch, resolve_preset
+from todsynth.progress import progress_bar
 from todsynth.train.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from todsynth.train.config import TrainConfig
 from todsynth.train.data import LatentSet, PromptSource, encode_dataset, encode_pairs, load_items
@@ -262,8 +263,8 @@ def _train_loop(cfg: TrainConfig, run: _Run, draws: _MicroBatches, out_dir: Path
     window: list[float] = []
     losses: list[float] = []
     t0 = time.perf_counter()
-    with _progress(progress and accelerator.is_main_process) as pbar:
-        task = pbar.add_task("gen train", total=cfg.steps, completed=start, loss=float("nan"), its=0.0)
+    with progress_bar("gen train", cfg.steps, enabled=progress and accelerator.is_main_process,
+                      completed=start) as update:
         for step in range(start, cfg.steps):
             run.prepared.train()
             micro = [draws.draw() for _ in range(cfg.grad_accum)]
@@ -276,7 +277,7 @@ def _train_loop(cfg: TrainConfig, run: _Run, draws: _MicroBatches, out_dir: Path
             window.append(step_loss)
             losses.append(step_loss)
             its = (done - start) / max(time.perf_counter() - t0, 1e-9)
-            pbar.update(task, completed=done, loss=step_loss, its=its)
+            update(done, 0, **{"loss": step_loss, "it/s": its})
             if done % cfg.log_every == 0 or done == cfg.steps:
                 if accelerator.is_main_process:
                     line = {"step": done, "loss": sum(window) / len(window), "lr": run.lr_scheduler.get_last_lr()[0],
@@ -331,19 +332,3 @@ def _finish(cfg: TrainConfig, run: _Run, out_dir: Path, losses: list[float], sta
         (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     return gen_dir
-
-
-def _progress(enabled: bool) -> Any:
-    """A rich progress bar showing step, loss and it/s (a no-op context when disabled)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TextColumn("{task.fields[its]:.2f} it/s"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=False,
-    )

@@ -115,15 +115,15 @@ def _fit(vae: Autoencoder, images: _Images, steps: int, batch_size: int, lr: flo
          rng: torch.Generator, progress: bool) -> list[float]:
     """``steps`` AdamW steps (cosine schedule, clip 1.0) on L1 + ``kl_weight`` KL; returns each step's L1."""
     from diffusers.optimization import get_cosine_schedule_with_warmup
-    from rich.progress import Progress
+
+    from todsynth.progress import progress_bar
 
     rec_hist: list[float] = []
     vae.train()
     if steps:
         opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
         sched = get_cosine_schedule_with_warmup(opt, max(1, steps // 20), steps)
-    with Progress(disable=not progress or not steps) as bar:
-        task = bar.add_task("vae train", total=steps)
+    with progress_bar("vae train", steps, enabled=progress and steps > 0) as update:
         for _ in range(steps):
             x = images.batch(batch_size, rng)
             dist = vae.encode(x).latent_dist
@@ -136,7 +136,7 @@ def _fit(vae: Autoencoder, images: _Images, steps: int, batch_size: int, lr: flo
             opt.step()
             sched.step()
             rec_hist.append(rec_loss.item())
-            bar.update(task, advance=1)
+            update(advance=1, l1=rec_hist[-1])
     return rec_hist
 
 
