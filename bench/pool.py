@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from todsynth.errors import ConfigError
@@ -139,8 +140,16 @@ class StagePool:
                     pass
 
     def call(self, fn: Any, threads: int | None, key: str, *args: Any) -> Any:
-        """``fn(*args)`` in a pool process with ``threads`` torch threads; blocks until it returns."""
-        return self._pool.submit(_call, fn, threads, key, args).result()
+        """``fn(*args)`` in a pool process with ``threads`` torch threads; blocks until it returns.
+
+        Raises KeyboardInterrupt when :meth:`terminate` ended the process (the stage was interrupted, not failed).
+        """
+        try:
+            return self._pool.submit(_call, fn, threads, key, args).result()
+        except BrokenProcessPool:
+            if self._terminated:
+                raise KeyboardInterrupt from None
+            raise
 
     def terminate(self) -> None:
         """End the pool's processes now (Ctrl-C): running stages stop, their waiting threads raise."""

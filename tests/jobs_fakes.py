@@ -14,6 +14,7 @@ import time
 LOG_ENV = "TODSYNTH_TEST_JOBS_LOG"
 FAIL_ENV = "TODSYNTH_TEST_JOBS_FAIL"
 BARRIER_ENV = "TODSYNTH_TEST_JOBS_BARRIER"  # a folder: judge and evaluator wait there for each other
+HANG_ENV = "TODSYNTH_TEST_JOBS_HANG"  # "<stage>:<folder>": that stage writes <folder>/<pid>.started, then hangs
 SLOW = ("judge", "evaluator")
 SLOW_S = 1.0
 BARRIER_TIMEOUT_S = 60.0
@@ -40,6 +41,11 @@ class JobStage:
         import torch
 
         start = time.time()
+        hang = os.environ.get(HANG_ENV, "")
+        if hang.split(":", 1)[0] == self.name:
+            folder = hang.split(":", 1)[1]
+            open(os.path.join(folder, f"{os.getpid()}.started"), "w").close()
+            time.sleep(300)
         if self.name in SLOW:
             if os.environ.get(BARRIER_ENV):
                 _meet(os.environ[BARRIER_ENV], self.name)
@@ -76,3 +82,24 @@ class JobStage:
 NAMES = ("data", "prompts", "autoencoder", "generator", "judge", "evaluator", "real_features", "synthesize", "evaluate",
          "downstream")
 STAGES = {s: JobStage(s) for s in NAMES}
+
+
+def main(path: str) -> int:
+    """Run the suite in the JSON file ``path`` with these stages, as ``bench run`` would (no tracking)."""
+    from bench.engine import run_suite
+    from bench.suites import validate_data
+
+    with open(path) as f:
+        suite = validate_data(json.load(f), path)
+    try:
+        run_suite(suite, stage_fns=STAGES, stage_versions={}, track=False, progress=False)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    raise SystemExit(main(sys.argv[1]))

@@ -118,3 +118,39 @@ def test_side_by_side_stage_bars_reach_the_engine_display(tiny_suite_data, tmp_p
     assert all(fields == {"loss": 0.5} for key, _, completed, _, fields in got if completed > 0)
     log = (tmp_path / "out.txt").read_text()
     assert all(f"{k}: done" in log for k in downstream)  # the counter lines
+
+
+def test_ctrl_c_side_by_side_ends_the_pool_and_keeps_finished_stages(tiny_suite_data, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    started = tmp_path / "started"
+    started.mkdir()
+    data = json.loads(json.dumps(tiny_suite_data))
+    data["workspace"] = str(tmp_path / "ws")
+    data["resources"]["jobs"] = 2
+    (tmp_path / "suite.json").write_text(json.dumps(data))
+    env = {**os.environ, jobs_fakes.HANG_ENV: f"generator:{started}"}
+    proc = subprocess.Popen([sys.executable, jobs_fakes.__file__, str(tmp_path / "suite.json")], env=env)
+    deadline = time.monotonic() + 120
+    while not list(started.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the generator stage never started"
+        time.sleep(0.1)
+    pool_pid = int(next(started.iterdir()).name.split(".")[0])
+    proc.send_signal(signal.SIGINT)  # the parent only: the pool processes leave Ctrl-C to it
+    assert proc.wait(timeout=60) == 130
+    gone = time.monotonic() + 10
+    while psutil.pid_exists(pool_pid) and psutil.Process(pool_pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < gone, "the hung stage's pool process outlived the run"
+        time.sleep(0.1)
+    cache = tmp_path / "ws" / "cache"
+    assert not [p for p in cache.rglob(".tmp-*")]  # no half-written output left behind
+    suite = _suite(tiny_suite_data, tmp_path / "ws", 2)
+    hashes = graph_hashes(build_graph(suite), {})
+    assert StageCache(suite.workspace).lookup("data", hashes["data"]) is not None  # finished before: kept
+    assert StageCache(suite.workspace).lookup("generator", hashes["generator"]) is None
