@@ -154,3 +154,15 @@ def test_ctrl_c_side_by_side_ends_the_pool_and_keeps_finished_stages(tiny_suite_
     hashes = graph_hashes(build_graph(suite), {})
     assert StageCache(suite.workspace).lookup("data", hashes["data"]) is not None  # finished before: kept
     assert StageCache(suite.workspace).lookup("generator", hashes["generator"]) is None
+
+
+def test_descendants_count_every_node_below(tiny_suite_data, tmp_path):
+    from bench.schedule import descendants
+
+    nodes = build_graph(_suite(tiny_suite_data, tmp_path / "ws", 2))
+    below = descendants(nodes)
+    assert below["data"] == len(nodes) - 1  # everything depends on the data
+    assert below["generator"] == 6  # synthesize, evaluate, downstream of plain and crfm
+    assert below["downstream[real-only,seed=0]"] == 0
+    for n in nodes:  # a node has more below it than any node that depends on it
+        assert all(below[dep] > below[n.key] for dep in n.deps.values()), n.key
