@@ -49,15 +49,16 @@ def worker_threads(workers: int, cpus: int | None, env: Mapping[str, str]) -> in
     return max(1, (cpus or 1) // workers)
 
 
-def stage_threads(busy: int, jobs: int, cpus: int, env: Mapping[str, str]) -> int | None:
-    """Threads for a stage that starts while ``busy`` other stages run or wait to start (None: torch's default).
+def stage_threads(peers: int, jobs: int, cpus: int, env: Mapping[str, str]) -> int | None:
+    """Threads for a stage that ``peers`` other stages of its graph could run beside (None: torch's default).
 
-    A stage with nothing beside it, now or until it ends (no other stage can become ready before it
-    finishes), gets every core; otherwise each of the ``jobs`` slots gets its share (:func:`worker_threads`).
+    A stage that nothing can run beside (every other stage is upstream or downstream of it) gets every core;
+    otherwise each of the ``jobs`` slots gets its share (:func:`worker_threads`), even when the stage happens to
+    run alone: the count depends on the graph, not on timing, so results do too.
     """
     if env.get("OMP_NUM_THREADS"):
         return None
-    return cpus if busy == 0 else worker_threads(jobs, cpus, env)
+    return cpus if peers == 0 else worker_threads(jobs, cpus, env)
 
 
 def check_picklable(objects: Any, what: str) -> None:

@@ -26,13 +26,27 @@ Step = Callable[[Node, Mapping[str, CachedStage], Any], Result]  # (node, done, 
 ProgressFn = Callable[[str, str, int, int, Mapping[str, float]], None]  # (key, label, completed, total, fields)
 
 
-def descendants(nodes: Sequence[Node]) -> dict[str, int]:
-    """How many nodes depend on each node, directly or not (:func:`run_side_by_side` starts those first)."""
+def descendants(nodes: Sequence[Node]) -> dict[str, set[str]]:
+    """The nodes that depend on each node, directly or not (:func:`run_side_by_side` starts those with most first)."""
     below: dict[str, set[str]] = {n.key: set() for n in nodes}
     for node in reversed(nodes):  # graph order lists dependencies first
         for dep in node.deps.values():
             below[dep] |= below[node.key] | {node.key}
-    return {k: len(v) for k, v in below.items()}
+    return below
+
+
+def peers(nodes: Sequence[Node]) -> dict[str, int]:
+    """For each node, how many nodes could run beside it: neither its ancestors nor its descendants.
+
+    A property of the graph alone, so a stage's thread count (:func:`bench.pool.stage_threads`) does not depend on
+    timing or on what the cache holds: a resumed or forced run computes what an uninterrupted cold run does.
+    """
+    below = descendants(nodes)
+    above: dict[str, set[str]] = {n.key: set() for n in nodes}
+    for key, deps in below.items():
+        for d in deps:
+            above[d].add(key)
+    return {n.key: len(nodes) - 1 - len(below[n.key]) - len(above[n.key]) for n in nodes}
 
 
 def run_side_by_side(nodes: Sequence[Node], jobs: int, step: Step, *, stage_fns: Mapping[str, Any],
@@ -44,8 +58,8 @@ def run_side_by_side(nodes: Sequence[Node], jobs: int, step: Step, *, stage_fns:
     A node is ready when its inputs are done; among ready ones, those with the most dependents start first. A
     ``reusable`` node (cached) is reused in this thread without a slot: ``step(node, done, None)``. Others run as
     ``step(node, done, pooled)`` in an engine thread, ``pooled`` being the stage function bound to a pool process
-    with :func:`bench.pool.stage_threads` torch threads (every core for a node with nothing beside it, a share
-    otherwise). The stages' progress bars go to ``on_progress`` (None: nowhere), not the terminal, where two would
+    with :func:`bench.pool.stage_threads` torch threads (every core for a node that no other node could run
+    beside, whatever the timing: :func:`peers`; a share otherwise). The stages' progress bars go to ``on_progress`` (None: nowhere), not the terminal, where two would
     draw over each other. ``on_start(node)`` and ``on_done(node, cached, computed, seconds)`` are called from this
     thread. When a node fails nothing new starts, the running ones finish (their outputs are cached) and the first
     error is raised. Ctrl-C ends the pool's processes.
@@ -55,7 +69,8 @@ def run_side_by_side(nodes: Sequence[Node], jobs: int, step: Step, *, stage_fns:
     from bench.pool import StagePool, check_picklable, stage_threads, usable_cores
 
     check_picklable(dict(stage_fns), f"resources.jobs {jobs}: the stage functions")
-    cpus, rank, order = usable_cores(), descendants(nodes), {n.key: i for i, n in enumerate(nodes)}
+    cpus, order, beside = usable_cores(), {n.key: i for i, n in enumerate(nodes)}, peers(nodes)
+    rank = {k: len(v) for k, v in descendants(nodes).items()}
     waiting, done = list(nodes), {}
     running: dict[Future[Result], Node] = {}
     failure: BaseException | None = None
@@ -84,7 +99,7 @@ def run_side_by_side(nodes: Sequence[Node], jobs: int, step: Step, *, stage_fns:
                     continue
                 while queue and len(running) < jobs:
                     node = queue.pop(0)
-                    threads_now = stage_threads(len(running) + len(queue), jobs, cpus, os.environ)
+                    threads_now = stage_threads(beside[node.key], jobs, cpus, os.environ)
                     start(node)
                     pooled = functools.partial(pool.call, stage_fns[node.stage], threads_now, node.key)
                     running[threads.submit(step, node, dict(done), pooled)] = node

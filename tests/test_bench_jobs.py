@@ -45,7 +45,7 @@ def test_jobs_2_runs_ready_stages_side_by_side_with_a_share_of_the_cores(tiny_su
     runs = _log(log)
     judge, evaluator = runs["judge"][0], runs["evaluator"][0]
     assert judge["pid"] != evaluator["pid"]  # both need only the data: they ran at once, in two processes
-    # a stage that starts while another runs or waits gets one core share
+    # a stage that other stages could run beside gets one core share
     share = max(1, usable_cores() // 2)
     assert judge["threads"] == evaluator["threads"] == share
     # the data stage starts alone and nothing can start beside it before it ends: every core
@@ -87,7 +87,7 @@ def test_side_by_side_refuses_stage_functions_a_process_cannot_receive(tiny_suit
 
 
 def test_stage_threads_give_a_lone_stage_every_core_and_split_them_otherwise():
-    assert stage_threads(0, 2, 2, {}) == 2  # nothing beside it now or until it ends
+    assert stage_threads(0, 2, 2, {}) == 2  # nothing in its graph can run beside it
     assert stage_threads(1, 2, 2, {}) == 1
     assert stage_threads(3, 2, 16, {}) == 8
     assert stage_threads(1, 3, 2, {}) == 1  # never zero
@@ -161,8 +161,22 @@ def test_descendants_count_every_node_below(tiny_suite_data, tmp_path):
 
     nodes = build_graph(_suite(tiny_suite_data, tmp_path / "ws", 2))
     below = descendants(nodes)
-    assert below["data"] == len(nodes) - 1  # everything depends on the data
-    assert below["generator"] == 6  # synthesize, evaluate, downstream of plain and crfm
-    assert below["downstream[real-only,seed=0]"] == 0
+    assert len(below["data"]) == len(nodes) - 1  # everything depends on the data
+    assert below["generator"] == {f"{s}[{v},seed=0]" for s in ("synthesize", "evaluate", "downstream")
+                                  for v in ("plain", "crfm")}
+    assert below["downstream[real-only,seed=0]"] == set()
     for n in nodes:  # a node has more below it than any node that depends on it
-        assert all(below[dep] > below[n.key] for dep in n.deps.values()), n.key
+        assert all(len(below[dep]) > len(below[n.key]) for dep in n.deps.values()), n.key
+
+
+def test_peers_are_the_nodes_neither_upstream_nor_downstream(tiny_suite_data, tmp_path):
+    from bench.schedule import peers
+
+    nodes = build_graph(_suite(tiny_suite_data, tmp_path / "ws", 2))
+    beside = peers(nodes)
+    assert beside["data"] == 0  # first, alone whatever the timing: every core
+    assert beside["downstream[real-only,seed=0]"] == len(nodes) - 2  # needs only the data
+    by_key = {n.key: n for n in nodes}
+    assert "judge" in by_key["synthesize[crfm,seed=0]"].deps.values()
+    # the generator could run beside the judge, the evaluator, real_features, real-only's downstream, ...
+    assert beside["generator"] >= 4
