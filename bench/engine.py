@@ -26,7 +26,7 @@ from bench.cache import CODE_VERSION, CachedStage, StageCache, stage_hash
 from bench.graph import Node, build_graph, node_key, select_forced
 from bench.provenance import device_label, git_commit, now_iso, package_versions
 from bench.results import collect_results, results_path, strict_json, write_results
-from bench.schedule import ProgressFn
+from bench.schedule import ProgressFn, StageProgress
 from bench.schema import Suite, check_runnable
 from bench.specs import Runtime
 from bench.suites import SuiteError, config_hash, resolved_dict, resolved_yaml
@@ -217,8 +217,6 @@ def _run_suite_nodes(
     Fills ``outcome``'s computed/cached lists and ``stage_rows`` (``stages.json``) as each node finishes, so a
     failure keeps what was done.
     """
-    from bench.schedule import StageProgress
-
     jobs = suite.resources.jobs
     bar = StageProgress(len(nodes), console, enabled=progress, live=jobs > 1)
 

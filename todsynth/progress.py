@@ -42,32 +42,26 @@ def progress_bar(label: str, total: int, *, enabled: bool = True, completed: int
     """A bar for ``total`` units of work named ``label``, starting at ``completed``; yields its ``update``."""
     state = {"completed": completed}
     fields: dict[str, float] = {}
+
+    def updater(emit: Callable[[int, dict[str, float]], None]) -> Update:
+        def update(completed: int | None = None, advance: int = 0, **new: float) -> None:
+            state["completed"] = (state["completed"] if completed is None else completed) + advance
+            fields.update(new)
+            emit(state["completed"], fields)
+
+        return update
+
     sink = _sink
     if not enabled:
-        def noop(completed: int | None = None, advance: int = 0, **fields: float) -> None:
-            return None
-
-        yield noop
-        return
-    if sink is not None:
-        def report(completed: int | None = None, advance: int = 0, **new: float) -> None:
-            state["completed"] = (state["completed"] if completed is None else completed) + advance
-            fields.update(new)
-            sink(label, state["completed"], total, dict(fields))
-
+        yield updater(lambda done, shown: None)
+    elif sink is not None:
+        report = updater(lambda done, shown: sink(label, done, total, dict(shown)))
         report()
         yield report
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[text]}"), TimeRemainingColumn(), transient=True) as bar:
-        task = bar.add_task(label, total=total, completed=completed, text="")
-
-        def draw(completed: int | None = None, advance: int = 0, **new: float) -> None:
-            state["completed"] = (state["completed"] if completed is None else completed) + advance
-            fields.update(new)
-            bar.update(task, completed=state["completed"], text=fields_text(fields))
-
-        yield draw
-
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[text]}"), TimeRemainingColumn(), transient=True) as bar:
+            task = bar.add_task(label, total=total, completed=completed, text="")
+            yield updater(lambda done, shown: bar.update(task, completed=done, text=fields_text(shown)))

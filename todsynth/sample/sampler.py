@@ -235,13 +235,13 @@ def _join(chunks: list[list[Tensor]]) -> Tensor | None:
     return torch.cat([torch.stack(c, dim=1) for c in chunks])
 
 
-
 def cfg_negative(get_prompts: Callable[[list[str]], tuple[Tensor, Tensor]], cfg: SamplerConfig) -> tuple[Tensor, Tensor] | None:
     """``sample``'s ``negative`` for ``cfg``: the empty prompt's (embeds, pooled) when it guides (scale > 1), else None.
 
     ``get_prompts``: a prompt cache's ``get`` (``prompts -> (embeds (N,L,D), pooled (N,P))``).
     """
     return get_prompts([""]) if cfg.guidance_scale > 1.0 else None
+
 
 def sample(
     generator: Any,
