@@ -156,9 +156,14 @@ def resolved_yaml(suite: Suite) -> str:
     return yaml.safe_dump(resolved_dict(suite), sort_keys=False)
 
 
-def config_hash(suite: Suite) -> str:
-    """sha256 of the resolved suite (minus workspace, tracking, resources.jobs) and its ``version``, as hex."""
+def hashed_dict(suite: Suite) -> dict[str, Any]:
+    """The resolved suite minus what says where and how fast it runs (workspace, tracking, resources.jobs)."""
     data = {k: v for k, v in resolved_dict(suite).items() if k not in UNHASHED_KEYS}
     data["resources"] = {k: v for k, v in data["resources"].items() if k not in UNHASHED_RESOURCES}
-    payload = canonical({"suite": data, "version": str(suite.version)})
+    return data
+
+
+def config_hash(suite: Suite) -> str:
+    """sha256 of :func:`hashed_dict` and the suite's ``version``, as hex."""
+    payload = canonical({"suite": hashed_dict(suite), "version": str(suite.version)})
     return hashlib.sha256(payload.encode()).hexdigest()

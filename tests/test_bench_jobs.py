@@ -180,3 +180,13 @@ def test_peers_are_the_nodes_neither_upstream_nor_downstream(tiny_suite_data, tm
     assert "judge" in by_key["synthesize[crfm,seed=0]"].deps.values()
     # the generator could run beside the judge, the evaluator, real_features, real-only's downstream, ...
     assert beside["generator"] >= 4
+
+
+def test_jobs_is_left_out_of_the_tune_study_fingerprint(tiny_suite_data, tmp_path):
+    from bench.tune.study import study_fingerprint
+
+    one, two = _suite(tiny_suite_data, tmp_path, 1), _suite(tiny_suite_data, tmp_path, 2)
+    assert study_fingerprint(one) == study_fingerprint(two)  # a study goes on whatever --set resources.jobs says
+    data = json.loads(json.dumps(tiny_suite_data))
+    data["resources"]["device"] = "cuda"
+    assert study_fingerprint(_suite(data, tmp_path, 1)) != study_fingerprint(one)

@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.cache import canonical
 from bench.schema import Suite
-from bench.suites import resolved_dict, resolved_yaml
+from bench.suites import hashed_dict, resolved_dict, resolved_yaml
 from bench.tune.space import default_params, tune_spec
 from bench.tune.storage import redact
 from todsynth.errors import ConfigError
@@ -31,9 +31,8 @@ RUNTIME_TUNE_KEYS = ("n_trials", "timeout_s", "storage", "sampler", "seed", "hea
 
 
 def study_fingerprint(suite: Suite) -> str:
-    """Hash of what a trial computes (suite config minus workspace/tracking and the runtime-only tune keys)."""
-    data = resolved_dict(suite)
-    data = {k: v for k, v in data.items() if k not in ("workspace", "tracking")}
+    """Hash of what a trial computes (:func:`bench.suites.hashed_dict` minus the runtime-only tune keys)."""
+    data = hashed_dict(suite)
     data["tune"] = {k: v for k, v in (data.get("tune") or {}).items() if k not in RUNTIME_TUNE_KEYS}
     return hashlib.sha256(canonical({"suite": data, "version": str(suite.version)}).encode()).hexdigest()
 
