@@ -279,9 +279,43 @@ def test_resume_gives_identical_weights(dataset, vae_dir: Path, tmp_path: Path, 
         train_generator(config(vae_dir, steps=6, lr=5e-4, checkpoint_every=2), dataset, HashPrompts(), run, progress=False)
 
 
-def test_uncached_latents_match_cached(dataset, vae_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
-    cached = train_generator(config(vae_dir, steps=2), dataset, HashPrompts(), tmp_path / "a", progress=False)
-    direct = train_generator(config(vae_dir, steps=2, cache_latents=False), dataset, HashPrompts(), tmp_path / "b", progress=False)
+def test_orientations_are_the_eight_symmetries_of_a_square() -> None:
+    from todsynth.train.data import orient, orientations
+
+    assert orientations(True, False) == (0, 1) and orientations(False, True) == (0, 2, 4, 6)
+    codes = torch.tensor(orientations(True, True))
+    x = torch.arange(16.0).view(1, 1, 4, 4).expand(8, 3, 4, 4)
+    y = orient(x, codes)
+    assert len({tuple(v[0].flatten().tolist()) for v in y}) == 8
+    assert torch.equal(y[1], x[1].flip(-1)) and torch.equal(y[2], torch.rot90(x[2], 1, (-2, -1)))
+    assert any(torch.equal(v, x[0].flip(-2)) for v in y)  # a vertical flip is among them
+    masks = orient(x[:, 0].long(), codes)  # a mask turns with its image
+    assert torch.equal(masks, y[:, 0].long())
+
+
+def test_rot90_draws_every_orientation(dataset, vae_dir: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import todsynth.train.generator as generator_module
+
+    seen: list[int] = []
+    batch_tensors = generator_module._batch_tensors
+
+    def recording(gen, data, ds, prompts, idx, code):  # noqa: ANN001, ANN202
+        seen.extend(code.tolist())
+        assert data is not None and data.latents.shape[0] == 8
+        return batch_tensors(gen, data, ds, prompts, idx, code)
+
+    monkeypatch.setattr(generator_module, "_batch_tensors", recording)
+    train_generator(config(vae_dir, steps=12, batch_size=4, rot90=True), dataset, HashPrompts(), tmp_path / "r",
+                    progress=False)
+    assert set(seen) == set(range(8))
+
+
+@pytest.mark.parametrize("rot90", [False, True])
+def test_uncached_latents_match_cached(dataset, vae_dir: Path, tmp_path: Path, rot90: bool) -> None:  # noqa: ANN001
+    cached = train_generator(config(vae_dir, steps=2, rot90=rot90), dataset, HashPrompts(), tmp_path / "a",
+                             progress=False)
+    direct = train_generator(config(vae_dir, steps=2, cache_latents=False, rot90=rot90), dataset, HashPrompts(),
+                             tmp_path / "b", progress=False)
     a, b = tensors(cached), tensors(direct)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)

@@ -110,6 +110,7 @@ class GeneratorTrain(Strict):
     mask_init: Literal["fresh", "image"] | None = None
     caption_dropout: float | None = Field(None, ge=0.0, lt=1.0)
     hflip: bool | None = None
+    rot90: bool | None = None
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
     mixed_precision: Literal["no", "fp16", "bf16"] | None = None
     gradient_checkpointing: bool | None = None

@@ -38,10 +38,12 @@ class TrainConfig:
             together: the unconditional sample that guidance contrasts with. Needs a generator without a mask token
             stream (``mask_stream.tokens: false``).
         hflip: flip image AND mask together with probability 0.5.
+        rot90: also turn image AND mask by 0-3 quarter turns (uniform); with hflip, all 8 symmetries of a square.
+            For nadir views, whose content has no up; with ``cache_latents`` it stores 4x the latents.
         ema_decay: keep an EMA of the trained weights and save it as the final generator (None = off).
         mixed_precision: accelerate's setting (``bf16``/``fp16`` on GPU).
         gradient_checkpointing: recompute blocks in backward.
-        cache_latents: encode the dataset (both flips) once with the frozen VAE.
+        cache_latents: encode the dataset (every orientation in use) once with the frozen VAE.
         checkpoint_every: write ``checkpoint-<step>`` every K steps (0 = never); keep_checkpoints: how many.
         log_every: steps between log lines; seed: all training randomness.
     """
@@ -68,6 +70,7 @@ class TrainConfig:
     caption_dropout: float = 0.0
     mask_dropout: float = 0.0
     hflip: bool = True
+    rot90: bool = False
     ema_decay: float | None = None
     mixed_precision: MixedPrecision = "no"
     gradient_checkpointing: bool = False

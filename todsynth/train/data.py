@@ -1,7 +1,8 @@
 """Training inputs: dataset items resized to the model size, encoded once by the frozen VAE.
 
-Horizontal flips are applied to image AND mask together before encoding; with ``cache_latents``
-both orientations are encoded up front, so a flip is an exact choice between two cached latents.
+Orientations (horizontal flips and, optionally, quarter turns: the 8 symmetries of a square, which a nadir view
+does not prefer) are applied to image AND mask together before encoding; with ``cache_latents`` every orientation
+in use is encoded up front, so drawing one is an exact choice between cached latents.
 """
 
 from __future__ import annotations
@@ -49,22 +50,36 @@ def load_items(dataset: Any, indices: Sequence[int], size: int) -> tuple[Tensor,
     return torch.stack(images), torch.stack(masks), prompts
 
 
+def orientations(hflip: bool, rot90: bool) -> tuple[int, ...]:
+    """The orientation codes in use: ``code % 2`` flips horizontally, then ``code // 2`` quarter turns (0..7)."""
+    return tuple(f + 2 * r for r in range(4 if rot90 else 1) for f in range(2 if hflip else 1))
+
+
+def orient(x: Tensor, code: Tensor) -> Tensor:
+    """``x`` (B, ..., H, W) with sample i in orientation ``code[i]`` (B,) long (see ``orientations``); square H = W."""
+    out = x.clone()
+    for c in sorted(set(code.tolist())):
+        rows = code == c
+        y = x[rows].flip(-1) if c % 2 else x[rows]
+        out[rows] = torch.rot90(y, c // 2, dims=(-2, -1))
+    return out
+
+
 @torch.no_grad()
-def encode_pairs(gen: Generator, images: Tensor, masks: Tensor, flip: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """(image latents, mask latents), flipping the samples where ``flip`` (B,) bool is True (both together)."""
-    if flip is not None and bool(flip.any()):
-        f = flip.view(-1, 1, 1)
-        images = torch.where(f[:, None], images.flip(-1), images)
-        masks = torch.where(f, masks.flip(-1), masks)
+def encode_pairs(gen: Generator, images: Tensor, masks: Tensor, code: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(image latents, mask latents), sample i in orientation ``code[i]`` (B,) long, image and mask together."""
+    if code is not None and bool(code.any()):
+        images, masks = orient(images, code), orient(masks, code)
     return gen.encode_images(images).float().cpu(), gen.encode_mask(masks).float().cpu()
 
 
 @dataclass
 class LatentSet:
-    """Pre-encoded training set (CPU float32): latents[k] is orientation k (0 = as is, 1 = flipped)."""
+    """Pre-encoded training set (CPU float32): latents[j] is orientation ``codes[j]`` (``orientations``)."""
 
-    latents: Tensor  # (2, N, c, h, w)
-    mask_latents: Tensor  # (2, N, c, h, w)
+    codes: tuple[int, ...]  # (K,) orientation codes, codes[0] == 0 (as is)
+    latents: Tensor  # (K, N, c, h, w)
+    mask_latents: Tensor  # (K, N, c, h, w)
     prompt_index: Tensor  # (N,) long, row of embeds/pooled (prompts repeat, so they are stored once)
     embeds: Tensor  # (U, L, D)
     pooled: Tensor  # (U, P)
@@ -72,34 +87,38 @@ class LatentSet:
     def __len__(self) -> int:
         return self.latents.shape[1]
 
+    def rows(self, code: Tensor) -> Tensor:
+        """Index into ``latents``' first axis of each orientation code (B,) long."""
+        return torch.tensor([self.codes.index(c) for c in code.tolist()], dtype=torch.long)
+
 
 def encode_dataset(
-    gen: Generator, dataset: Any, prompts: PromptSource, batch_size: int = 16, flips: bool = True
+    gen: Generator, dataset: Any, prompts: PromptSource, batch_size: int = 16, codes: tuple[int, ...] = (0,)
 ) -> LatentSet:
-    """Encode every item (and its flip) once with the frozen VAE; prompts vectorised through the cache."""
+    """Encode every item in each orientation of ``codes`` once with the frozen VAE; prompts vectorised."""
     n = len(dataset)
     if n == 0:
         raise DataValidationError("the training dataset is empty")
-    lat: list[list[Tensor]] = [[], []]
-    mlat: list[list[Tensor]] = [[], []]
+    if not codes or codes[0] != 0:
+        raise ValueError(f"orientation codes {codes!r} must start with 0 (as is)")
+    lat: list[list[Tensor]] = [[] for _ in codes]
+    mlat: list[list[Tensor]] = [[] for _ in codes]
     all_prompts: list[str] = []
     for start in range(0, n, batch_size):
         idx = list(range(start, min(start + batch_size, n)))
         images, masks, batch_prompts = load_items(dataset, idx, gen.image_size)
         all_prompts += batch_prompts
-        for k in range(2 if flips else 1):
-            flip = torch.full((len(idx),), bool(k))
-            z, m = encode_pairs(gen, images, masks, flip)
-            lat[k].append(z)
-            mlat[k].append(m)
-    if not flips:
-        lat[1], mlat[1] = lat[0], mlat[0]
+        for j, c in enumerate(codes):
+            z, m = encode_pairs(gen, images, masks, torch.full((len(idx),), c, dtype=torch.long))
+            lat[j].append(z)
+            mlat[j].append(m)
     unique = sorted(set(all_prompts))
     embeds, pooled = prompts.get(unique)
     row = {p: i for i, p in enumerate(unique)}
     return LatentSet(
-        latents=torch.stack([torch.cat(lat[0]), torch.cat(lat[1])]),
-        mask_latents=torch.stack([torch.cat(mlat[0]), torch.cat(mlat[1])]),
+        codes=tuple(codes),
+        latents=torch.stack([torch.cat(z) for z in lat]),
+        mask_latents=torch.stack([torch.cat(m) for m in mlat]),
         prompt_index=torch.tensor([row[p] for p in all_prompts], dtype=torch.long),
         embeds=embeds.float().cpu(),
         pooled=pooled.float().cpu(),

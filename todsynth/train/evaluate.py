@@ -30,7 +30,7 @@ def conditioning_gap(
     ``torch.Generator(seed)`` and is shared by both evaluations. Returns ``loss_true``,
     ``loss_shuffled``, ``gap`` (= shuffled - true) and ``relative_gap`` (= gap / true).
     """
-    data = encode_dataset(gen, dataset, prompt_cache, batch_size=batch_size, flips=False)
+    data = encode_dataset(gen, dataset, prompt_cache, batch_size=batch_size)
     n = len(data)
     if n < 2:
         raise ValueError(f"conditioning_gap needs at least 2 items, got {n}")

@@ -1,7 +1,7 @@
 """Generator training with accelerate: flow matching on the mask-conditioned MM-DiT.
 
 Usable in-process on CPU and under ``accelerate launch`` (DDP, bf16/fp16). All randomness (data
-order, flips, caption dropout, timesteps, noise) comes from one CPU ``torch.Generator`` seeded by
+order, orientations, caption dropout, timesteps, noise) comes from one CPU ``torch.Generator`` seeded by
 ``cfg.seed``; every process draws the global batch and takes its own slice, so the generator state
 is the same on all processes and one saved copy resumes them all. A resumed run restores weights,
 optimizer, LR schedule, EMA, that generator and the epoch permutation, so it ends with exactly the
@@ -26,7 +26,14 @@ from todsynth.models.presets import is_scratch, resolve_preset
 from todsynth.progress import progress_bar
 from todsynth.train.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from todsynth.train.config import TrainConfig
-from todsynth.train.data import LatentSet, PromptSource, encode_dataset, encode_pairs, load_items
+from todsynth.train.data import (
+    LatentSet,
+    PromptSource,
+    encode_dataset,
+    encode_pairs,
+    load_items,
+    orientations,
+)
 from todsynth.train.flow import sample_sigmas, train_sigma_table
 from todsynth.train.step import TrainBatch, train_step
 from todsynth.train.trainable import configure_trainable, ema_update, merge_lora
@@ -89,17 +96,17 @@ def _batch_tensors(
     dataset: Any,
     prompts: PromptSource,
     idx: Tensor,
-    flip: Tensor,
+    code: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(x0 latents, mask latents, prompt embeds, pooled) of a batch, on CPU, float32."""
     if data is not None:
-        k = flip.long()
+        k = data.rows(code)
         x0 = data.latents[k, idx]
         m = data.mask_latents[k, idx]
         rows = data.prompt_index[idx]
         return x0, m, data.embeds[rows], data.pooled[rows]
     images, masks, texts = load_items(dataset, idx.tolist(), gen.image_size)
-    x0, m = encode_pairs(gen, images, masks, flip)
+    x0, m = encode_pairs(gen, images, masks, code)
     e, p = prompts.get(texts)
     return x0, m, e.float().cpu(), p.float().cpu()
 
@@ -107,7 +114,7 @@ def _batch_tensors(
 class _MicroBatches:
     """Draws micro-batches from the training generator.
 
-    Each process draws the global batch (order, flips, caption dropout, timesteps, noise) and keeps its own slice,
+    Each process draws the global batch (order, orientations, caption dropout, timesteps, noise) and keeps its own slice,
     so the generator state is the same everywhere.
     """
 
@@ -126,11 +133,13 @@ class _MicroBatches:
         cfg, rng, g, mine = self.cfg, self.rng, self.size, self.mine
         idx = self.order.take(g)
         flip = torch.rand(g, generator=rng) < 0.5 if cfg.hflip else torch.zeros(g, dtype=torch.bool)
+        turns = torch.randint(4, (g,), generator=rng) if cfg.rot90 else torch.zeros(g, dtype=torch.long)
+        code = flip.long() + 2 * turns  # todsynth.train.data.orientations
         u = torch.rand(g, generator=rng)  # one draw decides both dropouts (nested: equal rates drop together)
         drop = u < cfg.caption_dropout
         sigma, t = sample_sigmas(cfg.timestep_sampling, g, self.sigmas, self.timesteps, rng, cfg.logit_mean, cfg.logit_std)
         noise = torch.randn((g, *self.gen.latent_shape), generator=rng)
-        x0, m, e, p = _batch_tensors(self.gen, self.data, self.dataset, self.prompts, idx[mine], flip[mine])
+        x0, m, e, p = _batch_tensors(self.gen, self.data, self.dataset, self.prompts, idx[mine], code[mine])
         d = drop[mine]
         e = torch.where(d[:, None, None], self.uncond[0].expand_as(e), e)
         p = torch.where(d[:, None], self.uncond[1].expand_as(p), p)
@@ -242,7 +251,8 @@ def train_generator(
 
     t_encode = time.perf_counter()
     uncond_embeds, uncond_pooled = (t.float().cpu() for t in prompt_cache.get([""]))
-    data = encode_dataset(run.gen, dataset, prompt_cache, flips=cfg.hflip) if cfg.cache_latents else None
+    codes = orientations(cfg.hflip, cfg.rot90)
+    data = encode_dataset(run.gen, dataset, prompt_cache, codes=codes) if cfg.cache_latents else None
     t_encode = time.perf_counter() - t_encode
     rng = torch.Generator().manual_seed(cfg.seed)
     order = _Batches(len(data) if data is not None else len(dataset), rng)
