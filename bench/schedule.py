@@ -146,8 +146,9 @@ class StageProgress:
 
     Not a rich Live display while stages run one at a time: only one may be active, and long stages bring their
     own. With ``live`` (stages side by side in pool processes) a transient display under the counter lines holds
-    one row per running stage: its key, its current bar (:meth:`report`: label, done/total, fields) and the time
-    it has run.
+    one row per running stage that reports a bar: its key, its current bar (:meth:`report`: label, done/total,
+    fields) and the time it has run. A row appears with the stage's first report, so a stage reused from the cache
+    never gets one.
     """
 
     def __init__(self, total: int, console: Any, enabled: bool, live: bool = False) -> None:
@@ -155,6 +156,7 @@ class StageProgress:
         self.started = self.done = 0
         self._live: Any = None
         self._tasks: dict[str, Any] = {}
+        self._running: set[str] = set()
         self._lock = threading.Lock()  # report() runs in the pool's reader thread
         if enabled and live:
             from rich.progress import (
@@ -184,19 +186,19 @@ class StageProgress:
         self.started += 1
         if self.enabled:
             self.console.print(f"[bold]\\[{self.started}/{self.total}][/] {escape(key)} ...", highlight=False)
-            if self._live is not None:
-                with self._lock:
-                    self._tasks[key] = self._live.add_task(escape(key), total=None, text="")
+            with self._lock:
+                self._running.add(key)
 
     def report(self, key: str, label: str, completed: int, total: int, fields: Mapping[str, float]) -> None:
         """A running stage's bar moved (from the pool's reader thread)."""
         from todsynth.progress import fields_text
 
         with self._lock:
-            task = self._tasks.get(key)
-            if self._live is None or task is None:  # not live, or the stage just finished
+            if self._live is None or key not in self._running:  # not live, or the stage just finished
                 return
-            self._live.update(task, total=total, completed=completed, description=escape(f"{key}: {label}"),
+            if key not in self._tasks:
+                self._tasks[key] = self._live.add_task(escape(key), total=None, text="")
+            self._live.update(self._tasks[key], total=total, completed=completed, description=escape(f"{key}: {label}"),
                               text=escape(fields_text(fields)))
 
     def finish(self, key: str, computed: bool, seconds: float) -> None:
@@ -204,6 +206,7 @@ class StageProgress:
         self.done += 1
         if self.enabled:
             with self._lock:
+                self._running.discard(key)
                 if key in self._tasks:
                     self._live.remove_task(self._tasks.pop(key))
             mark = f"[green]done[/] in {seconds:.1f}s" if computed else "[cyan]cached[/]"

@@ -120,6 +120,26 @@ def test_side_by_side_stage_bars_reach_the_engine_display(tiny_suite_data, tmp_p
     assert all(f"{k}: done" in log for k in downstream)  # the counter lines
 
 
+def test_side_by_side_display_rows_are_for_stages_that_report(tmp_path):
+    from rich.console import Console
+
+    from bench.schedule import StageProgress
+
+    console = Console(file=open(tmp_path / "out.txt", "w"))
+    with StageProgress(3, console, enabled=True, live=True) as bar:
+        rows = lambda: [t.description for t in bar._live.tasks]  # noqa: E731
+        bar.start("data")
+        bar.finish("data", computed=False, seconds=0.0)  # reused from the cache: never a row
+        bar.start("judge")
+        assert rows() == []
+        bar.report("judge", "train", 2, 10, {"loss": 0.5})
+        assert rows() == ["judge: train"]
+        bar.finish("judge", computed=True, seconds=1.0)
+        bar.report("judge", "train", 10, 10, {})  # a late report of a finished stage
+        assert rows() == []
+    assert "data: cached" in (tmp_path / "out.txt").read_text()
+
+
 def test_ctrl_c_side_by_side_ends_the_pool_and_keeps_finished_stages(tiny_suite_data, tmp_path):
     import os
     import signal
