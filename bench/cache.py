@@ -39,8 +39,18 @@ class CacheCorruptError(StageError):
 
 
 def canonical(obj: Any) -> str:
-    """Deterministic JSON used for hashing."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    """Deterministic JSON used for hashing. Dict entries whose value is None are left out, so adding a setting whose
+    None keeps the old behaviour (the convention for new settings) leaves every existing hash, and cache, valid. A
+    None entry and a missing one never meet within one schema, so no two configurations of it collide."""
+    return json.dumps(_without_none(obj), sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _without_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _without_none(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, (list, tuple)):
+        return [_without_none(v) for v in obj]
+    return obj
 
 
 def stage_hash(stage: str, spec: dict[str, Any], input_hashes: dict[str, str], code_version: str) -> str:

@@ -52,6 +52,17 @@ def test_graph_nodes_and_deps(tiny_suite_data, tmp_path):
         assert all(keys.index(d) < i for d in n.deps.values())
 
 
+def test_a_new_setting_left_at_none_keeps_every_hash():
+    from bench.cache import canonical, stage_hash
+
+    old = {"train": {"steps": 2000, "hflip": True}, "crfm": {"clamp": 1.0}}
+    new = {"train": {"steps": 2000, "hflip": True, "rot90": None}, "crfm": {"clamp": 1.0}, "added": None}
+    assert stage_hash("generator", new, {"data": "h"}, "v") == stage_hash("generator", old, {"data": "h"}, "v")
+    unclamped = {**old, "crfm": {"clamp": None}}  # None as a value still differs from any other value
+    assert stage_hash("generator", unclamped, {}, "v") != stage_hash("generator", old, {}, "v")
+    assert canonical({"a": [None, {"b": None}]}) == '{"a":[null,{}]}'  # list items stay
+
+
 def test_second_run_recomputes_nothing(tiny_suite_data, tmp_path, fake_stages):
     fns, calls = fake_stages
     suite = _suite(tiny_suite_data, tmp_path / "ws")
