@@ -39,9 +39,12 @@ class CacheCorruptError(StageError):
 
 
 def canonical(obj: Any) -> str:
-    """Deterministic JSON used for hashing. Dict entries whose value is None are left out, so adding a setting whose
-    None keeps the old behaviour (the convention for new settings) leaves every existing hash, and cache, valid. A
-    None entry and a missing one never meet within one schema, so no two configurations of it collide."""
+    """Deterministic JSON used for hashing.
+
+    Dict entries whose value is None are left out, so adding a setting whose None keeps the old behaviour (the
+    convention for new settings) leaves every existing hash, and cache, valid. A None entry and a missing one never
+    meet within one schema, so no two configurations of it collide.
+    """
     return json.dumps(_without_none(obj), sort_keys=True, separators=(",", ":"), default=str)
 
 
