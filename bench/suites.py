@@ -165,5 +165,13 @@ def hashed_dict(suite: Suite) -> dict[str, Any]:
 
 def config_hash(suite: Suite) -> str:
     """sha256 of :func:`hashed_dict` and the suite's ``version``, as hex."""
-    payload = canonical({"suite": hashed_dict(suite), "version": str(suite.version)})
+    return suite_digest(hashed_dict(suite), suite)
+
+
+def suite_digest(data: dict[str, Any], suite: Suite) -> str:
+    """sha256 (hex) of ``data`` (:func:`hashed_dict`, or a part of it) with ``suite``'s version.
+
+    The one digest behind :func:`config_hash` and the tune study's fingerprint (``bench.tune.study``).
+    """
+    payload = canonical({"suite": data, "version": str(suite.version)})
     return hashlib.sha256(payload.encode()).hexdigest()

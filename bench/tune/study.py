@@ -8,14 +8,12 @@ The tracker is passed in (:class:`bench.tracking.Tracker`); nothing here imports
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.cache import canonical
 from bench.schema import Suite
-from bench.suites import hashed_dict, resolved_dict, resolved_yaml
+from bench.suites import hashed_dict, resolved_dict, resolved_yaml, suite_digest
 from bench.tune.space import default_params, tune_spec
 from bench.tune.storage import redact
 from todsynth.errors import ConfigError
@@ -34,7 +32,7 @@ def study_fingerprint(suite: Suite) -> str:
     """Hash of what a trial computes (:func:`bench.suites.hashed_dict` minus the runtime-only tune keys)."""
     data = hashed_dict(suite)
     data["tune"] = {k: v for k, v in (data.get("tune") or {}).items() if k not in RUNTIME_TUNE_KEYS}
-    return hashlib.sha256(canonical({"suite": data, "version": str(suite.version)}).encode()).hexdigest()
+    return suite_digest(data, suite)
 
 
 def artifact_location(suite: Suite) -> str | None:
