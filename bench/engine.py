@@ -329,7 +329,7 @@ def _log_variant_runs(tracker: Any, suite: Suite, results: dict[str, Any], done:
         runs = {s: done[k].marker.get("mlflow_run_id") for s, k in stages.items()}
         note = "\n".join([f"**{name}**, seed {seed}: {r['kind']} variant of suite `{suite.name}`.", "", "Stage runs:"]
                          + [f"- {s}: [{stages[s]}]({tracker.run_link(rid)})" for s, rid in runs.items() if rid])
-        tags = {"todsynth.kind": "variant" if r["kind"] == "synthetic" else "baseline", "todsynth.suite": suite.name,
+        tags = {"todsynth.kind": "variant" if r["kind"] == "synthetic" else r["kind"], "todsynth.suite": suite.name,
                 "todsynth.variant": name, "todsynth.seed": str(seed), "todsynth.config_hash": results["config_hash"],
                 "mlflow.note.content": note, **{f"todsynth.run.{s}": rid for s, rid in runs.items() if rid}}
         if r["params"]["n"] != "all":

@@ -31,6 +31,7 @@ from bench.specs import (
     GeneratorStageSpec,
     Launcher,
     MixedDownstreamSpec,
+    OracleDownstreamSpec,
     PromptsSpec,
     SegmenterSpec,
     StageSpec,
@@ -118,13 +119,22 @@ def synthesis_spec(suite: Suite, v: ResolvedVariant, seed: int) -> SynthesizeSpe
 
 
 def downstream_spec(suite: Suite, v: ResolvedVariant, seed: int) -> DownstreamSpec:
-    """The spec of ``downstream[v,seed]``: real only for the baseline, real + synthetic (FreeMask) otherwise."""
+    """The spec of ``downstream[v,seed]``: real only, real + held-out real (oracle), or real + synthetic (FreeMask).
+
+    The oracle gets as many held-out scenes as a synthetic variant of the same subset generates images.
+    """
     d, freemask = suite.downstream, suite.downstream.freemask
     common = {"model": d.model, "iters": d.iters, "batch_size": d.batch_size, "lr": d.lr, "optimizer": d.optimizer,
               "crop_size": d.crop_size, "seed": d.seed + seed, "val_limit": suite.dataset.val_limit,
               "subset": subset_spec(suite, v.subset)}
     if v.kind == "baseline":
         return DownstreamSpec(**common)
+    if v.kind == "oracle":
+        if v.subset is None:
+            raise ValueError(f"{v.origin}: an oracle variant needs dataset.subsets")
+        limit = suite.dataset.limit
+        masks = v.subset if limit is None else min(limit, v.subset)
+        return OracleDownstreamSpec(**common, ratio=d.ratio, held_out=n_synthetic(d.ratio, masks))
     return MixedDownstreamSpec(**common, ratio=d.ratio, freemask=freemask if freemask.enabled else None)
 
 
@@ -247,10 +257,10 @@ def variant_graph(suite: Suite, variant: ResolvedVariant, stages: tuple[str, ...
 
     ``bench tune`` builds a variant from a trial's parameters and runs these nodes: they hash exactly like a
     declared variant with the same settings (the name is not hashed), so a repeated setting reuses the cache.
-    A baseline variant only has ``downstream``.
+    A baseline or oracle variant only has ``downstream``.
     """
-    if variant.kind == "baseline":
-        declared = Variant(name=variant.name, kind="baseline")
+    if variant.kind != "synthetic":
+        declared = Variant(name=variant.name, kind=variant.kind)
     else:
         declared = Variant(name=variant.name, kind="synthetic", sampling=Sampling.values_of(variant.sampling),
                            crfm=CRFM.values_of(variant.crfm))

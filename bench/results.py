@@ -8,7 +8,7 @@ Schema::
      "skipped_samples": faulty dataset files left out (dataset.on_bad_sample: skip), 0 otherwise,
      "provenance": {"git_commit", "date", "python", "platform", "packages"},
      "subsets": [n, ...] (only with dataset.subsets),
-     "variants": [{"name", "kind": "baseline"|"synthetic", "params": {...},
+     "variants": [{"name", "kind": "baseline"|"synthetic"|"oracle", "params": {...},
                    "metrics": {...}, "metrics_std": {...}, "per_seed": [{"seed", "metrics"}],
                    "declared", "n" (only with dataset.subsets: ``plain`` and 16 for ``plain@n16``)}]}
 
@@ -88,13 +88,14 @@ def seed_metrics(done: Mapping[str, CachedStage], variant: str, seed: int) -> di
 def variant_params(suite: Suite, v: ResolvedVariant) -> dict[str, Any]:
     """What makes a variant, as a params dict.
 
-    Its sampling and CRFM settings and synthetic:real ratio (synthetic only), and its labelled subset (with
-    ``dataset.subsets``). results.json, the MLflow variant runs and tuning trials use it.
+    Its sampling and CRFM settings (synthetic only), the ratio of added to real images (synthetic and oracle), and
+    its labelled subset (with ``dataset.subsets``). results.json, the MLflow variant runs and tuning trials use it.
     """
     params: dict[str, Any] = {}
     if v.kind == "synthetic":
-        params |= {"sampling": Sampling.values_of(v.sampling), "crfm": CRFM.values_of(v.crfm),
-                   "ratio": suite.downstream.ratio}
+        params |= {"sampling": Sampling.values_of(v.sampling), "crfm": CRFM.values_of(v.crfm)}
+    if v.kind != "baseline":
+        params["ratio"] = suite.downstream.ratio
     if v.subset is not None:
         params["subset"] = {"n": v.subset, "seed": suite.dataset.subset_seed}
     return params
@@ -235,15 +236,15 @@ def run_params(name: str, seed: int | str, params: Mapping[str, Any], metrics: M
 def variant_runs(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The MLflow variant runs of a results dict: one per variant and seed.
 
-    Each is ``{"variant", "kind", "seed", "params", "metrics"}``. A synthetic variant's gain is over the baseline of
-    the same subset and seed.
+    Each is ``{"variant", "kind", "seed", "params", "metrics"}``. A synthetic or oracle variant's gain is over the
+    baseline of the same subset and seed.
     """
     baselines = {(v.get("n"), p["seed"]): p["metrics"].get("downstream_miou")
                  for v in results["variants"] if v["kind"] == "baseline" for p in v["per_seed"]}
     out = []
     for v in results["variants"]:
         for p in v["per_seed"]:
-            base = baselines.get((v.get("n"), p["seed"])) if v["kind"] == "synthetic" else None
+            base = baselines.get((v.get("n"), p["seed"])) if v["kind"] != "baseline" else None
             out.append({"variant": v["name"], "kind": v["kind"], "seed": p["seed"],
                         "params": run_params(v["name"], p["seed"], v["params"], p["metrics"]),
                         "metrics": run_metrics(p["metrics"], base)})

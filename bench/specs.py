@@ -206,9 +206,21 @@ class MixedDownstreamSpec(DownstreamSpec):
     freemask: FreeMask | None = field(kw_only=True)
 
 
+@dataclass(frozen=True)
+class OracleDownstreamSpec(DownstreamSpec):
+    """``downstream`` of the oracle: real + ``held_out`` real training scenes outside the subset, at ``ratio``.
+
+    ``held_out`` is the synthetic variants' image count (fewer when the split runs out); the scenes follow the
+    labelled subset in its draw order (``todsynth.data.subset.held_out``).
+    """
+
+    ratio: float = field(kw_only=True)
+    held_out: int = field(kw_only=True)
+
+
 SPEC_TYPES: dict[str, type[StageSpec]] = {cls.__name__: cls for cls in (
     DataSpec, PromptsSpec, AutoencoderSpec, GeneratorStageSpec, SegmenterSpec, CheckpointSpec, FeaturesSpec,
-    SynthesizeSpec, EvaluateSpec, DownstreamSpec, MixedDownstreamSpec,
+    SynthesizeSpec, EvaluateSpec, DownstreamSpec, MixedDownstreamSpec, OracleDownstreamSpec,
 )}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -15,6 +16,7 @@ from bench.engine import graph_hashes, run_suite
 from bench.graph import build_graph
 from bench.report import write_report
 from bench.report.efficiency import data_efficiency, efficiency_table
+from bench.results import variant_runs
 from bench.schema import resolve_variants
 from bench.stages.common import split_samples, train_samples
 from bench.suites import SuiteError, load_suite, validate_data
@@ -39,6 +41,7 @@ def test_fewshot_suite_protocol(tmp_path):
     kinds = {v.name: (v.kind, v.crfm.rectified_step) for v in resolve_variants(suite, per_subset=False)}
     assert kinds["real-only"][0] == "baseline" and kinds["plain"] == ("synthetic", 0)
     assert kinds["crfm"][0] == "synthetic" and kinds["crfm"][1] > 0
+    assert kinds["oracle"][0] == "oracle"
     assert "evaluator_real_miou" in {m.name for m in suite.metrics}
     assert suite.tune is None and not (tmp_path / "ws").exists()
 
@@ -67,7 +70,10 @@ def test_fewshot_suite_protocol(tmp_path):
             assert by_key[f"evaluate[{v},seed={seed}]"].deps["evaluator"] == "evaluator"
             if v.startswith("crfm"):
                 assert syn.deps["judge"] == f"judge[n={n}]"
-    assert len(nodes) == 2 + 3 * len(ds.subsets) + 2 + len(ds.subsets) * len(suite.seeds) * (1 + 2 * 3)
+    for n in ds.subsets:  # the oracle: as many held-out real scenes as synthetic images, while the split lasts
+        oracle = by_key[f"downstream[oracle@n{n},seed=0]"].spec
+        assert oracle.held_out == 3 * n and oracle.subset.n == n
+    assert len(nodes) == 2 + 3 * len(ds.subsets) + 2 + len(ds.subsets) * len(suite.seeds) * (1 + 2 * 3 + 1)
     hashes = graph_hashes(nodes, stages.STAGE_VERSIONS)
     assert len(set(hashes.values())) == len(nodes)  # nothing is shared by mistake across sizes
 
@@ -81,7 +87,7 @@ def test_dry_run_lists_the_graph_and_creates_nothing(tmp_path):
                                    "--workspace", str(tmp_path / "ws")], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "generator[n=16]" in res.output and "downstream[crfm@n160,seed=2]" in res.output
-    assert "76 to compute, 0 cached" in res.output
+    assert "85 to compute, 0 cached" in res.output
     assert not (tmp_path / "ws").exists()
 
 
@@ -100,6 +106,53 @@ def test_bad_subsets(tiny_suite_data, tmp_path, dataset, extra, message):
     with pytest.raises(SuiteError) as exc:
         validate_data(data, "test")
     assert any(message in p for p in exc.value.problems), exc.value.problems
+
+
+ORACLE = {"name": "oracle", "kind": "oracle"}
+
+
+@pytest.mark.parametrize(("subsets", "variants", "message"), [
+    (None, [ORACLE], "variants[3]: an oracle variant needs dataset.subsets"),
+    ([4, 8], [ORACLE], "dataset.subsets: 8 is every training scene"),
+    ([4], [{**ORACLE, "crfm": {"rectified_step": 1}}], "variants[3]: an oracle variant takes no sampling/crfm"),
+    ([4], [ORACLE, {"name": "oracle2", "kind": "oracle"}], "variants[4]: a second oracle variant"),
+])
+def test_bad_oracle(tiny_suite_data, subsets, variants, message):
+    data = {**tiny_suite_data, "variants": tiny_suite_data["variants"] + variants}
+    if subsets is not None:
+        data["dataset"] = {**data["dataset"], "subsets": subsets}
+    with pytest.raises(SuiteError) as exc:
+        validate_data(data, "test")
+    assert any(message in p for p in exc.value.problems), exc.value.problems
+
+
+def test_oracle_graph_and_stage(tiny_suite_data, tmp_path):
+    """The oracle trains on the subset + held-out real scenes, as many as synthesis makes, and nothing else."""
+    from bench.specs import OracleDownstreamSpec
+
+    data = {**tiny_suite_data, "variants": tiny_suite_data["variants"] + [ORACLE],
+            "downstream": {"model": "fcn-tiny", "iters": 2, "batch_size": 2, "ratio": 1.5}}
+    suite = _suite(data, tmp_path / "ws", subsets=[2, 4])
+    by_key = {n.key: n for n in build_graph(suite)}
+    for n, held in ((2, 3), (4, 6)):  # round(1.5 * n): the synthetic variants' image count
+        down = by_key[f"downstream[oracle@n{n},seed=0]"]
+        assert isinstance(down.spec, OracleDownstreamSpec) and down.spec.held_out == held
+        assert down.spec.ratio == 1.5 and down.spec.subset.n == n and down.deps == {"data": "data"}
+        assert f"synthesize[oracle@n{n},seed=0]" not in by_key and f"evaluate[oracle@n{n},seed=0]" not in by_key
+    limited = build_graph(_suite(data, tmp_path / "ws", subsets=[4], limit=2))
+    assert next(n for n in limited if n.key == "downstream[oracle@n4,seed=0]").spec.held_out == 3  # 1.5 * 2 masks
+
+    spec = by_key["downstream[oracle@n4,seed=0]"].spec
+    data_dir = tmp_path / "data"
+    arts = stages.stage_data(by_key["data"].spec, {}, data_dir)
+    data_stage = CachedStage(data_dir, {"artifacts": arts, "spec": by_key["data"].spec.hashed()})
+    out = stages.stage_downstream(spec, {"data": data_stage}, tmp_path / "down")
+    m = out["metrics"]
+    assert m["n_held_out"] == 4 and m["n_train_items"] == 8  # 6 wanted, 8 - 4 left in the split
+    assert 0.0 <= m["downstream_miou"] <= 1.0
+    with pytest.raises(ValueError, match="no held-out scene"):
+        stages.stage_downstream(dataclasses.replace(spec, subset=dataclasses.replace(spec.subset, n=8)),
+                                {"data": data_stage}, tmp_path / "down2")
 
 
 def test_without_subsets_the_graph_is_unchanged(tiny_suite_data, tmp_path):
@@ -132,6 +185,7 @@ def test_stages_train_on_the_subset(tmp_path):
 # ---------------------------------------------------------------------- the whole path with fake stages
 PLAIN_GAIN = {0: 0.01, 1: 0.03}  # / n: plain helps, consistently over seeds
 CRFM_GAIN = {0: 0.04, 1: -0.02}  # crfm: mean 0.01, but the seeds disagree
+ORACLE_GAIN = 0.05
 
 
 def fewshot_stages(fake_stages):
@@ -145,6 +199,8 @@ def fewshot_stages(fake_stages):
         if "synthesize" in inputs:
             rs = (inputs["synthesize"].marker["spec"]["crfm"] or {}).get("rectified_step", 0)
             miou += PLAIN_GAIN[seed] / n if rs == 0 else CRFM_GAIN[seed]
+        elif getattr(spec, "held_out", None):  # the oracle: held-out real scenes
+            miou += ORACLE_GAIN
         return {"metrics": {"downstream_miou": miou, "downstream_oa": 0.8, "downstream_macc": 0.7,
                             "per_class_iou": {"building": miou}}}
 
@@ -152,22 +208,29 @@ def fewshot_stages(fake_stages):
 
 
 def test_fewshot_path_with_fakes(tiny_suite_data, bench_workspace, fake_stages, tmp_path):
-    suite = _suite({**tiny_suite_data, "seeds": [0, 1]}, bench_workspace, subsets=[4, 2])
+    suite = _suite({**tiny_suite_data, "seeds": [0, 1], "variants": tiny_suite_data["variants"] + [ORACLE]},
+                   bench_workspace, subsets=[4, 2])
     out = run_suite(suite, stage_fns=fewshot_stages(fake_stages), stage_versions={}, progress=False)
     res = out.results
     assert res["subsets"] == [4, 2]
     rows = {v["name"]: v for v in res["variants"]}
-    assert list(rows) == [f"{v}@n{n}" for n in (4, 2) for v in ("real-only", "plain", "crfm")]
+    assert list(rows) == [f"{v}@n{n}" for n in (4, 2) for v in ("real-only", "plain", "crfm", "oracle")]
     for name, v in rows.items():
         assert v["n"] == int(name.rpartition("@n")[2]) and v["declared"] == name.partition("@")[0]
         assert v["params"]["subset"] == {"n": v["n"], "seed": 0}
         assert ("evaluator_real_miou" in v["metrics"]) == (v["kind"] == "synthetic")
+    assert rows["oracle@n4"]["kind"] == "oracle" and rows["oracle@n4"]["params"]["ratio"] == 3.0
+    runs = {(r["variant"], r["seed"]): r for r in variant_runs(res)}
+    assert runs[("oracle@n2", 1)]["metrics"]["downstream_gain"] == pytest.approx(ORACLE_GAIN)
+    assert runs[("oracle@n2", 1)]["params"]["ratio"] == 3.0 and "crfm" not in runs[("oracle@n2", 1)]["params"]
     assert json.loads(out.results_file.read_text())["variants"][0]["n"] == 4
 
     eff = data_efficiency(res)
     assert eff["baseline"] == "real-only" and eff["sizes"] == [2, 4]
     series = {s["variant"]: {p["n"]: p for p in s["points"]} for s in eff["series"]}
-    assert set(series) == {"plain", "crfm"}
+    assert set(series) == {"plain", "crfm", "oracle"}
+    assert [s["kind"] for s in eff["series"]] == ["synthetic", "synthetic", "oracle"]
+    assert [d for p in series["oracle"].values() for d in p["diffs"]] == pytest.approx([ORACLE_GAIN] * 4)
     for n in (2, 4):
         plain, crfm = series["plain"][n], series["crfm"][n]
         assert plain["seeds"] == crfm["seeds"] == [0, 1]
@@ -185,7 +248,7 @@ def test_fewshot_path_with_fakes(tiny_suite_data, bench_workspace, fake_stages, 
     for row in table:
         line = next(ln for ln in section.splitlines() if ln.startswith(f"| {row['variant']} |"))
         assert [c.strip() for c in line.strip("|").split("|")][1:] == [row["cells"][n]["text"] for n in (2, 4)]
-        assert line.count("†") == (2 if row["variant"] == "plain" else 0)
+        assert line.count("†") == (2 if row["variant"] in ("plain", "oracle") else 0)
     assert "sample std (ddof 1)" in section and "| variant | n=2 | n=4 |" in section
     with (report / "data_efficiency.csv").open() as f:
         got = {(r["variant"], int(r["n"])): r for r in csv.DictReader(f)}
@@ -195,6 +258,10 @@ def test_fewshot_path_with_fakes(tiny_suite_data, bench_workspace, fake_stages, 
     assert 'id="efficiency-table"' in html and 'alt="Data efficiency"' in html
     results_csv = list(csv.DictReader(io.StringIO((report / "results.csv").read_text())))
     assert results_csv[0]["n"] == "4" and results_csv[0]["declared"] == "real-only"
+    assert "| oracle@n4 | oracle | 0.4000 ± 0.0100 |" in md  # the best mIoU, but a ceiling: never bold
+    assert "| crfm@n4 | synthetic | **0.3600 ± 0.0200** |" in md
+    oracle = next(r for r in results_csv if r["variant"] == "oracle@n4")
+    assert oracle["kind"] == "oracle" and oracle["mask_miou"] == "" and float(oracle["downstream_miou"]) > 0
 
 
 def _results(seeds, per_seed_miou):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from todsynth.data.loveda import Sample
-from todsynth.data.subset import draw_order, labelled_subset
+from todsynth.data.subset import draw_order, held_out, labelled_subset
 
 
 def _samples(n_urban: int, n_rural: int) -> list[Sample]:
@@ -53,3 +53,21 @@ def test_stable_when_other_files_change():
 def test_size_out_of_range(n):
     with pytest.raises(ValueError, match=f"n={n} from 40"):
         labelled_subset(_samples(20, 20), n)
+
+
+def test_held_out_follows_the_subset_in_the_draw():
+    pool = _samples(30, 30)
+    extra = held_out(pool, 16, 32, seed=0)
+    assert len(extra) == 32
+    assert not _keys(extra) & _keys(labelled_subset(pool, 16, 0))  # never a labelled scene
+    assert _keys(extra) | _keys(labelled_subset(pool, 16, 0)) == _keys(labelled_subset(pool, 48, 0))
+    assert abs(sum(s.domain == "Urban" for s in extra) - 16) <= 1  # balanced like the subset
+    assert extra == [s for s in pool if s in extra]  # input order kept
+    assert _keys(held_out(pool, 16, 32, seed=1)) != _keys(extra)
+    assert len(held_out(pool, 48, 100)) == 12  # the split runs out: what is left
+
+
+@pytest.mark.parametrize(("n", "k", "match"), [(0, 4, "n=0"), (61, 4, "n=61"), (4, 0, "k=0")])
+def test_held_out_out_of_range(n, k, match):
+    with pytest.raises(ValueError, match=match):
+        held_out(_samples(30, 30), n, k)

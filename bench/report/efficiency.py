@@ -16,15 +16,17 @@ from bench.report.tables import as_number
 EFFICIENCY_RULE = (
     "Difference of downstream mIoU on real Val, (real + synthetic) minus real-only, computed per seed at the same "
     "labelled-subset size n and seed; mean and sample std (ddof 1) over seeds. † marks a difference whose |mean| "
-    "exceeds one std; with a single seed there is no std and nothing is marked."
+    "exceeds one std; with a single seed there is no std and nothing is marked. An oracle row (if any) adds held-out "
+    "real scenes in the synthetic images' place (as many, at the same ratio): the most a synthetic set of that size "
+    "could add."
 )
 
 
 def data_efficiency(results: dict[str, Any]) -> dict[str, Any] | None:
-    """Downstream mIoU gain of each synthetic variant over the real-only baseline, per labelled-subset size n.
+    """Downstream mIoU gain of each synthetic (and oracle) variant over the real-only baseline, per subset size n.
 
     Plain numbers for the plot and table (see :data:`EFFICIENCY_RULE`). None without ``subsets`` or without a
-    baseline variant. Returns ``{"baseline", "sizes": [n ascending], "series": [{"variant", "points": [{"n",
+    baseline variant. Returns ``{"baseline", "sizes": [n ascending], "series": [{"variant", "kind", "points": [{"n",
     "seeds", "diffs", "mean", "std" (None with one seed), "exceeds"}]}]}``; a point needs both rows' seed.
     """
     if "subsets" not in results:
@@ -35,8 +37,9 @@ def data_efficiency(results: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
     series: dict[str, list[dict[str, Any]]] = {}
+    kinds: dict[str, str] = {}
     for v in rows:
-        if v["kind"] != "synthetic" or v["n"] not in base:
+        if v["kind"] == "baseline" or v["n"] not in base:
             continue
         ref, got = seed_values(base[v["n"]]), seed_values(v)
         seeds = [s for s in got if s in ref]
@@ -47,8 +50,9 @@ def data_efficiency(results: dict[str, Any]) -> dict[str, Any] | None:
         std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) if len(diffs) > 1 else None
         series.setdefault(v["declared"], []).append({"n": v["n"], "seeds": seeds, "diffs": diffs, "mean": mean,
                                                      "std": std, "exceeds": std is not None and abs(mean) > std})
+        kinds[v["declared"]] = v["kind"]
     return {"baseline": next(iter(base.values()))["declared"], "sizes": sorted(base),
-            "series": [{"variant": name, "points": sorted(points, key=lambda p: p["n"])}
+            "series": [{"variant": name, "kind": kinds[name], "points": sorted(points, key=lambda p: p["n"])}
                        for name, points in series.items()]}
 
 

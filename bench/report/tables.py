@@ -50,14 +50,17 @@ def table_columns(results: dict[str, Any]) -> list[str]:
 
 
 def best_variants(results: dict[str, Any]) -> dict[str, set[str]]:
-    """Column -> variants whose mean, as displayed, is the best (direction from higher_is_better); empty when all tie."""
+    """Column -> variants whose mean, as displayed, is the best (direction from higher_is_better); empty when all tie.
+
+    An oracle row is a ceiling (held-out real data), not a result: never ranked, like the instrument columns.
+    """
     dirs = metric_directions(results)
     best: dict[str, set[str]] = {}
     for col in table_columns(results):
         if col in UNRANKED:
             best[col] = set()
             continue
-        vals = {v["name"]: as_number(v["metrics"].get(col)) for v in results["variants"]}
+        vals = {v["name"]: as_number(v["metrics"].get(col)) for v in results["variants"] if v["kind"] != "oracle"}
         vals = {k: x for k, x in vals.items() if x is not None}
         if len(vals) < 2:
             best[col] = set()

@@ -25,23 +25,29 @@ def check_suite(suite: Suite) -> list[str]:
     if not variants:
         problems.append("variants: the suite declares no variant (add `variants:` or `matrix:`)")
     seen: dict[str, str] = {}
-    baselines = []
+    by_kind: dict[str, list[str]] = {"baseline": [], "oracle": []}
     for v in variants:
         if v.name in seen:
             problems.append(f"{v.origin}.name: duplicate variant name {v.name!r} (first at {seen[v.name]})")
         seen.setdefault(v.name, v.origin)
-        if v.kind == "baseline":
-            baselines.append(v.origin)
+        if v.kind != "synthetic":
+            by_kind[v.kind].append(v.origin)
             continue
         why = rectified_step_problem(v.crfm.rectified_step, v.sampling.num_inference_steps,
                                      "sampling.num_inference_steps")
         if why:
             problems.append(f"{v.origin}.crfm.rectified_step: {why}")
-    for origin in baselines[1:]:
+    for origin in by_kind["baseline"][1:]:
         problems.append(f"{origin}: a second baseline variant (real-only training is one row; remove it)")
+    for origin in by_kind["oracle"][1:]:
+        problems.append(f"{origin}: a second oracle variant (held-out real data is one row; remove it)")
     for i, v in enumerate(suite.variants):
-        if v.kind == "baseline" and (v.sampling.overrides() or v.crfm.overrides()):
-            problems.append(f"variants[{i}]: a baseline variant takes no sampling/crfm settings")
+        if v.kind != "synthetic" and (v.sampling.overrides() or v.crfm.overrides()):
+            problems.append(f"variants[{i}]: {'an' if v.kind == 'oracle' else 'a'} {v.kind} variant takes no "
+                            "sampling/crfm settings")
+        if v.kind == "oracle" and suite.dataset.subsets is None:
+            problems.append(f"variants[{i}]: an oracle variant needs dataset.subsets (its held-out real scenes are "
+                            "training scenes outside the labelled subset)")
     same_ckpt = suite.judge.checkpoint is not None and suite.judge.checkpoint == suite.evaluator.checkpoint
     same_train = (
         suite.judge.checkpoint is None
@@ -69,6 +75,10 @@ def _subset_problems(suite: Suite) -> list[str]:
     if ds.kind == "procedural" and max(ds.subsets) > ds.procedural.n_train:
         problems.append(f"dataset.subsets: {max(ds.subsets)} > dataset.procedural.n_train {ds.procedural.n_train} "
                         "(subsets are drawn from the training scenes)")
+    elif ds.kind == "procedural" and max(ds.subsets) == ds.procedural.n_train and any(
+            v.kind == "oracle" for v in suite.variants):
+        problems.append(f"dataset.subsets: {max(ds.subsets)} is every training scene (dataset.procedural.n_train), "
+                        "so the oracle variant has no held-out scene there")
     if suite.judge.checkpoint is not None:
         problems.append("judge.checkpoint: with dataset.subsets the judge is trained on each labelled subset; "
                         "remove the checkpoint")
@@ -92,7 +102,7 @@ def _tune_problems(tune: Tune, variants: list[ResolvedVariant], suite: Suite) ->
         if base is None:
             problems.append(f"tune.base_variant: {tune.base_variant!r} is not a variant ({', '.join(sorted(by_name))})")
         elif base.kind != "synthetic":
-            problems.append(f"tune.base_variant: {tune.base_variant!r} is a baseline; name a synthetic variant")
+            problems.append(f"tune.base_variant: {tune.base_variant!r} is a {base.kind}; name a synthetic variant")
         else:
             base_steps = base.sampling.num_inference_steps
     for key, dim in tune.search_space.items():
@@ -125,8 +135,8 @@ def _tune_problems(tune: Tune, variants: list[ResolvedVariant], suite: Suite) ->
         if ref is None:
             problems.append(f"tune.constraints[{i}].relative_to: {c.relative_to!r} is not a variant "
                             f"({', '.join(sorted(by_name))})")
-        elif ref.kind == "baseline" and not needs_downstream(c.metric):
-            problems.append(f"tune.constraints[{i}].relative_to: baseline {c.relative_to!r} has no {c.metric} "
+        elif ref.kind != "synthetic" and not needs_downstream(c.metric):
+            problems.append(f"tune.constraints[{i}].relative_to: {ref.kind} {c.relative_to!r} has no {c.metric} "
                             "(only downstream_* metrics)")
     return problems
 

@@ -87,11 +87,19 @@ def section_field(key: str) -> tuple[str, type[ConfigSection], str] | None:
     return (section, model, field) if model is not None and field in model.model_fields else None
 
 
+Kind = Literal["baseline", "synthetic", "oracle"]
+
+
 class Variant(Strict):
-    """One row of the comparison: ``baseline`` (real data only) or ``synthetic`` (real + generated)."""
+    """One row of the comparison: ``baseline`` (real data only), ``synthetic`` (real + generated) or ``oracle``.
+
+    ``oracle`` (needs ``dataset.subsets``): real + as many held-out REAL training scenes as a synthetic variant
+    has generated images, in their place and at the same ratio: what a perfect synthetic set of that size could add,
+    the ceiling of the downstream gain.
+    """
 
     name: str = Field(pattern=NAME_PATTERN, max_length=80)
-    kind: Literal["baseline", "synthetic"] = "synthetic"
+    kind: Kind = "synthetic"
     sampling: Sampling = Sampling()  # type: ignore[valid-type]  # partial: only the keys given override
     crfm: CRFM = CRFM()  # type: ignore[valid-type]
 
@@ -141,7 +149,7 @@ class ResolvedVariant:
     """A variant: the suite's sampling/crfm defaults with its overrides applied, as the library's configs."""
 
     name: str
-    kind: Literal["baseline", "synthetic"]
+    kind: Kind
     sampling: SamplerConfig
     crfm: CRFMConfig
     origin: str  # key path of its declaration, for error messages

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cache import CachedStage
-from bench.specs import DownstreamSpec, MixedDownstreamSpec
+from bench.specs import DownstreamSpec, MixedDownstreamSpec, OracleDownstreamSpec
 from bench.stages.common import (
     launch_rank,
     load_seg,
@@ -47,8 +47,21 @@ def _freemask(pairs: list[tuple[Path, Path]], judge_stage: CachedStage, margin: 
     return result.items, result.stats
 
 
+def _held_out(spec: OracleDownstreamSpec, data: CachedStage) -> list[Any]:
+    """The oracle's extra real scenes: the ``spec.held_out`` that follow the labelled subset in the draw order."""
+    from todsynth.data.subset import held_out
+
+    if spec.subset is None:
+        raise ValueError("the oracle's downstream stage needs a labelled subset (dataset.subsets)")
+    pool = split_samples(data, "Train")
+    if len(pool) <= spec.subset.n:
+        raise ValueError(f"the oracle at n={spec.subset.n} has no held-out scene: the training split has "
+                         f"{len(pool)} (use smaller dataset.subsets or drop the oracle variant)")
+    return held_out(pool, spec.subset.n, spec.held_out, spec.subset.seed)
+
+
 def stage_downstream(spec: DownstreamSpec, inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
-    """Train the downstream segmentor on real (+ synthetic, FreeMask-filtered) data; score on real Val."""
+    """Train the downstream segmentor on real (+ synthetic, FreeMask-filtered, or + held-out real) data; score on Val."""
     from todsynth.seg.evaluate import evaluate_segmentor
     from todsynth.seg.io import save_segmentor
     from todsynth.seg.train import train_segmentor
@@ -63,7 +76,14 @@ def stage_downstream(spec: DownstreamSpec, inputs: dict[str, CachedStage], out_d
     items: list[Any] = list(real)
     repeat: list[float] | None = None
     kept = None
-    if isinstance(spec, MixedDownstreamSpec):
+    extra: dict[str, Any] = {}
+    if isinstance(spec, OracleDownstreamSpec):
+        from todsynth.seg.downstream import downstream_items
+
+        scenes = _held_out(spec, data)
+        extra["n_held_out"] = len(scenes)
+        items, repeat = downstream_items(real, scenes, spec.ratio)
+    elif isinstance(spec, MixedDownstreamSpec):
         from todsynth.seg.downstream import downstream_items
 
         synth = synthetic_pairs(inputs["synthesize"])
@@ -85,7 +105,7 @@ def stage_downstream(spec: DownstreamSpec, inputs: dict[str, CachedStage], out_d
         "class,iou\n" + "".join(f"{k},{v!r}\n" for k, v in per_class.items()))
     metrics: dict[str, Any] = {
         "downstream_miou": scores["miou"], "downstream_oa": scores["oa"], "downstream_macc": scores["macc"],
-        "per_class_iou": per_class, "n_train_items": len(items), "n_val": len(val),
+        "per_class_iou": per_class, "n_train_items": len(items), "n_val": len(val), **extra,
     }
     if kept is not None:
         metrics["freemask_kept_fraction"] = kept

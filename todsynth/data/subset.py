@@ -50,3 +50,20 @@ def labelled_subset(samples: Sequence[Sample], n: int, seed: int = 0) -> list[Sa
                          f"{len(samples)})")
     chosen = {(s.domain, s.id) for s in draw_order(samples, seed)[:n]}
     return [s for s in samples if (s.domain, s.id) in chosen]
+
+
+def held_out(samples: Sequence[Sample], n: int, k: int, seed: int = 0) -> list[Sample]:
+    """The ``k`` samples that follow the labelled subset of size ``n`` in :func:`draw_order`, in input order.
+
+    Fewer when the split runs out. Real scenes the subset's models never saw: the oracle's extra data. Disjoint from ``labelled_subset(samples, n, seed)``; with it, the labelled subset of size ``n + k``.
+
+    Raises:
+        ValueError: ``n`` is below 1 or above ``len(samples)``, or ``k`` is below 1.
+    """
+    if not 1 <= n <= len(samples):
+        raise ValueError(f"labelled subset of n={n} from {len(samples)} training samples (needs 1 <= n <= "
+                         f"{len(samples)})")
+    if k < 1:
+        raise ValueError(f"held-out count k={k} must be >= 1")
+    chosen = {(s.domain, s.id) for s in draw_order(samples, seed)[n:n + k]}
+    return [s for s in samples if (s.domain, s.id) in chosen]
