@@ -231,6 +231,8 @@ def test_fewshot_path_with_fakes(tiny_suite_data, bench_workspace, fake_stages, 
     assert set(series) == {"plain", "crfm", "oracle"}
     assert [s["kind"] for s in eff["series"]] == ["synthetic", "synthetic", "oracle"]
     assert [d for p in series["oracle"].values() for d in p["diffs"]] == pytest.approx([ORACLE_GAIN] * 4)
+    assert series["plain"][2]["of_oracle"] == pytest.approx(0.01 / ORACLE_GAIN)  # plain's mean 0.02 / 2
+    assert series["crfm"][4]["of_oracle"] == pytest.approx(0.01 / ORACLE_GAIN) and series["oracle"][4]["of_oracle"] is None
     for n in (2, 4):
         plain, crfm = series["plain"][n], series["crfm"][n]
         assert plain["seeds"] == crfm["seeds"] == [0, 1]
@@ -254,6 +256,9 @@ def test_fewshot_path_with_fakes(tiny_suite_data, bench_workspace, fake_stages, 
         got = {(r["variant"], int(r["n"])): r for r in csv.DictReader(f)}
     assert float(got[("plain", 2)]["mean_diff"]) == series["plain"][2]["mean"]
     assert got[("crfm", 4)]["exceeds_std"] == "false" and got[("plain", 4)]["n_seeds"] == "2"
+    assert float(got[("plain", 2)]["of_oracle"]) == series["plain"][2]["of_oracle"] and got[("oracle", 2)]["of_oracle"] == ""
+    assert got[("oracle", 2)]["kind"] == "oracle" and got[("plain", 2)]["kind"] == "synthetic"
+    assert "| plain | +0.0100 ± 0.0071 † (20 % of oracle) |" in section
     html = (report / "index.html").read_text()
     assert 'id="efficiency-table"' in html and 'alt="Data efficiency"' in html
     results_csv = list(csv.DictReader(io.StringIO((report / "results.csv").read_text())))
@@ -279,6 +284,7 @@ def test_data_efficiency_one_seed_has_no_std():
     (point,) = eff["series"][0]["points"]
     assert point["mean"] == pytest.approx(0.05) and point["std"] is None and point["exceeds"] is False
     assert efficiency_table(eff)[0]["cells"][16]["text"] == "+0.0500"
+    assert point["of_oracle"] is None  # no oracle: no share
 
 
 def test_data_efficiency_pairs_seeds_and_needs_a_baseline():
@@ -292,3 +298,16 @@ def test_data_efficiency_pairs_seeds_and_needs_a_baseline():
     assert point["seeds"] == [0, 2] and point["diffs"] == pytest.approx([0.02, 0.03])
     assert data_efficiency({**res, "variants": res["variants"][1:]}) is None  # no baseline
     assert data_efficiency({k: v for k, v in res.items() if k != "subsets"}) is None  # no subsets
+
+
+def test_share_of_the_oracle_only_against_a_positive_ceiling():
+    res = _results([0, 1], {("real-only", "baseline", 8): [0.5, 0.6], ("plain", "synthetic", 8): [0.51, 0.62],
+                            ("oracle", "oracle", 8): [0.54, 0.66],
+                            ("real-only", "baseline", 16): [0.7, 0.7], ("plain", "synthetic", 16): [0.71, 0.71],
+                            ("oracle", "oracle", 16): [0.69, 0.7]})
+    eff = data_efficiency(res)
+    plain = {p["n"]: p for p in eff["series"][0]["points"]}
+    assert plain[8]["of_oracle"] == pytest.approx(0.015 / 0.05)
+    assert plain[16]["of_oracle"] is None  # the oracle lost at n = 16: no share of a negative ceiling
+    cells = efficiency_table(eff)[0]["cells"]
+    assert cells[8]["text"] == "+0.0150 ± 0.0071 † (30 % of oracle)" and "oracle" not in cells[16]["text"]

@@ -18,7 +18,7 @@ EFFICIENCY_RULE = (
     "labelled-subset size n and seed; mean and sample std (ddof 1) over seeds. † marks a difference whose |mean| "
     "exceeds one std; with a single seed there is no std and nothing is marked. An oracle row (if any) adds held-out "
     "real scenes in the synthetic images' place (as many, at the same ratio): the most a synthetic set of that size "
-    "could add."
+    "could add; a synthetic cell then gives its mean as a share of the oracle's (when the oracle's is positive)."
 )
 
 
@@ -27,7 +27,9 @@ def data_efficiency(results: dict[str, Any]) -> dict[str, Any] | None:
 
     Plain numbers for the plot and table (see :data:`EFFICIENCY_RULE`). None without ``subsets`` or without a
     baseline variant. Returns ``{"baseline", "sizes": [n ascending], "series": [{"variant", "kind", "points": [{"n",
-    "seeds", "diffs", "mean", "std" (None with one seed), "exceeds"}]}]}``; a point needs both rows' seed.
+    "seeds", "diffs", "mean", "std" (None with one seed), "exceeds", "of_oracle"}]}]}``; a point needs both rows' seed.
+    ``of_oracle``: a synthetic point's mean over the oracle's at the same n (None without an oracle point there or
+    when the oracle's mean is not positive; always None for the oracle itself).
     """
     if "subsets" not in results:
         return None
@@ -51,6 +53,11 @@ def data_efficiency(results: dict[str, Any]) -> dict[str, Any] | None:
         series.setdefault(v["declared"], []).append({"n": v["n"], "seeds": seeds, "diffs": diffs, "mean": mean,
                                                      "std": std, "exceeds": std is not None and abs(mean) > std})
         kinds[v["declared"]] = v["kind"]
+    ceiling = {p["n"]: p["mean"] for name, points in series.items() if kinds[name] == "oracle" for p in points}
+    for name, points in series.items():
+        for p in points:
+            top = ceiling.get(p["n"])
+            p["of_oracle"] = p["mean"] / top if kinds[name] != "oracle" and top is not None and top > 0 else None
     return {"baseline": next(iter(base.values()))["declared"], "sizes": sorted(base),
             "series": [{"variant": name, "kind": kinds[name], "points": sorted(points, key=lambda p: p["n"])}
                        for name, points in series.items()]}
@@ -78,18 +85,26 @@ def efficiency_table(eff: dict[str, Any]) -> list[dict[str, Any]]:
                 cells[n] = {"text": "–", "exceeds": False}
                 continue
             text = f"{p['mean']:+.4f}" + ("" if p["std"] is None else f" ± {p['std']:.4f}")  # mIoU points: fixed
-            cells[n] = {"text": text + (" †" if p["exceeds"] else ""), "exceeds": p["exceeds"]}
+            text += " †" if p["exceeds"] else ""
+            if p.get("of_oracle") is not None:
+                text += f" ({100 * p['of_oracle']:.0f} % of oracle)"
+            cells[n] = {"text": text, "exceeds": p["exceeds"]}
         rows.append({"variant": s["variant"], "cells": cells})
     return rows
 
 
 def render_efficiency_csv(eff: dict[str, Any]) -> str:
-    """One row per (variant, n): mean and std (empty with one seed) of the difference, the seeds, the per-seed diffs."""
+    """One row per (variant, n): kind, the difference's mean and std (empty with one seed), seeds, diffs, of_oracle.
+
+    ``of_oracle`` is empty without an oracle at that n.
+    """
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["variant", "n", "mean_diff", "std_diff", "exceeds_std", "n_seeds", "diffs"])
+    w.writerow(["variant", "kind", "n", "mean_diff", "std_diff", "exceeds_std", "n_seeds", "diffs", "of_oracle"])
     for s in eff["series"]:
         for p in s["points"]:
-            w.writerow([s["variant"], p["n"], repr(p["mean"]), "" if p["std"] is None else repr(p["std"]),
-                        str(p["exceeds"]).lower(), len(p["seeds"]), " ".join(repr(d) for d in p["diffs"])])
+            share = p.get("of_oracle")
+            w.writerow([s["variant"], s.get("kind", "synthetic"), p["n"], repr(p["mean"]),
+                        "" if p["std"] is None else repr(p["std"]), str(p["exceeds"]).lower(), len(p["seeds"]),
+                        " ".join(repr(d) for d in p["diffs"]), "" if share is None else repr(share)])
     return buf.getvalue()
