@@ -33,6 +33,7 @@ from bench.specs import (
     MixedDownstreamSpec,
     OracleDownstreamSpec,
     PromptsSpec,
+    RerenderDownstreamSpec,
     SegmenterSpec,
     StageSpec,
     Subset,
@@ -119,9 +120,10 @@ def synthesis_spec(suite: Suite, v: ResolvedVariant, seed: int) -> SynthesizeSpe
 
 
 def downstream_spec(suite: Suite, v: ResolvedVariant, seed: int) -> DownstreamSpec:
-    """The spec of ``downstream[v,seed]``: real only, real + held-out real (oracle), or real + synthetic (FreeMask).
+    """The spec of ``downstream[v,seed]``: real only, real + synthetic (FreeMask), or real + a ceiling's images.
 
-    The oracle gets as many held-out scenes as a synthetic variant of the same subset generates images.
+    The ceilings (``oracle``: held-out real scenes; ``rerender``: the training masks painted anew) add as many
+    images as a synthetic variant of the same subset generates.
     """
     d, freemask = suite.downstream, suite.downstream.freemask
     common = {"model": d.model, "iters": d.iters, "batch_size": d.batch_size, "lr": d.lr, "optimizer": d.optimizer,
@@ -135,6 +137,8 @@ def downstream_spec(suite: Suite, v: ResolvedVariant, seed: int) -> DownstreamSp
         limit = suite.dataset.limit
         masks = v.subset if limit is None else min(limit, v.subset)
         return OracleDownstreamSpec(**common, ratio=d.ratio, held_out=n_synthetic(d.ratio, masks))
+    if v.kind == "rerender":
+        return RerenderDownstreamSpec(**common, ratio=d.ratio, limit=suite.dataset.limit)
     return MixedDownstreamSpec(**common, ratio=d.ratio, freemask=freemask if freemask.enabled else None)
 
 
@@ -257,7 +261,7 @@ def variant_graph(suite: Suite, variant: ResolvedVariant, stages: tuple[str, ...
 
     ``bench tune`` builds a variant from a trial's parameters and runs these nodes: they hash exactly like a
     declared variant with the same settings (the name is not hashed), so a repeated setting reuses the cache.
-    A baseline or oracle variant only has ``downstream``.
+    A baseline or ceiling (oracle, rerender) variant only has ``downstream``.
     """
     if variant.kind != "synthetic":
         declared = Variant(name=variant.name, kind=variant.kind)

@@ -8,7 +8,7 @@ Schema::
      "skipped_samples": faulty dataset files left out (dataset.on_bad_sample: skip), 0 otherwise,
      "provenance": {"git_commit", "date", "python", "platform", "packages"},
      "subsets": [n, ...] (only with dataset.subsets),
-     "variants": [{"name", "kind": "baseline"|"synthetic"|"oracle", "params": {...},
+     "variants": [{"name", "kind": "baseline"|"synthetic"|"oracle"|"rerender", "params": {...},
                    "metrics": {...}, "metrics_std": {...}, "per_seed": [{"seed", "metrics"}],
                    "declared", "n" (only with dataset.subsets: ``plain`` and 16 for ``plain@n16``)}]}
 
@@ -88,7 +88,7 @@ def seed_metrics(done: Mapping[str, CachedStage], variant: str, seed: int) -> di
 def variant_params(suite: Suite, v: ResolvedVariant) -> dict[str, Any]:
     """What makes a variant, as a params dict.
 
-    Its sampling and CRFM settings (synthetic only), the ratio of added to real images (synthetic and oracle), and
+    Its sampling and CRFM settings (synthetic only), the ratio of added to real images (all but the baseline), and
     its labelled subset (with ``dataset.subsets``). results.json, the MLflow variant runs and tuning trials use it.
     """
     params: dict[str, Any] = {}
@@ -236,7 +236,7 @@ def run_params(name: str, seed: int | str, params: Mapping[str, Any], metrics: M
 def variant_runs(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The MLflow variant runs of a results dict: one per variant and seed.
 
-    Each is ``{"variant", "kind", "seed", "params", "metrics"}``. A synthetic or oracle variant's gain is over the
+    Each is ``{"variant", "kind", "seed", "params", "metrics"}``. A synthetic or ceiling variant's gain is over the
     baseline of the same subset and seed.
     """
     baselines = {(v.get("n"), p["seed"]): p["metrics"].get("downstream_miou")

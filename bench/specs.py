@@ -218,9 +218,21 @@ class OracleDownstreamSpec(DownstreamSpec):
     held_out: int = field(kw_only=True)
 
 
+@dataclass(frozen=True)
+class RerenderDownstreamSpec(DownstreamSpec):
+    """``downstream`` of ``rerender``: real + the (limited) training masks' scenes painted anew, at ``ratio``.
+
+    As many images as synthesis makes from those masks (copy ``r`` is appearance draw ``r + 1``,
+    ``todsynth.data.procedural.rerender_scene``); procedural data only.
+    """
+
+    ratio: float = field(kw_only=True)
+    limit: int | None = field(kw_only=True)
+
+
 SPEC_TYPES: dict[str, type[StageSpec]] = {cls.__name__: cls for cls in (
     DataSpec, PromptsSpec, AutoencoderSpec, GeneratorStageSpec, SegmenterSpec, CheckpointSpec, FeaturesSpec,
-    SynthesizeSpec, EvaluateSpec, DownstreamSpec, MixedDownstreamSpec, OracleDownstreamSpec,
+    SynthesizeSpec, EvaluateSpec, DownstreamSpec, MixedDownstreamSpec, OracleDownstreamSpec, RerenderDownstreamSpec,
 )}
 
 

@@ -18,6 +18,7 @@ from bench.report import write_report
 from bench.report.efficiency import data_efficiency, efficiency_table
 from bench.results import variant_runs
 from bench.schema import resolve_variants
+from bench.specs import RerenderDownstreamSpec
 from bench.stages.common import split_samples, train_samples
 from bench.suites import SuiteError, load_suite, validate_data
 
@@ -186,6 +187,8 @@ def test_stages_train_on_the_subset(tmp_path):
 PLAIN_GAIN = {0: 0.01, 1: 0.03}  # / n: plain helps, consistently over seeds
 CRFM_GAIN = {0: 0.04, 1: -0.02}  # crfm: mean 0.01, but the seeds disagree
 ORACLE_GAIN = 0.05
+RERENDER_GAIN = 0.04
+PERFECT = {"name": "perfect", "kind": "rerender"}
 
 
 def fewshot_stages(fake_stages):
@@ -201,6 +204,8 @@ def fewshot_stages(fake_stages):
             miou += PLAIN_GAIN[seed] / n if rs == 0 else CRFM_GAIN[seed]
         elif getattr(spec, "held_out", None):  # the oracle: held-out real scenes
             miou += ORACLE_GAIN
+        elif isinstance(spec, RerenderDownstreamSpec):  # the training masks painted anew
+            miou += RERENDER_GAIN
         return {"metrics": {"downstream_miou": miou, "downstream_oa": 0.8, "downstream_macc": 0.7,
                             "per_class_iou": {"building": miou}}}
 
@@ -208,13 +213,13 @@ def fewshot_stages(fake_stages):
 
 
 def test_fewshot_path_with_fakes(tiny_suite_data, bench_workspace, fake_stages, tmp_path):
-    suite = _suite({**tiny_suite_data, "seeds": [0, 1], "variants": tiny_suite_data["variants"] + [ORACLE]},
+    suite = _suite({**tiny_suite_data, "seeds": [0, 1], "variants": tiny_suite_data["variants"] + [ORACLE, PERFECT]},
                    bench_workspace, subsets=[4, 2])
     out = run_suite(suite, stage_fns=fewshot_stages(fake_stages), stage_versions={}, progress=False)
     res = out.results
     assert res["subsets"] == [4, 2]
     rows = {v["name"]: v for v in res["variants"]}
-    assert list(rows) == [f"{v}@n{n}" for n in (4, 2) for v in ("real-only", "plain", "crfm", "oracle")]
+    assert list(rows) == [f"{v}@n{n}" for n in (4, 2) for v in ("real-only", "plain", "crfm", "oracle", "perfect")]
     for name, v in rows.items():
         assert v["n"] == int(name.rpartition("@n")[2]) and v["declared"] == name.partition("@")[0]
         assert v["params"]["subset"] == {"n": v["n"], "seed": 0}
@@ -228,11 +233,13 @@ def test_fewshot_path_with_fakes(tiny_suite_data, bench_workspace, fake_stages, 
     eff = data_efficiency(res)
     assert eff["baseline"] == "real-only" and eff["sizes"] == [2, 4]
     series = {s["variant"]: {p["n"]: p for p in s["points"]} for s in eff["series"]}
-    assert set(series) == {"plain", "crfm", "oracle"}
-    assert [s["kind"] for s in eff["series"]] == ["synthetic", "synthetic", "oracle"]
+    assert set(series) == {"plain", "crfm", "oracle", "perfect"}
+    assert [s["kind"] for s in eff["series"]] == ["synthetic", "synthetic", "oracle", "rerender"]
     assert [d for p in series["oracle"].values() for d in p["diffs"]] == pytest.approx([ORACLE_GAIN] * 4)
-    assert series["plain"][2]["of_oracle"] == pytest.approx(0.01 / ORACLE_GAIN)  # plain's mean 0.02 / 2
-    assert series["crfm"][4]["of_oracle"] == pytest.approx(0.01 / ORACLE_GAIN) and series["oracle"][4]["of_oracle"] is None
+    assert series["plain"][2]["of_ceiling"] == pytest.approx({"oracle": 0.01 / ORACLE_GAIN,  # plain's mean 0.02 / 2
+                                                              "rerender": 0.01 / RERENDER_GAIN})
+    assert series["crfm"][4]["of_ceiling"]["oracle"] == pytest.approx(0.01 / ORACLE_GAIN)
+    assert series["oracle"][4]["of_ceiling"] == series["perfect"][4]["of_ceiling"] == {}
     for n in (2, 4):
         plain, crfm = series["plain"][n], series["crfm"][n]
         assert plain["seeds"] == crfm["seeds"] == [0, 1]
@@ -250,20 +257,23 @@ def test_fewshot_path_with_fakes(tiny_suite_data, bench_workspace, fake_stages, 
     for row in table:
         line = next(ln for ln in section.splitlines() if ln.startswith(f"| {row['variant']} |"))
         assert [c.strip() for c in line.strip("|").split("|")][1:] == [row["cells"][n]["text"] for n in (2, 4)]
-        assert line.count("†") == (2 if row["variant"] in ("plain", "oracle") else 0)
+        assert line.count("†") == (2 if row["variant"] in ("plain", "oracle", "perfect") else 0)
     assert "sample std (ddof 1)" in section and "| variant | n=2 | n=4 |" in section
     with (report / "data_efficiency.csv").open() as f:
         got = {(r["variant"], int(r["n"])): r for r in csv.DictReader(f)}
     assert float(got[("plain", 2)]["mean_diff"]) == series["plain"][2]["mean"]
     assert got[("crfm", 4)]["exceeds_std"] == "false" and got[("plain", 4)]["n_seeds"] == "2"
-    assert float(got[("plain", 2)]["of_oracle"]) == series["plain"][2]["of_oracle"] and got[("oracle", 2)]["of_oracle"] == ""
+    assert float(got[("plain", 2)]["of_oracle"]) == series["plain"][2]["of_ceiling"]["oracle"]
+    assert float(got[("plain", 2)]["of_rerender"]) == series["plain"][2]["of_ceiling"]["rerender"]
+    assert got[("oracle", 2)]["of_oracle"] == got[("perfect", 2)]["of_rerender"] == ""
     assert got[("oracle", 2)]["kind"] == "oracle" and got[("plain", 2)]["kind"] == "synthetic"
-    assert "| plain | +0.0100 ± 0.0071 † (20 % of oracle) |" in section
+    assert "| plain | +0.0100 ± 0.0071 † (20 % of oracle, 25 % of rerender) |" in section
     html = (report / "index.html").read_text()
     assert 'id="efficiency-table"' in html and 'alt="Data efficiency"' in html
     results_csv = list(csv.DictReader(io.StringIO((report / "results.csv").read_text())))
     assert results_csv[0]["n"] == "4" and results_csv[0]["declared"] == "real-only"
     assert "| oracle@n4 | oracle | 0.4000 ± 0.0100 |" in md  # the best mIoU, but a ceiling: never bold
+    assert "| perfect@n4 | rerender | 0.3900 ± 0.0100 |" in md
     assert "| crfm@n4 | synthetic | **0.3600 ± 0.0200** |" in md
     oracle = next(r for r in results_csv if r["variant"] == "oracle@n4")
     assert oracle["kind"] == "oracle" and oracle["mask_miou"] == "" and float(oracle["downstream_miou"]) > 0
@@ -284,7 +294,7 @@ def test_data_efficiency_one_seed_has_no_std():
     (point,) = eff["series"][0]["points"]
     assert point["mean"] == pytest.approx(0.05) and point["std"] is None and point["exceeds"] is False
     assert efficiency_table(eff)[0]["cells"][16]["text"] == "+0.0500"
-    assert point["of_oracle"] is None  # no oracle: no share
+    assert point["of_ceiling"] == {}  # no ceiling: no share
 
 
 def test_data_efficiency_pairs_seeds_and_needs_a_baseline():
@@ -307,7 +317,7 @@ def test_share_of_the_oracle_only_against_a_positive_ceiling():
                             ("oracle", "oracle", 16): [0.69, 0.7]})
     eff = data_efficiency(res)
     plain = {p["n"]: p for p in eff["series"][0]["points"]}
-    assert plain[8]["of_oracle"] == pytest.approx(0.015 / 0.05)
-    assert plain[16]["of_oracle"] is None  # the oracle lost at n = 16: no share of a negative ceiling
+    assert plain[8]["of_ceiling"] == pytest.approx({"oracle": 0.015 / 0.05})
+    assert plain[16]["of_ceiling"] == {}  # the oracle lost at n = 16: no share of a negative ceiling
     cells = efficiency_table(eff)[0]["cells"]
     assert cells[8]["text"] == "+0.0150 ± 0.0071 † (30 % of oracle)" and "oracle" not in cells[16]["text"]

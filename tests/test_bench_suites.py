@@ -34,7 +34,8 @@ def test_shipped_suites_validate(monkeypatch):
         assert suite.name == name
     smoke = load_suite(REPO / "suites" / "smoke.yaml")
     variants = {v.name: v for v in resolve_variants(smoke)}
-    assert list(variants) == ["real-only", "plain", "crfm", "crfm-paper"]
+    assert list(variants) == ["real-only", "plain", "crfm", "crfm-paper", "perfect"]
+    assert variants["perfect"].kind == "rerender"  # the ceiling: a perfect generator's images for the same masks
     # crfm: the unclamped setting measured for the tiny preset; crfm-paper: the release's, clamp re-enabled
     assert (variants["crfm"].crfm.rectified_step, variants["crfm"].crfm.clamp) == (12, None)
     paper = variants["crfm-paper"].crfm

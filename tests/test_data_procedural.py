@@ -9,7 +9,13 @@ from typer.testing import CliRunner
 
 from todsynth.data.classes import PALETTE, reduce_labels
 from todsynth.data.loveda import list_samples
-from todsynth.data.procedural import colour_lookup_accuracy, generate_dataset, generate_scene, scene_rng
+from todsynth.data.procedural import (
+    colour_lookup_accuracy,
+    generate_dataset,
+    generate_scene,
+    rerender_scene,
+    scene_rng,
+)
 
 
 def _files(root):
@@ -135,3 +141,18 @@ def test_cli_procedural(tmp_path):
     assert res.exit_code == 2 and "overwrite" in res.output
     res = runner.invoke(cli.app, ["data", "procedural", str(tmp_path / "q"), "--size", "4"])
     assert res.exit_code == 2 and "size=4" in res.output
+
+
+def test_rerender_keeps_the_mask_and_paints_anew(tmp_path):
+    generate_dataset(tmp_path, 4, 0, 32, seed=3)
+    rural = [s for s in list_samples(tmp_path, "Train") if s.domain == "Rural"]  # ids 0, 1: scenes 0, 1
+    mask = np.asarray(Image.open(rural[1].mask_path))
+    image = np.asarray(Image.open(rural[1].image_path)).astype(int)
+    one, raw = rerender_scene(3, "Train", "Rural", 1, 32, draw=1)
+    two, raw2 = rerender_scene(3, "Train", "Rural", 1, 32, draw=2)
+    assert (raw == mask).all() and (raw2 == mask).all()  # the same layout: the mask, pixel for pixel
+    assert np.abs(one.astype(int) - image).mean() > 3 and np.abs(one.astype(int) - two).mean() > 3  # new paint
+    assert (rerender_scene(3, "Train", "Rural", 1, 32, draw=1)[0] == one).all()  # deterministic
+    assert (one[raw == 0] == 0).all()  # no-data stays black
+    with pytest.raises(ValueError, match="draw=0"):
+        rerender_scene(3, "Train", "Rural", 1, 32, draw=0)

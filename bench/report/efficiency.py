@@ -12,24 +12,26 @@ import math
 from typing import Any
 
 from bench.report.tables import as_number
+from bench.schema.variants import CEILING_KINDS
 
 EFFICIENCY_RULE = (
     "Difference of downstream mIoU on real Val, (real + synthetic) minus real-only, computed per seed at the same "
     "labelled-subset size n and seed; mean and sample std (ddof 1) over seeds. † marks a difference whose |mean| "
-    "exceeds one std; with a single seed there is no std and nothing is marked. An oracle row (if any) adds held-out "
-    "real scenes in the synthetic images' place (as many, at the same ratio): the most a synthetic set of that size "
-    "could add; a synthetic cell then gives its mean as a share of the oracle's (when the oracle's is positive)."
+    "exceeds one std; with a single seed there is no std and nothing is marked. Ceiling rows add other images in the "
+    "synthetic images' place (as many, at the same ratio): oracle, held-out real scenes (what more labelled data "
+    "adds); rerender, the same training masks painted anew by the scenes' own renderer (what a perfect generator "
+    "could add). A synthetic cell gives its mean as a share of each ceiling's (where that is positive)."
 )
 
 
 def data_efficiency(results: dict[str, Any]) -> dict[str, Any] | None:
-    """Downstream mIoU gain of each synthetic (and oracle) variant over the real-only baseline, per subset size n.
+    """Downstream mIoU gain of each synthetic (and ceiling) variant over the real-only baseline, per subset size n.
 
     Plain numbers for the plot and table (see :data:`EFFICIENCY_RULE`). None without ``subsets`` or without a
     baseline variant. Returns ``{"baseline", "sizes": [n ascending], "series": [{"variant", "kind", "points": [{"n",
-    "seeds", "diffs", "mean", "std" (None with one seed), "exceeds", "of_oracle"}]}]}``; a point needs both rows' seed.
-    ``of_oracle``: a synthetic point's mean over the oracle's at the same n (None without an oracle point there or
-    when the oracle's mean is not positive; always None for the oracle itself).
+    "seeds", "diffs", "mean", "std" (None with one seed), "exceeds", "of_ceiling"}]}]}``; a point needs both rows'
+    seed. ``of_ceiling``: for a synthetic point, ceiling kind -> its mean over that ceiling's at the same n (only
+    where the ceiling has a point there with a positive mean); empty for a ceiling.
     """
     if "subsets" not in results:
         return None
@@ -53,11 +55,13 @@ def data_efficiency(results: dict[str, Any]) -> dict[str, Any] | None:
         series.setdefault(v["declared"], []).append({"n": v["n"], "seeds": seeds, "diffs": diffs, "mean": mean,
                                                      "std": std, "exceeds": std is not None and abs(mean) > std})
         kinds[v["declared"]] = v["kind"]
-    ceiling = {p["n"]: p["mean"] for name, points in series.items() if kinds[name] == "oracle" for p in points}
+    ceilings = {(kinds[name], p["n"]): p["mean"] for name, points in series.items() if kinds[name] in CEILING_KINDS
+                for p in points}
     for name, points in series.items():
         for p in points:
-            top = ceiling.get(p["n"])
-            p["of_oracle"] = p["mean"] / top if kinds[name] != "oracle" and top is not None and top > 0 else None
+            p["of_ceiling"] = {} if kinds[name] in CEILING_KINDS else {
+                kind: p["mean"] / top for kind in CEILING_KINDS if (top := ceilings.get((kind, p["n"]))) is not None
+                and top > 0}
     return {"baseline": next(iter(base.values()))["declared"], "sizes": sorted(base),
             "series": [{"variant": name, "kind": kinds[name], "points": sorted(points, key=lambda p: p["n"])}
                        for name, points in series.items()]}
@@ -86,25 +90,27 @@ def efficiency_table(eff: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             text = f"{p['mean']:+.4f}" + ("" if p["std"] is None else f" ± {p['std']:.4f}")  # mIoU points: fixed
             text += " †" if p["exceeds"] else ""
-            if p.get("of_oracle") is not None:
-                text += f" ({100 * p['of_oracle']:.0f} % of oracle)"
+            shares = [f"{100 * x:.0f} % of {kind}" for kind, x in p.get("of_ceiling", {}).items()]
+            text += f" ({', '.join(shares)})" if shares else ""
             cells[n] = {"text": text, "exceeds": p["exceeds"]}
         rows.append({"variant": s["variant"], "cells": cells})
     return rows
 
 
 def render_efficiency_csv(eff: dict[str, Any]) -> str:
-    """One row per (variant, n): kind, the difference's mean and std (empty with one seed), seeds, diffs, of_oracle.
+    """One row per (variant, n): kind, the difference's mean and std (empty with one seed), seeds, diffs, shares.
 
-    ``of_oracle`` is empty without an oracle at that n.
+    ``of_oracle`` / ``of_rerender``: the share of that ceiling's mean, empty without one (or for a ceiling).
     """
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["variant", "kind", "n", "mean_diff", "std_diff", "exceeds_std", "n_seeds", "diffs", "of_oracle"])
+    w.writerow(["variant", "kind", "n", "mean_diff", "std_diff", "exceeds_std", "n_seeds", "diffs",
+                *(f"of_{k}" for k in CEILING_KINDS)])
     for s in eff["series"]:
         for p in s["points"]:
-            share = p.get("of_oracle")
+            shares = p.get("of_ceiling", {})
             w.writerow([s["variant"], s.get("kind", "synthetic"), p["n"], repr(p["mean"]),
                         "" if p["std"] is None else repr(p["std"]), str(p["exceeds"]).lower(), len(p["seeds"]),
-                        " ".join(repr(d) for d in p["diffs"]), "" if share is None else repr(share)])
+                        " ".join(repr(d) for d in p["diffs"]),
+                        *("" if (x := shares.get(k)) is None else repr(x) for k in CEILING_KINDS)])
     return buf.getvalue()

@@ -247,6 +247,12 @@ def plot_per_class(results: dict[str, Any], path: Path) -> Path | None:
     return _save_figure(fig, path)
 
 
+CEILING_STYLE = {  # kind -> marker, line style, colour, legend note
+    "oracle": ("s", "--", "#777", "held-out real scenes"),
+    "rerender": ("D", ":", "#444", "masks painted anew: a perfect generator"),
+}
+
+
 def plot_data_efficiency(eff: dict[str, Any], path: Path) -> Path:
     """Gain in downstream mIoU over real-only (y) against labelled scenes n (x, log), std error bars over seeds."""
     import matplotlib
@@ -262,11 +268,11 @@ def plot_data_efficiency(eff: dict[str, Any], path: Path) -> Path:
         ns = [p["n"] * dodge for p in s["points"]]
         means = [p["mean"] for p in s["points"]]
         std = [p["std"] for p in s["points"]]
-        oracle = s.get("kind") == "oracle"  # held-out real data: the ceiling, drawn apart from the synthetic series
+        style = CEILING_STYLE.get(s.get("kind", "synthetic"))  # a ceiling: grey and dashed, apart from the methods
         line = ax.errorbar(ns, means, yerr=None if all(x is None for x in std) else _nan(std), capsize=3,
-                           marker="s" if oracle else "o", linestyle="--" if oracle else "-",
-                           color="#777" if oracle else None,
-                           label=f"{s['variant']} (held-out real: the ceiling)" if oracle else s["variant"])
+                           marker=style[0] if style else "o", linestyle=style[1] if style else "-",
+                           color=style[2] if style else None,
+                           label=f"{s['variant']} ({style[3]})" if style else s["variant"])
         for x, p in zip(ns, s["points"], strict=True):
             if p["exceeds"]:
                 ax.annotate("†", (x, p["mean"]), textcoords="offset points", xytext=(5, 3), color=line[0].get_color())

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from bench.metrics import LABELS, METRICS, TABLE_COLUMNS, of_kind, scored
+from bench.schema.variants import CEILING_KINDS
 
 # Table columns, in order, labels and directions: the metric registry (bench.metrics); a run's metric specs may
 # restate directions.
@@ -52,7 +53,8 @@ def table_columns(results: dict[str, Any]) -> list[str]:
 def best_variants(results: dict[str, Any]) -> dict[str, set[str]]:
     """Column -> variants whose mean, as displayed, is the best (direction from higher_is_better); empty when all tie.
 
-    An oracle row is a ceiling (held-out real data), not a result: never ranked, like the instrument columns.
+    A ceiling row (oracle, rerender) measures what added data could be worth, not a result: never ranked, like the
+    instrument columns.
     """
     dirs = metric_directions(results)
     best: dict[str, set[str]] = {}
@@ -60,7 +62,8 @@ def best_variants(results: dict[str, Any]) -> dict[str, set[str]]:
         if col in UNRANKED:
             best[col] = set()
             continue
-        vals = {v["name"]: as_number(v["metrics"].get(col)) for v in results["variants"] if v["kind"] != "oracle"}
+        vals = {v["name"]: as_number(v["metrics"].get(col)) for v in results["variants"]
+                if v["kind"] not in CEILING_KINDS}
         vals = {k: x for k, x in vals.items() if x is not None}
         if len(vals) < 2:
             best[col] = set()

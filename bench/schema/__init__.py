@@ -45,6 +45,7 @@ from bench.schema.sections import (
 from bench.schema.suite import Suite, resolve_variants
 from bench.schema.tuning import Constraint, Objective, SearchDim, Tune
 from bench.schema.variants import (
+    CEILING_KINDS,
     CRFM,
     SECTIONS,
     ConfigSection,
@@ -59,7 +60,7 @@ from bench.schema.variants import (
 )
 
 __all__ = [
-    "CRFM", "ENV_INCEPTION", "ENV_LOVEDA_ROOT", "ENV_SD3_DIR", "KNOWN_METRICS", "NAME_PATTERN", "ConfigSection",
+    "CEILING_KINDS", "CRFM", "ENV_INCEPTION", "ENV_LOVEDA_ROOT", "ENV_SD3_DIR", "KNOWN_METRICS", "NAME_PATTERN", "ConfigSection",
     "Constraint", "Dataset", "Domain", "Downstream", "Fid", "FreeMask", "GeneratorSpec", "GeneratorTrain", "Matrix",
     "MetricSpec", "Objective", "PresetName", "Procedural", "ResolvedVariant", "Resources", "Sampling", "SearchDim",
     "SECTIONS", "SegModelName", "Segmenter", "Strict", "Suite", "Tracking", "Tune", "VaeTrain", "Variant", "absolute_uri",

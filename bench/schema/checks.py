@@ -11,7 +11,7 @@ from bench.schema.base import ENV_INCEPTION, ENV_LOVEDA_ROOT, ENV_SD3_DIR, first
 from bench.schema.sections import GeneratorSpec, Segmenter
 from bench.schema.suite import Suite, resolve_variants
 from bench.schema.tuning import Tune
-from bench.schema.variants import SECTIONS, ResolvedVariant
+from bench.schema.variants import CEILING_KINDS, SECTIONS, ResolvedVariant
 from todsynth.sample.config import rectified_step_problem
 
 
@@ -25,7 +25,7 @@ def check_suite(suite: Suite) -> list[str]:
     if not variants:
         problems.append("variants: the suite declares no variant (add `variants:` or `matrix:`)")
     seen: dict[str, str] = {}
-    by_kind: dict[str, list[str]] = {"baseline": [], "oracle": []}
+    by_kind: dict[str, list[str]] = {"baseline": [], "oracle": [], "rerender": []}
     for v in variants:
         if v.name in seen:
             problems.append(f"{v.origin}.name: duplicate variant name {v.name!r} (first at {seen[v.name]})")
@@ -39,8 +39,9 @@ def check_suite(suite: Suite) -> list[str]:
             problems.append(f"{v.origin}.crfm.rectified_step: {why}")
     for origin in by_kind["baseline"][1:]:
         problems.append(f"{origin}: a second baseline variant (real-only training is one row; remove it)")
-    for origin in by_kind["oracle"][1:]:
-        problems.append(f"{origin}: a second oracle variant (held-out real data is one row; remove it)")
+    for kind in CEILING_KINDS:
+        for origin in by_kind[kind][1:]:
+            problems.append(f"{origin}: a second {kind} variant (a ceiling is one row; remove it)")
     for i, v in enumerate(suite.variants):
         if v.kind != "synthetic" and (v.sampling.overrides() or v.crfm.overrides()):
             problems.append(f"variants[{i}]: {'an' if v.kind == 'oracle' else 'a'} {v.kind} variant takes no "
@@ -48,6 +49,9 @@ def check_suite(suite: Suite) -> list[str]:
         if v.kind == "oracle" and suite.dataset.subsets is None:
             problems.append(f"variants[{i}]: an oracle variant needs dataset.subsets (its held-out real scenes are "
                             "training scenes outside the labelled subset)")
+        if v.kind == "rerender" and suite.dataset.kind != "procedural":
+            problems.append(f"variants[{i}]: a rerender variant needs dataset.kind procedural (it paints the training "
+                            "masks' scenes anew with the procedural renderer; real data has no second image of a mask)")
     same_ckpt = suite.judge.checkpoint is not None and suite.judge.checkpoint == suite.evaluator.checkpoint
     same_train = (
         suite.judge.checkpoint is None

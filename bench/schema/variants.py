@@ -87,15 +87,17 @@ def section_field(key: str) -> tuple[str, type[ConfigSection], str] | None:
     return (section, model, field) if model is not None and field in model.model_fields else None
 
 
-Kind = Literal["baseline", "synthetic", "oracle"]
+Kind = Literal["baseline", "synthetic", "oracle", "rerender"]
+CEILING_KINDS = ("oracle", "rerender")  # rows that measure what added data could be worth, not a method's result
 
 
 class Variant(Strict):
-    """One row of the comparison: ``baseline`` (real data only), ``synthetic`` (real + generated) or ``oracle``.
+    """One row of the comparison: ``baseline`` (real only), ``synthetic`` (real + generated) or a ceiling.
 
-    ``oracle`` (needs ``dataset.subsets``): real + as many held-out REAL training scenes as a synthetic variant
-    has generated images, in their place and at the same ratio: what a perfect synthetic set of that size could add,
-    the ceiling of the downstream gain.
+    The ceilings add as many images as a synthetic variant generates, in their place and at the same ratio:
+    ``oracle`` (needs ``dataset.subsets``) held-out REAL training scenes (new layouts: what more labelled data adds);
+    ``rerender`` (procedural data only) the training masks' own scenes painted anew by the procedural renderer, a
+    sample of the true p(image | mask): what a perfect generator fed the same masks could add.
     """
 
     name: str = Field(pattern=NAME_PATTERN, max_length=80)

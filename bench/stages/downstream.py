@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cache import CachedStage
-from bench.specs import DownstreamSpec, MixedDownstreamSpec, OracleDownstreamSpec
+from bench.specs import DownstreamSpec, MixedDownstreamSpec, OracleDownstreamSpec, RerenderDownstreamSpec
 from bench.stages.common import (
     launch_rank,
     load_seg,
@@ -60,8 +60,33 @@ def _held_out(spec: OracleDownstreamSpec, data: CachedStage) -> list[Any]:
     return held_out(pool, spec.subset.n, spec.held_out, spec.subset.seed)
 
 
+def _rerendered(spec: RerenderDownstreamSpec, data: CachedStage, real: list[Any], out_dir: Path) -> list[Any]:
+    """The rerender ceiling's images: the (limited) training masks' scenes painted anew, as many as synthesis makes.
+
+    Copy ``r`` (``out_dir/rerender/copy-r``) is appearance draw ``r + 1`` of the first masks, as synthesis fills its
+    copies.
+    """
+    import math
+
+    from bench.graph import n_synthetic
+    from todsynth.data.procedural import rerender_samples
+
+    proc = data.marker["spec"].get("procedural")
+    if not proc:
+        raise ValueError("the rerender variant needs procedural data (dataset.kind: procedural)")
+    masks = real if spec.limit is None else real[: spec.limit]
+    total = n_synthetic(spec.ratio, len(masks))
+    pool = split_samples(data, "Train")
+    pairs: list[Any] = []
+    for r in range(math.ceil(total / len(masks))):
+        chunk = masks[: min(len(masks), total - r * len(masks))]
+        pairs += rerender_samples(chunk, pool, int(proc["seed"]), int(proc["size"]), r + 1,
+                                  out_dir / "rerender" / f"copy-{r}")
+    return pairs
+
+
 def stage_downstream(spec: DownstreamSpec, inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
-    """Train the downstream segmentor on real (+ synthetic, FreeMask-filtered, or + held-out real) data; score on Val."""
+    """Train the downstream segmentor on real (+ synthetic, FreeMask-filtered, or + a ceiling's) data; score on Val."""
     from todsynth.seg.evaluate import evaluate_segmentor
     from todsynth.seg.io import save_segmentor
     from todsynth.seg.train import train_segmentor
@@ -83,6 +108,12 @@ def stage_downstream(spec: DownstreamSpec, inputs: dict[str, CachedStage], out_d
         scenes = _held_out(spec, data)
         extra["n_held_out"] = len(scenes)
         items, repeat = downstream_items(real, scenes, spec.ratio)
+    elif isinstance(spec, RerenderDownstreamSpec):
+        from todsynth.seg.downstream import downstream_items
+
+        painted = _rerendered(spec, data, real, out_dir)
+        extra["n_rerendered"] = len(painted)
+        items, repeat = downstream_items(real, painted, spec.ratio)
     elif isinstance(spec, MixedDownstreamSpec):
         from todsynth.seg.downstream import downstream_items
 

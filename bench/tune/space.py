@@ -180,7 +180,7 @@ def constraint_values(tune: Tune, metrics: Mapping[str, Any], reference: Mapping
 
 
 def reference_stages(variant: ResolvedVariant, metrics: Iterable[str]) -> tuple[str, ...]:
-    """Stages giving a constraint's reference variant its ``metrics`` (a baseline or oracle has only downstream)."""
+    """Stages giving a constraint's reference variant its ``metrics`` (a baseline or ceiling has only downstream)."""
     if variant.kind != "synthetic":
         return ("downstream",)
     return ("synthesize", "evaluate") + (("downstream",) if any(needs_downstream(m) for m in metrics) else ())

@@ -222,6 +222,22 @@ def scene_rng(seed: int, split: str, domain: str, index: int) -> np.random.Gener
     return np.random.default_rng((seed, _SPLIT_CODES[split], _DOMAIN_CODES[domain], index))
 
 
+def rerender_scene(seed: int, split: str, domain: str, index: int, size: int, draw: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scene ``index`` of :func:`generate_dataset` with its layout (so its mask, unchanged) painted anew.
+
+    ``draw`` >= 1 picks another appearance (colours, textures, illumination): a sample of the scenes' true
+    p(image | mask), which is what a perfect mask-conditioned generator would draw from that mask.
+    Returns RGB uint8 (size, size, 3) and the raw mask, equal to the scene's own.
+    """
+    if draw < 1:
+        raise ValueError(f"draw={draw} must be >= 1 (draw 0 is the scene itself)")
+    label, fields, instances = _layout(scene_rng(seed, split, domain, index), size, domain)
+    paint_rng = np.random.default_rng((seed, _SPLIT_CODES[split], _DOMAIN_CODES[domain], index, draw))
+    image = np.round(_render(paint_rng, label, fields, instances) * 255).astype(np.uint8)
+    raw = np.where(label == IGNORE_INDEX, RAW_NODATA, label + 1).astype(np.uint8)
+    return image, raw
+
+
 def generate_dataset(
     out: str | Path, n_train: int, n_val: int, size: int = 64, seed: int = 0, *, overwrite: bool = False
 ) -> Path:
@@ -257,6 +273,41 @@ def generate_dataset(
                 Image.fromarray(raw, "L").save(mask_dir / f"{next_id}.png", **PNG_SETTINGS)
                 next_id += 1
     return out
+
+
+def rerender_samples(
+    samples: Sequence[Any], pool: Sequence[Any], seed: int, size: int, draw: int, out: str | Path
+) -> list[tuple[Path, Path]]:
+    """Re-render ``samples`` (Train scenes of :func:`generate_dataset`) with appearance ``draw``; write PNG pairs.
+
+    ``pool``: the whole Train listing, which numbers each domain's scenes (ids run in scene order within a domain).
+    Writes ``out/images_png/<id>.png`` and ``out/masks_png/<id>.png``; returns the (image, mask) paths.
+
+    Raises:
+        ValueError: a sample is not in ``pool``, or its mask is not the one this renderer draws for it (the data
+            was not written by ``generate_dataset(seed=seed, size=size)``).
+    """
+    index: dict[tuple[str, str], int] = {}
+    for domain in {s.domain for s in pool}:
+        ids = sorted((s.id for s in pool if s.domain == domain), key=int)
+        index |= {(domain, i): k for k, i in enumerate(ids)}
+    out = Path(out)
+    (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    (out / MASKS_DIR).mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for s in samples:
+        k = index.get((s.domain, s.id))
+        if k is None:
+            raise ValueError(f"{s.image_path}: not a Train scene of the listing")
+        image, raw = rerender_scene(seed, "Train", s.domain, k, size, draw)
+        if not np.array_equal(read_raw_mask(s.mask_path), raw):
+            raise ValueError(f"{s.mask_path}: not the mask procedural seed {seed} at {size} px draws for "
+                             f"{s.domain} scene {k}; re-rendering needs the data generate_dataset wrote")
+        img_path, mask_path = out / IMAGES_DIR / f"{s.id}.png", out / MASKS_DIR / f"{s.id}.png"
+        Image.fromarray(image, "RGB").save(img_path, **PNG_SETTINGS)
+        Image.fromarray(raw, "L").save(mask_path, **PNG_SETTINGS)
+        pairs.append((img_path, mask_path))
+    return pairs
 
 
 def _lookup_counts(root: Path, split: str, levels: int, domains: Sequence[str]) -> np.ndarray:

@@ -1,0 +1,78 @@
+"""The rerender ceiling: the training masks' procedural scenes painted anew (a perfect generator's images).
+
+The oracle (held-out real scenes, with ``dataset.subsets``) is tested with the fewshot suite.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench import stages
+from bench.cache import CachedStage
+from bench.graph import build_graph
+from bench.specs import RerenderDownstreamSpec
+from bench.stages.common import artifact_path
+from bench.suites import SuiteError, validate_data
+from todsynth.data.loveda import read_image_array, read_raw_mask
+from todsynth.data.procedural import rerender_samples
+
+PERFECT = {"name": "perfect", "kind": "rerender"}
+
+
+def _data(tiny_suite_data, ws, **extra):
+    data = json.loads(json.dumps({**tiny_suite_data, "variants": tiny_suite_data["variants"] + [PERFECT], **extra}))
+    data["workspace"] = str(ws)
+    return data
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"dataset": {"kind": "loveda", "root": "/nowhere"}}, "variants[3]: a rerender variant needs dataset.kind procedural"),
+    ({"variants": [PERFECT, {"name": "p2", "kind": "rerender"}]}, "variants[1]: a second rerender variant"),
+    ({"variants": [{**PERFECT, "sampling": {"guidance_scale": 2.0}}]}, "variants[0]: a rerender variant takes no"),
+])
+def test_bad_rerender(tiny_suite_data, tmp_path, change, message):
+    data = {**_data(tiny_suite_data, tmp_path / "ws"), **change}
+    with pytest.raises(SuiteError) as exc:
+        validate_data(data, "test")
+    assert any(message in p for p in exc.value.problems), exc.value.problems
+
+
+@pytest.mark.parametrize(("ratio", "limit", "expected"), [(1.5, None, 12), (1.0, 3, 3), (0.5, None, 4)])
+def test_rerender_stage_paints_the_training_masks(tiny_suite_data, tmp_path, ratio, limit, expected):
+    """As many images as synthesis would make (round(ratio * masks)), each mask kept exactly, every image new."""
+    dataset = {**tiny_suite_data["dataset"], **({"limit": limit} if limit else {})}
+    suite = validate_data(_data(tiny_suite_data, tmp_path / "ws", dataset=dataset,
+                                downstream={"model": "fcn-tiny", "iters": 2, "batch_size": 2, "ratio": ratio}), "t")
+    by_key = {n.key: n for n in build_graph(suite)}
+    down = by_key["downstream[perfect,seed=0]"]
+    assert isinstance(down.spec, RerenderDownstreamSpec) and down.deps == {"data": "data"}
+    assert "synthesize[perfect,seed=0]" not in by_key and down.spec.limit == limit
+
+    data_dir = tmp_path / "data"
+    arts = stages.stage_data(by_key["data"].spec, {}, data_dir)
+    data = CachedStage(data_dir, {"artifacts": arts, "spec": by_key["data"].spec.hashed()})
+    out = stages.stage_downstream(down.spec, {"data": data}, tmp_path / "down")
+    assert out["metrics"]["n_rerendered"] == expected and out["metrics"]["n_train_items"] == 8 + expected
+    painted = sorted((tmp_path / "down" / "rerender").glob("copy-*/images_png/*.png"))
+    assert len(painted) == expected
+    real = {p.stem: p for p in artifact_path(data, "root").glob("Train/*/images_png/*.png")}
+    assert len(real) == 8
+    for image in painted:
+        mask = image.parent.parent / "masks_png" / image.name
+        original = real[image.stem]
+        assert np.array_equal(read_raw_mask(mask), read_raw_mask(original.parent.parent / "masks_png" / image.name))
+        assert np.abs(read_image_array(image).astype(int) - read_image_array(original)).mean() > 3
+
+
+def test_rerender_refuses_data_of_another_seed(tmp_path):
+    from todsynth.data.loveda import list_samples
+    from todsynth.data.procedural import generate_dataset
+
+    generate_dataset(tmp_path / "d", 4, 0, 32, seed=1)
+    pool = list_samples(tmp_path / "d", "Train")
+    assert len(rerender_samples(pool, pool, 1, 32, 1, tmp_path / "ok")) == 4
+    with pytest.raises(ValueError, match="not the mask procedural seed 0"):
+        rerender_samples(pool, pool, 0, 32, 1, tmp_path / "bad")
