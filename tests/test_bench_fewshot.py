@@ -42,7 +42,7 @@ def test_fewshot_suite_protocol(tmp_path):
     kinds = {v.name: (v.kind, v.crfm.rectified_step) for v in resolve_variants(suite, per_subset=False)}
     assert kinds["real-only"][0] == "baseline" and kinds["plain"] == ("synthetic", 0)
     assert kinds["crfm"][0] == "synthetic" and kinds["crfm"][1] > 0
-    assert kinds["oracle"][0] == "oracle"
+    assert kinds["perfect"][0] == "rerender"
     assert "evaluator_real_miou" in {m.name for m in suite.metrics}
     assert suite.tune is None and not (tmp_path / "ws").exists()
 
@@ -71,9 +71,10 @@ def test_fewshot_suite_protocol(tmp_path):
             assert by_key[f"evaluate[{v},seed={seed}]"].deps["evaluator"] == "evaluator"
             if v.startswith("crfm"):
                 assert syn.deps["judge"] == f"judge[n={n}]"
-    for n in ds.subsets:  # the oracle: as many held-out real scenes as synthetic images, while the split lasts
-        oracle = by_key[f"downstream[oracle@n{n},seed=0]"].spec
-        assert oracle.held_out == 3 * n and oracle.subset.n == n
+    for n in ds.subsets:  # the ceiling: the subset's masks painted anew, at the synthetic variants' ratio
+        perfect = by_key[f"downstream[perfect@n{n},seed=0]"]
+        assert perfect.spec.ratio == suite.downstream.ratio and perfect.spec.subset.n == n
+        assert perfect.deps == {"data": "data"}
     assert len(nodes) == 2 + 3 * len(ds.subsets) + 2 + len(ds.subsets) * len(suite.seeds) * (1 + 2 * 3 + 1)
     hashes = graph_hashes(nodes, stages.STAGE_VERSIONS)
     assert len(set(hashes.values())) == len(nodes)  # nothing is shared by mistake across sizes
