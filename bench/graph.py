@@ -112,6 +112,16 @@ def n_synthetic(ratio: float, n_masks: int) -> int:
     return max(1, round(ratio * n_masks))
 
 
+def copy_chunks(masks: list[Any], ratio: float) -> list[list[Any]]:
+    """The masks of each copy: ``n_synthetic(ratio, len(masks))`` images in all.
+
+    Every mask once per full copy, the last copy the first masks: how synthesis, and the rerender ceiling in its
+    place, fill their copies.
+    """
+    total = n_synthetic(ratio, len(masks))
+    return [masks[: min(len(masks), total - r * len(masks))] for r in range(math.ceil(total / len(masks)))]
+
+
 def synthesis_spec(suite: Suite, v: ResolvedVariant, seed: int) -> SynthesizeSpec:
     """The spec of ``synthesize[v,seed]``; CRFM settings drop out when ``rectified_step == 0``."""
     return SynthesizeSpec(

@@ -76,3 +76,12 @@ def test_rerender_refuses_data_of_another_seed(tmp_path):
     assert len(rerender_samples(pool, pool, 1, 32, 1, tmp_path / "ok")) == 4
     with pytest.raises(ValueError, match="not the mask procedural seed 0"):
         rerender_samples(pool, pool, 0, 32, 1, tmp_path / "bad")
+
+
+@pytest.mark.parametrize(("ratio", "sizes"), [(1.0, [4]), (2.5, [4, 4, 2]), (0.5, [2]), (0.01, [1]), (3.0, [4, 4, 4])])
+def test_copy_chunks_fill_like_synthesis(ratio, sizes):
+    from bench.graph import copy_chunks, n_synthetic
+
+    chunks = copy_chunks(list("abcd"), ratio)
+    assert [len(c) for c in chunks] == sizes and sum(sizes) == n_synthetic(ratio, 4)
+    assert all(c == list("abcd")[: len(c)] for c in chunks)  # each copy starts from the first mask

@@ -66,20 +66,16 @@ def _rerendered(spec: RerenderDownstreamSpec, data: CachedStage, real: list[Any]
     Copy ``r`` (``out_dir/rerender/copy-r``) is appearance draw ``r + 1`` of the first masks, as synthesis fills its
     copies.
     """
-    import math
-
-    from bench.graph import n_synthetic
+    from bench.graph import copy_chunks
     from todsynth.data.procedural import rerender_samples
 
     proc = data.marker["spec"].get("procedural")
     if not proc:
         raise ValueError("the rerender variant needs procedural data (dataset.kind: procedural)")
     masks = real if spec.limit is None else real[: spec.limit]
-    total = n_synthetic(spec.ratio, len(masks))
     pool = split_samples(data, "Train")
     pairs: list[Any] = []
-    for r in range(math.ceil(total / len(masks))):
-        chunk = masks[: min(len(masks), total - r * len(masks))]
+    for r, chunk in enumerate(copy_chunks(masks, spec.ratio)):
         pairs += rerender_samples(chunk, pool, int(proc["seed"]), int(proc["size"]), r + 1,
                                   out_dir / "rerender" / f"copy-{r}")
     return pairs
@@ -87,6 +83,7 @@ def _rerendered(spec: RerenderDownstreamSpec, data: CachedStage, real: list[Any]
 
 def stage_downstream(spec: DownstreamSpec, inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
     """Train the downstream segmentor on real (+ synthetic, FreeMask-filtered, or + a ceiling's) data; score on Val."""
+    from todsynth.seg.downstream import downstream_items
     from todsynth.seg.evaluate import evaluate_segmentor
     from todsynth.seg.io import save_segmentor
     from todsynth.seg.train import train_segmentor
@@ -103,20 +100,14 @@ def stage_downstream(spec: DownstreamSpec, inputs: dict[str, CachedStage], out_d
     kept = None
     extra: dict[str, Any] = {}
     if isinstance(spec, OracleDownstreamSpec):
-        from todsynth.seg.downstream import downstream_items
-
         scenes = _held_out(spec, data)
         extra["n_held_out"] = len(scenes)
         items, repeat = downstream_items(real, scenes, spec.ratio)
     elif isinstance(spec, RerenderDownstreamSpec):
-        from todsynth.seg.downstream import downstream_items
-
         painted = _rerendered(spec, data, real, out_dir)
         extra["n_rerendered"] = len(painted)
         items, repeat = downstream_items(real, painted, spec.ratio)
     elif isinstance(spec, MixedDownstreamSpec):
-        from todsynth.seg.downstream import downstream_items
-
         synth = synthetic_pairs(inputs["synthesize"])
         if spec.freemask is not None:
             synth, freemask_stats = _freemask(synth, inputs["judge"], spec.freemask.margin, out_dir,

@@ -4,14 +4,13 @@ The stages are ``real_features`` (FID/KID reference, once), ``synthesize`` (imag
 CRFM-guided by the judge) and ``evaluate`` (mask fidelity with the evaluator, FID/KID); the readers are
 :func:`synthetic_pairs` and :func:`source_samples`.
 
-Imports :mod:`bench.stages.common`, :mod:`bench.grids`, :mod:`bench.graph` (``n_synthetic``, lazily) and (lazily)
+Imports :mod:`bench.stages.common`, :mod:`bench.grids`, :mod:`bench.graph` (``copy_chunks``, lazily) and (lazily)
 ``todsynth.models``, ``todsynth.sample``, ``todsynth.seg``, ``todsynth.metrics``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +72,7 @@ def source_samples(synth: CachedStage, data: CachedStage) -> list[Any]:
 
 def stage_synthesize(spec: SynthesizeSpec, inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
     """Generate ``round(ratio * n_masks)`` images from the (limited) training masks, CRFM-guided by the judge."""
-    from bench.graph import n_synthetic
+    from bench.graph import copy_chunks
     from todsynth.models.generator import load_generator
     from todsynth.sample.speed import prepare_sampling_run
     from todsynth.sample.synthesize import synthesize
@@ -84,14 +83,12 @@ def stage_synthesize(spec: SynthesizeSpec, inputs: dict[str, CachedStage], out_d
     masks = train_samples(spec.subset, inputs["data"])
     if spec.limit is not None:
         masks = masks[: spec.limit]
-    total = n_synthetic(spec.ratio, len(masks))
     crfm = spec.crfm
     judge = SegmentorLogits(load_seg(inputs["judge"], device)) if crfm is not None else None
     cfg = prepare_sampling_run(gen, judge, spec.sampling)  # as `bench perf` measures: channels_last; bf16 on CUDA
     cache = stage_prompt_cache(inputs["prompts"], device)
     copies, seconds, n_images = [], 0.0, 0
-    for r in range(math.ceil(total / len(masks))):
-        chunk = masks[: min(len(masks), total - r * len(masks))]
+    for r, chunk in enumerate(copy_chunks(masks, spec.ratio)):
         root = out_dir / f"copy-{r}"
         manifest = synthesize(gen, chunk, root, cache, cfg, crfm, judge, seed=1000 * spec.seed + r,
                               progress=spec.runtime.progress)
