@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -75,3 +76,30 @@ def test_infinite_margin_keeps_everything_and_bad_args(tmp_path: Path) -> None:
         filter_masks(NearestColourJudge(), items, margin=0)
     with pytest.raises(ValueError, match="no items"):
         filter_masks(NearestColourJudge(), [])
+
+
+class CountingJudge(NearestColourJudge):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, images_01: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return super().forward(images_01)
+
+
+@pytest.mark.parametrize(("keep_bytes", "calls"), [(256 << 20, 3), (0, 6), (2 * 16 * 16 * 5, 4)])
+def test_loss_maps_kept_between_passes_while_they_fit(tmp_path: Path, monkeypatch, keep_bytes, calls) -> None:
+    """One judge pass per image while the maps fit in KEEP_BYTES, a second for the rest; the same masks either way."""
+    import todsynth.seg.freemask as fm
+
+    items, _ = _write(tmp_path / "Train" / "Urban")
+    monkeypatch.setattr(fm, "KEEP_BYTES", keep_bytes)
+    judge = CountingJudge()
+    result = filter_masks(judge, items, margin=1.25, out_dirname=f"f{keep_bytes}")
+    assert judge.calls == calls  # 16x16 maps: float32 loss + uint8 target = 1280 bytes each
+    monkeypatch.setattr(fm, "KEEP_BYTES", 0)
+    again = filter_masks(NearestColourJudge(), items, margin=1.25, out_dirname="recomputed")
+    for a, b in zip(result.items, again.items, strict=True):
+        np.testing.assert_array_equal(np.asarray(Image.open(a.mask_path)), np.asarray(Image.open(b.mask_path)))
+    assert json.dumps(result.stats, sort_keys=True) == json.dumps(again.stats, sort_keys=True)  # NaN-safe

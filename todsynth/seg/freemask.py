@@ -29,6 +29,7 @@ from todsynth.data.classes import CLASSES, IGNORE_INDEX, NUM_CLASSES, RAW_NODATA
 from todsynth.seg.items import SegItem, as_seg_items
 
 FILTERED_DIRNAME = "masks_filtered_png"
+KEEP_BYTES = 256 << 20  # loss maps held between the two passes (64 px tiles: ~20 KB each; 1024 px: ~5 MB)
 
 
 @dataclass
@@ -93,22 +94,29 @@ def filter_masks(
     pairs = as_seg_items(items)
     if not pairs:
         raise ValueError("no items to filter")
-    # Pass 1: class-wise mean loss over the set (sums, so memory stays O(C)).
+    # Pass 1: class-wise mean loss over the set. The loss maps are kept while they fit in KEEP_BYTES (small tiles:
+    # the judge runs once per image); beyond that pass 2 recomputes them, so memory stays bounded on large sets.
     loss_sum = np.zeros(num_classes, dtype=np.float64)
     count = np.zeros(num_classes, dtype=np.int64)
+    kept: list[tuple[np.ndarray, np.ndarray]] = []  # the first images' maps (a prefix of pairs)
+    kept_bytes, keeping = 0, True
     for item in pairs:
         loss, target = _pixel_losses(judge, item)
+        keeping = keeping and kept_bytes + loss.nbytes + target.nbytes <= KEEP_BYTES
+        if keeping:
+            kept.append((loss, target))
+            kept_bytes += loss.nbytes + target.nbytes
         valid = target != IGNORE_INDEX
         loss_sum += np.bincount(target[valid], weights=loss[valid], minlength=num_classes)[:num_classes]
         count += np.bincount(target[valid], minlength=num_classes)[:num_classes]
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_loss = np.where(count > 0, loss_sum / np.maximum(count, 1), np.nan)
         threshold = margin * mean_loss  # NaN for absent classes (never compared: they have no pixels)
-    # Pass 2: recompute each image's losses (cheaper than holding every loss map) and write copies.
+    # Pass 2: each image's losses (kept, else recomputed: the judge is deterministic) and the filtered copies.
     removed = np.zeros(num_classes, dtype=np.int64)
     out_items: list[SegItem] = []
-    for item in pairs:
-        loss, target = _pixel_losses(judge, item)
+    for i, item in enumerate(pairs):
+        loss, target = kept[i] if i < len(kept) else _pixel_losses(judge, item)
         valid = target != IGNORE_INDEX
         thr = np.full(target.shape, np.inf, dtype=np.float64)
         thr[valid] = threshold[target[valid]]
