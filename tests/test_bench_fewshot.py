@@ -268,7 +268,7 @@ def test_fewshot_path_with_fakes(tiny_suite_data, bench_workspace, fake_stages, 
     assert float(got[("plain", 2)]["of_rerender"]) == series["plain"][2]["of_ceiling"]["rerender"]
     assert got[("oracle", 2)]["of_oracle"] == got[("perfect", 2)]["of_rerender"] == ""
     assert got[("oracle", 2)]["kind"] == "oracle" and got[("plain", 2)]["kind"] == "synthetic"
-    assert "| plain | +0.0100 ± 0.0071 † (20 % of oracle, 25 % of rerender) |" in section
+    assert "| plain | +0.0100 ± 0.0071 † (20 % of oracle, 25 % of perfect) |" in section
     html = (report / "index.html").read_text()
     assert 'id="efficiency-table"' in html and 'alt="Data efficiency"' in html
     results_csv = list(csv.DictReader(io.StringIO((report / "results.csv").read_text())))

@@ -79,6 +79,7 @@ def seed_values(v: dict[str, Any], key: str = "downstream_miou") -> dict[int, fl
 
 def efficiency_table(eff: dict[str, Any]) -> list[dict[str, Any]]:
     """Display rows of :func:`data_efficiency`: per variant, per n ``{"text", "exceeds"}`` (``–`` where missing)."""
+    names = {s["kind"]: s["variant"] for s in eff["series"] if s.get("kind") in CEILING_KINDS}  # shares name the row
     rows = []
     for s in eff["series"]:
         by_n = {p["n"]: p for p in s["points"]}
@@ -90,7 +91,7 @@ def efficiency_table(eff: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             text = f"{p['mean']:+.4f}" + ("" if p["std"] is None else f" ± {p['std']:.4f}")  # mIoU points: fixed
             text += " †" if p["exceeds"] else ""
-            shares = [f"{100 * x:.0f} % of {kind}" for kind, x in p.get("of_ceiling", {}).items()]
+            shares = [f"{100 * x:.0f} % of {names.get(kind, kind)}" for kind, x in p.get("of_ceiling", {}).items()]
             text += f" ({', '.join(shares)})" if shares else ""
             cells[n] = {"text": text, "exceeds": p["exceeds"]}
         rows.append({"variant": s["variant"], "cells": cells})
