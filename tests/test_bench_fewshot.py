@@ -274,6 +274,7 @@ def test_fewshot_path_with_fakes(tiny_suite_data, bench_workspace, fake_stages, 
     results_csv = list(csv.DictReader(io.StringIO((report / "results.csv").read_text())))
     assert results_csv[0]["n"] == "4" and results_csv[0]["declared"] == "real-only"
     assert "| oracle@n4 | oracle | 0.4000 ± 0.0100 |" in md  # the best mIoU, but a ceiling: never bold
+    assert "Rows of kind rerender or oracle are ceilings, not methods" in md
     assert "| perfect@n4 | rerender | 0.3900 ± 0.0100 |" in md
     assert "| crfm@n4 | synthetic | **0.3600 ± 0.0200** |" in md
     oracle = next(r for r in results_csv if r["variant"] == "oracle@n4")

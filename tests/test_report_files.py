@@ -105,6 +105,7 @@ def test_report_files_and_numbers_equal_results(ran, tmp_path):
 
     # Markdown: every cell is the formatted mean ± std of results.json; best per column in bold
     md = (out / "report.md").read_text()
+    assert "ceilings, not methods" not in md  # no rerender/oracle row, no note about them
     table = _md_table(md)
     best = best_variants(results)
     for v in results["variants"]:

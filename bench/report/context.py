@@ -35,7 +35,7 @@ from bench.report.tables import (
     table_columns,
     table_rows,
 )
-from bench.schema import Suite
+from bench.schema import CEILING_KINDS, Suite
 
 
 def build_context(suite: Suite, data: ReportData, out: Path, scratch: Path) -> dict[str, Any]:
@@ -68,7 +68,16 @@ def build_context(suite: Suite, data: ReportData, out: Path, scratch: Path) -> d
         "pareto": pareto_rows([data.trials[i] for i in front]), "n_trials": len(data.trials),
         "pareto_axes": [{"label": LABELS.get(m, m), "arrow": "↑" if dirs.get(m, True) else "↓"} for m in data.axes],
         "study": data.study_name,
+        "ceiling_note": CEILING_NOTE if any(r["kind"] in CEILING_KINDS for r in rows) else "",
     }
+
+
+CEILING_NOTE = (
+    "Rows of kind rerender or oracle are ceilings, not methods (never bold): the downstream model trained on real data "
+    "plus as many images as a synthetic variant adds, at the same ratio, that are as good as images can be: the same "
+    "training masks painted anew by the scenes' own renderer (rerender: what a perfect generator would draw) or "
+    "held-out real scenes (oracle: more labelled data). A synthetic variant's gain over real-only reads against theirs."
+)
 
 
 def _rectified_figure(data: ReportData, out: Path, several: bool) -> dict[str, str] | None:
