@@ -25,7 +25,7 @@ def check_suite(suite: Suite) -> list[str]:
     if not variants:
         problems.append("variants: the suite declares no variant (add `variants:` or `matrix:`)")
     seen: dict[str, str] = {}
-    by_kind: dict[str, list[str]] = {"baseline": [], "oracle": [], "rerender": []}
+    by_kind: dict[str, list[str]] = {kind: [] for kind in ("baseline", *CEILING_KINDS)}
     for v in variants:
         if v.name in seen:
             problems.append(f"{v.origin}.name: duplicate variant name {v.name!r} (first at {seen[v.name]})")
