@@ -229,6 +229,14 @@ def test_fewshot_path_with_fakes(tiny_suite_data, bench_workspace, fake_stages, 
     runs = {(r["variant"], r["seed"]): r for r in variant_runs(res)}
     assert runs[("oracle@n2", 1)]["metrics"]["downstream_gain"] == pytest.approx(ORACLE_GAIN)
     assert runs[("oracle@n2", 1)]["params"]["ratio"] == 3.0 and "crfm" not in runs[("oracle@n2", 1)]["params"]
+    from bench.tracking import find_children, get_run_record
+
+    logged = {r["run_name"]: r for r in find_children(suite.tracking_uri, get_run_record(suite.tracking_uri,
+                                                                                         res["mlflow"]["parent_run_id"]))}
+    for name, kind in (("oracle@n2", "oracle"), ("perfect@n4", "rerender"), ("plain@n4", "variant")):
+        run = logged[f"{name}[seed=0]"]  # a ceiling's run has its own kind (out of the compare filter) and its gain
+        assert run["tags"]["todsynth.kind"] == kind and "downstream_gain" in run["metrics"]
+    assert "mask_miou" not in logged["perfect@n4[seed=0]"]["metrics"]
     assert json.loads(out.results_file.read_text())["variants"][0]["n"] == 4
 
     eff = data_efficiency(res)
