@@ -125,7 +125,6 @@ class StagePool:
         ctx = multiprocessing.get_context("spawn")
         self.jobs = jobs
         self._terminated = False
-        self._processes: dict[int, Any] = {}  # the pool's processes, kept by terminate()
         # a SimpleQueue writes in put() itself (no feeder thread), so a stage's last report is in the pipe before
         # its result reaches this process, and before the None that ends the reader
         self._reports = ctx.SimpleQueue()
@@ -149,40 +148,24 @@ class StagePool:
         """
         try:
             return self._pool.submit(_call, fn, threads, key, args).result()
-        except (BrokenProcessPool, RuntimeError):  # RuntimeError: a submit after terminate() shut the pool down
+        except BrokenProcessPool:
             if self._terminated:
                 raise KeyboardInterrupt from None
             raise
 
     def terminate(self) -> None:
-        """End the pool's processes now (Ctrl-C): running stages stop, their waiting threads raise.
-
-        The pool is shut down first, so no engine thread can start a process after the kill; the process table is
-        kept from before (shutdown drops it), so every process it ever started is ended.
-        """
-        self._terminated = True  # a process ended mid-report may hold the queue's lock: leave the reader be
-        self._processes = dict(getattr(self._pool, "_processes", None) or {})  # no public kill before Python 3.14
-        table = getattr(self._pool, "_processes", None)
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._processes.update(table or {})
-        self._kill()
-
-    def _kill(self) -> None:
-        for p in self._processes.values():
+        """End the pool's processes now (Ctrl-C): running stages stop, their waiting threads raise."""
+        for p in list(getattr(self._pool, "_processes", {}).values()):  # no public kill before Python 3.14
             if p.is_alive():
                 p.terminate()
-        for p in self._processes.values():
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._terminated = True  # a process ended mid-report may hold the queue's lock: leave the reader be
 
     def __enter__(self) -> StagePool:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._terminated:  # never wait on a pool whose processes were killed (its queues may never drain)
-            self._kill()
-            return
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._reports.put(None)  # the reader is a daemon thread: abandoned after terminate()
-        self._reader.join(timeout=5)
+        if not self._terminated:  # the reader is a daemon thread: abandoned otherwise
+            self._reports.put(None)
+            self._reader.join(timeout=5)
