@@ -211,10 +211,7 @@ def generate_scene(rng: np.random.Generator, size: int, domain: str) -> tuple[np
         raise ValueError(f"domain={domain!r} is not one of {', '.join(DOMAINS)}")
     if size < 16:
         raise ValueError(f"size={size} is too small for a scene; use at least 16 px")
-    label, fields, instances = _layout(rng, size, domain)
-    image = np.round(_render(rng, label, fields, instances) * 255).astype(np.uint8)
-    raw = np.where(label == IGNORE_INDEX, RAW_NODATA, label + 1).astype(np.uint8)
-    return image, raw
+    return _paint(rng, *_layout(rng, size, domain))
 
 
 def scene_rng(seed: int, split: str, domain: str, index: int) -> np.random.Generator:
@@ -231,9 +228,15 @@ def rerender_scene(seed: int, split: str, domain: str, index: int, size: int, dr
     """
     if draw < 1:
         raise ValueError(f"draw={draw} must be >= 1 (draw 0 is the scene itself)")
-    label, fields, instances = _layout(scene_rng(seed, split, domain, index), size, domain)
-    paint_rng = np.random.default_rng((seed, _SPLIT_CODES[split], _DOMAIN_CODES[domain], index, draw))
-    image = np.round(_render(paint_rng, label, fields, instances) * 255).astype(np.uint8)
+    layout = _layout(scene_rng(seed, split, domain, index), size, domain)
+    return _paint(np.random.default_rng((seed, _SPLIT_CODES[split], _DOMAIN_CODES[domain], index, draw)), *layout)
+
+
+def _paint(
+    rng: np.random.Generator, label: np.ndarray, fields: np.ndarray, instances: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A layout (``_layout``) rendered with ``rng``: RGB uint8 (size, size, 3) and its raw LoveDA mask uint8."""
+    image = np.round(_render(rng, label, fields, instances) * 255).astype(np.uint8)
     raw = np.where(label == IGNORE_INDEX, RAW_NODATA, label + 1).astype(np.uint8)
     return image, raw
 
