@@ -15,7 +15,7 @@ from bench.cache import CachedStage
 from bench.engine import graph_hashes, run_suite
 from bench.graph import build_graph
 from bench.report import write_report
-from bench.report.efficiency import data_efficiency, efficiency_table
+from bench.report.efficiency import data_efficiency, efficiency_table, render_efficiency_csv
 from bench.results import variant_runs
 from bench.schema import resolve_variants
 from bench.specs import RerenderDownstreamSpec
@@ -331,3 +331,14 @@ def test_share_of_the_oracle_only_against_a_positive_ceiling():
     assert plain[16]["of_ceiling"] == {}  # the oracle lost at n = 16: no share of a negative ceiling
     cells = efficiency_table(eff)[0]["cells"]
     assert cells[8]["text"] == "+0.0150 ± 0.0071 † (30 % of oracle)" and "oracle" not in cells[16]["text"]
+
+
+def test_a_loss_prints_no_share_of_the_ceiling():
+    res = _results([0, 1], {("real-only", "baseline", 8): [0.5, 0.6], ("plain", "synthetic", 8): [0.48, 0.59],
+                            ("perfect", "rerender", 8): [0.52, 0.62]})
+    eff = data_efficiency(res)
+    (point,) = eff["series"][0]["points"]
+    assert point["of_ceiling"] == pytest.approx({"rerender": -0.015 / 0.02})  # the ratio itself stays (CSV)
+    assert efficiency_table(eff)[0]["cells"][8]["text"] == "-0.0150 ± 0.0071 †"
+    row = next(csv.DictReader(io.StringIO(render_efficiency_csv(eff))))
+    assert float(row["of_rerender"]) == pytest.approx(-0.75)

@@ -78,7 +78,10 @@ def seed_values(v: dict[str, Any], key: str = "downstream_miou") -> dict[int, fl
 
 
 def efficiency_table(eff: dict[str, Any]) -> list[dict[str, Any]]:
-    """Display rows of :func:`data_efficiency`: per variant, per n ``{"text", "exceeds"}`` (``–`` where missing)."""
+    """Display rows of :func:`data_efficiency`: per variant, per n ``{"text", "exceeds"}`` (``–`` where missing).
+
+    A gain's text names its share of each ceiling's gain; a loss (negative mean) names none.
+    """
     names = {s["kind"]: s["variant"] for s in eff["series"] if s.get("kind") in CEILING_KINDS}  # shares name the row
     rows = []
     for s in eff["series"]:
@@ -91,7 +94,9 @@ def efficiency_table(eff: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             text = f"{p['mean']:+.4f}" + ("" if p["std"] is None else f" ± {p['std']:.4f}")  # mIoU points: fixed
             text += " †" if p["exceeds"] else ""
-            shares = [f"{100 * x:.0f} % of {names.get(kind, kind)}" for kind, x in p.get("of_ceiling", {}).items()]
+            # a share of the ceiling's gain reads for a gain only: a loss prints its sign alone (the CSV keeps the ratio)
+            shares = [f"{100 * x:.0f} % of {names.get(kind, kind)}" for kind, x in p.get("of_ceiling", {}).items()
+                      if p["mean"] >= 0]
             text += f" ({', '.join(shares)})" if shares else ""
             cells[n] = {"text": text, "exceeds": p["exceeds"]}
         rows.append({"variant": s["variant"], "cells": cells})
