@@ -45,7 +45,11 @@ def split_samples(data: CachedStage, split: str) -> list[Any]:
 
 def train_samples(sub: Subset | None, data: CachedStage) -> list[Any]:
     """The training ``Sample``s a stage may learn from: the whole split (``sub`` None), or the labelled subset."""
-    samples = split_samples(data, "Train")
+    return labelled_samples(sub, split_samples(data, "Train"))
+
+
+def labelled_samples(sub: Subset | None, samples: list[Any]) -> list[Any]:
+    """The labelled subset ``sub`` of the Train split's ``samples`` (all of them for ``sub`` None)."""
     if sub is None:
         return samples
     from todsynth.data.subset import DRAW_RULE, labelled_subset

@@ -14,11 +14,11 @@ from typing import Any
 from bench.cache import CachedStage
 from bench.specs import DownstreamSpec, MixedDownstreamSpec, OracleDownstreamSpec, RerenderDownstreamSpec
 from bench.stages.common import (
+    labelled_samples,
     launch_rank,
     load_seg,
     split_samples,
     square_crop,
-    train_samples,
     write_json,
 )
 from bench.stages.synthesis import synthetic_pairs
@@ -47,24 +47,27 @@ def _freemask(pairs: list[tuple[Path, Path]], judge_stage: CachedStage, margin: 
     return result.items, result.stats
 
 
-def _held_out(spec: OracleDownstreamSpec, data: CachedStage) -> list[Any]:
-    """The oracle's extra real scenes: the ``spec.held_out`` that follow the labelled subset in the draw order."""
+def _held_out(spec: OracleDownstreamSpec, pool: list[Any]) -> list[Any]:
+    """The oracle's extra real scenes: the ``spec.held_out`` that follow the labelled subset in the draw order.
+
+    ``pool``: the Train split's samples, the subset's draw order's input.
+    """
     from todsynth.data.subset import held_out
 
     if spec.subset is None:
         raise ValueError("the oracle's downstream stage needs a labelled subset (dataset.subsets)")
-    pool = split_samples(data, "Train")
     if len(pool) <= spec.subset.n:
         raise ValueError(f"the oracle at n={spec.subset.n} has no held-out scene: the training split has "
                          f"{len(pool)} (use smaller dataset.subsets or drop the oracle variant)")
     return held_out(pool, spec.subset.n, spec.held_out, spec.subset.seed)
 
 
-def _rerendered(spec: RerenderDownstreamSpec, data: CachedStage, real: list[Any], out_dir: Path) -> list[Any]:
+def _rerendered(spec: RerenderDownstreamSpec, data: CachedStage, real: list[Any], pool: list[Any],
+                out_dir: Path) -> list[Any]:
     """The rerender ceiling's images: the (limited) training masks' scenes painted anew, as many as synthesis makes.
 
     Copy ``r`` (``out_dir/rerender/copy-r``) is appearance draw ``r + 1`` of the first masks, as synthesis fills its
-    copies.
+    copies. ``pool``: the Train split's samples (where the masks' scene indices come from).
     """
     from bench.graph import copy_chunks
     from todsynth.data.procedural import rerender_samples
@@ -73,7 +76,6 @@ def _rerendered(spec: RerenderDownstreamSpec, data: CachedStage, real: list[Any]
     if not proc:
         raise ValueError("the rerender variant needs procedural data (dataset.kind: procedural)")
     masks = real if spec.limit is None else real[: spec.limit]
-    pool = split_samples(data, "Train")
     pairs: list[Any] = []
     for r, chunk in enumerate(copy_chunks(masks, spec.ratio)):
         pairs += rerender_samples(chunk, pool, int(proc["seed"]), int(proc["size"]), r + 1,
@@ -91,7 +93,8 @@ def stage_downstream(spec: DownstreamSpec, inputs: dict[str, CachedStage], out_d
     if launch_rank() != 0:  # see bench.stages.models: rank 0 alone trains under torchrun
         return {}
     data = inputs["data"]
-    real = train_samples(spec.subset, data)
+    pool = split_samples(data, "Train")
+    real = labelled_samples(spec.subset, pool)
     val = split_samples(data, "Val")
     if spec.val_limit is not None:
         val = val[: spec.val_limit]
@@ -100,11 +103,11 @@ def stage_downstream(spec: DownstreamSpec, inputs: dict[str, CachedStage], out_d
     kept = None
     extra: dict[str, Any] = {}
     if isinstance(spec, OracleDownstreamSpec):
-        scenes = _held_out(spec, data)
+        scenes = _held_out(spec, pool)
         extra["n_held_out"] = len(scenes)
         items, repeat = downstream_items(real, scenes, spec.ratio)
     elif isinstance(spec, RerenderDownstreamSpec):
-        painted = _rerendered(spec, data, real, out_dir)
+        painted = _rerendered(spec, data, real, pool, out_dir)
         extra["n_rerendered"] = len(painted)
         items, repeat = downstream_items(real, painted, spec.ratio)
     elif isinstance(spec, MixedDownstreamSpec):
