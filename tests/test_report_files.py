@@ -171,6 +171,40 @@ def _check_grid(out):
     assert colours <= set(PALETTE) | {(0, 0, 0)}
 
 
+def test_samples_grid_shows_the_rerender_ceiling_beside_the_samples(tiny_suite_data, bench_workspace, fake_stages,
+                                                                    tmp_path):
+    """A rerender ceiling's painted images (where its downstream stage wrote them) get a column of their own."""
+    from bench.specs import RerenderDownstreamSpec
+    from bench.stages.downstream import rerender_dir
+    from todsynth.data.loveda import list_samples
+    from todsynth.data.procedural import rerender_samples
+
+    fns = report_stages(fake_stages)
+
+    def downstream(spec, inputs, out_dir):
+        if isinstance(spec, RerenderDownstreamSpec):  # the real painter, into the stage's real layout
+            pool = list_samples(inputs["data"].dir / inputs["data"].artifacts["root"], "Train")
+            rerender_samples(pool, pool, 0, 32, 1, rerender_dir(out_dir, 0))
+        return fns["downstream"](spec, inputs, out_dir)
+
+    data = {**tiny_suite_data, "workspace": str(bench_workspace),
+            "variants": [*tiny_suite_data["variants"], {"name": "perfect", "kind": "rerender"}]}
+    suite = validate_data(data, "test")
+    run_suite(suite, stage_fns={**fns, "downstream": downstream}, stage_versions={}, progress=False)
+    out = write_report(suite, tmp_path / "r")
+    md = (out / "report.md").read_text()
+    assert "Columns: mask, real, plain, crfm, perfect." in md
+    assert "Column perfect is a ceiling, not a sample" in md
+    grid = np.asarray(Image.open(out / "samples.png").convert("RGB"))
+    assert grid.shape[1] == 5 * (128 + 4) + 4
+    cell = lambda j: grid[18:18 + 128, 4 + j * 132: 4 + j * 132 + 128]  # noqa: E731
+    first = re.search(r"ids \w+/(\d+)", md).group(1)  # the first row's scene
+    (png,) = bench_workspace.glob(f"cache/downstream/*/rerender/copy-0/images_png/{first}.png")
+    painted = np.asarray(Image.open(png).convert("RGB"))
+    assert np.array_equal(cell(4), painted.repeat(4, 0).repeat(4, 1))  # 32 px upscaled (nearest) to the 128 px cell
+    assert not np.array_equal(cell(4), cell(1))  # painted anew: not the real image of the same mask
+
+
 def test_report_latest_run_and_workspace_cross_check(ran, tmp_path):
     suite, outcome = ran
     out = write_report(suite, tmp_path / "r", run_id=outcome.parent_run_id)

@@ -1,7 +1,7 @@
 """The report's sample images.
 
 Each variant's synthesize outputs (found through ``stages.json`` in the workspace cache) side by side with their
-masks and real images in ``samples.png``; the logged ``grid.png`` artifacts when the outputs are gone.
+masks and real images in ``samples.png``, and a rerender ceiling's painted images of the same masks; the logged ``grid.png`` artifacts when the outputs are gone.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ GRID_ROWS = 4
 GRID_CELL = 128  # px: small (32-64 px) samples are upscaled (nearest) to stay readable
 
 
-def _synth_variant(key: str) -> tuple[str, int] | None:
-    """``synthesize[crfm,seed=0]`` -> ("crfm", 0)."""
-    if not key.startswith("synthesize[") or not key.endswith("]"):
+def _synth_variant(key: str, stage: str = "synthesize") -> tuple[str, int] | None:
+    """``synthesize[crfm,seed=0]`` -> ("crfm", 0) (``stage``: the key's stage)."""
+    if not key.startswith(f"{stage}[") or not key.endswith("]"):
         return None
-    name, _, seed = key[len("synthesize["):-1].rpartition(",seed=")
+    name, _, seed = key[len(stage) + 1:-1].rpartition(",seed=")
     return (name, int(seed)) if name and seed.lstrip("-").isdigit() else None
 
 
@@ -58,6 +58,24 @@ def grid_columns(suite: Suite, data: ReportData) -> tuple[int | None, list[tuple
     rs = {v["name"]: v.get("params", {}).get("crfm", {}).get("rectified_step", 0) for v in data.results["variants"]}
     names = sorted(found[seed], key=lambda n: (rs.get(n, 0) != 0, order.get(n, 1 << 30)))
     return seed, [(n, found[seed][n]) for n in names]
+
+
+def rerender_columns(suite: Suite, data: ReportData, seed: int) -> list[tuple[str, Path]]:
+    """[(variant, images dir)] of the rerender ceilings at ``seed``: the first copy its downstream stage painted."""
+    from bench.stages.downstream import rerender_dir
+    from todsynth.data.loveda import IMAGES_DIR
+
+    kinds = {v["name"]: v.get("kind") for v in data.results["variants"]}
+    out = []
+    for row in data.stages:
+        parsed = _synth_variant(row.get("key", ""), "downstream")
+        if parsed is None or parsed[1] != seed or kinds.get(parsed[0]) != "rerender":
+            continue
+        cached = _stage(suite, row)
+        painted = rerender_dir(cached.dir, 0) / IMAGES_DIR if cached is not None else None
+        if painted is not None and painted.is_dir():
+            out.append((parsed[0], painted))
+    return out
 
 
 def _real_image(entry: dict[str, Any], suite: Suite, data: ReportData) -> Path | None:
@@ -99,18 +117,23 @@ def image_grid(suite: Suite, data: ReportData, path: Path, n_rows: int = GRID_RO
     ids = ids[:n_rows]
     if not ids:
         return None
-    headers = ["mask", "real"] + [n for n, _ in columns]
+    # a ceiling's column where its painted image of every row's mask is still on disk
+    painted = [(n, d) for n, d in rerender_columns(suite, data, seed) if all((d / f"{i}.png").is_file() for _, i in ids)]
+    headers = ["mask", "real"] + [n for n, _ in columns] + [n for n, _ in painted]
     rows = []
     for key in ids:
         e0 = by_id[first][key]
         mask = mask_rgb(columns[0][1].parent / e0["mask"])
         real_path = _real_image(e0, suite, data)
         real = read_rgb(real_path) if real_path else np.zeros_like(mask)
-        rows.append([mask, real] + [read_rgb(p.parent / by_id[name][key]["image"]) for name, p in columns])
+        rows.append([mask, real] + [read_rgb(p.parent / by_id[name][key]["image"]) for name, p in columns]
+                    + [read_rgb(d / f"{key[1]}.png") for _, d in painted])
     save_grid(rows, path, headers=headers, min_cell=GRID_CELL, pad=4)
     data.notes.append(
         f"Samples: seed {seed}, ids {', '.join(f'{d}/{i}' for d, i in ids)}; every variant's image of an id comes from "
         "the same initial noise (per-sample seeds depend on the run seed and the id only)."
+        + "".join(f" Column {n} is a ceiling, not a sample: the same scene painted anew by the renderer "
+                  "(what a perfect generator would draw from the mask)." for n, _ in painted)
     )
     return path, headers
 

@@ -62,11 +62,16 @@ def _held_out(spec: OracleDownstreamSpec, pool: list[Any]) -> list[Any]:
     return held_out(pool, spec.subset.n, spec.held_out, spec.subset.seed)
 
 
+def rerender_dir(stage_dir: Path, copy: int) -> Path:
+    """Where the rerender ceiling's downstream stage writes its painted copy ``copy`` (LoveDA ``images_png``/``masks_png``)."""
+    return stage_dir / "rerender" / f"copy-{copy}"
+
+
 def _rerendered(spec: RerenderDownstreamSpec, data: CachedStage, real: list[Any], pool: list[Any],
                 out_dir: Path) -> list[Any]:
     """The rerender ceiling's images: the (limited) training masks' scenes painted anew, as many as synthesis makes.
 
-    Copy ``r`` (``out_dir/rerender/copy-r``) is appearance draw ``r + 1`` of the first masks, as synthesis fills its
+    Copy ``r`` (:func:`rerender_dir`) is appearance draw ``r + 1`` of the first masks, as synthesis fills its
     copies. ``pool``: the Train split's samples (where the masks' scene indices come from).
     """
     from bench.graph import copy_chunks
@@ -79,7 +84,7 @@ def _rerendered(spec: RerenderDownstreamSpec, data: CachedStage, real: list[Any]
     pairs: list[Any] = []
     for r, chunk in enumerate(copy_chunks(masks, spec.ratio)):
         pairs += rerender_samples(chunk, pool, int(proc["seed"]), int(proc["size"]), r + 1,
-                                  out_dir / "rerender" / f"copy-{r}")
+                                  rerender_dir(out_dir, r))
     return pairs
 
 
