@@ -22,7 +22,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from bench.cache import CODE_VERSION, CachedStage, StageCache, stage_hash
+from bench.cache import CODE_VERSION, CacheCorruptError, CachedStage, StageCache, stage_hash
 from bench.graph import Node, build_graph, node_key, select_forced
 from bench.provenance import device_label, git_commit, now_iso, package_versions
 from bench.results import collect_results, results_path, strict_json, write_results
@@ -102,8 +102,8 @@ def preflight(suite: Suite, force: list[str] | tuple[str, ...] = ()) -> list[Nod
 def plan(suite: Suite, force: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """What ``bench run`` would do, touching nothing: one row per node, in graph order.
 
-    A row is the node's ``key``, ``stage``, ``deps``, ``hash`` and ``status`` (``cached``, ``compute`` or
-    ``forced``). Raises :class:`SuiteError` as :func:`preflight` does.
+    A row is the node's ``key``, ``stage``, ``deps``, ``hash`` and ``status`` (``cached``, ``compute``, ``forced``
+    or ``damaged``: a cache entry ``StageCache.lookup`` refuses, where ``bench run`` stops unless forced). Raises :class:`SuiteError` as :func:`preflight` does.
     """
     from bench.stages import STAGE_VERSIONS
 
@@ -113,8 +113,13 @@ def plan(suite: Suite, force: list[str] | tuple[str, ...] = ()) -> list[dict[str
     cache = StageCache(suite.workspace)
     rows = []
     for n in nodes:
-        done = (cache.dir_for(n.stage, hashes[n.key]) / "done.json").is_file()
-        status = "forced" if n.key in forced else ("cached" if done else "compute")
+        try:
+            done = cache.lookup(n.stage, hashes[n.key]) is not None
+        except CacheCorruptError:  # what run_suite would stop at
+            status = "damaged"
+        else:
+            status = "cached" if done else "compute"
+        status = "forced" if n.key in forced else status
         rows.append({"key": n.key, "stage": n.stage, "deps": list(n.deps.values()), "hash": hashes[n.key],
                      "status": status})
     return rows

@@ -229,6 +229,22 @@ def test_corrupt_cache_fails_loudly(tiny_suite_data, tmp_path, fake_stages):
     assert (gen_dir / "generator.json").is_file()
 
 
+def test_dry_run_plan_names_a_damaged_entry(tiny_suite_data, tmp_path, fake_stages):
+    from bench.engine import plan
+    from bench.stages import STAGE_VERSIONS
+
+    fns, _ = fake_stages
+    suite = _suite(tiny_suite_data, tmp_path / "ws")
+    run_suite(suite, stage_fns=fns, stage_versions=STAGE_VERSIONS, track=False, progress=False)
+    assert {r["status"] for r in plan(suite)} == {"cached"}
+    gen = next(r for r in plan(suite) if r["key"] == "generator")
+    (tmp_path / "ws" / "cache" / "generator" / gen["hash"] / "generator.json").unlink()  # a declared file gone
+    status = {r["key"]: r["status"] for r in plan(suite)}
+    assert status["generator"] == "damaged"  # not "cached": run_suite would stop there
+    assert {s for k, s in status.items() if k != "generator"} == {"cached"}
+    assert {r["key"]: r["status"] for r in plan(suite, force=["generator"])}["generator"] == "forced"
+
+
 def test_cache_compute_is_atomic(tmp_path):
     cache = StageCache(tmp_path)
     seen = {}
