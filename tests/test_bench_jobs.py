@@ -156,7 +156,10 @@ def test_ctrl_c_side_by_side_ends_the_pool_and_keeps_finished_stages(tiny_suite_
     data["resources"]["jobs"] = 2
     (tmp_path / "suite.json").write_text(json.dumps(data))
     env = {**os.environ, jobs_fakes.HANG_ENV: f"generator:{started}"}
-    proc = subprocess.Popen([sys.executable, jobs_fakes.__file__, str(tmp_path / "suite.json")], env=env)
+    # as from a terminal: SIGINT at its default action (under a shell's background job, or a CI runner that ignores
+    # SIGINT, the child would inherit the ignore and Python would install no KeyboardInterrupt handler)
+    proc = subprocess.Popen([sys.executable, jobs_fakes.__file__, str(tmp_path / "suite.json")], env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(started.iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline, "the generator stage never started"
