@@ -19,7 +19,7 @@ import typer
 
 from bench.cli.checks import bench_check_conditioning, bench_check_crfm
 from bench.cli.common import SetOpt, WorkspaceOpt, console, err_console, fail, load_suite_or_exit
-from bench.cli.common import suite_problems as _suite_problems
+from bench.cli.common import suite_file_problems as _suite_file_problems
 from bench.cli.data import data_index, data_procedural, data_validate, prompts_vectorize
 from bench.cli.gen import gen_train
 from bench.cli.seg import seg_eval, seg_models, seg_train
@@ -217,7 +217,7 @@ def bench_tune(
     try:
         preflight(s)
     except SuiteError as exc:
-        _suite_problems(exc)
+        _suite_file_problems(exc, suite)
     if s.tune is None:
         fail(f"{suite}: the suite has no `tune:` section (add tune.search_space and tune.objectives)")
     opts = TuneOptions(trials=trials, workers=workers, storage=storage, study=study, sampler=sampler,

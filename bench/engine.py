@@ -103,7 +103,8 @@ def plan(suite: Suite, force: list[str] | tuple[str, ...] = ()) -> list[dict[str
     """What ``bench run`` would do, touching nothing: one row per node, in graph order.
 
     A row is the node's ``key``, ``stage``, ``deps``, ``hash`` and ``status`` (``cached``, ``compute``, ``forced``
-    or ``damaged``: a cache entry ``StageCache.lookup`` refuses, where ``bench run`` stops unless forced). Raises :class:`SuiteError` as :func:`preflight` does.
+    or ``damaged``: a cache entry ``StageCache.lookup`` refuses, where ``bench run`` stops unless forced).
+    Raises :class:`SuiteError` as :func:`preflight` does.
     """
     from bench.stages import STAGE_VERSIONS
 

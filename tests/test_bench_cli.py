@@ -100,6 +100,18 @@ def test_run_unknown_force_stage(tmp_path):
     assert not ws.exists()
 
 
+@pytest.mark.parametrize("command", [["run"], ["run", "--dry-run"], ["tune", "--trials", "1"]])
+def test_a_workspace_that_cannot_be_one_exits_2_naming_it(tmp_path, command):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    suite = str(REPO / "suites" / "smoke.yaml")
+    for ws in (taken, taken / "sub" / "ws"):  # the file itself, or a file on the path
+        proc = _cli("bench", command[0], suite, "--workspace", str(ws), *command[1:], cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert f"{suite}: workspace: {taken} is a file, not a folder" in proc.stderr and "Traceback" not in proc.stderr
+    assert taken.read_text() == "not a folder"
+
+
 def test_ls_empty_and_with_runs(tmp_path):
     proc = _cli("bench", "ls", "--workspace", str(tmp_path / "none"))
     assert proc.returncode == 0 and "no suite runs" in proc.stdout

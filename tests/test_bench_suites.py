@@ -269,3 +269,16 @@ def test_variant_override_is_a_partial_mapping_where_null_is_a_value():
     # a baseline takes no settings, not even a null one
     assert _problems({**base, "variants": [{"name": "b", "kind": "baseline", "crfm": {"clamp": None}}]}) == [
         "variants[0]: a baseline variant takes no sampling/crfm settings"]
+
+
+def test_workspace_problem_names_a_file_on_the_path_and_an_unwritable_folder(tmp_path, monkeypatch):
+    from bench.schema.checks import workspace_problem
+
+    assert workspace_problem(tmp_path / "new" / "ws") is None  # created by the run, inside a writable folder
+    (tmp_path / "f").write_text("x")
+    assert workspace_problem(tmp_path / "f" / "ws") == (
+        f"workspace: {tmp_path / 'f'} is a file, not a folder; pick another --workspace (or the suite's workspace key)")
+    monkeypatch.setattr("os.access", lambda path, mode: False)  # as a user without write permission (tests run as root)
+    problem = workspace_problem(tmp_path / "new" / "ws")
+    assert problem is not None and f"{tmp_path} is not writable by this user" in problem
+    assert not (tmp_path / "new").exists()  # a check creates nothing

@@ -34,6 +34,18 @@ def suite_problems(exc: Exception) -> NoReturn:
     raise typer.Exit(2)
 
 
+def suite_file_problems(exc: Exception, suite: Path | None) -> NoReturn:
+    """:func:`suite_problems` for a loaded suite's run-time checks (``preflight``).
+
+    The problems are named by the suite's file, as schema errors are (``suite``: the command's argument; None: the
+    embedded default).
+    """
+    from bench.suites import resolve_suite_path
+
+    exc.source = str(resolve_suite_path(suite))  # type: ignore[attr-defined]
+    suite_problems(exc)
+
+
 def load_suite_or_exit(suite: Path | None, sets: list[str] | None, workspace: Path | None) -> Suite:
     """The validated suite (``None``: the embedded smoke suite), or each of its problems on a line and exit 2."""
     from bench.suites import SuiteError, load_suite

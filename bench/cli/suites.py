@@ -12,7 +12,14 @@ from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typ
 
 import typer
 
-from bench.cli.common import SetOpt, WorkspaceOpt, console, err_console, load_suite_or_exit, suite_problems
+from bench.cli.common import (
+    SetOpt,
+    WorkspaceOpt,
+    console,
+    err_console,
+    load_suite_or_exit,
+    suite_file_problems,
+)
 
 
 def bench_validate(
@@ -46,16 +53,15 @@ def bench_run(
     """Run (or resume) a suite: cached stages, MLflow tracking, <workspace>/<suite>/results.json."""
     from bench.engine import plan, preflight, run_suite
     from bench.results import results_table
-    from bench.suites import SuiteError, resolve_suite_path
+    from bench.suites import SuiteError
 
     s = load_suite_or_exit(suite, set_, workspace)
     try:
         rows = plan(s, force or []) if dry_run else None
         if rows is None:
             preflight(s, force or [])
-    except SuiteError as exc:  # name the file, as schema errors do
-        exc.source = str(resolve_suite_path(suite))
-        suite_problems(exc)
+    except SuiteError as exc:
+        suite_file_problems(exc, suite)
     if rows is not None:
         _print_plan(s, rows)
         return

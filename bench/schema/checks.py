@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from bench.metrics import needs_downstream
 from bench.schema.base import ENV_INCEPTION, ENV_LOVEDA_ROOT, ENV_SD3_DIR, first_error
 from bench.schema.sections import GeneratorSpec, Segmenter
@@ -163,9 +166,27 @@ def _preset_problems(gen: GeneratorSpec) -> list[str]:
     return []
 
 
+def workspace_problem(workspace: Path) -> str | None:
+    """Why ``workspace`` cannot hold a workspace (a file on its path; a folder this user cannot write in), or None.
+
+    Creates nothing: the nearest existing folder on the path is what a run would create the rest in.
+    """
+    here = Path(os.path.abspath(workspace))
+    while not here.exists() and here.parent != here:
+        here = here.parent
+    if not here.is_dir():
+        return f"workspace: {here} is a file, not a folder; pick another --workspace (or the suite's workspace key)"
+    if not os.access(here, os.W_OK | os.X_OK):
+        return f"workspace: {workspace} cannot be written ({here} is not writable by this user); pick another --workspace"
+    return None
+
+
 def check_runnable(suite: Suite) -> list[str]:
-    """Problems that only matter when running: local data/weights that must exist (one per path)."""
+    """Problems that only matter when running: local data/weights that must exist (one per path), a usable workspace."""
     problems: list[str] = []
+    ws = workspace_problem(suite.workspace)
+    if ws is not None:
+        problems.append(ws)
     if suite.dataset.kind == "loveda":
         root = suite.dataset.root
         if root is None:
