@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional  # noqa: F401  (Optio
 import typer
 
 from bench.cli.checks import bench_check_conditioning, bench_check_crfm
-from bench.cli.common import SetOpt, WorkspaceOpt, console, err_console, fail, load_suite_or_exit
+from bench.cli.common import SetOpt, WorkspaceOpt, console, err_console, fail, load_suite_or_exit, out_folder
 from bench.cli.common import suite_file_problems as _suite_file_problems
 from bench.cli.data import data_index, data_procedural, data_validate, prompts_vectorize
 from bench.cli.gen import gen_train
@@ -123,7 +123,8 @@ def _load_judge(path: Path, model_name: str, trust: bool, num_classes: int, devi
 def gen_sample(
     generator: Annotated[Path, typer.Option("--generator", help="Generator dir (written by `todsynth gen train`).")],
     data: Annotated[Path, typer.Option("--data", help="LoveDA-layout root whose Train masks condition the images.")],
-    out: Annotated[Path, typer.Option("--out", help="Output root: Train/<domain>/{images_png,masks_png} + manifest.json.")],
+    out: Annotated[Path, typer.Option("--out", help="Output root: Train/<domain>/{images_png,masks_png} + manifest.json.",
+                                      callback=out_folder)],
     steps: Annotated[int, typer.Option("--steps", min=1, help="Euler steps (release: 28 plain, 23 with CRFM).")] = 28,
     crfm: Annotated[bool, typer.Option("--crfm", help="Control-rectify the first --rectified-step steps (needs --judge).")] = False,
     rectified_step: Annotated[int, typer.Option("--rectified-step", min=0, help="Rectified leading steps with --crfm.")] = 4,

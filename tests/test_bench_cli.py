@@ -128,3 +128,26 @@ def test_ls_empty_and_with_runs(tmp_path):
     assert proc.returncode == 0
     row = next(line for line in proc.stdout.splitlines() if "demo" in line)
     assert "FINISHED" in row and "abcdef123456" in row
+
+
+@pytest.mark.parametrize("args", [
+    ["data", "procedural", "{F}/x"],
+    ["gen", "train", "--data", "{D}", "--out", "{F}"],
+    ["gen", "sample", "--generator", "{D}", "--data", "{D}", "--out", "{F}/out"],
+    ["seg", "train", "--out", "{F}"],
+    ["bench", "check-conditioning", "{F}"],
+    ["bench", "report", str(REPO / "suites" / "smoke.yaml"), "--out", "{F}/report"],
+])
+def test_an_output_folder_that_cannot_be_one_is_a_usage_error(tmp_path, args):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    argv = [a.format(F=taken, D=tmp_path) for a in args]
+    res = CliRunner().invoke(app, argv, env={"COLUMNS": "250"})
+    assert res.exit_code == 2, res.output
+    assert f"{taken} is a file, not a folder" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)  # a usage error, not a crash
+    assert taken.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]

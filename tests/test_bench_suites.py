@@ -280,5 +280,5 @@ def test_workspace_problem_names_a_file_on_the_path_and_an_unwritable_folder(tmp
         f"workspace: {tmp_path / 'f'} is a file, not a folder; pick another --workspace (or the suite's workspace key)")
     monkeypatch.setattr("os.access", lambda path, mode: False)  # as a user without write permission (tests run as root)
     problem = workspace_problem(tmp_path / "new" / "ws")
-    assert problem is not None and f"{tmp_path} is not writable by this user" in problem
+    assert problem == f"workspace: {tmp_path} is not writable by this user; pick another --workspace (or the suite's workspace key)"
     assert not (tmp_path / "new").exists()  # a check creates nothing

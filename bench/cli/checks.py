@@ -11,11 +11,12 @@ from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typ
 
 import typer
 
-from bench.cli.common import err_console
+from bench.cli.common import err_console, out_folder
 
 
 def bench_check_conditioning(
-    work_dir: Annotated[Path, typer.Argument(help="Work dir: stage cache (cache/), prompt vectors, results/<hash>/.")],
+    work_dir: Annotated[Path, typer.Argument(help="Work dir: stage cache (cache/), prompt vectors, results/<hash>/.",
+                                             callback=out_folder)],
     preset: Annotated[str, typer.Option("--preset", help="Generator preset.")] = "tiny",
     set_: Annotated[list[str] | None, typer.Option("--set", help="Preset override key.path=value, e.g. train.steps=800 or transformer.num_layers=4; repeatable.")] = None,
     n_train: Annotated[int, typer.Option("--n-train", help="Procedural Train scenes.")] = 400,

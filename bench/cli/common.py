@@ -21,6 +21,19 @@ WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", "-w", help="Wo
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a suite value: key.path=value (YAML scalar); repeatable.")]
 
 
+def out_folder(value: Path | None) -> Path | None:
+    """Typer callback for an output folder option or argument.
+
+    A path that cannot be a folder this user writes in (a file on it, no write permission) is a usage error (exit 2)
+    before any work starts.
+    """
+    from todsynth.files import folder_problem
+
+    if value is not None and (problem := folder_problem(value)) is not None:
+        raise typer.BadParameter(problem)
+    return value
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print a one-line error and exit (2 = bad input)."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)

@@ -11,11 +11,12 @@ from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typ
 
 import typer
 
-from bench.cli.common import console, err_console, fail
+from bench.cli.common import console, err_console, fail, out_folder
 
 
 def data_procedural(
-    out: Annotated[Path, typer.Argument(help="Output root; gets {Train,Val}/{Urban,Rural}/{images_png,masks_png}.")],
+    out: Annotated[Path, typer.Argument(help="Output root; gets {Train,Val}/{Urban,Rural}/{images_png,masks_png}.",
+                                        callback=out_folder)],
     n_train: Annotated[int, typer.Option("--n-train", help="Train scenes (split Urban/Rural).")] = 16,
     n_val: Annotated[int, typer.Option("--n-val", help="Val scenes (split Urban/Rural).")] = 8,
     size: Annotated[int, typer.Option("--size", help="Tile size in pixels.")] = 64,

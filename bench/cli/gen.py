@@ -11,12 +11,13 @@ from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typ
 
 import typer
 
-from bench.cli.common import console, fail
+from bench.cli.common import console, fail, out_folder
 
 
 def gen_train(
     data: Annotated[Path, typer.Option("--data", help="LoveDA-layout root (Train split is used).")],
-    out: Annotated[Path, typer.Option("--out", help="Run dir: vae/, checkpoint-*/, log.jsonl, generator/.")],
+    out: Annotated[Path, typer.Option("--out", help="Run dir: vae/, checkpoint-*/, log.jsonl, generator/.",
+                                      callback=out_folder)],
     preset: Annotated[str, typer.Option("--preset", help="Generator preset: tiny (scratch, CPU) or sd3.5-medium.")] = "tiny",
     source: Annotated[Path | None, typer.Option("--source", help="Local SD3.5 dir for sd3.5-medium (default: preset / $TODSYNTH_SD3_DIR).")] = None,
     vae: Annotated[Path | None, typer.Option("--vae", help="Trained VAE dir for scratch presets (default: train one into OUT/vae).")] = None,

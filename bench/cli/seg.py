@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typ
 
 import typer
 
-from bench.cli.common import console, fail
+from bench.cli.common import console, fail, out_folder
 
 
 def _print_seg_scores(scores: dict, title: str) -> None:
@@ -43,7 +43,8 @@ def seg_models() -> None:
 def seg_train(
     model: Annotated[str, typer.Option("--model", help="Model name (see `todsynth seg models`).")] = "fcn-r18",
     data: Annotated[Path, typer.Option("--data", help="LoveDA-layout root (Train used for training, Val for scores).")] = Path("data"),
-    out: Annotated[Path, typer.Option("--out", help="Output dir: model.safetensors + segmentor.json + logs.")] = Path("seg"),
+    out: Annotated[Path, typer.Option("--out", help="Output dir: model.safetensors + segmentor.json + logs.",
+                                      callback=out_folder)] = Path("seg"),
     iters: Annotated[int, typer.Option("--iters", min=1, help="Training iterations.")] = 200,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per iteration.")] = 8,
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (default 0.01 for sgd, 0.001 for adamw).")] = None,

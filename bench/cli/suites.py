@@ -18,6 +18,7 @@ from bench.cli.common import (
     console,
     err_console,
     load_suite_or_exit,
+    out_folder,
     suite_file_problems,
 )
 
@@ -117,7 +118,8 @@ def bench_ls(workspace: Annotated[Path, typer.Option("--workspace", "-w", help="
 def bench_report(
     suite: Annotated[Path | None, typer.Argument(help="Suite YAML; default: the embedded smoke suite.")] = None,
     workspace: WorkspaceOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report dir (default: reports/<suite>).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report dir (default: reports/<suite>).",
+                                             callback=out_folder)] = None,
     run: Annotated[str | None, typer.Option("--run", help="MLflow run id of the suite run (default: the latest finished).")] = None,
     set_: SetOpt = None,
 ) -> None:

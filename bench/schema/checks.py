@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from bench.metrics import needs_downstream
@@ -15,6 +14,7 @@ from bench.schema.sections import GeneratorSpec, Segmenter
 from bench.schema.suite import Suite, resolve_variants
 from bench.schema.tuning import Tune
 from bench.schema.variants import CEILING_KINDS, SECTIONS, ResolvedVariant
+from todsynth.files import folder_problem
 from todsynth.sample.config import rectified_step_problem
 
 
@@ -167,18 +167,10 @@ def _preset_problems(gen: GeneratorSpec) -> list[str]:
 
 
 def workspace_problem(workspace: Path) -> str | None:
-    """Why ``workspace`` cannot hold a workspace (a file on its path; a folder this user cannot write in), or None.
-
-    Creates nothing: the nearest existing folder on the path is what a run would create the rest in.
-    """
-    here = Path(os.path.abspath(workspace))
-    while not here.exists() and here.parent != here:
-        here = here.parent
-    if not here.is_dir():
-        return f"workspace: {here} is a file, not a folder; pick another --workspace (or the suite's workspace key)"
-    if not os.access(here, os.W_OK | os.X_OK):
-        return f"workspace: {workspace} cannot be written ({here} is not writable by this user); pick another --workspace"
-    return None
+    """Why ``workspace`` cannot hold a workspace (a file on its path; a folder this user cannot write in), or None."""
+    problem = folder_problem(workspace)
+    return None if problem is None else (
+        f"workspace: {problem}; pick another --workspace (or the suite's workspace key)")
 
 
 def check_runnable(suite: Suite) -> list[str]:

@@ -12,10 +12,8 @@ a sharded run (``accelerate launch``) writes the same images as a single process
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -24,12 +22,12 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from todsynth.data.classes import prompt_for_labels, raw_labels
 from todsynth.data.loveda import IMAGES_DIR, MASKS_DIR, Sample, load_mask
 from todsynth.errors import DataValidationError
+from todsynth.files import atomic_write_bytes, png_bytes
 from todsynth.progress import progress_bar
 from todsynth.sample.config import CRFMConfig, SamplerConfig
 from todsynth.sample.sampler import cfg_negative, sample
@@ -50,25 +48,6 @@ def sample_seed(seed: int, sample_: Sample) -> int:
     """Per-sample seed from the run seed and the sample's domain/id (see module docstring)."""
     digest = hashlib.sha256(f"{int(seed)}/{sample_.domain}/{sample_.id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def image_to_uint8(image: Tensor) -> np.ndarray:
@@ -130,7 +109,7 @@ def merge_manifests(out_dir: str | Path, world: int) -> dict[str, Any]:
             raise DataValidationError(f"shard manifest {path} was written with other settings than shard 0 (stale run?)")
     images = sorted((e for s in shards for e in s["images"]), key=lambda e: e["index"])
     manifest = _manifest(shards[0]["settings"], images, world)
-    _atomic_write_bytes(out_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
+    atomic_write_bytes(out_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
     return manifest
 
 
@@ -220,11 +199,11 @@ def _write_pair(out_dir: Path, s: Sample, image: Tensor, mask: Tensor, resized: 
     domain_dir = out_dir / SPLIT / s.domain
     image_path = domain_dir / IMAGES_DIR / f"{s.id}.png"
     mask_path = domain_dir / MASKS_DIR / f"{s.id}.png"
-    _atomic_write_bytes(image_path, _png_bytes(image_to_uint8(image)))
+    atomic_write_bytes(image_path, png_bytes(image_to_uint8(image)))
     if resized:
-        _atomic_write_bytes(mask_path, _png_bytes(raw_labels(mask.numpy())))
+        atomic_write_bytes(mask_path, png_bytes(raw_labels(mask.numpy())))
     else:
-        _atomic_write_bytes(mask_path, Path(s.mask_path).read_bytes())  # type: ignore[arg-type]
+        atomic_write_bytes(mask_path, Path(s.mask_path).read_bytes())  # type: ignore[arg-type]
     return {
         "image": image_path.relative_to(out_dir).as_posix(),
         "mask": mask_path.relative_to(out_dir).as_posix(),
@@ -238,10 +217,10 @@ def _finish(out_dir: Path, settings: dict[str, Any], entries: list[dict[str, Any
     """Write ``manifest.json`` (one process) or this shard's manifest, merging once every shard is written."""
     if world == 1:
         manifest = _manifest(settings, entries, 1)
-        _atomic_write_bytes(out_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
+        atomic_write_bytes(out_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
         return manifest
     shard_manifest = {"shard": [rank, world], "settings": settings, "images": entries}
-    _atomic_write_bytes(out_dir / _shard_name(rank, world), json.dumps(shard_manifest, indent=2).encode())
+    atomic_write_bytes(out_dir / _shard_name(rank, world), json.dumps(shard_manifest, indent=2).encode())
     if state is not None:  # accelerate: every shard is written after the barrier; rank 0 merges once
         state.wait_for_everyone()
         merged = merge_manifests(out_dir, world) if state.is_main_process else None

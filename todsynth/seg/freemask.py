@@ -14,7 +14,6 @@ The filtered masks are written beside the originals, ``<domain>/<out_dirname>/<i
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from todsynth.data.classes import CLASSES, IGNORE_INDEX, NUM_CLASSES, RAW_NODATA
+from todsynth.files import atomic_write_bytes, png_bytes
 from todsynth.seg.items import SegItem, as_seg_items
 
 FILTERED_DIRNAME = "masks_filtered_png"
@@ -57,13 +56,6 @@ def _pixel_losses(judge: Callable[[torch.Tensor], torch.Tensor], item: SegItem) 
 def _filtered_path(item: SegItem, out_dirname: str) -> Path:
     mask = Path(item.mask_path)
     return mask.parent.parent / out_dirname / mask.name
-
-
-def _write_png_atomic(path: Path, raw: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    Image.fromarray(raw, "L").save(tmp, format="PNG")
-    os.replace(tmp, path)
 
 
 def filter_masks(
@@ -125,7 +117,7 @@ def filter_masks(
         raw = np.where(valid, target.astype(np.int64) + 1, RAW_NODATA)
         raw[drop] = RAW_NODATA
         dest = _filtered_path(item, out_dirname)
-        _write_png_atomic(dest, raw.astype(np.uint8))
+        atomic_write_bytes(dest, png_bytes(raw.astype(np.uint8)))
         out_items.append(SegItem(Path(item.image_path), dest))
     total = int(count.sum())
     stats = {

@@ -12,7 +12,6 @@ Layout of a directory written by :func:`save_segmentor`::
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,16 +22,11 @@ from torch import nn
 
 from todsynth.data.classes import CLASSES
 from todsynth.errors import ConfigError, UntrustedCheckpointError, WeightsNotFoundError
+from todsynth.files import atomic_write_bytes
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "segmentor.json"
 FORMAT_VERSION = 1
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def save_segmentor(model: nn.Module, name: str, dir: str | Path, num_classes: int,
@@ -53,9 +47,9 @@ def save_segmentor(model: nn.Module, name: str, dir: str | Path, num_classes: in
     out = Path(dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write_bytes(out / WEIGHTS_FILE, st_save(state, metadata={"name": name}))
+    atomic_write_bytes(out / WEIGHTS_FILE, st_save(state, metadata={"name": name}))
     meta = {"format": FORMAT_VERSION, "name": name, "num_classes": int(num_classes), "class_names": names}
-    _atomic_write_bytes(out / CONFIG_FILE, json.dumps(meta, indent=1).encode())
+    atomic_write_bytes(out / CONFIG_FILE, json.dumps(meta, indent=1).encode())
     return out
 
 

@@ -1,0 +1,47 @@
+"""todsynth.files: atomic writes (no half file under the final name), PNG bytes, output-folder checks."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from todsynth.files import atomic_write_bytes, folder_problem, png_bytes
+
+
+def test_atomic_write_replaces_whole_and_leaves_nothing_beside(tmp_path):
+    path = tmp_path / "sub" / "a.json"
+    atomic_write_bytes(path, b"one")
+    atomic_write_bytes(path, b"two")
+    assert path.read_bytes() == b"two" and [p.name for p in path.parent.iterdir()] == ["a.json"]
+
+
+def test_atomic_write_that_fails_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "a.json"
+    atomic_write_bytes(path, b"old")
+
+    def broken(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", broken)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["a.json"]  # temp file removed
+
+
+@pytest.mark.parametrize(("shape", "mode"), [((5, 7), "L"), ((5, 7, 3), "RGB")])
+def test_png_bytes_round_trip(shape, mode):
+    array = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    image = Image.open(io.BytesIO(png_bytes(array)))
+    assert image.mode == mode and np.array_equal(np.asarray(image), array)
+
+
+def test_folder_problem(tmp_path, monkeypatch):
+    assert folder_problem(tmp_path) is None and folder_problem(tmp_path / "new" / "deeper") is None
+    (tmp_path / "f").write_text("x")
+    assert folder_problem(tmp_path / "f") == folder_problem(tmp_path / "f" / "x") == f"{tmp_path / 'f'} is a file, not a folder"
+    monkeypatch.setattr("os.access", lambda path, mode: False)
+    assert folder_problem(tmp_path / "new") == f"{tmp_path} is not writable by this user"
+    assert not (tmp_path / "new").exists()
