@@ -151,3 +151,35 @@ def test_an_output_folder_that_cannot_be_one_is_a_usage_error(tmp_path, args):
     assert f"{taken} is a file, not a folder" in res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)  # a usage error, not a crash
     assert taken.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+@pytest.mark.parametrize("command", [["bench", "run", "{S}"], ["bench", "run", "{S}", "--dry-run"],
+                                     ["bench", "tune", "{S}", "--trials", "1"], ["bench", "report", "{S}"],
+                                     ["ui", "--port", "1"]])
+def test_a_damaged_store_exits_2_naming_it(tmp_path, command):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "mlflow.db").write_bytes(b"not a database, e.g. a half-copied file")
+    argv = [a.format(S=REPO / "suites" / "smoke.yaml") for a in command]
+    proc = _cli(*argv, "--workspace", str(ws), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"MLflow store {ws / 'mlflow.db'} is not an SQLite database" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in ws.iterdir()) == ["mlflow.db"]  # nothing started, the file left as it was
+    assert (ws / "mlflow.db").read_bytes().startswith(b"not a database")
+
+
+def test_damaged_store_passes_a_new_empty_or_sqlite_file_and_servers(tmp_path):
+    import sqlite3
+
+    from bench.tracking import damaged_store
+
+    db = tmp_path / "mlflow.db"
+    assert damaged_store(f"sqlite:///{db}") is None  # missing: a run creates it
+    db.write_bytes(b"")
+    assert damaged_store(f"sqlite:///{db}") is None  # empty: SQLite opens it as a new database
+    db.unlink()
+    sqlite3.connect(db).execute("create table t (x)").connection.close()
+    assert damaged_store(f"sqlite:///{db}") is None
+    assert damaged_store("http://127.0.0.1:5000") is None
+    (tmp_path / "dir.db").mkdir()
+    assert damaged_store(f"sqlite:///{tmp_path / 'dir.db'}") == f"MLflow store {tmp_path / 'dir.db'} is not a file"

@@ -14,6 +14,7 @@ from bench.schema.sections import GeneratorSpec, Segmenter
 from bench.schema.suite import Suite, resolve_variants
 from bench.schema.tuning import Tune
 from bench.schema.variants import CEILING_KINDS, SECTIONS, ResolvedVariant
+from bench.tracking.server import damaged_store
 from todsynth.files import folder_problem
 from todsynth.sample.config import rectified_step_problem
 
@@ -179,6 +180,8 @@ def check_runnable(suite: Suite) -> list[str]:
     ws = workspace_problem(suite.workspace)
     if ws is not None:
         problems.append(ws)
+    if (store := damaged_store(suite.tracking_uri)) is not None:
+        problems.append(f"tracking: {store}")
     if suite.dataset.kind == "loveda":
         root = suite.dataset.root
         if root is None:

@@ -37,9 +37,11 @@ from bench.tracking.queries import (
 from bench.tracking.server import (
     SERVER_ENV,
     VARIANT_FILTER,
+    StoreDamagedError,
     StoreNotFoundError,
     bind_error,
     check_store,
+    damaged_store,
     is_loopback,
     listens_on,
     newest_suite_experiment,
@@ -51,8 +53,9 @@ from bench.tracking.server import (
 from bench.tracking.tracker import Tracker
 
 __all__ = [
-    "BATCH", "MAX_KEY", "MAX_PARAM_VALUE", "MAX_TAG_VALUE", "SERVER_ENV", "VARIANT_FILTER", "StoreNotFoundError",
-    "Tracker", "bind_error", "check_store", "clean_key", "cut", "experiment_id_by_name", "fetch_artifact",
+    "BATCH", "MAX_KEY", "MAX_PARAM_VALUE", "MAX_TAG_VALUE", "SERVER_ENV", "VARIANT_FILTER", "StoreDamagedError",
+    "StoreNotFoundError", "Tracker", "bind_error", "check_store", "clean_key", "cut", "damaged_store",
+    "experiment_id_by_name", "fetch_artifact",
     "find_children", "find_runs", "flatten", "get_run_record", "is_loopback", "list_run_artifacts", "listens_on",
     "newest_suite_experiment", "retry", "run_record", "runs_view_url", "server_command", "store_uri",
     "variants_view_url",

@@ -23,13 +23,48 @@ class StoreNotFoundError(TodsynthError):
     """A workspace has no MLflow store (``<ws>/mlflow.db``)."""
 
 
+class StoreDamagedError(TodsynthError):
+    """A workspace's MLflow store file is not an SQLite database."""
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database file
+
+
+def damaged_store(tracking_uri: str) -> str | None:
+    """Why the sqlite store of ``tracking_uri`` cannot be opened, or None.
+
+    A missing or empty file is fine (MLflow creates its tables); server URIs are not looked at.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    if db.exists() and not db.is_file():
+        return f"MLflow store {db} is not a file"
+    if not db.is_file():
+        return None
+    with db.open("rb") as f:
+        head = f.read(len(SQLITE_HEADER))
+    if head and head != SQLITE_HEADER:
+        return (f"MLflow store {db} is not an SQLite database (damaged, or another file); move it away (the next run "
+                "starts a new store) or pass another --workspace / --tracking-uri")
+    return None
+
+
 def store_uri(workspace: Path) -> str:
     """The tracking URI of a workspace's own store: ``sqlite:///<ws>/mlflow.db``."""
     return f"sqlite:///{Path(workspace).expanduser().absolute() / 'mlflow.db'}"
 
 
 def check_store(tracking_uri: str, workspace: Path) -> None:
-    """Refuse a missing sqlite store up front (opening one would create an empty DB); server URIs pass."""
+    """Refuse a missing or damaged sqlite store up front; server URIs pass.
+
+    Opening a missing store would create an empty one; a damaged one fails deep in SQLAlchemy.
+
+    Raises:
+        StoreNotFoundError: no store file; StoreDamagedError: see :func:`damaged_store`.
+    """
+    if (problem := damaged_store(tracking_uri)) is not None:
+        raise StoreDamagedError(problem)
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri.removeprefix("sqlite:///"))
         if not db.is_file():
