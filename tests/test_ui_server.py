@@ -150,11 +150,18 @@ def test_ui_refuses_a_taken_port_before_starting(bench_workspace):
 def test_ui_reports_a_server_that_dies_before_ready(tmp_path):
     ws = tmp_path / "ws"
     ws.mkdir()
-    (ws / "mlflow.db").write_text("not an sqlite file\n" * 8)  # passes the store check; the server dies opening it
+    import sqlite3
+
+    # an SQLite file (it passes the store checks) at a schema revision MLflow does not know: the server dies migrating
+    db = sqlite3.connect(ws / "mlflow.db")
+    db.execute("create table alembic_version (version_num varchar(32) not null)")
+    db.execute("insert into alembic_version values ('deadbeefcafe')")
+    db.commit()
+    db.close()
     done, seconds = _ui("--port", str(_free_port()), "--workspace", str(ws))
     assert done.returncode == 1 and seconds < 25, (done, seconds)
     lines = done.stderr.strip().splitlines()
-    assert "file is not a database" in done.stderr  # the server's own last lines, not hidden
+    assert "Can't locate revision identified by 'deadbeefcafe'" in done.stderr  # the server's own last lines, not hidden
     assert lines[-1].startswith("error: mlflow server exited before it was ready"), lines[-1]
     assert "ready" not in done.stdout, done.stdout
 
