@@ -180,6 +180,15 @@ def test_unknown_mask_stream_key_is_refused() -> None:
         resolve_preset("tiny", {"mask_stream": {"tokenz": False}})
 
 
+def test_mask_stream_fills_the_keys_a_preset_leaves_out() -> None:
+    from todsynth.models.presets import mask_stream
+
+    assert mask_stream(resolve_preset("sd3.5-medium")) == {"init": "fresh", "hint": False, "tokens": True,
+                                                           "encoding": "grey"}  # the paper's MM-DiT
+    assert mask_stream(resolve_preset("tiny")) == {"init": "image", "hint": True, "tokens": False, "encoding": "onehot"}
+    assert mask_stream({}) == mask_stream({"mask_stream": None}) == mask_stream(resolve_preset("sd3.5-medium"))
+
+
 def test_onehot_mask_latents_put_each_pixel_class_in_its_own_channel() -> None:
     """One channel per class + ignore (channel 0) at every pixel of a latent cell; pixel_shuffle undoes it."""
     from todsynth.models.vae import onehot_mask_latents

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from todsynth.errors import ConfigError, WeightsNotFoundError
 from todsynth.models.io import atomic_dir, save_tensors
 from todsynth.models.mmdit import MaskMMDiT, is_text_stream
-from todsynth.models.presets import SD35_DOWNLOAD_HINT, is_scratch
+from todsynth.models.presets import SD35_DOWNLOAD_HINT, is_scratch, mask_stream
 from todsynth.models.vae import (
     Autoencoder,
     build_vae,
@@ -137,11 +137,11 @@ MASK_ENCODINGS = ("grey", "onehot")
 
 def mask_encoding(preset: Mapping[str, Any]) -> str:
     """The preset's ``mask_stream.encoding`` (default ``grey``), checked (ConfigError naming the value)."""
-    stream = preset.get("mask_stream") or {}
-    encoding = str(stream.get("encoding", "grey"))
+    stream = mask_stream(preset)
+    encoding = str(stream["encoding"])
     if encoding not in MASK_ENCODINGS:
         raise ConfigError(f"mask_stream.encoding={encoding!r} must be one of {MASK_ENCODINGS}")
-    if encoding == "onehot" and bool(stream.get("tokens", True)):
+    if encoding == "onehot" and bool(stream["tokens"]):
         raise ConfigError("mask_stream.encoding='onehot' needs mask_stream.tokens: false (the mask token stream "
                           "embeds VAE latents with the image stream's patch embedding)")
     return encoding
@@ -173,9 +173,8 @@ def build_generator(preset: Mapping[str, Any]) -> Generator:
     """
     preset = dict(preset)
     seed = int(preset.get("seed", 0))
-    init = preset.get("mask_stream", {}).get("init", "fresh")
-    hint = bool(preset.get("mask_stream", {}).get("hint", False))
-    tokens = bool(preset.get("mask_stream", {}).get("tokens", True))
+    stream = mask_stream(preset)
+    init, hint, tokens = stream["init"], bool(stream["hint"]), bool(stream["tokens"])
     encoding = mask_encoding(preset)
     prediction = str(preset.get("prediction", "velocity"))
     if is_scratch(preset):

@@ -8,7 +8,8 @@ code path). Keys:
     image_size, num_classes, seed.
     transformer: ``SD3Transformer2DModel`` kwargs (scratch) or ``{"subfolder": "transformer"}``
         (pretrained: the directory's own config.json is authoritative, since weights must match it).
-    mask_stream: ``{"init": "fresh" | "image", "hint": bool, "tokens": bool}`` (see ``MaskMMDiT``).
+    mask_stream: ``{"init": "fresh" | "image", "hint": bool, "tokens": bool, "encoding": "grey" | "onehot"}`` (see
+        ``MaskMMDiT``; a key left out takes :data:`MASK_STREAM_DEFAULTS`, read through :func:`mask_stream`).
     prediction: ``"velocity"`` (SD3) or ``"sample"`` (the network predicts x0; ``MaskMMDiT`` returns velocity).
     vae: ``AutoencoderKL`` kwargs (optionally ``kind: autoencoder_kl``) or ``{"kind": "space_to_depth",
         "factor": f}`` (scratch; ``build_vae``) or
@@ -201,7 +202,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-MASK_STREAM_KEYS = frozenset({"init", "hint", "tokens", "encoding"})  # what build_generator reads (MaskMMDiT's options)
+# What build_generator reads (MaskMMDiT's options) and the value of a key a preset leaves out: SD3.5's MM-DiT
+# (a fresh mask token stream fed the grey mask's latents, no hint).
+MASK_STREAM_DEFAULTS: dict[str, Any] = {"init": "fresh", "hint": False, "tokens": True, "encoding": "grey"}
+MASK_STREAM_KEYS = frozenset(MASK_STREAM_DEFAULTS)
+
+
+def mask_stream(preset: Mapping[str, Any]) -> dict[str, Any]:
+    """The preset's ``mask_stream`` section with :data:`MASK_STREAM_DEFAULTS` for the keys it leaves out."""
+    return {**MASK_STREAM_DEFAULTS, **(preset.get("mask_stream") or {})}
 
 
 def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

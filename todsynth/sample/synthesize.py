@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,17 +31,10 @@ from todsynth.files import atomic_write_bytes, png_bytes
 from todsynth.progress import progress_bar
 from todsynth.sample.config import CRFMConfig, SamplerConfig
 from todsynth.sample.sampler import cfg_negative, sample
+from todsynth.text.base import PromptSource
 
 MANIFEST = "manifest.json"
 SPLIT = "Train"
-
-
-class PromptSource(Protocol):
-    """What synthesize needs from a prompt cache: ``get(prompts) -> (embeds (N,L,D), pooled (N,P))``."""
-
-    def get(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        """Embeddings of ``prompts``: (N, L, D) and pooled (N, P)."""
-        ...
 
 
 def sample_seed(seed: int, sample_: Sample) -> int:

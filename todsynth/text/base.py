@@ -1,4 +1,4 @@
-"""The prompt-encoder protocol shared by the tiny and the SD3 encoders."""
+"""The prompt-encoder protocol shared by the tiny and the SD3 encoders, and what training and sampling read prompts from."""
 
 from __future__ import annotations
 
@@ -22,4 +22,12 @@ class PromptEncoder(Protocol):
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``prompts`` (N) -> ``prompt_embeds`` (N, L, joint_dim), ``pooled`` (N, pooled_dim)."""
+        ...
+
+
+class PromptSource(Protocol):
+    """What training and synthesis need from a prompt cache (``PromptCache``): embeddings by prompt."""
+
+    def get(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of ``prompts``: (N, L, D) and pooled (N, P)."""
         ...

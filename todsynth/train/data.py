@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,14 +17,7 @@ from torch import Tensor
 
 from todsynth.errors import DataValidationError
 from todsynth.models.generator import Generator
-
-
-class PromptSource(Protocol):
-    """What training needs from a prompt cache: ``get(prompts) -> (embeds (N,L,D), pooled (N,P))``."""
-
-    def get(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        """Embeddings of ``prompts``: (N, L, D) and pooled (N, P)."""
-        ...
+from todsynth.text.base import PromptSource
 
 
 def resize_pair(image: Tensor, mask: Tensor, size: int) -> tuple[Tensor, Tensor]:

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from todsynth.models.generator import Generator
-from todsynth.train.data import PromptSource, encode_dataset
+from todsynth.text.base import PromptSource
+from todsynth.train.data import encode_dataset
 from todsynth.train.flow import flow_matching_loss, noisy_latents
 
 

@@ -22,13 +22,13 @@ from torch import Tensor
 
 from todsynth.errors import ConfigError
 from todsynth.models.generator import Generator, build_generator, save_generator, seeded_init
-from todsynth.models.presets import is_scratch, resolve_preset
+from todsynth.models.presets import is_scratch, mask_stream, resolve_preset
 from todsynth.progress import progress_bar
+from todsynth.text.base import PromptSource
 from todsynth.train.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from todsynth.train.config import TrainConfig
 from todsynth.train.data import (
     LatentSet,
-    PromptSource,
     encode_dataset,
     encode_pairs,
     load_items,
@@ -56,7 +56,7 @@ def generator_preset(cfg: TrainConfig) -> dict[str, Any]:
             f"preset {cfg.preset!r} is trained from scratch and needs a trained VAE: set vae_dir "
             "(todsynth.train.train_vae writes one; `todsynth gen train` trains it first)"
         )
-    if cfg.mask_dropout > 0 and (preset.get("mask_stream") or {}).get("tokens", True):
+    if cfg.mask_dropout > 0 and mask_stream(preset)["tokens"]:
         raise ConfigError(
             f"mask_dropout={cfg.mask_dropout} needs a generator without a mask token stream "
             "(preset mask_stream.tokens: false; a token stream cannot be dropped per sample)"
