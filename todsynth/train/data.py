@@ -43,9 +43,17 @@ def load_items(dataset: Any, indices: Sequence[int], size: int) -> tuple[Tensor,
     return torch.stack(images), torch.stack(masks), prompts
 
 
+def orientation_code(flip: Any, turns: Any) -> Any:
+    """The code of a horizontal flip (0 or 1) then ``turns`` quarter turns: ints, or (B,) long tensors alike.
+
+    ``code % 2`` is the flip and ``code // 2`` the turns (0..7); :func:`orient` applies it.
+    """
+    return flip + 2 * turns
+
+
 def orientations(hflip: bool, rot90: bool) -> tuple[int, ...]:
-    """The orientation codes in use: ``code % 2`` flips horizontally, then ``code // 2`` quarter turns (0..7)."""
-    return tuple(f + 2 * r for r in range(4 if rot90 else 1) for f in range(2 if hflip else 1))
+    """The orientation codes in use (:func:`orientation_code` of every flip and turn allowed)."""
+    return tuple(orientation_code(f, r) for r in range(4 if rot90 else 1) for f in range(2 if hflip else 1))
 
 
 def orient(x: Tensor, code: Tensor) -> Tensor:

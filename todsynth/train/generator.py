@@ -32,6 +32,7 @@ from todsynth.train.data import (
     encode_dataset,
     encode_pairs,
     load_items,
+    orientation_code,
     orientations,
 )
 from todsynth.train.flow import sample_sigmas, train_sigma_table
@@ -134,7 +135,7 @@ class _MicroBatches:
         idx = self.order.take(g)
         flip = torch.rand(g, generator=rng) < 0.5 if cfg.hflip else torch.zeros(g, dtype=torch.bool)
         turns = torch.randint(4, (g,), generator=rng) if cfg.rot90 else torch.zeros(g, dtype=torch.long)
-        code = flip.long() + 2 * turns  # todsynth.train.data.orientations
+        code = orientation_code(flip.long(), turns)
         u = torch.rand(g, generator=rng)  # one draw decides both dropouts (nested: equal rates drop together)
         drop = u < cfg.caption_dropout
         sigma, t = sample_sigmas(cfg.timestep_sampling, g, self.sigmas, self.timesteps, rng, cfg.logit_mean, cfg.logit_std)
