@@ -1,7 +1,8 @@
 """The report's sample images.
 
 Each variant's synthesize outputs (found through ``stages.json`` in the workspace cache) side by side with their
-masks and real images in ``samples.png``, and a rerender ceiling's painted images of the same masks; the logged ``grid.png`` artifacts when the outputs are gone.
+masks and real images in ``samples.png``, and a rerender ceiling's painted images of the same masks; the logged
+``grid.png`` artifacts when the outputs are gone.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ GRID_ROWS = 4
 GRID_CELL = 128  # px: small (32-64 px) samples are upscaled (nearest) to stay readable
 
 
-def _synth_variant(key: str, stage: str = "synthesize") -> tuple[str, int] | None:
-    """``synthesize[crfm,seed=0]`` -> ("crfm", 0) (``stage``: the key's stage)."""
+def _stage_variant(key: str, stage: str = "synthesize") -> tuple[str, int] | None:
+    """A node key of ``stage`` -> (variant, seed): ``synthesize[crfm,seed=0]`` -> ("crfm", 0); None for others."""
     if not key.startswith(f"{stage}[") or not key.endswith("]"):
         return None
     name, _, seed = key[len(stage) + 1:-1].rpartition(",seed=")
@@ -41,7 +42,7 @@ def grid_columns(suite: Suite, data: ReportData) -> tuple[int | None, list[tuple
     """(seed, [(variant, first manifest.json of its synthesize stage)]) for the first seed: plain first."""
     found: dict[int, dict[str, Path]] = {}
     for row in data.stages:
-        parsed = _synth_variant(row.get("key", ""))
+        parsed = _stage_variant(row.get("key", ""))
         if parsed is None:
             continue
         cached = _stage(suite, row)
@@ -68,7 +69,7 @@ def rerender_columns(suite: Suite, data: ReportData, seed: int) -> list[tuple[st
     kinds = {v["name"]: v.get("kind") for v in data.results["variants"]}
     out = []
     for row in data.stages:
-        parsed = _synth_variant(row.get("key", ""), "downstream")
+        parsed = _stage_variant(row.get("key", ""), "downstream")
         if parsed is None or parsed[1] != seed or kinds.get(parsed[0]) != "rerender":
             continue
         cached = _stage(suite, row)
@@ -144,7 +145,7 @@ def logged_grids(data: ReportData, dst: Path) -> dict[str, Path]:
 
     out: dict[str, Path] = {}
     for row in data.stages:
-        parsed = _synth_variant(row.get("key", ""))
+        parsed = _stage_variant(row.get("key", ""))
         if parsed is None or not row.get("mlflow_run_id") or parsed[0] in out:
             continue
         got = fetch_artifact(data.tracking_uri, row["mlflow_run_id"], "grid.png", dst / row["mlflow_run_id"])

@@ -63,7 +63,7 @@ def _held_out(spec: OracleDownstreamSpec, pool: list[Any]) -> list[Any]:
 
 
 def rerender_dir(stage_dir: Path, copy: int) -> Path:
-    """Where the rerender ceiling's downstream stage writes its painted copy ``copy`` (LoveDA ``images_png``/``masks_png``)."""
+    """Where the rerender ceiling's downstream stage writes painted copy ``copy`` (``images_png``/``masks_png``)."""
     return stage_dir / "rerender" / f"copy-{copy}"
 
 
