@@ -171,9 +171,11 @@ def _check_grid(out):
     assert colours <= set(PALETTE) | {(0, 0, 0)}
 
 
+@pytest.mark.parametrize("subsets", [None, [4, 2]])
 def test_samples_grid_shows_the_rerender_ceiling_beside_the_samples(tiny_suite_data, bench_workspace, fake_stages,
-                                                                    tmp_path):
-    """A rerender ceiling's painted images (where its downstream stage wrote them) get a column of their own."""
+                                                                    tmp_path, subsets):
+    """A rerender ceiling's painted images (where its downstream stage wrote them) get one column of their own, also
+    when each subset size has its own ceiling row (their first painted copies are the same images)."""
     from bench.specs import RerenderDownstreamSpec
     from bench.stages.downstream import rerender_dir
     from todsynth.data.loveda import list_samples
@@ -189,20 +191,27 @@ def test_samples_grid_shows_the_rerender_ceiling_beside_the_samples(tiny_suite_d
 
     data = {**tiny_suite_data, "workspace": str(bench_workspace),
             "variants": [*tiny_suite_data["variants"], {"name": "perfect", "kind": "rerender"}]}
+    if subsets:
+        data["dataset"] = {**data["dataset"], "subsets": subsets}
     suite = validate_data(data, "test")
     run_suite(suite, stage_fns={**fns, "downstream": downstream}, stage_versions={}, progress=False)
     out = write_report(suite, tmp_path / "r")
     md = (out / "report.md").read_text()
-    assert "Columns: mask, real, plain, crfm, perfect." in md
-    assert "Column perfect is a ceiling, not a sample" in md
+    samples = "plain@n4, plain@n2, crfm@n4, crfm@n2" if subsets else "plain, crfm"
+    assert f"Columns: mask, real, {samples}, perfect." in md
+    assert md.count("is a ceiling, not a sample") == 1 and "Column perfect is a ceiling, not a sample" in md
+    columns = 2 + (4 if subsets else 2) + 1
     grid = np.asarray(Image.open(out / "samples.png").convert("RGB"))
-    assert grid.shape[1] == 5 * (128 + 4) + 4
+    assert grid.shape[1] == columns * (128 + 4) + 4
     cell = lambda j: grid[18:18 + 128, 4 + j * 132: 4 + j * 132 + 128]  # noqa: E731
     first = re.search(r"ids \w+/(\d+)", md).group(1)  # the first row's scene
-    (png,) = bench_workspace.glob(f"cache/downstream/*/rerender/copy-0/images_png/{first}.png")
-    painted = np.asarray(Image.open(png).convert("RGB"))
-    assert np.array_equal(cell(4), painted.repeat(4, 0).repeat(4, 1))  # 32 px upscaled (nearest) to the 128 px cell
-    assert not np.array_equal(cell(4), cell(1))  # painted anew: not the real image of the same mask
+    pngs = sorted(bench_workspace.glob(f"cache/downstream/*/rerender/copy-0/images_png/{first}.png"))
+    assert len(pngs) == (2 if subsets else 1)  # a ceiling stage per subset size
+    painted = np.asarray(Image.open(pngs[0]).convert("RGB"))
+    assert all(np.array_equal(np.asarray(Image.open(p).convert("RGB")), painted) for p in pngs)
+    # 32 px upscaled (nearest) to the 128 px cell; every subset size painted it alike
+    assert np.array_equal(cell(columns - 1), painted.repeat(4, 0).repeat(4, 1))
+    assert not np.array_equal(cell(columns - 1), cell(1))  # painted anew: not the real image of the same mask
 
 
 def test_report_latest_run_and_workspace_cross_check(ran, tmp_path):

@@ -62,21 +62,26 @@ def grid_columns(suite: Suite, data: ReportData) -> tuple[int | None, list[tuple
 
 
 def rerender_columns(suite: Suite, data: ReportData, seed: int) -> list[tuple[str, Path]]:
-    """[(variant, images dir)] of the rerender ceilings at ``seed``: the first copy its downstream stage painted."""
+    """[(declared variant, images dir)] of the rerender ceilings at ``seed``: the first copy its downstream stage painted.
+
+    One column per declared variant: a mask's first painted copy does not depend on the subset size (``perfect@n16``
+    and ``perfect@n48`` paint the same scene alike), so the first stage found stands for all.
+    """
     from bench.stages.downstream import rerender_dir
     from todsynth.data.loveda import IMAGES_DIR
 
-    kinds = {v["name"]: v.get("kind") for v in data.results["variants"]}
-    out = []
+    rows = {v["name"]: v for v in data.results["variants"] if v.get("kind") == "rerender"}
+    out: dict[str, Path] = {}
     for row in data.stages:
         parsed = _stage_variant(row.get("key", ""), "downstream")
-        if parsed is None or parsed[1] != seed or kinds.get(parsed[0]) != "rerender":
+        if parsed is None or parsed[1] != seed or parsed[0] not in rows:
             continue
+        declared = rows[parsed[0]].get("declared", parsed[0])
         cached = _stage(suite, row)
         painted = rerender_dir(cached.dir, 0) / IMAGES_DIR if cached is not None else None
-        if painted is not None and painted.is_dir():
-            out.append((parsed[0], painted))
-    return out
+        if declared not in out and painted is not None and painted.is_dir():
+            out[declared] = painted
+    return list(out.items())
 
 
 def _real_image(entry: dict[str, Any], suite: Suite, data: ReportData) -> Path | None:
