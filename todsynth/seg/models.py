@@ -72,20 +72,28 @@ def _ce(weight: float) -> dict[str, Any]:
     return dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=weight, avg_non_ignore=True)
 
 
-def _fcn_aux(in_channels: int, channels: int, num_classes: int, norm: dict[str, Any]) -> dict[str, Any]:
+def _fcn_head(in_channels: int, channels: int, num_classes: int, norm: dict[str, Any], *, in_index: int,
+              num_convs: int, concat_input: bool, dropout: float = 0.1, loss_weight: float = 1.0) -> dict[str, Any]:
+    """MMSeg's ``FCNHead`` on backbone output ``in_index``."""
     return dict(
         type="FCNHead",
         in_channels=in_channels,
-        in_index=2,
+        in_index=in_index,
         channels=channels,
-        num_convs=1,
-        concat_input=False,
-        dropout_ratio=0.1,
+        num_convs=num_convs,
+        concat_input=concat_input,
+        dropout_ratio=dropout,
         num_classes=num_classes,
         norm_cfg=norm,
         align_corners=False,
-        loss_decode=_ce(0.4),
+        loss_decode=_ce(loss_weight),
     )
+
+
+def _fcn_aux(in_channels: int, channels: int, num_classes: int, norm: dict[str, Any]) -> dict[str, Any]:
+    """The auxiliary FCN head on stage 3 (loss weight 0.4), as in MMSeg's configs."""
+    return _fcn_head(in_channels, channels, num_classes, norm, in_index=2, num_convs=1, concat_input=False,
+                     loss_weight=0.4)
 
 
 def _encoder_decoder(backbone: dict[str, Any], decode_head: dict[str, Any], aux: dict[str, Any] | None) -> dict[str, Any]:
@@ -106,37 +114,13 @@ def _encoder_decoder(backbone: dict[str, Any], decode_head: dict[str, Any], aux:
 def fcn_tiny(num_classes: int, norm: dict[str, Any]) -> dict[str, Any]:
     """ResNetV1c-18 at a quarter width (16-128 channels) + FCNHead: fastest CPU model (~0.9 M params)."""
     backbone = _resnet_v1c(18, norm, base_channels=16, stem_channels=16)
-    head = dict(
-        type="FCNHead",
-        in_channels=128,
-        in_index=3,
-        channels=64,
-        num_convs=1,
-        concat_input=True,
-        dropout_ratio=0.1,
-        num_classes=num_classes,
-        norm_cfg=norm,
-        align_corners=False,
-        loss_decode=_ce(1.0),
-    )
+    head = _fcn_head(128, 64, num_classes, norm, in_index=3, num_convs=1, concat_input=True)
     return _encoder_decoder(backbone, head, None)
 
 
 def fcn_r18(num_classes: int, norm: dict[str, Any]) -> dict[str, Any]:
     """ResNetV1c-18-d8 + FCNHead (+ auxiliary FCN head), MMSeg's ``fcn_r18-d8`` layout."""
-    head = dict(
-        type="FCNHead",
-        in_channels=512,
-        in_index=3,
-        channels=128,
-        num_convs=2,
-        concat_input=True,
-        dropout_ratio=0.1,
-        num_classes=num_classes,
-        norm_cfg=norm,
-        align_corners=False,
-        loss_decode=_ce(1.0),
-    )
+    head = _fcn_head(512, 128, num_classes, norm, in_index=3, num_convs=2, concat_input=True)
     return _encoder_decoder(_resnet_v1c(18, norm), head, _fcn_aux(256, 64, num_classes, norm))
 
 
@@ -147,19 +131,7 @@ def dcnn(num_classes: int, norm: dict[str, Any]) -> dict[str, Any]:
     procedural scenes); an architecture unlike the ResNet-FCN judges (the ``dcnn`` evaluator).
     """
     backbone = dict(type="DilatedCNN", in_channels=3, channels=48, dilations=(1, 1, 2, 4, 8, 2, 1))
-    head = dict(
-        type="FCNHead",
-        in_channels=48,
-        in_index=0,
-        channels=48,
-        num_convs=0,
-        concat_input=False,
-        dropout_ratio=0.0,
-        num_classes=num_classes,
-        norm_cfg=norm,
-        align_corners=False,
-        loss_decode=_ce(1.0),
-    )
+    head = _fcn_head(48, 48, num_classes, norm, in_index=0, num_convs=0, concat_input=False, dropout=0.0)
     return _encoder_decoder(backbone, head, None)
 
 
