@@ -1,7 +1,7 @@
 """Safe file output: atomic writes, and whether a path can be an output folder.
 
-A killed process never leaves a half-written file under its final name (only a hidden ``.<name>.*.tmp`` beside it,
-which the next write replaces), and an output path that cannot be a folder is named before any work starts.
+A killed process never leaves a half-written file under its final name (at most a hidden ``.<name>.*.tmp`` beside
+it), and an output path that cannot be a folder is named before any work starts.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ class StoreNotFoundError(TodsynthError):
 
 
 class StoreDamagedError(TodsynthError):
-    """A workspace's MLflow store file is not an SQLite database."""
+    """A workspace's MLflow store is not an SQLite database file."""
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database file
