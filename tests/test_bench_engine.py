@@ -244,6 +244,22 @@ def test_dry_run_plan_names_a_damaged_entry(tiny_suite_data, tmp_path, fake_stag
     assert {s for k, s in status.items() if k != "generator"} == {"cached"}
     assert {r["key"]: r["status"] for r in plan(suite, force=["generator"])}["generator"] == "forced"
 
+    # the dry run's words: the entry's status and the narrowest mend (its node key, quoted for the shell)
+    import yaml
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    key = "downstream[plain,seed=0]"
+    down = next(r for r in plan(suite) if r["key"] == key)
+    (tmp_path / "ws" / "cache" / "downstream" / down["hash"] / "done.json").unlink()  # files without a marker
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(tiny_suite_data))
+    res = CliRunner().invoke(app, ["bench", "run", str(tmp_path / "suite.yaml"), "--dry-run", "-w",
+                                   str(tmp_path / "ws")], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    assert len([ln for ln in res.output.splitlines() if " damaged " in ln]) == 2
+    assert f"or rerun with --force generator --force '{key}'" in res.output
+
 
 def test_cache_compute_is_atomic(tmp_path):
     cache = StageCache(tmp_path)

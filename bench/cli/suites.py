@@ -89,11 +89,13 @@ def _print_plan(s: Any, rows: list[dict[str, Any]]) -> None:
     console.print(table)
     todo = sum(r["status"] != "cached" for r in rows)
     console.print(f"{todo} to compute, {len(rows) - todo} cached in {s.workspace}", highlight=False, soft_wrap=True)
-    damaged = sorted({r["stage"] for r in rows if r["status"] == "damaged"})
+    damaged = [r["key"] for r in rows if r["status"] == "damaged"]
     if damaged:
+        import shlex
+
         console.print(f"damaged cache entries: bench run stops at them; delete their directories under "
-                      f"{s.workspace}/cache or rerun with {' '.join(f'--force {d}' for d in damaged)}",
-                      highlight=False, soft_wrap=True)
+                      f"{s.workspace}/cache or rerun with {' '.join(f'--force {shlex.quote(k)}' for k in damaged)}",
+                      markup=False, highlight=False, soft_wrap=True)  # keys hold [...]: not rich markup
 
 
 def bench_ls(workspace: Annotated[Path, typer.Option("--workspace", "-w", help="Workspace dir.")] = Path("runs")) -> None:
