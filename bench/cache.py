@@ -28,6 +28,7 @@ from filelock import FileLock, Timeout
 
 from todsynth import __version__
 from todsynth.errors import StageError
+from todsynth.files import atomic_write_bytes
 
 DONE = "done.json"
 CODE_VERSION = f"todsynth-{__version__}"
@@ -104,9 +105,7 @@ def jsonable(obj: Any, base: Path) -> Any:
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True, default=str).encode())
 
 
 class StageCache:

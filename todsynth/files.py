@@ -10,8 +10,10 @@ import io
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy stays out of import time: bench.cache (CLI start-up) imports this module
+    import numpy as np
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

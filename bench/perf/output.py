@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from bench.perf.config import SCHEMA
+from todsynth.files import atomic_write_bytes
 
 
 def json_safe(value: Any) -> Any:
@@ -25,10 +25,7 @@ def json_safe(value: Any) -> Any:
 def write_json(report: dict[str, Any], path: str | Path) -> Path:
     """Write the report as standard JSON (non-finite -> null), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(json_safe(report), indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_bytes(path, (json.dumps(json_safe(report), indent=2) + "\n").encode())
     return path
 
 

@@ -8,7 +8,6 @@ mask ("a satellite image of building, road, water"), background and no-data left
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from todsynth.data.classes import prompt_for_labels, reduce_labels
 from todsynth.data.loveda import DOMAINS, list_samples, read_raw_mask
 from todsynth.errors import DatasetNotFoundError, DataValidationError
+from todsynth.files import atomic_write_bytes
 
 INDEX_KEYS: tuple[str, ...] = ("source", "target", "prompt")
 
@@ -46,12 +46,7 @@ def write_index(
     """Build the index of ``split`` and write it to ``out`` atomically (temp file, then rename)."""
     entries = build_index(root, split, domains)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for e in entries:
-            f.write(json.dumps(e, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
+    atomic_write_bytes(out, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries).encode("utf-8"))
     return out
 
 

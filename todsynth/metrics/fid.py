@@ -38,6 +38,7 @@ from torch import nn
 
 from todsynth.data.imagenet import normalize_01
 from todsynth.errors import ConfigError, WeightsNotFoundError
+from todsynth.files import atomic_write_bytes
 
 INCEPTION_ENV = "TODSYNTH_INCEPTION_WEIGHTS"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -243,11 +244,8 @@ def save_features(path: str | Path, feats: np.ndarray, meta: dict[str, Any]) -> 
     from safetensors.numpy import save
 
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(save({"features": np.ascontiguousarray(feats, dtype=np.float64)},
-                         metadata={"meta": json.dumps(meta, sort_keys=True)}))
-    os.replace(tmp, p)
+    atomic_write_bytes(p, save({"features": np.ascontiguousarray(feats, dtype=np.float64)},
+                               metadata={"meta": json.dumps(meta, sort_keys=True)}))
     return p
 
 

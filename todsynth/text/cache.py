@@ -9,15 +9,15 @@ never a silent miss.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from todsynth.errors import DataValidationError
+from todsynth.files import atomic_write_bytes
 from todsynth.text.base import PromptEncoder
 
 
@@ -48,14 +48,10 @@ class PromptCache:
         return self.path(prompt).is_file()
 
     def _save(self, prompt: str, embeds: torch.Tensor, pooled: torch.Tensor) -> None:
-        path = self.path(prompt)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        save_file(
+        atomic_write_bytes(self.path(prompt), save(
             {"prompt_embeds": embeds.detach().cpu().contiguous(), "pooled_prompt_embeds": pooled.detach().cpu().contiguous()},
-            str(tmp),
             metadata={"prompt": prompt, "encoder": self.encoder.name},
-        )
-        os.replace(tmp, path)
+        ))
 
     def _load(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         path = self.path(prompt)
