@@ -30,18 +30,21 @@ class StoreDamagedError(TodsynthError):
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database file
 
 
+def _sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI; None for any other store (a server)."""
+    return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
+
+
 def damaged_store(tracking_uri: str) -> str | None:
     """Why the sqlite store of ``tracking_uri`` cannot be opened, or None.
 
     A missing or empty file is fine (MLflow creates its tables); server URIs are not looked at.
     """
-    if not tracking_uri.startswith("sqlite:///"):
+    db = _sqlite_file(tracking_uri)
+    if db is None or not db.exists():
         return None
-    db = Path(tracking_uri.removeprefix("sqlite:///"))
-    if db.exists() and not db.is_file():
-        return f"MLflow store {db} is not a file"
     if not db.is_file():
-        return None
+        return f"MLflow store {db} is not a file"
     with db.open("rb") as f:
         head = f.read(len(SQLITE_HEADER))
     if head and head != SQLITE_HEADER:
@@ -65,13 +68,12 @@ def check_store(tracking_uri: str, workspace: Path) -> None:
     """
     if (problem := damaged_store(tracking_uri)) is not None:
         raise StoreDamagedError(problem)
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
-        if not db.is_file():
-            raise StoreNotFoundError(
-                f"no MLflow store at {db}; run `todsynth bench run <suite> --workspace {workspace}` first "
-                "(or pass the --workspace the suite ran in)"
-            )
+    db = _sqlite_file(tracking_uri)
+    if db is not None and not db.is_file():
+        raise StoreNotFoundError(
+            f"no MLflow store at {db}; run `todsynth bench run <suite> --workspace {workspace}` first "
+            "(or pass the --workspace the suite ran in)"
+        )
 
 
 def bind_error(host: str, port: int) -> OSError | None:
