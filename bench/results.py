@@ -164,35 +164,70 @@ def read_results(path: Path) -> dict[str, Any]:
 COLUMN_FORMATS = {m.name: m.fmt for m in METRICS}
 
 
-def results_table(results: dict[str, Any]) -> Any:
-    """A rich Table of the variants (mean ± std when several seeds)."""
+# The terminal table leaves columns out, in this order, when the console is too narrow for all of them; downstream
+# mIoU, mask mIoU and its ceiling (evaluator on real) always stay.
+NARROW_DROP_ORDER = ("seconds_per_image", "kid", "downstream_macc", "downstream_oa", "fid")
+
+
+def _table_cell(v: Mapping[str, Any], col: str, several: bool) -> str:
+    """One cell of the terminal table: the value, ``± std`` on a line below it with several seeds, ``*`` on a
+    fallback extractor's FID/KID, ``-`` where the variant has no such metric."""
+    val = v["metrics"].get(col)
+    if not isinstance(val, int | float) or isinstance(val, bool):
+        return "-"
+    cell = f"{val:{COLUMN_FORMATS[col]}}"
+    if several and col in v.get("metrics_std", {}):
+        cell += f"\n± {v['metrics_std'][col]:{COLUMN_FORMATS[col]}}"
+    if col in ("fid", "kid") and v["metrics"].get("fid_comparable") is False:
+        cell += "*"
+    return cell
+
+
+def results_table(results: dict[str, Any], width: int | None = None) -> Any:
+    """A rich Table of the variants (mean with ``± std`` below it when several seeds).
+
+    Every column is as wide as its widest value or the longest word of its label (labels wrap at their spaces), so
+    no number is ever cut short. Given the console's ``width``, the columns that do not fit are left out in
+    :data:`NARROW_DROP_ORDER` and the caption names them.
+    """
     from rich import box
+    from rich.console import Console
     from rich.table import Table
 
     several = len(results.get("seeds", [])) > 1
-    table = Table(title=f"{results['suite']} ({results['config_hash'][:8]})", box=box.SIMPLE_HEAD)
-    table.add_column("variant", no_wrap=True)
-    for col in TABLE_COLUMNS:
-        table.add_column(LABELS[col], justify="right", no_wrap=True)
-    for v in results["variants"]:
-        cells = []
-        for col in TABLE_COLUMNS:
-            val = v["metrics"].get(col)
-            if not isinstance(val, int | float) or isinstance(val, bool):
-                cells.append("-")
-                continue
-            cell = f"{val:{COLUMN_FORMATS[col]}}"
-            if several and col in v.get("metrics_std", {}):
-                cell += f"±{v['metrics_std'][col]:{COLUMN_FORMATS[col]}}"
-            if col in ("fid", "kid") and v["metrics"].get("fid_comparable") is False:
-                cell += "*"
-            cells.append(cell)
-        table.add_row(v["name"], *cells)
-    if any(v["metrics"].get("fid_comparable") is False for v in results["variants"]):
-        table.caption = "* FID/KID from a fallback extractor: not comparable with published Inception FID"
-    table.caption = ((table.caption or "") + "\nmIoU/OA/mAcc: downstream model on real Val; mask mIoU: evaluator on "
-                     "synthetic pairs; evaluator on real: the same evaluator on the real images of those masks (the ceiling of mask mIoU); "
-                     "the baseline trains on real data only").strip()
+    rows = [(v["name"], {col: _table_cell(v, col, several) for col in TABLE_COLUMNS}) for v in results["variants"]]
+
+    def col_width(col: str) -> int:
+        return max(*(len(word) for word in LABELS[col].split()),
+                   *(len(line) for _, cells in rows for line in cells[col].split("\n")))
+
+    def build(columns: list[str]) -> Any:
+        table = Table(title=f"{results['suite']} ({results['config_hash'][:8]})", box=box.SIMPLE_HEAD)
+        table.add_column("variant", no_wrap=True)
+        for col in columns:
+            table.add_column(LABELS[col], justify="right", width=col_width(col))
+        for name, cells in rows:
+            table.add_row(name, *(cells[col] for col in columns))
+        return table
+
+    columns = list(TABLE_COLUMNS)
+    left_out: list[str] = []
+    measure = Console(width=10_000)
+    for col in NARROW_DROP_ORDER:
+        if width is None or measure.measure(build(columns)).maximum <= width:
+            break
+        columns.remove(col)
+        left_out.append(LABELS[col])
+    table = build(columns)
+    notes = []
+    if any(v["metrics"].get("fid_comparable") is False for v in results["variants"]) and {"fid", "kid"} & set(columns):
+        notes.append("* FID/KID from a fallback extractor: not comparable with published Inception FID")
+    notes.append("mIoU/OA/mAcc: downstream model on real Val; mask mIoU: evaluator on synthetic pairs; evaluator on "
+                 "real: the same evaluator on the real images of those masks (the ceiling of mask mIoU); the baseline "
+                 "trains on real data only")
+    if left_out:
+        notes.append(f"left out at this width: {', '.join(left_out)} (results.json and the report have them)")
+    table.caption = "\n".join(notes)
     return table
 
 

@@ -67,7 +67,7 @@ def bench_run(
         _print_plan(s, rows)
         return
     outcome = run_suite(s, force=force or [], progress=not no_progress, console=err_console)
-    console.print(results_table(outcome.results))
+    console.print(results_table(outcome.results, width=console.width))
     console.print(
         f"{len(outcome.computed)} stages computed, {len(outcome.cached)} reused, {outcome.seconds:.1f}s; "
         f"results: {outcome.results_file}; MLflow run {outcome.parent_run_id} in {s.tracking_uri}",
@@ -82,8 +82,8 @@ def _print_plan(s: Any, rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(title=f"{s.name}: {len(rows)} stages (dry run, nothing executed)", box=box.SIMPLE_HEAD)
-    for col in ("#", "stage key", "inputs", "status", "hash"):
-        table.add_column(col, no_wrap=col != "inputs")
+    for col in ("#", "stage key", "inputs", "status", "hash"):  # a long input key folds rather than losing its end
+        table.add_column(col, no_wrap=col != "inputs", overflow="fold")
     for i, r in enumerate(rows, 1):
         table.add_row(str(i), escape(r["key"]), escape(", ".join(r["deps"]) or "-"), r["status"], r["hash"][:12])
     console.print(table)
@@ -110,7 +110,7 @@ def bench_ls(workspace: Annotated[Path, typer.Option("--workspace", "-w", help="
         return
     table = Table(title=f"suites in {workspace}")
     for col in ("suite", "runs", "last status", "last started", "config", "variants", "results"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold", no_wrap=col in ("runs", "last status", "config"))  # a path folds
     for r in rows:
         table.add_row(r["suite"], str(r["runs"]), r["last_status"], r["last_started"], str(r["config_hash"])[:12],
                       str(r["variants"]), r["results"] or "-")
