@@ -170,8 +170,11 @@ NARROW_DROP_ORDER = ("seconds_per_image", "kid", "downstream_macc", "downstream_
 
 
 def _table_cell(v: Mapping[str, Any], col: str, several: bool) -> str:
-    """One cell of the terminal table: the value, ``± std`` on a line below it with several seeds, ``*`` on a
-    fallback extractor's FID/KID, ``-`` where the variant has no such metric."""
+    """One cell of the terminal table.
+
+    The value; ``± std`` on a line below it with several seeds; ``*`` on a fallback extractor's FID/KID; ``-`` where
+    the variant has no such metric.
+    """
     val = v["metrics"].get(col)
     if not isinstance(val, int | float) or isinstance(val, bool):
         return "-"
