@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from rich.console import Console
@@ -27,7 +28,7 @@ def _results(seeds: list[int]) -> dict[str, Any]:
 
 
 def _render(results: dict[str, Any], width: int | None) -> str:
-    console = Console(width=width or 200, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console = Console(width=width or 200, record=True, file=io.StringIO())
     console.print(results_table(results, width=width))
     return console.export_text()
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 
 import pytest
+from rich.console import Console
 
 from bench.suites import SuiteError, validate_data
 from bench.tune import (
@@ -191,6 +193,11 @@ def test_multi_objective_pareto_and_relative_constraint(tune_data, fake_stages):
     assert set(s["importances"]) == {"mask_miou", "fid"} or s["importances_note"]
     tables = summary_tables(s)
     assert "Pareto front" in tables[0].title
+    console = Console(width=80, record=True, file=io.StringIO())
+    for t in tables:
+        console.print(t)
+    text = console.export_text()  # an 80-column terminal: the parameter names break after their dot, never cut
+    assert "…" not in text and "rectified_step" in text and "crfm.rectified_step" in text
 
 
 def test_constraint_values_signs():
