@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from todsynth.files import atomic_write_bytes, folder_problem, png_bytes
+from todsynth.errors import ConfigError
+from todsynth.files import atomic_write_bytes, folder_problem, png_bytes, read_json, read_safetensors
 
 
 def test_atomic_write_replaces_whole_and_leaves_nothing_beside(tmp_path):
@@ -45,3 +46,21 @@ def test_folder_problem(tmp_path, monkeypatch):
     monkeypatch.setattr("os.access", lambda path, mode: False)
     assert folder_problem(tmp_path / "new") == f"{tmp_path} is not writable by this user"
     assert not (tmp_path / "new").exists()
+
+
+def test_read_json_and_safetensors_name_the_file_they_cannot_read(tmp_path):
+    import torch
+    from safetensors.torch import save
+
+    (tmp_path / "ok.json").write_text('{"a": 1}')
+    assert read_json(tmp_path / "ok.json") == {"a": 1}
+    (tmp_path / "ok.safetensors").write_bytes(save({"w": torch.ones(2)}))
+    assert torch.equal(read_safetensors(tmp_path / "ok.safetensors")["w"], torch.ones(2))
+    for name, content in (("cut.json", b'{"a": '), ("latin.json", b"\xff\xfe"), ("junk.safetensors", b"junk")):
+        (tmp_path / name).write_bytes(content)
+    for name in ("cut.json", "latin.json", "missing.json"):
+        with pytest.raises(ConfigError, match=rf"cannot read .*{name}"):
+            read_json(tmp_path / name)
+    for name in ("junk.safetensors", "missing.safetensors"):
+        with pytest.raises(ConfigError, match=rf"cannot read weights .*{name}"):
+            read_safetensors(tmp_path / name)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from safetensors.torch import save
 
 from todsynth.errors import ConfigError, WeightsNotFoundError
 from todsynth.models.generator import build_generator, load_generator, save_generator
@@ -106,6 +107,29 @@ def test_scratch_save_load_roundtrip(tmp_path: Path) -> None:
 def test_load_missing_generator_raises(tmp_path: Path) -> None:
     with pytest.raises(WeightsNotFoundError, match="gen train"):
         load_generator(tmp_path)
+
+
+@pytest.mark.parametrize(("file", "content", "message"), [
+    ("config.json", b"junk", r"cannot read .*config\.json"),
+    ("config.json", b'{"format_version": 1}', r"config\.json lacks \['preset', 'transformer_saved', 'vae_saved'\]"),
+    ("config.json", b"[1]", r"config\.json: format_version \[1\]"),
+    ("transformer.safetensors", b"junk", r"cannot read weights .*transformer\.safetensors"),
+    ("vae.safetensors", b"junk", r"cannot read weights .*vae\.safetensors"),
+])
+def test_a_damaged_saved_generator_is_named(tmp_path: Path, file: str, content: bytes, message: str) -> None:
+    gen = build_generator(resolve_preset("tiny", deep_merge(TINY_SCRATCH_VAE_OVERRIDES, {"transformer": {"num_layers": 1}})))
+    out = save_generator(gen, tmp_path / "gen")
+    (out / file).write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        load_generator(out)
+
+
+def test_a_saved_generator_with_another_autoencoder_is_named(tmp_path: Path) -> None:
+    gen = build_generator(resolve_preset("tiny", deep_merge(TINY_SCRATCH_VAE_OVERRIDES, {"transformer": {"num_layers": 1}})))
+    out = save_generator(gen, tmp_path / "gen")
+    (out / "vae.safetensors").write_bytes(save({"stray": torch.zeros(2)}))
+    with pytest.raises(ConfigError, match=r"vae\.safetensors does not match the preset's autoencoder"):
+        load_generator(out)
 
 
 # ------------------------------------------------------------------ SD3.5 local-directory path

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from todsynth.errors import WeightsNotFoundError
+from todsynth.errors import ConfigError, WeightsNotFoundError
 from todsynth.models.vae import (
     SpaceToDepthAutoencoder,
     build_vae,
@@ -18,6 +19,7 @@ from todsynth.models.vae import (
     load_vae,
     mask_to_grey,
     save_vae,
+    vae_kwargs,
     vae_scale_factor,
 )
 
@@ -132,3 +134,22 @@ def test_build_vae_keeps_autoencoder_kl_kwargs() -> None:
     vae = build_vae({"down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
                      "block_out_channels": [8, 8], "latent_channels": 4, "norm_num_groups": 4})
     assert isinstance(vae, AutoencoderKL) and is_trainable(vae) and vae_scale_factor(vae) == 2
+
+
+def test_damaged_saved_autoencoder_files_are_named(tmp_path: Path) -> None:
+    out = save_vae(tiny_vae(1.7, -0.2), tmp_path / "vae")
+    good = (out / "vae.safetensors").read_bytes()
+    (out / "vae.safetensors").write_bytes(b"junk")
+    with pytest.raises(ConfigError, match=r"cannot read weights .*vae\.safetensors"):
+        load_vae(out)
+    (out / "vae.safetensors").write_bytes(good)
+    (out / "config.json").write_text('{"latent_channels": 4, "down_block_types": ')
+    with pytest.raises(ConfigError, match=r"cannot read .*config\.json"):
+        load_vae(out)
+    (out / "config.json").write_text('{"no_such_argument": 1}')
+    with pytest.raises(ConfigError, match=r"config\.json does not build an autoencoder \(TypeError"):
+        load_vae(out)
+    config = json.loads(json.dumps(vae_kwargs(tiny_vae(1.7, -0.2))))
+    (out / "config.json").write_text(json.dumps(config | {"latent_channels": config["latent_channels"] + 1}))
+    with pytest.raises(ConfigError, match=r"vae\.safetensors does not match .*config\.json"):
+        load_vae(out)

@@ -78,3 +78,37 @@ def test_user_checkpoint_errors(model: torch.nn.Module, tmp_path: Path) -> None:
     torch.save([1, 2], bad)
     with pytest.raises(ConfigError, match="no state_dict"):
         load_user_checkpoint(bad, "fcn-tiny")
+
+
+def test_a_file_that_is_no_checkpoint_is_named_not_a_traceback(model: torch.nn.Module, tmp_path: Path) -> None:
+    text = tmp_path / "notes.pth"
+    text.write_text("junk\n")  # the weights-only unpickler fails on it with a KeyError
+    with pytest.raises(ConfigError, match=r"cannot read checkpoint .*notes\.pth \(not a PyTorch checkpoint\?\)"):
+        load_user_checkpoint(text, "fcn-tiny")
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(bytes(range(128, 228)))
+    with pytest.raises(UntrustedCheckpointError, match=r"noise\.pth .*\(Unsupported operand"):
+        load_user_checkpoint(noise, "fcn-tiny")
+    with pytest.raises(ConfigError, match=r"cannot read checkpoint .*noise\.pth: ValueError: unsupported pickle protocol"):
+        load_user_checkpoint(noise, "fcn-tiny", trust=True)  # trusted garbage is still garbage
+
+
+def test_the_untrusted_message_names_the_global_that_needs_trust(model: torch.nn.Module, tmp_path: Path) -> None:
+    from mmengine.logging import HistoryBuffer
+
+    path = tmp_path / "full.pth"
+    torch.save({"meta": {"hub": HistoryBuffer()}, "state_dict": model.state_dict()}, path)
+    with pytest.raises(UntrustedCheckpointError) as info:
+        load_user_checkpoint(path, "fcn-tiny")
+    assert "Unsupported global: GLOBAL mmengine.logging.history_buffer.HistoryBuffer" in str(info.value)
+    assert "\x1b[" not in str(info.value)  # torch's bold escape codes are stripped
+
+
+def test_damaged_saved_segmentor_files_are_named(model: torch.nn.Module, tmp_path: Path) -> None:
+    out = save_segmentor(model, "fcn-tiny", tmp_path / "seg", 7)
+    (out / "model.safetensors").write_bytes(b"junk")
+    with pytest.raises(ConfigError, match=r"cannot read weights .*model\.safetensors"):
+        load_segmentor(out)
+    (out / "segmentor.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"cannot read .*segmentor\.json"):
+        load_segmentor(out)

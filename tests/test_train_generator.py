@@ -346,3 +346,20 @@ def test_mask_dropout_drops_masks_with_the_prompts(dataset, vae_dir: Path, tmp_p
     train_generator(config(vae_dir, preset_overrides=no_tokens, steps=2), dataset, HashPrompts(), tmp_path / "keep",
                     progress=False)
     assert seen and all(b.mask_keep is None for b in seen)
+
+
+def test_a_damaged_checkpoint_is_named_with_its_mend(tmp_path: Path) -> None:
+    from todsynth.train.checkpoint import load_checkpoint, read_state
+
+    ckpt = tmp_path / "checkpoint-2"
+    ckpt.mkdir()
+    (ckpt / "state.json").write_text('{"step": 2')  # cut short
+    with pytest.raises(ConfigError, match=r"cannot read .*checkpoint-2/state\.json"):
+        read_state(ckpt)
+    (ckpt / "state.json").write_text('{"step": 2, "pos": 0}')
+    with pytest.raises(ConfigError, match=r"lacks \['config', 'optimizer', 'lr_scheduler'\]: a damaged checkpoint; delete"):
+        read_state(ckpt)
+    (ckpt / "state.json").write_text(json.dumps({"step": 2, "pos": 0, "config": {}, "optimizer": {}, "lr_scheduler": {}}))
+    (ckpt / "model.safetensors").write_bytes(b"junk")
+    with pytest.raises(ConfigError, match=r"cannot read weights .*checkpoint-2/model\.safetensors"):
+        load_checkpoint(ckpt, {}, None, None)  # type: ignore[arg-type]

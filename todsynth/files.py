@@ -1,7 +1,9 @@
-"""Safe file output: atomic writes, and whether a path can be an output folder.
+"""Safe file input and output: atomic writes, whether a path can be an output folder, and reads that name the file.
 
 A killed process never leaves a half-written file under its final name (at most a hidden ``.<name>.*.tmp`` beside
-it), and an output path that cannot be a folder is named before any work starts.
+it), and an output path that cannot be a folder is named before any work starts. A file we read back (a saved
+model's JSON config, its safetensors weights) that is damaged raises :class:`~todsynth.errors.ConfigError` naming
+it, never a parser's traceback.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # numpy stays out of import time: bench.cache (CLI start-up) imports this module
+from todsynth.errors import ConfigError
+
+if TYPE_CHECKING:  # numpy and torch stay out of import time: bench.cache (CLI start-up) imports this module
     import numpy as np
+    import torch
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -52,3 +57,32 @@ def folder_problem(path: str | Path) -> str | None:
     if not os.access(here, os.W_OK | os.X_OK):
         return f"{here} is not writable by this user"
     return None
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON in ``path``.
+
+    Raises:
+        ConfigError: the file cannot be read or is not JSON (the message names it).
+    """
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+
+
+def read_safetensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file ``path``, on ``device``.
+
+    Raises:
+        ConfigError: the file cannot be read or is not a safetensors file (the message names it).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=device)
+    except (OSError, SafetensorError) as exc:
+        raise ConfigError(f"cannot read weights {path}: {exc}") from exc

@@ -18,9 +18,9 @@ import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
-from safetensors.torch import load_file
 
 from todsynth.errors import ConfigError, WeightsNotFoundError
+from todsynth.files import read_json, read_safetensors
 from todsynth.models.io import atomic_dir, save_tensors
 from todsynth.models.mmdit import MaskMMDiT, is_text_stream
 from todsynth.models.presets import SD35_DOWNLOAD_HINT, is_scratch, mask_stream
@@ -262,11 +262,18 @@ def load_generator(gen_dir: str | Path, device: str | torch.device = "cpu") -> G
             f"no saved generator in {gen_dir} (needs {CONFIG_FILE} and {TRANSFORMER_FILE}); "
             "train one with `todsynth gen train`"
         )
-    meta = json.loads(cfg_path.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(f"{cfg_path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
-    gen = build_generator(meta["preset"])
-    state = load_file(str(gen_dir / TRANSFORMER_FILE))
+    meta = read_json(cfg_path)
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        found = meta.get("format_version") if isinstance(meta, dict) else meta
+        raise ConfigError(f"{cfg_path}: format_version {found!r}, expected {FORMAT_VERSION}")
+    lacking = [k for k in ("preset", "transformer_saved", "vae_saved") if k not in meta]
+    if lacking or not isinstance(meta["preset"], dict):
+        raise ConfigError(f"{cfg_path} lacks {lacking or ['a preset mapping']}: not a config written by save_generator")
+    try:
+        gen = build_generator(meta["preset"])
+    except (KeyError, TypeError, ValueError) as exc:  # a damaged preset; a missing SD3.5 dir raises its own error
+        raise ConfigError(f"{cfg_path}: its preset does not build a generator ({type(exc).__name__}: {exc})") from exc
+    state = read_safetensors(gen_dir / TRANSFORMER_FILE)
     missing, unexpected = gen.transformer.load_state_dict(state, strict=False)
     if meta["transformer_saved"] != "full":
         missing = [k for k in missing if not is_text_stream(k)]
@@ -276,5 +283,9 @@ def load_generator(gen_dir: str | Path, device: str | torch.device = "cpu") -> G
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
         )
     if meta["vae_saved"]:
-        gen.vae.load_state_dict(load_file(str(gen_dir / VAE_FILE)))
+        try:
+            gen.vae.load_state_dict(read_safetensors(gen_dir / VAE_FILE))
+        except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
+            raise ConfigError(f"{gen_dir / VAE_FILE} does not match the preset's autoencoder: "
+                              f"{str(exc).splitlines()[0]}") from exc
     return gen.to(device)

@@ -21,11 +21,11 @@ from diffusers.configuration_utils import FrozenDict
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
-from safetensors.torch import load_file
 from torch import nn
 
 from todsynth.data.classes import IGNORE_INDEX
 from todsynth.errors import ConfigError, WeightsNotFoundError
+from todsynth.files import read_json, read_safetensors
 from todsynth.models.io import atomic_dir, save_tensors
 
 VAE_WEIGHTS = "vae.safetensors"
@@ -209,9 +209,18 @@ def load_vae(vae_dir: str | Path, device: str | torch.device = "cpu") -> Autoenc
         )
     from accelerate import init_empty_weights
 
+    kwargs = read_json(config)
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"{config} holds no autoencoder config (a JSON object of AutoencoderKL arguments)")
     with init_empty_weights():  # no random init (and no global RNG use): the weights come from the file
-        vae = build_vae(json.loads(config.read_text()))
-    vae.load_state_dict(load_file(str(weights)), assign=True)
+        try:
+            vae = build_vae(kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{config} does not build an autoencoder ({type(exc).__name__}: {exc})") from exc
+    try:
+        vae.load_state_dict(read_safetensors(weights), assign=True)
+    except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
+        raise ConfigError(f"{weights} does not match {config}: {str(exc).splitlines()[0]}") from exc
     return vae.to(device).eval()  # type: ignore[arg-type]  # diffusers' @wraps(Module.to) hides the bound self
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from torch import nn
 
 from todsynth.data.classes import CLASSES
 from todsynth.errors import ConfigError, UntrustedCheckpointError, WeightsNotFoundError
-from todsynth.files import atomic_write_bytes
+from todsynth.files import atomic_write_bytes, read_json, read_safetensors
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "segmentor.json"
@@ -67,10 +68,7 @@ def read_segmentor_meta(dir: str | Path) -> dict[str, Any]:
                 f"segmentor checkpoint incomplete: {f} not found; train one with "
                 f"`todsynth seg train --out {d}` or pass a directory written by save_segmentor"
             )
-    try:
-        meta = json.loads((d / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read {d / CONFIG_FILE}: {exc}") from exc
+    meta = read_json(d / CONFIG_FILE)
     if not isinstance(meta, dict) or "name" not in meta or "num_classes" not in meta:
         raise ConfigError(f"{d / CONFIG_FILE} must hold 'name' and 'num_classes'")
     return meta
@@ -78,17 +76,12 @@ def read_segmentor_meta(dir: str | Path) -> dict[str, Any]:
 
 def load_segmentor(dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a segmentor saved by :func:`save_segmentor` (eval mode, on ``device``)."""
-    from safetensors.torch import load_file
-
     from todsynth.seg.models import build_segmentor
 
     d = Path(dir)
     meta = read_segmentor_meta(d)
     model = build_segmentor(meta["name"], int(meta["num_classes"]))
-    try:
-        state = load_file(str(d / WEIGHTS_FILE), device="cpu")
-    except Exception as exc:  # safetensors raises its own error types on corrupt files
-        raise ConfigError(f"cannot read weights {d / WEIGHTS_FILE}: {exc}") from exc
+    state = read_safetensors(d / WEIGHTS_FILE)
     _load_state(model, state, str(d / WEIGHTS_FILE), meta["name"])
     return model.to(device).eval()
 
@@ -118,6 +111,15 @@ def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def _unpickler_reason(exc: pickle.UnpicklingError) -> str:
+    """The line of torch's weights-only error that says what stopped it (an unsupported global or opcode)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:  # "WeightsUnpickler error: Unsupported global: GLOBAL m.C was not an allowed global ..."
+        if "Unsupported" in ln:
+            return ln[ln.index("Unsupported"):].split(". ")[0]
+    return lines[0] if lines else type(exc).__name__
+
+
 def load_user_checkpoint(path: str | Path, name: str, trust: bool = False, num_classes: int | None = None) -> nn.Module:
     """Load a user's MMSeg checkpoint (``.pth``) into model ``name`` (eval mode, CPU).
 
@@ -142,12 +144,15 @@ def load_user_checkpoint(path: str | Path, name: str, trust: bool = False, num_c
     except pickle.UnpicklingError as exc:
         if not trust:
             raise UntrustedCheckpointError(
-                f"{p} needs full unpickling, which can run arbitrary code ({str(exc).splitlines()[0]}); "
-                "pass --trust-checkpoint (trust=True) only if you trust its source"
+                f"{p} cannot be read without full unpickling, which can run arbitrary code "
+                f"({_unpickler_reason(exc)}); pass --trust-checkpoint (trust=True) only if you trust its source"
             ) from exc
-        obj = torch.load(p, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise ConfigError(f"cannot read checkpoint {p}: {exc}") from exc
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as full_exc:  # garbage fails the full unpickler in any way its bytes lead
+            raise ConfigError(f"cannot read checkpoint {p}: {type(full_exc).__name__}: {full_exc}") from full_exc
+    except Exception as exc:  # not a checkpoint: the unpickler fails in any way its bytes lead
+        raise ConfigError(f"cannot read checkpoint {p} (not a PyTorch checkpoint?): {type(exc).__name__}: {exc}") from exc
     state = _extract_state_dict(obj, p)
     if num_classes is None:
         seg_w = state.get("decode_head.conv_seg.weight")

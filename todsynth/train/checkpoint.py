@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 from todsynth.errors import ConfigError
+from todsynth.files import read_json, read_safetensors
 from todsynth.models.io import atomic_dir, save_tensors
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
@@ -99,6 +99,23 @@ def save_checkpoint(
     return path
 
 
+STATE_KEYS = ("step", "pos", "config", "optimizer", "lr_scheduler")
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's ``state.json``.
+
+    Raises:
+        ConfigError: unreadable, or without the keys :func:`save_checkpoint` writes (the message says to delete it).
+    """
+    state = read_json(Path(path) / "state.json")
+    lacking = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if lacking or not isinstance(state, dict):
+        raise ConfigError(f"{Path(path) / 'state.json'} lacks {lacking}: a damaged checkpoint; delete {path} to resume "
+                          "from the one before it (or start over)")
+    return state
+
+
 def load_checkpoint(
     path: str | Path,
     params: dict[str, torch.nn.Parameter],
@@ -109,8 +126,8 @@ def load_checkpoint(
 ) -> TrainingState:
     """Restore a checkpoint in place (parameters, optimizer, LR schedule, EMA, scaler); returns the rest."""
     path = Path(path)
-    state = json.loads((path / "state.json").read_text())
-    weights = load_file(str(path / "model.safetensors"))
+    state = read_state(path)
+    weights = read_safetensors(path / "model.safetensors")
     if set(weights) != set(params):
         missing, extra = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
         raise ConfigError(
@@ -121,15 +138,15 @@ def load_checkpoint(
         for name, p in params.items():
             p.copy_(weights[name])
     if ema is not None:
-        saved = load_file(str(path / "ema.safetensors"))
+        saved = read_safetensors(path / "ema.safetensors")
         for name, t in ema.items():
             t.copy_(saved[name])
-    opt_tensors = load_file(str(path / "optimizer.safetensors"))
+    opt_tensors = read_safetensors(path / "optimizer.safetensors")
     optimizer.load_state_dict(_optimizer_from_files(opt_tensors, state["optimizer"]))
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     if scaler is not None and state.get("scaler") is not None:
         scaler.load_state_dict(state["scaler"])
-    rng = load_file(str(path / "rng.safetensors"))
+    rng = read_safetensors(path / "rng.safetensors")
     return TrainingState(
         step=int(state["step"]),
         rng_state=rng["rng_state"],

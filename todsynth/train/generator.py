@@ -25,7 +25,13 @@ from todsynth.models.generator import Generator, build_generator, save_generator
 from todsynth.models.presets import is_scratch, mask_stream, resolve_preset
 from todsynth.progress import progress_bar
 from todsynth.text.base import PromptSource
-from todsynth.train.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
+from todsynth.train.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    read_state,
+    save_checkpoint,
+)
 from todsynth.train.config import TrainConfig
 from todsynth.train.data import (
     LatentSet,
@@ -200,7 +206,7 @@ def _resume(out_dir: Path, cfg: TrainConfig, run: _Run, rng: torch.Generator, or
     start = 0
     ckpts = list_checkpoints(out_dir)
     if ckpts and resume:
-        saved = json.loads((ckpts[-1] / "state.json").read_text())["config"]
+        saved = read_state(ckpts[-1])["config"]
         mismatch = cfg.resume_mismatch(saved)
         if mismatch:
             raise ConfigError(
