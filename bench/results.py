@@ -157,8 +157,18 @@ def write_results(path: Path, results: dict[str, Any]) -> None:
 
 
 def read_results(path: Path) -> dict[str, Any]:
-    """Load a results.json."""
-    return json.loads(Path(path).read_text())
+    """Load a results.json.
+
+    Raises:
+        ConfigError: the file cannot be read, is not JSON or is not a results object (the message names it).
+    """
+    from todsynth.errors import ConfigError
+    from todsynth.files import read_json
+
+    results = read_json(path)
+    if not isinstance(results, dict) or not isinstance(results.get("variants"), list):
+        raise ConfigError(f"{path} is not a results.json (no list of variants)")
+    return results
 
 
 COLUMN_FORMATS = {m.name: m.fmt for m in METRICS}

@@ -216,6 +216,7 @@ def test_samples_grid_shows_the_rerender_ceiling_beside_the_samples(tiny_suite_d
 
 def test_report_latest_run_and_workspace_cross_check(ran, tmp_path):
     suite, outcome = ran
+    original = outcome.results_file.read_text()
     out = write_report(suite, tmp_path / "r", run_id=outcome.parent_run_id)
     assert outcome.parent_run_id in (out / "report.md").read_text()
     # tamper with the workspace copy: the report refuses to disagree with MLflow
@@ -225,6 +226,11 @@ def test_report_latest_run_and_workspace_cross_check(ran, tmp_path):
     with pytest.raises(ReportError, match="differs from the results.json logged"):
         write_report(suite, tmp_path / "r2")
     assert not (tmp_path / "r2").exists()
+    # a damaged workspace copy is named in the report, which reads MLflow's copy
+    outcome.results_file.write_text('{"suite": ')
+    md = (write_report(suite, tmp_path / "r3") / "report.md").read_text()
+    assert f"cannot read {outcome.results_file}" in md and "uses the results.json logged to MLflow run" in md
+    outcome.results_file.write_text(original)  # the module's other tests read the run's results
 
 
 def test_fid_counts_sentence(ran, tmp_path):

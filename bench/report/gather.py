@@ -142,10 +142,17 @@ def _workspace_cross_check(suite: Suite, data: ReportData) -> None:
     """Compare with ``<workspace>/<suite>/results.json`` when it belongs to the same run."""
     from bench.results import read_results, results_path
 
+    from todsynth.errors import ConfigError
+
     path = results_path(suite)
     if not path.is_file():
         return
-    ws = read_results(path)
+    try:
+        ws = read_results(path)
+    except ConfigError as exc:  # the report reads MLflow's copy; the workspace's damaged one is named, not fatal
+        data.notes.append(f"{exc}; this report uses the results.json logged to MLflow run {data.parent['run_id']}. "
+                          "Rerun `todsynth bench run` to rewrite the workspace's copy.")
+        return
     ws_run = ws.get("mlflow", {}).get("parent_run_id")
     if ws_run != data.parent["run_id"]:
         data.notes.append(f"{display_path(path, suite.workspace)} belongs to MLflow run {ws_run}, not to the reported "
