@@ -141,7 +141,6 @@ def load_report_data(suite: Suite, scratch: Path, run_id: str | None = None) -> 
 def _workspace_cross_check(suite: Suite, data: ReportData) -> None:
     """Compare with ``<workspace>/<suite>/results.json`` when it belongs to the same run."""
     from bench.results import read_results, results_path
-
     from todsynth.errors import ConfigError
 
     path = results_path(suite)
