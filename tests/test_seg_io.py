@@ -85,6 +85,8 @@ def test_a_file_that_is_no_checkpoint_is_named_not_a_traceback(model: torch.nn.M
     text.write_text("junk\n")  # the weights-only unpickler fails on it with a KeyError
     with pytest.raises(ConfigError, match=r"cannot read checkpoint .*notes\.pth \(not a PyTorch checkpoint\?\)"):
         load_user_checkpoint(text, "fcn-tiny")
+    with pytest.raises(ConfigError, match="unknown segmentation model 'fcn-r19'"):  # the name is checked first
+        load_user_checkpoint(text, "fcn-r19")
     noise = tmp_path / "noise.pth"
     noise.write_bytes(bytes(range(128, 228)))
     with pytest.raises(UntrustedCheckpointError, match=r"noise\.pth .*\(Unsupported operand"):
