@@ -137,6 +137,7 @@ def test_ls_empty_and_with_runs(tmp_path):
     ["seg", "train", "--out", "{F}"],
     ["bench", "check-conditioning", "{F}"],
     ["bench", "report", str(REPO / "suites" / "smoke.yaml"), "--out", "{F}/report"],
+    ["prompts", "vectorize", "{D}/index.jsonl", "--encoder", "tiny", "--cache", "{F}"],
 ])
 def test_an_output_folder_that_cannot_be_one_is_a_usage_error(tmp_path, args):
     from typer.testing import CliRunner

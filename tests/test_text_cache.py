@@ -90,3 +90,7 @@ def test_cli_vectorize_counts(procedural_root, tmp_path):
     assert bad.exit_code == 2 and "clip" in bad.output
     nodir = CliRunner(env={"TODSYNTH_SD3_DIR": ""}).invoke(cli.app, ["prompts", "vectorize", str(index), "--encoder", "sd3"])
     assert nodir.exit_code == 2 and "--sd3-dir" in nodir.output
+    for option, value in (("--seq-len", "1"), ("--batch-size", "0"), ("--pooled-dim", "0")):  # usage errors, no crash
+        res = CliRunner().invoke(cli.app, [*args[:-2], option, value], env={"COLUMNS": "200"})
+        assert res.exit_code == 2 and f"Invalid value for '{option}'" in res.output, res.output
+        assert res.exception is None or isinstance(res.exception, SystemExit)

@@ -80,14 +80,15 @@ def prompts_vectorize(
     index: Annotated[Path, typer.Argument(help="index.jsonl (from `todsynth data index`).")],
     encoder: Annotated[str, typer.Option("--encoder", help="sd3 (CLIP-L + CLIP-G + T5 from --sd3-dir) or tiny.")],
     sd3_dir: Annotated[Path | None, typer.Option("--sd3-dir", help="Local SD3.5 dir (default: $TODSYNTH_SD3_DIR).")] = None,
-    cache: Annotated[Path | None, typer.Option("--cache", help="Cache dir (default: INDEX's dir/prompt_cache).")] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", help="Cache dir (default: INDEX's dir/prompt_cache).",
+                                               callback=out_folder)] = None,
     device: Annotated[str, typer.Option("--device", help="sd3: torch device.")] = "cpu",
     dtype: Annotated[str, typer.Option("--dtype", help="sd3: float32, float16 or bfloat16.")] = "float32",
-    t5_max_length: Annotated[int, typer.Option("--t5-max-length", help="sd3: T5 tokens.")] = 256,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per encoder call.")] = 8,
-    seq_len: Annotated[int, typer.Option("--seq-len", help="tiny: tokens.")] = 16,
-    joint_dim: Annotated[int, typer.Option("--joint-dim", help="tiny: embedding width.")] = 64,
-    pooled_dim: Annotated[int, typer.Option("--pooled-dim", help="tiny: pooled width.")] = 64,
+    t5_max_length: Annotated[int, typer.Option("--t5-max-length", min=1, help="sd3: T5 tokens.")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Prompts per encoder call.")] = 8,
+    seq_len: Annotated[int, typer.Option("--seq-len", min=2, help="tiny: tokens.")] = 16,
+    joint_dim: Annotated[int, typer.Option("--joint-dim", min=1, help="tiny: embedding width.")] = 64,
+    pooled_dim: Annotated[int, typer.Option("--pooled-dim", min=1, help="tiny: pooled width.")] = 64,
 ) -> None:
     """Encode every distinct prompt of INDEX once into a safetensors cache (cached prompts are skipped)."""
     import os
@@ -103,8 +104,6 @@ def prompts_vectorize(
     dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if dtype not in dtypes:
         fail(f"--dtype {dtype!r} is not one of {', '.join(dtypes)}")
-    if batch_size < 1:
-        fail(f"--batch-size must be >= 1, got {batch_size}")
     prompts = list(dict.fromkeys(e["prompt"] for e in read_index(index)))
     if not prompts:
         fail(f"{index} holds no entries")
