@@ -184,3 +184,24 @@ def test_damaged_store_passes_a_new_empty_or_sqlite_file_and_servers(tmp_path):
     assert damaged_store("http://127.0.0.1:5000") is None
     (tmp_path / "dir.db").mkdir()
     assert damaged_store(f"sqlite:///{tmp_path / 'dir.db'}") == f"MLflow store {tmp_path / 'dir.db'} is not a file"
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["bench", "check-conditioning", "{T}/cc", "--n-train", "0"], "--n-train"),
+    (["bench", "check-conditioning", "{T}/cc", "--steps", "0"], "--steps"),
+    (["bench", "check-conditioning", "{T}/cc", "--evaluator-iters", "0"], "--evaluator-iters"),
+    (["bench", "check-conditioning", "{T}/cc", "--evaluator-lr", "0"], "--evaluator-lr"),
+    (["bench", "check-conditioning", "{T}/cc", "--threads", "0"], "--threads"),
+    (["bench", "check-crfm", "--generator", "{T}", "--judge", "{T}", "--evaluator", "{T}", "--data", "{T}",
+      "--masks", "0"], "--masks"),
+    (["seg", "train", "--data", "{T}", "--out", "{T}/seg", "--lr", "-1"], "--lr"),
+])
+def test_numbers_out_of_range_are_usage_errors_before_any_work(tmp_path, args, option):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    res = CliRunner().invoke(app, [a.format(T=tmp_path) for a in args], env={"COLUMNS": "250"})
+    assert res.exit_code == 2 and f"Invalid value for '{option}'" in res.output, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert list(tmp_path.iterdir()) == []  # nothing was written: these had crashed after the data was made

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typ
 
 import typer
 
-from bench.cli.common import err_console, out_folder
+from bench.cli.common import err_console, out_folder, positive
 
 
 def bench_check_conditioning(
@@ -19,17 +19,17 @@ def bench_check_conditioning(
                                              callback=out_folder)],
     preset: Annotated[str, typer.Option("--preset", help="Generator preset.")] = "tiny",
     set_: Annotated[list[str] | None, typer.Option("--set", help="Preset override key.path=value, e.g. train.steps=800 or transformer.num_layers=4; repeatable.")] = None,
-    n_train: Annotated[int, typer.Option("--n-train", help="Procedural Train scenes.")] = 400,
-    n_val: Annotated[int, typer.Option("--n-val", help="Procedural Val scenes.")] = 64,
-    masks: Annotated[int, typer.Option("--masks", help="Masks sampled (true and shuffled).")] = 16,
+    n_train: Annotated[int, typer.Option("--n-train", min=1, help="Procedural Train scenes.")] = 400,
+    n_val: Annotated[int, typer.Option("--n-val", min=1, help="Procedural Val scenes.")] = 64,
+    masks: Annotated[int, typer.Option("--masks", min=2, help="Masks sampled (true and shuffled).")] = 16,
     mask_split: Annotated[str, typer.Option("--mask-split", help="Train | Val (Val: held out from generator training).")] = "Val",
-    steps: Annotated[int, typer.Option("--steps", help="Euler steps (the smoke suite's).")] = 12,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Euler steps (the smoke suite's).")] = 12,
     guidance: Annotated[float, typer.Option("--guidance", help="CFG scale (1 = off; the negative is the empty prompt); default: the smoke suite's.")] = 1.5,
     mask_guidance: Annotated[bool, typer.Option("--mask-guidance/--no-mask-guidance", help="The CFG negative has no mask either (the tiny preset trains with train.mask_dropout for it); default: the smoke suite's.")] = True,
     evaluator: Annotated[str, typer.Option("--evaluator", help="The instrument (smoke's evaluator: dcnn, 500 it).")] = "dcnn",
-    evaluator_iters: Annotated[int, typer.Option("--evaluator-iters", help="Evaluator training iterations.")] = 500,
-    evaluator_lr: Annotated[float, typer.Option("--evaluator-lr", help="AdamW peak LR of the evaluator.")] = 2e-3,
-    threads: Annotated[int | None, typer.Option("--threads", help="torch threads (default: torch's).")] = None,
+    evaluator_iters: Annotated[int, typer.Option("--evaluator-iters", min=1, help="Evaluator training iterations.")] = 500,
+    evaluator_lr: Annotated[float, typer.Option("--evaluator-lr", callback=positive, help="AdamW peak LR of the evaluator.")] = 2e-3,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads (default: torch's).")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Plain output, no progress bars.")] = False,
 ) -> None:
     """Does the generator draw its mask? Evaluator mIoU of samples from true vs shuffled masks (one JSON line)."""
@@ -59,15 +59,15 @@ def bench_check_crfm(
     evaluator: Annotated[Path, typer.Option("--evaluator", help="save_segmentor dir of the independent evaluator.")],
     data: Annotated[Path, typer.Option("--data", help="LoveDA-layout root whose masks are sampled.")],
     split: Annotated[str, typer.Option("--split", help="Train | Val.")] = "Val",
-    masks: Annotated[int, typer.Option("--masks", help="Masks sampled per setting.")] = 64,
-    steps: Annotated[int, typer.Option("--steps", help="Euler steps.")] = 12,
+    masks: Annotated[int, typer.Option("--masks", min=1, help="Masks sampled per setting.")] = 64,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Euler steps.")] = 12,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed (the same for every setting).")] = 0,
     guidance: Annotated[float, typer.Option("--guidance", help="CFG scale (1 = off; the negative is the empty prompt); default: the smoke suite's.")] = 1.5,
     mask_guidance: Annotated[bool, typer.Option("--mask-guidance/--no-mask-guidance", help="The CFG negative has no mask either; default: the smoke suite's.")] = True,
     scorer: Annotated[list[Path] | None, typer.Option("--scorer", help="Another save_segmentor dir to score with (e.g. one the settings were not chosen with); repeatable.")] = None,
     setting: Annotated[list[str] | None, typer.Option("--setting", help="CRFMConfig fields as YAML; repeatable (default: the paper's three).")] = None,
     prompt_cache: Annotated[Path | None, typer.Option("--prompt-cache", help="PromptCache dir (default: a temporary one).")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="torch threads (default: torch's).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads (default: torch's).")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Plain output, no progress spinner.")] = False,
 ) -> None:
     """CRFM settings vs plain sampling, same seeds: evaluator, judge and scorers' mIoU (one JSON line per setting)."""

@@ -34,6 +34,13 @@ def out_folder(value: Path | None) -> Path | None:
     return value
 
 
+def positive(value: float | None) -> float | None:
+    """Typer callback for a float that must be > 0 (a learning rate): anything else is a usage error (exit 2)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value} is not > 0")
+    return value
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print a one-line error and exit (2 = bad input)."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typ
 
 import typer
 
-from bench.cli.common import console, fail, out_folder
+from bench.cli.common import console, fail, out_folder, positive
 
 
 def _print_seg_scores(scores: dict, title: str) -> None:
@@ -47,7 +47,7 @@ def seg_train(
                                       callback=out_folder)] = Path("seg"),
     iters: Annotated[int, typer.Option("--iters", min=1, help="Training iterations.")] = 200,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per iteration.")] = 8,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (default 0.01 for sgd, 0.001 for adamw).")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", callback=positive, help="Peak learning rate (default 0.01 for sgd, 0.001 for adamw).")] = None,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (MMSeg default) or adamw.")] = "sgd",
     crop: Annotated[int | None, typer.Option("--crop", min=8, help="Random square crop size (LoveDA: 512).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Training seed.")] = 0,
