@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -145,15 +144,13 @@ def strict_json(obj: Any) -> Any:
 
 
 def write_results(path: Path, results: dict[str, Any]) -> None:
-    """Write standard JSON (non-finite numbers as null) atomically: temp file in the same dir, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(strict_json(results), indent=2, allow_nan=False))
-        os.replace(tmp, path)
-    except BaseException:  # a full disk must not leave a partial temp file beside the previous results
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write standard JSON (non-finite numbers as null) atomically.
+
+    Through :func:`todsynth.files.atomic_write_bytes`: a full disk leaves the previous results and no temp file.
+    """
+    from todsynth.files import atomic_write_bytes
+
+    atomic_write_bytes(path, json.dumps(strict_json(results), indent=2, allow_nan=False).encode())
 
 
 def read_results(path: Path) -> dict[str, Any]:

@@ -119,18 +119,27 @@ def test_out_of_disk_keeps_previous_results_and_names_stage(tiny_suite_data, tmp
     import bench.engine
     from bench.results import write_results
 
-    def no_space(path, results):  # the real writer, on a disk that fills up mid-write
-        real_write_text = Path.write_text
+    class FillsUp:  # a file on a disk that fills up after 10 bytes
+        def __init__(self, f):
+            self.f = f
 
-        def short_write(self, data, *a, **k):
-            real_write_text(self, data[:10], *a, **k)
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[:10])
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(Path, "write_text", short_write)
+    def no_space(path, results):  # the real writer, on a disk that fills up mid-write
+        real_fdopen = os.fdopen
+        os.fdopen = lambda fd, mode: FillsUp(real_fdopen(fd, mode))  # what todsynth.files.atomic_write_bytes opens
         try:
             write_results(path, results)
         finally:
-            monkeypatch.setattr(Path, "write_text", real_write_text)
+            os.fdopen = real_fdopen
 
     monkeypatch.setattr(bench.engine, "write_results", no_space)
     with pytest.raises(OSError, match="No space left"):
