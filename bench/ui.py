@@ -38,6 +38,7 @@ from bench.tracking.server import (
     variants_view_url,
 )
 from todsynth.errors import TodsynthError
+from todsynth.files import folder_problem
 
 UI_START_TIMEOUT_S = 180  # generous: ready after 5.5-7.5 s on 2 busy cores (README "Browsing runs")
 UI_LOG_TAIL = 20  # server log lines shown when it fails
@@ -87,10 +88,9 @@ def check_ui(workspace: Path, host: str, port: int, workers: int, create_store: 
     except StoreNotFoundError as exc:
         if not create_store:
             raise UIError(f"{exc}; --create-store starts an empty one") from None
-        try:
-            ws.mkdir(parents=True, exist_ok=True)
-        except OSError as err:  # a file in the way, no permission
-            raise UIError(f"--workspace {ws}: {'not a directory' if ws.exists() else err.strerror}") from None
+        if (problem := folder_problem(ws)) is not None:  # a file in the way, no permission
+            raise UIError(f"--workspace {ws}: {problem}") from None
+        ws.mkdir(parents=True, exist_ok=True)
     if (taken := bind_error(host, port)) is not None:  # before starting: another server would answer our health check
         if taken.errno == errno.EADDRINUSE:
             raise UIError(f"port {port} on {host} is already in use; choose another with --port")

@@ -135,6 +135,14 @@ def test_ui_refuses_a_workspace_without_store(tmp_path, extra):
     assert not (tmp_path / "missing").exists()  # nothing created
 
 
+def test_ui_create_store_names_a_file_in_the_way(tmp_path):
+    (tmp_path / "taken").write_text("not a folder")
+    done, _ = _ui("--workspace", str(tmp_path / "taken" / "ws"), "--create-store")
+    assert done.returncode == 2 and "Traceback" not in done.stderr + done.stdout, done
+    assert f"--workspace {tmp_path / 'taken' / 'ws'}: {tmp_path / 'taken'} is a file, not a folder" in done.stderr
+    assert (tmp_path / "taken").read_text() == "not a folder"
+
+
 def test_ui_refuses_a_taken_port_before_starting(bench_workspace):
     with socket.socket() as other:  # another server already listening there
         other.bind(("127.0.0.1", 0))
