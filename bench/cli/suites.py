@@ -28,9 +28,13 @@ def bench_validate(
     workspace: WorkspaceOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Check a suite (schema, key paths, cross-field rules) without creating anything."""
+    """Check a suite (schema, key paths, cross-field rules) without creating anything.
+
+    A valid suite exits 0 on any machine; what `bench run` would still stop at here (local data or weights, the
+    workspace, the MLflow store) is listed after it.
+    """
     from bench.graph import build_graph
-    from bench.schema import resolve_variants
+    from bench.schema import check_runnable, resolve_variants
     from bench.suites import config_hash
 
     s = load_suite_or_exit(suite, set_, workspace)
@@ -40,6 +44,11 @@ def bench_validate(
         f"x {len(s.seeds)} seed(s), {len(build_graph(s))} stages, config {config_hash(s)[:12]}",
         highlight=False,
     )
+    here = check_runnable(s)
+    if here:
+        console.print("[yellow]not runnable on this machine yet[/] (`bench run` would stop at):", highlight=False)
+        for problem in here:
+            console.print(f"  {problem}", markup=False, highlight=False, soft_wrap=True)
 
 
 def bench_run(
