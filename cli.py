@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional  # noqa: F401  (Optio
 import typer
 
 from bench.cli.checks import bench_check_conditioning, bench_check_crfm
-from bench.cli.common import SetOpt, WorkspaceOpt, console, err_console, fail, load_suite_or_exit, out_folder
+from bench.cli.common import (
+    SetOpt,
+    WorkspaceOpt,
+    console,
+    err_console,
+    fail,
+    load_suite_or_exit,
+    out_file,
+    out_folder,
+)
 from bench.cli.common import suite_file_problems as _suite_file_problems
 from bench.cli.data import data_index, data_procedural, data_validate, prompts_vectorize
 from bench.cli.gen import gen_train
@@ -257,7 +266,7 @@ def bench_perf(
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the transformer (compile time excluded).")] = False,
     judge: Annotated[str | None, typer.Option("--judge", help="Judge segmentor (default: fcn-tiny for tiny, fcn-r18 otherwise).")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="torch intra-op threads (default: torch's, one per core).")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.", callback=out_file)] = None,
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="Log the report to this MLflow store (e.g. sqlite:///runs/mlflow.db).")] = None,
 ) -> None:
     """Where the time goes: training step, plain and CRFM sampling (with breakdown), VAE/judge passes, FID, FLOP/s."""

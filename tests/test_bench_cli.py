@@ -142,6 +142,8 @@ def test_ls_empty_and_with_runs(tmp_path):
     ["bench", "check-conditioning", "{F}"],
     ["bench", "report", str(REPO / "suites" / "smoke.yaml"), "--out", "{F}/report"],
     ["prompts", "vectorize", "{D}/index.jsonl", "--encoder", "tiny", "--cache", "{F}"],
+    ["bench", "perf", "--json", "{F}/perf.json"],  # output files: their folder
+    ["data", "index", "{D}", "--out", "{F}/index.jsonl"],
 ])
 def test_an_output_folder_that_cannot_be_one_is_a_usage_error(tmp_path, args):
     from typer.testing import CliRunner
@@ -209,3 +211,14 @@ def test_numbers_out_of_range_are_usage_errors_before_any_work(tmp_path, args, o
     assert res.exit_code == 2 and f"Invalid value for '{option}'" in res.output, res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
     assert list(tmp_path.iterdir()) == []  # nothing was written: these had crashed after the data was made
+
+
+@pytest.mark.parametrize("args", [["bench", "perf", "--json", "{T}"], ["data", "index", "{T}", "--out", "{T}"]])
+def test_a_folder_given_as_an_output_file_is_a_usage_error(tmp_path, args):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    res = CliRunner().invoke(app, [a.format(T=tmp_path) for a in args], env={"COLUMNS": "250"})
+    assert res.exit_code == 2 and f"{tmp_path} is a folder; give a file path" in res.output, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)

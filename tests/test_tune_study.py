@@ -22,7 +22,7 @@ from bench.tune import (
     trial_variant,
     tune_suite,
 )
-from bench.tune.storage import ATTR_HOST, ATTR_PID, reap
+from bench.tune.storage import ATTR_HOST, ATTR_PID, reap, storage_file_problem
 from todsynth.errors import ConfigError
 
 SPACE = {
@@ -344,3 +344,18 @@ def test_on_trial_start_sees_each_trial_before_its_stages(tune_data, fake_stages
     default = {"crfm.rectified_step": 2, "crfm.max_step_size": 0.1, "crfm.step_scheme": "LD"}
     assert seen[0] == (0, default, 0)  # parameters suggested, its synthesize not yet run
     assert seen[1][0] == 1 and len(seen[1][1]) == 3 and seen[1][2] == 1 and len(seen) == 2
+
+
+def test_a_storage_file_that_cannot_be_made_is_named(tmp_path, tune_data, fake_stages):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    assert storage_file_problem(f"journal:{taken}/s.journal") == f"{taken} is a file, not a folder"
+    assert storage_file_problem(f"sqlite:///{taken}/s.db") == f"{taken} is a file, not a folder"
+    assert storage_file_problem(f"journal:{tmp_path}") == f"{tmp_path} is a folder, not a file"
+    assert storage_file_problem(f"journal:{tmp_path}/new/s.journal") is None  # made on open
+    assert storage_file_problem("sqlite:///:memory:") is None
+    assert storage_file_problem("postgresql+psycopg2://u@h/db") is None  # no file of ours
+    fns, _ = fake_stages
+    with pytest.raises(ConfigError, match=rf"--storage journal:{taken}/s.journal: {taken} is a file"):
+        _tune(tune_data, fns, 1, track=False, storage=f"journal:{taken}/s.journal")
+    assert taken.read_text() == "not a folder"

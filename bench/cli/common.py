@@ -34,6 +34,23 @@ def out_folder(value: Path | None) -> Path | None:
     return value
 
 
+def out_file(value: Path | None) -> Path | None:
+    """Typer callback for an output file option.
+
+    A folder there, or a parent that cannot be a folder this user writes in, is a usage error (exit 2) before any
+    work starts (not after minutes of it).
+    """
+    from todsynth.files import folder_problem
+
+    if value is None:
+        return value
+    if value.is_dir():
+        raise typer.BadParameter(f"{value} is a folder; give a file path")
+    if (problem := folder_problem(value.absolute().parent)) is not None:
+        raise typer.BadParameter(problem)
+    return value
+
+
 def positive(value: float | None) -> float | None:
     """Typer callback for a float that must be > 0 (a learning rate): anything else is a usage error (exit 2)."""
     if value is not None and not value > 0:

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typ
 
 import typer
 
-from bench.cli.common import console, err_console, fail, out_folder
+from bench.cli.common import console, err_console, fail, out_file, out_folder
 
 
 def data_procedural(
@@ -59,7 +59,8 @@ def data_index(
     root: Annotated[Path, typer.Argument(help="Dataset root in LoveDA layout.")],
     split: Annotated[str, typer.Option("--split", help="Train or Val (Test has no masks).")] = "Train",
     out: Annotated[
-        Path | None, typer.Option("--out", help="Output .jsonl (default ROOT/index.jsonl, ROOT/index_val.jsonl).")
+        Path | None, typer.Option("--out", help="Output .jsonl (default ROOT/index.jsonl, ROOT/index_val.jsonl).",
+                                  callback=out_file)
     ] = None,
 ) -> None:
     """Write index.jsonl: source (mask), target (image), prompt; paths relative to ROOT."""

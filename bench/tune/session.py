@@ -38,7 +38,16 @@ from bench.tune.space import (
     trial_variant,
     tune_spec,
 )
-from bench.tune.storage import Heartbeat, StudyLock, claim_trial, open_storage, reap, storage_url
+from bench.tune.storage import (
+    Heartbeat,
+    StudyLock,
+    claim_trial,
+    open_storage,
+    reap,
+    redact,
+    storage_file_problem,
+    storage_url,
+)
 from bench.tune.study import (
     PARENT,
     REFERENCE,
@@ -49,7 +58,7 @@ from bench.tune.study import (
     start_study_run,
 )
 from bench.tune.summary import TUNE_JSON, summarize
-from todsynth.errors import StageError, TodsynthError
+from todsynth.errors import ConfigError, StageError, TodsynthError
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,8 @@ class Session:
         self.console = console
         self.target = opts.trials or self.tune.n_trials
         self.url = storage_url(suite, opts.storage)
+        if (problem := storage_file_problem(self.url)) is not None:
+            raise ConfigError(f"--storage {redact(self.url)}: {problem}")
         self.study_name = opts.study or suite.name
         self.lock = StudyLock(self.url, self.study_name)
         with self.lock.hold():  # two processes creating the RDB schema at once collide on a fresh database

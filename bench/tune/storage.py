@@ -55,6 +55,33 @@ def redact(url: str) -> str:
         return f"{head}://***@{rest.split('@', 1)[1]}" if "@" in rest else url
 
 
+def storage_file_problem(url: str) -> str | None:
+    """Why the file of a ``journal:`` or ``sqlite:///`` storage cannot be made or written here, or None.
+
+    The study lock and the journal/database file go beside each other; a file in the way of their folder or a folder
+    this user cannot write in is named before either is opened.
+    """
+    from todsynth.files import folder_problem
+
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+    elif url.startswith("sqlite"):
+        from sqlalchemy.engine import make_url
+
+        try:
+            db = make_url(url).database
+        except Exception:  # a malformed URL is open_storage's to report
+            return None
+        if not db or db == ":memory:":
+            return None
+        path = Path(db)
+    else:
+        return None
+    if path.is_dir():
+        return f"{path} is a folder, not a file"
+    return folder_problem(path.parent)
+
+
 def open_storage(url: str, tune: Tune) -> Any:
     """Optuna storage: JournalStorage over a file for ``journal:<path>``, else RDBStorage with heartbeat + retry."""
     import optuna
