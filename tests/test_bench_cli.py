@@ -198,8 +198,6 @@ def test_damaged_store_passes_a_new_empty_or_sqlite_file_and_servers(tmp_path):
     (["bench", "check-conditioning", "{T}/cc", "--evaluator-iters", "0"], "--evaluator-iters"),
     (["bench", "check-conditioning", "{T}/cc", "--evaluator-lr", "0"], "--evaluator-lr"),
     (["bench", "check-conditioning", "{T}/cc", "--threads", "0"], "--threads"),
-    (["bench", "check-crfm", "--generator", "{T}", "--judge", "{T}", "--evaluator", "{T}", "--data", "{T}",
-      "--masks", "0"], "--masks"),
     (["seg", "train", "--data", "{T}", "--out", "{T}/seg", "--lr", "-1"], "--lr"),
 ])
 def test_numbers_out_of_range_are_usage_errors_before_any_work(tmp_path, args, option):
