@@ -208,8 +208,8 @@ def results_table(results: dict[str, Any], width: int | None = None) -> Any:
     rows = [(v["name"], {col: _table_cell(v, col, several) for col in TABLE_COLUMNS}) for v in results["variants"]]
 
     def col_width(col: str) -> int:
-        return max(*(len(word) for word in LABELS[col].split()),
-                   *(len(line) for _, cells in rows for line in cells[col].split("\n")))
+        return max([len(word) for word in LABELS[col].split()]
+                   + [len(line) for _, cells in rows for line in cells[col].split("\n")])
 
     def build(columns: list[str]) -> Any:
         table = Table(title=f"{results['suite']} ({results['config_hash'][:8]})", box=box.SIMPLE_HEAD)

@@ -134,10 +134,9 @@ def load_user_checkpoint(path: str | Path, name: str, trust: bool = False, num_c
         UntrustedCheckpointError: unpickling needed and ``trust`` is False.
         ConfigError: the file holds no state dict, or it does not fit ``name``.
     """
-    from todsynth.seg.models import SEG_MODELS, build_segmentor
+    from todsynth.seg.models import build_segmentor, require_model
 
-    if name not in SEG_MODELS:  # before the file is read: a wrong name is the cheaper mistake to report
-        raise ConfigError(f"unknown segmentation model {name!r}; choose one of {', '.join(SEG_MODELS)}")
+    require_model(name)  # before the file is read: a wrong name is the cheaper mistake to report
     p = Path(path)
     if not p.is_file():
         raise WeightsNotFoundError(f"segmentation checkpoint not found: {p} (pass an MMSeg .pth saved by its training)")

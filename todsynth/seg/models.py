@@ -243,6 +243,12 @@ def default_norm() -> dict[str, Any]:
     return dict(type=kind, requires_grad=True)
 
 
+def require_model(name: str) -> None:
+    """Raise :class:`ConfigError` unless ``name`` is one of :data:`SEG_MODELS`."""
+    if name not in SEG_MODELS:
+        raise ConfigError(f"unknown segmentation model {name!r}; choose one of {', '.join(SEG_MODELS)}")
+
+
 def segmentor_config(name: str, num_classes: int = NUM_CLASSES, *, crop_size: tuple[int, int] | None = None,
                      norm: dict[str, Any] | None = None) -> dict[str, Any]:
     """The MMSeg model config (plain dict) for a named model.
@@ -250,8 +256,7 @@ def segmentor_config(name: str, num_classes: int = NUM_CLASSES, *, crop_size: tu
     Raises:
         ConfigError: unknown model name or a non-positive class count.
     """
-    if name not in SEG_MODELS:
-        raise ConfigError(f"unknown segmentation model {name!r}; choose one of {', '.join(SEG_MODELS)}")
+    require_model(name)
     if num_classes < 2:
         raise ConfigError(f"num_classes must be >= 2, got {num_classes}")
     cfg = copy.deepcopy(SEG_MODELS[name](num_classes, norm or default_norm()))
