@@ -224,7 +224,9 @@ def _run_suite_nodes(
     failure keeps what was done.
     """
     jobs = suite.resources.jobs
-    bar = StageProgress(len(nodes), console, enabled=progress, live=jobs > 1)
+    # the "[k/N] stage ..." lines always print (a log without them is silent for minutes); progress=False (bench run
+    # --no-progress) leaves out the bars
+    bar = StageProgress(len(nodes), console, enabled=True, live=progress and jobs > 1)
 
     def finished(node: Node, cached: CachedStage, computed: bool, seconds: float) -> None:
         (outcome.computed if computed else outcome.cached).append(node.key)

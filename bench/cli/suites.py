@@ -56,7 +56,7 @@ def bench_run(
     workspace: WorkspaceOpt = None,
     set_: SetOpt = None,
     force: Annotated[list[str] | None, typer.Option("--force", help="Recompute a stage (name or key) and its dependents; repeatable.")] = None,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="Plain output, no progress bars.")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars (a line per stage still reports its start and end).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and list the stage graph (cached or to "
                                           "compute); run nothing, create nothing.")] = False,
 ) -> None:
