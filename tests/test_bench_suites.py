@@ -65,6 +65,10 @@ def test_loveda_protocol(monkeypatch, tmp_path):
     assert suite.downstream.model == "deeplabv3plus-r50" and suite.resources.gpus > 1
     assert {o.metric for o in suite.tune.objectives} == {"mask_miou", "fid"}
     assert set(suite.tune.search_space) == {"crfm.rectified_step", "crfm.max_step_size", "crfm.step_scheme"}
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on the suite's 4-GPU machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     problems = check_runnable(suite)
     assert len(problems) == 2
     assert problems[0].startswith("dataset.root: not set") and "TODSYNTH_LOVEDA_ROOT" in problems[0]
@@ -269,6 +273,29 @@ def test_variant_override_is_a_partial_mapping_where_null_is_a_value():
     # a baseline takes no settings, not even a null one
     assert _problems({**base, "variants": [{"name": "b", "kind": "baseline", "crfm": {"clamp": None}}]}) == [
         "variants[0]: a baseline variant takes no sampling/crfm settings"]
+
+
+@pytest.mark.parametrize(("device", "gpus", "visible", "expected"), [
+    ("auto", 1, 0, None),  # the CPU when there is no GPU
+    ("cpu", 1, 2, None),
+    ("cuda", 1, 1, None),
+    ("auto", 2, 2, None),
+    ("cuda", 1, 0, "resources.device: cuda, but torch sees no CUDA GPU here"),
+    ("auto", 2, 0, "resources.gpus: 2, but torch sees 0 CUDA GPU(s) here; set gpus to at most 1"),
+    ("cuda", 4, 2, "resources.gpus: 4, but torch sees 2 CUDA GPU(s) here; set gpus to at most 2"),
+])
+def test_gpu_problem_names_gpus_this_machine_lacks(monkeypatch, device, gpus, visible, expected):
+    import torch
+
+    from bench.schema.checks import gpu_problem
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: visible > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    problem = gpu_problem(device, gpus)
+    if expected is None:
+        assert problem is None
+    else:
+        assert problem is not None and problem.startswith(expected), problem
 
 
 def test_workspace_problem_names_a_file_on_the_path_and_an_unwritable_folder(tmp_path, monkeypatch):

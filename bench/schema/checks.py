@@ -217,4 +217,20 @@ def check_runnable(suite: Suite) -> list[str]:
                 f"fid.inception_weights: {w or 'not set'} is not a file; put the pt_inception-2015-12-05 weights "
                 f"there (fid.inception_weights or {ENV_INCEPTION}), or use fid.extractor: auto"
             )
+    if (gpu := gpu_problem(suite.resources.device, suite.resources.gpus)) is not None:
+        problems.append(gpu)
     return problems
+
+
+def gpu_problem(device: str, gpus: int) -> str | None:
+    """Why ``resources`` asks for GPUs this machine does not show, or None (torch is imported only to ask)."""
+    if device != "cuda" and gpus == 1:
+        return None  # auto falls back to the CPU; cpu needs no GPU
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "cuda" and visible == 0:
+        return "resources.device: cuda, but torch sees no CUDA GPU here; use device: auto (the CPU when there is none) or cpu"
+    if gpus > max(visible, 1) or (gpus > 1 and visible == 0):
+        return f"resources.gpus: {gpus}, but torch sees {visible} CUDA GPU(s) here; set gpus to at most {max(visible, 1)}"
+    return None
