@@ -34,7 +34,7 @@ from bench.cache import CachedStage
 from bench.graph import node_key
 from bench.metrics import LABELS, METRICS, TABLE_COLUMNS, finite_number, produced_by
 from bench.provenance import provenance
-from bench.schema import CRFM, ResolvedVariant, Sampling, Suite, resolve_variants
+from bench.schema import CEILING_KINDS, CRFM, ResolvedVariant, Sampling, Suite, resolve_variants
 
 # results.json's keys per stage: the registry's metrics of that stage plus the non-numeric companions
 DOWNSTREAM_KEYS = (*produced_by("downstream"), "per_class_iou")
@@ -235,6 +235,10 @@ def results_table(results: dict[str, Any], width: int | None = None) -> Any:
     notes.append("mIoU/OA/mAcc: downstream model on real Val; mask mIoU: evaluator on synthetic pairs; evaluator on "
                  "real: the same evaluator on the real images of those masks (the ceiling of mask mIoU); the baseline "
                  "trains on real data only")
+    ceilings = sorted({v["name"].split("@")[0] for v in results["variants"] if v.get("kind") in CEILING_KINDS})
+    if ceilings:
+        notes.append(f"{', '.join(ceilings)}: a ceiling, not a method (real data plus as many images as good as images "
+                     "can be, in the synthetic images' place): the most synthetic data could add here")
     if left_out:
         notes.append(f"left out at this width: {', '.join(left_out)} (results.json and the report have them)")
     table.caption = "\n".join(notes)

@@ -63,3 +63,11 @@ def test_a_very_narrow_console_keeps_downstream_miou_mask_miou_and_its_ceiling()
         assert value in text
     assert "left out at this width: s/image, KID, mAcc, OA, FID (" in " ".join(text.split())  # the caption wraps
     assert "…" not in text
+
+
+def test_a_ceiling_row_is_named_as_a_ceiling():
+    results = _results([0])
+    assert "a ceiling, not a method" not in " ".join(_render(results, None).split())
+    results["variants"].append({"name": "perfect", "kind": "rerender", "metrics": {"downstream_miou": 0.434}})
+    text = " ".join(_render(results, None).split())
+    assert "0.434" in text and "perfect: a ceiling, not a method" in text
