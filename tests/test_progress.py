@@ -50,3 +50,13 @@ def test_segmentor_training_reports_each_iteration(reports, tmp_path):
     seg = [r for r in reports if r[0] == "seg train"]
     assert [r[1] for r in seg] == [0, 1, 2, 3] and {r[2] for r in seg} == {3}
     assert all("loss" in r[3] for r in seg[1:])
+
+
+def test_procedural_scenes_report_each_scene(reports, tmp_path):
+    from todsynth.data.procedural import generate_dataset
+
+    generate_dataset(tmp_path / "d", 3, 2, size=16, progress=True)
+    assert reports[0] == ("procedural scenes", 0, 5, {}) and [r[1] for r in reports] == [0, 1, 2, 3, 4, 5]
+    reports.clear()
+    generate_dataset(tmp_path / "e", 3, 2, size=16)  # off by default (library calls)
+    assert reports == []

@@ -30,7 +30,7 @@ def data_procedural(
 
     start = time.perf_counter()
     try:
-        generate_dataset(out, n_train, n_val, size, seed, overwrite=overwrite)
+        generate_dataset(out, n_train, n_val, size, seed, overwrite=overwrite, progress=True)
     except (ValueError, FileExistsError) as exc:
         fail(str(exc))
     console.print(

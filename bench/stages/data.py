@@ -28,7 +28,7 @@ def stage_data(spec: DataSpec, inputs: dict[str, CachedStage], out_dir: Path) ->
         from todsynth.data.procedural import generate_dataset
 
         p = spec.procedural
-        root = generate_dataset(out_dir / "data", p.n_train, p.n_val, p.size, p.seed)
+        root = generate_dataset(out_dir / "data", p.n_train, p.n_val, p.size, p.seed, progress=spec.runtime.progress)
     else:
         from todsynth.data.validate import validate_dataset
         from todsynth.errors import DataValidationError

@@ -242,14 +242,18 @@ def _paint(
 
 
 def generate_dataset(
-    out: str | Path, n_train: int, n_val: int, size: int = 64, seed: int = 0, *, overwrite: bool = False
+    out: str | Path, n_train: int, n_val: int, size: int = 64, seed: int = 0, *, overwrite: bool = False,
+    progress: bool = False,
 ) -> Path:
     """Write ``n_train``/``n_val`` scenes in LoveDA layout under ``out``; returns ``out``.
 
     Each split is divided between Urban (the larger half) and Rural. Ids are integers running
     Rural then Urban, Train then Val (as LoveDA's ids do not repeat across splits). An existing
-    ``Train``/``Val`` under ``out`` is refused unless ``overwrite`` (then both are replaced).
+    ``Train``/``Val`` under ``out`` is refused unless ``overwrite`` (then both are replaced). ``progress``: a bar
+    over the scenes (LoveDA-size tiles take about half a second each).
     """
+    from todsynth.progress import progress_bar
+
     if n_train < 1 or n_val < 0:
         raise ValueError(f"need n_train >= 1 and n_val >= 0, got n_train={n_train}, n_val={n_val}")
     if size < 16:
@@ -261,20 +265,22 @@ def generate_dataset(
                 raise FileExistsError(f"{out / split} exists; pass overwrite=True (--overwrite) to replace it")
             shutil.rmtree(out / split)
     next_id = 0
-    for split, n in (("Train", n_train), ("Val", n_val)):
-        counts = {"Rural": n // 2, "Urban": n - n // 2}
-        for domain, count in counts.items():
-            if count == 0:
-                continue
-            img_dir = out / split / domain / IMAGES_DIR
-            mask_dir = out / split / domain / MASKS_DIR
-            img_dir.mkdir(parents=True, exist_ok=True)
-            mask_dir.mkdir(parents=True, exist_ok=True)
-            for k in range(count):
-                image, raw = generate_scene(scene_rng(seed, split, domain, k), size, domain)
-                Image.fromarray(image, "RGB").save(img_dir / f"{next_id}.png", **PNG_SETTINGS)
-                Image.fromarray(raw, "L").save(mask_dir / f"{next_id}.png", **PNG_SETTINGS)
-                next_id += 1
+    with progress_bar("procedural scenes", n_train + n_val, enabled=progress) as update:
+        for split, n in (("Train", n_train), ("Val", n_val)):
+            counts = {"Rural": n // 2, "Urban": n - n // 2}
+            for domain, count in counts.items():
+                if count == 0:
+                    continue
+                img_dir = out / split / domain / IMAGES_DIR
+                mask_dir = out / split / domain / MASKS_DIR
+                img_dir.mkdir(parents=True, exist_ok=True)
+                mask_dir.mkdir(parents=True, exist_ok=True)
+                for k in range(count):
+                    image, raw = generate_scene(scene_rng(seed, split, domain, k), size, domain)
+                    Image.fromarray(image, "RGB").save(img_dir / f"{next_id}.png", **PNG_SETTINGS)
+                    Image.fromarray(raw, "L").save(mask_dir / f"{next_id}.png", **PNG_SETTINGS)
+                    next_id += 1
+                    update(advance=1)
     return out
 
 
