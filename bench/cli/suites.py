@@ -82,6 +82,13 @@ def bench_run(
         f"results: {outcome.results_file}; MLflow run {outcome.parent_run_id} in {s.tracking_uri}",
         highlight=False, soft_wrap=True,
     )
+    import shlex
+
+    args = (f" {shlex.quote(str(suite))}" if suite is not None else "") + (
+        f" -w {shlex.quote(str(workspace))}" if workspace is not None else "")
+    ui_ws = f" -w {shlex.quote(str(s.workspace))}" if Path(s.workspace) != Path("runs") else ""  # ui's default
+    err_console.print(f"next: todsynth bench report{args}  (tables, plots and sample grids in reports/{s.name}/); "
+                      f"todsynth ui{ui_ws}  (MLflow's compare view)", markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_plan(s: Any, rows: list[dict[str, Any]]) -> None:
