@@ -210,4 +210,6 @@ class StageProgress:
                 if key in self._tasks:
                     self._live.remove_task(self._tasks.pop(key))
             mark = f"[green]done[/] in {seconds:.1f}s" if computed else "[cyan]cached[/]"
-            self.console.print(f"[bold]\\[{self.done}/{self.total}][/] {escape(key)}: {mark}", highlight=False)
+            # the start line's [k/N] numbers starts; side by side stages end in another order, so the end line
+            # counts ends apart from it (one stage once read "[9/18] ... ..." then "[11/18] ...: done")
+            self.console.print(f"{escape(key)}: {mark} ({self.done}/{self.total} finished)", highlight=False)

@@ -44,6 +44,7 @@ def test_tests_suite_end_to_end_then_cached(bench_workspace):
     assert f"{n} stages computed, 0 reused" in cli.output and "real-only" in cli.output
     # --no-progress leaves out the bars, not the line per stage (a log that stays silent for minutes)
     assert f"[1/{n}] data ..." in cli.output and f"[{n}/{n}] " in cli.output and ": done in " in cli.output
+    assert "data: done in " in cli.output and f"({n}/{n} finished)" in cli.output  # ends are counted apart
     # what to run next, with the same suite and workspace
     assert f"next: todsynth bench report {REPO / 'suites' / 'tests.yaml'} -w {bench_workspace}" in cli.output
     assert f"todsynth ui -w {bench_workspace}" in cli.output
