@@ -95,8 +95,8 @@ def efficiency_table(eff: dict[str, Any]) -> list[dict[str, Any]]:
             text = f"{p['mean']:+.4f}" + ("" if p["std"] is None else f" ± {p['std']:.4f}")  # mIoU points: fixed
             text += " †" if p["exceeds"] else ""
             # a share of the ceiling's gain reads for a gain only: a loss prints its sign alone (the CSV keeps the ratio)
-            shares = [f"{100 * x:.0f} % of {names.get(kind, kind)}" for kind, x in p.get("of_ceiling", {}).items()
-                      if p["mean"] >= 0]
+            of_ceiling = p.get("of_ceiling", {}) if p["mean"] >= 0 else {}
+            shares = [f"{100 * x:.0f} % of {names.get(kind, kind)}" for kind, x in of_ceiling.items()]
             text += f" ({', '.join(shares)})" if shares else ""
             cells[n] = {"text": text, "exceeds": p["exceeds"]}
         rows.append({"variant": s["variant"], "cells": cells})

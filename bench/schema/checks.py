@@ -231,6 +231,6 @@ def gpu_problem(device: str, gpus: int) -> str | None:
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device == "cuda" and visible == 0:
         return "resources.device: cuda, but torch sees no CUDA GPU here; use device: auto (the CPU when there is none) or cpu"
-    if gpus > max(visible, 1) or (gpus > 1 and visible == 0):
+    if gpus > max(visible, 1):  # with no GPU visible, one process (on the CPU) is all there is
         return f"resources.gpus: {gpus}, but torch sees {visible} CUDA GPU(s) here; set gpus to at most {max(visible, 1)}"
     return None

@@ -55,6 +55,22 @@ def redact(url: str) -> str:
         return f"{head}://***@{rest.split('@', 1)[1]}" if "@" in rest else url
 
 
+def storage_file(url: str) -> Path | None:
+    """The file a ``journal:`` or ``sqlite:`` storage keeps its study in; None for a server or an in-memory database.
+
+    Raises:
+        sqlalchemy.exc.ArgumentError: a malformed ``sqlite`` URL.
+    """
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:"))
+    if url.startswith("sqlite"):
+        from sqlalchemy.engine import make_url
+
+        db = make_url(url).database
+        return Path(db) if db and db != ":memory:" else None
+    return None
+
+
 def storage_file_problem(url: str) -> str | None:
     """Why the file of a ``journal:`` or ``sqlite:///`` storage cannot be made or written here, or None.
 
@@ -63,19 +79,11 @@ def storage_file_problem(url: str) -> str | None:
     """
     from todsynth.files import folder_problem
 
-    if url.startswith("journal:"):
-        path = Path(url.removeprefix("journal:"))
-    elif url.startswith("sqlite"):
-        from sqlalchemy.engine import make_url
-
-        try:
-            db = make_url(url).database
-        except Exception:  # a malformed URL is open_storage's to report
-            return None
-        if not db or db == ":memory:":
-            return None
-        path = Path(db)
-    else:
+    try:
+        path = storage_file(url)
+    except Exception:  # a malformed URL is open_storage's to report
+        return None
+    if path is None:
         return None
     if path.is_dir():
         return f"{path} is a folder, not a file"
@@ -124,17 +132,11 @@ class StudyLock:
         self.kind = "none"
         self._file: Any = None
         self._engine: Any = None
-        if url.startswith("journal:"):
+        if url.startswith(("journal:", "sqlite")):
             from filelock import FileLock
 
-            self.kind, self._file = "file", FileLock(url.removeprefix("journal:") + ".tune.lock")
-        elif url.startswith("sqlite"):
-            from filelock import FileLock
-            from sqlalchemy.engine import make_url
-
-            db = make_url(url).database
-            if db and db != ":memory:":
-                self.kind, self._file = "file", FileLock(str(Path(db).absolute()) + ".tune.lock")
+            if (path := storage_file(url)) is not None:  # an in-memory sqlite database gets no lock
+                self.kind, self._file = "file", FileLock(str(path.absolute()) + ".tune.lock")
         elif url.startswith(("postgresql", "mysql")):
             import sqlalchemy
 
