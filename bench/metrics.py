@@ -55,6 +55,9 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("evaluator_real_miou", "evaluator on real", True, "evaluate", "instrument", table=True),
     MetricDef("fid", "FID", False, "evaluate", "image", fmt=".2f", table=True, features=True),
     MetricDef("kid", "KID", False, "evaluate", "image", table=True, features=True),
+    # improved precision / recall (k = 3) in the FID feature space: fidelity and variety, which FID mixes
+    MetricDef("precision", "precision", True, "evaluate", "image", table=True, features=True),
+    MetricDef("recall", "recall", True, "evaluate", "image", table=True, features=True),
     MetricDef("seconds_per_image", "s/image", False, "evaluate", "cost", unit="s", fmt=".2f", table=True),
     MetricDef("fid_n_real", "FID real images", None, "evaluate", "count"),
     MetricDef("fid_n_synthetic", "FID synthetic images", None, "evaluate", "count"),
@@ -66,6 +69,7 @@ METRICS: tuple[MetricDef, ...] = (
 REGISTRY: dict[str, MetricDef] = {m.name: m for m in METRICS}
 TABLE_COLUMNS: tuple[str, ...] = tuple(m.name for m in METRICS if m.table)  # the results tables' columns, in order
 LABELS: dict[str, str] = {m.name: m.label for m in METRICS}
+FEATURE_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.features)  # from the FID feature extractor
 
 
 def scored(stages: tuple[str, ...] = ("downstream", "evaluate")) -> dict[str, bool]:

@@ -32,7 +32,7 @@ from typing import Any
 
 from bench.cache import CachedStage
 from bench.graph import node_key
-from bench.metrics import LABELS, METRICS, TABLE_COLUMNS, finite_number, produced_by
+from bench.metrics import FEATURE_METRICS, LABELS, METRICS, TABLE_COLUMNS, finite_number, produced_by
 from bench.provenance import provenance
 from bench.schema import CEILING_KINDS, CRFM, ResolvedVariant, Sampling, Suite, resolve_variants
 
@@ -173,13 +173,14 @@ COLUMN_FORMATS = {m.name: m.fmt for m in METRICS}
 
 # The terminal table leaves columns out, in this order, when the console is too narrow for all of them; downstream
 # mIoU, mask mIoU and its ceiling (evaluator on real) always stay.
-NARROW_DROP_ORDER = ("seconds_per_image", "kid", "downstream_macc", "downstream_oa", "fid")
+NARROW_DROP_ORDER = ("seconds_per_image", "kid", "precision", "downstream_macc", "downstream_oa", "fid", "recall")
 
 
 def _table_cell(v: Mapping[str, Any], col: str, several: bool) -> str:
     """One cell of the terminal table.
 
-    The value; ``± std`` on a line below it with several seeds; ``*`` on a fallback extractor's FID/KID; ``-`` where
+    The value; ``± std`` on a line below it with several seeds; ``*`` on a fallback extractor's feature metrics
+    (FID, KID, precision, recall); ``-`` where
     the variant has no such metric.
     """
     val = v["metrics"].get(col)
@@ -188,7 +189,7 @@ def _table_cell(v: Mapping[str, Any], col: str, several: bool) -> str:
     cell = f"{val:{COLUMN_FORMATS[col]}}"
     if several and col in v.get("metrics_std", {}):
         cell += f"\n± {v['metrics_std'][col]:{COLUMN_FORMATS[col]}}"
-    if col in ("fid", "kid") and v["metrics"].get("fid_comparable") is False:
+    if col in FEATURE_METRICS and v["metrics"].get("fid_comparable") is False:
         cell += "*"
     return cell
 
@@ -230,11 +231,12 @@ def results_table(results: dict[str, Any], width: int | None = None) -> Any:
         left_out.append(LABELS[col])
     table = build(columns)
     notes = []
-    if any(v["metrics"].get("fid_comparable") is False for v in results["variants"]) and {"fid", "kid"} & set(columns):
-        notes.append("* FID/KID from a fallback extractor: not comparable with published Inception FID")
+    if any(v["metrics"].get("fid_comparable") is False for v in results["variants"]) and set(FEATURE_METRICS) & set(columns):
+        notes.append("* from a fallback feature extractor: not comparable with published Inception values")
     notes.append("mIoU/OA/mAcc: downstream model on real Val; mask mIoU: evaluator on synthetic pairs; evaluator on "
-                 "real: the same evaluator on the real images of those masks (the ceiling of mask mIoU); the baseline "
-                 "trains on real data only")
+                 "real: the same evaluator on the real images of those masks (the ceiling of mask mIoU); precision: "
+                 "share of synthetic images that look real, recall: share of real images the synthetic set covers "
+                 "(k-NN feature manifolds); the baseline trains on real data only")
     ceilings = sorted({v["name"].split("@")[0] for v in results["variants"] if v.get("kind") in CEILING_KINDS})
     if ceilings:
         notes.append(f"{', '.join(ceilings)}: a ceiling, not a method (real data plus as many images as good as images "

@@ -98,6 +98,12 @@ def test_evaluator_real_miou_is_the_evaluators_score_on_those_real_images(
         # FID/KID's sample counts and resize travel with the figure (results.json and the variant run)
         assert v["metrics"]["fid_n_synthetic"] == len(used) and v["metrics"]["fid_n_real"] >= 2
         assert logged["fid_n_synthetic"] == len(used) and v["metrics"]["fid_resize"] == "none: native resolution"
+        # precision/recall (k = 3) need more than 3 images on each side: with 3, no number (not a made-up one)
+        pr = [v["metrics"].get(k) for k in ("precision", "recall")]
+        if len(used) <= 3:
+            assert pr == [None, None] and "precision" not in v["metrics_std"]
+        else:
+            assert all(0.0 <= x <= 1.0 for x in pr) and [logged["precision"], logged["recall"]] == pr
     # the evaluate stage's own record: the real images it scored
     assert len(_entries(bench_workspace, "evaluate")) == 2  # plain, crfm
     for ev in _entries(bench_workspace, "evaluate"):

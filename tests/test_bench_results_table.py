@@ -13,8 +13,8 @@ from bench.results import results_table
 def _results(seeds: list[int]) -> dict[str, Any]:
     several = len(seeds) > 1
     synthetic = {"downstream_miou": 0.41432, "downstream_oa": 0.6543, "downstream_macc": 0.5551, "mask_miou": 0.6207,
-                 "evaluator_real_miou": 0.7511, "fid": 1.3215, "kid": 0.0521, "seconds_per_image": 0.0812,
-                 "fid_comparable": False}
+                 "evaluator_real_miou": 0.7511, "fid": 1.3215, "kid": 0.0521, "precision": 0.96, "recall": 0.385,
+                 "seconds_per_image": 0.0812, "fid_comparable": False}
     return {
         "suite": "smoke", "config_hash": "a8184ea7" + "0" * 56, "seeds": seeds,
         "variants": [
@@ -35,17 +35,19 @@ def _render(results: dict[str, Any], width: int | None) -> str:
 
 def test_a_wide_console_shows_every_column_and_the_fallback_note():
     text = _render(_results([0]), None)
-    for value in ("0.425", "0.673", "0.564", "0.414", "0.621", "0.751", "1.32*", "0.052*", "0.08", "crfm-paper@n160"):
+    for value in ("0.425", "0.673", "0.564", "0.414", "0.621", "0.751", "1.32*", "0.052*", "0.960*", "0.385*", "0.08",
+                  "crfm-paper@n160"):
         assert value in text
-    assert "not comparable with published Inception FID" in text and "left out" not in text
+    assert "from a fallback feature extractor: not comparable" in text and "left out" not in text
 
 
 def test_an_80_column_console_cuts_no_number_and_names_what_it_leaves_out():
     text = _render(_results([0]), 80)
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
-    for value in ("0.425", "0.414", "0.621", "0.751", "1.32*", "0.052*", "crfm-paper@n160"):
+    for value in ("0.425", "0.414", "0.621", "0.751", "1.32*", "0.385*", "crfm-paper@n160"):
         assert value in text
-    assert "left out at this width: s/image" in text and "0.08" not in text
+    assert "left out at this width: s/image, KID, precision" in " ".join(text.split())
+    assert "0.08" not in text and "0.052" not in text
 
 
 def test_several_seeds_put_the_std_below_the_mean():
@@ -61,7 +63,7 @@ def test_a_very_narrow_console_keeps_downstream_miou_mask_miou_and_its_ceiling()
     text = _render(_results([0]), 50)
     for value in ("0.425", "0.414", "0.621", "0.751"):
         assert value in text
-    assert "left out at this width: s/image, KID, mAcc, OA, FID (" in " ".join(text.split())  # the caption wraps
+    assert "left out at this width: s/image, KID, precision, mAcc, OA, FID, recall (" in " ".join(text.split())
     assert "…" not in text
 
 

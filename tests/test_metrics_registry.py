@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bench.correlation import ORDER, image_metrics
-from bench.metrics import REGISTRY, needs_downstream, scored
-from bench.report.tables import COLUMNS, FALLBACK_FEATURES, LABELS, UNRANKED
+from bench.metrics import FEATURE_METRICS, REGISTRY, needs_downstream, scored
+from bench.report.tables import COLUMNS, LABELS, UNRANKED
 from bench.results import DOWNSTREAM_KEYS, RUN_METRICS, SYNTHETIC_KEYS, run_metrics
 from bench.schema import KNOWN_METRICS
 from bench.suites import SuiteError, validate_data
@@ -19,7 +19,7 @@ def test_every_consumer_reads_the_registry():
     assert {k for k in SYNTHETIC_KEYS if k in REGISTRY} == {m for m, d in REGISTRY.items() if d.stage == "evaluate"}
     assert set(RUN_METRICS) <= set(REGISTRY) and all(c in REGISTRY for c in COLUMNS)
     assert LABELS["mask_oa"] == "mask OA" and UNRANKED == {"evaluator_real_miou", "real_only_miou"}
-    assert FALLBACK_FEATURES == ("fid", "kid") and ORDER[:2] == ("fid", "kid")
+    assert FEATURE_METRICS == ("fid", "kid", "precision", "recall") and ORDER[:4] == FEATURE_METRICS
     assert needs_downstream("downstream_oa") and not needs_downstream("fid") and not needs_downstream("nope")
     # every metric a variant run logs is registered (per-class IoU aside)
     logged = run_metrics({"downstream_miou": 0.5, "fid": 3.0, "mask_miou": 0.2, "evaluator_real_miou": 0.4,

@@ -439,7 +439,7 @@ def test_latex_daggers_fid_and_kid_of_a_fallback_extractor_with_a_footnote_row()
     assert next(ln for ln in lines if ln.startswith("real-only &")).count("dagger") == 0  # no number, no mark
     end = lines.index(r"\end{tabular}")
     assert lines[end - 2] == r"\bottomrule"
-    assert lines[end - 1].startswith(r"\multicolumn{4}{l}{\footnotesize $^\dagger$ FID/KID from a fallback feature")
+    assert lines[end - 1].startswith(r"\multicolumn{4}{l}{\footnotesize $^\dagger$ FID, KID, precision and recall from a fallback")
     assert lines[end - 1].endswith(r"\\") and not any(ln.startswith("%") and "dagger" in ln for ln in lines)
 
 

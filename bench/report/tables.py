@@ -12,7 +12,7 @@ import io
 import math
 from typing import Any
 
-from bench.metrics import LABELS, METRICS, TABLE_COLUMNS, of_kind, scored
+from bench.metrics import FEATURE_METRICS, LABELS, TABLE_COLUMNS, of_kind, scored
 from bench.schema.variants import CEILING_KINDS
 
 # Table columns, in order, labels and directions: the metric registry (bench.metrics); a run's metric specs may
@@ -22,7 +22,6 @@ COLUMNS = TABLE_COLUMNS
 # images).
 UNRANKED = frozenset(of_kind("instrument"))
 # Metrics computed on the FID feature extractor: both daggered when it is a fallback (``fid_comparable`` false).
-FALLBACK_FEATURES = tuple(m.name for m in METRICS if m.features)
 
 
 def as_number(v: Any) -> float | None:
@@ -176,7 +175,7 @@ def _tex(text: str) -> str:
 def render_latex(results: dict[str, Any]) -> str:
     r"""The text of ``results.tex``: a booktabs table (needs ``\usepackage{booktabs}``).
 
-    Best per column bold, FID and KID from a fallback feature extractor daggered, with the dagger explained in a
+    Best per column bold, feature metrics (FID, KID, precision, recall) from a fallback extractor daggered, with the dagger explained in a
     footnote row.
     """
     cols = table_columns(results)
@@ -198,15 +197,15 @@ def render_latex(results: dict[str, Any]) -> str:
             text = cell["text"].replace(" ± ", r" $\pm$ ").replace("–", "--")
             if cell["best"]:
                 text = r"\textbf{" + text + "}"
-            if c in FALLBACK_FEATURES and r["comparable"] == "no" and cell["mean"] is not None:
+            if c in FEATURE_METRICS and r["comparable"] == "no" and cell["mean"] is not None:
                 text += r"$^\dagger$"
                 dagger = True
             cells.append(text)
         lines.append(_tex(r["name"]) + " & " + " & ".join(cells) + r" \\")
     lines.append(r"\bottomrule")
     if dagger:  # a footnote row of the table (a % comment would never reach the reader)
-        lines.append(rf"\multicolumn{{{len(cols) + 1}}}{{l}}{{\footnotesize $^\dagger$ FID/KID from a fallback feature "
-                     r"extractor (not Inception): they rank variants within this table but are not comparable with "
+        lines.append(rf"\multicolumn{{{len(cols) + 1}}}{{l}}{{\footnotesize $^\dagger$ FID, KID, precision and recall from a "
+                     r"fallback feature extractor (not Inception): they rank variants within this table but are not comparable with "
                      r"published values.} \\")
     lines.append(r"\end{tabular}")
     return "\n".join(lines) + "\n"

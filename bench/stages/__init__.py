@@ -44,9 +44,9 @@ from bench.stages.synthesis import (
 # dependents') are then recomputed. The package version is part of every key as well.
 STAGE_VERSIONS: dict[str, int] = {
     "data": 1, "prompts": 1, "autoencoder": 1, "generator": 2, "judge": 1, "evaluator": 1,
-    "real_features": 1, "synthesize": 1, "evaluate": 3, "downstream": 1,
+    "real_features": 1, "synthesize": 1, "evaluate": 4, "downstream": 1,
 }  # evaluate 2: adds evaluator_real_miou (the evaluator on the real images of the synthesized masks); 3: FID/KID's
-#   image counts (fid_n_real, fid_n_synthetic) and resize (fid_resize). generator 2: the tiny preset drops the mask
+#   image counts (fid_n_real, fid_n_synthetic) and resize (fid_resize); 4: precision and recall. generator 2: the tiny preset drops the mask
 #   token stream and trains 3000 steps (since then the autoencoder and generator specs carry graph.preset_digest, the
 #   resolved preset's hash, so a preset change re-keys them without a bump here)
 

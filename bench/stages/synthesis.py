@@ -110,7 +110,7 @@ def stage_synthesize(spec: SynthesizeSpec, inputs: dict[str, CachedStage], out_d
 
 
 def stage_evaluate(spec: EvaluateSpec, inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
-    """Mask fidelity with the EVALUATOR (never the judge), FID/KID against the cached real features.
+    """Mask fidelity with the EVALUATOR (never the judge); FID/KID and precision/recall against the cached real features.
 
     ``evaluator_real_miou`` is the evaluator's mIoU on the REAL images of the same masks: the ceiling of
     ``mask_miou`` (a synthetic image can at best be segmented as well as the real one). It is recomputed per
@@ -118,6 +118,7 @@ def stage_evaluate(spec: EvaluateSpec, inputs: dict[str, CachedStage], out_dir: 
     for any ``limit``, ``ratio`` or labelled subset without a stage of its own.
     """
     from todsynth.metrics.fid import extract_features, fid_kid, load_features
+    from todsynth.metrics.manifold import precision_recall
     from todsynth.seg.evaluate import evaluate_segmentor
     from todsynth.seg.fidelity import mask_fidelity
 
@@ -132,12 +133,14 @@ def stage_evaluate(spec: EvaluateSpec, inputs: dict[str, CachedStage], out_dir: 
     fake = extract_features([p[0] for p in pairs], extractor)
     real, meta = load_features(artifact_path(inputs["real_features"], "features"))
     fk = fid_kid(real, fake, extractor=meta["extractor"], comparable=meta["comparable"])
+    fk |= precision_recall(real, fake)
     write_json(out_dir / "fidelity.json", fidelity)
     write_json(out_dir / "evaluator_real.json", ceiling)
     write_json(out_dir / "fid.json", fk)
     metrics = {
         "fid": fk["fid"], "kid": fk["kid"], "fid_extractor": fk["fid_extractor"],
-        "fid_comparable": fk["fid_comparable"], "fid_n_real": fk["n_real"], "fid_n_synthetic": fk["n_fake"],
+        "fid_comparable": fk["fid_comparable"], "precision": fk["precision"], "recall": fk["recall"],
+        "fid_n_real": fk["n_real"], "fid_n_synthetic": fk["n_fake"],
         "fid_resize": getattr(extractor, "resize_label", "unknown"),
         "mask_miou": fidelity["miou"], "mask_oa": fidelity.get("oa"), "mask_macc": fidelity.get("macc"),
         "mask_per_class_iou": fidelity.get("per_class_iou", {}),
