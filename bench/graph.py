@@ -225,6 +225,11 @@ def build_graph(suite: Suite) -> list[Node]:
                     down_deps["judge"] = judge
             nodes.append(Node(node_key("downstream", v.name, seed), "downstream", downstream_spec(suite, v, seed),
                               down_deps, v.name, seed, launcher("downstream"), v.subset))
+            if v.kind == "rerender":  # the image metrics' ceiling: the same evaluation of the images it painted
+                eval_deps = {"downstream": node_key("downstream", v.name, seed), "evaluator": "evaluator",
+                             "real_features": "real_features", "data": "data"}
+                nodes.append(Node(node_key("evaluate", v.name, seed), "evaluate",
+                                  EvaluateSpec(extractor=extractor), eval_deps, v.name, seed, subset=v.subset))
     return _dedupe(nodes)
 
 
@@ -271,7 +276,7 @@ def variant_graph(suite: Suite, variant: ResolvedVariant, stages: tuple[str, ...
 
     ``bench tune`` builds a variant from a trial's parameters and runs these nodes: they hash exactly like a
     declared variant with the same settings (the name is not hashed), so a repeated setting reuses the cache.
-    A baseline or ceiling (oracle, rerender) variant only has ``downstream``.
+    A baseline or oracle variant only has ``downstream``; a rerender ceiling also ``evaluate`` (of what it paints).
     """
     if variant.kind != "synthetic":
         declared = Variant(name=variant.name, kind=variant.kind)

@@ -240,7 +240,8 @@ def results_table(results: dict[str, Any], width: int | None = None) -> Any:
     ceilings = sorted({v["name"].split("@")[0] for v in results["variants"] if v.get("kind") in CEILING_KINDS})
     if ceilings:
         notes.append(f"{', '.join(ceilings)}: a ceiling, not a method (real data plus as many images as good as images "
-                     "can be, in the synthetic images' place): the most synthetic data could add here")
+                     "can be, in the synthetic images' place): the most synthetic data could add here; its image "
+                     "metrics are what a perfect generator reads")
     if left_out:
         notes.append(f"left out at this width: {', '.join(left_out)} (results.json and the report have them)")
     table.caption = "\n".join(notes)

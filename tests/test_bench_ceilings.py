@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bench import stages
-from bench.cache import CachedStage
+from bench.cache import CachedStage, jsonable
 from bench.graph import build_graph
 from bench.specs import RerenderDownstreamSpec
 from bench.stages.common import artifact_path
@@ -85,3 +85,30 @@ def test_copy_chunks_fill_like_synthesis(ratio, sizes):
     chunks = copy_chunks(list("abcd"), ratio)
     assert [len(c) for c in chunks] == sizes and sum(sizes) == n_synthetic(ratio, 4)
     assert all(c == list("abcd")[: len(c)] for c in chunks)  # each copy starts from the first mask
+
+
+def test_rerender_ceiling_is_evaluated_like_a_synthetic_variant(tiny_suite_data, tmp_path):
+    """evaluate[perfect] scores the painted images with the synthetic variants' measurements: the image metrics' ceiling."""
+    suite = validate_data(_data(tiny_suite_data, tmp_path / "ws",
+                                evaluator={"model": "fcn-tiny", "iters": 2, "batch_size": 2},
+                                downstream={"model": "fcn-tiny", "iters": 2, "batch_size": 2, "ratio": 1.0}), "t")
+    by_key = {n.key: n for n in build_graph(suite)}
+    ev = by_key["evaluate[perfect,seed=0]"]
+    assert ev.deps == {"downstream": "downstream[perfect,seed=0]", "evaluator": "evaluator",
+                       "real_features": "real_features", "data": "data"}
+    assert ev.spec == by_key["evaluate[plain,seed=0]"].spec  # measured alike
+    keys = list(by_key)
+    assert keys.index("downstream[perfect,seed=0]") < keys.index("evaluate[perfect,seed=0]")
+
+    done: dict[str, CachedStage] = {}
+    for key in ("data", "evaluator", "real_features", "downstream[perfect,seed=0]", "evaluate[perfect,seed=0]"):
+        node = by_key[key]
+        out = tmp_path / key
+        out.mkdir()
+        arts = stages.STAGES[node.stage](node.spec, {role: done[dep] for role, dep in node.deps.items()}, out)
+        done[key] = CachedStage(out, {"artifacts": jsonable(arts, out), "spec": node.spec.hashed()})
+    m = done["evaluate[perfect,seed=0]"].artifacts["metrics"]
+    assert m["fid_n_synthetic"] == 8 and m["n_real_masks"] == 8 and "seconds_per_image" not in m
+    assert 0.0 <= m["mask_miou"] <= 1.0 and 0.0 <= m["recall"] <= 1.0 and m["fid"] >= 0.0
+    pairs = stages.painted_pairs(done["downstream[perfect,seed=0]"])
+    assert [p[0].stem for p in pairs] == sorted((p[0].stem for p in pairs), key=int) and len(pairs) == 8

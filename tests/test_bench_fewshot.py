@@ -75,7 +75,9 @@ def test_fewshot_suite_protocol(tmp_path):
         perfect = by_key[f"downstream[perfect@n{n},seed=0]"]
         assert perfect.spec.ratio == suite.downstream.ratio and perfect.spec.subset.n == n
         assert perfect.deps == {"data": "data"}
-    assert len(nodes) == 2 + 3 * len(ds.subsets) + 2 + len(ds.subsets) * len(suite.seeds) * (1 + 2 * 3 + 1)
+        # and its painted images are measured like the synthetic ones, by the same fixed evaluator
+        assert by_key[f"evaluate[perfect@n{n},seed=0]"].deps["downstream"] == f"downstream[perfect@n{n},seed=0]"
+    assert len(nodes) == 2 + 3 * len(ds.subsets) + 2 + len(ds.subsets) * len(suite.seeds) * (1 + 2 * 3 + 2)
     hashes = graph_hashes(nodes, stages.STAGE_VERSIONS)
     assert len(set(hashes.values())) == len(nodes)  # nothing is shared by mistake across sizes
 
@@ -89,7 +91,7 @@ def test_dry_run_lists_the_graph_and_creates_nothing(tmp_path):
                                    "--workspace", str(tmp_path / "ws")], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "generator[n=16]" in res.output and "downstream[crfm@n160,seed=2]" in res.output
-    assert "85 to compute, 0 cached" in res.output
+    assert "94 to compute, 0 cached" in res.output and "evaluate[perfect@n16,seed=0]" in res.output
     assert not (tmp_path / "ws").exists()
 
 
@@ -224,7 +226,7 @@ def test_fewshot_path_with_fakes(tiny_suite_data, bench_workspace, fake_stages, 
     for name, v in rows.items():
         assert v["n"] == int(name.rpartition("@n")[2]) and v["declared"] == name.partition("@")[0]
         assert v["params"]["subset"] == {"n": v["n"], "seed": 0}
-        assert ("evaluator_real_miou" in v["metrics"]) == (v["kind"] == "synthetic")
+        assert ("evaluator_real_miou" in v["metrics"]) == (v["kind"] in ("synthetic", "rerender"))  # not the oracle
     assert rows["oracle@n4"]["kind"] == "oracle" and rows["oracle@n4"]["params"]["ratio"] == 3.0
     runs = {(r["variant"], r["seed"]): r for r in variant_runs(res)}
     assert runs[("oracle@n2", 1)]["metrics"]["downstream_gain"] == pytest.approx(ORACLE_GAIN)
@@ -236,7 +238,9 @@ def test_fewshot_path_with_fakes(tiny_suite_data, bench_workspace, fake_stages, 
     for name, kind in (("oracle@n2", "oracle"), ("perfect@n4", "rerender"), ("plain@n4", "variant")):
         run = logged[f"{name}[seed=0]"]  # a ceiling's run has its own kind (out of the compare filter) and its gain
         assert run["tags"]["todsynth.kind"] == kind and "downstream_gain" in run["metrics"]
-    assert "mask_miou" not in logged["perfect@n4[seed=0]"]["metrics"]
+    # the rerender ceiling's run carries its painted images' image metrics (their ceilings); the oracle's has none
+    assert logged["perfect@n4[seed=0]"]["metrics"]["mask_miou"] == 0.58
+    assert "mask_miou" not in logged["oracle@n2[seed=0]"]["metrics"]
     assert json.loads(out.results_file.read_text())["variants"][0]["n"] == 4
 
     eff = data_efficiency(res)

@@ -177,7 +177,7 @@ def test_samples_grid_shows_the_rerender_ceiling_beside_the_samples(tiny_suite_d
     """A rerender ceiling's painted images (where its downstream stage wrote them) get one column of their own, also
     when each subset size has its own ceiling row (their first painted copies are the same images)."""
     from bench.specs import RerenderDownstreamSpec
-    from bench.stages.downstream import rerender_dir
+    from bench.stages.synthesis import rerender_dir
     from todsynth.data.loveda import list_samples
     from todsynth.data.procedural import rerender_samples
 

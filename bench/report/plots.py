@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report.tables import LABELS, as_number, class_names, several_seeds
+from bench.schema.variants import CEILING_KINDS
 
 
 def rectified_series(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -177,7 +178,7 @@ def plot_pareto(trials: list[dict[str, Any]], front: list[int], variants: list[d
     """Plot tuning trials' ``x`` vs ``y`` to ``path``; returns ``path``.
 
     ``x`` and ``y`` are the metrics ``axes`` (the suite's objectives; labels and directions from the registry); the
-    Pareto front in red, the suite's variants as stars.
+    Pareto front in red, the suite's variants as stars (not its ceilings: they are no setting to tune towards).
     """
     from bench.metrics import label, scored
 
@@ -202,7 +203,8 @@ def plot_pareto(trials: list[dict[str, Any]], front: list[int], variants: list[d
     for t in trials:
         if t["number"] is not None:
             ax.annotate(str(t["number"]), (t["x"], t["y"]), textcoords="offset points", xytext=(3, 3), fontsize=7)
-    refs = [v for v in variants if as_number(v["metrics"].get(xm)) is not None and as_number(v["metrics"].get(ym)) is not None]
+    refs = [v for v in variants if v.get("kind") not in CEILING_KINDS
+            and as_number(v["metrics"].get(xm)) is not None and as_number(v["metrics"].get(ym)) is not None]
     if refs:
         ax.scatter([v["metrics"][xm] for v in refs], [v["metrics"][ym] for v in refs], marker="*", s=120,
                    c="#1f77b4", label="suite variants", zorder=3, alpha=0.8)

@@ -67,7 +67,7 @@ def rerender_columns(suite: Suite, data: ReportData, seed: int) -> list[tuple[st
     One column per declared variant: a mask's first painted copy does not depend on the subset size (``perfect@n16``
     and ``perfect@n48`` paint the same scene alike), so the first stage found stands for all.
     """
-    from bench.stages.downstream import rerender_dir
+    from bench.stages.synthesis import rerender_dir
     from todsynth.data.loveda import IMAGES_DIR
 
     rows = {v["name"]: v for v in data.results["variants"] if v.get("kind") == "rerender"}

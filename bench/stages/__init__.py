@@ -33,6 +33,7 @@ from bench.stages.models import (
     stage_judge,
 )
 from bench.stages.synthesis import (
+    painted_pairs,
     source_samples,
     stage_evaluate,
     stage_real_features,
@@ -67,7 +68,7 @@ STAGES: dict[str, StageFn] = {
 
 __all__ = [
     "AUTOENCODER_METRICS", "SAMPLES_FILE", "STAGES", "STAGE_VERSIONS", "LazyEncoder", "StageFn", "artifact_path",
-    "bad_sample_files", "source_samples", "stage_autoencoder", "stage_data", "stage_downstream", "stage_evaluate",
+    "bad_sample_files", "painted_pairs", "source_samples", "stage_autoencoder", "stage_data", "stage_downstream", "stage_evaluate",
     "stage_evaluator", "stage_generator", "stage_judge", "stage_prompts", "stage_real_features", "stage_synthesize",
     "synthetic_pairs",
 ]

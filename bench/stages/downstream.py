@@ -2,7 +2,7 @@
 
 The segmentor trained on real (+ synthetic, optionally FreeMask-filtered) data and scored on real Val.
 
-Imports :mod:`bench.stages.common`, :mod:`bench.stages.synthesis` (``synthetic_pairs``) and (lazily) ``todsynth.seg``.
+Imports :mod:`bench.stages.common`, :mod:`bench.stages.synthesis` (``synthetic_pairs``, ``rerender_dir``) and (lazily) ``todsynth.seg``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from bench.stages.common import (
     square_crop,
     write_json,
 )
-from bench.stages.synthesis import synthetic_pairs
+from bench.stages.synthesis import rerender_dir, synthetic_pairs
 from todsynth.data.classes import NUM_CLASSES
 
 
@@ -60,11 +60,6 @@ def _held_out(spec: OracleDownstreamSpec, pool: list[Any]) -> list[Any]:
         raise ValueError(f"the oracle at n={spec.subset.n} has no held-out scene: the training split has "
                          f"{len(pool)} (use smaller dataset.subsets or drop the oracle variant)")
     return held_out(pool, spec.subset.n, spec.held_out, spec.subset.seed)
-
-
-def rerender_dir(stage_dir: Path, copy: int) -> Path:
-    """Where the rerender ceiling's downstream stage writes painted copy ``copy`` (``images_png``/``masks_png``)."""
-    return stage_dir / "rerender" / f"copy-{copy}"
 
 
 def _rerendered(spec: RerenderDownstreamSpec, data: CachedStage, real: list[Any], pool: list[Any],

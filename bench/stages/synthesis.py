@@ -1,8 +1,10 @@
 """The per-variant stages around the generator, and the readers of a synthesize stage's output.
 
 The stages are ``real_features`` (FID/KID reference, once), ``synthesize`` (images from the training masks,
-CRFM-guided by the judge) and ``evaluate`` (mask fidelity with the evaluator, FID/KID); the readers are
-:func:`synthetic_pairs` and :func:`source_samples`.
+CRFM-guided by the judge) and ``evaluate`` (mask fidelity with the evaluator, FID/KID, precision/recall; of a
+synthesize stage's images or of a rerender ceiling's); the readers are :func:`synthetic_pairs`,
+:func:`source_samples` and, for the images a rerender ceiling's downstream stage paints (:func:`rerender_dir`),
+:func:`painted_pairs`.
 
 Imports :mod:`bench.stages.common`, :mod:`bench.grids`, :mod:`bench.graph` (``copy_chunks``, lazily) and (lazily)
 ``todsynth.models``, ``todsynth.sample``, ``todsynth.seg``, ``todsynth.metrics``.
@@ -61,6 +63,22 @@ def synthetic_pairs(synth: CachedStage) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def rerender_dir(stage_dir: Path, copy: int) -> Path:
+    """Where the rerender ceiling's downstream stage writes painted copy ``copy`` (``images_png``/``masks_png``)."""
+    return stage_dir / "rerender" / f"copy-{copy}"
+
+
+def painted_pairs(stage: CachedStage) -> list[tuple[Path, Path]]:
+    """(image, mask) paths of every image a rerender ceiling's downstream stage painted, copy by copy, in id order."""
+    from todsynth.data.loveda import IMAGES_DIR, MASKS_DIR
+
+    pairs = []
+    for copy in sorted((stage.dir / "rerender").glob("copy-*"), key=lambda p: int(p.name.removeprefix("copy-"))):
+        images = sorted((copy / IMAGES_DIR).glob("*.png"), key=lambda p: (len(p.stem), p.stem))
+        pairs += [(img, copy / MASKS_DIR / img.name) for img in images]
+    return pairs
+
+
 def source_samples(synth: CachedStage, data: CachedStage) -> list[Any]:
     """The real training ``Sample``s whose masks a synthesize stage generated from (each once, in split order)."""
     used = set()
@@ -112,6 +130,8 @@ def stage_synthesize(spec: SynthesizeSpec, inputs: dict[str, CachedStage], out_d
 def stage_evaluate(spec: EvaluateSpec, inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
     """Mask fidelity with the EVALUATOR (never the judge); FID/KID and precision/recall against the cached real features.
 
+    The images are a ``synthesize`` stage's, or (input ``downstream``) those a rerender ceiling's downstream stage
+    painted: the same measurements of images as good as images can be, each image metric's ceiling.
     ``evaluator_real_miou`` is the evaluator's mIoU on the REAL images of the same masks: the ceiling of
     ``mask_miou`` (a synthetic image can at best be segmented as well as the real one). It is recomputed per
     variant and seed (one evaluator pass over those real images, deterministic), which keeps it cache-correct
@@ -123,11 +143,17 @@ def stage_evaluate(spec: EvaluateSpec, inputs: dict[str, CachedStage], out_dir: 
     from todsynth.seg.fidelity import mask_fidelity
 
     device = spec.runtime.device
-    synth = inputs["synthesize"]
-    pairs = synthetic_pairs(synth)
+    synth = inputs.get("synthesize")
+    if synth is not None:
+        pairs, sources = synthetic_pairs(synth), source_samples(synth, inputs["data"])
+        cost = {"seconds_per_image": synth.artifacts["metrics"]["seconds_per_image"]}
+    else:
+        pairs, cost = painted_pairs(inputs["downstream"]), {}
+        painted = {mask.stem for _, mask in pairs}
+        sources = [s for s in split_samples(inputs["data"], "Train") if s.id in painted]
     evaluator = load_seg(inputs["evaluator"], device)
     fidelity = mask_fidelity(evaluator, pairs)
-    ceiling = evaluate_segmentor(evaluator, source_samples(synth, inputs["data"]))
+    ceiling = evaluate_segmentor(evaluator, sources)
     feat_spec = inputs["real_features"].marker["spec"]
     extractor = _extractor(feat_spec["extractor"], feat_spec.get("weights"), inputs["evaluator"], device)
     fake = extract_features([p[0] for p in pairs], extractor)
@@ -144,7 +170,6 @@ def stage_evaluate(spec: EvaluateSpec, inputs: dict[str, CachedStage], out_dir: 
         "fid_resize": getattr(extractor, "resize_label", "unknown"),
         "mask_miou": fidelity["miou"], "mask_oa": fidelity.get("oa"), "mask_macc": fidelity.get("macc"),
         "mask_per_class_iou": fidelity.get("per_class_iou", {}),
-        "evaluator_real_miou": ceiling["miou"], "n_real_masks": ceiling["n_images"],
-        "seconds_per_image": synth.artifacts["metrics"]["seconds_per_image"],
+        "evaluator_real_miou": ceiling["miou"], "n_real_masks": ceiling["n_images"], **cost,
     }
     return {"metrics": metrics, "mlflow_artifacts": ["fidelity.json", "evaluator_real.json", "fid.json"]}

@@ -42,7 +42,8 @@ def knn_radii(feats: np.ndarray, k: int = DEFAULT_K) -> np.ndarray:
 def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Euclidean distances (len(a), len(b)), clamped at 0 against round-off."""
     sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
-    return np.sqrt(np.maximum(sq, 0.0))
+    dist: np.ndarray = np.sqrt(np.maximum(sq, 0.0))
+    return dist
 
 
 def _coverage(manifold: np.ndarray, radii: np.ndarray, queries: np.ndarray) -> float:
