@@ -233,6 +233,14 @@ def test_preset_overrides_checked_against_the_preset():
     problems = _problems({"name": "x", "variants": [{"name": "a"}], "generator": {"overrides": {"imagesize": 32}}})
     assert len(problems) == 1 and problems[0].startswith("generator.overrides: ") and "imagesize" in problems[0]
     assert validate_data({"name": "x", "variants": [{"name": "a"}], "generator": {"overrides": {"image_size": 32}}}, "s")
+    # the training budget in the overrides: keys and values checked before any work, as the generator stage reads them
+    bad = _problems({"name": "x", "variants": [{"name": "a"}], "generator": {"overrides": {"train": {"stepz": 9}}}})
+    assert len(bad) == 1 and bad[0].startswith("generator.overrides.train: ") and "stepz" in bad[0]
+    bad = _problems({"name": "x", "variants": [{"name": "a"}],
+                     "generator": {"overrides": {"train": {"timestep_sampling": "cosine"}}}})
+    assert len(bad) == 1 and "timestep_sampling" in bad[0]
+    assert validate_data({"name": "x", "variants": [{"name": "a"}],
+                          "generator": {"overrides": {"train": {"logit_mean": -0.5}}}}, "s")
 
 
 def test_sampling_and_crfm_sections_are_the_library_configs():

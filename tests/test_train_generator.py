@@ -182,6 +182,14 @@ def test_config_from_preset_uses_budget() -> None:
     assert cfg.steps == 5 and cfg.lr == PRESETS["tiny"]["train"]["lr"]
     with pytest.raises(ConfigError, match="unknown TrainConfig field"):
         TrainConfig.from_preset("tiny", step=5)
+    # a preset override of the budget reaches the config (it had been read from the unmerged preset, so
+    # generator.overrides: {train: ...} changed the stage's hash and nothing else); explicit fields still win
+    cfg = TrainConfig.from_preset("tiny", preset_overrides={"train": {"logit_mean": -0.5, "steps": 7}}, steps=5)
+    assert cfg.logit_mean == -0.5 and cfg.steps == 5 and cfg.lr == PRESETS["tiny"]["train"]["lr"]
+    with pytest.raises(ConfigError, match="unknown train key"):
+        TrainConfig.from_preset("tiny", preset_overrides={"train": {"stepz": 7}})
+    with pytest.raises(ConfigError, match="unknown generator preset"):
+        TrainConfig.from_preset("huge")
 
 
 def test_scratch_preset_needs_vae(dataset, tmp_path: Path) -> None:  # noqa: ANN001

@@ -156,10 +156,17 @@ def _preset_problems(gen: GeneratorSpec) -> list[str]:
 
     if "source" in gen.overrides:
         return ["generator.overrides.source: set generator.sd3_dir (or $TODSYNTH_SD3_DIR) instead"]
+    from todsynth.train.config import TrainConfig
+
     try:
         preset = resolve_preset(gen.preset, gen.overrides)
     except ConfigError as exc:
         return [f"generator.overrides: {exc}"]
+    if "train" in gen.overrides:  # the budget the generator stage will train with: keys and values
+        try:
+            TrainConfig.from_preset(gen.preset, preset_overrides=gen.overrides)
+        except ConfigError as exc:
+            return [f"generator.overrides.train: {exc}"]
     kind = (preset.get("text") or {}).get("kind")
     if kind is not None and gen.text_encoder != kind:
         return [f"generator.text_encoder: {gen.text_encoder} does not match preset {gen.preset}'s text encoder {kind} "

@@ -1,9 +1,27 @@
-"""Generator training: scratch VAE, flow-matching fine-tuning of the mask-conditioned MM-DiT (accelerate)."""
+"""Generator training: scratch VAE, flow-matching fine-tuning of the mask-conditioned MM-DiT (accelerate).
 
-from todsynth.train.config import TrainConfig
-from todsynth.train.generator import train_generator
-from todsynth.train.step import TrainBatch, train_step
-from todsynth.train.trainable import configure_trainable, merge_lora
-from todsynth.train.vae import train_vae
+Re-exports resolve lazily (PEP 562), as in ``todsynth.data``: ``todsynth.train.config`` (``TrainConfig``, which suite
+validation reads) does not pull in torch and diffusers.
+"""
 
-__all__ = ["TrainBatch", "TrainConfig", "configure_trainable", "merge_lora", "train_generator", "train_step", "train_vae"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "TrainConfig": "config",
+    "train_generator": "generator",
+    "TrainBatch": "step",
+    "train_step": "step",
+    "configure_trainable": "trainable",
+    "merge_lora": "trainable",
+    "train_vae": "vae",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"todsynth.train.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'todsynth.train' has no attribute {name!r}")

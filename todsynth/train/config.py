@@ -116,16 +116,19 @@ class TrainConfig:
 
     @classmethod
     def from_preset(cls, preset: str = "tiny", **overrides: Any) -> TrainConfig:
-        """The preset's default training budget (``PRESETS[preset]["train"]``) with ``overrides`` on top."""
-        from todsynth.models.presets import PRESETS
+        """The preset's default training budget (its ``train``, with ``preset_overrides`` merged in as the generator
+        sees them) with ``overrides`` on top."""
+        from todsynth.models.presets import resolve_preset
 
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown generator preset {preset!r}; choose one of {sorted(PRESETS)}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ConfigError(f"unknown TrainConfig field(s) {unknown}; known: {sorted(known)}")
-        values = {**(PRESETS[preset].get("train") or {}), **overrides, "preset": preset}
+        budget = resolve_preset(preset, overrides.get("preset_overrides")).get("train") or {}
+        unknown = sorted(set(budget) - known)
+        if unknown:
+            raise ConfigError(f"preset {preset!r}: unknown train key(s) {unknown}; known: {sorted(known)}")
+        values = {**budget, **overrides, "preset": preset}
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
