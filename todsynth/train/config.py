@@ -116,8 +116,10 @@ class TrainConfig:
 
     @classmethod
     def from_preset(cls, preset: str = "tiny", **overrides: Any) -> TrainConfig:
-        """The preset's default training budget (its ``train``, with ``preset_overrides`` merged in as the generator
-        sees them) with ``overrides`` on top."""
+        """The preset's default training budget with ``overrides`` on top.
+
+        The budget is the preset's ``train`` with ``preset_overrides`` merged in, as the generator sees the preset.
+        """
         from todsynth.models.presets import resolve_preset
 
         known = {f.name for f in dataclasses.fields(cls)}
