@@ -8,7 +8,7 @@ stream, which is rebuilt from the base directory) and, for scratch presets, ``va
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,7 @@ from todsynth.errors import ConfigError, WeightsNotFoundError
 from todsynth.files import read_json, read_safetensors
 from todsynth.models.io import atomic_dir, save_tensors
 from todsynth.models.mmdit import MaskMMDiT, is_text_stream
-from todsynth.models.presets import SD35_DOWNLOAD_HINT, is_scratch, mask_stream
+from todsynth.models.presets import SD35_DOWNLOAD_HINT, is_scratch, mask_stream, noise_offset
 from todsynth.models.vae import (
     Autoencoder,
     build_vae,
@@ -79,6 +79,11 @@ class Generator:
         return self.transformer.device
 
     @property
+    def noise_offset(self) -> float:
+        """Std of the per-image, per-channel constant added to the Gaussian noise (:func:`draw_noise`); 0: none."""
+        return noise_offset(self.config)
+
+    @property
     def mask_encoding(self) -> str:
         """How masks enter the model: ``grey`` (the paper's grey image through the VAE) or ``onehot``."""
         return mask_encoding(self.config)
@@ -112,6 +117,21 @@ class Generator:
         self.transformer.to(**kw)
         self.vae.to(**kw)
         return self
+
+
+def draw_noise(shape: Sequence[int], generator: torch.Generator, offset: float = 0.0) -> torch.Tensor:
+    """Flow-matching noise of ``shape`` (..., c, h, w), float32 on the generator's device.
+
+    Standard normal, plus, when ``offset > 0``, one normal constant per leading index and channel scaled by
+    ``offset`` ("offset noise": it gives the noise a share of each image's mean, which a mean colour can then follow),
+    drawn after the standard part from the same ``generator``. With ``offset == 0`` nothing more is drawn, so the
+    noise is exactly ``torch.randn(shape, generator=generator)``.
+    """
+    shape = tuple(int(d) for d in shape)
+    noise = torch.randn(shape, generator=generator, device=generator.device)
+    if offset > 0:
+        noise = noise + offset * torch.randn((*shape[:-2], 1, 1), generator=generator, device=generator.device)
+    return noise
 
 
 @contextmanager

@@ -18,6 +18,9 @@ code path). Keys:
     scheduler: ``{"shift", "num_train_timesteps"}`` (scratch) or ``{"subfolder": "scheduler"}``.
     text: prompt encoder kind and widths (``todsynth.text.build_prompt_encoder``).
     vae_train, train: default training budgets (``train_vae`` kwargs, ``TrainConfig`` fields).
+    noise_offset (optional; :data:`PRESET_DEFAULTS`, read through :func:`noise_offset`): the standard deviation of a
+        per-image, per-latent-channel constant added to the Gaussian noise, in training and sampling alike ("offset
+        noise"). 0 is SD3's plain Gaussian noise.
 """
 
 from __future__ import annotations
@@ -208,6 +211,22 @@ MASK_STREAM_DEFAULTS: dict[str, Any] = {"init": "fresh", "hint": False, "tokens"
 MASK_STREAM_KEYS = frozenset(MASK_STREAM_DEFAULTS)
 
 
+# Top-level keys a preset may leave out, with the value that stands for them (an override may still set them).
+PRESET_DEFAULTS: dict[str, Any] = {"noise_offset": 0.0}
+
+
+def noise_offset(preset: Mapping[str, Any]) -> float:
+    """The preset's ``noise_offset`` (:data:`PRESET_DEFAULTS` when left out).
+
+    Raises:
+        ConfigError: not a finite number >= 0.
+    """
+    value = preset.get("noise_offset", PRESET_DEFAULTS["noise_offset"])
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) < float("inf"):
+        raise ConfigError(f"preset noise_offset must be a number >= 0, got {value!r}")
+    return float(value)
+
+
 def mask_stream(preset: Mapping[str, Any]) -> dict[str, Any]:
     """The preset's ``mask_stream`` section with :data:`MASK_STREAM_DEFAULTS` for the keys it leaves out."""
     return {**MASK_STREAM_DEFAULTS, **(preset.get("mask_stream") or {})}
@@ -235,13 +254,15 @@ def resolve_preset(name: str, overrides: Mapping[str, Any] | None = None) -> dic
     if name not in PRESETS:
         raise ConfigError(f"unknown generator preset {name!r}; choose one of {sorted(PRESETS)}")
     overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - set(PRESETS[name]))
+    unknown = sorted(set(overrides) - set(PRESETS[name]) - set(PRESET_DEFAULTS))
     if unknown:
-        raise ConfigError(f"preset {name!r}: unknown override key(s) {unknown}; known keys: {sorted(PRESETS[name])}")
+        raise ConfigError(f"preset {name!r}: unknown override key(s) {unknown}; "
+                          f"known keys: {sorted(set(PRESETS[name]) | set(PRESET_DEFAULTS))}")
     preset = deep_merge(PRESETS[name], overrides)
     stray = sorted(set(preset.get("mask_stream") or {}) - MASK_STREAM_KEYS)
     if stray:
         raise ConfigError(f"preset {name!r}: unknown mask_stream key(s) {stray}; known keys: {sorted(MASK_STREAM_KEYS)}")
+    noise_offset(preset)
     preset["name"] = name
     return preset
 

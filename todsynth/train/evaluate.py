@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from todsynth.models.generator import Generator
+from todsynth.models.generator import Generator, draw_noise
 from todsynth.text.base import PromptSource
 from todsynth.train.data import encode_dataset
 from todsynth.train.flow import flow_matching_loss, noisy_latents
@@ -48,7 +48,7 @@ def conditioning_gap(
         for start in range(0, n, batch_size):
             sl = slice(start, min(start + batch_size, n))
             x0 = x0_all[sl]
-            noise = torch.randn(x0.shape, generator=rng)
+            noise = draw_noise(x0.shape, rng, gen.noise_offset)  # the noise the generator trains and samples with
             s = torch.full((x0.shape[0],), float(sigma))
             xt = noisy_latents(x0, noise, s).to(device, dtype)
             t = (s * gen.num_train_timesteps).to(device, dtype)

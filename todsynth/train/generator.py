@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from todsynth.errors import ConfigError
-from todsynth.models.generator import Generator, build_generator, save_generator, seeded_init
+from todsynth.models.generator import Generator, build_generator, draw_noise, save_generator, seeded_init
 from todsynth.models.presets import is_scratch, mask_stream, resolve_preset
 from todsynth.progress import progress_bar
 from todsynth.text.base import PromptSource
@@ -145,7 +145,7 @@ class _MicroBatches:
         u = torch.rand(g, generator=rng)  # one draw decides both dropouts (nested: equal rates drop together)
         drop = u < cfg.caption_dropout
         sigma, t = sample_sigmas(cfg.timestep_sampling, g, self.sigmas, self.timesteps, rng, cfg.logit_mean, cfg.logit_std)
-        noise = torch.randn((g, *self.gen.latent_shape), generator=rng)
+        noise = draw_noise((g, *self.gen.latent_shape), rng, self.gen.noise_offset)
         x0, m, e, p = _batch_tensors(self.gen, self.data, self.dataset, self.prompts, idx[mine], code[mine])
         d = drop[mine]
         e = torch.where(d[:, None, None], self.uncond[0].expand_as(e), e)
