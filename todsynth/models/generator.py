@@ -80,8 +80,20 @@ class Generator:
 
     @property
     def noise_offset(self) -> float:
-        """Std of the per-image, per-channel constant added to the Gaussian noise (:func:`draw_noise`); 0: none."""
+        """Std of the per-image constants added to the Gaussian noise (:func:`draw_noise`); 0: none."""
         return noise_offset(self.config)
+
+    @property
+    def noise_groups(self) -> int:
+        """Channel groups that share one noise offset (:func:`draw_noise`).
+
+        The image's colours for the pixel shuffle (its latent channels are colour-major blocks of ``factor**2`` pixel
+        positions: one offset per position painted a ``factor``-pixel grid on the tiny preset's samples), else one
+        group per latent channel.
+        """
+        if self.vae.config.get("kind") == "space_to_depth":
+            return int(self.vae.config["in_channels"])
+        return int(self.vae.config["latent_channels"])
 
     @property
     def mask_encoding(self) -> str:
@@ -119,18 +131,25 @@ class Generator:
         return self
 
 
-def draw_noise(shape: Sequence[int], generator: torch.Generator, offset: float = 0.0) -> torch.Tensor:
+def draw_noise(shape: Sequence[int], generator: torch.Generator, offset: float = 0.0,
+               groups: int | None = None) -> torch.Tensor:
     """Flow-matching noise of ``shape`` (..., c, h, w), float32 on the generator's device.
 
-    Standard normal, plus, when ``offset > 0``, one normal constant per leading index and channel scaled by
-    ``offset`` ("offset noise": it gives the noise a share of each image's mean, which a mean colour can then follow),
-    drawn after the standard part from the same ``generator``. With ``offset == 0`` nothing more is drawn, so the
-    noise is exactly ``torch.randn(shape, generator=generator)``.
+    Standard normal, plus, when ``offset > 0``, normal constants scaled by ``offset`` ("offset noise": it gives the
+    noise a share of each image's mean, which a mean colour can then follow), drawn after the standard part from the
+    same ``generator``: one per leading index and channel group, the c channels split into ``groups`` contiguous
+    blocks (None: one per channel). With ``offset == 0`` nothing more is drawn, so the noise is exactly
+    ``torch.randn(shape, generator=generator)``.
     """
     shape = tuple(int(d) for d in shape)
     noise = torch.randn(shape, generator=generator, device=generator.device)
     if offset > 0:
-        noise = noise + offset * torch.randn((*shape[:-2], 1, 1), generator=generator, device=generator.device)
+        c = shape[-3]
+        g = c if groups is None else groups
+        if g < 1 or c % g:
+            raise ValueError(f"{c} channels do not split into {g} noise-offset groups")
+        const = torch.randn((*shape[:-3], g, 1, 1), generator=generator, device=generator.device)
+        noise = noise + offset * const.repeat_interleave(c // g, dim=-3)
     return noise
 
 

@@ -95,14 +95,15 @@ def check_inputs(
             )
 
 
-def initial_noise(seeds: Sequence[int], shape: Sequence[int], offset: float = 0.0) -> Tensor:
+def initial_noise(seeds: Sequence[int], shape: Sequence[int], offset: float = 0.0, groups: int | None = None) -> Tensor:
     """(B, *shape) float32 CPU noise, sample k drawn from ``torch.Generator().manual_seed(seeds[k])``.
 
-    ``offset``: the generator's noise offset (``todsynth.models.generator.draw_noise``; 0: plain Gaussian noise).
+    ``offset``, ``groups``: the generator's noise offset (``todsynth.models.generator.draw_noise``; 0: plain Gaussian
+    noise).
     """
     from todsynth.models.generator import draw_noise
 
-    return torch.stack([draw_noise(shape, torch.Generator("cpu").manual_seed(int(s)), offset) for s in seeds])
+    return torch.stack([draw_noise(shape, torch.Generator("cpu").manual_seed(int(s)), offset, groups) for s in seeds])
 
 
 def latent_decoder(generator: Any) -> Callable[[Tensor], Tensor]:
@@ -199,7 +200,7 @@ def _sample_batch(
     with torch.no_grad(), autocast:
         with observer.section("encode_mask"), torch.inference_mode():  # only ever a transformer input
             mask_latents = generator.encode_mask(masks).to(dtype)
-        x = initial_noise(seeds, generator.latent_shape, generator.noise_offset).to(device)
+        x = initial_noise(seeds, generator.latent_shape, generator.noise_offset, generator.noise_groups).to(device)
         for i in range(cfg.num_inference_steps):
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
             rectified = i < crfm.rectified_step

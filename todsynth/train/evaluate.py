@@ -48,7 +48,7 @@ def conditioning_gap(
         for start in range(0, n, batch_size):
             sl = slice(start, min(start + batch_size, n))
             x0 = x0_all[sl]
-            noise = draw_noise(x0.shape, rng, gen.noise_offset)  # the noise the generator trains and samples with
+            noise = draw_noise(x0.shape, rng, gen.noise_offset, gen.noise_groups)  # as the generator trains, samples
             s = torch.full((x0.shape[0],), float(sigma))
             xt = noisy_latents(x0, noise, s).to(device, dtype)
             t = (s * gen.num_train_timesteps).to(device, dtype)

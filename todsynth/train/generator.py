@@ -145,7 +145,7 @@ class _MicroBatches:
         u = torch.rand(g, generator=rng)  # one draw decides both dropouts (nested: equal rates drop together)
         drop = u < cfg.caption_dropout
         sigma, t = sample_sigmas(cfg.timestep_sampling, g, self.sigmas, self.timesteps, rng, cfg.logit_mean, cfg.logit_std)
-        noise = draw_noise((g, *self.gen.latent_shape), rng, self.gen.noise_offset)
+        noise = draw_noise((g, *self.gen.latent_shape), rng, self.gen.noise_offset, self.gen.noise_groups)
         x0, m, e, p = _batch_tensors(self.gen, self.data, self.dataset, self.prompts, idx[mine], code[mine])
         d = drop[mine]
         e = torch.where(d[:, None, None], self.uncond[0].expand_as(e), e)
