@@ -5,8 +5,7 @@ Re-exports resolve lazily (PEP 562), so ``import todsynth.data.classes`` does no
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from todsynth.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "CLASSES": "classes",
@@ -39,8 +38,4 @@ _EXPORTS: dict[str, str] = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"todsynth.data.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'todsynth.data' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

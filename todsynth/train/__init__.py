@@ -6,8 +6,7 @@ validation reads) does not pull in torch and diffusers.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from todsynth.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "TrainConfig": "config",
@@ -20,8 +19,4 @@ _EXPORTS: dict[str, str] = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"todsynth.train.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'todsynth.train' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
