@@ -122,6 +122,16 @@ def copy_chunks(masks: list[Any], ratio: float) -> list[list[Any]]:
     return [masks[: min(len(masks), total - r * len(masks))] for r in range(math.ceil(total / len(masks)))]
 
 
+def rerender_first_draw(seed: int, copies: int) -> int:
+    """The rerender ceiling's first appearance draw at suite ``seed`` with ``copies`` painted copies per seed.
+
+    Seed 0 starts at draw 1; the seeds interleave as 0, -1, 1, -2, 2, ... so no two seeds share a draw (draw 0 is
+    the scene itself).
+    """
+    rank = 2 * seed if seed >= 0 else -2 * seed - 1
+    return 1 + rank * copies
+
+
 def synthesis_spec(suite: Suite, v: ResolvedVariant, seed: int) -> SynthesizeSpec:
     """The spec of ``synthesize[v,seed]``; CRFM settings drop out when ``rectified_step == 0``."""
     return SynthesizeSpec(
@@ -148,7 +158,8 @@ def downstream_spec(suite: Suite, v: ResolvedVariant, seed: int) -> DownstreamSp
         masks = v.subset if limit is None else min(limit, v.subset)
         return OracleDownstreamSpec(**common, ratio=d.ratio, held_out=n_synthetic(d.ratio, masks))
     if v.kind == "rerender":
-        return RerenderDownstreamSpec(**common, ratio=d.ratio, limit=suite.dataset.limit)
+        return RerenderDownstreamSpec(**common, ratio=d.ratio, limit=suite.dataset.limit,
+                                      first_draw=rerender_first_draw(seed, math.ceil(d.ratio)))
     return MixedDownstreamSpec(**common, ratio=d.ratio, freemask=freemask if freemask.enabled else None)
 
 

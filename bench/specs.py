@@ -222,12 +222,14 @@ class OracleDownstreamSpec(DownstreamSpec):
 class RerenderDownstreamSpec(DownstreamSpec):
     """``downstream`` of ``rerender``: real + the (limited) training masks' scenes painted anew, at ``ratio``.
 
-    As many images as synthesis makes from those masks (copy ``r`` is appearance draw ``r + 1``,
-    ``todsynth.data.procedural.rerender_scene``); procedural data only.
+    As many images as synthesis makes from those masks (copy ``r`` is appearance draw ``first_draw + r``,
+    ``todsynth.data.procedural.rerender_scene``); procedural data only. ``first_draw`` comes from the suite seed
+    (:func:`bench.graph.rerender_first_draw`): each seed paints its own images, as each seed synthesises its own.
     """
 
     ratio: float = field(kw_only=True)
     limit: int | None = field(kw_only=True)
+    first_draw: int = field(kw_only=True)
 
 
 SPEC_TYPES: dict[str, type[StageSpec]] = {cls.__name__: cls for cls in (

@@ -12,7 +12,7 @@ import pytest
 
 from bench import stages
 from bench.cache import CachedStage, jsonable
-from bench.graph import build_graph
+from bench.graph import build_graph, rerender_first_draw
 from bench.specs import RerenderDownstreamSpec
 from bench.stages.common import artifact_path
 from bench.suites import SuiteError, validate_data
@@ -112,3 +112,24 @@ def test_rerender_ceiling_is_evaluated_like_a_synthetic_variant(tiny_suite_data,
     assert 0.0 <= m["mask_miou"] <= 1.0 and 0.0 <= m["recall"] <= 1.0 and m["fid"] >= 0.0
     pairs = stages.painted_pairs(done["downstream[perfect,seed=0]"])
     assert [p[0].stem for p in pairs] == sorted((p[0].stem for p in pairs), key=int) and len(pairs) == 8
+
+
+def test_each_seed_paints_its_own_images(tiny_suite_data, tmp_path):
+    """As each seed synthesises its own images, each seed's ceiling paints its own draws; seed 0 keeps draws 1, 2, ..."""
+    assert [rerender_first_draw(s, 2) for s in (0, -1, 1, -2, 2)] == [1, 3, 5, 7, 9]  # no two seeds share a draw
+    suite = validate_data(_data(tiny_suite_data, tmp_path / "ws", seeds=[0, 1],
+                                downstream={"model": "fcn-tiny", "iters": 2, "batch_size": 2, "ratio": 1.5}), "t")
+    by_key = {n.key: n for n in build_graph(suite)}
+    assert by_key["downstream[perfect,seed=0]"].spec.first_draw == 1
+    assert by_key["downstream[perfect,seed=1]"].spec.first_draw == 5  # two copies a seed: seed -1 would take 3, 4
+
+    data_dir = tmp_path / "data"
+    arts = stages.stage_data(by_key["data"].spec, {}, data_dir)
+    data = CachedStage(data_dir, {"artifacts": arts, "spec": by_key["data"].spec.hashed()})
+    painted = {}
+    for seed in (0, 1):
+        out = tmp_path / f"down{seed}"
+        stages.stage_downstream(by_key[f"downstream[perfect,seed={seed}]"].spec, {"data": data}, out)
+        painted[seed] = {p.name: read_image_array(p) for p in (out / "rerender" / "copy-0" / "images_png").glob("*.png")}
+    assert painted[0].keys() == painted[1].keys()
+    assert all(np.abs(painted[0][k].astype(int) - painted[1][k]).mean() > 3 for k in painted[0])

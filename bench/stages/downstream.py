@@ -66,8 +66,8 @@ def _rerendered(spec: RerenderDownstreamSpec, data: CachedStage, real: list[Any]
                 out_dir: Path) -> list[Any]:
     """The rerender ceiling's images: the (limited) training masks' scenes painted anew, as many as synthesis makes.
 
-    Copy ``r`` (:func:`rerender_dir`) is appearance draw ``r + 1`` of the first masks, as synthesis fills its
-    copies. ``pool``: the Train split's samples (where the masks' scene indices come from).
+    Copy ``r`` (:func:`rerender_dir`) is appearance draw ``spec.first_draw + r`` of the first masks, as synthesis
+    fills its copies. ``pool``: the Train split's samples (where the masks' scene indices come from).
     """
     from bench.graph import copy_chunks
     from todsynth.data.procedural import rerender_samples
@@ -78,7 +78,7 @@ def _rerendered(spec: RerenderDownstreamSpec, data: CachedStage, real: list[Any]
     masks = real if spec.limit is None else real[: spec.limit]
     pairs: list[Any] = []
     for r, chunk in enumerate(copy_chunks(masks, spec.ratio)):
-        pairs += rerender_samples(chunk, pool, int(proc["seed"]), int(proc["size"]), r + 1,
+        pairs += rerender_samples(chunk, pool, int(proc["seed"]), int(proc["size"]), spec.first_draw + r,
                                   rerender_dir(out_dir, r))
     return pairs
 
