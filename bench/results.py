@@ -180,8 +180,7 @@ def _table_cell(v: Mapping[str, Any], col: str, several: bool) -> str:
     """One cell of the terminal table.
 
     The value; ``± std`` on a line below it with several seeds; ``*`` on a fallback extractor's feature metrics
-    (FID, KID, precision, recall); ``-`` where
-    the variant has no such metric.
+    (FID, KID, precision, recall); ``-`` where the variant has no such metric.
     """
     val = v["metrics"].get(col)
     if not isinstance(val, int | float) or isinstance(val, bool):
@@ -231,7 +230,8 @@ def results_table(results: dict[str, Any], width: int | None = None) -> Any:
         left_out.append(LABELS[col])
     table = build(columns)
     notes = []
-    if any(v["metrics"].get("fid_comparable") is False for v in results["variants"]) and set(FEATURE_METRICS) & set(columns):
+    fallback = any(v["metrics"].get("fid_comparable") is False for v in results["variants"])
+    if fallback and set(FEATURE_METRICS) & set(columns):
         notes.append("* from a fallback feature extractor: not comparable with published Inception values")
     notes.append("mIoU/OA/mAcc: downstream model on real Val; mask mIoU: evaluator on synthetic pairs; evaluator on "
                  "real: the same evaluator on the real images of those masks (the ceiling of mask mIoU); precision: "

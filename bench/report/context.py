@@ -76,9 +76,9 @@ CEILING_NOTE = (
     "Rows of kind rerender or oracle are ceilings, not methods (never bold): the downstream model trained on real data "
     "plus as many images as a synthetic variant adds, at the same ratio, that are as good as images can be: the same "
     "training masks painted anew by the scenes' own renderer (rerender: what a perfect generator would draw) or "
-    "held-out real scenes (oracle: more labelled data). A synthetic variant's gain over real-only reads against theirs. "
-    "A rerender row's image metrics (mask mIoU, FID, KID, precision, recall) are those of its painted images, measured "
-    "like the synthetic ones: what each image metric reads for a perfect generator at these image counts."
+    "held-out real scenes (oracle: more labelled data). A synthetic variant's gain over real-only reads against "
+    "theirs. A rerender row's image metrics (mask mIoU, FID, KID, precision, recall) are those of its painted images, "
+    "measured like the synthetic ones: what each image metric reads for a perfect generator at these image counts."
 )
 
 

@@ -21,7 +21,6 @@ COLUMNS = TABLE_COLUMNS
 # Instruments, not contestants: shown, never marked best (the evaluator's ceiling is the same model's score on real
 # images).
 UNRANKED = frozenset(of_kind("instrument"))
-# Metrics computed on the FID feature extractor: both daggered when it is a fallback (``fid_comparable`` false).
 
 
 def as_number(v: Any) -> float | None:
@@ -175,8 +174,8 @@ def _tex(text: str) -> str:
 def render_latex(results: dict[str, Any]) -> str:
     r"""The text of ``results.tex``: a booktabs table (needs ``\usepackage{booktabs}``).
 
-    Best per column bold, feature metrics (FID, KID, precision, recall) from a fallback extractor daggered, with the dagger explained in a
-    footnote row.
+    Best per column bold, feature metrics (FID, KID, precision, recall) from a fallback extractor daggered, with the
+    dagger explained in a footnote row.
     """
     cols = table_columns(results)
     dirs = metric_directions(results)
@@ -204,9 +203,9 @@ def render_latex(results: dict[str, Any]) -> str:
         lines.append(_tex(r["name"]) + " & " + " & ".join(cells) + r" \\")
     lines.append(r"\bottomrule")
     if dagger:  # a footnote row of the table (a % comment would never reach the reader)
-        lines.append(rf"\multicolumn{{{len(cols) + 1}}}{{l}}{{\footnotesize $^\dagger$ FID, KID, precision and recall from a "
-                     r"fallback feature extractor (not Inception): they rank variants within this table but are not comparable with "
-                     r"published values.} \\")
+        lines.append(rf"\multicolumn{{{len(cols) + 1}}}{{l}}{{\footnotesize $^\dagger$ FID, KID, precision and "
+                     r"recall from a fallback feature extractor (not Inception): they rank variants within this "
+                     r"table but are not comparable with published values.} \\")
     lines.append(r"\end{tabular}")
     return "\n".join(lines) + "\n"
 

@@ -47,9 +47,9 @@ STAGE_VERSIONS: dict[str, int] = {
     "data": 1, "prompts": 1, "autoencoder": 1, "generator": 2, "judge": 1, "evaluator": 1,
     "real_features": 1, "synthesize": 1, "evaluate": 4, "downstream": 1,
 }  # evaluate 2: adds evaluator_real_miou (the evaluator on the real images of the synthesized masks); 3: FID/KID's
-#   image counts (fid_n_real, fid_n_synthetic) and resize (fid_resize); 4: precision and recall. generator 2: the tiny preset drops the mask
-#   token stream and trains 3000 steps (since then the autoencoder and generator specs carry graph.preset_digest, the
-#   resolved preset's hash, so a preset change re-keys them without a bump here)
+#   image counts (fid_n_real, fid_n_synthetic) and resize (fid_resize); 4: precision and recall. generator 2: the
+#   tiny preset drops the mask token stream and trains 3000 steps (since then the autoencoder and generator specs
+#   carry graph.preset_digest, the resolved preset's hash, so a preset change re-keys them without a bump here)
 
 StageFn = Callable[[Any, dict[str, CachedStage], Path], dict[str, Any]]  # spec: the stage's bench.specs type
 
@@ -68,7 +68,7 @@ STAGES: dict[str, StageFn] = {
 
 __all__ = [
     "AUTOENCODER_METRICS", "SAMPLES_FILE", "STAGES", "STAGE_VERSIONS", "LazyEncoder", "StageFn", "artifact_path",
-    "bad_sample_files", "painted_pairs", "source_samples", "stage_autoencoder", "stage_data", "stage_downstream", "stage_evaluate",
-    "stage_evaluator", "stage_generator", "stage_judge", "stage_prompts", "stage_real_features", "stage_synthesize",
-    "synthetic_pairs",
+    "bad_sample_files", "painted_pairs", "source_samples", "stage_autoencoder", "stage_data", "stage_downstream",
+    "stage_evaluate", "stage_evaluator", "stage_generator", "stage_judge", "stage_prompts", "stage_real_features",
+    "stage_synthesize", "synthetic_pairs",
 ]

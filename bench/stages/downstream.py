@@ -2,7 +2,8 @@
 
 The segmentor trained on real (+ synthetic, optionally FreeMask-filtered) data and scored on real Val.
 
-Imports :mod:`bench.stages.common`, :mod:`bench.stages.synthesis` (``synthetic_pairs``, ``rerender_dir``) and (lazily) ``todsynth.seg``.
+Imports :mod:`bench.stages.common`, :mod:`bench.stages.synthesis` (``synthetic_pairs``, ``rerender_dir``) and
+(lazily) ``todsynth.seg``.
 """
 
 from __future__ import annotations

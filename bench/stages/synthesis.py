@@ -128,7 +128,7 @@ def stage_synthesize(spec: SynthesizeSpec, inputs: dict[str, CachedStage], out_d
 
 
 def stage_evaluate(spec: EvaluateSpec, inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
-    """Mask fidelity with the EVALUATOR (never the judge); FID/KID and precision/recall against the cached real features.
+    """Mask fidelity with the EVALUATOR (never the judge); FID/KID, precision/recall against the cached real features.
 
     The images are a ``synthesize`` stage's, or (input ``downstream``) those a rerender ceiling's downstream stage
     painted: the same measurements of images as good as images can be, each image metric's ceiling.
