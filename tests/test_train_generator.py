@@ -211,6 +211,10 @@ def test_branches_training_freezes_text_and_trains_the_rest(dataset, vae_dir: Pa
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     assert summary["completed"] and summary["steps"] == 3 and summary["samples_per_s"] > 0
     assert summary["mask_stream_params"] > 0 and summary["peak_rss_mb"] > 0
+    # a damaged summary of that finished run is named on the next call, never a JSON traceback
+    (tmp_path / "train_summary.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="train_summary.json"):
+        train_generator(config(vae_dir, steps=3), dataset, HashPrompts(), tmp_path, progress=False)
 
 
 def test_lora_training_saves_merged_weights(dataset, vae_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001

@@ -18,9 +18,10 @@ code path). Keys:
     scheduler: ``{"shift", "num_train_timesteps"}`` (scratch) or ``{"subfolder": "scheduler"}``.
     text: prompt encoder kind and widths (``todsynth.text.build_prompt_encoder``).
     vae_train, train: default training budgets (``train_vae`` kwargs, ``TrainConfig`` fields).
-    noise_offset (optional; :data:`PRESET_DEFAULTS`, read through :func:`noise_offset`): the standard deviation of a
-        per-image, per-latent-channel constant added to the Gaussian noise, in training and sampling alike ("offset
-        noise"). 0 is SD3's plain Gaussian noise.
+    noise_offset (optional; :data:`PRESET_DEFAULTS`, read through :func:`noise_offset`): the standard deviation of
+        the per-image constants added to the Gaussian noise, one per channel group (``Generator.noise_groups``: the
+        pixel shuffle's colours, else each latent channel), in training and sampling alike ("offset noise"). 0 is
+        SD3's plain Gaussian noise.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from todsynth.errors import ConfigError
+from todsynth.files import read_json
 from todsynth.models.generator import Generator, build_generator, draw_noise, save_generator, seeded_init
 from todsynth.models.presets import is_scratch, mask_stream, resolve_preset
 from todsynth.progress import progress_bar
@@ -160,7 +161,9 @@ def _completed(out_dir: Path, cfg: TrainConfig) -> bool:
     path = out_dir / SUMMARY_FILE
     if not path.is_file() or not (out_dir / GENERATOR_DIR / "config.json").is_file():
         return False
-    summary = json.loads(path.read_text())
+    summary = read_json(path)  # a damaged summary is named (ConfigError), not a JSON traceback
+    if not isinstance(summary, dict):
+        raise ConfigError(f"{path} is not a training summary (a JSON object); delete {out_dir} to train again")
     return bool(summary.get("completed")) and not cfg.resume_mismatch(summary.get("config", {}))
 
 
