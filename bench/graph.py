@@ -10,6 +10,7 @@ With ``dataset.subsets`` the stages that learn from labelled training data exist
 (``synthesize[plain@n16,seed=0]``); their specs carry ``subset: {n, seed, rule}``, so the cache never
 shares them across sizes. ``data``, ``prompts``, ``evaluator`` and ``real_features`` stay shared. Without
 ``subsets`` nothing changes: same keys, same specs, same hashes. The specs are typed (:mod:`bench.specs`).
+Shared stages that no variant needs are left out: a suite of baselines and ceilings trains no generator.
 """
 
 from __future__ import annotations
@@ -241,7 +242,16 @@ def build_graph(suite: Suite) -> list[Node]:
                              "real_features": "real_features", "data": "data"}
                 nodes.append(Node(node_key("evaluate", v.name, seed), "evaluate",
                                   EvaluateSpec(extractor=extractor), eval_deps, v.name, seed, subset=v.subset))
-    return _dedupe(nodes)
+    return _needed(_dedupe(nodes))
+
+
+def _needed(nodes: list[Node]) -> list[Node]:
+    """The variants' nodes and what they depend on, in the same order (a shared stage nothing reads is dropped)."""
+    keep = {n.key for n in nodes if n.variant is not None}
+    for n in reversed(nodes):  # topological order: reversed, one pass collects every dependency
+        if n.key in keep:
+            keep.update(n.deps.values())
+    return [n for n in nodes if n.key in keep]
 
 
 def _opt(p: Any) -> str | None:

@@ -12,7 +12,7 @@ import pytest
 
 from bench import stages
 from bench.cache import CachedStage, jsonable
-from bench.graph import build_graph, rerender_first_draw
+from bench.graph import build_graph, rerender_first_draw, select_forced
 from bench.specs import RerenderDownstreamSpec
 from bench.stages.common import artifact_path
 from bench.suites import SuiteError, validate_data
@@ -133,3 +133,20 @@ def test_each_seed_paints_its_own_images(tiny_suite_data, tmp_path):
         painted[seed] = {p.name: read_image_array(p) for p in (out / "rerender" / "copy-0" / "images_png").glob("*.png")}
     assert painted[0].keys() == painted[1].keys()
     assert all(np.abs(painted[0][k].astype(int) - painted[1][k]).mean() > 3 for k in painted[0])
+
+
+def test_a_suite_of_baselines_and_ceilings_trains_no_generator(tiny_suite_data, tmp_path):
+    """Shared stages that no variant reads are left out of the graph (they had cost a generator's training)."""
+    full = build_graph(validate_data(_data(tiny_suite_data, tmp_path / "ws"), "t"))
+    assert {"prompts", "generator", "judge"} <= {n.stage for n in full}
+    suite = validate_data(_data(tiny_suite_data, tmp_path / "ws", variants=[{"name": "real-only", "kind": "baseline"},
+                                                                             PERFECT]), "t")
+    nodes = build_graph(suite)
+    assert [n.key for n in nodes] == ["data", "evaluator", "real_features", "downstream[real-only,seed=0]",
+                                      "downstream[perfect,seed=0]", "evaluate[perfect,seed=0]"]
+    assert all(dep in {m.key for m in nodes} for n in nodes for dep in n.deps.values())
+    with pytest.raises(ValueError, match="--force generator: no such stage in this suite"):
+        select_forced(nodes, ["generator"])
+    only_real = validate_data(_data(tiny_suite_data, tmp_path / "ws", variants=[{"name": "real-only", "kind": "baseline"}]),
+                              "t")
+    assert [n.key for n in build_graph(only_real)] == ["data", "downstream[real-only,seed=0]"]
