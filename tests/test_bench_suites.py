@@ -82,6 +82,21 @@ def test_loveda_protocol(monkeypatch, tmp_path):
     assert str(tmp_path / "loveda") in problems[0] and str(tmp_path / "sd3") in problems[1]
 
 
+def test_a_run_without_synthesis_needs_no_generator_weights(monkeypatch):
+    """Only what a run reads is required: real-only needs the data, not SD3.5, a judge checkpoint or Inception."""
+    monkeypatch.delenv("TODSYNTH_SD3_DIR", raising=False)
+    monkeypatch.delenv("TODSYNTH_LOVEDA_ROOT", raising=False)
+    suite = load_suite(REPO / "suites" / "loveda.yaml", [
+        "variants=[{name: real-only, kind: baseline}]", "tune=null", "matrix=null", "resources.gpus=1", "resources.device=auto",
+        "judge.checkpoint=/nowhere/judge.pth", "fid.extractor=inception"])
+    assert [p.split(":")[0] for p in check_runnable(suite)] == ["dataset.root"]
+    with_synthesis = load_suite(REPO / "suites" / "loveda.yaml", [
+        "variants=[{name: real-only, kind: baseline}, {name: plain}]", "tune=null", "matrix=null", "resources.gpus=1", "resources.device=auto",
+        "judge.checkpoint=/nowhere/judge.pth", "fid.extractor=inception"])
+    assert [p.split(":")[0] for p in check_runnable(with_synthesis)] == [
+        "dataset.root", "generator.sd3_dir", "judge.checkpoint", "fid.inception_weights"]
+
+
 @pytest.mark.parametrize(
     "data, expected",
     [

@@ -182,7 +182,11 @@ def workspace_problem(workspace: Path) -> str | None:
 
 
 def check_runnable(suite: Suite) -> list[str]:
-    """Problems that only matter when running: local data/weights that must exist (one per path), a usable workspace."""
+    """Problems that only matter when running: local data/weights that must exist (one per path), a usable workspace.
+
+    Weights are checked where a run reads them: SD3.5 and the judge's checkpoint only with a synthetic variant or a
+    ``tune`` section, the evaluator's and Inception's only with images to measure (synthetic or rerender variants).
+    """
     problems: list[str] = []
     ws = workspace_problem(suite.workspace)
     if ws is not None:
@@ -201,8 +205,12 @@ def check_runnable(suite: Suite) -> list[str]:
                 f"dataset.root: {root} has no Train/ and Val/ folders; download LoveDA "
                 f"(zenodo.org/record/5706578) there, or set dataset.root / {ENV_LOVEDA_ROOT}"
             )
+    # what a run computes (bench.graph keeps only what its variants read; bench tune synthesizes whatever they are)
+    kinds = {v.kind for v in resolve_variants(suite)}
+    synthesis = suite.tune is not None or "synthetic" in kinds
+    measured = synthesis or "rerender" in kinds  # evaluator and FID features
     gen = suite.generator
-    if gen.preset != "tiny" or gen.text_encoder == "sd3":
+    if synthesis and (gen.preset != "tiny" or gen.text_encoder == "sd3"):
         if gen.sd3_dir is None:
             problems.append(
                 f"generator.sd3_dir: not set; point it (or {ENV_SD3_DIR}) at a local "
@@ -213,11 +221,11 @@ def check_runnable(suite: Suite) -> list[str]:
                 f"generator.sd3_dir: {gen.sd3_dir} holds no model_index.json; download "
                 f"stabilityai/stable-diffusion-3.5-medium there, or set generator.sd3_dir / {ENV_SD3_DIR}"
             )
-    for role in ("judge", "evaluator"):
+    for role, used in (("judge", synthesis), ("evaluator", measured)):
         seg: Segmenter = getattr(suite, role)
-        if seg.checkpoint is not None and not seg.checkpoint.is_file():
+        if used and seg.checkpoint is not None and not seg.checkpoint.is_file():
             problems.append(f"{role}.checkpoint: {seg.checkpoint} does not exist; fix the path or remove the key to train one")
-    if suite.fid.extractor == "inception":
+    if measured and suite.fid.extractor == "inception":
         w = suite.fid.inception_weights
         if w is None or not w.is_file():
             problems.append(
