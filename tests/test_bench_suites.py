@@ -95,6 +95,10 @@ def test_a_run_without_synthesis_needs_no_generator_weights(monkeypatch):
         "judge.checkpoint=/nowhere/judge.pth", "fid.extractor=inception"])
     assert [p.split(":")[0] for p in check_runnable(with_synthesis)] == [
         "dataset.root", "generator.sd3_dir", "judge.checkpoint", "fid.inception_weights"]
+    tuned = load_suite(REPO / "suites" / "loveda.yaml", [  # bench tune's trials synthesize whatever the variants are
+        "variants=[{name: real-only, kind: baseline}]", "matrix=null", "resources.gpus=1", "resources.device=auto",
+        "tune.base_variant=null"])
+    assert [p.split(":")[0] for p in check_runnable(tuned)] == ["dataset.root", "generator.sd3_dir"]
 
 
 @pytest.mark.parametrize(

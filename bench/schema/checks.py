@@ -184,8 +184,8 @@ def workspace_problem(workspace: Path) -> str | None:
 def check_runnable(suite: Suite) -> list[str]:
     """Problems that only matter when running: local data/weights that must exist (one per path), a usable workspace.
 
-    Weights are checked where a run reads them: SD3.5 and the judge's checkpoint only with a synthetic variant or a
-    ``tune`` section, the evaluator's and Inception's only with images to measure (synthetic or rerender variants).
+    Weights are checked where a run reads them: each only when its stage is in the suite's graph (which keeps what the
+    variants read) or the suite has a ``tune`` section (whose trials synthesize and measure).
     """
     problems: list[str] = []
     ws = workspace_problem(suite.workspace)
@@ -205,12 +205,12 @@ def check_runnable(suite: Suite) -> list[str]:
                 f"dataset.root: {root} has no Train/ and Val/ folders; download LoveDA "
                 f"(zenodo.org/record/5706578) there, or set dataset.root / {ENV_LOVEDA_ROOT}"
             )
-    # what a run computes (bench.graph keeps only what its variants read; bench tune synthesizes whatever they are)
-    kinds = {v.kind for v in resolve_variants(suite)}
-    synthesis = suite.tune is not None or "synthetic" in kinds
-    measured = synthesis or "rerender" in kinds  # evaluator and FID features
+    from bench.graph import STAGE_ORDER, build_graph  # the graph imports the schema
+
+    # the stages a run computes: the graph's (only what its variants read); bench tune's trials synthesize and measure
+    stages = set(STAGE_ORDER) if suite.tune is not None else {n.stage for n in build_graph(suite)}
     gen = suite.generator
-    if synthesis and (gen.preset != "tiny" or gen.text_encoder == "sd3"):
+    if "generator" in stages and (gen.preset != "tiny" or gen.text_encoder == "sd3"):
         if gen.sd3_dir is None:
             problems.append(
                 f"generator.sd3_dir: not set; point it (or {ENV_SD3_DIR}) at a local "
@@ -221,11 +221,11 @@ def check_runnable(suite: Suite) -> list[str]:
                 f"generator.sd3_dir: {gen.sd3_dir} holds no model_index.json; download "
                 f"stabilityai/stable-diffusion-3.5-medium there, or set generator.sd3_dir / {ENV_SD3_DIR}"
             )
-    for role, used in (("judge", synthesis), ("evaluator", measured)):
+    for role in ("judge", "evaluator"):
         seg: Segmenter = getattr(suite, role)
-        if used and seg.checkpoint is not None and not seg.checkpoint.is_file():
+        if role in stages and seg.checkpoint is not None and not seg.checkpoint.is_file():
             problems.append(f"{role}.checkpoint: {seg.checkpoint} does not exist; fix the path or remove the key to train one")
-    if measured and suite.fid.extractor == "inception":
+    if "real_features" in stages and suite.fid.extractor == "inception":
         w = suite.fid.inception_weights
         if w is None or not w.is_file():
             problems.append(
