@@ -86,10 +86,10 @@ def graph_hashes(nodes: list[Node], stage_versions: Mapping[str, int]) -> dict[s
     return hashes
 
 
-def preflight(suite: Suite, force: list[str] | tuple[str, ...] = ()) -> list[Node]:
-    """Everything checked before the workspace is touched: local paths exist, ``--force`` names a stage."""
-    problems = check_runnable(suite)
+def preflight(suite: Suite, force: list[str] | tuple[str, ...] = (), *, every_stage: bool = False) -> list[Node]:
+    """Before the workspace is touched: paths the stages read exist (``every_stage``: all, for tune); --force is valid."""
     nodes = build_graph(suite)
+    problems = check_runnable(suite, None if every_stage else {n.stage for n in nodes})
     try:
         select_forced(nodes, force)
     except ValueError as exc:

@@ -39,12 +39,13 @@ def bench_validate(
 
     s = load_suite_or_exit(suite, set_, workspace)
     variants = resolve_variants(s)
+    nodes = build_graph(s)
     console.print(
         f"[green]ok[/] {s.name} v{s.version}: {len(variants)} variants ({', '.join(v.name for v in variants)}) "
-        f"x {len(s.seeds)} seed(s), {len(build_graph(s))} stages, config {config_hash(s)[:12]}",
+        f"x {len(s.seeds)} seed(s), {len(nodes)} stages, config {config_hash(s)[:12]}",
         highlight=False,
     )
-    here = check_runnable(s)
+    here = check_runnable(s, {n.stage for n in nodes})
     if here:
         console.print("[yellow]not runnable on this machine yet[/] (`bench run` would stop at):", highlight=False)
         for problem in here:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from bench.metrics import needs_downstream
@@ -181,11 +182,12 @@ def workspace_problem(workspace: Path) -> str | None:
         f"workspace: {problem}; pick another --workspace (or the suite's workspace key)")
 
 
-def check_runnable(suite: Suite) -> list[str]:
+def check_runnable(suite: Suite, stages: Collection[str] | None = None) -> list[str]:
     """Problems that only matter when running: local data/weights that must exist (one per path), a usable workspace.
 
-    Weights are checked where a run reads them: each only when its stage is in the suite's graph (which keeps what the
-    variants read) or the suite has a ``tune`` section (whose trials synthesize and measure).
+    ``stages``: the stage names the run computes (``bench.graph.build_graph``'s, which keeps what the variants read);
+    weights are checked only where a stage reads them (SD3.5: generator, judge/evaluator checkpoints, Inception:
+    real_features). None: every stage (``bench tune``'s trials synthesize and measure whatever the variants are).
     """
     problems: list[str] = []
     ws = workspace_problem(suite.workspace)
@@ -205,12 +207,9 @@ def check_runnable(suite: Suite) -> list[str]:
                 f"dataset.root: {root} has no Train/ and Val/ folders; download LoveDA "
                 f"(zenodo.org/record/5706578) there, or set dataset.root / {ENV_LOVEDA_ROOT}"
             )
-    from bench.graph import STAGE_ORDER, build_graph  # the graph imports the schema
-
-    # the stages a run computes: the graph's (only what its variants read); bench tune's trials synthesize and measure
-    stages = set(STAGE_ORDER) if suite.tune is not None else {n.stage for n in build_graph(suite)}
+    reads = (lambda stage: True) if stages is None else set(stages).__contains__
     gen = suite.generator
-    if "generator" in stages and (gen.preset != "tiny" or gen.text_encoder == "sd3"):
+    if reads("generator") and (gen.preset != "tiny" or gen.text_encoder == "sd3"):
         if gen.sd3_dir is None:
             problems.append(
                 f"generator.sd3_dir: not set; point it (or {ENV_SD3_DIR}) at a local "
@@ -223,9 +222,9 @@ def check_runnable(suite: Suite) -> list[str]:
             )
     for role in ("judge", "evaluator"):
         seg: Segmenter = getattr(suite, role)
-        if role in stages and seg.checkpoint is not None and not seg.checkpoint.is_file():
+        if reads(role) and seg.checkpoint is not None and not seg.checkpoint.is_file():
             problems.append(f"{role}.checkpoint: {seg.checkpoint} does not exist; fix the path or remove the key to train one")
-    if "real_features" in stages and suite.fid.extractor == "inception":
+    if reads("real_features") and suite.fid.extractor == "inception":
         w = suite.fid.inception_weights
         if w is None or not w.is_file():
             problems.append(

@@ -97,7 +97,7 @@ def tune_suite(
     """
     tune_spec(suite)
     check_options(opts, stage_fns, stage_versions, on_trial_start)
-    preflight(suite)
+    preflight(suite, every_stage=True)
     t0 = time.perf_counter()
     (suite.workspace / suite.name).mkdir(parents=True, exist_ok=True)
     StageCache(suite.workspace).cleanup_stale()
