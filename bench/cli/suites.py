@@ -41,7 +41,8 @@ def bench_validate(
     variants = resolve_variants(s)
     nodes = build_graph(s)
     console.print(
-        f"[green]ok[/] {s.name} v{s.version}: {len(variants)} variants ({', '.join(v.name for v in variants)}) "
+        f"[green]ok[/] {s.name} v{s.version}: {len(variants)} variant{'s' * (len(variants) != 1)} "
+        f"({', '.join(v.name for v in variants)}) "
         f"x {len(s.seeds)} seed(s), {len(nodes)} stages, config {config_hash(s)[:12]}",
         highlight=False,
     )
