@@ -207,7 +207,10 @@ def check_runnable(suite: Suite, stages: Collection[str] | None = None) -> list[
                 f"dataset.root: {root} has no Train/ and Val/ folders; download LoveDA "
                 f"(zenodo.org/record/5706578) there, or set dataset.root / {ENV_LOVEDA_ROOT}"
             )
-    reads = (lambda stage: True) if stages is None else set(stages).__contains__
+
+    def reads(stage: str) -> bool:
+        return stages is None or stage in stages
+
     gen = suite.generator
     if reads("generator") and (gen.preset != "tiny" or gen.text_encoder == "sd3"):
         if gen.sd3_dir is None:
