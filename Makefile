@@ -34,7 +34,7 @@ test-slow: $(DEV_STAMP)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy todsynth
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) runs

@@ -60,7 +60,7 @@ def gain_correlations(settings: Sequence[Mapping[str, Any]], directions: Mapping
                          f"a rank correlation needs at least {min_settings}, so none is computed")
         return out
     for metric in image_metrics(usable):
-        points = [{"name": str(s["name"]), "x": x, "gain": float(s["gain"])}
+        points: list[dict[str, Any]] = [{"name": str(s["name"]), "x": x, "gain": float(s["gain"])}
                   for s in usable if (x := finite_number(s["metrics"].get(metric))) is not None]
         hi = directions.get(metric)
         rho, note = None, None

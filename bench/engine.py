@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
@@ -32,7 +32,8 @@ from bench.specs import Runtime
 from bench.suites import SuiteError, config_hash, resolved_dict, resolved_yaml
 from todsynth.errors import StageError, TodsynthError
 
-StageFn = Callable[[dict[str, Any], dict[str, CachedStage], Path], dict[str, Any]]
+if TYPE_CHECKING:  # the stage table is loaded when stages run, not with the engine
+    from bench.stages import StageFn
 RUNS_LOG = "runs.jsonl"
 
 
@@ -298,7 +299,7 @@ def _node_step(node: Node, done: Mapping[str, CachedStage], suite: Suite, hashes
 def _write_suite_results(suite: Suite, done: Mapping[str, CachedStage], hashes: Mapping[str, str], chash: str,
                          parent: str | None, tracker: Any, path: Path) -> dict[str, Any]:
     """Collect results.json from the finished stages (+ the variant runs' ids when tracked), write it, return it."""
-    results = strict_json(collect_results(suite, done, chash, parent))
+    results: dict[str, Any] = strict_json(collect_results(suite, done, chash, parent))
     if tracker is not None:
         results["mlflow"]["variant_runs"] = _log_variant_runs(tracker, suite, results, done, hashes)
     write_results(path, results)

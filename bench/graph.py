@@ -147,7 +147,7 @@ def downstream_spec(suite: Suite, v: ResolvedVariant, seed: int) -> DownstreamSp
     images as a synthetic variant of the same subset generates.
     """
     d, freemask = suite.downstream, suite.downstream.freemask
-    common = {"model": d.model, "iters": d.iters, "batch_size": d.batch_size, "lr": d.lr, "optimizer": d.optimizer,
+    common: dict[str, Any] = {"model": d.model, "iters": d.iters, "batch_size": d.batch_size, "lr": d.lr, "optimizer": d.optimizer,
               "crop_size": d.crop_size, "seed": d.seed + seed, "val_limit": suite.dataset.val_limit,
               "subset": subset_spec(suite, v.subset)}
     if v.kind == "baseline":
@@ -193,7 +193,8 @@ def build_graph(suite: Suite) -> list[Node]:
                                                sd3_dir=_opt(gen.sd3_dir) if gen.text_encoder == "sd3" else None),
              {"data": "data"}),
     ]
-    for n in ds.subsets or [None]:  # the stages that learn from labelled training data: once per subset size
+    sizes: list[int | None] = [*ds.subsets] if ds.subsets else [None]
+    for n in sizes:  # the stages that learn from labelled training data: once per subset size
         sub = subset_spec(suite, n)
         gen_deps = {"data": "data", "prompts": "prompts"}
         if gen.scratch:

@@ -36,7 +36,7 @@ def mask_rgb(path: Path, size: tuple[int, int] | None = None) -> Any:
 
     mask = colorize(reduce_labels(np.asarray(Image.open(path))))
     if size is not None and mask.shape[1::-1] != tuple(size):
-        mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+        mask = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
     return mask
 
 
@@ -46,7 +46,7 @@ def _upscaled(arr: Any, min_cell: int) -> Any:
 
     img = Image.fromarray(arr).convert("RGB")
     scale = max(1, math.ceil(min_cell / max(img.size)))
-    return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
+    return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST) if scale > 1 else img
 
 
 def save_grid(rows: Sequence[Sequence[Any]], path: Path, *, headers: Sequence[str] = (), min_cell: int = 0,

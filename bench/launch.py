@@ -57,4 +57,5 @@ def run_launched(launcher: str, gpus: int, stage: str, spec: StageSpec, inputs: 
     result = job_dir / "artifacts.json"
     if not result.is_file():
         raise StageError(f"stage {stage}: the launched worker wrote no {result}")
-    return json.loads(result.read_text())
+    artifacts: dict[str, Any] = json.loads(result.read_text())
+    return artifacts

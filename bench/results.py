@@ -106,13 +106,13 @@ def collect_results(
     """Assemble results.json from the finished ``evaluate``/``downstream`` stages."""
     variants = []
     for v in resolve_variants(suite):
-        per_seed = [{"seed": seed, "metrics": seed_metrics(done, v.name, seed)} for seed in suite.seeds]
+        per_seed: list[dict[str, Any]] = [{"seed": seed, "metrics": seed_metrics(done, v.name, seed)} for seed in suite.seeds]
         mean, std = aggregate([p["metrics"] for p in per_seed])
         if len(per_seed) < 2:  # a std over one seed is undefined, not 0.0
             std = {}
-        params = {"seeds": list(suite.seeds), **variant_params(suite, v),
+        params: dict[str, Any] = {"seeds": list(suite.seeds), **variant_params(suite, v),
                   "downstream": suite.downstream.model_dump(mode="json", exclude={"ratio"})}
-        row = {"name": v.name, "kind": v.kind, "params": params, "metrics": mean, "metrics_std": std,
+        row: dict[str, Any] = {"name": v.name, "kind": v.kind, "params": params, "metrics": mean, "metrics_std": std,
                "per_seed": per_seed}
         if v.subset is not None:
             row |= {"declared": v.declared, "n": v.subset}
@@ -266,9 +266,9 @@ def run_metrics(metrics: Mapping[str, Any], real_only_miou: float | None = None)
             if (x := finite_number(v)) is not None}
     if "mask_miou" in out and out.get("evaluator_real_miou"):
         out["mask_miou_of_ceiling"] = out["mask_miou"] / out["evaluator_real_miou"]
-    if finite_number(real_only_miou) is not None and "downstream_miou" in out:
-        out["real_only_miou"] = float(real_only_miou)
-        out["downstream_gain"] = out["downstream_miou"] - float(real_only_miou)
+    if (base := finite_number(real_only_miou)) is not None and "downstream_miou" in out:
+        out["real_only_miou"] = base
+        out["downstream_gain"] = out["downstream_miou"] - base
     return out
 
 

@@ -98,7 +98,7 @@ def parse_set(item: str) -> tuple[list[str | int], Any]:
 
 def apply_overrides(data: dict[str, Any], sets: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """A copy of ``data`` with each ``key.path=value`` applied (creating mappings as needed)."""
-    out = json.loads(json.dumps(data, default=str))
+    out: dict[str, Any] = json.loads(json.dumps(data, default=str))
     for item in sets:
         parts, value = parse_set(item)
         node: Any = out

@@ -35,7 +35,7 @@ def invocation_status(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def list_suites(workspace: Path) -> list[dict[str, Any]]:
     """One row per suite dir in the workspace: runs, last status/time, results summary."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     ws = Path(workspace)
     if not ws.is_dir():
         return rows

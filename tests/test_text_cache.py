@@ -94,3 +94,31 @@ def test_cli_vectorize_counts(procedural_root, tmp_path):
         res = CliRunner().invoke(cli.app, [*args[:-2], option, value], env={"COLUMNS": "200"})
         assert res.exit_code == 2 and f"Invalid value for '{option}'" in res.output, res.output
         assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_lazy_encoder_builds_on_first_use_only(tmp_path):
+    from bench.stages.common import LazyEncoder
+
+    real = TinyPromptEncoder(joint_dim=32, pooled_dim=24)
+    built: list[int] = []
+
+    def build():
+        built.append(1)
+        return real
+
+    lazy = LazyEncoder(real.name, build)
+    cache = PromptCache(tmp_path, TinyPromptEncoder(joint_dim=32, pooled_dim=24))
+    cache.get(["a field"])  # written by an eager encoder of the same name
+    embeds, _ = PromptCache(tmp_path, lazy).get(["a field"])  # a hit: nothing built
+    assert built == [] and embeds.shape[-1] == 32
+    assert (lazy.joint_dim, lazy.pooled_dim) == (32, 24) and built == [1]
+    PromptCache(tmp_path, lazy).get(["a road"])  # a miss: the built encoder encodes it, not built again
+    assert built == [1]
+
+
+def test_lazy_encoder_refuses_another_encoder(tmp_path):
+    from bench.stages.common import LazyEncoder
+
+    lazy = LazyEncoder("tiny-v1-seed9-len16-j64-p64", lambda: TinyPromptEncoder(seed=0))
+    with pytest.raises(ValueError, match="cache was written by"):
+        lazy.joint_dim

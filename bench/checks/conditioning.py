@@ -105,7 +105,8 @@ def parse_overrides(sets: Sequence[str]) -> dict[str, Any]:
                 return node
         return node
 
-    return numbers(apply_overrides({}, list(sets)))
+    overrides: dict[str, Any] = numbers(apply_overrides({}, list(sets)))
+    return overrides
 
 
 def short_hash(obj: Any) -> str:

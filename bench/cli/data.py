@@ -112,7 +112,7 @@ def prompts_vectorize(
         sd3_dir = sd3_dir or (Path(os.environ["TODSYNTH_SD3_DIR"]) if os.environ.get("TODSYNTH_SD3_DIR") else None)
         if sd3_dir is None:
             fail("--encoder sd3 needs --sd3-dir DIR (or TODSYNTH_SD3_DIR)")
-        kw: dict = {"sd3_dir": sd3_dir, "device": device, "dtype": dtypes[dtype], "t5_max_length": t5_max_length}
+        kw: dict[str, Any] = {"sd3_dir": sd3_dir, "device": device, "dtype": dtypes[dtype], "t5_max_length": t5_max_length}
     else:
         kw = {"seq_len": seq_len, "joint_dim": joint_dim, "pooled_dim": pooled_dim}
     store = PromptCache(cache or index.parent / "prompt_cache", build_prompt_encoder(encoder, **kw))  # type: ignore[arg-type]

@@ -14,7 +14,12 @@ import typer
 from bench.cli.common import console, fail, out_folder, positive
 
 
-def _print_seg_scores(scores: dict, title: str) -> None:
+def _num_classes(seg: Any) -> int:
+    """A built segmentor's class count (its MMSeg decode head's)."""
+    return int(seg.decode_head.num_classes)
+
+
+def _print_seg_scores(scores: dict[str, Any], title: str) -> None:
     """Per-class IoU and the summary scores as a rich table (values in %)."""
     from rich.table import Table
 
@@ -74,7 +79,7 @@ def seg_train(
         crop_size=(crop, crop) if crop else None, val_items=val_items, optimizer=optimizer,  # type: ignore[arg-type]
         progress=not no_progress,
     )
-    save_segmentor(trained, model, out, trained.decode_head.num_classes)
+    save_segmentor(trained, model, out, _num_classes(trained))
     log = json.loads((out / "train_log.json").read_text())
     console.print(
         f"[green]trained[/] {model} on {len(train_items)} images, {iters} iterations in {log['train_seconds']:.1f} s; "
@@ -111,11 +116,12 @@ def seg_eval(
     else:
         from todsynth.seg.io import load_segmentor, read_segmentor_meta
 
+        assert model_dir is not None  # exactly one of the two, checked above
         seg = load_segmentor(model_dir)
         label = f"{read_segmentor_meta(model_dir)['name']} ({model_dir})"
     items = list_samples(data, split)
-    scores = evaluate_segmentor(seg, items, batch_size, num_classes=seg.decode_head.num_classes,
-                                class_names=_class_names(seg.decode_head.num_classes))
+    scores = evaluate_segmentor(seg, items, batch_size, num_classes=_num_classes(seg),
+                                class_names=_class_names(_num_classes(seg)))
     _print_seg_scores(scores, f"{label} on {data}/{split} ({len(items)} images)")
 
 

@@ -20,8 +20,9 @@ def measure_fid(judge: nn.Module, cfg: PerfConfig) -> dict[str, Any]:
 
     device = torch.device(cfg.device)
     extractor = build_extractor("auto", evaluator=getattr(judge, "model", judge), device=device)
-    n = cfg.fid_images
-    images = torch.rand(n, 3, int(cfg.res), int(cfg.res), generator=torch.Generator("cpu").manual_seed(cfg.seed))
+    n, res = cfg.fid_images, cfg.res
+    assert res is not None, "measure_fid takes a resolved PerfConfig"
+    images = torch.rand(n, 3, res, res, generator=torch.Generator("cpu").manual_seed(cfg.seed))
     feats: list[Any] = []
     seconds = timed(lambda: feats.append(extract_features(images, extractor, batch_size=16)), device, cfg.repeats)
     return {

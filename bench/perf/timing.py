@@ -62,7 +62,7 @@ class Stopwatch:
     def section(self, name: str) -> Iterator[None]:
         """Time the body under ``name`` (accumulating over calls)."""
         if self.cuda_events:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]  # torch leaves cuda.Event unannotated
             start.record()
             try:
                 yield
@@ -96,7 +96,7 @@ class Stopwatch:
     def _time_backward(self, name: str, x: Tensor, y: Tensor) -> None:
         """Hooks timing the backward from ``y``'s gradient to ``x``'s (they fire only if the backward runs)."""
         if self.cuda_events:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]  # torch leaves cuda.Event unannotated
 
             def begin(_grad: Tensor) -> None:
                 start.record()
@@ -114,8 +114,8 @@ class Stopwatch:
                 if marks:
                     self._seconds[name] += self._now() - marks.pop()
 
-        y.register_hook(begin)
-        x.register_hook(finish)
+        y.register_hook(begin)  # type: ignore[no-untyped-call]  # torch leaves Tensor.register_hook unannotated
+        x.register_hook(finish)  # type: ignore[no-untyped-call]
 
     def totals(self) -> dict[str, float]:
         """Seconds per section so far (one CUDA synchronize when events are used)."""

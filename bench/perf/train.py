@@ -42,7 +42,8 @@ def measure_train(gen: Any, cfg: PerfConfig) -> dict[str, Any]:
 
     def forward(*args: Tensor) -> Tensor:  # what accelerate's mixed precision does to a prepared model's forward
         with autocast(device, cfg.precision):
-            return model(*args)
+            out: Tensor = model(*args)
+            return out
 
     def step() -> None:
         train_step(forward, [batch], opt, list(params.values()), max_grad_norm=1.0)

@@ -17,7 +17,7 @@ def _attention_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: 
                      **kwargs: Any) -> int:
     from torch.utils.flop_counter import sdpa_flop_count
 
-    return int(sdpa_flop_count(query_shape, key_shape, value_shape))
+    return int(sdpa_flop_count(query_shape, key_shape, value_shape))  # type: ignore[no-untyped-call]  # torch leaves it unannotated
 
 
 def transformer_flops(transformer: Callable[..., Tensor], args: tuple[Tensor, ...]) -> int:

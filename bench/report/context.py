@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.correlation import MIN_SETTINGS
+from bench.metrics import LABELS
 from bench.report.efficiency import EFFICIENCY_RULE, data_efficiency, efficiency_table, render_efficiency_csv
 from bench.report.gather import ReportData
 from bench.report.plots import (
@@ -27,7 +28,6 @@ from bench.report.predictors import predictor_sections
 from bench.report.provenance import device_text, store_text
 from bench.report.samples import image_grid, logged_grids
 from bench.report.tables import (
-    LABELS,
     fid_counts,
     metric_directions,
     pareto_rows,

@@ -12,7 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench.report.tables import LABELS, as_number, class_names, several_seeds
+from bench.metrics import LABELS
+from bench.report.tables import as_number, class_names, several_seeds
 from bench.schema.variants import CEILING_KINDS
 
 
@@ -34,7 +35,7 @@ def rectified_series(results: dict[str, Any]) -> list[dict[str, Any]]:
             zeros.setdefault(skey, v)
         else:
             groups.setdefault((skey, json.dumps(crfm, sort_keys=True)), []).append(v)
-    series = []
+    series: list[dict[str, Any]] = []
     for (skey, _), members in groups.items():
         points: dict[int, dict[str, Any]] = {}
         for v in members:

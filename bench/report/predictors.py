@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.metrics import LABELS
 from bench.report.efficiency import seed_values
 from bench.report.gather import ReportData
 from bench.report.plots import plot_gain_correlation
-from bench.report.tables import LABELS, as_number, metric_directions
+from bench.report.tables import as_number, metric_directions
 
 
 def paired_gain(v: dict[str, Any], base: dict[str, Any]) -> float | None:

@@ -98,7 +98,7 @@ def _real_image(entry: dict[str, Any], suite: Suite, data: ReportData) -> Path |
             if cached is not None and "root" in cached.artifacts:
                 from bench.stages import artifact_path
 
-                p = artifact_path(cached, "root") / "Train" / entry["domain"] / IMAGES_DIR / f"{entry['id']}.png"
+                p: Path = artifact_path(cached, "root") / "Train" / entry["domain"] / IMAGES_DIR / f"{entry['id']}.png"
                 if p.is_file():
                     return p
     return None
@@ -114,7 +114,7 @@ def image_grid(suite: Suite, data: ReportData, path: Path, n_rows: int = GRID_RO
     from bench.grids import mask_rgb, read_rgb, save_grid
 
     seed, columns = grid_columns(suite, data)
-    if not columns:
+    if seed is None or not columns:
         return None
     manifests = {n: json.loads(p.read_text()) for n, p in columns}
     by_id = {n: {(e["domain"], e["id"]): e for e in m["images"]} for n, m in manifests.items()}

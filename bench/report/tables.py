@@ -60,9 +60,9 @@ def best_variants(results: dict[str, Any]) -> dict[str, set[str]]:
         if col in UNRANKED:
             best[col] = set()
             continue
-        vals = {v["name"]: as_number(v["metrics"].get(col)) for v in results["variants"]
-                if v["kind"] not in CEILING_KINDS}
-        vals = {k: x for k, x in vals.items() if x is not None}
+        numbers = {v["name"]: as_number(v["metrics"].get(col)) for v in results["variants"]
+                   if v["kind"] not in CEILING_KINDS}
+        vals = {k: x for k, x in numbers.items() if x is not None}
         if len(vals) < 2:
             best[col] = set()
             continue

@@ -47,14 +47,14 @@ def check_suite(suite: Suite) -> list[str]:
     for kind in CEILING_KINDS:
         for origin in by_kind[kind][1:]:
             problems.append(f"{origin}: a second {kind} variant (a ceiling is one row; remove it)")
-    for i, v in enumerate(suite.variants):
-        if v.kind != "synthetic" and (v.sampling.overrides() or v.crfm.overrides()):
-            problems.append(f"variants[{i}]: {'an' if v.kind == 'oracle' else 'a'} {v.kind} variant takes no "
+    for i, declared in enumerate(suite.variants):
+        if declared.kind != "synthetic" and (declared.sampling.overrides() or declared.crfm.overrides()):
+            problems.append(f"variants[{i}]: {'an' if declared.kind == 'oracle' else 'a'} {declared.kind} variant takes no "
                             "sampling/crfm settings")
-        if v.kind == "oracle" and suite.dataset.subsets is None:
+        if declared.kind == "oracle" and suite.dataset.subsets is None:
             problems.append(f"variants[{i}]: an oracle variant needs dataset.subsets (its held-out real scenes are "
                             "training scenes outside the labelled subset)")
-        if v.kind == "rerender" and suite.dataset.kind != "procedural":
+        if declared.kind == "rerender" and suite.dataset.kind != "procedural":
             problems.append(f"variants[{i}]: a rerender variant needs dataset.kind procedural (it paints the training "
                             "masks' scenes anew with the procedural renderer; real data has no second image of a mask)")
     same_ckpt = suite.judge.checkpoint is not None and suite.judge.checkpoint == suite.evaluator.checkpoint

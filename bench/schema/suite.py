@@ -35,8 +35,8 @@ class Suite(Strict):
     judge: Segmenter = Segmenter()
     evaluator: Segmenter = Segmenter(model="deeplabv3plus-r18", seed=1)
     downstream: Downstream = Downstream()
-    sampling: Sampling = Sampling()  # type: ignore[valid-type]
-    crfm: CRFM = CRFM()  # type: ignore[valid-type]
+    sampling: Sampling = Sampling()
+    crfm: CRFM = CRFM()
     variants: list[Variant] = []
     matrix: Matrix | None = None
     metrics: list[MetricSpec] = [MetricSpec(name=n) for n in KNOWN_METRICS]

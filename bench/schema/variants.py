@@ -10,7 +10,7 @@ import dataclasses
 import itertools
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, create_model, field_serializer, field_validator, model_validator
 
@@ -28,6 +28,9 @@ class ConfigSection(Strict):
     """
 
     config_class: ClassVar[type[Any]]
+
+    if TYPE_CHECKING:  # the fields come from the config (config_section)
+        def __getattr__(self, name: str) -> Any: ...
 
     def to_config(self) -> Any:
         """The library config with every field of this section (the rest at the library's defaults)."""
@@ -62,7 +65,7 @@ def config_section(name: str, config: type[Any], exclude: tuple[str, ...], doc: 
             raise ValueError(why)
         return value
 
-    model = create_model(  # type: ignore[call-overload]
+    model: type[ConfigSection] = create_model(  # type: ignore[call-overload]
         name, __base__=ConfigSection, __doc__=doc, __module__=__name__,
         __validators__={"field_rules": field_validator(*fields)(check)}, **fields)
     model.config_class = config
@@ -72,11 +75,19 @@ def config_section(name: str, config: type[Any], exclude: tuple[str, ...], doc: 
 # Which fields of the library configs a suite sets. Left out: the sampler's precision (a device setting, see
 # resources), CRFM's ignore_index (the dataset's label, 255 for LoveDA), micro_batch and return_x0 (memory and
 # debugging knobs that change no image).
-Sampling = config_section("Sampling", SamplerConfig, exclude=("precision",), doc=(
-    "Euler flow sampler (todsynth.sample.config.SamplerConfig); ``shift`` None = the preset's scheduler shift; "
-    "guidance 1.0 = no CFG."))
-CRFM = config_section("CRFM", CRFMConfig, exclude=("ignore_index", "micro_batch", "return_x0"), doc=(
-    "Control-rectify flow matching (todsynth.sample.config.CRFMConfig); ``rectified_step: 0`` is plain sampling."))
+if TYPE_CHECKING:  # built at run time from the configs' fields; to the type checker a section's fields are Any
+    class Sampling(ConfigSection):
+        """The ``sampling:`` section (SamplerConfig's fields)."""
+
+    class CRFM(ConfigSection):
+        """The ``crfm:`` section (CRFMConfig's fields)."""
+else:
+    Sampling = config_section("Sampling", SamplerConfig, exclude=("precision",), doc=(
+        "Euler flow sampler (todsynth.sample.config.SamplerConfig); ``shift`` None = the preset's scheduler shift; "
+        "guidance 1.0 = no CFG."))
+    CRFM = config_section("CRFM", CRFMConfig, exclude=("ignore_index", "micro_batch", "return_x0"), doc=(
+        "Control-rectify flow matching (todsynth.sample.config.CRFMConfig); ``rectified_step: 0`` is plain "
+        "sampling."))
 SECTIONS: dict[str, type[ConfigSection]] = {"sampling": Sampling, "crfm": CRFM}  # a variant's sections, by key
 
 
@@ -102,8 +113,8 @@ class Variant(Strict):
 
     name: str = Field(pattern=NAME_PATTERN, max_length=80)
     kind: Kind = "synthetic"
-    sampling: Sampling = Sampling()  # type: ignore[valid-type]  # partial: only the keys given override
-    crfm: CRFM = CRFM()  # type: ignore[valid-type]
+    sampling: Sampling = Sampling()  # partial: only the keys given override
+    crfm: CRFM = CRFM()
 
     @field_serializer("sampling", "crfm")
     def _given(self, section: ConfigSection) -> dict[str, Any]:

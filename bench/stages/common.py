@@ -76,13 +76,27 @@ class LazyEncoder:
         self._build = build
         self._encoder: Any = None
 
-    def encode(self, prompts: list[str]) -> Any:
-        """Encode with the real encoder (built now if needed)."""
+    def _real(self) -> Any:
+        """The real encoder (built now if needed)."""
         if self._encoder is None:
             self._encoder = self._build()
             if self._encoder.name != self.name:
                 raise ValueError(f"prompt encoder is now {self._encoder.name!r}, the cache was written by {self.name!r}")
-        return self._encoder.encode(prompts)
+        return self._encoder
+
+    @property
+    def joint_dim(self) -> int:
+        """The real encoder's (built now if needed)."""
+        return int(self._real().joint_dim)
+
+    @property
+    def pooled_dim(self) -> int:
+        """The real encoder's (built now if needed)."""
+        return int(self._real().pooled_dim)
+
+    def encode(self, prompts: list[str]) -> Any:
+        """Encode with the real encoder (built now if needed)."""
+        return self._real().encode(prompts)
 
 
 def stage_prompt_cache(prompts: CachedStage, device: str) -> Any:

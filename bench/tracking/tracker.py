@@ -91,7 +91,8 @@ class Tracker:
         tags = {**tags, "todsynth.pid": str(os.getpid()), "todsynth.host": socket.gethostname()}
         tags = {clean_key(k): cut(str(v), MAX_TAG_VALUE) for k, v in tags.items()}
         run = retry(self.client.create_run, self.experiment_id, run_name=run_name, tags=tags)
-        return run.info.run_id
+        run_id: str = run.info.run_id
+        return run_id
 
     def variant_run(self, run_name: str, params: dict[str, Any], metrics: dict[str, float], tags: dict[str, str],
                     identity: str, artifacts: list[Path]) -> tuple[str, bool]:

@@ -35,10 +35,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.cache import StageCache
-from bench.engine import StageFn, preflight
+from bench.engine import preflight
 from bench.pool import check_picklable
 from bench.schema import Suite
 from bench.tune.session import Session, TrialStartFn, TuneOptions
@@ -55,6 +55,9 @@ from bench.tune.storage import StudyLock, journal_path, redact, storage_url
 from bench.tune.summary import read_tune_json, summarize, summary_tables
 from bench.tune.workers import work_with_core_share, worker_processes
 from todsynth.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bench.stages import StageFn
 
 
 @dataclass

@@ -19,10 +19,10 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.cache import CachedStage
-from bench.engine import StageFn, run_nodes
+from bench.engine import run_nodes
 from bench.graph import node_key, variant_graph
 from bench.results import aggregate, run_metrics, run_params, seed_metrics, variant_params, write_results
 from bench.schema import ResolvedVariant, Suite, resolve_variants
@@ -59,6 +59,9 @@ from bench.tune.study import (
 )
 from bench.tune.summary import TUNE_JSON, summarize
 from todsynth.errors import ConfigError, StageError, TodsynthError
+
+if TYPE_CHECKING:
+    from bench.stages import StageFn
 
 
 @dataclass(frozen=True)
@@ -287,7 +290,7 @@ class Session:
         if self.study_tracker is None:
             return None
         seeds = ",".join(str(s) for s in self.suite.seeds)  # a trial's metrics are the seeds' mean
-        run_id = self.tracker.start_child(
+        run_id: str = self.tracker.start_child(
             name, run_params(name, seeds, variant_params(self.suite, variant), {}),
             {"todsynth.kind": "trial", "todsynth.suite": self.suite.name, "optuna.study": self.study_name,
              "optuna.trial_number": str(trial.number), "optuna.params": json.dumps(dict(params), sort_keys=True),

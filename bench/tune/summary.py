@@ -179,4 +179,5 @@ def _fmt(v: Any) -> str:
 
 def read_tune_json(path: Path) -> dict[str, Any]:
     """Load a tune.json."""
-    return json.loads(Path(path).read_text())
+    data: dict[str, Any] = json.loads(Path(path).read_text())
+    return data

@@ -13,13 +13,15 @@ import contextlib
 import multiprocessing
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bench.engine import StageFn
 from bench.pool import worker_threads
 from bench.schema import Suite
 from bench.tune.session import Session, TrialStartFn, TuneOptions
 from todsynth.errors import TodsynthError
+
+if TYPE_CHECKING:
+    from bench.stages import StageFn
 
 
 def work_with_core_share(session: Session, workers: int) -> int:

@@ -17,8 +17,16 @@ class PromptEncoder(Protocol):
     """
 
     name: str
-    joint_dim: int
-    pooled_dim: int
+
+    @property
+    def joint_dim(self) -> int:
+        """Width of ``prompt_embeds``' last dim."""
+        ...
+
+    @property
+    def pooled_dim(self) -> int:
+        """Width of ``pooled``."""
+        ...
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``prompts`` (N) -> ``prompt_embeds`` (N, L, joint_dim), ``pooled`` (N, pooled_dim)."""
