@@ -121,4 +121,4 @@ def test_lazy_encoder_refuses_another_encoder(tmp_path):
 
     lazy = LazyEncoder("tiny-v1-seed9-len16-j64-p64", lambda: TinyPromptEncoder(seed=0))
     with pytest.raises(ValueError, match="cache was written by"):
-        lazy.joint_dim
+        _ = lazy.joint_dim
