@@ -209,13 +209,6 @@ class Tracker:
                 killed.append(run.info.run_id)
         return killed
 
-    def child_runs(self, parent_run_id: str | None = None) -> list[Any]:
-        """Child runs of a parent (default: this invocation's)."""
-        pid = parent_run_id or self.parent_run_id
-        return retry(
-            self.client.search_runs, [self.experiment_id], f"tags.mlflow.parentRunId = '{pid}'", max_results=10000
-        )
-
 
 def _numeric(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """Nested dict -> flat ``a/b`` keys for int/float values (bools and strings dropped)."""
