@@ -34,6 +34,7 @@ from todsynth.errors import StageError, TodsynthError
 
 if TYPE_CHECKING:  # the stage table is loaded when stages run, not with the engine
     from bench.stages import StageFn
+
 RUNS_LOG = "runs.jsonl"
 
 

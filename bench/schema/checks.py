@@ -49,8 +49,8 @@ def check_suite(suite: Suite) -> list[str]:
             problems.append(f"{origin}: a second {kind} variant (a ceiling is one row; remove it)")
     for i, declared in enumerate(suite.variants):
         if declared.kind != "synthetic" and (declared.sampling.overrides() or declared.crfm.overrides()):
-            problems.append(f"variants[{i}]: {'an' if declared.kind == 'oracle' else 'a'} {declared.kind} variant takes no "
-                            "sampling/crfm settings")
+            article = "an" if declared.kind == "oracle" else "a"
+            problems.append(f"variants[{i}]: {article} {declared.kind} variant takes no sampling/crfm settings")
         if declared.kind == "oracle" and suite.dataset.subsets is None:
             problems.append(f"variants[{i}]: an oracle variant needs dataset.subsets (its held-out real scenes are "
                             "training scenes outside the labelled subset)")
