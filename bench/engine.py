@@ -68,8 +68,7 @@ def _stage_registry(
 
         stage_fns = stage_fns if stage_fns is not None else _stages.STAGES
         stage_versions = stage_versions if stage_versions is not None else _stages.STAGE_VERSIONS
-    missing = sorted({n.stage for n in nodes} - set(stage_fns))
-    if missing:
+    if missing := sorted({n.stage for n in nodes} - set(stage_fns)):
         raise StageError(f"no stage function for: {', '.join(missing)}")
     return stage_fns, stage_versions
 
