@@ -147,9 +147,10 @@ def downstream_spec(suite: Suite, v: ResolvedVariant, seed: int) -> DownstreamSp
     images as a synthetic variant of the same subset generates.
     """
     d, freemask = suite.downstream, suite.downstream.freemask
-    common: dict[str, Any] = {"model": d.model, "iters": d.iters, "batch_size": d.batch_size, "lr": d.lr, "optimizer": d.optimizer,
-              "crop_size": d.crop_size, "seed": d.seed + seed, "val_limit": suite.dataset.val_limit,
-              "subset": subset_spec(suite, v.subset)}
+    common: dict[str, Any] = {
+        "model": d.model, "iters": d.iters, "batch_size": d.batch_size, "lr": d.lr, "optimizer": d.optimizer,
+        "crop_size": d.crop_size, "seed": d.seed + seed, "val_limit": suite.dataset.val_limit,
+        "subset": subset_spec(suite, v.subset)}
     if v.kind == "baseline":
         return DownstreamSpec(**common)
     if v.kind == "oracle":

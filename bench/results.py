@@ -106,14 +106,15 @@ def collect_results(
     """Assemble results.json from the finished ``evaluate``/``downstream`` stages."""
     variants = []
     for v in resolve_variants(suite):
-        per_seed: list[dict[str, Any]] = [{"seed": seed, "metrics": seed_metrics(done, v.name, seed)} for seed in suite.seeds]
+        per_seed: list[dict[str, Any]] = [{"seed": seed, "metrics": seed_metrics(done, v.name, seed)}
+                                          for seed in suite.seeds]
         mean, std = aggregate([p["metrics"] for p in per_seed])
         if len(per_seed) < 2:  # a std over one seed is undefined, not 0.0
             std = {}
         params: dict[str, Any] = {"seeds": list(suite.seeds), **variant_params(suite, v),
-                  "downstream": suite.downstream.model_dump(mode="json", exclude={"ratio"})}
-        row: dict[str, Any] = {"name": v.name, "kind": v.kind, "params": params, "metrics": mean, "metrics_std": std,
-               "per_seed": per_seed}
+                                  "downstream": suite.downstream.model_dump(mode="json", exclude={"ratio"})}
+        row: dict[str, Any] = {"name": v.name, "kind": v.kind, "params": params, "metrics": mean,
+                               "metrics_std": std, "per_seed": per_seed}
         if v.subset is not None:
             row |= {"declared": v.declared, "n": v.subset}
         variants.append(row)
