@@ -40,6 +40,8 @@ def test_gen_train_end_to_end(data: Path, tmp_path: Path) -> None:
     (["--trainable", "full"], "TrainConfig.trainable"),
     (["--preset", "huge"], "unknown generator preset"),
     (["--caption-dropout", "1.5"], "caption_dropout"),
+    (["--mask-dropout", "1.5"], "mask_dropout"),
+    (["--init-from", "no-such-run/generator"], "no saved generator in no-such-run/generator"),
 ])
 def test_gen_train_bad_options_exit_2(data: Path, tmp_path: Path, extra: list[str], match: str) -> None:
     result = _run(["--data", str(data), "--out", str(tmp_path / "bad"), *extra])

@@ -168,7 +168,7 @@ def test_noising_and_loss() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("steps", 0), ("caption_dropout", 1.0), ("mask_dropout", -0.1), ("mask_dropout", 1.0), ("trainable", "full"), ("timestep_sampling", "cosmap"), ("ema_decay", 1.5)],
+    [("steps", 0), ("caption_dropout", 1.5), ("mask_dropout", -0.1), ("mask_dropout", 1.01), ("trainable", "full"), ("timestep_sampling", "cosmap"), ("ema_decay", 1.5)],
 )
 def test_config_rejects_bad_values(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=f"TrainConfig.{field}"):
@@ -358,6 +358,61 @@ def test_mask_dropout_drops_masks_with_the_prompts(dataset, vae_dir: Path, tmp_p
     train_generator(config(vae_dir, preset_overrides=no_tokens, steps=2), dataset, HashPrompts(), tmp_path / "keep",
                     progress=False)
     assert seen and all(b.mask_keep is None for b in seen)
+
+
+def test_dropouts_of_one_train_unconditionally(dataset, vae_dir: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """caption_dropout = mask_dropout = 1.0: no sample sees its mask or its prompt (pretraining on unlabelled images)."""
+    import todsynth.train.generator as generator_module
+
+    seen: list = []
+    step = generator_module.train_step
+
+    def recording(model, batches, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen.extend(batches)
+        return step(model, batches, *args, **kwargs)
+
+    monkeypatch.setattr(generator_module, "train_step", recording)
+    no_tokens = {"transformer": {"num_layers": 2}, "mask_stream": {"tokens": False}}
+    cfg = config(vae_dir, preset_overrides=no_tokens, steps=3, batch_size=4, caption_dropout=1.0, mask_dropout=1.0)
+    train_generator(cfg, dataset, HashPrompts(), tmp_path / "uncond", progress=False)
+    uncond = HashPrompts().get([""])[1][0]
+    assert len(seen) == 3
+    assert all(torch.equal(b.mask_keep, torch.zeros(4)) for b in seen)
+    assert all((p == uncond).all() for b in seen for p in b.pooled)
+
+
+def test_init_from_starts_training_from_saved_weights(dataset, vae_dir: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """init_from loads a saved generator's transformer before the first step; another architecture is named."""
+    import todsynth.train.generator as generator_module
+    from todsynth.errors import WeightsNotFoundError
+
+    first = train_generator(config(vae_dir, steps=2), dataset, HashPrompts(), tmp_path / "first", progress=False)
+    saved = tensors(first)
+    fresh = build_generator(resolve_preset("tiny", SMALL)).transformer.state_dict()
+    name = next(k for k in saved if not torch.equal(saved[k], fresh[k]))  # a weight the 2 steps changed
+    at_start: dict[str, torch.Tensor] = {}
+    step = generator_module.train_step
+
+    def recording(model, batches, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if not at_start:
+            at_start.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return step(model, batches, *args, **kwargs)
+
+    monkeypatch.setattr(generator_module, "train_step", recording)
+    cfg = config(vae_dir, steps=1, init_from=str(first))
+    train_generator(cfg, dataset, HashPrompts(), tmp_path / "second", progress=False)
+    torch.testing.assert_close(at_start[name], saved[name])
+    summary = json.loads((tmp_path / "second" / "train_summary.json").read_text())
+    assert summary["config"]["init_from"] == str(first)
+    # a run resumes only with the weights it started from
+    assert cfg.resume_mismatch({**cfg.to_dict(), "init_from": str(tmp_path / "other")}) == ["init_from"]
+    other = {"transformer": {"num_layers": 1}, "mask_stream": {"tokens": True, "encoding": "grey"}}
+    with pytest.raises(ConfigError, match=r"transformer\.safetensors does not match the preset's model"):
+        train_generator(config(vae_dir, preset_overrides=other, steps=1, init_from=str(first)), dataset,
+                        HashPrompts(), tmp_path / "third", progress=False)
+    with pytest.raises(WeightsNotFoundError, match="no saved generator"):
+        train_generator(config(vae_dir, steps=1, init_from=str(tmp_path / "none")), dataset, HashPrompts(),
+                        tmp_path / "fourth", progress=False)
 
 
 def test_a_damaged_checkpoint_is_named_with_its_mend(tmp_path: Path) -> None:

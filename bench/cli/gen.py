@@ -29,7 +29,9 @@ def gen_train(
     trainable: Annotated[str | None, typer.Option("--trainable", help="branches (image + mask streams) or lora.")] = None,
     mask_init: Annotated[str | None, typer.Option("--mask-init", help="fresh (zero AdaLN-Zero) or image (copy image stream).")] = None,
     timestep_sampling: Annotated[str | None, typer.Option("--timestep-sampling", help="uniform (release) or logit_normal.")] = None,
-    caption_dropout: Annotated[float | None, typer.Option("--caption-dropout", help="Prob. of the empty prompt (for CFG).")] = None,
+    caption_dropout: Annotated[float | None, typer.Option("--caption-dropout", help="Prob. of the empty prompt (for CFG); 1 = never a prompt.")] = None,
+    mask_dropout: Annotated[float | None, typer.Option("--mask-dropout", help="Prob. of training without the mask (for mask guidance; drawn with the prompt's); 1 with --caption-dropout 1 = unconditional pretraining.")] = None,
+    init_from: Annotated[Path | None, typer.Option("--init-from", help="Start from the transformer weights of a generator dir (e.g. an unconditional pretraining run's OUT/generator).")] = None,
     ema_decay: Annotated[float | None, typer.Option("--ema-decay", help="EMA of the weights (saved as the generator).")] = None,
     mixed_precision: Annotated[str | None, typer.Option("--mixed-precision", help="no, fp16 or bf16 (GPU).")] = None,
     gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute blocks in backward.")] = None,
@@ -45,6 +47,7 @@ def gen_train(
 
     from todsynth.data.loveda import LoveDA
     from todsynth.errors import TodsynthError
+    from todsynth.models.generator import saved_generator_meta
     from todsynth.models.presets import is_scratch
     from todsynth.text import PromptCache, preset_prompt_encoder
     from todsynth.train import TrainConfig, train_generator
@@ -57,6 +60,7 @@ def gen_train(
     given = {
         "steps": steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr, "trainable": trainable,
         "mask_init": mask_init, "timestep_sampling": timestep_sampling, "caption_dropout": caption_dropout,
+        "mask_dropout": mask_dropout, "init_from": str(init_from) if init_from is not None else None,
         "ema_decay": ema_decay, "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,
         "checkpoint_every": checkpoint_every,
     }
@@ -66,6 +70,8 @@ def gen_train(
             vae_dir=str(vae or out / "vae") if is_scratch(resolved) else None,
             **{k: v for k, v in given.items() if v is not None},
         )
+        if init_from is not None:  # before any training: a missing or foreign dir is named at once
+            saved_generator_meta(init_from)
     except TodsynthError as exc:
         fail(str(exc))
     if is_scratch(resolved) and vae is None and not (out / "vae" / "config.json").is_file():

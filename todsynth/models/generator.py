@@ -292,9 +292,13 @@ def save_generator(gen: Generator, out_dir: str | Path) -> Path:
     return Path(out_dir)
 
 
-def load_generator(gen_dir: str | Path, device: str | torch.device = "cpu") -> Generator:
-    """Rebuild a generator written by :func:`save_generator` (safetensors only, no pickle)."""
-    gen_dir = Path(gen_dir)
+def saved_generator_meta(gen_dir: Path) -> dict[str, Any]:
+    """The ``config.json`` of a :func:`save_generator` dir, checked for its format and keys.
+
+    Raises:
+        WeightsNotFoundError: ``gen_dir`` lacks ``config.json`` or ``transformer.safetensors``.
+        ConfigError: an unknown format version, or a config that ``save_generator`` did not write.
+    """
     cfg_path = gen_dir / CONFIG_FILE
     if not cfg_path.is_file() or not (gen_dir / TRANSFORMER_FILE).is_file():
         raise WeightsNotFoundError(
@@ -308,12 +312,17 @@ def load_generator(gen_dir: str | Path, device: str | torch.device = "cpu") -> G
     lacking = [k for k in ("preset", "transformer_saved", "vae_saved") if k not in meta]
     if lacking or not isinstance(meta["preset"], dict):
         raise ConfigError(f"{cfg_path} lacks {lacking or ['a preset mapping']}: not a config written by save_generator")
-    try:
-        gen = build_generator(meta["preset"])
-    except (KeyError, TypeError, ValueError) as exc:  # a damaged preset; a missing SD3.5 dir raises its own error
-        raise ConfigError(f"{cfg_path}: its preset does not build a generator ({type(exc).__name__}: {exc})") from exc
+    return meta
+
+
+def _load_transformer(gen: Generator, gen_dir: Path, meta: Mapping[str, Any]) -> None:
+    """``gen_dir``'s transformer weights into ``gen.transformer`` (a save without the text stream keeps the base one)."""
     state = read_safetensors(gen_dir / TRANSFORMER_FILE)
-    missing, unexpected = gen.transformer.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = gen.transformer.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # mis-shaped tensors
+        raise ConfigError(f"{gen_dir / TRANSFORMER_FILE} does not match the preset's model: "
+                          f"{str(exc).splitlines()[-1].strip()}") from exc
     if meta["transformer_saved"] != "full":
         missing = [k for k in missing if not is_text_stream(k)]
     if missing or unexpected:
@@ -321,6 +330,33 @@ def load_generator(gen_dir: str | Path, device: str | torch.device = "cpu") -> G
             f"{gen_dir / TRANSFORMER_FILE} does not match the preset's model: "
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
         )
+
+
+def load_transformer_weights(gen: Generator, gen_dir: str | Path) -> Generator:
+    """Start ``gen``'s transformer from the weights of a :func:`save_generator` dir; returns ``gen``.
+
+    What ``TrainConfig.init_from`` does: fine-tune a generator trained before (e.g. pretrained without masks or
+    prompts on unlabelled scenes). Only the transformer is read; ``gen`` keeps its own autoencoder and scheduler.
+
+    Raises:
+        WeightsNotFoundError: ``gen_dir`` holds no saved generator.
+        ConfigError: its format is unknown, or its weights do not fit ``gen``'s architecture (the file is named).
+    """
+    gen_dir = Path(gen_dir)
+    _load_transformer(gen, gen_dir, saved_generator_meta(gen_dir))
+    return gen
+
+
+def load_generator(gen_dir: str | Path, device: str | torch.device = "cpu") -> Generator:
+    """Rebuild a generator written by :func:`save_generator` (safetensors only, no pickle)."""
+    gen_dir = Path(gen_dir)
+    meta = saved_generator_meta(gen_dir)
+    try:
+        gen = build_generator(meta["preset"])
+    except (KeyError, TypeError, ValueError) as exc:  # a damaged preset; a missing SD3.5 dir raises its own error
+        raise ConfigError(f"{gen_dir / CONFIG_FILE}: its preset does not build a generator "
+                          f"({type(exc).__name__}: {exc})") from exc
+    _load_transformer(gen, gen_dir, meta)
     if meta["vae_saved"]:
         try:
             gen.vae.load_state_dict(read_safetensors(gen_dir / VAE_FILE))

@@ -31,12 +31,17 @@ class TrainConfig:
         trainable: ``branches`` (image + mask streams fully trained, text stream frozen) or ``lora``
             (LoRA on the image stream's attention + the full mask stream); lora_rank, lora_alpha (None = rank).
         mask_init: None keeps the preset's ``mask_stream.init``; else ``fresh`` / ``image``.
-        caption_dropout: probability of replacing a sample's prompt by the empty prompt (for CFG).
+        init_from: a generator dir written by ``save_generator`` whose transformer weights training starts from
+            (``todsynth.models.generator.load_transformer_weights``; its architecture must be the preset's), e.g. one
+            pretrained without masks or prompts on unlabelled scenes; None = the preset's own initial weights.
+        caption_dropout: probability of replacing a sample's prompt by the empty prompt (for CFG); 1.0 trains every
+            sample without its prompt.
         mask_dropout: probability of training a sample without its mask (for mask guidance,
             ``SamplerConfig.mask_guidance``). One uniform draw per sample decides both dropouts (prompt dropped
             below ``caption_dropout``, mask below ``mask_dropout``), so with equal values a sample loses both
-            together: the unconditional sample that guidance contrasts with. Needs a generator without a mask token
-            stream (``mask_stream.tokens: false``).
+            together: the unconditional sample that guidance contrasts with. Both at 1.0: unconditional training
+            (pretraining on images without labels). Needs a generator without a mask token stream
+            (``mask_stream.tokens: false``).
         hflip: flip image AND mask together with probability 0.5.
         rot90: also turn image AND mask by 0-3 quarter turns (uniform); with hflip, all 8 symmetries of a square.
             For nadir views, whose content has no up; with ``cache_latents`` it stores 4x the latents.
@@ -67,6 +72,7 @@ class TrainConfig:
     lora_rank: int = 16
     lora_alpha: float | None = None
     mask_init: Literal["fresh", "image"] | None = None
+    init_from: str | None = None
     caption_dropout: float = 0.0
     mask_dropout: float = 0.0
     hflip: bool = True
@@ -97,8 +103,8 @@ class TrainConfig:
         if not self.max_grad_norm > 0:
             raise bad("max_grad_norm", "must be > 0")
         for name in ("caption_dropout", "mask_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise bad(name, "must be in [0, 1)")
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise bad(name, "must be in [0, 1]")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise bad("ema_decay", "must be in (0, 1) or None")
         choices = {

@@ -22,7 +22,14 @@ from torch import Tensor
 
 from todsynth.errors import ConfigError
 from todsynth.files import read_json
-from todsynth.models.generator import Generator, build_generator, draw_noise, save_generator, seeded_init
+from todsynth.models.generator import (
+    Generator,
+    build_generator,
+    draw_noise,
+    load_transformer_weights,
+    save_generator,
+    seeded_init,
+)
 from todsynth.models.presets import is_scratch, mask_stream, resolve_preset
 from todsynth.progress import progress_bar
 from todsynth.text.base import PromptSource
@@ -186,6 +193,8 @@ def _setup(cfg: TrainConfig, preset: dict[str, Any], accelerator: Any) -> _Run:
     from diffusers.optimization import get_cosine_schedule_with_warmup
 
     gen = build_generator(preset)
+    if cfg.init_from is not None:
+        load_transformer_weights(gen, cfg.init_from)
     gen.vae.to(accelerator.device)
     model = gen.transformer
     model.gradient_checkpointing = cfg.gradient_checkpointing
