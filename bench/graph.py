@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from bench.cache import canonical
@@ -99,6 +100,23 @@ def preset_digest(resolved: dict[str, Any]) -> str:
     generator keys carry this digest: editing a preset re-keys them and everything after them.
     """
     return hashlib.sha256(canonical(resolved).encode()).hexdigest()
+
+
+def saved_weights_digest(gen_dir: Path) -> str | None:
+    """sha256 of a saved generator's ``config.json`` and ``transformer.safetensors`` (None while either is missing).
+
+    What the generator key carries for ``generator.init_from``: retraining the weights at the same path re-keys the
+    stage. A missing dir is ``check_runnable``'s to report, so ``bench validate`` still lists the graph.
+    """
+    files = [gen_dir / "config.json", gen_dir / "transformer.safetensors"]
+    if not all(f.is_file() for f in files):
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def _segmenter_spec(seg: Segmenter, sub: Subset | None = None) -> SegmenterSpec | CheckpointSpec:
@@ -205,7 +223,9 @@ def build_graph(suite: Suite) -> list[Node]:
             gen_deps["autoencoder"] = ae
         nodes.append(Node(subset_key("generator", n), "generator", GeneratorStageSpec(
             preset=gen.preset, sd3_dir=_opt(gen.sd3_dir) if not gen.scratch else None, overrides=gen.overrides,
-            preset_digest=digest, train=gen.train, subset=sub), gen_deps, launcher=launcher("generator"), subset=n))
+            preset_digest=digest, train=gen.train, subset=sub, init_from=_opt(gen.init_from),
+            init_digest=saved_weights_digest(gen.init_from) if gen.init_from else None),
+            gen_deps, launcher=launcher("generator"), subset=n))
         nodes.append(Node(subset_key("judge", n), "judge", _segmenter_spec(suite.judge, sub),
                           {"data": "data"}, launcher=launcher("judge"), subset=n))
     nodes.append(Node("evaluator", "evaluator", _segmenter_spec(suite.evaluator), {"data": "data"},

@@ -129,6 +129,8 @@ class GeneratorStageSpec(StageSpec):
     preset_digest: str  # of the resolved preset (graph.preset_digest): a change to PRESETS re-keys the stage
     train: GeneratorTrain
     subset: Subset | None = field(default=None, metadata=OMIT_NONE)
+    init_from: str | None = field(default=None, metadata=OMIT_NONE)  # a saved generator the training starts from
+    init_digest: str | None = field(default=None, metadata=OMIT_NONE)  # of its weights (graph.saved_weights_digest)
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,17 @@ def test_tests_suite_end_to_end_then_cached(bench_workspace):
     second = run_suite(suite, progress=False)
     assert second.computed == [] and len(second.cached) == n
     assert json.dumps(second.results["variants"], sort_keys=True) == json.dumps(res["variants"], sort_keys=True)
+    # generator.init_from: training starts from a saved generator's weights; the generator key and what follows it
+    # change, the real-only baseline is reused
+    (first_gen,) = (bench_workspace / "cache" / "generator").glob("[0-9a-f]*")
+    warm = load_suite(REPO / "suites" / "tests.yaml", [
+        f"generator.init_from={first_gen / 'generator'}",
+        "variants=[{name: real-only, kind: baseline}, {name: plain, crfm: {rectified_step: 0}}]"], workspace=bench_workspace)
+    third = run_suite(warm, progress=False)
+    assert {"generator", "synthesize[plain,seed=0]", "downstream[plain,seed=0]"} <= set(third.computed)
+    assert {"data", "autoencoder", "judge", "downstream[real-only,seed=0]"} <= set(third.cached)
+    summaries = [json.loads(f.read_text()) for f in (bench_workspace / "cache" / "generator").glob("*/train_summary.json")]
+    assert {s["config"]["init_from"] for s in summaries} == {None, str(first_gen / "generator")}
 
 
 @pytest.mark.slow

@@ -77,3 +77,33 @@ def test_subset_is_hashed_only_when_drawn():
     gen = next(n for n in nodes.values() if n.stage == "generator")
     assert gen.spec.hashed()["subset"] == {"n": gen.subset, "seed": 0, "rule": gen.spec.subset.rule}
     assert "subset" not in nodes["evaluator"].spec.hashed()
+
+
+def test_init_from_keys_the_generator_by_its_weights(tmp_path, monkeypatch):
+    """generator.init_from: the generator key carries a digest of the saved weights (retraining them at the same path
+    re-keys it and what follows); without the key the hashed form is as before. A missing dir is named by preflight."""
+    from bench.engine import graph_hashes
+    from bench.schema import check_runnable
+    from bench.stages import STAGE_VERSIONS
+
+    suite = load_suite(REPO / "suites" / "tests.yaml")
+    assert not {"init_from", "init_digest"} & set(_nodes("tests")["generator"].spec.hashed())
+    before = graph_hashes(build_graph(suite), STAGE_VERSIONS)
+    saved = tmp_path / "pretrained" / "generator"
+    saved.mkdir(parents=True)
+    (saved / "config.json").write_text("{}")
+    (saved / "transformer.safetensors").write_bytes(b"weights one")
+    warm = load_suite(REPO / "suites" / "tests.yaml", [f"generator.init_from={saved}"])
+    one = graph_hashes(build_graph(warm), STAGE_VERSIONS)
+    (saved / "transformer.safetensors").write_bytes(b"weights two")
+    two = graph_hashes(build_graph(warm), STAGE_VERSIONS)
+    for after in (one, two):
+        changed = {k for k in before if before[k] != after[k]}
+        assert "generator" in changed and "downstream[plain,seed=0]" in changed
+        assert not changed & {"data", "autoencoder", "judge", "evaluator", "downstream[real-only,seed=0]"}
+    assert one["generator"] != two["generator"]
+    assert check_runnable(warm) == []
+    gone = load_suite(REPO / "suites" / "tests.yaml", [f"generator.init_from={tmp_path / 'nowhere'}"])
+    assert build_graph(gone)  # the graph still lists (bench validate); the run is refused
+    (problem,) = check_runnable(gone)
+    assert problem.startswith(f"generator.init_from: {tmp_path / 'nowhere'} holds no saved generator")

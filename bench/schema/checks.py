@@ -223,6 +223,10 @@ def check_runnable(suite: Suite, stages: Collection[str] | None = None) -> list[
                 f"generator.sd3_dir: {gen.sd3_dir} holds no model_index.json; download "
                 f"stabilityai/stable-diffusion-3.5-medium there, or set generator.sd3_dir / {ENV_SD3_DIR}"
             )
+    if reads("generator") and gen.init_from is not None and not all(
+            (gen.init_from / name).is_file() for name in ("config.json", "transformer.safetensors")):
+        problems.append(f"generator.init_from: {gen.init_from} holds no saved generator (config.json and "
+                        "transformer.safetensors); write one with `todsynth gen train`, or remove the key")
     for role in ("judge", "evaluator"):
         seg: Segmenter = getattr(suite, role)
         if reads(role) and seg.checkpoint is not None and not seg.checkpoint.is_file():

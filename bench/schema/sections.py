@@ -131,14 +131,25 @@ class VaeTrain(Strict):
 
 
 class GeneratorSpec(Strict):
-    """Generator preset; ``sd3_dir`` falls back to $TODSYNTH_SD3_DIR; ``overrides`` patch the preset dict."""
+    """Generator preset; ``sd3_dir`` falls back to $TODSYNTH_SD3_DIR; ``overrides`` patch the preset dict.
+
+    ``init_from``: a generator dir written by ``todsynth gen train`` (its ``OUT/generator``) whose transformer weights
+    the generator stage starts from instead of the preset's (e.g. one pretrained without masks or prompts on unlabelled
+    scenes: ``--mask-dropout 1 --caption-dropout 1``); the stage key carries a digest of its weights.
+    """
 
     preset: PresetName = "tiny"
     sd3_dir: Path | None = None
     text_encoder: Literal["tiny", "sd3"] | None = None
     overrides: dict[str, Any] = {}
+    init_from: Path | None = None
     train: GeneratorTrain = GeneratorTrain()
     vae_train: VaeTrain = VaeTrain()
+
+    @field_validator("init_from")
+    @classmethod
+    def _abs(cls, v: Path | None) -> Path | None:
+        return v.expanduser().absolute() if v is not None else None
 
     @model_validator(mode="after")
     def _resolve(self) -> GeneratorSpec:

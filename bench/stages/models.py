@@ -65,7 +65,8 @@ def stage_generator(spec: GeneratorStageSpec, inputs: dict[str, CachedStage], ou
         overrides["source"] = spec.sd3_dir
     fields = spec.train.model_dump(exclude_none=True)
     vae_dir = str(artifact_path(inputs["autoencoder"], "vae")) if "autoencoder" in inputs else None
-    cfg = TrainConfig.from_preset(spec.preset, preset_overrides=overrides, vae_dir=vae_dir, **fields)
+    cfg = TrainConfig.from_preset(spec.preset, preset_overrides=overrides, vae_dir=vae_dir, init_from=spec.init_from,
+                                  **fields)
     data = inputs["data"]
     dataset = LoveDA(artifact_path(data, "root"), "Train", domains(data), samples=train_samples(spec.subset, data))
     # Checkpoints go to a work dir keyed by the stage hash (not the temp dir), so a killed run resumes.
