@@ -236,3 +236,24 @@ def test_onehot_mask_latents_put_each_pixel_class_in_its_own_channel() -> None:
 def test_mask_encoding_is_checked(mask_stream: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         build_generator(resolve_preset("tiny", {"transformer": {"num_layers": 1}, "mask_stream": mask_stream}))
+
+
+def test_load_transformer_weights_names_a_foreign_architecture(tmp_path: Path) -> None:
+    """A saved transformer starts another generator of the same architecture; other shapes name the file."""
+    from todsynth.models.generator import load_transformer_weights
+
+    small = {"transformer": {"num_layers": 2}, "mask_stream": {"tokens": True, "encoding": "grey"}}
+    saved = build_generator(resolve_preset("tiny", small))
+    with torch.no_grad():
+        for p in saved.transformer.parameters():
+            p.add_(0.5)
+    save_generator(saved, tmp_path / "g")
+    fresh = build_generator(resolve_preset("tiny", small))
+    assert load_transformer_weights(fresh, tmp_path / "g") is fresh
+    for name, value in saved.transformer.state_dict().items():
+        torch.testing.assert_close(fresh.transformer.state_dict()[name], value)
+    wider = build_generator(resolve_preset("tiny", {**small, "transformer": {"num_layers": 2, "pos_embed_max_size": 48}}))
+    with pytest.raises(ConfigError, match=r"g/transformer\.safetensors does not match the preset's model: size mismatch"):
+        load_transformer_weights(wider, tmp_path / "g")
+    with pytest.raises(WeightsNotFoundError, match="no saved generator"):
+        load_transformer_weights(fresh, tmp_path / "none")

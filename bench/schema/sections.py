@@ -108,7 +108,7 @@ class GeneratorTrain(Strict):
     lora_rank: PositiveInt | None = None
     lora_alpha: PositiveFloat | None = None
     mask_init: Literal["fresh", "image"] | None = None
-    caption_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    caption_dropout: float | None = Field(None, ge=0.0, le=1.0)
     hflip: bool | None = None
     rot90: bool | None = None
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
