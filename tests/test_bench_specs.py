@@ -79,7 +79,7 @@ def test_subset_is_hashed_only_when_drawn():
     assert "subset" not in nodes["evaluator"].spec.hashed()
 
 
-def test_init_from_keys_the_generator_by_its_weights(tmp_path, monkeypatch):
+def test_init_from_keys_the_generator_by_its_weights(tmp_path):
     """generator.init_from: the generator key carries a digest of the saved weights (retraining them at the same path
     re-keys it and what follows); without the key the hashed form is as before. A missing dir is named by preflight."""
     from bench.engine import graph_hashes
