@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from bench.cache import canonical
 from bench.schema import CRFM, ResolvedVariant, Sampling, Segmenter, Suite, Variant, resolve_variants
+from bench.schema.sections import SAVED_GENERATOR_FILES
 from bench.specs import (
     AutoencoderSpec,
     CheckpointSpec,
@@ -108,7 +109,7 @@ def saved_weights_digest(gen_dir: Path) -> str | None:
     What the generator key carries for ``generator.init_from``: retraining the weights at the same path re-keys the
     stage. A missing dir is ``check_runnable``'s to report, so ``bench validate`` still lists the graph.
     """
-    files = [gen_dir / "config.json", gen_dir / "transformer.safetensors"]
+    files = [gen_dir / name for name in SAVED_GENERATOR_FILES]
     if not all(f.is_file() for f in files):
         return None
     h = hashlib.sha256()

@@ -106,4 +106,9 @@ def test_init_from_keys_the_generator_by_its_weights(tmp_path):
     gone = load_suite(REPO / "suites" / "tests.yaml", [f"generator.init_from={tmp_path / 'nowhere'}"])
     assert build_graph(gone)  # the graph still lists (bench validate); the run is refused
     (problem,) = check_runnable(gone)
-    assert problem.startswith(f"generator.init_from: {tmp_path / 'nowhere'} holds no saved generator")
+    assert problem.startswith(f"generator.init_from: {tmp_path / 'nowhere'} holds no saved generator "
+                              "(config.json and transformer.safetensors)")
+    from bench.schema.sections import SAVED_GENERATOR_FILES
+    from todsynth.models.generator import CONFIG_FILE, TRANSFORMER_FILE
+
+    assert SAVED_GENERATOR_FILES == (CONFIG_FILE, TRANSFORMER_FILE)  # the suite checks what the loader reads

@@ -120,8 +120,8 @@ def seg_eval(
         seg = load_segmentor(model_dir)
         label = f"{read_segmentor_meta(model_dir)['name']} ({model_dir})"
     items = list_samples(data, split)
-    scores = evaluate_segmentor(seg, items, batch_size, num_classes=_num_classes(seg),
-                                class_names=_class_names(_num_classes(seg)))
+    n_classes = _num_classes(seg)
+    scores = evaluate_segmentor(seg, items, batch_size, num_classes=n_classes, class_names=_class_names(n_classes))
     _print_seg_scores(scores, f"{label} on {data}/{split} ({len(items)} images)")
 
 

@@ -130,6 +130,11 @@ class VaeTrain(Strict):
     seed: int = 0
 
 
+# What a saved generator dir must hold for ``generator.init_from`` (todsynth.models.generator's CONFIG_FILE and
+# TRANSFORMER_FILE, named here so that validating a suite does not import the models)
+SAVED_GENERATOR_FILES = ("config.json", "transformer.safetensors")
+
+
 class GeneratorSpec(Strict):
     """Generator preset; ``sd3_dir`` falls back to $TODSYNTH_SD3_DIR; ``overrides`` patch the preset dict.
 
