@@ -175,11 +175,11 @@ class MaskMMDiT(nn.Module):
             projection (ControlNet's zero convolution), position by position, before the first block. Off
             for SD3.5 (the paper's pure triple attention). The tiny preset turns it on: trained for minutes
             on a CPU, joint attention alone did not learn to route each image token to the mask token at
-            its own position (samples from true and shuffled masks scored the same; README "The tiny preset").
+            its own position (samples from true and shuffled masks scored the same; docs/measurements.md "The tiny preset").
         mask_tokens: the mask token stream (``mask_embed``, ``mask_blocks``) exists and joins the joint attention
             (the paper's MM-DiT; SD3.5). False builds no mask stream: the hint alone carries the mask (needs
             ``mask_hint``). Measured on the tiny preset: the mask tokens double the attention's sequence and cost
-            1.8x the training time per step for the same fidelity per step (README "The tiny preset").
+            1.8x the training time per step for the same fidelity per step (docs/measurements.md "The tiny preset").
         mask_channels: channels of ``mask_latents`` when they are not image latents (a one-hot mask,
             ``Generator.encode_mask``); None = the transformer's ``in_channels``. Needs ``mask_tokens=False``.
         prediction: what the network's output means. ``"velocity"`` (SD3): it is ``v = noise - x0``.

@@ -132,14 +132,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         # shuffled masks 3.1% vs 0.7% after 800 steps (12.8% vs 4.5% at sigma 0.95). SD3.5 keeps the paper's fresh.
         # "hint": the mask latents are also added to the image tokens (MaskMMDiT.mask_hint). Without it, 1500 steps
         # gave samples that ignore their masks (dcnn evaluator mIoU on 16 Val masks: true 0.031, shuffled 0.031);
-        # with it 0.105 vs 0.039 (README "The tiny preset").
+        # with it 0.105 vs 0.039 (docs/measurements.md "The tiny preset").
         # "tokens": False drops the mask token stream and leaves the mask to the hint: the same fidelity per step (1500
         # steps: 0.186 vs 0.183, shuffled 0.059 vs 0.054) at 1.8x the steps per second (20.8 vs 11.4 it/s on 2 quiet
-        # cores), so the same minutes buy twice the steps (README "The tiny preset"). SD3.5 keeps the mask stream.
+        # cores), so the same minutes buy twice the steps (docs/measurements.md "The tiny preset"). SD3.5 keeps the mask stream.
         # "encoding": "onehot" gives the hint one channel per class (+ no-data) for each pixel of a token instead of the
         # paper's grey image through the autoencoder: a linear hint can then look up each class's appearance, where a
         # grey level had to be decoded by the blocks first. Same budget (3000 steps), 64 held-out Val masks: evaluator
-        # mIoU 0.420 vs 0.255 (0.59 vs 0.36 of its ceiling), shuffled 0.088 vs 0.085 (README "The tiny preset").
+        # mIoU 0.420 vs 0.255 (0.59 vs 0.36 of its ceiling), shuffled 0.088 vs 0.085 (docs/measurements.md "The tiny preset").
         "mask_stream": {"init": "image", "hint": True, "tokens": False, "encoding": "onehot"},
         # The network predicts clean pixels (x0) and MaskMMDiT turns them into a velocity: with logit-normal
         # timesteps, 0.178 vs 0.053 (velocity head: 0.105 vs 0.039); each 4x4-pixel token is a 48-dim vector,
@@ -156,7 +156,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # images are 64 px). The shift moves training and sampling towards high noise, where a 64 px scene's layout
         # is settled early; at 3.0 the fine textures (barren grain, crop rows) got few training draws and few Euler
         # steps. 3000 training steps, 64 held-out Val masks, guidance 1.5: evaluator mIoU 0.623 vs 0.487 (0.88 vs 0.69
-        # of its ceiling), shuffled 0.100 vs 0.090 (README "The tiny preset").
+        # of its ceiling), shuffled 0.100 vs 0.090 (docs/measurements.md "The tiny preset").
         "scheduler": {"shift": 1.0, "num_train_timesteps": 1000},
         "text": {"kind": "tiny", "seed": 0, "seq_len": 16, "joint_dim": 64, "pooled_dim": 64},
         # Budgets (todsynth bench check-conditioning, 400 procedural 64 px scenes, 2 CPU cores, 13-20 it/s): 2000
