@@ -265,6 +265,22 @@ def test_preset_overrides_checked_against_the_preset():
                           "generator": {"overrides": {"train": {"logit_mean": -0.5}}}}, "s")
 
 
+def test_train_override_clashes_are_named():
+    """A budget key in generator.overrides.train that another suite key sets is refused, not silently dropped."""
+    def gen(**g):
+        return {"name": "x", "variants": [{"name": "a"}], "generator": g}
+
+    assert validate_data(gen(overrides={"train": {"steps": 200}}), "s")  # the budget alone: fine
+    assert validate_data(gen(train={"lr": 1e-3}, overrides={"train": {"steps": 200}}), "s")  # different keys: fine
+    bad = _problems(gen(train={"steps": 100}, overrides={"train": {"steps": 200}}))
+    assert bad == ["generator.overrides.train.steps: generator.train.steps sets it too (and wins); set it in one place"]
+    bad = _problems(gen(overrides={"train": {"seed": 3}}))  # generator.train.seed defaults to 0 and always applies
+    assert bad == ["generator.overrides.train.seed: generator.train.seed (default 0) applies instead; set it there"]
+    bad = _problems(gen(overrides={"train": {"init_from": "/x", "vae_dir": "/y"}}))
+    assert bad == ["generator.overrides.train.init_from: set by generator.init_from, not by the budget",
+                   "generator.overrides.train.vae_dir: set by the autoencoder stage, not by the budget"]
+
+
 def test_sampling_and_crfm_sections_are_the_library_configs():
     """The suite's sampling:/crfm: fields, types and defaults come from SamplerConfig/CRFMConfig (declared once)."""
     import dataclasses

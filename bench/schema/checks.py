@@ -150,6 +150,27 @@ def _tune_problems(tune: Tune, variants: list[ResolvedVariant], suite: Suite) ->
     return problems
 
 
+# TrainConfig fields the generator stage sets itself, whatever the preset's budget says
+_STAGE_TRAIN_FIELDS = {"preset": "generator.preset", "preset_overrides": "generator.overrides",
+                       "vae_dir": "the autoencoder stage", "init_from": "generator.init_from"}
+
+
+def _train_override_clashes(gen: GeneratorSpec) -> list[str]:
+    """``generator.overrides.train`` keys that another suite key sets (the stage would drop them without a word)."""
+    train = gen.train.model_dump(exclude_none=True)
+    problems = []
+    for key in sorted(gen.overrides["train"] or {}):
+        if key in _STAGE_TRAIN_FIELDS:
+            problems.append(f"generator.overrides.train.{key}: set by {_STAGE_TRAIN_FIELDS[key]}, not by the budget")
+        elif key in gen.train.model_fields_set and key in train:
+            problems.append(f"generator.overrides.train.{key}: generator.train.{key} sets it too (and wins); set it "
+                            "in one place")
+        elif key in train:
+            problems.append(f"generator.overrides.train.{key}: generator.train.{key} (default {train[key]}) applies "
+                            "instead; set it there")
+    return problems
+
+
 def _preset_problems(gen: GeneratorSpec) -> list[str]:
     """Preset overrides the library refuses (unknown keys), named under ``generator.overrides``."""
     from todsynth.errors import ConfigError
@@ -168,6 +189,8 @@ def _preset_problems(gen: GeneratorSpec) -> list[str]:
             TrainConfig.from_preset(gen.preset, preset_overrides=gen.overrides)
         except ConfigError as exc:
             return [f"generator.overrides.train: {exc}"]
+        if problems := _train_override_clashes(gen):
+            return problems
     kind = (preset.get("text") or {}).get("kind")
     if kind is not None and gen.text_encoder != kind:
         return [f"generator.text_encoder: {gen.text_encoder} does not match preset {gen.preset}'s text encoder {kind} "
