@@ -266,7 +266,8 @@ def test_preset_overrides_checked_against_the_preset():
 
 
 def test_train_override_clashes_are_named():
-    """A budget key in generator.overrides.train that another suite key sets is refused, not silently dropped."""
+    """A budget key in generator.overrides.train that another suite key sets is refused, not silently dropped; a class
+    count other than LoveDA's is refused before any work."""
     def gen(**g):
         return {"name": "x", "variants": [{"name": "a"}], "generator": g}
 
@@ -276,6 +277,9 @@ def test_train_override_clashes_are_named():
     assert bad == ["generator.overrides.train.steps: generator.train.steps sets it too (and wins); set it in one place"]
     bad = _problems(gen(overrides={"train": {"seed": 3}}))  # generator.train.seed defaults to 0 and always applies
     assert bad == ["generator.overrides.train.seed: generator.train.seed (default 0) applies instead; set it there"]
+    # the preset's class count: every suite dataset is LoveDA-format (7 classes); before, the generator stage failed
+    assert _problems(gen(overrides={"num_classes": 5})) == [
+        "generator.overrides.num_classes: 5 is not the 7 LoveDA classes every suite dataset has"]
     bad = _problems(gen(overrides={"train": {"init_from": "/x", "vae_dir": "/y"}}))
     assert bad == ["generator.overrides.train.init_from: set by generator.init_from, not by the budget",
                    "generator.overrides.train.vae_dir: set by the autoencoder stage, not by the budget"]

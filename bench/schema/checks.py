@@ -173,6 +173,7 @@ def _train_override_clashes(gen: GeneratorSpec) -> list[str]:
 
 def _preset_problems(gen: GeneratorSpec) -> list[str]:
     """Preset overrides the library refuses (unknown keys), named under ``generator.overrides``."""
+    from todsynth.data.classes import NUM_CLASSES
     from todsynth.errors import ConfigError
     from todsynth.models.presets import resolve_preset
 
@@ -191,6 +192,9 @@ def _preset_problems(gen: GeneratorSpec) -> list[str]:
             return [f"generator.overrides.train: {exc}"]
         if problems := _train_override_clashes(gen):
             return problems
+    if preset.get("num_classes") != NUM_CLASSES:  # every dataset a suite reads is LoveDA-format
+        return [f"generator.overrides.num_classes: {preset.get('num_classes')} is not the {NUM_CLASSES} LoveDA classes "
+                "every suite dataset has"]
     kind = (preset.get("text") or {}).get("kind")
     if kind is not None and gen.text_encoder != kind:
         return [f"generator.text_encoder: {gen.text_encoder} does not match preset {gen.preset}'s text encoder {kind} "
