@@ -45,6 +45,16 @@ def test_resolve_preset_errors() -> None:
         resolve_preset("huge")
     with pytest.raises(ConfigError, match="imagesize"):
         resolve_preset("tiny", {"imagesize": 32})
+    # an override keeps the kind of value it replaces (before: a bare TypeError, or a failure inside a stage)
+    for overrides, message in [({"text": 5}, "text must be a mapping, got 5"),
+                               ({"train": [1]}, r"train must be a mapping, got \[1\]"),
+                               ({"image_size": 0}, "image_size must be a positive integer, got 0"),
+                               ({"num_classes": True}, "num_classes must be a positive integer, got True"),
+                               ({"seed": "x"}, "seed must be an integer, got 'x'"),
+                               ({"prediction": 1}, "prediction must be a string, got 1")]:
+        with pytest.raises(ConfigError, match=message):
+            resolve_preset("tiny", overrides)
+    assert resolve_preset("tiny", {"seed": -1, "image_size": 32})["seed"] == -1
 
 
 def test_tiny_preset_matches_brief() -> None:

@@ -27,6 +27,7 @@ code path). Keys:
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -250,8 +251,31 @@ def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[st
     return out
 
 
+def _check_types(name: str, preset: Mapping[str, Any]) -> None:
+    """An override keeps the kind of value it replaces: a section stays a mapping, a count a positive int, a name a string.
+
+    Raises ConfigError naming the key (``text: 5`` would otherwise fail deep inside a stage, or as a bare TypeError).
+    """
+    for key, base in PRESETS[name].items():
+        value = preset.get(key)
+        if isinstance(base, Mapping):
+            ok, want = isinstance(value, Mapping), "a mapping"
+        elif isinstance(base, bool) or base is None:
+            continue
+        elif isinstance(base, int):
+            ok = isinstance(value, int) and not isinstance(value, bool) and (value > 0 or key == "seed")
+            want = "an integer" if key == "seed" else "a positive integer"
+        elif isinstance(base, str):
+            ok, want = isinstance(value, str | os.PathLike), "a string"
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"preset {name!r}: {key} must be {want}, got {value!r}")
+
+
 def resolve_preset(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The preset ``name`` deep-merged with ``overrides`` (unknown top-level and ``mask_stream`` keys are refused)."""
+    """The preset ``name`` deep-merged with ``overrides`` (unknown top-level and ``mask_stream`` keys, and values of
+    another kind than the preset's, are refused)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown generator preset {name!r}; choose one of {sorted(PRESETS)}")
     overrides = dict(overrides or {})
@@ -260,6 +284,7 @@ def resolve_preset(name: str, overrides: Mapping[str, Any] | None = None) -> dic
         raise ConfigError(f"preset {name!r}: unknown override key(s) {unknown}; "
                           f"known keys: {sorted(set(PRESETS[name]) | set(PRESET_DEFAULTS))}")
     preset = deep_merge(PRESETS[name], overrides)
+    _check_types(name, preset)
     stray = sorted(set(preset.get("mask_stream") or {}) - MASK_STREAM_KEYS)
     if stray:
         raise ConfigError(f"preset {name!r}: unknown mask_stream key(s) {stray}; known keys: {sorted(MASK_STREAM_KEYS)}")
