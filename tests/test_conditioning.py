@@ -202,6 +202,9 @@ def test_check_crfm_names_a_missing_dataset(tmp_path, monkeypatch, capsys) -> No
         (["--guidance", "0.5"], "guidance_scale"),
         (["--set", "train.steps"], "is not key.path=value"),
         (["--set", "no_such_key=1"], "unknown override key"),
+        (["--set", "train.steps=abc"], "TrainConfig.steps='abc'"),  # the generator's budget: before the evaluator trains
+        (["--set", "train.stepz=9"], "unknown TrainConfig field(s) ['stepz']"),
+        (["--set", "text=5"], "text must be a mapping"),
         (["--preset", "nope"], "unknown generator preset"),
     ],
 )

@@ -87,7 +87,17 @@ def check_settings(s: Settings) -> dict[str, Any]:
     resolved = resolve_preset(s.preset, s.overrides)
     if int(resolved["image_size"]) != s.size:
         raise ConfigError(f"dataset size {s.size} != preset image_size {resolved['image_size']}")
+    train_config(s, vae_dir=None)  # the generator's budget (train.* overrides), before the evaluator trains
     return resolved
+
+
+def train_config(s: Settings, vae_dir: str | None) -> Any:
+    """The generator's :class:`TrainConfig`: the preset's budget with the ``train.*`` overrides on top."""
+    from todsynth.train import TrainConfig
+
+    gen_overrides = {k: v for k, v in s.overrides.items() if k not in ("train", "vae_train")}
+    return TrainConfig.from_preset(s.preset, preset_overrides=gen_overrides, vae_dir=vae_dir,
+                                   **(s.overrides.get("train") or {}))
 
 
 def parse_overrides(sets: Sequence[str]) -> dict[str, Any]:
@@ -168,7 +178,7 @@ def _train(s: Settings, resolved: dict[str, Any], work_dir: Path, stages: _Stage
     from todsynth.seg.io import load_segmentor, save_segmentor
     from todsynth.seg.train import train_segmentor
     from todsynth.text import PromptCache, preset_prompt_encoder
-    from todsynth.train import TrainConfig, train_generator, train_vae
+    from todsynth.train import train_generator, train_vae
 
     def data_fn(tmp: Path, _: Path) -> dict[str, Any]:
         from todsynth.data.procedural import generate_dataset
@@ -202,9 +212,7 @@ def _train(s: Settings, resolved: dict[str, Any], work_dir: Path, stages: _Stage
                                    {"data": data}, vae_fn)
     text = dict(resolved["text"])
     prompts = PromptCache(work_dir / "prompts" / short_hash(text), preset_prompt_encoder(text, sd3_dir=resolved.get("source")))
-    gen_overrides = {k: v for k, v in s.overrides.items() if k not in ("train", "vae_train")}
-    cfg = TrainConfig.from_preset(s.preset, preset_overrides=gen_overrides, vae_dir=str(vae.path("vae")),
-                                  **(s.overrides.get("train") or {}))
+    cfg = train_config(s, vae_dir=str(vae.path("vae")))
 
     def generator_fn(tmp: Path, work: Path) -> dict[str, Any]:  # checkpoints in `work`: a killed run resumes
         gen_dir, wall, cpu = _timed(train_generator, cfg, train_set, prompts, work, progress=progress)

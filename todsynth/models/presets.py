@@ -274,8 +274,10 @@ def _check_types(name: str, preset: Mapping[str, Any]) -> None:
 
 
 def resolve_preset(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The preset ``name`` deep-merged with ``overrides`` (unknown top-level and ``mask_stream`` keys, and values of
-    another kind than the preset's, are refused)."""
+    """The preset ``name`` deep-merged with ``overrides``.
+
+    Unknown top-level and ``mask_stream`` keys, and top-level values of another kind than the preset's, are refused.
+    """
     if name not in PRESETS:
         raise ConfigError(f"unknown generator preset {name!r}; choose one of {sorted(PRESETS)}")
     overrides = dict(overrides or {})
