@@ -98,6 +98,17 @@ def test_a_run_without_synthesis_needs_no_generator_weights(monkeypatch):
     assert check_runnable(suite) == check_runnable(with_synthesis)  # no stages given: every stage's weights (bench tune)
 
 
+def test_a_missing_inception_file_is_named_under_auto(monkeypatch, tmp_path):
+    """fid.extractor auto falls back to the evaluator's features only when no weights are named, not for a bad path."""
+    monkeypatch.delenv("TODSYNTH_INCEPTION_WEIGHTS", raising=False)
+    assert not check_runnable(load_suite(REPO / "suites" / "smoke.yaml"))
+    gone = load_suite(REPO / "suites" / "smoke.yaml", [f"fid.inception_weights={tmp_path / 'inception.pt'}"])
+    assert [p.split(":")[0] for p in check_runnable(gone)] == ["fid.inception_weights"]
+    monkeypatch.setenv("TODSYNTH_INCEPTION_WEIGHTS", str(tmp_path / "env.pt"))  # the environment's path, the same
+    assert [p.split(":")[0] for p in check_runnable(load_suite(REPO / "suites" / "smoke.yaml"))] == [
+        "fid.inception_weights"]
+
+
 def _stages(suite):
     from bench.graph import build_graph
 

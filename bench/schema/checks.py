@@ -258,13 +258,16 @@ def check_runnable(suite: Suite, stages: Collection[str] | None = None) -> list[
         seg: Segmenter = getattr(suite, role)
         if reads(role) and seg.checkpoint is not None and not seg.checkpoint.is_file():
             problems.append(f"{role}.checkpoint: {seg.checkpoint} does not exist; fix the path or remove the key to train one")
-    if reads("real_features") and suite.fid.extractor == "inception":
-        w = suite.fid.inception_weights
-        if w is None or not w.is_file():
-            problems.append(
-                f"fid.inception_weights: {w or 'not set'} is not a file; put the pt_inception-2015-12-05 weights "
-                f"there (fid.inception_weights or {ENV_INCEPTION}), or use fid.extractor: auto"
-            )
+    w = suite.fid.inception_weights
+    if reads("real_features") and suite.fid.extractor == "inception" and (w is None or not w.is_file()):
+        problems.append(
+            f"fid.inception_weights: {w or 'not set'} is not a file; put the pt_inception-2015-12-05 weights "
+            f"there (fid.inception_weights or {ENV_INCEPTION}), or use fid.extractor: auto"
+        )
+    elif reads("real_features") and suite.fid.extractor == "auto" and w is not None and not w.is_file():
+        # auto would fall back to the evaluator's features without a word: a mistyped path is not a choice
+        problems.append(f"fid.inception_weights: {w} is not a file; fix the path, or drop it (and {ENV_INCEPTION}) "
+                        "to use the evaluator's features (not comparable with published FIDs)")
     if (gpu := gpu_problem(suite.resources.device, suite.resources.gpus)) is not None:
         problems.append(gpu)
     return problems
