@@ -292,6 +292,17 @@ def test_storage_errors_and_redaction(tune_data, fake_stages):
     assert redact("journal:/x/optuna.journal") == "journal:/x/optuna.journal"
 
 
+def test_a_missing_database_driver_is_named(tune_data, fake_stages, tmp_path):
+    """A MySQL URL without its driver: one ConfigError naming the package, the password redacted (was a traceback)."""
+    import importlib.util
+
+    if importlib.util.find_spec("MySQLdb") is not None:
+        pytest.skip("MySQLdb is installed here: the driver is not missing")
+    fns, _ = fake_stages
+    with pytest.raises(ConfigError, match=r"mysql://bob:\*\*\*@db\.example/optuna: database driver missing .*mysqlclient"):
+        _tune(tune_data, fns, 1, track=False, storage="mysql://bob:s3cret@db.example/optuna")
+
+
 def test_no_tune_section_is_a_config_error(tiny_suite_data, bench_workspace, fake_stages):
     fns, _ = fake_stages
     data = dict(tiny_suite_data, workspace=str(bench_workspace))

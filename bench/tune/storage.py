@@ -90,6 +90,13 @@ def storage_file_problem(url: str) -> str | None:
     return folder_problem(path.parent)
 
 
+def driver_missing(url: str, exc: ImportError) -> ConfigError:
+    """The error for a database URL whose driver module is not installed (named with the package that brings it)."""
+    hint = ("pip install mysqlclient (or PyMySQL, with mysql+pymysql://)" if url.startswith("mysql")
+            else "pip install psycopg2-binary for PostgreSQL")
+    return ConfigError(f"--storage {redact(url)}: database driver missing ({exc}); {hint}")
+
+
 def open_storage(url: str, tune: Tune) -> Any:
     """Optuna storage: JournalStorage over a file for ``journal:<path>``, else RDBStorage with heartbeat + retry."""
     import optuna
@@ -113,8 +120,7 @@ def open_storage(url: str, tune: Tune) -> Any:
                 failed_trial_callback=RetryCopy(tune.max_retry), **kwargs,
             )
     except ImportError as exc:
-        raise ConfigError(f"--storage {redact(url)}: database driver missing ({exc}); pip install psycopg2-binary "
-                          "for PostgreSQL") from None
+        raise driver_missing(url, exc) from None
     except Exception as exc:  # sqlalchemy OperationalError, ArgumentError ...
         raise ConfigError(f"--storage {redact(url)}: cannot open ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -141,7 +147,10 @@ class StudyLock:
             import sqlalchemy
 
             self.kind = "postgresql" if url.startswith("postgresql") else "mysql"
-            self._engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+            try:  # the engine loads the driver: the first place a missing one shows
+                self._engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+            except ImportError as exc:
+                raise driver_missing(url, exc) from None
         self.key = int.from_bytes(hashlib.sha256(f"todsynth-tune:{study_name}".encode()).digest()[:8], "big",
                                   signed=True)
 
