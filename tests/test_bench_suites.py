@@ -291,9 +291,9 @@ def test_train_override_clashes_are_named():
     # the preset's class count: every suite dataset is LoveDA-format (7 classes); before, the generator stage failed
     assert _problems(gen(overrides={"num_classes": 5})) == [
         "generator.overrides.num_classes: 5 is not the 7 LoveDA classes every suite dataset has"]
-    bad = _problems(gen(overrides={"train": {"init_from": "/x", "vae_dir": "/y"}}))
-    assert bad == ["generator.overrides.train.init_from: set by generator.init_from, not by the budget",
-                   "generator.overrides.train.vae_dir: set by the autoencoder stage, not by the budget"]
+    bad = _problems(gen(overrides={"train": {"init_from": "/x", "vae_dir": "/y"}}))  # TrainConfig.from_preset's rule
+    assert bad == ["generator.overrides.train: preset 'tiny': train key(s) ['init_from', 'vae_dir'] name what the run "
+                   "starts from (its preset, VAE or weights), not its budget; give them to the run itself"]
 
 
 def test_sampling_and_crfm_sections_are_the_library_configs():

@@ -188,6 +188,10 @@ def test_config_from_preset_uses_budget() -> None:
     assert cfg.logit_mean == -0.5 and cfg.steps == 5 and cfg.lr == PRESETS["tiny"]["train"]["lr"]
     with pytest.raises(ConfigError, match="unknown train key"):
         TrainConfig.from_preset("tiny", preset_overrides={"train": {"stepz": 7}})
+    # what a run starts from is the caller's to give: in a budget, the caller's value would silently replace it
+    with pytest.raises(ConfigError, match=r"train key\(s\) \['init_from'\] name what the run starts from"):
+        TrainConfig.from_preset("tiny", preset_overrides={"train": {"init_from": "/x"}}, init_from=None)
+    assert TrainConfig.from_preset("tiny", init_from="/x").init_from == "/x"  # given to the run: fine
     with pytest.raises(ConfigError, match="unknown generator preset"):
         TrainConfig.from_preset("huge")
 

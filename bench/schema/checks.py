@@ -150,19 +150,12 @@ def _tune_problems(tune: Tune, variants: list[ResolvedVariant], suite: Suite) ->
     return problems
 
 
-# TrainConfig fields the generator stage sets itself, whatever the preset's budget says
-_STAGE_TRAIN_FIELDS = {"preset": "generator.preset", "preset_overrides": "generator.overrides",
-                       "vae_dir": "the autoencoder stage", "init_from": "generator.init_from"}
-
-
 def _train_override_clashes(gen: GeneratorSpec) -> list[str]:
-    """``generator.overrides.train`` keys that another suite key sets (the stage would drop them without a word)."""
+    """``generator.overrides.train`` keys that ``generator.train`` sets too (the stage would drop them without a word)."""
     train = gen.train.model_dump(exclude_none=True)
     problems = []
     for key in sorted(gen.overrides["train"] or {}):
-        if key in _STAGE_TRAIN_FIELDS:
-            problems.append(f"generator.overrides.train.{key}: set by {_STAGE_TRAIN_FIELDS[key]}, not by the budget")
-        elif key in gen.train.model_fields_set and key in train:
+        if key in gen.train.model_fields_set and key in train:
             problems.append(f"generator.overrides.train.{key}: generator.train.{key} sets it too (and wins); set it "
                             "in one place")
         elif key in train:

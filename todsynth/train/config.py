@@ -16,6 +16,10 @@ MixedPrecision = Literal["no", "fp16", "bf16"]
 RESUME_FREE_FIELDS = frozenset({"checkpoint_every", "keep_checkpoints", "log_every"})
 
 
+# TrainConfig fields that name what a run starts from, not how long or how it trains: never a preset's budget
+RUN_INPUTS = frozenset({"preset", "preset_overrides", "vae_dir", "init_from"})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Generator training settings (flow matching on the mask-conditioned MM-DiT).
@@ -136,6 +140,9 @@ class TrainConfig:
         unknown = sorted(set(budget) - known)
         if unknown:
             raise ConfigError(f"preset {preset!r}: unknown train key(s) {unknown}; known: {sorted(known)}")
+        if inputs := sorted(set(budget) & RUN_INPUTS):  # the caller's to give; a budget value would be dropped
+            raise ConfigError(f"preset {preset!r}: train key(s) {inputs} name what the run starts from (its preset, "
+                              "VAE or weights), not its budget; give them to the run itself")
         values = {**budget, **overrides, "preset": preset}
         return cls(**values)
 
