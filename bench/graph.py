@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -103,26 +104,47 @@ def preset_digest(resolved: dict[str, Any]) -> str:
     return hashlib.sha256(canonical(resolved).encode()).hexdigest()
 
 
-def saved_weights_digest(gen_dir: Path) -> str | None:
-    """sha256 of a saved generator's ``config.json`` and ``transformer.safetensors`` (None while either is missing).
+RACY_SECONDS = 2.0  # a file modified this recently is always read: its timestamp may not yet show a rewrite
+_DIGESTS: dict[tuple[tuple[str, int, int, int, int], ...], str] = {}
 
-    What the generator key carries for ``generator.init_from``: retraining the weights at the same path re-keys the
-    stage. A missing dir is ``check_runnable``'s to report, so ``bench validate`` still lists the graph.
+
+def files_digest(files: list[Path]) -> str | None:
+    """sha256 of the files' bytes, read in order (None while one is missing): what a key carries for user weights.
+
+    Kept in-process under each file's (path, device, inode, size, mtime), so ``bench tune``, which builds the graph
+    for every trial, reads multi-GB weights once. A file modified in the last ``RACY_SECONDS`` is read every time, as
+    git does for its racy index entries: a rewrite within the filesystem's timestamp granularity leaves the mtime.
     """
-    files = [gen_dir / name for name in SAVED_GENERATOR_FILES]
     if not all(f.is_file() for f in files):
         return None
+    stats = [f.stat() for f in files]
+    key = tuple((str(f.resolve()), s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns) for f, s in zip(files, stats, strict=True))
+    if key in _DIGESTS:
+        return _DIGESTS[key]
     h = hashlib.sha256()
     for f in files:
         with f.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if time.time() - max(s.st_mtime for s in stats) > RACY_SECONDS:
+        _DIGESTS[key] = digest
+    return digest
+
+
+def saved_weights_digest(gen_dir: Path) -> str | None:
+    """:func:`files_digest` of a saved generator's ``config.json`` and ``transformer.safetensors``.
+
+    What the generator key carries for ``generator.init_from``: retraining the weights at the same path re-keys the
+    stage. A missing dir is ``check_runnable``'s to report, so ``bench validate`` still lists the graph.
+    """
+    return files_digest([gen_dir / name for name in SAVED_GENERATOR_FILES])
 
 
 def _segmenter_spec(seg: Segmenter, sub: Subset | None = None) -> SegmenterSpec | CheckpointSpec:
     if seg.checkpoint is not None:
-        return CheckpointSpec(model=seg.model, checkpoint=str(seg.checkpoint), trust_checkpoint=seg.trust_checkpoint)
+        return CheckpointSpec(model=seg.model, checkpoint=str(seg.checkpoint), trust_checkpoint=seg.trust_checkpoint,
+                              digest=files_digest([seg.checkpoint]))
     return SegmenterSpec(model=seg.model, iters=seg.iters, batch_size=seg.batch_size, lr=seg.lr,
                          optimizer=seg.optimizer, seed=seg.seed, crop_size=seg.crop_size, subset=sub)
 
@@ -235,8 +257,9 @@ def build_graph(suite: Suite) -> list[Node]:
     feat_deps = {"data": "data"}
     if extractor == "evaluator":
         feat_deps["evaluator"] = "evaluator"
+    weights = suite.fid.inception_weights if extractor == "inception" else None
     nodes.append(Node("real_features", "real_features", FeaturesSpec(
-        extractor=extractor, weights=_opt(suite.fid.inception_weights) if extractor == "inception" else None),
+        extractor=extractor, weights=_opt(weights), weights_digest=files_digest([weights]) if weights else None),
         feat_deps))
 
     for v in resolve_variants(suite):

@@ -156,6 +156,7 @@ class CheckpointSpec(StageSpec):
     model: str
     checkpoint: str
     trust_checkpoint: bool
+    digest: str | None = field(default=None, metadata=OMIT_NONE)  # of the file (graph.files_digest): a new one re-keys
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,7 @@ class FeaturesSpec(StageSpec):
 
     extractor: Literal["inception", "evaluator"]
     weights: str | None
+    weights_digest: str | None = field(default=None, metadata=OMIT_NONE)  # of the Inception file (graph.files_digest)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,63 @@ def test_subset_is_hashed_only_when_drawn():
     gen = next(n for n in nodes.values() if n.stage == "generator")
     assert gen.spec.hashed()["subset"] == {"n": gen.subset, "seed": 0, "rule": gen.spec.subset.rule}
     assert "subset" not in nodes["evaluator"].spec.hashed()
+
+
+def test_user_weights_key_their_stages_by_content(tmp_path):
+    """A judge/evaluator checkpoint and the Inception file are keyed by their bytes, not only their path: a new file at
+    the same path re-keys the stage and what reads it (stale scores from another evaluator were reused before)."""
+    from bench.engine import graph_hashes
+    from bench.stages import STAGE_VERSIONS
+
+    ckpt, inception = tmp_path / "evaluator.pth", tmp_path / "inception.pt"
+    sets = [f"evaluator.checkpoint={ckpt}", "fid.extractor=inception", f"fid.inception_weights={inception}"]
+
+    def hashes(ckpt_bytes: bytes, inception_bytes: bytes) -> dict[str, str]:
+        ckpt.write_bytes(ckpt_bytes)
+        inception.write_bytes(inception_bytes)
+        return graph_hashes(build_graph(load_suite(REPO / "suites" / "tests.yaml", sets)), STAGE_VERSIONS)
+
+    first = hashes(b"evaluator one", b"inception one")
+    nodes = {n.key: n for n in build_graph(load_suite(REPO / "suites" / "tests.yaml", sets))}
+    assert nodes["evaluator"].spec.hashed()["digest"] == hashlib.sha256(b"evaluator one").hexdigest()
+    assert nodes["real_features"].spec.hashed()["weights_digest"] == hashlib.sha256(b"inception one").hexdigest()
+    assert hashes(b"evaluator one", b"inception one") == first  # the same bytes: the same keys
+    new_ckpt = hashes(b"evaluator two", b"inception one")  # same size, just rewritten: read again, not remembered
+    changed = {k for k in first if first[k] != new_ckpt[k]}
+    assert {"evaluator", "evaluate[plain,seed=0]", "evaluate[crfm,seed=0]"} <= changed
+    assert not changed & {"generator", "judge", "synthesize[plain,seed=0]", "downstream[plain,seed=0]"}
+    new_inception = hashes(b"evaluator two", b"inception two")
+    changed = {k for k in new_ckpt if new_ckpt[k] != new_inception[k]}
+    assert {"real_features", "evaluate[plain,seed=0]"} <= changed and "evaluator" not in changed
+
+
+def test_files_digest_reads_settled_files_once(tmp_path, monkeypatch):
+    """files_digest remembers a file whose mtime is older than RACY_SECONDS under its stat (bench tune builds the
+    graph every trial), and reads again once the file changes; a just-written file is never remembered."""
+    import os
+
+    from bench import graph
+
+    reads: list[Path] = []
+    real_open = Path.open
+
+    def counting_open(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        reads.append(self)
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"settled")
+    os.utime(weights, (1_000_000_000, 1_000_000_000))
+    reads.clear()  # write_bytes opens the file too
+    assert graph.files_digest([weights]) == graph.files_digest([weights]) == hashlib.sha256(b"settled").hexdigest()
+    assert reads == [weights]
+    weights.write_bytes(b"rewritten, longer")  # a new size and mtime: another key
+    reads.clear()
+    assert graph.files_digest([weights]) == hashlib.sha256(b"rewritten, longer").hexdigest()
+    assert graph.files_digest([weights]) == hashlib.sha256(b"rewritten, longer").hexdigest()
+    assert reads == [weights] * 2  # modified just now: read each time
+    assert graph.files_digest([weights, tmp_path / "missing"]) is None
 
 
 def test_init_from_keys_the_generator_by_its_weights(tmp_path):
