@@ -55,6 +55,20 @@ def test_resolve_preset_errors() -> None:
         with pytest.raises(ConfigError, match=message):
             resolve_preset("tiny", overrides)
     assert resolve_preset("tiny", {"seed": -1, "image_size": 32})["seed"] == -1
+    # inside a section too (before: ``hint: "no"`` built a model with the hint on; ``num_layers: abc`` failed in a stage)
+    for overrides, message in [({"mask_stream": {"hint": "no"}}, "mask_stream.hint must be true or false, got 'no'"),
+                               ({"transformer": {"num_layers": "abc"}}, "transformer.num_layers must be a positive integer"),
+                               ({"transformer": {"num_layers": 0}}, "transformer.num_layers must be a positive integer, got 0"),
+                               ({"transformer": {"dual_attention_layers": 1}}, "transformer.dual_attention_layers must be a list"),
+                               ({"scheduler": {"shift": "3"}}, "scheduler.shift must be a number, got '3'"),
+                               ({"vae_train": {"steps": -1}}, "vae_train.steps must be a positive integer, got -1")]:
+        with pytest.raises(ConfigError, match=f"preset 'tiny': {message}"):
+            resolve_preset("tiny", overrides)
+    with pytest.raises(ConfigError, match="mask_stream.tokens must be true or false"):  # a key the preset leaves out
+        resolve_preset("sd3.5-medium", {"mask_stream": {"tokens": 1}})
+    fine = resolve_preset("tiny", {"transformer": {"qk_norm": None, "dual_attention_layers": []}, "scheduler": {"shift": 3},
+                                   "text": {"seed": 0}, "train": {"warmup_steps": 0}})  # null, an int for a float, 0
+    assert (fine["transformer"]["qk_norm"], fine["scheduler"]["shift"], fine["train"]["warmup_steps"]) == (None, 3, 0)
 
 
 def test_tiny_preset_matches_brief() -> None:

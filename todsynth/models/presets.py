@@ -251,26 +251,52 @@ def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[st
     return out
 
 
-def _check_types(name: str, preset: Mapping[str, Any]) -> None:
-    """An override keeps the kind of value it replaces: a section stays a mapping, a count a positive int, a name a string.
+def _kind_problem(key: str, base: Any, value: Any) -> str | None:
+    """What ``value`` must be to replace ``base`` (None when it may): kinds, and counts > 0 but for seeds."""
+    leaf = key.rsplit(".", 1)[-1]
+    if isinstance(base, Mapping):
+        ok, want = isinstance(value, Mapping), "a mapping"
+    elif isinstance(base, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(base, int):
+        ok = isinstance(value, int) and not isinstance(value, bool) and (value > 0 or leaf == "seed")
+        want = "an integer" if leaf == "seed" else "a positive integer"
+    elif isinstance(base, float):
+        ok, want = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+    elif isinstance(base, str):
+        ok, want = isinstance(value, str | os.PathLike), "a string"
+    elif isinstance(base, list | tuple):
+        ok, want = isinstance(value, list | tuple), "a list"
+    else:
+        return None
+    return None if ok else f"{key} must be {want}, got {value!r}"
 
-    Raises ConfigError naming the key (``text: 5`` would otherwise fail deep inside a stage, or as a bare TypeError).
+
+# Sections whose keys an override may set to other kinds or to 0: ``train`` is TrainConfig's to check.
+_UNCHECKED_SECTIONS = frozenset({"train"})
+
+
+def _check_types(name: str, preset: Mapping[str, Any]) -> None:
+    """An override keeps the kind of value it replaces, at the top level and inside a section.
+
+    A section stays a mapping, a count a positive int, a name a string, a switch a bool. Inside a section
+    (``transformer.num_layers``, ``mask_stream.hint``) null stays allowed: the library's default (``qk_norm: null``).
+
+    Raises ConfigError naming the key (``text: 5`` would otherwise fail deep inside a stage, or as a bare TypeError;
+    ``mask_stream.hint: "no"`` would have been true).
     """
     for key, base in PRESETS[name].items():
         value = preset.get(key)
-        if isinstance(base, Mapping):
-            ok, want = isinstance(value, Mapping), "a mapping"
-        elif isinstance(base, bool) or base is None:
+        if isinstance(base, bool) or base is None:
             continue
-        elif isinstance(base, int):
-            ok = isinstance(value, int) and not isinstance(value, bool) and (value > 0 or key == "seed")
-            want = "an integer" if key == "seed" else "a positive integer"
-        elif isinstance(base, str):
-            ok, want = isinstance(value, str | os.PathLike), "a string"
-        else:
-            continue
-        if not ok:
-            raise ConfigError(f"preset {name!r}: {key} must be {want}, got {value!r}")
+        problem = _kind_problem(key, base, value)
+        if problem is None and isinstance(value, Mapping) and key not in _UNCHECKED_SECTIONS:
+            inner = {**MASK_STREAM_DEFAULTS, **base} if key == "mask_stream" else base
+            found = (_kind_problem(f"{key}.{k}", b, value[k]) for k, b in inner.items()
+                     if b is not None and value.get(k) is not None)
+            problem = next((p for p in found if p), None)
+        if problem is not None:
+            raise ConfigError(f"preset {name!r}: {problem}")
 
 
 def resolve_preset(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
