@@ -288,6 +288,16 @@ def test_train_override_clashes_are_named():
     assert bad == ["generator.overrides.train.steps: generator.train.steps sets it too (and wins); set it in one place"]
     bad = _problems(gen(overrides={"train": {"seed": 3}}))  # generator.train.seed defaults to 0 and always applies
     assert bad == ["generator.overrides.train.seed: generator.train.seed (default 0) applies instead; set it there"]
+    # the autoencoder's budget likewise (before: dropped, and an unknown key ignored)
+    assert validate_data(gen(overrides={"vae_train": {"steps": 20}}), "s")
+    bad = _problems(gen(vae_train={"steps": 10}, overrides={"vae_train": {"steps": 20}}))
+    assert bad == ["generator.overrides.vae_train.steps: generator.vae_train.steps sets it too (and wins); set it in "
+                   "one place"]
+    assert _problems(gen(overrides={"vae_train": {"seed": 3}})) == [
+        "generator.overrides.vae_train.seed: generator.vae_train.seed (default 0) applies instead; set it there"]
+    assert _problems(gen(overrides={"vae_train": {"stepz": 3}})) == [
+        "generator.overrides: preset 'tiny': unknown vae_train key(s) ['stepz']; known keys: ['batch_size', "
+        "'kl_weight', 'lr', 'seed', 'steps']"]
     # the preset's class count: every suite dataset is LoveDA-format (7 classes); before, the generator stage failed
     assert _problems(gen(overrides={"num_classes": 5})) == [
         "generator.overrides.num_classes: 5 is not the 7 LoveDA classes every suite dataset has"]

@@ -150,17 +150,21 @@ def _tune_problems(tune: Tune, variants: list[ResolvedVariant], suite: Suite) ->
     return problems
 
 
-def _train_override_clashes(gen: GeneratorSpec) -> list[str]:
-    """``generator.overrides.train`` keys that ``generator.train`` sets too (the stage would drop them without a word)."""
-    train = gen.train.model_dump(exclude_none=True)
+def _budget_override_clashes(gen: GeneratorSpec) -> list[str]:
+    """``generator.overrides.train``/``vae_train`` keys that ``generator.train``/``vae_train`` set too.
+
+    The stages would drop them without a word: the suite's section wins, and its ``seed`` always applies.
+    """
     problems = []
-    for key in sorted(gen.overrides["train"] or {}):
-        if key in gen.train.model_fields_set and key in train:
-            problems.append(f"generator.overrides.train.{key}: generator.train.{key} sets it too (and wins); set it "
-                            "in one place")
-        elif key in train:
-            problems.append(f"generator.overrides.train.{key}: generator.train.{key} (default {train[key]}) applies "
-                            "instead; set it there")
+    for section, given in (("train", gen.train), ("vae_train", gen.vae_train)):
+        values = given.model_dump(exclude_none=True)
+        for key in sorted(gen.overrides.get(section) or {}):
+            if key in given.model_fields_set and key in values:
+                problems.append(f"generator.overrides.{section}.{key}: generator.{section}.{key} sets it too (and "
+                                "wins); set it in one place")
+            elif key in values:
+                problems.append(f"generator.overrides.{section}.{key}: generator.{section}.{key} (default "
+                                f"{values[key]}) applies instead; set it there")
     return problems
 
 
@@ -183,8 +187,8 @@ def _preset_problems(gen: GeneratorSpec) -> list[str]:
             TrainConfig.from_preset(gen.preset, preset_overrides=gen.overrides)
         except ConfigError as exc:
             return [f"generator.overrides.train: {exc}"]
-        if problems := _train_override_clashes(gen):
-            return problems
+    if problems := _budget_override_clashes(gen):
+        return problems
     if preset.get("num_classes") != NUM_CLASSES:  # every dataset a suite reads is LoveDA-format
         return [f"generator.overrides.num_classes: {preset.get('num_classes')} is not the {NUM_CLASSES} LoveDA classes "
                 "every suite dataset has"]

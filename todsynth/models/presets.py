@@ -212,6 +212,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 MASK_STREAM_DEFAULTS: dict[str, Any] = {"init": "fresh", "hint": False, "tokens": True, "encoding": "grey"}
 MASK_STREAM_KEYS = frozenset(MASK_STREAM_DEFAULTS)
 
+# What a scratch preset's ``vae_train`` budget may name (``todsynth.train.vae.train_preset_vae`` reads these).
+VAE_TRAIN_KEYS = frozenset({"steps", "batch_size", "lr", "kl_weight", "seed"})
+
 
 # Top-level keys a preset may leave out, with the value that stands for them (an override may still set them).
 PRESET_DEFAULTS: dict[str, Any] = {"noise_offset": 0.0}
@@ -302,7 +305,7 @@ def _check_types(name: str, preset: Mapping[str, Any]) -> None:
 def resolve_preset(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The preset ``name`` deep-merged with ``overrides``.
 
-    Unknown top-level and ``mask_stream`` keys, and top-level values of another kind than the preset's, are refused.
+    Unknown top-level, ``mask_stream`` and ``vae_train`` keys, and values of another kind than the preset's, are refused.
     """
     if name not in PRESETS:
         raise ConfigError(f"unknown generator preset {name!r}; choose one of {sorted(PRESETS)}")
@@ -313,9 +316,10 @@ def resolve_preset(name: str, overrides: Mapping[str, Any] | None = None) -> dic
                           f"known keys: {sorted(set(PRESETS[name]) | set(PRESET_DEFAULTS))}")
     preset = deep_merge(PRESETS[name], overrides)
     _check_types(name, preset)
-    stray = sorted(set(preset.get("mask_stream") or {}) - MASK_STREAM_KEYS)
-    if stray:
-        raise ConfigError(f"preset {name!r}: unknown mask_stream key(s) {stray}; known keys: {sorted(MASK_STREAM_KEYS)}")
+    for section, known in (("mask_stream", MASK_STREAM_KEYS), ("vae_train", VAE_TRAIN_KEYS)):
+        stray = sorted(set(preset.get(section) or {}) - known)
+        if stray:
+            raise ConfigError(f"preset {name!r}: unknown {section} key(s) {stray}; known keys: {sorted(known)}")
     noise_offset(preset)
     preset["name"] = name
     return preset
