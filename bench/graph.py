@@ -247,7 +247,8 @@ def build_graph(suite: Suite) -> list[Node]:
         nodes.append(Node(subset_key("generator", n), "generator", GeneratorStageSpec(
             preset=gen.preset, sd3_dir=_opt(gen.sd3_dir) if not gen.scratch else None, overrides=gen.overrides,
             preset_digest=digest, train=gen.train, subset=sub, init_from=_opt(gen.init_from),
-            init_digest=saved_weights_digest(gen.init_from) if gen.init_from else None),
+            init_digest=saved_weights_digest(gen.init_from) if gen.init_from else None,
+            processes=gpus if launcher("generator") == "accelerate" else None),
             gen_deps, launcher=launcher("generator"), subset=n))
         nodes.append(Node(subset_key("judge", n), "judge", _segmenter_spec(suite.judge, sub),
                           {"data": "data"}, launcher=launcher("judge"), subset=n))

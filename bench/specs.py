@@ -131,6 +131,8 @@ class GeneratorStageSpec(StageSpec):
     subset: Subset | None = field(default=None, metadata=OMIT_NONE)
     init_from: str | None = field(default=None, metadata=OMIT_NONE)  # a saved generator the training starts from
     init_digest: str | None = field(default=None, metadata=OMIT_NONE)  # of its weights (graph.saved_weights_digest)
+    # accelerate processes when more than one: train.batch_size is per process, so N of them train another model
+    processes: int | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(frozen=True)

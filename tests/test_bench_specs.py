@@ -108,6 +108,27 @@ def test_user_weights_key_their_stages_by_content(tmp_path):
     assert {"real_features", "evaluate[plain,seed=0]"} <= changed and "evaluator" not in changed
 
 
+def test_generator_key_carries_its_process_count():
+    """resources.gpus > 1 trains the generator with train.batch_size per process: another model, so another key
+    (before, a 1-GPU generator was reused for a 2-GPU suite and the other way round); synthesis seeds every image and
+    the segmenters train on rank 0 alone, so only the generator re-keys directly."""
+    from bench.engine import graph_hashes
+    from bench.stages import STAGE_VERSIONS
+
+    def graph(*sets: str) -> tuple[dict, dict[str, str]]:
+        nodes = build_graph(load_suite(REPO / "suites" / "tests.yaml", list(sets)))
+        return {n.key: n for n in nodes}, graph_hashes(nodes, STAGE_VERSIONS)
+
+    one_nodes, one = graph()
+    two_nodes, two = graph("resources.gpus=2", "resources.device=cuda")
+    assert "processes" not in one_nodes["generator"].spec.hashed()
+    assert two_nodes["generator"].spec.hashed()["processes"] == 2
+    assert two_nodes["generator"].launcher == "accelerate"
+    changed = {k for k in one if one[k] != two[k]}
+    assert {"generator", "synthesize[plain,seed=0]", "downstream[crfm,seed=0]"} <= changed
+    assert not changed & {"data", "prompts", "autoencoder", "judge", "evaluator", "downstream[real-only,seed=0]"}
+
+
 def test_files_digest_reads_settled_files_once(tmp_path, monkeypatch):
     """files_digest remembers a file whose mtime is older than RACY_SECONDS under its stat (bench tune builds the
     graph every trial), and reads again once the file changes; a just-written file is never remembered."""
