@@ -276,6 +276,18 @@ def test_preset_overrides_checked_against_the_preset():
                           "generator": {"overrides": {"train": {"logit_mean": -0.5}}}}, "s")
 
 
+def test_partial_evaluator_keeps_the_evaluators_defaults():
+    """evaluator: {iters: 500} fills in the evaluator's defaults (deeplabv3plus-r18, seed 1), not the judge's: before,
+    it silently became an fcn-r18 of seed 0, the judge's architecture."""
+    base = {"name": "x", "variants": [{"name": "a"}]}
+    default = validate_data(base, "s").evaluator
+    partial = validate_data({**base, "evaluator": {"iters": 500}}, "s").evaluator
+    assert (default.model, default.seed, default.iters) == ("deeplabv3plus-r18", 1, 200)
+    assert (partial.model, partial.seed, partial.iters) == ("deeplabv3plus-r18", 1, 500)
+    judge = validate_data({**base, "judge": {"iters": 500}}, "s").judge
+    assert (judge.model, judge.seed) == ("fcn-r18", 0)
+
+
 def test_train_override_clashes_are_named():
     """A budget key in generator.overrides.train that another suite key sets is refused, not silently dropped; a class
     count other than LoveDA's is refused before any work."""

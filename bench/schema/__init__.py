@@ -31,6 +31,7 @@ from bench.schema.checks import check_runnable, check_suite
 from bench.schema.sections import (
     Dataset,
     Downstream,
+    Evaluator,
     Fid,
     FreeMask,
     GeneratorSpec,
@@ -63,7 +64,7 @@ __all__ = [
     "CEILING_KINDS", "CRFM", "ENV_INCEPTION", "ENV_LOVEDA_ROOT", "ENV_SD3_DIR", "KNOWN_METRICS", "NAME_PATTERN", "ConfigSection",
     "Constraint", "Dataset", "Domain", "Downstream", "Fid", "FreeMask", "GeneratorSpec", "GeneratorTrain", "Matrix",
     "MetricSpec", "Objective", "PresetName", "Procedural", "ResolvedVariant", "Resources", "Sampling", "SearchDim",
-    "SECTIONS", "SegModelName", "Segmenter", "Strict", "Suite", "Tracking", "Tune", "VaeTrain", "Variant", "absolute_uri",
+    "Evaluator", "SECTIONS", "SegModelName", "Segmenter", "Strict", "Suite", "Tracking", "Tune", "VaeTrain", "Variant", "absolute_uri",
     "check_runnable", "check_suite", "config_section", "describe_error", "expand_matrix", "first_error",
     "format_loc", "resolve_variants", "section_field", "subset_name",
 ]

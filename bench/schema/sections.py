@@ -189,6 +189,16 @@ class Segmenter(Strict):
         return v.expanduser().absolute() if v is not None else None
 
 
+class Evaluator(Segmenter):
+    """The independent evaluator: a :class:`Segmenter` with its own defaults (another architecture, another seed).
+
+    A partial ``evaluator:`` section fills in these, not the judge's.
+    """
+
+    model: SegModelName = "deeplabv3plus-r18"
+    seed: int = 1
+
+
 class FreeMask(Strict):
     """FreeMask filtering (``todsynth.seg.freemask``).
 

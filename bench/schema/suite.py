@@ -11,6 +11,7 @@ from bench.schema.base import KNOWN_METRICS, NAME_PATTERN, Strict, absolute_uri
 from bench.schema.sections import (
     Dataset,
     Downstream,
+    Evaluator,
     Fid,
     GeneratorSpec,
     MetricSpec,
@@ -33,7 +34,7 @@ class Suite(Strict):
     dataset: Dataset = Dataset()
     generator: GeneratorSpec = GeneratorSpec()
     judge: Segmenter = Segmenter()
-    evaluator: Segmenter = Segmenter(model="deeplabv3plus-r18", seed=1)
+    evaluator: Evaluator = Evaluator()
     downstream: Downstream = Downstream()
     sampling: Sampling = Sampling()
     crfm: CRFM = CRFM()
