@@ -169,6 +169,20 @@ def test_cross_field_errors():
     assert _problems(mat) == ["matrix[crfm-rs5].crfm.rectified_step: 5 > sampling.num_inference_steps 4"]
 
 
+def test_matrix_axis_over_crfm_without_crfm_is_refused():
+    """A crfm.* axis whose rows all keep rectified_step 0 names one plain variant several times: refused; with a
+    rectified_step axis or a CRFM base it is fine."""
+    data = {"name": "x", "variants": [{"name": "r", "kind": "baseline"}],
+            "matrix": {"base": {"name": "p", "crfm": {"rectified_step": 0}}, "axes": {"crfm.max_step_size": [0.05, 0.5]}}}
+    assert _problems(data) == ["matrix.axes.crfm.max_step_size: has no effect: every row's crfm.rectified_step is 0 "
+                               "(CRFM off), so the rows would be one plain variant; add a crfm.rectified_step axis or "
+                               "set it in matrix.base"]
+    data["matrix"]["axes"]["crfm.rectified_step"] = [0, 2]
+    assert validate_data(data, "s")
+    data["matrix"] = {"base": {"name": "p", "crfm": {"rectified_step": 2}}, "axes": {"crfm.max_step_size": [0.05, 0.5]}}
+    assert validate_data(data, "s")
+
+
 def test_matrix_expansion_names():
     data = {"name": "x", "sampling": {"num_inference_steps": 23},
             "matrix": {"base": {"name": "crfm", "crfm": {"max_step_size": 0.2}},

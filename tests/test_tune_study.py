@@ -85,6 +85,20 @@ def test_bad_tune_settings(tune_data, tune_change, expected):
     assert any(expected in p for p in err.value.problems), err.value.problems
 
 
+def test_crfm_dims_without_crfm_are_refused(tune_data):
+    """crfm.* dimensions over a base variant whose rectified_step is 0, with rectified_step not searched, would give
+    every trial the same plain synthesis (the same stage hashes): refused, naming each such key."""
+    del tune_data["tune"]["search_space"]["crfm.rectified_step"]
+    tune_data["crfm"] = {**tune_data.get("crfm", {}), "rectified_step": 0}
+    with pytest.raises(SuiteError) as err:
+        validate_data(tune_data, "s.yaml")
+    assert sorted(p.split(":")[0] for p in err.value.problems) == [
+        "tune.search_space.crfm.max_step_size", "tune.search_space.crfm.step_scheme"]
+    assert "the base variant's crfm.rectified_step is 0 (CRFM off)" in err.value.problems[0]
+    tune_data["crfm"]["rectified_step"] = 2  # CRFM on in the base: the same space is fine
+    assert validate_data(tune_data, "s.yaml")
+
+
 def test_cli_bad_space_exits_2_with_key_path(tmp_path, tune_data):
     import yaml
     from typer.testing import CliRunner

@@ -68,6 +68,11 @@ def check_suite(suite: Suite) -> list[str]:
             "evaluator: identical to judge; mask fidelity must be scored by an independent model "
             "(change evaluator.seed or evaluator.model)"
         )
+    rows = [v for v in variants if v.origin.startswith("matrix[")]
+    if suite.matrix is not None and rows and all(v.crfm.rectified_step == 0 for v in rows):
+        problems += [f"matrix.axes.{key}: has no effect: every row's crfm.rectified_step is 0 (CRFM off), so the rows "
+                     "would be one plain variant; add a crfm.rectified_step axis or set it in matrix.base"
+                     for key in suite.matrix.axes if key.startswith("crfm.")]
     problems += _subset_problems(suite)
     if suite.tune is not None:
         problems += _tune_problems(suite.tune, variants, suite)
@@ -130,6 +135,11 @@ def _tune_problems(tune: Tune, variants: list[ResolvedVariant], suite: Suite) ->
         values = steps_dim.probe_values()
         base_steps = int(min(values))
     rs = tune.search_space.get("crfm.rectified_step")
+    base_rs = by_name[tune.base_variant].crfm.rectified_step if tune.base_variant in by_name else suite.crfm.rectified_step
+    if rs is None and base_rs == 0:
+        problems += [f"tune.search_space.{key}: has no effect: the base variant's crfm.rectified_step is 0 (CRFM off), "
+                     "so every trial would sample plain; search crfm.rectified_step too, or name a CRFM variant as "
+                     "tune.base_variant" for key in tune.search_space if key.startswith("crfm.")]
     if rs is not None:
         top = max(v for v in rs.probe_values() if isinstance(v, int | float))
         why = rectified_step_problem(int(top), base_steps, "sampling.num_inference_steps")
