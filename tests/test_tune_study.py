@@ -188,6 +188,26 @@ def test_changed_search_space_refuses_the_old_study(tune_data, fake_stages):
     assert _tune(tune_data, fns, 1, track=False, study="t2").summary["study"] == "t2"
 
 
+def test_study_whose_stages_changed_is_refused(tune_data, fake_stages):
+    """The suite's text unchanged, but what the trials build on re-keyed (new weights at the same path, an edited
+    preset, another todsynth: here stage code versions): the study refuses and names what changed, since its old
+    trials' values would not compare with new ones (before, it went on and mixed them)."""
+    fns, _ = fake_stages
+    suite = validate_data(tune_data, "s")
+
+    def tune(trials: int, versions: dict[str, int]):  # noqa: ANN202
+        return tune_suite(suite, TuneOptions(trials=trials, progress=False, track=False), stage_fns=fns,
+                          stage_versions=versions)
+
+    tune(1, {})
+    with pytest.raises(ConfigError, match=r"ran its trials on other inputs: code:evaluate changed since .*--study NEW"):
+        tune(2, {"evaluate": 2})
+    with pytest.raises(ConfigError, match=r"other inputs: autoencoder, data, evaluator, generator, judge, prompts, "
+                                          r"real_features changed since"):
+        tune(2, {"data": 2})
+    assert tune(2, {}).summary["n_complete"] == 2  # the same inputs: the study goes on
+
+
 def test_multi_objective_pareto_and_relative_constraint(tune_data, fake_stages):
     fns, _ = fake_stages
     tune_data["tune"]["objectives"] = ["mask_miou", "fid"]

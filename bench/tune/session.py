@@ -122,7 +122,8 @@ class Session:
         self.directions = [o.optuna_direction for o in self.tune.objectives]
         self.tracker: Any = None
         with self.lock.hold():
-            self.study = open_study(self.storage, suite, self.study_name, self.url, create=create)
+            self.study = open_study(self.storage, suite, self.study_name, self.url, create=create,
+                                    stage_versions=stage_versions)
             if opts.track:
                 from bench.tracking import Tracker
 

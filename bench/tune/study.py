@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.schema import Suite
+from bench.schema import Suite, resolve_variants
 from bench.suites import hashed_dict, resolved_dict, resolved_yaml, suite_digest
-from bench.tune.space import default_params, tune_spec
+from bench.tune.space import base_variant, default_params, reference_stages, trial_stages, tune_spec
 from bench.tune.storage import redact
 from todsynth.errors import ConfigError
 
@@ -22,6 +22,7 @@ from todsynth.errors import ConfigError
 FINGERPRINT = "todsynth:fingerprint"
 PARENT = "mlflow_parent_run_id"
 REFERENCE = "todsynth:reference"
+STAGES = "todsynth:stages"
 WORKERS = "todsynth:workers_started"
 # tune: keys that may change between invocations of one study (they do not change what a trial computes).
 RUNTIME_TUNE_KEYS = ("n_trials", "timeout_s", "storage", "sampler", "seed", "heartbeat_s", "grace_s", "max_retry",
@@ -35,6 +36,34 @@ def study_fingerprint(suite: Suite) -> str:
     return suite_digest(data, suite)
 
 
+def study_stages(suite: Suite, stage_versions: Mapping[str, int] | None = None) -> dict[str, str]:
+    """Cache keys of what every trial builds on, and the code tags of what each trial runs.
+
+    The shared stages of the base variant's graph, every stage of the constraints' reference variants, and
+    ``code:<stage>`` for the trial stages: what :func:`study_fingerprint` (the suite's settings) cannot see, such as
+    new weights at the same path, an edited preset or another todsynth version.
+    """
+    from bench import stages as stage_table
+    from bench.engine import graph_hashes, stage_code_version
+    from bench.graph import variant_graph
+
+    versions = stage_versions if stage_versions is not None else stage_table.STAGE_VERSIONS
+    tune = tune_spec(suite)
+    shared = variant_graph(suite, base_variant(suite), trial_stages(tune))
+    hashes = graph_hashes(shared, versions)
+    keys = {n.key: hashes[n.key] for n in shared if n.variant is None}
+    wanted: dict[str, set[str]] = {}
+    for c in tune.constraints:
+        if c.relative_to is not None:
+            wanted.setdefault(c.relative_to, set()).add(c.metric)
+    by_name = {v.name: v for v in resolve_variants(suite)}
+    for name, metrics in sorted(wanted.items()):
+        v = by_name[name]
+        keys.update(graph_hashes(variant_graph(suite, v, reference_stages(v, metrics)), versions))
+    keys.update({f"code:{stage}": stage_code_version(stage, versions) for stage in trial_stages(tune)})
+    return keys
+
+
 def artifact_location(suite: Suite) -> str | None:
     """Artifact root of a new experiment; None leaves it to the tracking server.
 
@@ -46,12 +75,16 @@ def artifact_location(suite: Suite) -> str | None:
     return suite.artifact_location
 
 
-def open_study(storage: Any, suite: Suite, name: str, url: str, *, create: bool) -> Any:
+def open_study(storage: Any, suite: Suite, name: str, url: str, *, create: bool,
+               stage_versions: Mapping[str, int] | None = None) -> Any:
     """Create (``create``, enqueueing the default trial) or load the study; returns the Optuna study.
+
+    A study records :func:`study_stages` when first opened (a study from before the record gets it then).
 
     Raises:
         ConfigError: the study was made with other objectives or for another configuration of the suite
-            (:func:`study_fingerprint`), or it cannot be created or found.
+            (:func:`study_fingerprint`), its trials ran on other stages (:func:`study_stages`: their values would
+            not compare), or it cannot be created or found.
     """
     import optuna
 
@@ -81,6 +114,16 @@ def open_study(storage: Any, suite: Suite, name: str, url: str, *, create: bool)
         raise ConfigError(
             f"study {name!r} in {redact(url)} was created for another configuration of suite "
             f"{suite.name!r} (search space, objectives or stages changed); pass --study NEW to start a new one")
+    stages = study_stages(suite, stage_versions)
+    ran_on = study.user_attrs.get(STAGES)
+    if ran_on is None:
+        study.set_user_attr(STAGES, stages)
+    elif ran_on != stages:
+        changed = sorted(k for k in stages.keys() | ran_on.keys() if stages.get(k) != ran_on.get(k))
+        raise ConfigError(
+            f"study {name!r} in {redact(url)} ran its trials on other inputs: {', '.join(changed)} changed since (new "
+            "weights at the same path, an edited preset or another todsynth version), so new trials would not "
+            "compare with its old ones; pass --study NEW to start a new one")
     if create and tune.enqueue_default:
         params = default_params(suite)
         if params:
