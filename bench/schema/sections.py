@@ -264,7 +264,8 @@ class Resources(Strict):
 
     ``jobs > 1`` runs up to that many independent stages at once, each in its own process with its share of the
     CPU cores (:mod:`bench.pool`); it changes how long a run takes, not what it computes, so the config hash
-    leaves it out.
+    leaves it out. ``device`` places prompt encoding, synthesis, features and scoring; the training stages
+    (accelerate, MMEngine) take a visible GPU regardless (``CUDA_VISIBLE_DEVICES=`` keeps them on the CPU).
     """
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
