@@ -321,6 +321,13 @@ def test_train_override_clashes_are_named():
                    "one place"]
     assert _problems(gen(overrides={"vae_train": {"seed": 3}})) == [
         "generator.overrides.vae_train.seed: generator.vae_train.seed (default 0) applies instead; set it there"]
+    # two preset keys the generator stage sets itself (before: accepted, re-keyed, and never used)
+    assert _problems(gen(overrides={"vae_path": "/x/vae"})) == [
+        "generator.overrides.vae_path: preset tiny's VAE is the autoencoder stage's output, which replaces it; remove "
+        "the key"]
+    assert _problems(gen(train={"mask_init": "fresh"}, overrides={"mask_stream": {"init": "image"}})) == [
+        "generator.overrides.mask_stream.init: generator.train.mask_init sets it too (and wins); set it in one place"]
+    assert validate_data(gen(overrides={"mask_stream": {"init": "fresh"}}), "s")  # one place: fine
     assert _problems(gen(overrides={"vae_train": {"stepz": 3}})) == [
         "generator.overrides: preset 'tiny': unknown vae_train key(s) ['stepz']; known keys: ['batch_size', "
         "'kl_weight', 'lr', 'seed', 'steps']"]

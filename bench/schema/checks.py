@@ -199,6 +199,12 @@ def _preset_problems(gen: GeneratorSpec) -> list[str]:
             return [f"generator.overrides.train: {exc}"]
     if problems := _budget_override_clashes(gen):
         return problems
+    if gen.scratch and "vae_path" in gen.overrides:  # generator_preset sets it to the autoencoder stage's output
+        return [f"generator.overrides.vae_path: preset {gen.preset}'s VAE is the autoencoder stage's output, which "
+                "replaces it; remove the key"]
+    if gen.train.mask_init is not None and "init" in (gen.overrides.get("mask_stream") or {}):
+        return ["generator.overrides.mask_stream.init: generator.train.mask_init sets it too (and wins); set it in "
+                "one place"]
     if preset.get("num_classes") != NUM_CLASSES:  # every dataset a suite reads is LoveDA-format
         return [f"generator.overrides.num_classes: {preset.get('num_classes')} is not the {NUM_CLASSES} LoveDA classes "
                 "every suite dataset has"]
