@@ -357,6 +357,33 @@ def test_launched_stage_round_trip(tiny_suite_data, tmp_path, monkeypatch):
     assert (out / "w.txt").read_text() == "Cdata"
 
 
+def test_launched_rank_gets_its_own_gpu(tiny_suite_data, tmp_path, monkeypatch):
+    """Under a launcher, a stage whose runtime says cuda runs on cuda:<LOCAL_RANK> (the worker selects it), so each
+    rank of a launched synthesis loads its models onto its own GPU; before, every rank used GPU 0."""
+    import torch
+
+    from bench import stages as stages_mod
+    from bench.cache import CachedStage
+    from bench.launch import write_job
+    from bench.specs import DataSpec, Runtime
+    from bench.worker import main, rank_device
+
+    assert rank_device("cuda", {"LOCAL_RANK": "3"}) == "cuda:3"
+    assert rank_device("cuda", {}) == "cuda" and rank_device("cpu", {"LOCAL_RANK": "1"}) == "cpu"
+    seen: list[str] = []
+    monkeypatch.setitem(stages_mod.STAGES, "data", lambda spec, inputs, out_dir: seen.append(spec.runtime.device) or {})
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: seen.append(f"set {device}"))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("RANK", "1")
+    job = tmp_path / "job"
+    spec = DataSpec(kind="procedural", domains=["Urban"], runtime=Runtime(device="cuda", launcher="accelerate", gpus=2,
+                                                                         work_dir="/w", progress=False))
+    write_job(job, spec, {"x": CachedStage(tmp_path, {"stage": "x"})})
+    assert main(["--stage", "data", "--job", str(job), "--out", str(tmp_path)]) == 0
+    assert seen == ["set cuda:1", "cuda:1"]
+    assert not (job / "artifacts.json").exists()  # rank 1 writes nothing
+
+
 def test_results_file_is_strict_json(tmp_path):
     from bench.results import aggregate, write_results
 
