@@ -302,6 +302,20 @@ def test_partial_evaluator_keeps_the_evaluators_defaults():
     assert (judge.model, judge.seed) == ("fcn-r18", 0)
 
 
+def test_segmenter_lr_defaults_to_its_optimizers():
+    """lr left out is the optimizer's default, as `todsynth seg train` has it (0.01 SGD, 1e-3 AdamW); before, a suite's
+    AdamW segmenter silently trained at SGD's 0.01, ten times the CLI's rate."""
+    from bench.schema.sections import SEG_DEFAULT_LR
+
+    base = {"name": "x", "variants": [{"name": "a"}]}
+    adamw = validate_data({**base, "judge": {"optimizer": "adamw"}, "evaluator": {"optimizer": "adamw"},
+                           "downstream": {"optimizer": "adamw"}}, "s")
+    assert adamw.judge.lr == adamw.evaluator.lr == adamw.downstream.lr == SEG_DEFAULT_LR["adamw"] == 1e-3
+    plain = validate_data(base, "s")
+    assert plain.judge.lr == plain.downstream.lr == SEG_DEFAULT_LR["sgd"] == 0.01
+    assert validate_data({**base, "judge": {"optimizer": "adamw", "lr": 0.05}}, "s").judge.lr == 0.05
+
+
 def test_train_override_clashes_are_named():
     """A budget key in generator.overrides.train that another suite key sets is refused, not silently dropped; a class
     count other than LoveDA's is refused before any work."""

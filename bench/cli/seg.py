@@ -62,6 +62,7 @@ def seg_train(
     """Train a segmentor on ROOT/Train (MMSeg Runner), save it as safetensors, score it on ROOT/Val."""
     import json
 
+    from bench.schema.sections import SEG_DEFAULT_LR
     from todsynth.data.loveda import list_samples
     from todsynth.seg.io import save_segmentor
     from todsynth.seg.models import SEG_MODELS
@@ -73,7 +74,7 @@ def seg_train(
         fail(f"--optimizer {optimizer!r} is not one of sgd, adamw")
     train_items = list_samples(data, "Train")
     val_items = None if no_val or not (data / "Val").is_dir() else list_samples(data, "Val")
-    rate = lr if lr is not None else (0.01 if optimizer == "sgd" else 1e-3)
+    rate = lr if lr is not None else SEG_DEFAULT_LR[optimizer]
     trained = train_segmentor(
         model, train_items, out, max_iters=iters, batch_size=batch_size, lr=rate, seed=seed,
         crop_size=(crop, crop) if crop else None, val_items=val_items, optimizer=optimizer,  # type: ignore[arg-type]

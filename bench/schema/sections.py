@@ -170,8 +170,22 @@ class GeneratorSpec(Strict):
         return self.preset == "tiny"
 
 
+# A segmenter's learning rate when none is given, by optimizer (suites and `todsynth seg train` alike).
+SEG_DEFAULT_LR: dict[str, float] = {"sgd": 0.01, "adamw": 1e-3}
+
+
+def _default_lr(data: Any) -> Any:
+    """Fill a missing ``lr`` from the optimizer's :data:`SEG_DEFAULT_LR` (a model_validator's ``before`` step)."""
+    if isinstance(data, dict) and "lr" not in data and data.get("optimizer", "sgd") in SEG_DEFAULT_LR:
+        return {**data, "lr": SEG_DEFAULT_LR[data.get("optimizer", "sgd")]}
+    return data
+
+
 class Segmenter(Strict):
-    """A segmentation model trained on the real training set (or loaded from a user checkpoint)."""
+    """A segmentation model trained on the real training set (or loaded from a user checkpoint).
+
+    ``lr`` left out: :data:`SEG_DEFAULT_LR` of the optimizer (0.01 for SGD, 1e-3 for AdamW).
+    """
 
     model: SegModelName = "fcn-r18"
     iters: PositiveInt = 200
@@ -182,6 +196,8 @@ class Segmenter(Strict):
     crop_size: PositiveInt | None = None
     checkpoint: Path | None = None
     trust_checkpoint: bool = False
+
+    _lr = model_validator(mode="before")(_default_lr)
 
     @field_validator("checkpoint")
     @classmethod
@@ -215,7 +231,7 @@ class Downstream(Strict):
 
     ``ratio`` (synthetic:real) sets both how many images are synthesized per training mask
     (``round(ratio * n_masks)``) and the sampling weights that draw synthetic images ``ratio`` times as
-    often as real ones (``todsynth.seg.downstream.downstream_items``).
+    often as real ones (``todsynth.seg.downstream.downstream_items``). ``lr`` left out: :data:`SEG_DEFAULT_LR`.
     """
 
     model: SegModelName = "deeplabv3plus-r18"
@@ -227,6 +243,8 @@ class Downstream(Strict):
     crop_size: PositiveInt | None = None
     ratio: PositiveFloat = 3.0
     freemask: FreeMask = FreeMask()
+
+    _lr = model_validator(mode="before")(_default_lr)
 
 
 class MetricSpec(Strict):
