@@ -28,7 +28,8 @@ class PerfConfig:
         steps: Euler steps; rectified: leading CRFM steps (the release: 4 of 23).
         repeats: timed rounds per measurement (after one warm-up; a sampling round runs each variant twice).
         train_batch: samples per training step (None = the preset's training batch size).
-        clock: ``wall`` or ``cpu`` (process CPU seconds) on CPU; CUDA always uses events.
+        clock: ``wall`` or ``cpu`` (process CPU seconds) for the sampling rows on CPU; CUDA always uses events. The
+            train-step, transformer and FID rows are wall time (``timing.timed``).
         precision: ``fp32`` or ``bf16`` (None: bf16 weights + autocast on CUDA, fp32 on CPU).
         channels_last: NHWC VAE and judge (None: on; measured -20% VAE decode fwd+bwd, -10% judge on CPU).
         compile: ``torch.compile`` the transformer (off by default; compile time is not in the figures).

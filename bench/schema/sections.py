@@ -48,6 +48,9 @@ class Procedural(Strict):
 class Dataset(Strict):
     """Where the real data comes from; ``limit`` caps the training masks used for synthesis (smoke mode).
 
+    ``val_limit`` caps the Val scenes that score the downstream models only; the judge's and evaluator's Val scores
+    (``evaluator_real_miou``, the mask-fidelity ceiling) use all of Val.
+
     ``subsets`` (data-efficiency studies): labelled-subset sizes n. For each n, the generator (and its
     autoencoder), the judge, synthesis (from the subset's masks, then ``limit``), FreeMask and downstream
     training see only n training scenes, drawn by ``todsynth.data.subset.labelled_subset`` (nested and
@@ -248,7 +251,10 @@ class Downstream(Strict):
 
 
 class MetricSpec(Strict):
-    """A reported metric and its direction (defaults to the known direction)."""
+    """A metric's direction (defaults to the known direction), recorded in results.json's ``metric_specs``.
+
+    The list does not choose what is reported: results, the report and MLflow carry every metric the stages produce.
+    """
 
     name: str
     higher_is_better: bool | None = None
