@@ -92,6 +92,19 @@ def test_measure_conditioning_plumbing_and_cache(tmp_path) -> None:
     assert r2["gen_cached"] and r2["gen_cpu_s"] == 0.0 < r["gen_cpu_s"]
     assert (r2["miou_true"], r2["miou_shuffled"]) == (r["miou_true"], r["miou_shuffled"])
     assert r2["run_dir"] == r["run_dir"]
+    # train.init_from keys the generator by the weights' bytes, as a suite's generator.init_from does: new weights at
+    # the same path retrain it (before: keyed by the path string, so the old generator was reused)
+    import shutil
+
+    (first,) = [d for d in (cache / "generator").iterdir() if not d.name.startswith(".")]
+    pre = tmp_path / "pre"
+    shutil.copytree(first / "generator", pre)
+    warm = {**kw, "overrides": {**overrides, "train": {**overrides["train"], "init_from": str(pre)}}}
+    measure_conditioning(tmp_path, **warm)
+    config = json.loads((pre / "config.json").read_text())
+    (pre / "config.json").write_text(json.dumps(config, indent=1))  # the same settings, other bytes
+    measure_conditioning(tmp_path, **warm)
+    assert len([d for d in (cache / "generator").iterdir() if not d.name.startswith(".")]) == 3
     for bad, needle in (({"n_masks": 1}, "n_masks"), ({"n_masks": 5}, "fewer than n_masks"),
                         ({"size": 64}, "image_size"), ({"mask_split": "Test"}, "mask_split"),
                         ({"guidance_scale": 0.5}, "guidance_scale"), ({"mask_guidance": "yes"}, "mask_guidance")):
@@ -205,6 +218,7 @@ def test_check_crfm_names_a_missing_dataset(tmp_path, monkeypatch, capsys) -> No
         (["--set", "train.steps=abc"], "TrainConfig.steps='abc'"),  # the generator's budget: before the evaluator trains
         (["--set", "train.stepz=9"], "unknown TrainConfig field(s) ['stepz']"),
         (["--set", "text=5"], "text must be a mapping"),
+        (["--set", "train.init_from=/nowhere"], "train.init_from: /nowhere holds no saved generator"),
         (["--preset", "nope"], "unknown generator preset"),
     ],
 )

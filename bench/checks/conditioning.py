@@ -87,7 +87,13 @@ def check_settings(s: Settings) -> dict[str, Any]:
     resolved = resolve_preset(s.preset, s.overrides)
     if int(resolved["image_size"]) != s.size:
         raise ConfigError(f"dataset size {s.size} != preset image_size {resolved['image_size']}")
-    train_config(s, vae_dir=None)  # the generator's budget (train.* overrides), before the evaluator trains
+    cfg = train_config(s, vae_dir=None)  # the generator's budget (train.* overrides), before the evaluator trains
+    if cfg.init_from is not None:
+        from bench.graph import saved_weights_digest
+
+        if saved_weights_digest(Path(cfg.init_from)) is None:
+            raise ConfigError(f"train.init_from: {cfg.init_from} holds no saved generator (config.json and "
+                              "transformer.safetensors)")
     return resolved
 
 
@@ -222,8 +228,12 @@ def _train(s: Settings, resolved: dict[str, Any], work_dir: Path, stages: _Stage
                 shutil.copy(work / name, tmp / name)
         return {"generator": tmp / "generator", "wall_s": wall, "cpu_s": cpu}
 
-    generator, gen_computed = stages.run("generator", {"preset": s.preset, "resolved": resolved},
-                                         {"data": data, "autoencoder": vae}, generator_fn)
+    spec: dict[str, Any] = {"preset": s.preset, "resolved": resolved}
+    if cfg.init_from is not None:  # keyed by the weights' bytes, as the suites' generator stage keys them
+        from bench.graph import saved_weights_digest
+
+        spec["init_digest"] = saved_weights_digest(Path(cfg.init_from))
+    generator, gen_computed = stages.run("generator", spec, {"data": data, "autoencoder": vae}, generator_fn)
     hashes = {k: str(c.marker["hash"]) for k, c in (("data", data), ("evaluator", evaluator), ("generator", generator))}
     return _Trained(root, load_segmentor(evaluator.path("model")).eval(), vae, vae_computed, generator, gen_computed,
                     prompts, hashes)
