@@ -26,6 +26,7 @@ from bench.cache import canonical
 from bench.schema import CRFM, ResolvedVariant, Sampling, Segmenter, Suite, Variant, resolve_variants
 from bench.schema.sections import SAVED_GENERATOR_FILES
 from bench.specs import (
+    FREEMASK_REFERENCE,
     AutoencoderSpec,
     CheckpointSpec,
     DataSpec,
@@ -203,7 +204,9 @@ def downstream_spec(suite: Suite, v: ResolvedVariant, seed: int) -> DownstreamSp
     if v.kind == "rerender":
         return RerenderDownstreamSpec(**common, ratio=d.ratio, limit=suite.dataset.limit,
                                       first_draw=rerender_first_draw(seed, math.ceil(d.ratio)))
-    return MixedDownstreamSpec(**common, ratio=d.ratio, freemask=freemask if freemask.enabled else None)
+    if not freemask.enabled:
+        return MixedDownstreamSpec(**common, ratio=d.ratio, freemask=None)
+    return MixedDownstreamSpec(**common, ratio=d.ratio, freemask=freemask, freemask_reference=FREEMASK_REFERENCE)
 
 
 def data_spec(suite: Suite) -> DataSpec:

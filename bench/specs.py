@@ -202,6 +202,12 @@ class DownstreamSpec(SegmenterSpec):
     val_limit: int | None = field(kw_only=True)
 
 
+# The images whose class-wise mean judge loss sets FreeMask's thresholds (todsynth.seg.freemask.filter_masks's
+# ``reference``): the real training images, as FreeMask's release. In the keys, so that the earlier rule's stages
+# (the synthetic set's own means) are not reused.
+FREEMASK_REFERENCE = "real"
+
+
 @dataclass(frozen=True)
 class MixedDownstreamSpec(DownstreamSpec):
     """``downstream`` of a synthetic variant: real + synthetic at ``ratio``, FreeMask-filtered unless None."""
@@ -210,6 +216,8 @@ class MixedDownstreamSpec(DownstreamSpec):
 
     ratio: float = field(kw_only=True)
     freemask: FreeMask | None = field(kw_only=True)
+    # what sets FreeMask's thresholds (FREEMASK_REFERENCE); None before the real images did
+    freemask_reference: str | None = field(default=None, kw_only=True, metadata=OMIT_NONE)
 
 
 @dataclass(frozen=True)

@@ -294,6 +294,29 @@ def test_provenance_paths_and_device(tmp_path, monkeypatch):
     assert device_text("cuda: NVIDIA H200 x1", "1") == "cuda: NVIDIA H200 x1, gpus=1"
 
 
+def test_best_is_ranked_within_each_subset_size_at_the_displayed_decimals():
+    """With dataset.subsets a row is best among the rows of its own n (before: real-only@n160 was bolded as the
+    suite's best mIoU, and the FID of the size with the most images); ties are judged at the decimals the column is
+    displayed with, ceilings included (before: two cells that print differently could both be bold)."""
+    def row(name, kind, n, **m):  # noqa: ANN001, ANN003, ANN202
+        return {"name": name, "kind": kind, "n": n, "metrics": m, "metrics_std": {}}
+
+    results = {"seeds": [0], "variants": [
+        row("real-only@n16", "baseline", 16, downstream_miou=0.30),
+        row("plain@n16", "synthetic", 16, downstream_miou=0.31, fid=3.0, kid=0.012341),
+        row("crfm@n16", "synthetic", 16, downstream_miou=0.305, fid=2.0, kid=0.012344),
+        row("perfect@n16", "rerender", 16, downstream_miou=0.40, fid=0.001, kid=0.0001),
+        row("real-only@n160", "baseline", 160, downstream_miou=0.39),
+        row("plain@n160", "synthetic", 160, downstream_miou=0.37, fid=1.0, kid=0.5),
+        row("crfm@n160", "synthetic", 160, downstream_miou=0.38, fid=1.5, kid=0.5)]}
+    best = best_variants(results)
+    assert best["downstream_miou"] == {"plain@n16", "real-only@n160"}
+    assert best["fid"] == {"crfm@n16", "plain@n160"}
+    assert best["kid"] == {"plain@n16"}  # 0.012341 vs 0.012344 print apart at the column's decimals (a ceiling's 1e-4)
+    cells = {r["name"]: r["cells"]["kid"] for r in table_rows(results)}
+    assert cells["plain@n16"]["best"] and not cells["crfm@n16"]["best"]
+
+
 def test_pareto_front():
     pts = [(10.0, 0.5), (8.0, 0.4), (12.0, 0.6), (11.0, 0.45), (8.0, 0.4)]
     # fid min, miou max: (11, .45) is dominated by (10, .5); duplicates both stay

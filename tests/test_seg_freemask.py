@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -26,8 +25,10 @@ class NearestColourJudge(nn.Module):
         return -20 * ((images_01[:, None] - COLOURS.view(1, 7, 3, 1, 1)) ** 2).sum(2)
 
 
-def _write(root: Path, n: int = 3, size: int = 16) -> tuple[list[SegItem], np.ndarray]:
-    """Palette-painted pairs; image 0 has a 4x4 block painted as 'water' where its mask says otherwise."""
+def _write(root: Path, n: int = 3, size: int = 16, corrupt_first: bool = True,
+           paint: dict[int, int] | None = None) -> tuple[list[SegItem], np.ndarray]:
+    """Palette-painted pairs; image 0 has a 4x4 block painted as 'water' where its mask says otherwise
+    (``corrupt_first``); ``paint`` repaints whole classes (reduced label -> the colour of another) in every image."""
     rng = np.random.default_rng(0)
     for d in ("images_png", "masks_png"):
         (root / d).mkdir(parents=True)
@@ -37,7 +38,9 @@ def _write(root: Path, n: int = 3, size: int = 16) -> tuple[list[SegItem], np.nd
         raw = (reduced + 1).astype(np.uint8)
         raw[-1] = 0  # a no-data row
         painted = reduced.copy()
-        if k == 0:
+        for cls, colour in (paint or {}).items():
+            painted[reduced == cls] = colour
+        if k == 0 and corrupt_first:
             painted[4:8, 8:12] = 3  # water colour; the mask keeps classes 0..2 there
             corrupt[4:8, 8:12] = True
         Image.fromarray((COLOURS[painted].numpy() * 255).round().astype(np.uint8), "RGB").save(root / "images_png" / f"{k}.png")
@@ -47,9 +50,10 @@ def _write(root: Path, n: int = 3, size: int = 16) -> tuple[list[SegItem], np.nd
 
 
 def test_anomalous_pixels_become_ignore(tmp_path: Path) -> None:
+    real, _ = _write(tmp_path / "real", corrupt_first=False)
     items, corrupt = _write(tmp_path / "Train" / "Urban")
     originals = [np.asarray(Image.open(i.mask_path)).copy() for i in items]
-    result = filter_masks(NearestColourJudge(), items, margin=1.25)
+    result = filter_masks(NearestColourJudge(), items, reference=real, margin=1.25)
     assert [i.image_path for i in result.items] == [i.image_path for i in items]
     assert all(i.mask_path.parent.name == FILTERED_DIRNAME for i in result.items)
     assert result.items[0].mask_path == tmp_path / "Train" / "Urban" / FILTERED_DIRNAME / "0.png"
@@ -65,41 +69,62 @@ def test_anomalous_pixels_become_ignore(tmp_path: Path) -> None:
     labelled = sum(int((o > 0).sum()) for o in originals)
     assert result.stats["filtered_fraction_total"] == pytest.approx(16 / labelled)
     assert math.isnan(result.stats["filtered_fraction"]["water"])  # no water in any mask
-    assert result.stats["n_images"] == 3 and result.stats["margin"] == 1.25
+    assert result.stats["n_images"] == 3 and result.stats["n_reference"] == 3 and result.stats["margin"] == 1.25
+
+
+def test_thresholds_come_from_the_real_images(tmp_path: Path) -> None:
+    """FreeMask's release takes each class's mean loss over the real images. A synthetic set that draws a whole class
+    wrong in every image is filtered there; over its own means (the earlier rule) those pixels were the norm and kept."""
+    real, _ = _write(tmp_path / "real", corrupt_first=False)
+    wrong, _ = _write(tmp_path / "synthetic", corrupt_first=False, paint={1: 3})  # every building painted as water
+    masks = [np.asarray(Image.open(i.mask_path)) for i in wrong]
+    result = filter_masks(NearestColourJudge(), wrong, reference=real)
+    filtered = [np.asarray(Image.open(i.mask_path)) for i in result.items]
+    for f, m in zip(filtered, masks, strict=True):
+        assert (f[m == 2] == 0).all()  # raw 2 = building: dropped
+        np.testing.assert_array_equal(f[m != 2], m[m != 2])
+    assert result.stats["filtered_fraction"]["building"] == 1.0
+    # a class the real images lack keeps its synthetic pixels (no norm to judge them by)
+    no_building, _ = _write(tmp_path / "real2", corrupt_first=False, paint={})
+    for item in no_building:
+        m = np.asarray(Image.open(item.mask_path)).copy()
+        m[m == 2] = 1
+        Image.fromarray(m, "L").save(item.mask_path)
+    kept = filter_masks(NearestColourJudge(), wrong, reference=no_building, out_dirname="kept")
+    assert kept.stats["filtered_fraction"]["building"] == 0.0 and math.isinf(kept.stats["threshold"]["building"])
 
 
 def test_infinite_margin_keeps_everything_and_bad_args(tmp_path: Path) -> None:
     items, _ = _write(tmp_path / "d")
-    result = filter_masks(NearestColourJudge(), items, margin=math.inf)
+    real, _ = _write(tmp_path / "real", corrupt_first=False)
+    result = filter_masks(NearestColourJudge(), items, reference=real, margin=math.inf)
     assert result.stats["filtered_fraction_total"] == 0.0
     with pytest.raises(ValueError, match="margin must be > 0"):
-        filter_masks(NearestColourJudge(), items, margin=0)
+        filter_masks(NearestColourJudge(), items, reference=real, margin=0)
     with pytest.raises(ValueError, match="no items"):
-        filter_masks(NearestColourJudge(), [])
+        filter_masks(NearestColourJudge(), [], reference=real)
+    with pytest.raises(ValueError, match="no reference images"):
+        filter_masks(NearestColourJudge(), items, reference=[])
 
 
-class CountingJudge(NearestColourJudge):
+class DeviceJudge(NearestColourJudge):
+    """Records the device its input arrives on; its one parameter lives on ``meta``."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.calls = 0
+        self.anchor = nn.Parameter(torch.zeros(1, device="meta"))
+        self.seen: list[str] = []
 
     def forward(self, images_01: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return super().forward(images_01)
+        self.seen.append(images_01.device.type)
+        return super().forward(torch.zeros(images_01.shape))
 
 
-@pytest.mark.parametrize(("keep_bytes", "calls"), [(256 << 20, 3), (0, 6), (2 * 16 * 16 * 5, 4)])
-def test_loss_maps_kept_between_passes_while_they_fit(tmp_path: Path, monkeypatch, keep_bytes, calls) -> None:
-    """One judge pass per image while the maps fit in KEEP_BYTES, a second for the rest; the same masks either way."""
-    import todsynth.seg.freemask as fm
-
-    items, _ = _write(tmp_path / "Train" / "Urban")
-    monkeypatch.setattr(fm, "KEEP_BYTES", keep_bytes)
-    judge = CountingJudge()
-    result = filter_masks(judge, items, margin=1.25, out_dirname=f"f{keep_bytes}")
-    assert judge.calls == calls  # 16x16 maps: float32 loss + uint8 target = 1280 bytes each
-    monkeypatch.setattr(fm, "KEEP_BYTES", 0)
-    again = filter_masks(NearestColourJudge(), items, margin=1.25, out_dirname="recomputed")
-    for a, b in zip(result.items, again.items, strict=True):
-        np.testing.assert_array_equal(np.asarray(Image.open(a.mask_path)), np.asarray(Image.open(b.mask_path)))
-    assert json.dumps(result.stats, sort_keys=True) == json.dumps(again.stats, sort_keys=True)  # NaN-safe
+def test_images_go_to_the_judges_device_and_each_once(tmp_path: Path) -> None:
+    """The judge sees each image on its own device (before: always the CPU, so a CUDA judge failed), and each
+    real and synthetic image once."""
+    items, _ = _write(tmp_path / "s")
+    real, _ = _write(tmp_path / "r", n=2, corrupt_first=False)
+    judge = DeviceJudge()
+    filter_masks(judge, items, reference=real)
+    assert judge.seen == ["meta"] * 5

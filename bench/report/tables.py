@@ -51,26 +51,37 @@ def table_columns(results: dict[str, Any]) -> list[str]:
 def best_variants(results: dict[str, Any]) -> dict[str, set[str]]:
     """Column -> variants whose mean, as displayed, is the best (direction from higher_is_better); empty when all tie.
 
-    A ceiling row (oracle, rerender) measures what added data could be worth, not a result: never ranked, like the
-    instrument columns.
+    Ranked within each labelled-subset size ``n`` (a suite with ``dataset.subsets``): rows of different n train on
+    different data (and FIDs count other numbers of images), so they are not rivals. "As displayed" is at the
+    column's display decimals (:func:`column_places`). A ceiling row (oracle, rerender) measures what added data could
+    be worth, not a result: never ranked, like the instrument columns.
     """
     dirs = metric_directions(results)
+    places = column_places(results)
     best: dict[str, set[str]] = {}
     for col in table_columns(results):
+        best[col] = set()
         if col in UNRANKED:
-            best[col] = set()
             continue
-        numbers = {v["name"]: as_number(v["metrics"].get(col)) for v in results["variants"]
-                   if v["kind"] not in CEILING_KINDS}
-        vals = {k: x for k, x in numbers.items() if x is not None}
-        if len(vals) < 2:
-            best[col] = set()
-            continue
-        places = column_decimals(list(vals.values()))
-        target = fmt(max(vals.values()) if dirs.get(col, True) else min(vals.values()), decimals=places)
-        winners = {k for k, x in vals.items() if fmt(x, decimals=places) == target}  # ties as shown all win
-        best[col] = winners if len(winners) < len(vals) else set()  # all equal: nobody is best
+        groups: dict[Any, dict[str, float]] = {}
+        for v in results["variants"]:
+            x = as_number(v["metrics"].get(col))
+            if v["kind"] not in CEILING_KINDS and x is not None:
+                groups.setdefault(v.get("n"), {})[v["name"]] = x
+        for vals in groups.values():
+            if len(vals) < 2:
+                continue
+            target = fmt(max(vals.values()) if dirs.get(col, True) else min(vals.values()), decimals=places[col])
+            winners = {k for k, x in vals.items() if fmt(x, decimals=places[col]) == target}  # ties as shown all win
+            if len(winners) < len(vals):  # all equal: nobody is best
+                best[col] |= winners
     return best
+
+
+def column_places(results: dict[str, Any]) -> dict[str, int]:
+    """Column -> the decimals its cells are displayed with (:func:`column_decimals` over every row, ceilings too)."""
+    return {c: column_decimals([x for v in results["variants"] if (x := as_number(v["metrics"].get(c))) is not None])
+            for c in table_columns(results)}
 
 
 def column_decimals(values: list[float]) -> int:
@@ -110,8 +121,7 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     several = several_seeds(results)
     best = best_variants(results)
     cols = table_columns(results)
-    places = {c: column_decimals([x for v in results["variants"] if (x := as_number(v["metrics"].get(c))) is not None])
-              for c in cols}
+    places = column_places(results)
     rows = []
     for v in results["variants"]:
         cells = {}

@@ -26,11 +26,11 @@ from bench.stages.synthesis import rerender_dir, synthetic_pairs
 from todsynth.data.classes import NUM_CLASSES
 
 
-def _freemask(pairs: list[tuple[Path, Path]], judge_stage: CachedStage, margin: float, out_dir: Path,
+def _freemask(pairs: list[tuple[Path, Path]], real: list[Any], judge_stage: CachedStage, margin: float, out_dir: Path,
               device: str) -> tuple[list[Any], dict[str, Any]]:
     """FreeMask-filter synthetic masks with the judge; filtered copies live in ``out_dir/freemask``.
 
-    The masks are copied first: ``filter_masks`` writes beside its input masks, and the synthesize
+    The thresholds come from the judge's losses on ``real``, the real training images. The masks are copied first: ``filter_masks`` writes beside its input masks, and the synthesize
     stage's cached directory must never change.
     """
     from todsynth.seg.freemask import filter_masks
@@ -42,7 +42,7 @@ def _freemask(pairs: list[tuple[Path, Path]], judge_stage: CachedStage, margin: 
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(mask, dest)
         copies.append((image, dest))
-    result = filter_masks(SegmentorLogits(load_seg(judge_stage, device)), copies, margin=margin)
+    result = filter_masks(SegmentorLogits(load_seg(judge_stage, device)), copies, reference=real, margin=margin)
     for _, dest in copies:  # only the filtered copies are needed
         dest.unlink()
     return result.items, result.stats
@@ -114,7 +114,7 @@ def stage_downstream(spec: DownstreamSpec, inputs: dict[str, CachedStage], out_d
     elif isinstance(spec, MixedDownstreamSpec):
         synth = synthetic_pairs(inputs["synthesize"])
         if spec.freemask is not None:
-            synth, freemask_stats = _freemask(synth, inputs["judge"], spec.freemask.margin, out_dir,
+            synth, freemask_stats = _freemask(synth, real, inputs["judge"], spec.freemask.margin, out_dir,
                                               spec.runtime.device)
             write_json(out_dir / "freemask.json", freemask_stats)
             kept = 1.0 - freemask_stats["filtered_fraction_total"]
