@@ -20,7 +20,7 @@ EFFICIENCY_RULE = (
     "exceeds one std; with a single seed there is no std and nothing is marked. Ceiling rows add other images in the "
     "synthetic images' place (as many, at the same ratio): oracle, held-out real scenes (what more labelled data "
     "adds); rerender, the same training masks painted anew by the scenes' own renderer (what a perfect generator "
-    "could add). A synthetic cell gives its mean as a share of each ceiling's (where that is positive)."
+    "could add). A synthetic cell gives its mean as a share of each ceiling's where that is positive and exceeds one std."
 )
 
 
@@ -31,7 +31,7 @@ def data_efficiency(results: dict[str, Any]) -> dict[str, Any] | None:
     baseline variant. Returns ``{"baseline", "sizes": [n ascending], "series": [{"variant", "kind", "points": [{"n",
     "seeds", "diffs", "mean", "std" (None with one seed), "exceeds", "of_ceiling"}]}]}``; a point needs both rows'
     seed. ``of_ceiling``: for a synthetic point, ceiling kind -> its mean over that ceiling's at the same n (only
-    where the ceiling has a point there with a positive mean); empty for a ceiling.
+    where the ceiling has a point there whose mean is positive and exceeds one std); empty for a ceiling.
     """
     if "subsets" not in results:
         return None
@@ -56,7 +56,7 @@ def data_efficiency(results: dict[str, Any]) -> dict[str, Any] | None:
                                                      "std": std, "exceeds": std is not None and abs(mean) > std})
         kinds[v["declared"]] = v["kind"]
     ceilings = {(kinds[name], p["n"]): p["mean"] for name, points in series.items() if kinds[name] in CEILING_KINDS
-                for p in points}
+                for p in points if p["exceeds"]}  # a share of a gain inside its own noise would read as anything
     for name, points in series.items():
         for p in points:
             p["of_ceiling"] = {} if kinds[name] in CEILING_KINDS else {
