@@ -68,6 +68,33 @@ def test_small_samples_stay_finite() -> None:
         fid_kid(a, b[:, :10])
 
 
+def test_frechet_falls_back_to_the_symmetric_eigenproblem(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When clean-fid keeps finding an imaginary component through every offset, the same distance comes from the
+    eigenvalues of sqrt(S1) S2 sqrt(S1) (before: the last ValueError escaped and failed the evaluate stage); on
+    well-conditioned sets that value is clean-fid's."""
+    import cleanfid.fid
+
+    from todsynth.metrics.fid import frechet_eigh
+
+    a, b = _feats(200, 16, 0), _feats(150, 16, 1) + 0.3
+    reference = fid_kid(a, b)["fid"]
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    assert frechet_eigh(mu1, s1, mu2, s2) == pytest.approx(reference, rel=1e-9)
+    calls: list[float] = []
+
+    def complex_always(mu1, s1, mu2, s2):  # noqa: ANN001, ANN202
+        calls.append(float(s1[0, 0]))
+        raise ValueError("Imaginary component 1.0")
+
+    monkeypatch.setattr(cleanfid.fid, "frechet_distance", complex_always)
+    r = fid_kid(a, b)
+    eye = np.eye(16) * r["cov_offset"]  # the last offset tried (x100 three times), in the value as in clean-fid's
+    assert len(calls) == 4 and r["cov_offset"] > 0
+    assert r["fid"] == pytest.approx(frechet_eigh(mu1, s1 + eye, mu2, s2 + eye), rel=1e-12)
+    assert r["fid"] == pytest.approx(reference, rel=0.01)
+
+
 def test_segmenter_fallback_without_inception(monkeypatch: pytest.MonkeyPatch) -> None:
     from todsynth.seg.models import build_segmentor
 

@@ -17,8 +17,9 @@ Extractors:
 Small sample sets: with fewer samples than feature dimensions the sample covariances are singular
 and ``sqrtm`` of their product is ill-posed (spurious imaginary parts, non-finite values). When
 ``min(n_real, n_fake) <= feature_dim`` both covariances get a diagonal offset of
-``cov_offset = 1e-6 * mean(diag)`` (raised x100 up to twice if clean-fid still reports an imaginary
-component); the offset used is returned. Fewer than 2 samples on either side gives NaN (FID and KID
+``cov_offset = 1e-6 * mean(diag)`` (raised x100 up to three times while clean-fid still reports an imaginary
+component; if it still does, the trace term comes from the eigenvalues of the symmetric ``sqrt(S1) S2 sqrt(S1)``,
+the same quantity, which cannot turn complex); the offset used is returned. Fewer than 2 samples on either side gives NaN (FID and KID
 are undefined), never an exception. FID is clamped at 0 (tiny negatives are round-off). KID uses
 clean-fid's ``kernel_distance`` with a seeded NumPy state restored afterwards.
 """
@@ -181,18 +182,32 @@ def extract_features(images: torch.Tensor | Sequence[Any], extractor: Callable[[
     return np.concatenate(out, axis=0)
 
 
+def frechet_eigh(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
+    """The Fréchet distance, ``tr sqrt(S1 S2)`` from the eigenvalues of the symmetric PSD ``sqrt(S1) S2 sqrt(S1)``.
+
+    The sum of their square roots (negative round-off clipped at 0): clean-fid's value, without ``sqrtm``'s complex
+    parts.
+    """
+    w, v = np.linalg.eigh((s1 + s1.T) / 2)
+    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    inner = root @ s2 @ root
+    trace = float(np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0.0, None)).sum())
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2.0 * trace)
+
+
 def _frechet(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray, offset: float) -> tuple[float, float]:
     from cleanfid.fid import frechet_distance
 
     d = s1.shape[0]
-    for _ in range(3):
+    for attempt in range(4):
+        eye = np.eye(d) * offset
         try:
-            eye = np.eye(d) * offset
             return float(frechet_distance(mu1, s1 + eye, mu2, s2 + eye)), offset
         except ValueError:  # "Imaginary component": ill-conditioned product
+            if attempt == 3:  # still complex: the same quantity from a symmetric eigenproblem (the stage must not fail)
+                return frechet_eigh(mu1, s1 + eye, mu2, s2 + eye), offset
             offset = offset * 100 if offset > 0 else 1e-6 * float(np.mean(np.diag(s1) + np.diag(s2)) / 2 + 1e-12)
-    eye = np.eye(d) * offset
-    return float(frechet_distance(mu1, s1 + eye, mu2, s2 + eye)), offset
+    raise AssertionError("unreachable")
 
 
 def fid_kid(real_feats: np.ndarray, fake_feats: np.ndarray, *, extractor: str = "custom", comparable: bool = False,
