@@ -47,6 +47,9 @@ def results_path(suite: Suite) -> Path:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population std; equal values give exactly their value and 0.0 (not a 1e-16 round-off)."""
+    if all(v == values[0] for v in values):
+        return values[0], 0.0
     m = sum(values) / len(values)
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
 
@@ -61,7 +64,9 @@ def aggregate(per_seed: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str,
         if all(isinstance(v, dict) for v in vals):
             mean[k], std[k] = aggregate(vals)
         elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
-            mean[k], std[k] = _mean_std([float(v) for v in vals])
+            mean[k], spread = _mean_std([float(v) for v in vals])
+            if len(vals) > 1:  # a value of one seed has no std (not 0.0), also when other seeds lack the key
+                std[k] = spread
         else:
             mean[k] = vals[0] if all(v == vals[0] for v in vals) else vals
     return mean, std

@@ -389,6 +389,9 @@ def test_results_file_is_strict_json(tmp_path):
 
     mean, std = aggregate([{"fid": float("nan"), "x": 1.0, "c": {"a": 1.0}}, {"fid": float("nan"), "x": 3.0, "c": {"a": 2.0}}])
     assert mean["x"] == 2.0 and std["x"] == 1.0 and mean["c"] == {"a": 1.5} and std["c"] == {"a": 0.5}
+    # equal values: their value and a std of exactly 0 (was 1.1e-16 in results.csv); one seed's value: no std (was 0.0)
+    same, spread = aggregate([{"e": 0.7192, "only": 0.5}, {"e": 0.7192}, {"e": 0.7192}])
+    assert same["e"] == 0.7192 and spread["e"] == 0.0 and same["only"] == 0.5 and "only" not in spread
     path = tmp_path / "r" / "results.json"
     write_results(path, {"variants": [{"metrics": mean}], "inf": float("inf")})
 
