@@ -32,6 +32,7 @@ from bench.tune.space import (
     grid_size,
     make_sampler,
     metric_value,
+    reference_metrics,
     reference_stages,
     suggest,
     trial_stages,
@@ -167,10 +168,7 @@ class Session:
     def reference(self) -> dict[str, dict[str, float]]:
         """Metric values of the variants constraints are relative to (computed once, kept in the study)."""
         stored = dict(self.study.user_attrs.get(REFERENCE) or {})
-        wanted: dict[str, set[str]] = {}
-        for c in self.tune.constraints:
-            if c.relative_to is not None:
-                wanted.setdefault(c.relative_to, set()).add(c.metric)
+        wanted = reference_metrics(self.tune)
         if all(m in stored.get(v, {}) for v, ms in wanted.items() for m in ms):
             return stored
         variants = {v.name: v for v in resolve_variants(self.suite)}

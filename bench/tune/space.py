@@ -179,6 +179,15 @@ def constraint_values(tune: Tune, metrics: Mapping[str, Any], reference: Mapping
     return out
 
 
+def reference_metrics(tune: Tune) -> dict[str, set[str]]:
+    """Variant name -> the metrics that constraints read from it (``relative_to``): what the study keeps of them."""
+    wanted: dict[str, set[str]] = {}
+    for c in tune.constraints:
+        if c.relative_to is not None:
+            wanted.setdefault(c.relative_to, set()).add(c.metric)
+    return wanted
+
+
 def reference_stages(variant: ResolvedVariant, metrics: Iterable[str]) -> tuple[str, ...]:
     """Stages giving a constraint's reference variant its ``metrics`` (a baseline or ceiling has only downstream)."""
     if variant.kind != "synthetic":

@@ -14,7 +14,14 @@ from typing import Any
 
 from bench.schema import Suite, resolve_variants
 from bench.suites import hashed_dict, resolved_dict, resolved_yaml, suite_digest
-from bench.tune.space import base_variant, default_params, reference_stages, trial_stages, tune_spec
+from bench.tune.space import (
+    base_variant,
+    default_params,
+    reference_metrics,
+    reference_stages,
+    trial_stages,
+    tune_spec,
+)
 from bench.tune.storage import redact
 from todsynth.errors import ConfigError
 
@@ -52,12 +59,8 @@ def study_stages(suite: Suite, stage_versions: Mapping[str, int] | None = None) 
     shared = variant_graph(suite, base_variant(suite), trial_stages(tune))
     hashes = graph_hashes(shared, versions)
     keys = {n.key: hashes[n.key] for n in shared if n.variant is None}
-    wanted: dict[str, set[str]] = {}
-    for c in tune.constraints:
-        if c.relative_to is not None:
-            wanted.setdefault(c.relative_to, set()).add(c.metric)
     by_name = {v.name: v for v in resolve_variants(suite)}
-    for name, metrics in sorted(wanted.items()):
+    for name, metrics in sorted(reference_metrics(tune).items()):
         v = by_name[name]
         keys.update(graph_hashes(variant_graph(suite, v, reference_stages(v, metrics)), versions))
     keys.update({f"code:{stage}": stage_code_version(stage, versions) for stage in trial_stages(tune)})
