@@ -36,6 +36,7 @@ import torch
 
 from bench.cache import CODE_VERSION, CachedStage, StageCache, canonical, stage_hash
 from bench.checks.scoring import miou
+from bench.schema.sections import saved_generator_problem
 from bench.suites import apply_overrides
 from todsynth.data.classes import NUM_CLASSES
 from todsynth.errors import ConfigError
@@ -88,12 +89,8 @@ def check_settings(s: Settings) -> dict[str, Any]:
     if int(resolved["image_size"]) != s.size:
         raise ConfigError(f"dataset size {s.size} != preset image_size {resolved['image_size']}")
     cfg = train_config(s, vae_dir=None)  # the generator's budget (train.* overrides), before the evaluator trains
-    if cfg.init_from is not None:
-        from bench.graph import saved_weights_digest
-
-        if saved_weights_digest(Path(cfg.init_from)) is None:
-            raise ConfigError(f"train.init_from: {cfg.init_from} holds no saved generator (config.json and "
-                              "transformer.safetensors)")
+    if cfg.init_from is not None and (why := saved_generator_problem(Path(cfg.init_from))):
+        raise ConfigError(f"train.init_from: {why}")
     return resolved
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench.metrics import needs_downstream
 from bench.schema.base import ENV_INCEPTION, ENV_LOVEDA_ROOT, ENV_SD3_DIR, first_error
-from bench.schema.sections import SAVED_GENERATOR_FILES, GeneratorSpec, Segmenter
+from bench.schema.sections import GeneratorSpec, Segmenter, saved_generator_problem
 from bench.schema.suite import Suite, resolve_variants
 from bench.schema.tuning import Tune
 from bench.schema.variants import CEILING_KINDS, SECTIONS, ResolvedVariant
@@ -263,10 +263,8 @@ def check_runnable(suite: Suite, stages: Collection[str] | None = None) -> list[
                 f"generator.sd3_dir: {gen.sd3_dir} holds no model_index.json; download "
                 f"stabilityai/stable-diffusion-3.5-medium there, or set generator.sd3_dir / {ENV_SD3_DIR}"
             )
-    if reads("generator") and gen.init_from is not None and not all(
-            (gen.init_from / name).is_file() for name in SAVED_GENERATOR_FILES):
-        problems.append(f"generator.init_from: {gen.init_from} holds no saved generator "
-                        f"({' and '.join(SAVED_GENERATOR_FILES)}); write one with `todsynth gen train`, or remove the key")
+    if reads("generator") and gen.init_from is not None and (why := saved_generator_problem(gen.init_from)):
+        problems.append(f"generator.init_from: {why}; write one with `todsynth gen train`, or remove the key")
     for role in ("judge", "evaluator"):
         seg: Segmenter = getattr(suite, role)
         if reads(role) and seg.checkpoint is not None and not seg.checkpoint.is_file():

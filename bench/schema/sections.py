@@ -138,6 +138,13 @@ class VaeTrain(Strict):
 SAVED_GENERATOR_FILES = ("config.json", "transformer.safetensors")
 
 
+def saved_generator_problem(path: Path) -> str | None:
+    """Why ``path`` is not a saved generator dir (one of :data:`SAVED_GENERATOR_FILES` missing), or None."""
+    if all((path / name).is_file() for name in SAVED_GENERATOR_FILES):
+        return None
+    return f"{path} holds no saved generator ({' and '.join(SAVED_GENERATOR_FILES)})"
+
+
 class GeneratorSpec(Strict):
     """Generator preset; ``sd3_dir`` falls back to $TODSYNTH_SD3_DIR; ``overrides`` patch the preset dict.
 
