@@ -15,7 +15,8 @@ from todsynth.seg.items import as_seg_items
 from todsynth.seg.judge import segment_logits
 
 
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """Where a module's parameters live (the CPU for one without any)."""
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 
@@ -24,7 +25,7 @@ def _device(model: nn.Module) -> torch.device:
 def predict(model: nn.Module, images_01: torch.Tensor) -> torch.Tensor:
     """Labels long (B, H, W) in 0..C-1 for RGB images (B, 3, H, W) in [0, 1] (model put in eval mode)."""
     model.eval()
-    logits = segment_logits(model, images_01.to(_device(model)))
+    logits = segment_logits(model, images_01.to(model_device(model)))
     # max(1).indices == argmax(1) (the first maximal index), but argmax over the channels of NCHW logits takes a
     # slow strided path on CPU: 3.3 -> 0.23 ms at (8,7,64,64), 55 -> 5 ms at (2,7,512,512) (whole predict with
     # fcn-tiny, 1 thread: 15.9 -> 12.7 ms and 252 -> 205 ms).

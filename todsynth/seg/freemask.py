@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from todsynth.data.classes import CLASSES, IGNORE_INDEX, NUM_CLASSES, RAW_NODATA
 from todsynth.files import atomic_write_bytes, png_bytes
+from todsynth.seg.evaluate import model_device
 from todsynth.seg.items import SegItem, as_seg_items
 
 FILTERED_DIRNAME = "masks_filtered_png"
@@ -40,13 +41,13 @@ class FreeMaskResult:
 
 
 @torch.no_grad()
-def _pixel_losses(judge: Callable[[torch.Tensor], torch.Tensor], item: SegItem) -> tuple[np.ndarray, np.ndarray]:
+def _pixel_losses(judge: Callable[[torch.Tensor], torch.Tensor], item: SegItem,
+                  device: torch.device | None) -> tuple[np.ndarray, np.ndarray]:
     """(per-pixel CE float32 (H, W), reduced target uint8 (H, W)) of one pair; ignore pixels have loss 0."""
     from todsynth.data.loveda import load_image, load_mask
 
     image = load_image(item.image_path)[None]
     target = load_mask(item.mask_path)[None]
-    device = next((p.device for p in judge.parameters()), None) if isinstance(judge, torch.nn.Module) else None
     logits = judge(image if device is None else image.to(device)).float().cpu()
     if logits.shape[-2:] != target.shape[-2:]:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
@@ -92,11 +93,12 @@ def filter_masks(
         raise ValueError("no items to filter")
     if not real:
         raise ValueError("no reference images: the class-wise mean losses come from the real training images")
+    device = model_device(judge) if isinstance(judge, torch.nn.Module) else None  # where the judge wants its images
     # Pass 1: class-wise mean loss over the real reference images.
     loss_sum = np.zeros(num_classes, dtype=np.float64)
     count = np.zeros(num_classes, dtype=np.int64)
     for item in real:
-        loss, target = _pixel_losses(judge, item)
+        loss, target = _pixel_losses(judge, item, device)
         valid = target != IGNORE_INDEX
         loss_sum += np.bincount(target[valid], weights=loss[valid], minlength=num_classes)[:num_classes]
         count += np.bincount(target[valid], minlength=num_classes)[:num_classes]
@@ -108,7 +110,7 @@ def filter_masks(
     labelled = np.zeros(num_classes, dtype=np.int64)
     out_items: list[SegItem] = []
     for item in pairs:
-        loss, target = _pixel_losses(judge, item)
+        loss, target = _pixel_losses(judge, item, device)
         valid = target != IGNORE_INDEX
         thr = np.full(target.shape, np.inf, dtype=np.float64)
         thr[valid] = threshold[target[valid]]
