@@ -199,15 +199,17 @@ def _frechet(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray, o
     from cleanfid.fid import frechet_distance
 
     d = s1.shape[0]
-    for attempt in range(4):
-        eye = np.eye(d) * offset
+    for _ in range(3):
         try:
+            eye = np.eye(d) * offset
             return float(frechet_distance(mu1, s1 + eye, mu2, s2 + eye)), offset
         except ValueError:  # "Imaginary component": ill-conditioned product
-            if attempt == 3:  # still complex: the same quantity from a symmetric eigenproblem (the stage must not fail)
-                return frechet_eigh(mu1, s1 + eye, mu2, s2 + eye), offset
             offset = offset * 100 if offset > 0 else 1e-6 * float(np.mean(np.diag(s1) + np.diag(s2)) / 2 + 1e-12)
-    raise AssertionError("unreachable")
+    eye = np.eye(d) * offset
+    try:
+        return float(frechet_distance(mu1, s1 + eye, mu2, s2 + eye)), offset
+    except ValueError:  # still complex: the same quantity from a symmetric eigenproblem (the stage must not fail)
+        return frechet_eigh(mu1, s1 + eye, mu2, s2 + eye), offset
 
 
 def fid_kid(real_feats: np.ndarray, fake_feats: np.ndarray, *, extractor: str = "custom", comparable: bool = False,
