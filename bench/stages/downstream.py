@@ -30,8 +30,8 @@ def _freemask(pairs: list[tuple[Path, Path]], real: list[Any], judge_stage: Cach
               device: str) -> tuple[list[Any], dict[str, Any]]:
     """FreeMask-filter synthetic masks with the judge; filtered copies live in ``out_dir/freemask``.
 
-    The thresholds come from the judge's losses on ``real``, the real training images. The masks are copied first: ``filter_masks`` writes beside its input masks, and the synthesize
-    stage's cached directory must never change.
+    The thresholds come from the judge's losses on ``real``, the real training images. The masks are copied first:
+    ``filter_masks`` writes beside its input masks, and the synthesize stage's cached directory must never change.
     """
     from todsynth.seg.freemask import filter_masks
     from todsynth.seg.judge import SegmentorLogits
