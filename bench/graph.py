@@ -26,6 +26,7 @@ from bench.cache import canonical
 from bench.schema import CRFM, ResolvedVariant, Sampling, Segmenter, Suite, Variant, resolve_variants
 from bench.schema.sections import SAVED_GENERATOR_FILES
 from bench.specs import (
+    ADDED_SAMPLER,
     FREEMASK_REFERENCE,
     AutoencoderSpec,
     CheckpointSpec,
@@ -195,18 +196,19 @@ def downstream_spec(suite: Suite, v: ResolvedVariant, seed: int) -> DownstreamSp
         "subset": subset_spec(suite, v.subset)}
     if v.kind == "baseline":
         return DownstreamSpec(**common)
+    common.update(ratio=d.ratio, sampler=ADDED_SAMPLER)
     if v.kind == "oracle":
         if v.subset is None:
             raise ValueError(f"{v.origin}: an oracle variant needs dataset.subsets")
         limit = suite.dataset.limit
         masks = v.subset if limit is None else min(limit, v.subset)
-        return OracleDownstreamSpec(**common, ratio=d.ratio, held_out=n_synthetic(d.ratio, masks))
+        return OracleDownstreamSpec(**common, held_out=n_synthetic(d.ratio, masks))
     if v.kind == "rerender":
-        return RerenderDownstreamSpec(**common, ratio=d.ratio, limit=suite.dataset.limit,
+        return RerenderDownstreamSpec(**common, limit=suite.dataset.limit,
                                       first_draw=rerender_first_draw(seed, math.ceil(d.ratio)))
     if not freemask.enabled:
-        return MixedDownstreamSpec(**common, ratio=d.ratio, freemask=None)
-    return MixedDownstreamSpec(**common, ratio=d.ratio, freemask=freemask, freemask_reference=FREEMASK_REFERENCE)
+        return MixedDownstreamSpec(**common, freemask=None)
+    return MixedDownstreamSpec(**common, freemask=freemask, freemask_reference=FREEMASK_REFERENCE)
 
 
 def data_spec(suite: Suite) -> DataSpec:

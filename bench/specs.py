@@ -208,32 +208,46 @@ class DownstreamSpec(SegmenterSpec):
 FREEMASK_REFERENCE = "real"
 
 
+# How a downstream that adds images draws them (todsynth.seg.mmdata.RepeatFactorSampler: epochs, as real-only
+# draws). In the keys, so that the stages of the earlier draws (i.i.d. with replacement) are not reused.
+ADDED_SAMPLER = "repeat-factor-epochs"
+
+
 @dataclass(frozen=True)
-class MixedDownstreamSpec(DownstreamSpec):
+class AddingDownstreamSpec(DownstreamSpec):
+    """A ``downstream`` that adds images to the real ones at ``ratio`` (synthetic:real), drawn by ``sampler``.
+
+    ``sampler`` is ADDED_SAMPLER; None before those trainings drew in epochs.
+    """
+
+    ratio: float = field(kw_only=True)
+    sampler: str | None = field(default=None, kw_only=True, metadata=OMIT_NONE)
+
+
+@dataclass(frozen=True)
+class MixedDownstreamSpec(AddingDownstreamSpec):
     """``downstream`` of a synthetic variant: real + synthetic at ``ratio``, FreeMask-filtered unless None."""
 
     nested: ClassVar[dict[str, Any]] = {"subset": Subset, "freemask": FreeMask}
 
-    ratio: float = field(kw_only=True)
     freemask: FreeMask | None = field(kw_only=True)
     # what sets FreeMask's thresholds (FREEMASK_REFERENCE); None before the real images did
     freemask_reference: str | None = field(default=None, kw_only=True, metadata=OMIT_NONE)
 
 
 @dataclass(frozen=True)
-class OracleDownstreamSpec(DownstreamSpec):
+class OracleDownstreamSpec(AddingDownstreamSpec):
     """``downstream`` of the oracle: real + ``held_out`` real training scenes outside the subset, at ``ratio``.
 
     ``held_out`` is the synthetic variants' image count (fewer when the split runs out); the scenes follow the
     labelled subset in its draw order (``todsynth.data.subset.held_out``).
     """
 
-    ratio: float = field(kw_only=True)
     held_out: int = field(kw_only=True)
 
 
 @dataclass(frozen=True)
-class RerenderDownstreamSpec(DownstreamSpec):
+class RerenderDownstreamSpec(AddingDownstreamSpec):
     """``downstream`` of ``rerender``: real + the (limited) training masks' scenes painted anew, at ``ratio``.
 
     As many images as synthesis makes from those masks (copy ``r`` is appearance draw ``first_draw + r``,
@@ -241,7 +255,6 @@ class RerenderDownstreamSpec(DownstreamSpec):
     (:func:`bench.graph.rerender_first_draw`): each seed paints its own images, as each seed synthesises its own.
     """
 
-    ratio: float = field(kw_only=True)
     limit: int | None = field(kw_only=True)
     first_draw: int = field(kw_only=True)
 

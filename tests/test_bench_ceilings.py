@@ -49,6 +49,8 @@ def test_rerender_stage_paints_the_training_masks(tiny_suite_data, tmp_path, rat
     by_key = {n.key: n for n in build_graph(suite)}
     down = by_key["downstream[perfect,seed=0]"]
     assert isinstance(down.spec, RerenderDownstreamSpec) and down.deps == {"data": "data"}
+    assert down.spec.sampler == "repeat-factor-epochs" and by_key["downstream[real-only,seed=0]"].spec.hashed().keys() \
+        .isdisjoint({"sampler", "ratio"})  # real-only keeps its key: equal weights sample as they always did
     assert "synthesize[perfect,seed=0]" not in by_key and down.spec.limit == limit
 
     data_dir = tmp_path / "data"

@@ -142,6 +142,7 @@ def test_oracle_graph_and_stage(tiny_suite_data, tmp_path):
         down = by_key[f"downstream[oracle@n{n},seed=0]"]
         assert isinstance(down.spec, OracleDownstreamSpec) and down.spec.held_out == held
         assert down.spec.ratio == 1.5 and down.spec.subset.n == n and down.deps == {"data": "data"}
+        assert down.spec.sampler == "repeat-factor-epochs"  # drawn as real-only draws (a key field)
         assert f"synthesize[oracle@n{n},seed=0]" not in by_key and f"evaluate[oracle@n{n},seed=0]" not in by_key
     limited = build_graph(_suite(data, tmp_path / "ws", subsets=[4], limit=2))
     assert next(n for n in limited if n.key == "downstream[oracle@n4,seed=0]").spec.held_out == 3  # 1.5 * 2 masks

@@ -36,7 +36,8 @@ def test_hashed_forms_of_the_tests_suite():
     assert nodes["downstream[real-only,seed=0]"].spec.hashed() == base
     mixed = nodes["downstream[plain,seed=0]"].spec
     assert isinstance(mixed, MixedDownstreamSpec)
-    assert mixed.hashed() == {**base, "ratio": 1.0, "freemask": {"enabled": True, "margin": 1.25},
+    assert mixed.hashed() == {**base, "ratio": 1.0, "sampler": "repeat-factor-epochs",  # before: i.i.d. draws
+                              "freemask": {"enabled": True, "margin": 1.25},
                               "freemask_reference": "real"}  # the thresholds' images (before: the synthetic set)
     assert nodes["evaluate[crfm,seed=0]"].spec.hashed() == {"extractor": "evaluator"}
 

@@ -50,4 +50,5 @@ def test_run_downstream_real_only_and_mixed(tmp_path: Path) -> None:
         assert 0.0 <= scores["miou"] <= 1.0 and scores["n_images"] == 4
     log = json.loads((tmp_path / "mixed" / "train_log.json").read_text())
     assert log["weighted"] is True and log["n_items"] == 16
+    assert json.loads((tmp_path / "base" / "train_log.json").read_text())["weighted"] is False  # equal weights
     assert load_segmentor(tmp_path / "base" / "model") is not None

@@ -81,20 +81,48 @@ def test_as_seg_items_accepts_samples_and_pairs(data_root: Path) -> None:
     assert len(set(items)) == 1
 
 
-def test_weighted_sampler_follows_weights(data_root: Path) -> None:
-    from todsynth.seg.mmdata import WeightedInfiniteSampler
+@pytest.mark.parametrize(("size", "seed"), [(1, 0), (7, 0), (7, 3), (40, 123)])
+def test_equal_weights_sample_as_mmengines_infinite_sampler(size: int, seed: int) -> None:
+    """Real-only, judge and evaluator trainings draw exactly what they drew before the sampler was shared."""
+    from mmengine.dataset import InfiniteSampler
 
-    weights = [1.0, 0.0, 3.0]
-    sampler = WeightedInfiniteSampler(list(range(3)), weights, seed=0)
-    it = iter(sampler)
-    draws = np.bincount([next(it) for _ in range(4000)], minlength=3)
-    assert draws[1] == 0
-    assert draws[2] / draws[0] == pytest.approx(3.0, rel=0.15)
-    again = iter(WeightedInfiniteSampler(list(range(3)), weights, seed=0))
-    it2 = iter(WeightedInfiniteSampler(list(range(3)), weights, seed=0))
-    assert [next(again) for _ in range(50)] == [next(it2) for _ in range(50)]
-    with pytest.raises(ValueError, match="2 weights for a dataset of 3"):
-        WeightedInfiniteSampler(list(range(3)), [1.0, 1.0], seed=0)
+    from todsynth.seg.mmdata import RepeatFactorSampler
+
+    data = list(range(size))
+    for w in (1.0, 0.25):
+        ours, theirs = iter(RepeatFactorSampler(data, [w] * size, seed=seed)), iter(InfiniteSampler(data, seed=seed))
+        assert [next(ours) for _ in range(5 * size + 3)] == [next(theirs) for _ in range(5 * size + 3)]
+
+
+def test_repeat_factor_epochs_hold_each_item_by_its_weight() -> None:
+    from todsynth.seg.mmdata import RepeatFactorSampler
+
+    it = iter(RepeatFactorSampler(list(range(3)), [2.0, 0.0, 6.0], seed=0))  # factors 1, 0, 3: epochs of 4
+    for _ in range(20):
+        assert sorted(next(it) for _ in range(4)) == [0, 2, 2, 2]
+    # fractional factors 1 and 2.5: each epoch holds item 0 once and item 1 twice or three times
+    sampler = RepeatFactorSampler(list(range(2)), [2.0, 5.0], seed=1)
+    counts = np.zeros(2)
+    for epoch, _ in zip(sampler.epochs(), range(400)):
+        assert epoch.count(0) == 1 and epoch.count(1) in (2, 3), epoch
+        counts += np.bincount(epoch, minlength=2)
+    assert counts[1] / counts[0] == pytest.approx(2.5, rel=0.05)
+    chained = iter(sampler)  # the indices are the epochs one after another
+    assert [next(chained) for _ in range(60)] == [i for e, _ in zip(sampler.epochs(), range(30)) for i in e][:60]
+
+
+@pytest.mark.parametrize(("weights", "message"), [
+    ([1.0, 1.0], "2 weights for a dataset of 3"),
+    ([1.0, -1.0, 1.0], "finite and >= 0"),
+    ([1.0, float("nan"), 1.0], "finite and >= 0"),
+    ([0.0, 0.0, 0.0], "positive sum"),
+    ([1.0, 1e9, 1.0], "too wide a range"),
+])
+def test_repeat_factor_sampler_refuses_bad_weights(weights: list[float], message: str) -> None:
+    from todsynth.seg.mmdata import RepeatFactorSampler
+
+    with pytest.raises(ValueError, match=message):
+        RepeatFactorSampler(list(range(3)), weights, seed=0)
 
 
 @pytest.mark.slow

@@ -5,7 +5,8 @@ synthetic images, every real image has weight 1 and every synthetic image weight
 ``ratio * n_real / n_syn``. Since draws are proportional to weight, the expected number of
 synthetic draws is ``ratio`` times the expected number of real draws, whatever the set sizes
 (the paper's 3:1 uses ``ratio=3``). Baseline and synthetic variants use the same model, seed,
-iterations, batch size and learning rate, so only the data differ.
+iterations, batch size, learning rate and sampler (epochs of repeat factors, ``RepeatFactorSampler``), so only
+the data differ.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def run_downstream(
     work = Path(work_dir)
     model = train_segmentor(
         name, items, work, max_iters=iters, batch_size=batch_size, lr=lr, seed=seed, crop_size=crop_size,
-        repeat_factors=weights if n_syn else None, optimizer=optimizer, num_classes=num_classes,
+        repeat_factors=weights, optimizer=optimizer, num_classes=num_classes,
         class_names=class_names, progress=progress,
     )
     save_segmentor(model, name, work / "model", num_classes, class_names)

@@ -1,4 +1,4 @@
-"""MMSeg-side data pieces for training: a dataset over (image, mask) path pairs, a weighted infinite sampler.
+"""MMSeg-side data pieces for training: a dataset over (image, mask) path pairs, the sampler of every training.
 
 Importing this module imports mmseg (after :func:`ensure_mmseg`).
 """
@@ -56,24 +56,51 @@ def train_pipeline(crop_size: tuple[int, int] | None) -> list[Any]:
     return steps
 
 
-class WeightedInfiniteSampler(InfiniteSampler):  # type: ignore[misc]  # mmengine ships no types: InfiniteSampler is Any
-    """Infinite sampler drawing index ``i`` with probability ``weights[i] / sum(weights)`` (with replacement).
+class RepeatFactorSampler(InfiniteSampler):  # type: ignore[misc]  # mmengine ships no types: InfiniteSampler is Any
+    """Infinite sampler of epochs in which item ``i`` appears about ``f_i = weights[i] / min positive weight`` times.
 
-    Seeded by its own ``torch.Generator``; all-equal weights give i.i.d. uniform draws.
+    Each epoch holds ``floor(f_i)`` copies of item ``i`` plus one more with probability ``f_i - floor(f_i)``
+    (detectron2's ``RepeatFactorTrainingSampler`` rounding), shuffled. Items are drawn in proportion to their
+    weights, and every positive-weight item comes at least once an epoch; weight 0 never comes.
+
+    The shuffle is mmengine's ``InfiniteSampler`` stream (``torch.randperm`` of the epoch's length from a
+    ``torch.Generator`` seeded with ``seed``); the rounding draws from a separate stream, only for fractional
+    factors. So equal weights give mmengine's ``InfiniteSampler(shuffle=True, seed=seed)`` index for index, and a
+    training of real images alone samples the same whether or not it is given weights.
     """
 
-    def __init__(self, dataset: Any, weights: Sequence[float], seed: int, chunk: int = 1024) -> None:
+    max_epoch: int = 10_000_000  # items per epoch, at most: wider weight ranges would not fit in memory
+
+    def __init__(self, dataset: Any, weights: Sequence[float], seed: int) -> None:
         w = torch.as_tensor(list(weights), dtype=torch.float64)
         if w.numel() != len(dataset):
             raise ValueError(f"got {w.numel()} weights for a dataset of {len(dataset)} samples")
-        if bool((w < 0).any()) or float(w.sum()) <= 0:
-            raise ValueError("sampling weights must be >= 0 with a positive sum")
-        self.weights = w
-        self.chunk = int(chunk)
+        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
+            raise ValueError("sampling weights must be finite and >= 0 with a positive sum")
+        factors = w / w[w > 0].min()
+        if float(factors.sum()) > self.max_epoch:
+            raise ValueError(f"sampling weights span too wide a range: an epoch would hold {float(factors.sum()):.3g} "
+                             f"items (at most {self.max_epoch:.0e})")
+        self.factors = factors
         super().__init__(dataset, shuffle=True, seed=seed)
 
-    def _infinite_indices(self) -> Iterator[int]:
+    def epochs(self) -> Iterator[list[int]]:
+        """The endless epochs, each a shuffled list of indices (``_infinite_indices`` chains them)."""
+        whole = torch.floor(self.factors)
+        frac = self.factors - whole
+        fractional = bool((frac > 0).any())
         g = torch.Generator()
         g.manual_seed(self.seed)
+        rounding = torch.Generator()
+        rounding.manual_seed(self.seed + 0x5EED)
+        index = torch.arange(len(self.factors))
         while True:
-            yield from torch.multinomial(self.weights, self.chunk, replacement=True, generator=g).tolist()
+            counts = whole
+            if fractional:
+                counts = whole + (torch.rand(len(frac), generator=rounding, dtype=torch.float64) < frac)
+            epoch = torch.repeat_interleave(index, counts.long())
+            yield epoch[torch.randperm(len(epoch), generator=g)].tolist()
+
+    def _infinite_indices(self) -> Iterator[int]:
+        for epoch in self.epochs():
+            yield from epoch

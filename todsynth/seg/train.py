@@ -95,11 +95,11 @@ def _check_train_inputs(items: Sequence[SegItem], max_iters: int, batch_size: in
 def _train_loader(items: Sequence[SegItem], class_names: Sequence[str], crop_size: tuple[int, int] | None,
                   batch_size: int, seed: int, repeat_factors: Sequence[float] | None,
                   num_workers: int) -> DataLoader[Any]:
-    """The endless training DataLoader: MMSeg pipeline over the pairs, uniform or ``repeat_factors`` sampling."""
-    from mmengine.dataset import InfiniteSampler, pseudo_collate
+    """The endless training DataLoader: MMSeg pipeline over the pairs, epochs by ``repeat_factors`` (None: uniform)."""
+    from mmengine.dataset import pseudo_collate
     from torch.utils.data import DataLoader
 
-    from todsynth.seg.mmdata import PairSegDataset, WeightedInfiniteSampler, train_pipeline
+    from todsynth.seg.mmdata import PairSegDataset, RepeatFactorSampler, train_pipeline
 
     palette = [list(c) for c in PALETTE] if len(class_names) == len(PALETTE) else None
     metainfo: dict[str, Any] = {"classes": tuple(class_names)}
@@ -111,11 +111,8 @@ def _train_loader(items: Sequence[SegItem], class_names: Sequence[str], crop_siz
         pipeline=train_pipeline(crop_size),
         serialize_data=False,
     )
-    sampler = (
-        InfiniteSampler(dataset, shuffle=True, seed=seed)
-        if repeat_factors is None
-        else WeightedInfiniteSampler(dataset, repeat_factors, seed=seed)
-    )
+    # One sampler for every training: equal weights are mmengine's InfiniteSampler, so only the data differ
+    sampler = RepeatFactorSampler(dataset, [1.0] * len(items) if repeat_factors is None else repeat_factors, seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       persistent_workers=num_workers > 0, collate_fn=pseudo_collate, drop_last=False)
 
@@ -210,9 +207,9 @@ def train_segmentor(
         max_iters, batch_size, lr, seed: schedule (PolyLR to lr * 1e-2, power 0.9), batch, peak LR, seed.
         crop_size: random crop (h, w) before flipping; None trains on full tiles.
         val_items: if given, the final model is scored on them (``val_scores.json``).
-        repeat_factors: per-item sampling weights (same length as ``train_items``); item ``i`` is drawn with
-            probability ``repeat_factors[i] / sum(repeat_factors)``. None draws uniformly. See
-            ``todsynth.seg.downstream.downstream_items`` for the synthetic:real rule.
+        repeat_factors: per-item sampling weights (same length as ``train_items``): items are drawn in
+            proportion to them, in epochs (``todsynth.seg.mmdata.RepeatFactorSampler``). None draws uniformly,
+            each item once an epoch. See ``todsynth.seg.downstream.downstream_items`` for the synthetic:real rule.
         optimizer: SGD (momentum 0.9, wd 5e-4; MMSeg's default) or AdamW (wd 1e-2).
         num_workers: DataLoader workers (0 = load in the training process; raise it for 1024 px LoveDA on GPU).
 
@@ -247,7 +244,7 @@ def train_segmentor(
     log = {
         "model": name, "max_iters": max_iters, "batch_size": batch_size, "lr": lr, "seed": seed,
         "optimizer": optimizer, "crop_size": list(crop_size) if crop_size else None,
-        "n_items": len(items), "weighted": repeat_factors is not None,
+        "n_items": len(items), "weighted": repeat_factors is not None and len(set(repeat_factors)) > 1,
         "train_seconds": seconds, "train_cpu_seconds": cpu_seconds, "losses": hook.losses,
     }
     (work_dir / "train_log.json").write_text(json.dumps(log, indent=1))
