@@ -71,6 +71,19 @@ def test_resolve_preset_errors() -> None:
     assert (fine["transformer"]["qk_norm"], fine["scheduler"]["shift"], fine["train"]["warmup_steps"]) == (None, 3, 0)
 
 
+def test_the_vae_train_keys_are_one_list() -> None:
+    """A preset's ``vae_train`` keys, the suite's ``generator.vae_train`` fields and train_vae's arguments agree, so a
+    key one accepts is never dropped by another."""
+    import inspect
+
+    from bench.schema.sections import VaeTrain
+    from todsynth.models.presets import VAE_TRAIN_KEYS
+    from todsynth.train.vae import train_vae
+
+    assert set(VaeTrain.model_fields) == VAE_TRAIN_KEYS
+    assert VAE_TRAIN_KEYS <= set(inspect.signature(train_vae).parameters)
+
+
 def test_tiny_preset_matches_brief() -> None:
     t = PRESETS["tiny"]["transformer"]
     assert t["num_attention_heads"] * t["attention_head_dim"] == 64
