@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.cache import CachedStage
-from bench.specs import DownstreamSpec, MixedDownstreamSpec, OracleDownstreamSpec, RerenderDownstreamSpec
+from bench.specs import (
+    AddingDownstreamSpec,
+    DownstreamSpec,
+    MixedDownstreamSpec,
+    OracleDownstreamSpec,
+    RerenderDownstreamSpec,
+)
 from bench.stages.common import (
     labelled_samples,
     launch_rank,
@@ -23,7 +29,6 @@ from bench.stages.common import (
     write_json,
 )
 from bench.stages.synthesis import rerender_dir, synthetic_pairs
-from todsynth.data.classes import NUM_CLASSES
 
 
 def _freemask(pairs: list[tuple[Path, Path]], real: list[Any], judge_stage: CachedStage, margin: float, out_dir: Path,
@@ -85,11 +90,12 @@ def _rerendered(spec: RerenderDownstreamSpec, data: CachedStage, real: list[Any]
 
 
 def stage_downstream(spec: DownstreamSpec, inputs: dict[str, CachedStage], out_dir: Path) -> dict[str, Any]:
-    """Train the downstream segmentor on real (+ synthetic, FreeMask-filtered, or + a ceiling's) data; score on Val."""
-    from todsynth.seg.downstream import downstream_items
-    from todsynth.seg.evaluate import evaluate_segmentor
-    from todsynth.seg.io import save_segmentor
-    from todsynth.seg.train import train_segmentor
+    """Train the downstream segmentor on real (+ synthetic, FreeMask-filtered, or + a ceiling's) data; score on Val.
+
+    :func:`todsynth.seg.downstream.run_downstream` trains and scores (its files in ``out_dir``: ``model/``,
+    ``train_log.json``, ``scores.json``).
+    """
+    from todsynth.seg.downstream import run_downstream
 
     if launch_rank() != 0:  # see bench.stages.models: rank 0 alone trains under torchrun
         return {}
@@ -99,39 +105,34 @@ def stage_downstream(spec: DownstreamSpec, inputs: dict[str, CachedStage], out_d
     val = split_samples(data, "Val")
     if spec.val_limit is not None:
         val = val[: spec.val_limit]
-    items: list[Any] = list(real)
-    repeat: list[float] | None = None
+    added: list[Any] = []
     kept = None
     extra: dict[str, Any] = {}
     if isinstance(spec, OracleDownstreamSpec):
-        scenes = _held_out(spec, pool)
-        extra["n_held_out"] = len(scenes)
-        items, repeat = downstream_items(real, scenes, spec.ratio)
+        added = _held_out(spec, pool)
+        extra["n_held_out"] = len(added)
     elif isinstance(spec, RerenderDownstreamSpec):
-        painted = _rerendered(spec, data, real, pool, out_dir)
-        extra["n_rerendered"] = len(painted)
-        items, repeat = downstream_items(real, painted, spec.ratio)
+        added = _rerendered(spec, data, real, pool, out_dir)
+        extra["n_rerendered"] = len(added)
     elif isinstance(spec, MixedDownstreamSpec):
-        synth = synthetic_pairs(inputs["synthesize"])
+        added = synthetic_pairs(inputs["synthesize"])
         if spec.freemask is not None:
-            synth, freemask_stats = _freemask(synth, real, inputs["judge"], spec.freemask.margin, out_dir,
+            added, freemask_stats = _freemask(added, real, inputs["judge"], spec.freemask.margin, out_dir,
                                               spec.runtime.device)
             write_json(out_dir / "freemask.json", freemask_stats)
             kept = 1.0 - freemask_stats["filtered_fraction_total"]
-        items, repeat = downstream_items(real, synth, spec.ratio)
-    model = train_segmentor(
-        spec.model, items, out_dir / "work", max_iters=spec.iters, batch_size=spec.batch_size, lr=spec.lr,
-        seed=spec.seed, crop_size=square_crop(spec.crop_size), repeat_factors=repeat,
-        optimizer=spec.optimizer, progress=spec.runtime.progress,
+    scores = run_downstream(
+        spec.model, real, added, val, out_dir, ratio=spec.ratio if isinstance(spec, AddingDownstreamSpec) else 1.0,
+        iters=spec.iters, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed,
+        crop_size=square_crop(spec.crop_size), optimizer=spec.optimizer, progress=spec.runtime.progress,
     )
-    save_segmentor(model, spec.model, out_dir / "model", NUM_CLASSES)
-    scores = evaluate_segmentor(model, val)
     per_class = scores["per_class_iou"]
     (out_dir / "per_class_iou.csv").write_text(
         "class,iou\n" + "".join(f"{k},{v!r}\n" for k, v in per_class.items()))
     metrics: dict[str, Any] = {
         "downstream_miou": scores["miou"], "downstream_oa": scores["oa"], "downstream_macc": scores["macc"],
-        "per_class_iou": per_class, "n_train_items": len(items), "n_val": len(val), **extra,
+        "per_class_iou": per_class, "n_train_items": scores["n_real"] + scores["n_synthetic"], "n_val": len(val),
+        **extra,
     }
     if kept is not None:
         metrics["freemask_kept_fraction"] = kept
