@@ -1,9 +1,9 @@
 """Content-addressed stage cache: ``<workspace>/cache/<stage>/<hash>/`` with a ``done.json`` marker.
 
-A stage writes into ``<workspace>/cache/<stage>/.tmp-<hash>-<pid>`` and the directory is renamed into
+A stage writes into ``<workspace>/cache/<stage>/.tmp-<hash>-<host>-<pid>`` and the directory is renamed into
 place only when the function returned and the marker is written, so a killed run leaves no half
 artifact. A finished stage is never recomputed (unless forced). Leftover temp dirs of dead processes
-are removed on the next run. A file lock per ``(stage, hash)`` makes two concurrent runs on one
+are removed on the next run on their host (a pid means nothing on another machine sharing the workspace). A file lock per ``(stage, hash)`` makes two concurrent runs on one
 workspace compute a shared stage once: the second waits, then reuses. A marker whose declared files
 are missing is corruption and fails loudly, naming the directory.
 """
@@ -32,7 +32,13 @@ from todsynth.files import atomic_write_bytes
 
 DONE = "done.json"
 CODE_VERSION = f"todsynth-{__version__}"
-_TMP_RE = re.compile(r"^\.(tmp|trash)-(?P<hash>[0-9a-f]+)-(?P<pid>\d+)$")
+# ``.tmp-<hash>-<host>-<pid>`` (``<host>`` left out by versions before it was recorded)
+_TMP_RE = re.compile(r"^\.(tmp|trash)-(?P<hash>[0-9a-f]+)-(?:(?P<host>[A-Za-z0-9._]+)-)?(?P<pid>\d+)$")
+
+
+def _host() -> str:
+    """This machine's name as temp dir names carry it (its characters outside ``[A-Za-z0-9.]`` as ``_``)."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
 
 
 class CacheCorruptError(StageError):
@@ -148,16 +154,20 @@ class StageCache:
         return FileLock(str(d / f".{h}.lock"))
 
     def cleanup_stale(self) -> list[Path]:
-        """Remove temp/trash dirs left by processes that are no longer alive; returns what was removed."""
+        """Remove temp/trash dirs left by dead processes of this host; returns what was removed.
+
+        Another host's dirs are left alone: its pids cannot be checked here, and one may still be computing.
+        """
         removed: list[Path] = []
         if not self.root.is_dir():
             return removed
+        host = _host()
         for stage_dir in self.root.iterdir():
             if not stage_dir.is_dir():
                 continue
             for d in stage_dir.iterdir():
                 m = _TMP_RE.match(d.name)
-                if m and d.is_dir() and not process_alive(int(m["pid"])):
+                if m and d.is_dir() and m["host"] in (None, host) and not process_alive(int(m["pid"])):
                     shutil.rmtree(d, ignore_errors=True)
                     removed.append(d)
         return removed
@@ -194,7 +204,7 @@ class StageCache:
 
     def _run(self, stage: str, h: str, fn: Callable[[Path], dict[str, Any]], meta: dict[str, Any]) -> CachedStage:
         pid = os.getpid()
-        tmp = self.root / stage / f".tmp-{h}-{pid}"
+        tmp = self.root / stage / f".tmp-{h}-{_host()}-{pid}"
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
@@ -220,7 +230,7 @@ class StageCache:
             raise
         final = self.dir_for(stage, h)
         if final.exists():  # forced recompute: swap in the new output, then drop the old one
-            trash = final.with_name(f".trash-{h}-{pid}")
+            trash = final.with_name(f".trash-{h}-{_host()}-{pid}")
             os.rename(final, trash)
             os.rename(tmp, final)
             shutil.rmtree(trash, ignore_errors=True)

@@ -206,14 +206,22 @@ def test_stale_tmp_dirs_removed_and_live_ones_kept(tiny_suite_data, tmp_path, fa
     suite = _suite(tiny_suite_data, tmp_path / "ws")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
-    stale = tmp_path / "ws" / "cache" / "generator" / f".tmp-abc123-{dead_pid}"
+    from bench.cache import _host
+
+    gen = tmp_path / "ws" / "cache" / "generator"
+    stale = gen / f".tmp-abc123-{_host()}-{dead_pid}"
     stale.mkdir(parents=True)
     (stale / "half.safetensors").write_bytes(b"x")
-    live = tmp_path / "ws" / "cache" / "generator" / f".tmp-def456-{os.getppid()}"
+    old_form = gen / f".tmp-abc124-{dead_pid}"  # written before temp dirs named their host
+    old_form.mkdir()
+    live = gen / f".tmp-def456-{_host()}-{os.getppid()}"
     live.mkdir()
+    # another machine sharing the workspace: its pid says nothing here, so its dir may be a live computation
+    elsewhere = gen / f".tmp-abc125-{_host()}x-{dead_pid}"
+    elsewhere.mkdir()
     _run(suite, fns)
-    assert not stale.exists()
-    assert live.exists()
+    assert not stale.exists() and not old_form.exists()
+    assert live.exists() and elsewhere.exists()
 
 
 def test_corrupt_cache_fails_loudly(tiny_suite_data, tmp_path, fake_stages):
