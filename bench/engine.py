@@ -386,13 +386,13 @@ def _run_node(
     """Compute or reuse one node; on new work, a child MLflow run wraps the stage function."""
     meta: dict[str, Any] = {"key": node.key, "spec": node.spec.hashed(), "inputs": input_hashes, "code_version": code}
     work_dir = cache.root / node.stage / f".work-{h}"  # resumable checkpoints of long stages (kept across kills)
-    if force and work_dir.exists():  # --force recomputes from scratch, not from a killed run's checkpoints
-        shutil.rmtree(work_dir)
     spec = node.spec.at(Runtime(device=device, launcher=node.launcher, gpus=suite.resources.gpus,
                                 work_dir=str(work_dir), progress=progress))
     child: list[str] = []
 
-    def work(tmp: Path) -> dict[str, Any]:
+    def work(tmp: Path) -> dict[str, Any]:  # runs under the stage's lock
+        if force and work_dir.exists():  # --force starts from scratch, not from a killed run's checkpoints
+            shutil.rmtree(work_dir)
         if tracker is not None:
             tags = {"todsynth.kind": "stage", "todsynth.stage": node.stage, "todsynth.key": node.key,
                     "todsynth.stage_hash": h, "todsynth.suite": suite.name}

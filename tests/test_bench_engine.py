@@ -131,6 +131,27 @@ def test_force_recomputes_stage_and_dependents(tiny_suite_data, tmp_path, fake_s
         graph_hashes(build_graph(suite), VERSIONS)["judge"]]
 
 
+def test_force_clears_checkpoints_only_under_the_stage_lock(tiny_suite_data, tmp_path, fake_stages, monkeypatch):
+    """--force drops a killed run's checkpoints (``.work-<hash>``) inside the locked computation: before, it deleted
+    them before waiting for the lock, under a run on another process that was still writing them."""
+    fns, _ = fake_stages
+    suite = _suite(tiny_suite_data, tmp_path / "ws")
+    _run(suite, fns)
+    work = tmp_path / "ws" / "cache" / "judge" / f".work-{graph_hashes(build_graph(suite), VERSIONS)['judge']}"
+    (work / "checkpoint-10").mkdir(parents=True)
+    seen = []
+    compute = StageCache.compute
+
+    def spy(self, stage, h, fn, meta, **kw):
+        if stage == "judge":
+            seen.append(work.exists())  # what a lock holder elsewhere would still see
+        return compute(self, stage, h, fn, meta, **kw)
+
+    monkeypatch.setattr(StageCache, "compute", spy)
+    _run(suite, fns, force=["judge"])
+    assert seen == [True] and not work.exists()
+
+
 def test_force_unknown_stage_is_config_error(tiny_suite_data, tmp_path, fake_stages):
     from bench.suites import SuiteError
 
