@@ -148,10 +148,10 @@ def test_report_files_and_numbers_equal_results(ran, tmp_path):
 
     _check_grid(out)
 
-    # a second report replaces the first one whole
-    (out / "stale.txt").write_text("old")
+    # a second report replaces the first one whole (a report file it no longer writes goes too)
+    (out / "grid_gone.png").write_bytes(b"an old variant's grid")
     write_report(suite, out)
-    assert not (out / "stale.txt").exists() and (out / "report.md").is_file()
+    assert not (out / "grid_gone.png").exists() and (out / "report.md").is_file()
 
 
 def _check_grid(out):
@@ -275,6 +275,12 @@ def test_report_errors(tiny_suite_data, tmp_path, bench_workspace):
     with pytest.raises(ReportError, match="not a report dir"):  # never replaces a dir that is not a report
         write_report(never_ran, precious)
     assert (precious / "thesis.tex").read_text() == "keep me"
+    # nor one that holds a report.md beside the user's own files (before, a report.md was enough to replace it all)
+    (precious / "report.md").write_text("my draft")
+    (precious / "figures").mkdir()
+    with pytest.raises(ReportError, match=r"it holds figures, thesis\.tex, which a report does not write"):
+        write_report(never_ran, precious)
+    assert (precious / "thesis.tex").read_text() == "keep me" and (precious / "report.md").read_text() == "my draft"
 
 
 def test_provenance_paths_and_device(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +20,17 @@ from bench.report.tables import render_csv, render_latex
 from bench.schema import Suite
 
 TEMPLATES = Path(__file__).parent.parent / "templates"
+
+# The files a report dir holds (what _render_into and the context's plots write; write_report checks its own
+# output against it). Only a dir holding nothing else is replaced: a user's dir with a report.md beside other
+# files is not a report.
+REPORT_FILE = re.compile(r"report\.md|index\.html|results\.(csv|tex)|data_efficiency\.(csv|png)|grid_[\w.-]+\.png"
+                         r"|(rectified_steps|per_class_iou|pareto|samples|gain_correlation(_study)?)\.png")
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """The entries of dir ``path`` that a report does not write (sub-dirs, other names), sorted."""
+    return sorted(p.name for p in path.iterdir() if not (p.is_file() and REPORT_FILE.fullmatch(p.name)))
 
 
 def _data_uri(path: Path) -> str:
@@ -51,9 +63,12 @@ def write_report(suite: Suite, out_dir: Path | None = None, run_id: str | None =
     """
     out = Path(out_dir) if out_dir is not None else Path("reports") / suite.name
     out = out.expanduser().absolute()
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / "report.md").is_file())):
-        raise ReportError(f"--out {out} exists and is not a report dir (no report.md in it); it would be replaced "
-                          "whole, so give a new or empty dir, or a previous report's dir")
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} exists and is not a dir; give a new or empty dir, or a previous report's dir")
+    if out.exists() and (foreign := foreign_entries(out)):
+        shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
+        raise ReportError(f"--out {out} is not a report dir: it holds {shown}, which a report does not write, and "
+                          "it would be replaced whole; give a new or empty dir, or a previous report's dir")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     umask = os.umask(0)
@@ -62,6 +77,8 @@ def write_report(suite: Suite, out_dir: Path | None = None, run_id: str | None =
     try:
         with tempfile.TemporaryDirectory(prefix="todsynth-report-") as scratch:
             _render_into(suite, tmp, Path(scratch), run_id)
+        if foreign := foreign_entries(tmp):  # a new report file: REPORT_FILE must know it, or reruns would refuse
+            raise RuntimeError(f"the report wrote {', '.join(foreign)}, which REPORT_FILE does not list")
         _swap(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
