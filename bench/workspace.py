@@ -7,16 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cache import process_alive
-
-
-def _read_log(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill: skip it
-    return out
+from todsynth.files import read_log_lines
 
 
 def invocation_status(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -43,7 +34,7 @@ def list_suites(workspace: Path) -> list[dict[str, Any]]:
         log, res = d / "runs.jsonl", d / "results.json"
         if not log.is_file() and not res.is_file():
             continue
-        runs = invocation_status(_read_log(log)) if log.is_file() else []
+        runs = invocation_status(read_log_lines(log)) if log.is_file() else []
         last = runs[-1] if runs else {}
         row: dict[str, Any] = {
             "suite": d.name,

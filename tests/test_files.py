@@ -64,3 +64,11 @@ def test_read_json_and_safetensors_name_the_file_they_cannot_read(tmp_path):
     for name in ("junk.safetensors", "missing.safetensors"):
         with pytest.raises(ConfigError, match=rf"cannot read weights .*{name}"):
             read_safetensors(tmp_path / name)
+
+
+def test_read_log_lines_skips_a_line_cut_by_a_kill(tmp_path) -> None:
+    from todsynth.files import read_log_lines
+
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(b'{"step": 1}\n\n[1, 2]\n{"step": 2}\n{"step": 3, "lo')
+    assert read_log_lines(log) == [{"step": 1}, {"step": 2}]

@@ -278,6 +278,8 @@ def test_resume_gives_identical_weights(dataset, vae_dir: Path, tmp_path: Path, 
     monkeypatch.undo()
     assert not (run / "generator").exists()  # step 3 was done but lost with the kill: no checkpoint after step 2
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2"]
+    with (run / "log.jsonl").open("a") as fh:  # a line cut by the kill (before, the resume failed on it for good)
+        fh.write('{"step": 4, "lo')
     resumed = train_generator(cfg, dataset, HashPrompts(), run, progress=False)
     assert json.loads((run / "train_summary.json").read_text())["resumed_from"] == 2
 

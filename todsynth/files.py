@@ -73,6 +73,21 @@ def read_json(path: str | Path) -> Any:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
 
 
+def read_log_lines(path: str | Path) -> list[dict[str, Any]]:
+    """The JSON objects of an append-only JSON-lines log, in order; a line cut by a kill (not a JSON object) skipped."""
+    import json
+
+    out = []
+    for line in Path(path).read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
 def read_safetensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     """The tensors of the safetensors file ``path``, on ``device``.
 

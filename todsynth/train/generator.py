@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from todsynth.errors import ConfigError
-from todsynth.files import read_json
+from todsynth.files import atomic_write_bytes, read_json, read_log_lines
 from todsynth.models.generator import (
     Generator,
     build_generator,
@@ -231,10 +231,9 @@ def _resume(out_dir: Path, cfg: TrainConfig, run: _Run, rng: torch.Generator, or
     elif ckpts:
         prune_checkpoints(out_dir, 0)
     log_path = out_dir / LOG_FILE
-    log_lines = [ln for ln in log_path.read_text().splitlines() if ln] if (log_path.exists() and start) else []
-    log_lines = [ln for ln in log_lines if json.loads(ln)["step"] <= start]
-    if run.accelerator.is_main_process:
-        log_path.write_text("".join(ln + "\n" for ln in log_lines))
+    kept = [r for r in read_log_lines(log_path) if r.get("step", start + 1) <= start] if log_path.exists() else []
+    if run.accelerator.is_main_process:  # a line cut by a kill is dropped, not a reason to refuse the resume
+        atomic_write_bytes(log_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
     return start
 
 
