@@ -24,7 +24,7 @@ TEMPLATES = Path(__file__).parent.parent / "templates"
 # The files a report dir holds (what _render_into and the context's plots write; write_report checks its own
 # output against it). Only a dir holding nothing else is replaced: a user's dir with a report.md beside other
 # files is not a report.
-REPORT_FILE = re.compile(r"report\.md|index\.html|results\.(csv|tex)|data_efficiency\.(csv|png)|grid_[\w.-]+\.png"
+REPORT_FILE = re.compile(r"report\.md|index\.html|results\.(csv|tex)|data_efficiency\.(csv|png)|grid_[\w.@-]+\.png"
                          r"|(rectified_steps|per_class_iou|pareto|samples|gain_correlation(_study)?)\.png")
 
 
