@@ -24,6 +24,7 @@ from bench.cli.common import (
     console,
     err_console,
     fail,
+    finite,
     load_suite_or_exit,
     out_file,
     out_folder,
@@ -137,17 +138,17 @@ def gen_sample(
     steps: Annotated[int, typer.Option("--steps", min=1, help="Euler steps (release: 28 plain, 23 with CRFM).")] = 28,
     crfm: Annotated[bool, typer.Option("--crfm", help="Control-rectify the first --rectified-step steps (needs --judge).")] = False,
     rectified_step: Annotated[int, typer.Option("--rectified-step", min=0, help="Rectified leading steps with --crfm.")] = 4,
-    max_step_size: Annotated[float, typer.Option("--max-step-size", min=0.0, help="CRFM alpha_max.")] = 0.1,
+    max_step_size: Annotated[float, typer.Option("--max-step-size", min=0.0, callback=finite, help="CRFM alpha_max.")] = 0.1,
     step_scheme: Annotated[str, typer.Option("--step-scheme", help="CRFM step sizes: C, LI, LD or cosine.")] = "LD",
     judge: Annotated[Path | None, typer.Option("--judge", help="Judge segmentor: dir from `todsynth seg train`, or a .pth.")] = None,
     judge_model: Annotated[str, typer.Option("--judge-model", help="Model name of a .pth judge (e.g. deeplabv3plus-r18).")] = "deeplabv3plus-r18",
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow full unpickling of a .pth judge you trust.")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Run seed; each image's seed derives from it and the sample id.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Run seed; each image's seed derives from it and the sample id.")] = 0,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N training masks.")] = None,
-    guidance: Annotated[float, typer.Option("--guidance", help="CFG scale; 1.0 = off (the release's setting).")] = 1.0,
+    guidance: Annotated[float, typer.Option("--guidance", callback=finite, help="CFG scale; 1.0 = off (the release's setting).")] = 1.0,
     mask_guidance: Annotated[bool, typer.Option("--mask-guidance", help="The CFG negative has no mask either (a generator trained with mask_dropout, e.g. the tiny preset).")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per transformer call.")] = 4,
-    prompt_cache: Annotated[Path | None, typer.Option("--prompt-cache", help="Prompt-embedding cache dir (default: OUT/prompt_cache).")] = None,
+    prompt_cache: Annotated[Path | None, typer.Option("--prompt-cache", callback=out_folder, help="Prompt-embedding cache dir (default: OUT/prompt_cache).")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="fp32 or bf16 (default: bf16 weights + autocast on CUDA, fp32 on CPU).")] = None,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the transformer (pays on long runs; first batch compiles).")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
@@ -170,6 +171,8 @@ def gen_sample(
         fail(f"--rectified-step {why}")
     if guidance < 1.0:
         fail(f"--guidance {guidance} must be >= 1.0 (1.0 = CFG off)")
+    if out.resolve() == data.resolve():
+        fail(f"--out {out} is the --data root: the synthetic images would overwrite the real ones; give another folder")
     device = _sample_device()
     gen = load_generator(generator, device=device)
     samples = list_samples(data, "Train")
@@ -331,7 +334,9 @@ def main() -> None:
     try:
         app()
     except TodsynthError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")

@@ -146,6 +146,8 @@ def test_ls_empty_and_with_runs(tmp_path):
     ["prompts", "vectorize", "{D}/index.jsonl", "--encoder", "tiny", "--cache", "{F}"],
     ["bench", "perf", "--json", "{F}/perf.json"],  # output files: their folder
     ["data", "index", "{D}", "--out", "{F}/index.jsonl"],
+    ["gen", "train", "--data", "{D}", "--out", "{D}/g", "--prompt-cache", "{F}"],  # crashed after the VAE trained
+    ["gen", "sample", "--generator", "{D}", "--data", "{D}", "--out", "{D}/s", "--prompt-cache", "{F}"],
 ])
 def test_an_output_folder_that_cannot_be_one_is_a_usage_error(tmp_path, args):
     from typer.testing import CliRunner
@@ -201,6 +203,14 @@ def test_damaged_store_passes_a_new_empty_or_sqlite_file_and_servers(tmp_path):
     (["bench", "check-conditioning", "{T}/cc", "--evaluator-lr", "0"], "--evaluator-lr"),
     (["bench", "check-conditioning", "{T}/cc", "--threads", "0"], "--threads"),
     (["seg", "train", "--data", "{T}", "--out", "{T}/seg", "--lr", "-1"], "--lr"),
+    # nan and inf, negative seeds: before, an infinite rate trained NaN weights and exited 0, the rest crashed
+    (["seg", "train", "--data", "{T}", "--out", "{T}/seg", "--lr", "inf"], "--lr"),
+    (["seg", "train", "--data", "{T}", "--out", "{T}/seg", "--seed", "-1"], "--seed"),
+    (["gen", "train", "--data", "{T}", "--out", "{T}/gen", "--lr", "inf"], "--lr"),
+    (["gen", "sample", "--generator", "{T}", "--data", "{T}", "--out", "{T}/s", "--guidance", "nan"], "--guidance"),
+    (["gen", "sample", "--generator", "{T}", "--data", "{T}", "--out", "{T}/s", "--max-step-size", "inf"],
+     "--max-step-size"),
+    (["data", "procedural", "{T}/p", "--seed", "-1"], "--seed"),
 ])
 def test_numbers_out_of_range_are_usage_errors_before_any_work(tmp_path, args, option):
     from typer.testing import CliRunner
@@ -222,3 +232,33 @@ def test_a_folder_given_as_an_output_file_is_a_usage_error(tmp_path, args):
     res = CliRunner().invoke(app, [a.format(T=tmp_path) for a in args], env={"COLUMNS": "250"})
     assert res.exit_code == 2 and f"{tmp_path} is a folder; give a file path" in res.output, res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_sampling_into_the_data_root_is_refused(tmp_path):
+    """gen sample --out ROOT --data ROOT wrote the synthetic images over the real ones and exited 0."""
+    from typer.testing import CliRunner
+
+    from cli import app
+    from todsynth.data.procedural import generate_dataset
+
+    root = generate_dataset(tmp_path / "d", n_train=2, n_val=0, size=32, seed=0)
+    before = {p: p.read_bytes() for p in root.rglob("*.png")}
+    res = CliRunner().invoke(app, ["gen", "sample", "--generator", str(tmp_path), "--data", str(root), "--out",
+                                   str(tmp_path / "d" / ".." / "d")], env={"COLUMNS": "250"})
+    assert res.exit_code == 2 and "is the --data root" in res.output, res.output
+    assert {p: p.read_bytes() for p in root.rglob("*.png")} == before
+
+
+def test_errors_keep_their_brackets(tmp_path):
+    """Rich read ``[...]`` in a message as markup and dropped it: a stage key or a path lost its brackets."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    odd = tmp_path / "x[abc]"
+    args = ["data", "procedural", str(odd), "--n-train", "1", "--n-val", "0", "--size", "16"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    res = CliRunner().invoke(app, args, env={"COLUMNS": "250"})  # fail(): Train exists
+    assert res.exit_code == 2 and f"{odd / 'Train'} exists" in res.output, res.output
+    proc = _cli("data", "validate", str(tmp_path / "y[abc]"))  # main(): a TodsynthError
+    assert proc.returncode == 2 and f"{tmp_path / 'y[abc]'}" in proc.stderr, proc.stderr

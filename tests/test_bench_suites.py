@@ -427,3 +427,17 @@ def test_workspace_problem_names_a_file_on_the_path_and_an_unwritable_folder(tmp
     problem = workspace_problem(tmp_path / "new" / "ws")
     assert problem == f"workspace: {tmp_path} is not writable by this user; pick another --workspace (or the suite's workspace key)"
     assert not (tmp_path / "new").exists()  # a check creates nothing
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"judge": {"lr": float("inf")}}, "judge.lr: Input should be a finite number"),
+    ({"downstream": {"ratio": float("inf")}}, "downstream.ratio: Input should be a finite number"),
+    ({"crfm": {"max_step_size": float("nan")}}, "crfm.max_step_size: Input should be a finite number"),
+    ({"seeds": [0, -1]}, "seeds[1]: Input should be greater than or equal to 0"),
+    ({"dataset": {"procedural": {"seed": -1}}}, "dataset.procedural.seed: Input should be greater than or equal to 0"),
+])
+def test_nan_inf_and_negative_seeds_are_schema_errors(change, message):
+    """Before, `bench validate` said ok: an infinite learning rate trained NaN weights and exited 0, an infinite ratio
+    crashed the graph, and a negative seed failed inside a stage without naming its key."""
+    problems = _problems({"name": "x", "variants": [{"name": "a"}], **change})
+    assert any(message in p for p in problems), problems

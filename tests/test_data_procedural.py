@@ -123,6 +123,36 @@ def test_overwrite_and_bad_arguments(tmp_path):
         generate_dataset(tmp_path / "e", n_train=0, n_val=0, size=32, seed=0)
 
 
+def test_overwrite_replaces_only_with_a_finished_dataset(tmp_path, monkeypatch):
+    """Before, --overwrite deleted Train/Val first: a bad argument or a failure on the way lost the old dataset."""
+    import todsynth.data.procedural as procedural
+
+    root = generate_dataset(tmp_path / "d", n_train=4, n_val=2, size=32, seed=0)
+    before = sorted(p.read_bytes() for p in root.rglob("*.png"))
+    with pytest.raises(ValueError, match="seed=-1 must be >= 0"):
+        generate_dataset(root, n_train=4, n_val=2, size=32, seed=-1, overwrite=True)
+    made = []
+
+    def dies_on_the_third(*args, **kwargs):
+        if len(made) == 2:
+            raise OSError("disk full")
+        made.append(1)
+        return generate_scene(*args, **kwargs)
+
+    monkeypatch.setattr(procedural, "generate_scene", dies_on_the_third)
+    with pytest.raises(OSError, match="disk full"):
+        generate_dataset(root, n_train=4, n_val=2, size=32, seed=1, overwrite=True)
+    monkeypatch.undo()
+    assert sorted(p.read_bytes() for p in root.rglob("*.png")) == before  # the old dataset, whole
+    assert sorted(p.name for p in root.iterdir()) == ["Train", "Val"]  # no staging dir left
+    generate_dataset(root, n_train=2, n_val=0, size=32, seed=1, overwrite=True)
+    assert len(list_samples(root, "Train")) == 2 and not (root / "Val").exists()
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "Train").write_text("not a folder")
+    with pytest.raises(FileExistsError, match="is not a folder"):
+        generate_dataset(tmp_path / "f", n_train=2, n_val=0, size=32, seed=0, overwrite=True)
+
+
 def test_reduced_masks_of_scenes_are_valid():
     _, raw = generate_scene(scene_rng(0, "Val", "Rural", 0), 32, "Rural")
     reduced = reduce_labels(raw)

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typ
 
 import typer
 
-from bench.cli.common import err_console, out_folder, positive
+from bench.cli.common import err_console, escape, out_folder, positive
 
 
 def bench_check_conditioning(
@@ -47,7 +47,7 @@ def bench_check_conditioning(
         work_dir, preset=preset, overrides=parse_overrides(set_ or []), n_train=n_train, n_val=n_val, n_masks=masks,
         mask_split=mask_split, num_inference_steps=steps, evaluator=evaluator, evaluator_iters=evaluator_iters,
         evaluator_lr=evaluator_lr, guidance_scale=guidance, mask_guidance=mask_guidance, progress=not no_progress,
-        log=lambda line: err_console.print(f"[dim]{line}[/]", highlight=False, soft_wrap=True),
+        log=lambda line: err_console.print(f"[dim]{escape(line)}[/]", highlight=False, soft_wrap=True),
     )
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "run_dir"}, default=str))
     err_console.print(f"results: {result['run_dir']}", highlight=False, soft_wrap=True)

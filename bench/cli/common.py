@@ -5,11 +5,13 @@ Imports typer and rich only.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 if TYPE_CHECKING:
     from bench.schema import Suite
@@ -52,22 +54,30 @@ def out_file(value: Path | None) -> Path | None:
 
 
 def positive(value: float | None) -> float | None:
-    """Typer callback for a float that must be > 0 (a learning rate): anything else is a usage error (exit 2)."""
-    if value is not None and not value > 0:
-        raise typer.BadParameter(f"{value} is not > 0")
+    """Typer callback for a float that must be finite and > 0 (a learning rate): else a usage error (exit 2)."""
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise typer.BadParameter(f"{value} is not a finite number > 0")
+    return value
+
+
+def finite(value: float | None) -> float | None:
+    """Typer callback for a float that must be finite (not nan or inf): else a usage error (exit 2)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
     return value
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print a one-line error and exit (2 = bad input)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 def suite_problems(exc: Exception) -> NoReturn:
     """Print each problem of a SuiteError on its own line and exit 2."""
+    source = getattr(exc, "source", "suite")
     for problem in getattr(exc, "problems", [str(exc)]):
-        err_console.print(f"[bold red]error:[/] {getattr(exc, 'source', 'suite')}: {problem}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(f'{source}: {problem}')}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typ
 
 import typer
 
-from bench.cli.common import console, err_console, fail, out_file, out_folder
+from bench.cli.common import console, err_console, escape, fail, out_file, out_folder
 
 
 def data_procedural(
@@ -20,7 +20,7 @@ def data_procedural(
     n_train: Annotated[int, typer.Option("--n-train", help="Train scenes (split Urban/Rural).")] = 16,
     n_val: Annotated[int, typer.Option("--n-val", help="Val scenes (split Urban/Rural).")] = 8,
     size: Annotated[int, typer.Option("--size", help="Tile size in pixels.")] = 64,
-    seed: Annotated[int, typer.Option("--seed", help="Seed; the same seed writes byte-identical PNGs.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed; the same seed writes byte-identical PNGs.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing Train/Val under OUT.")] = False,
 ) -> None:
     """Write seeded procedural land-cover scenes in LoveDA's exact layout."""
@@ -31,7 +31,7 @@ def data_procedural(
     start = time.perf_counter()
     try:
         generate_dataset(out, n_train, n_val, size, seed, overwrite=overwrite, progress=True)
-    except (ValueError, FileExistsError) as exc:
+    except (ValueError, OSError) as exc:  # FileExistsError; a folder that cannot be written or replaced
         fail(str(exc))
     console.print(
         f"wrote {n_train} Train + {n_val} Val scenes ({size} px, seed {seed}) to {out} "
@@ -49,7 +49,7 @@ def data_validate(root: Annotated[Path, typer.Argument(help="Dataset root in Lov
         task = progress.add_task("validating", total=count_files(root))
         problems = validate_dataset(root, progress=lambda _path: progress.advance(task))
     for problem in problems:
-        console.print(f"[red]x[/] {problem}", highlight=False, soft_wrap=True)
+        console.print(f"[red]x[/] {escape(problem)}", highlight=False, soft_wrap=True)
     if problems:
         fail(f"{len(problems)} problem(s) in {root}")
     console.print(f"[green]ok[/] {root}: {count_files(root)} images checked", highlight=False, soft_wrap=True)

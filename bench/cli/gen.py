@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typ
 
 import typer
 
-from bench.cli.common import console, fail, out_folder
+from bench.cli.common import console, fail, out_folder, positive
 
 
 def gen_train(
@@ -25,7 +25,7 @@ def gen_train(
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="Optimizer steps (default: preset's budget).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Samples per step and process.")] = None,
     grad_accum: Annotated[int | None, typer.Option("--grad-accum", min=1, help="Micro-batches per step.")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", min=0.0, help="AdamW learning rate.")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", callback=positive, help="AdamW learning rate.")] = None,
     trainable: Annotated[str | None, typer.Option("--trainable", help="branches (image + mask streams) or lora.")] = None,
     mask_init: Annotated[str | None, typer.Option("--mask-init", help="fresh (zero AdaLN-Zero) or image (copy image stream).")] = None,
     timestep_sampling: Annotated[str | None, typer.Option("--timestep-sampling", help="uniform (release) or logit_normal.")] = None,
@@ -36,9 +36,9 @@ def gen_train(
     mixed_precision: Annotated[str | None, typer.Option("--mixed-precision", help="no, fp16 or bf16 (GPU).")] = None,
     gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute blocks in backward.")] = None,
     checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", min=0, help="Checkpoint every K steps (0 = never).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of all training randomness.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of all training randomness.")] = 0,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N training samples.")] = None,
-    prompt_cache: Annotated[Path | None, typer.Option("--prompt-cache", help="Prompt-embedding cache dir (default: OUT/prompt_cache).")] = None,
+    prompt_cache: Annotated[Path | None, typer.Option("--prompt-cache", callback=out_folder, help="Prompt-embedding cache dir (default: OUT/prompt_cache).")] = None,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Start over instead of resuming OUT's last checkpoint.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:

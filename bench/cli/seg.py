@@ -55,7 +55,7 @@ def seg_train(
     lr: Annotated[float | None, typer.Option("--lr", callback=positive, help="Peak learning rate (default 0.01 for sgd, 0.001 for adamw).")] = None,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (MMSeg default) or adamw.")] = "sgd",
     crop: Annotated[int | None, typer.Option("--crop", min=8, help="Random square crop size (LoveDA: 512).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Training seed.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Training seed.")] = 0,
     no_val: Annotated[bool, typer.Option("--no-val", help="Skip scoring on Val after training.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:

@@ -31,9 +31,12 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class Strict(BaseModel):
-    """Base: unknown keys are errors."""
+    """Base: unknown keys are errors, and so are nan and inf in every number.
 
-    model_config = ConfigDict(extra="forbid")
+    (A learning rate of .inf trained NaN weights and exited 0; a ratio of .inf crashed the graph.)
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def env_path(value: Path | None, env: str) -> Path | None:

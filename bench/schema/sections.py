@@ -42,7 +42,7 @@ class Procedural(Strict):
     n_train: PositiveInt = 48
     n_val: PositiveInt = 16
     size: int = Field(64, ge=16, le=2048)
-    seed: int = 0
+    seed: NonNegativeInt = 0
 
 
 class Dataset(Strict):
@@ -67,7 +67,7 @@ class Dataset(Strict):
     # "error" stops the run naming every file; "skip" drops it with a warning and counts it in results.json.
     on_bad_sample: Literal["error", "skip"] = "error"
     subsets: list[PositiveInt] | None = None
-    subset_seed: int = 0
+    subset_seed: NonNegativeInt = 0
 
     @field_validator("subsets")
     @classmethod
@@ -120,7 +120,7 @@ class GeneratorTrain(Strict):
     cache_latents: bool | None = None
     checkpoint_every: NonNegativeInt | None = None
     keep_checkpoints: NonNegativeInt | None = None
-    seed: int = 0
+    seed: NonNegativeInt = 0
 
 
 class VaeTrain(Strict):
@@ -130,7 +130,7 @@ class VaeTrain(Strict):
     batch_size: PositiveInt | None = None
     lr: PositiveFloat | None = None
     kl_weight: NonNegativeFloat | None = None
-    seed: int = 0
+    seed: NonNegativeInt = 0
 
 
 # What a saved generator dir must hold for ``generator.init_from`` (todsynth.models.generator's CONFIG_FILE and
@@ -202,7 +202,7 @@ class Segmenter(Strict):
     batch_size: PositiveInt = 4
     lr: PositiveFloat = 0.01
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    seed: int = 0
+    seed: NonNegativeInt = 0
     crop_size: PositiveInt | None = None
     checkpoint: Path | None = None
     trust_checkpoint: bool = False
@@ -222,7 +222,7 @@ class Evaluator(Segmenter):
     """
 
     model: SegModelName = "deeplabv3plus-r18"
-    seed: int = 1
+    seed: NonNegativeInt = 1
 
 
 class FreeMask(Strict):
@@ -249,7 +249,7 @@ class Downstream(Strict):
     batch_size: PositiveInt = 4
     lr: PositiveFloat = 0.01
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    seed: int = 0
+    seed: NonNegativeInt = 0
     crop_size: PositiveInt | None = None
     ratio: PositiveFloat = 3.0
     freemask: FreeMask = FreeMask()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, NonNegativeInt, field_validator
 
 from bench.schema.base import KNOWN_METRICS, NAME_PATTERN, Strict, absolute_uri
 from bench.schema.sections import (
@@ -41,7 +41,7 @@ class Suite(Strict):
     variants: list[Variant] = []
     matrix: Matrix | None = None
     metrics: list[MetricSpec] = [MetricSpec(name=n) for n in KNOWN_METRICS]
-    seeds: list[int] = [0]
+    seeds: list[NonNegativeInt] = [0]
     fid: Fid = Fid()
     resources: Resources = Resources()
     tune: Tune | None = None

@@ -143,7 +143,7 @@ class Tune(Strict):
     constraints: list[Constraint] = []
     n_trials: PositiveInt = 20
     sampler: Literal["tpe", "gp", "random", "grid", "nsga2"] = "tpe"
-    seed: int = 0
+    seed: NonNegativeInt = 0
     storage: str | None = None
     base_variant: str | None = None
     timeout_s: PositiveFloat | None = None

@@ -15,7 +15,9 @@ scenes are generated.
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -249,21 +251,41 @@ def generate_dataset(
 
     Each split is divided between Urban (the larger half) and Rural. Ids are integers running
     Rural then Urban, Train then Val (as LoveDA's ids do not repeat across splits). An existing
-    ``Train``/``Val`` under ``out`` is refused unless ``overwrite`` (then both are replaced). ``progress``: a bar
-    over the scenes (LoveDA-size tiles take about half a second each).
+    ``Train``/``Val`` under ``out`` is refused unless ``overwrite`` (then both are replaced, once the new scenes are
+    all written). ``progress``: a bar over the scenes (LoveDA-size tiles take about half a second each).
     """
-    from todsynth.progress import progress_bar
-
     if n_train < 1 or n_val < 0:
         raise ValueError(f"need n_train >= 1 and n_val >= 0, got n_train={n_train}, n_val={n_val}")
-    if size < 16:
-        raise ValueError(f"size={size} is too small for a scene; use at least 16 px")
+    if not 16 <= size <= 2048:
+        raise ValueError(f"size={size} is out of range; use 16 to 2048 px")
+    if seed < 0:
+        raise ValueError(f"seed={seed} must be >= 0")
     out = Path(out)
-    for split in _SPLIT_CODES:
-        if (out / split).exists():
-            if not overwrite:
-                raise FileExistsError(f"{out / split} exists; pass overwrite=True (--overwrite) to replace it")
-            shutil.rmtree(out / split)
+    existing = [out / split for split in _SPLIT_CODES if (out / split).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists; pass overwrite=True (--overwrite) to replace it")
+    if stray := [p for p in existing if not p.is_dir()]:
+        raise FileExistsError(f"{stray[0]} exists and is not a folder; remove it first")
+    out.mkdir(parents=True, exist_ok=True)
+    # Written into a staging dir inside ``out`` and moved into place when complete: an existing dataset is replaced
+    # only by a finished one, never lost to a failure on the way.
+    staging = Path(tempfile.mkdtemp(prefix=".procedural-", dir=out))
+    try:
+        _write_scenes(staging, n_train, n_val, size, seed, progress)
+        for split in _SPLIT_CODES:
+            if (out / split).exists():
+                os.rename(out / split, staging / f".old-{split}")
+            if (staging / split).exists():
+                os.rename(staging / split, out / split)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _write_scenes(out: Path, n_train: int, n_val: int, size: int, seed: int, progress: bool) -> None:
+    """The scenes of :func:`generate_dataset` under ``out`` (``Train``/``Val``/<domain>/...)."""
+    from todsynth.progress import progress_bar
+
     next_id = 0
     with progress_bar("procedural scenes", n_train + n_val, enabled=progress) as update:
         for split, n in (("Train", n_train), ("Val", n_val)):
@@ -281,7 +303,6 @@ def generate_dataset(
                     Image.fromarray(raw, "L").save(mask_dir / f"{next_id}.png", **PNG_SETTINGS)
                     next_id += 1
                     update(advance=1)
-    return out
 
 
 def rerender_samples(

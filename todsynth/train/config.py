@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -102,8 +103,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise bad(name, "must be an int >= 0")
-        if not self.lr > 0:
-            raise bad("lr", "must be > 0")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise bad("lr", "must be a finite number > 0")
         if not self.max_grad_norm > 0:
             raise bad("max_grad_norm", "must be > 0")
         for name in ("caption_dropout", "mask_dropout"):
