@@ -262,3 +262,22 @@ def test_errors_keep_their_brackets(tmp_path):
     assert res.exit_code == 2 and f"{odd / 'Train'} exists" in res.output, res.output
     proc = _cli("data", "validate", str(tmp_path / "y[abc]"))  # main(): a TodsynthError
     assert proc.returncode == 2 and f"{tmp_path / 'y[abc]'}" in proc.stderr, proc.stderr
+
+
+def test_default_output_paths_are_checked_as_given_ones(tmp_path, monkeypatch):
+    """`data index ROOT` (ROOT/index.jsonl) and `bench report SUITE` (reports/<suite>) crashed with a traceback when
+    their default output could not be written; a given --out was checked."""
+    from typer.testing import CliRunner
+
+    from cli import app
+    from todsynth.data.procedural import generate_dataset
+
+    root = generate_dataset(tmp_path / "d", n_train=2, n_val=0, size=16, seed=0)
+    (root / "index.jsonl").mkdir()
+    res = CliRunner().invoke(app, ["data", "index", str(root)], env={"COLUMNS": "250"})
+    assert res.exit_code == 2 and f"{root / 'index.jsonl'} is a folder" in res.output, res.output
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports").write_text("a file")
+    res = CliRunner().invoke(app, ["bench", "report", str(REPO / "suites" / "smoke.yaml"), "-w", str(tmp_path / "ws")],
+                             env={"COLUMNS": "250"})
+    assert res.exit_code == 2 and "reports is a file, not a folder" in res.output, res.output

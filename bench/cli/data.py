@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typ
 
 import typer
 
-from bench.cli.common import console, err_console, escape, fail, out_file, out_folder
+from bench.cli.common import console, err_console, escape, fail, file_problem, out_file, out_folder
 
 
 def data_procedural(
@@ -66,8 +66,10 @@ def data_index(
     """Write index.jsonl: source (mask), target (image), prompt; paths relative to ROOT."""
     from todsynth.data.index import read_index, write_index
 
-    if out is None:
+    if out is None:  # the default is checked as --out is
         out = root / ("index.jsonl" if split == "Train" else f"index_{split.lower()}.jsonl")
+        if root.is_dir() and (problem := file_problem(out)) is not None:
+            fail(problem)
     try:
         path = write_index(root, split, out)
     except ValueError as exc:
