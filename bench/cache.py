@@ -137,7 +137,10 @@ class StageCache:
         try:
             marker = json.loads(marker_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CacheCorruptError(f"cache marker {marker_path} is not valid JSON; delete {final} or --force {stage}") from None
+            marker = None
+        if not isinstance(marker, dict) or not isinstance(marker.get("files", []), list):
+            raise CacheCorruptError(f"cache marker {marker_path} is not a stage marker (a JSON object with its files); "
+                                    f"delete {final} or --force {stage}")
         missing = [f for f in marker.get("files", []) if not (final / f).is_file()]
         if missing:
             shown = ", ".join(missing[:3]) + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")

@@ -69,6 +69,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise SuiteError(str(path), ["contains NUL bytes (binary?); a suite is a YAML mapping"])
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise SuiteError(str(path), ["nested too deeply to read; a suite is a YAML mapping of a few levels"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""

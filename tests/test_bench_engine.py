@@ -256,6 +256,9 @@ def test_corrupt_cache_fails_loudly(tiny_suite_data, tmp_path, fake_stages):
         _run(suite, fns)
     _run(suite, fns, force=["generator"])  # the documented fix works
     assert (gen_dir / "generator.json").is_file()
+    (gen_dir / "done.json").write_text("[1]")  # JSON, but not a marker: was an AttributeError naming nothing
+    with pytest.raises(CacheCorruptError, match=f"cache marker {gen_dir / 'done.json'} is not a stage marker"):
+        _run(suite, fns)
 
 
 def test_dry_run_plan_names_a_damaged_entry(tiny_suite_data, tmp_path, fake_stages):

@@ -226,6 +226,7 @@ def test_overrides_applied_before_validation(tmp_path):
         (b"- a\n- b\n", "top level is a list"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not a UTF-8 text file"),
         (b"name: x\x00\n", "NUL bytes"),
+        (b"name: x\nz: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),  # was a RecursionError
     ],
 )
 def test_unreadable_files_are_one_line_errors(tmp_path, content, expected):

@@ -61,6 +61,9 @@ def test_read_index_errors_name_the_line(tmp_path):
         read_index(p)
     with pytest.raises(DatasetNotFoundError, match="missing.jsonl"):
         read_index(tmp_path / "missing.jsonl")
+    p.write_bytes(b'{"source": "a", "target": "b", "prompt": "c"}\n\xff\xfe\n')  # was a UnicodeDecodeError
+    with pytest.raises(DataValidationError, match=r"i.jsonl: not UTF-8 text at byte 46"):
+        read_index(p)
 
 
 def test_index_of_test_split_needs_masks(tmp_path):

@@ -56,18 +56,21 @@ def read_index(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DatasetNotFoundError(f"index file not found: {path} (write one with `todsynth data index ROOT`)")
     entries: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataValidationError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(entry, dict):
-                raise DataValidationError(f"{path}:{lineno}: expected a JSON object, got {type(entry).__name__}")
-            missing = [k for k in INDEX_KEYS if not isinstance(entry.get(k), str)]
-            if missing:
-                raise DataValidationError(f"{path}:{lineno}: missing or non-string key(s) {', '.join(missing)}")
-            entries.append(entry)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataValidationError(f"{path}: not UTF-8 text at byte {exc.start} (an index is JSON lines)") from None
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataValidationError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(entry, dict):
+            raise DataValidationError(f"{path}:{lineno}: expected a JSON object, got {type(entry).__name__}")
+        missing = [k for k in INDEX_KEYS if not isinstance(entry.get(k), str)]
+        if missing:
+            raise DataValidationError(f"{path}:{lineno}: missing or non-string key(s) {', '.join(missing)}")
+        entries.append(entry)
     return entries
