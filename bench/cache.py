@@ -248,5 +248,5 @@ def process_alive(pid: int) -> bool:
         return True
     try:
         return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+    except (psutil.Error, OverflowError, ValueError):  # a pid no process can have
         return False

@@ -20,7 +20,8 @@ def invocation_status(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             run.update(e)
     for run in runs.values():
         if run.get("event") != "end":
-            run["status"] = "RUNNING" if run.get("pid") and process_alive(int(run["pid"])) else "KILLED"
+            pid = run.get("pid")
+            run["status"] = "RUNNING" if isinstance(pid, int) and pid > 0 and process_alive(pid) else "KILLED"
     return list(runs.values())
 
 
@@ -48,9 +49,12 @@ def list_suites(workspace: Path) -> list[dict[str, Any]]:
         if res.is_file():
             try:
                 data = json.loads(res.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                data = None
+            if isinstance(data, dict) and isinstance(data.get("variants", []), list):
                 row["variants"] = len(data.get("variants", []))
                 row["config_hash"] = data.get("config_hash", row["config_hash"])
-            except json.JSONDecodeError:
+            else:
                 row["results"] = f"{res} (unreadable)"
         rows.append(row)
     return rows

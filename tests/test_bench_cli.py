@@ -281,3 +281,20 @@ def test_default_output_paths_are_checked_as_given_ones(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["bench", "report", str(REPO / "suites" / "smoke.yaml"), "-w", str(tmp_path / "ws")],
                              env={"COLUMNS": "250"})
     assert res.exit_code == 2 and "reports is a file, not a folder" in res.output, res.output
+
+
+@pytest.mark.parametrize(("results", "log_line"), [
+    (b"\xff\xfe{", '{"event": "start", "pid": "abc", "started": "x"}'),
+    (b"[1, 2]", '{"event": "start", "pid": 1e30, "started": "x"}'),
+    (b'{"variants": 5}', '{"event": "start", "pid": 100000000000000000000000, "started": "x"}'),
+])
+def test_ls_reads_damaged_workspace_files(tmp_path, results, log_line):
+    """`bench ls` crashed on a results.json that is not UTF-8, not an object or has no variant list, and on a pid that
+    is not a pid; it now lists the suite with its results marked unreadable and the run killed."""
+    from bench.workspace import list_suites
+
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "results.json").write_bytes(results)
+    (tmp_path / "demo" / "runs.jsonl").write_text(log_line + "\n")
+    (row,) = list_suites(tmp_path)
+    assert row["results"].endswith("results.json (unreadable)") and row["last_status"] == "KILLED" and row["runs"] == 1
