@@ -421,3 +421,11 @@ def test_a_damaged_checkpoint_is_named_with_its_mend(tmp_path: Path) -> None:
     (ckpt / "model.safetensors").write_bytes(b"junk")
     with pytest.raises(ConfigError, match=r"cannot read weights .*checkpoint-2/model\.safetensors"):
         load_checkpoint(ckpt, {}, None, None)  # type: ignore[arg-type]
+    # the keys are there but their contents do not fit (before: a bare KeyError 'scalars' on every resume)
+    from safetensors.torch import save_file
+
+    w = torch.nn.Parameter(torch.zeros(2))
+    save_file({"w": torch.zeros(2)}, ckpt / "model.safetensors")
+    save_file({}, ckpt / "optimizer.safetensors")
+    with pytest.raises(ConfigError, match=r"checkpoint-2: a damaged checkpoint \(KeyError: 'scalars'\); delete"):
+        load_checkpoint(ckpt, {"w": w}, torch.optim.AdamW([w]), None)  # type: ignore[arg-type]

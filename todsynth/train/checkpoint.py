@@ -134,6 +134,17 @@ def load_checkpoint(
             f"{path}: trained parameters differ from this run's (missing {missing[:3]}, unexpected {extra[:3]}); "
             "was it written with another preset or trainable mode?"
         )
+    try:
+        return _restore(path, state, weights, params, optimizer, lr_scheduler, ema, scaler)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:  # contents that do not fit
+        raise ConfigError(f"{path}: a damaged checkpoint ({type(exc).__name__}: {exc}); delete {path} to resume from "
+                          "the one before it (or start over)") from exc
+
+
+def _restore(path: Path, state: dict[str, Any], weights: dict[str, Tensor], params: dict[str, torch.nn.Parameter],
+             optimizer: torch.optim.Optimizer, lr_scheduler: Any, ema: dict[str, Tensor] | None,
+             scaler: Any) -> TrainingState:
+    """:func:`load_checkpoint`'s restoring, once the files are read and the parameter names match."""
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(weights[name])
