@@ -275,3 +275,20 @@ print(len(out.computed), len(out.cached))
     assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
     children = client.search_runs([exp.experiment_id], "tags.`todsynth.kind` = 'stage'")
     assert len(children) == n
+
+
+def test_a_store_that_cannot_be_opened_is_named(tmp_path):
+    """A truncated mlflow.db (its header intact) and a URI MLflow does not know raised SQLAlchemy's or MLflow's
+    traceback from `bench run`/`report`/`tune`; they are StoreDamagedError naming the store (exit 2)."""
+    from bench.tracking.queries import experiment_id_by_name
+    from bench.tracking.server import StoreDamagedError
+    from bench.tracking.tracker import Tracker
+
+    db = tmp_path / "mlflow.db"
+    Tracker(f"sqlite:///{db}", str(tmp_path / "art"), "e", tmp_path)
+    db.write_bytes(db.read_bytes()[:20000])
+    for uri in (f"sqlite:///{db}", "bogus://x"):
+        with pytest.raises(StoreDamagedError, match=f"cannot open the MLflow store {uri}"):
+            Tracker(uri, str(tmp_path / "art"), "e", tmp_path)
+        with pytest.raises(StoreDamagedError, match=f"cannot open the MLflow store {uri}"):
+            experiment_id_by_name(uri, "e")

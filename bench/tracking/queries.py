@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.tracking.limits import retry
+from bench.tracking.server import opening_store
 
 
 def run_record(run: Any) -> dict[str, Any]:
@@ -42,7 +43,8 @@ def _reader(tracking_uri: str) -> Any:
 
 def experiment_id_by_name(tracking_uri: str, experiment: str) -> str | None:
     """Id of the experiment named ``experiment`` (None when the store has no such experiment)."""
-    exp = retry(_reader(tracking_uri).get_experiment_by_name, experiment)
+    with opening_store(tracking_uri):
+        exp = retry(_reader(tracking_uri).get_experiment_by_name, experiment)
     return None if exp is None else exp.experiment_id
 
 

@@ -9,8 +9,10 @@ talks to it over plain HTTP).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,23 @@ def damaged_store(tracking_uri: str) -> str | None:
         return (f"MLflow store {db} is not an SQLite database (damaged, or another file); move it away (the next run "
                 "starts a new store) or pass another --workspace / --tracking-uri")
     return None
+
+
+@contextlib.contextmanager
+def opening_store(tracking_uri: str) -> Iterator[None]:
+    """Around the first call to a store: one that cannot be opened raises :class:`StoreDamagedError` naming it.
+
+    A damaged SQLite file or a URI MLflow does not know raised MLflow's or SQLAlchemy's traceback.
+    """
+    try:
+        yield
+    except TodsynthError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (whatever the store's driver raises)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise StoreDamagedError(f"cannot open the MLflow store {tracking_uri} ({type(exc).__name__}: {first}); move a "
+                                "damaged mlflow.db away (the next run starts a new store) or pass another "
+                                "--workspace / tracking.uri") from exc
 
 
 def store_uri(workspace: Path) -> str:

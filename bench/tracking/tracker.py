@@ -36,6 +36,7 @@ import psutil
 from filelock import FileLock
 
 from bench.tracking.limits import BATCH, MAX_PARAM_VALUE, MAX_TAG_VALUE, clean_key, cut, flatten, retry
+from bench.tracking.server import opening_store
 
 
 def _alive(pid: int) -> bool:
@@ -55,7 +56,7 @@ class Tracker:
         self.experiment_name = experiment
         lock_dir.mkdir(parents=True, exist_ok=True)
         # The first client on a fresh sqlite file runs alembic migrations: one process at a time.
-        with FileLock(str(lock_dir / ".mlflow.lock")):
+        with FileLock(str(lock_dir / ".mlflow.lock")), opening_store(tracking_uri):
             self.client = MlflowClient(tracking_uri=tracking_uri)
             exp = retry(self.client.get_experiment_by_name, experiment)
             if exp is None:
