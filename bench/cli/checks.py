@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typer signatures)
 
 import typer
+from rich.markup import escape
 
-from bench.cli.common import err_console, escape, out_folder, positive
+from bench.cli.common import err_console, out_folder, positive
 
 
 def bench_check_conditioning(

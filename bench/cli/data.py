@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typer signatures)
 
 import typer
+from rich.markup import escape
 
-from bench.cli.common import console, err_console, escape, fail, file_problem, out_file, out_folder
+from bench.cli.common import console, err_console, fail, file_problem, out_file, out_folder
 
 
 def data_procedural(
