@@ -442,3 +442,14 @@ def test_nan_inf_and_negative_seeds_are_schema_errors(change, message):
     crashed the graph, and a negative seed failed inside a stage without naming its key."""
     problems = _problems({"name": "x", "variants": [{"name": "a"}], **change})
     assert any(message in p for p in problems), problems
+
+
+@pytest.mark.parametrize("entry", ["x", "cache", "mlartifacts", "x/results.json"])
+def test_workspace_entries_of_the_wrong_kind_are_named_before_the_run(tmp_path, entry):
+    """A file where the run keeps a folder (or a folder where it writes results.json) was a traceback, the last one
+    after every stage had computed."""
+    suite = validate_data({"name": "x", "variants": [{"name": "a"}], "workspace": str(tmp_path)}, "s")
+    path = tmp_path / entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir() if entry.endswith(".json") else path.write_text("in the way")
+    assert any(p.startswith(f"workspace: {path} is a") for p in check_runnable(suite)), check_runnable(suite)

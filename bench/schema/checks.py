@@ -233,6 +233,11 @@ def check_runnable(suite: Suite, stages: Collection[str] | None = None) -> list[
     ws = workspace_problem(suite.workspace)
     if ws is not None:
         problems.append(ws)
+    for entry, folder in ((suite.workspace / suite.name, True), (suite.workspace / "cache", True),
+                          (suite.workspace / "mlartifacts", True), (suite.workspace / suite.name / "results.json", False)):
+        if entry.exists() and entry.is_dir() != folder:  # what the run writes there; was a traceback (after the stages)
+            problems.append(f"workspace: {entry} is a {'file' if folder else 'folder'}, where the run keeps its "
+                            f"{'folder' if folder else 'results file'}; move it away")
     if (store := damaged_store(suite.tracking_uri)) is not None:
         problems.append(f"tracking: {store}")
     if suite.dataset.kind == "loveda":
