@@ -49,6 +49,12 @@ def test_train_writes_logs_quietly_and_keeps_global_rng(data_root: Path, tmp_pat
     assert 0.0 <= scores["miou"] <= 1.0 and scores["n_images"] == 4
     out = capsys.readouterr().out
     assert "mmengine - INFO" not in out and "Environment" not in out
+    # a second training into the folder replaces its JSON files whole (new files renamed into place; before, they
+    # were rewritten in place, so a kill left them cut)
+    inodes = {n: (tmp_path / "w" / n).stat().st_ino for n in ("train_log.json", "val_scores.json")}
+    _train(data_root, tmp_path / "w", iters=1, val_items=list_samples(data_root, "Val"))
+    assert all((tmp_path / "w" / n).stat().st_ino != ino for n, ino in inodes.items())
+    assert len(json.loads((tmp_path / "w" / "train_log.json").read_text())["losses"]) == 1
 
 
 def test_same_seed_same_weights(data_root: Path, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from todsynth.data.classes import CLASSES, NUM_CLASSES
+from todsynth.files import atomic_write_bytes
 from todsynth.seg.items import SegItem, as_seg_items
 
 
@@ -83,5 +84,5 @@ def run_downstream(
     log = json.loads((work / "train_log.json").read_text())
     scores.update(n_real=n_real, n_synthetic=n_syn, ratio=float(ratio) if n_syn else 0.0, iters=iters,
                   seed=seed, train_seconds=log["train_seconds"])
-    (work / "scores.json").write_text(json.dumps(scores, indent=1))
+    atomic_write_bytes(work / "scores.json", json.dumps(scores, indent=1).encode())
     return scores

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from todsynth.data.classes import CLASSES, NUM_CLASSES, PALETTE
+from todsynth.files import atomic_write_bytes
 from todsynth.seg.evaluate import evaluate_segmentor
 from todsynth.seg.items import SegItem, as_seg_items
 
@@ -247,8 +248,8 @@ def train_segmentor(
         "n_items": len(items), "weighted": repeat_factors is not None and len(set(repeat_factors)) > 1,
         "train_seconds": seconds, "train_cpu_seconds": cpu_seconds, "losses": hook.losses,
     }
-    (work_dir / "train_log.json").write_text(json.dumps(log, indent=1))
+    atomic_write_bytes(work_dir / "train_log.json", json.dumps(log, indent=1).encode())
     if val_items:
         scores = evaluate_segmentor(trained, val_items, num_classes=num_classes, class_names=class_names)
-        (work_dir / "val_scores.json").write_text(json.dumps(scores, indent=1))
+        atomic_write_bytes(work_dir / "val_scores.json", json.dumps(scores, indent=1).encode())
     return trained

@@ -357,6 +357,6 @@ def _finish(cfg: TrainConfig, run: _Run, out_dir: Path, losses: list[float], sta
             "num_processes": accelerator.num_processes,
             "device": str(accelerator.device),
         }
-        (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        atomic_write_bytes(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2).encode())
     accelerator.wait_for_everyone()
     return gen_dir

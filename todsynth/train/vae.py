@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from todsynth.data.classes import NUM_CLASSES
+from todsynth.files import atomic_write_bytes
 from todsynth.models.generator import seeded_init
 from todsynth.models.vae import (
     Autoencoder,
@@ -216,7 +217,7 @@ def train_vae(
         "params": sum(p.numel() for p in vae.parameters()),
         "train_seconds": seconds,
     }
-    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_bytes(out_dir / "train_summary.json", json.dumps(summary, indent=2).encode())
     return out_dir
 
 
