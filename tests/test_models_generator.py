@@ -60,12 +60,16 @@ def test_resolve_preset_errors() -> None:
                                ({"transformer": {"num_layers": "abc"}}, "transformer.num_layers must be a positive integer"),
                                ({"transformer": {"num_layers": 0}}, "transformer.num_layers must be a positive integer, got 0"),
                                ({"transformer": {"dual_attention_layers": 1}}, "transformer.dual_attention_layers must be a list"),
-                               ({"scheduler": {"shift": "3"}}, "scheduler.shift must be a number, got '3'"),
-                               ({"vae_train": {"steps": -1}}, "vae_train.steps must be a positive integer, got -1")]:
+                               ({"scheduler": {"shift": "3"}}, "scheduler.shift must be a finite number, got '3'"),
+                               ({"vae_train": {"steps": -1}}, "vae_train.steps must be a positive integer, got -1"),
+                               ({"scheduler": {"shift": float("nan")}}, "scheduler.shift must be a finite number"),
+                               ({"transformer": {"nosuch": 1}}, r"unknown transformer key\(s\) \['nosuch'\]"),
+                               ({"vae": {"nosuch": 1}}, r"unknown vae key\(s\) \['nosuch'\]")]:
         with pytest.raises(ConfigError, match=f"preset 'tiny': {message}"):
             resolve_preset("tiny", overrides)
     with pytest.raises(ConfigError, match="mask_stream.tokens must be true or false"):  # a key the preset leaves out
         resolve_preset("sd3.5-medium", {"mask_stream": {"tokens": 1}})
+    assert resolve_preset("tiny", {"transformer": {"pooled_projection_dim": 16}})["transformer"]["pooled_projection_dim"] == 16
     fine = resolve_preset("tiny", {"transformer": {"qk_norm": None, "dual_attention_layers": []}, "scheduler": {"shift": 3},
                                    "text": {"seed": 0}, "train": {"warmup_steps": 0}})  # null, an int for a float, 0
     assert (fine["transformer"]["qk_norm"], fine["scheduler"]["shift"], fine["train"]["warmup_steps"]) == (None, 3, 0)

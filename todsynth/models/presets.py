@@ -27,6 +27,8 @@ code path). Keys:
 from __future__ import annotations
 
 import copy
+import inspect
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -265,7 +267,8 @@ def _kind_problem(key: str, base: Any, value: Any) -> str | None:
         ok = isinstance(value, int) and not isinstance(value, bool) and (value > 0 or leaf == "seed")
         want = "an integer" if leaf == "seed" else "a positive integer"
     elif isinstance(base, float):
-        ok, want = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        want = "a finite number"
     elif isinstance(base, str):
         ok, want = isinstance(value, str | os.PathLike), "a string"
     elif isinstance(base, list | tuple):
@@ -320,9 +323,34 @@ def resolve_preset(name: str, overrides: Mapping[str, Any] | None = None) -> dic
         stray = sorted(set(preset.get(section) or {}) - known)
         if stray:
             raise ConfigError(f"preset {name!r}: unknown {section} key(s) {stray}; known keys: {sorted(known)}")
+    _check_model_keys(name, preset, overrides)
     noise_offset(preset)
     preset["name"] = name
     return preset
+
+
+def _check_model_keys(name: str, preset: Mapping[str, Any], overrides: Mapping[str, Any]) -> None:
+    """A scratch preset's ``transformer``/``vae`` keys are arguments of the class they build (else ConfigError).
+
+    Checked only when an override adds a key the preset does not set (the classes' imports are slow). Before, an
+    unknown key passed ``bench validate`` and failed inside the autoencoder or generator stage.
+    """
+    if not is_scratch(preset):
+        return
+    for section in ("transformer", "vae"):
+        added = set(overrides.get(section) or {}) - set(PRESETS[name].get(section) or {})
+        if not added:
+            continue
+        if section == "transformer":
+            from diffusers import SD3Transformer2DModel
+
+            known = set(inspect.signature(SD3Transformer2DModel.__init__).parameters)
+        else:
+            from todsynth.models.vae import vae_argument_names
+
+            known = vae_argument_names(preset["vae"].get("kind"))
+        if stray := sorted(added - known - {"self", "kind"}):
+            raise ConfigError(f"preset {name!r}: unknown {section} key(s) {stray}")
 
 
 def is_scratch(preset: Mapping[str, Any]) -> bool:

@@ -90,6 +90,15 @@ class SpaceToDepthAutoencoder(nn.Module):
 Autoencoder = AutoencoderKL | SpaceToDepthAutoencoder
 
 
+def vae_argument_names(kind: str | None) -> set[str]:
+    """The keys a preset's ``vae`` dict of ``kind`` (None: AutoencoderKL) may hold besides ``kind``."""
+    import inspect
+
+    if kind == SPACE_TO_DEPTH:
+        return set(inspect.signature(SpaceToDepthAutoencoder.__init__).parameters) | {"latent_channels"}
+    return set(inspect.signature(AutoencoderKL.__init__).parameters)
+
+
 def build_vae(config: dict[str, Any]) -> Autoencoder:
     """An autoencoder from a preset's ``vae`` dict: ``kind: space_to_depth`` or ``AutoencoderKL`` kwargs."""
     config = dict(config)
