@@ -186,6 +186,7 @@ def _cli_exit(monkeypatch, capsys, *args: str) -> tuple[int, str]:
         (["--setting", "[1, 2]"], "not a mapping"),
         (["--setting", "{max_step_size: -1}"], "max_step_size"),
         (["--guidance", "0.5"], "--guidance"),
+        (["--steps", "4", "--setting", "{rectified_step: 10}"], "rectified_step 10 > --steps 4"),  # was a traceback
     ],
 )
 def test_check_crfm_refuses_bad_input_before_loading(tmp_path, monkeypatch, capsys, extra, needle) -> None:
@@ -258,3 +259,18 @@ def test_check_crfm_samples_as_the_smoke_suite_by_default(tmp_path, monkeypatch,
     except SystemExit as exc:
         assert exc.code in (0, None), capsys.readouterr().err
     assert (seen["guidance_scale"], seen["mask_guidance"]) == expected
+
+
+def test_check_crfm_names_masks_that_do_not_fit_the_generator(tmp_path) -> None:
+    """32 px masks for a 64 px generator: a ConfigError naming both, before the segmentors load (was a traceback)."""
+    from bench.checks.crfm import check_crfm
+    from todsynth.data.procedural import generate_dataset
+    from todsynth.errors import ConfigError
+    from todsynth.models.generator import build_generator, save_generator
+    from todsynth.models.presets import resolve_preset
+
+    root = generate_dataset(tmp_path / "d", 2, 3, 32, 0)
+    save_generator(build_generator(resolve_preset("tiny", {"image_size": 64})), tmp_path / "g")
+    missing = tmp_path / "no-such-segmentor"  # never reached
+    with pytest.raises(ConfigError, match=r"32x32 px masks do not fit the generator's image_size 64"):
+        check_crfm(tmp_path / "g", missing, missing, root, n_masks=2, steps=4)

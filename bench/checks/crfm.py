@@ -130,12 +130,15 @@ def check_crfm(
     """
     from todsynth.data.loveda import LoveDA
     from todsynth.models.generator import load_generator
-    from todsynth.sample.config import SamplerConfig
+    from todsynth.sample.config import CRFMConfig, SamplerConfig, rectified_step_problem
     from todsynth.seg.compat import ensure_mmseg
     from todsynth.seg.io import load_segmentor
     from todsynth.text import PromptCache, preset_prompt_encoder
 
     parsed = parse_settings(settings)
+    for setting in parsed:  # before: a ValueError traceback, after the plain row was sampled
+        if why := rectified_step_problem(CRFMConfig(**setting).rectified_step, steps, "--steps"):
+            raise ConfigError(f"--setting {setting}: rectified_step {why}")
     for flag, field, value in (("--guidance", "guidance_scale", guidance_scale),
                                ("--mask-guidance", "mask_guidance", mask_guidance)):
         if why := SamplerConfig.field_problem(field, value):
@@ -149,6 +152,10 @@ def check_crfm(
         raise ConfigError(f"--masks {n_masks}: {e}, split {data}/{split}") from None
     ensure_mmseg()
     gen = load_generator(generator)
+    size = tuple(dataset[0]["mask"].shape[-2:])
+    if size != (gen.image_size, gen.image_size):
+        raise ConfigError(f"--data {data}: its {size[0]}x{size[1]} px masks do not fit the generator's image_size "
+                          f"{gen.image_size} ({generator})")
     judge_model, evaluator_model = load_segmentor(judge), load_segmentor(evaluator)
     scorer_models = {str(d): load_segmentor(d) for d in scorers}
     text = dict(gen.config["text"])  # the resolved preset it was built from
