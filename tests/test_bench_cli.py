@@ -264,7 +264,7 @@ def test_errors_keep_their_brackets(tmp_path):
     assert proc.returncode == 2 and f"{tmp_path / 'y[abc]'}" in proc.stderr, proc.stderr
 
 
-def test_default_output_paths_are_checked_as_given_ones(tmp_path, monkeypatch):
+def test_default_output_paths_are_checked_as_given_ones(tmp_path):
     """`data index ROOT` (ROOT/index.jsonl) and `bench report SUITE` (reports/<suite>) crashed with a traceback when
     their default output could not be written; a given --out was checked."""
     from typer.testing import CliRunner
@@ -276,11 +276,9 @@ def test_default_output_paths_are_checked_as_given_ones(tmp_path, monkeypatch):
     (root / "index.jsonl").mkdir()
     res = CliRunner().invoke(app, ["data", "index", str(root)], env={"COLUMNS": "250"})
     assert res.exit_code == 2 and f"{root / 'index.jsonl'} is a folder" in res.output, res.output
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "reports").write_text("a file")
-    res = CliRunner().invoke(app, ["bench", "report", str(REPO / "suites" / "smoke.yaml"), "-w", str(tmp_path / "ws")],
-                             env={"COLUMNS": "250"})
-    assert res.exit_code == 2 and "reports is a file, not a folder" in res.output, res.output
+    (tmp_path / "reports").write_text("a file")  # write_report checks where it writes (a ReportError: exit 2)
+    proc = _cli("bench", "report", str(REPO / "suites" / "smoke.yaml"), "-w", str(tmp_path / "ws"), cwd=tmp_path)
+    assert proc.returncode == 2 and "reports is a file, not a folder" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize(("results", "log_line"), [

@@ -17,7 +17,6 @@ from bench.cli.common import (
     WorkspaceOpt,
     console,
     err_console,
-    fail,
     load_suite_or_exit,
     out_folder,
     suite_file_problems,
@@ -148,11 +147,6 @@ def bench_report(
     from bench.report import write_report
 
     s = load_suite_or_exit(suite, set_, workspace)
-    if out is None:  # the default is checked as --out is
-        from todsynth.files import folder_problem
-
-        if (problem := folder_problem(out := Path("reports") / s.name)) is not None:
-            fail(problem)
     path = write_report(s, out, run_id=run)
     console.print(f"report: {path / 'report.md'} and {path / 'index.html'} (+ results.csv, results.tex)", highlight=False,
                   soft_wrap=True)
