@@ -19,7 +19,8 @@ Runs left RUNNING by a killed process (``todsynth.pid``/``todsynth.host`` tags, 
 KILLED at the start of the next invocation. All writes go through one client in the main process and
 retry with backoff on sqlite ``database is locked``.
 
-Imports :mod:`bench.tracking.limits` and mlflow (lazily, inside the methods).
+Imports :mod:`bench.tracking.limits`, :mod:`bench.tracking.server` (``opening_store``), :mod:`bench.cache`
+(``process_alive``) and mlflow (lazily, inside the methods).
 """
 
 from __future__ import annotations
@@ -32,18 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 from filelock import FileLock
 
+from bench.cache import process_alive
 from bench.tracking.limits import BATCH, MAX_PARAM_VALUE, MAX_TAG_VALUE, clean_key, cut, flatten, retry
 from bench.tracking.server import opening_store
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 class Tracker:
@@ -205,7 +199,7 @@ class Tracker:
             pid = run.data.tags.get("todsynth.pid")
             if not pid or run.data.tags.get("todsynth.host") != host:
                 continue
-            if int(pid) != os.getpid() and not _alive(int(pid)):
+            if not process_alive(int(pid)):  # this process counts as alive
                 self.end(run.info.run_id, "KILLED")
                 killed.append(run.info.run_id)
         return killed
