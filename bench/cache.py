@@ -3,9 +3,10 @@
 A stage writes into ``<workspace>/cache/<stage>/.tmp-<hash>-<host>-<pid>`` and the directory is renamed into
 place only when the function returned and the marker is written, so a killed run leaves no half
 artifact. A finished stage is never recomputed (unless forced). Leftover temp dirs of dead processes
-are removed on the next run on their host (a pid means nothing on another machine sharing the workspace). A file lock per ``(stage, hash)`` makes two concurrent runs on one
-workspace compute a shared stage once: the second waits, then reuses. A marker whose declared files
-are missing is corruption and fails loudly, naming the directory.
+are removed on the next run on their host (a pid means nothing on another machine sharing the workspace).
+A file lock per ``(stage, hash)`` makes two concurrent runs on one workspace compute a shared stage once:
+the second waits, then reuses. A marker whose declared files are missing is corruption and fails loudly,
+naming the directory.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ EFFICIENCY_RULE = (
     "exceeds one std; with a single seed there is no std and nothing is marked. Ceiling rows add other images in the "
     "synthetic images' place (as many, at the same ratio): oracle, held-out real scenes (what more labelled data "
     "adds); rerender, the same training masks painted anew by the scenes' own renderer (what a perfect generator "
-    "could add). A synthetic cell gives its mean as a share of each ceiling's where that is positive and exceeds one std."
+    "could add). A synthetic cell gives its mean as a share of each ceiling's where that is positive and exceeds one "
+    "std."
 )
 
 

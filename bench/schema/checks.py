@@ -135,7 +135,8 @@ def _tune_problems(tune: Tune, variants: list[ResolvedVariant], suite: Suite) ->
         values = steps_dim.probe_values()
         base_steps = int(min(values))
     rs = tune.search_space.get("crfm.rectified_step")
-    base_rs = by_name[tune.base_variant].crfm.rectified_step if tune.base_variant in by_name else suite.crfm.rectified_step
+    base = by_name.get(tune.base_variant or "")
+    base_rs = base.crfm.rectified_step if base is not None else suite.crfm.rectified_step
     if rs is None and base_rs == 0:
         problems += [f"tune.search_space.{key}: has no effect: the base variant's crfm.rectified_step is 0 (CRFM off), "
                      "so every trial would sample plain; search crfm.rectified_step too, or name a CRFM variant as "
@@ -233,8 +234,9 @@ def check_runnable(suite: Suite, stages: Collection[str] | None = None) -> list[
     ws = workspace_problem(suite.workspace)
     if ws is not None:
         problems.append(ws)
-    for entry, folder in ((suite.workspace / suite.name, True), (suite.workspace / "cache", True),
-                          (suite.workspace / "mlartifacts", True), (suite.workspace / suite.name / "results.json", False)):
+    ws_dir = suite.workspace
+    for entry, folder in ((ws_dir / suite.name, True), (ws_dir / "cache", True), (ws_dir / "mlartifacts", True),
+                          (ws_dir / suite.name / "results.json", False)):
         if entry.exists() and entry.is_dir() != folder:  # what the run writes there; was a traceback (after the stages)
             problems.append(f"workspace: {entry} is a {'file' if folder else 'folder'}, where the run keeps its "
                             f"{'folder' if folder else 'results file'}; move it away")

@@ -19,8 +19,8 @@ and ``sqrtm`` of their product is ill-posed (spurious imaginary parts, non-finit
 ``min(n_real, n_fake) <= feature_dim`` both covariances get a diagonal offset of
 ``cov_offset = 1e-6 * mean(diag)`` (raised x100 up to three times while clean-fid still reports an imaginary
 component; if it still does, the trace term comes from the eigenvalues of the symmetric ``sqrt(S1) S2 sqrt(S1)``,
-the same quantity, which cannot turn complex); the offset used is returned. Fewer than 2 samples on either side gives NaN (FID and KID
-are undefined), never an exception. FID is clamped at 0 (tiny negatives are round-off). KID uses
+the same quantity, which cannot turn complex); the offset used is returned. Fewer than 2 samples on either side
+gives NaN (FID and KID are undefined), never an exception. FID is clamped at 0 (tiny negatives are round-off). KID uses
 clean-fid's ``kernel_distance`` with a seeded NumPy state restored afterwards.
 """
 
