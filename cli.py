@@ -276,11 +276,12 @@ def bench_perf(
     from rich.markup import escape
     from rich.table import Table
 
-    from bench.perf import PerfConfig, log_perf, perf_rows, run_perf, write_json
+    from bench.perf import PerfConfig, log_perf, perf_rows, perf_tracker, run_perf, write_json
 
     cfg = PerfConfig(preset=preset, device=device, batch=batch, res=res, steps=steps, rectified=rectified,
                      repeats=repeats, train_batch=train_batch, clock=clock, precision=precision,
                      channels_last=channels_last, compile=compile_, judge=judge, threads=threads)
+    tracker = perf_tracker(tracking_uri) if tracking_uri else None  # a store that cannot be opened: named before measuring
     with err_console.status("bench perf") as status:
         report = run_perf(cfg, progress=lambda phase: status.update(f"bench perf: {phase}"))
     table = Table(title=f"todsynth bench perf: {preset} on {device}")
@@ -291,8 +292,8 @@ def bench_perf(
     console.print(table)
     if json_out is not None:
         console.print(f"json: {write_json(report, json_out)}", highlight=False, soft_wrap=True)
-    if tracking_uri:
-        console.print(f"MLflow run {log_perf(report, tracking_uri, json_out)} in {tracking_uri}", highlight=False, soft_wrap=True)
+    if tracker is not None:
+        console.print(f"MLflow run {log_perf(report, tracker, json_out)} in {tracking_uri}", highlight=False, soft_wrap=True)
 
 
 

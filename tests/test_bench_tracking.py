@@ -292,3 +292,78 @@ def test_a_store_that_cannot_be_opened_is_named(tmp_path):
             Tracker(uri, str(tmp_path / "art"), "e", tmp_path)
         with pytest.raises(StoreDamagedError, match=f"cannot open the MLflow store {uri}"):
             experiment_id_by_name(uri, "e")
+
+
+def _closed_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_tracking_server_that_does_not_answer_is_named_in_seconds(tmp_path):
+    """An http tracking URI with no server behind it waited ~4 min on MLflow's HTTP retries before `bench run`'s
+    first stage (or after `bench perf` had measured); one short probe now names it, without the URI's password."""
+    import socket
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from bench.tracking.server import StoreDamagedError, server_problem
+    from bench.tracking.tracker import Tracker
+
+    port = _closed_port()
+    uri = f"http://someone:secret@127.0.0.1:{port}"
+    t0 = time.monotonic()
+    problem = server_problem(uri)
+    assert problem is not None and time.monotonic() - t0 < 5
+    assert problem.startswith(f"the MLflow tracking server http://someone:***@127.0.0.1:{port} does not answer (")
+    assert "secret" not in problem
+    with pytest.raises(StoreDamagedError, match="does not answer"):
+        Tracker(f"http://127.0.0.1:{port}", None, "e", tmp_path)
+
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        t0 = time.monotonic()
+        problem = server_problem(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout_s=0.5)
+        assert problem is not None and "ReadTimeout within 0.5 s" in problem and time.monotonic() - t0 < 3
+
+    class Forbidden(BaseHTTPRequestHandler):  # a proxy asking for a login still answers
+        def do_GET(self) -> None:
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Forbidden)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert server_problem(f"http://127.0.0.1:{server.server_port}") is None
+    finally:
+        server.shutdown()
+    assert server_problem(f"sqlite:///{tmp_path / 'mlflow.db'}") is None  # not a server: not probed
+
+
+def test_bench_run_names_an_unanswering_tracking_server_before_any_stage(tiny_suite_data, bench_workspace, tmp_path,
+                                                                         capsys, monkeypatch):
+    import sys
+
+    import yaml
+
+    from cli import main
+
+    suite = tmp_path / "t.yaml"
+    suite.write_text(yaml.safe_dump(tiny_suite_data))
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setattr(sys, "argv", ["todsynth", "bench", "run", str(suite), "-w", str(bench_workspace),
+                                      "--set", f"tracking.uri={uri}"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"tracking: the MLflow tracking server {uri} does not answer" in err, err
+    assert not (bench_workspace / "cache").exists()  # no stage ran

@@ -96,7 +96,7 @@ BAD = [
     (["--preset", "huge"], "--preset 'huge'"),
     (["--repeats", "0"], "--repeats 0"),
     (["--clock", "sundial"], "--clock 'sundial'"),
-    (["--res", "34"], "image_size=34"),
+    (["--res", "34"], "--res 34: image_size=34 must be divisible"),
     (["--batch", "0"], "--batch 0"),
 ]
 
@@ -111,6 +111,26 @@ def test_perf_bad_options_exit_2_naming_the_option(args, message, capsys, monkey
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_perf_names_a_store_it_cannot_open_before_measuring(tmp_path, capsys, monkeypatch) -> None:
+    """`--tracking-uri` of a server that does not answer failed only after the measurement (and ~4 min of retries)."""
+    import socket
+
+    from cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    measured = []
+    monkeypatch.setattr("bench.perf.run_perf", lambda *a, **k: measured.append(1))
+    out = tmp_path / "perf.json"
+    monkeypatch.setattr(sys, "argv", ["todsynth", *TINY, "--json", str(out), "--tracking-uri",
+                                      f"http://127.0.0.1:{port}"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 2 and not measured and not out.exists()
+    assert f"http://127.0.0.1:{port} does not answer" in capsys.readouterr().err
 
 
 def test_perf_batch_defaults_per_preset() -> None:

@@ -37,7 +37,7 @@ table rows, MLflow). This package re-exports their public names.
 from bench.perf.config import DEFAULT_BATCH, DEFAULT_JUDGE, PERF_PRESETS, SCHEMA, PerfConfig
 from bench.perf.memory import PeakMemory
 from bench.perf.models import build_perf_models, perf_inputs, perf_preset
-from bench.perf.output import log_perf, perf_rows, write_json
+from bench.perf.output import log_perf, perf_rows, perf_tracker, write_json
 from bench.perf.rounds import profile_sampling
 from bench.perf.run import run_perf, torch_threads
 from bench.perf.timing import Stopwatch, stats
@@ -53,6 +53,7 @@ __all__ = [
     "Stopwatch",
     "build_perf_models",
     "log_perf",
+    "perf_tracker",
     "perf_inputs",
     "perf_preset",
     "perf_rows",

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.perf.config import PerfConfig
+from todsynth.errors import ConfigError
 
 SD35_TEXT = {"seq_len": 77 + 256, "joint_dim": 4096, "pooled_dim": 2048}  # CLIP-L/G + T5 (256 tokens)
 
@@ -41,8 +42,11 @@ def build_perf_models(cfg: PerfConfig) -> tuple[Any, nn.Module]:
     from todsynth.seg.models import build_segmentor
 
     preset = perf_preset(cfg.preset, int(cfg.res))  # type: ignore[arg-type]
-    with torch.device(cfg.device):  # initialise in place on the GPU (SD3.5 in fp32 is ~14 GB)
-        gen = build_generator(preset)
+    try:
+        with torch.device(cfg.device):  # initialise in place on the GPU (SD3.5 in fp32 is ~14 GB)
+            gen = build_generator(preset)
+    except ConfigError as exc:  # the preset's sizes come from --res (image_size = res)
+        raise ConfigError(f"--res {cfg.res}: {exc}") from None
     gen.to(cfg.device)
     gen.transformer.requires_grad_(False).eval()
     judge = SegmentorLogits(build_segmentor(str(cfg.judge), gen.num_classes, seed=cfg.seed), num_classes=gen.num_classes)

@@ -76,14 +76,16 @@ def perf_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def log_perf(report: dict[str, Any], tracking_uri: str, json_path: Path | None = None) -> str:
-    """Log a report to MLflow (experiment ``todsynth/perf``); returns the run id.
+def perf_tracker(tracking_uri: str) -> Any:
+    """The :class:`bench.tracking.Tracker` of experiment ``todsynth/perf`` in a store, opened before measuring.
 
-    The config goes in as params, the numbers as metrics, the JSON as an artifact.
+    A store that cannot be opened (damaged, unknown URI, a server not answering) is named up front, not after the
+    minutes of measurement.
+
+    Raises:
+        StoreDamagedError: see :func:`bench.tracking.opening_store` and :func:`bench.tracking.server_problem`.
     """
     import tempfile
-
-    import yaml
 
     from bench.tracking import Tracker
 
@@ -92,7 +94,16 @@ def log_perf(report: dict[str, Any], tracking_uri: str, json_path: Path | None =
         lock_dir, artifacts = db.parent, str(db.parent / "mlartifacts")
     else:
         lock_dir, artifacts = Path(tempfile.gettempdir()) / "todsynth-perf-locks", None
-    tracker = Tracker(tracking_uri, artifacts, "todsynth/perf", lock_dir)
+    return Tracker(tracking_uri, artifacts, "todsynth/perf", lock_dir)
+
+
+def log_perf(report: dict[str, Any], tracker: Any, json_path: Path | None = None) -> str:
+    """Log a report to MLflow through ``tracker`` (:func:`perf_tracker`); returns the run id.
+
+    The config goes in as params, the numbers as metrics, the JSON as an artifact.
+    """
+    import yaml
+
     c = report["config"]
     run = tracker.start_parent(
         f"perf-{c['preset']}-{c['device']}-{c['res']}px",

@@ -15,7 +15,7 @@ from bench.schema.sections import GeneratorSpec, Segmenter, saved_generator_prob
 from bench.schema.suite import Suite, resolve_variants
 from bench.schema.tuning import Tune
 from bench.schema.variants import CEILING_KINDS, SECTIONS, ResolvedVariant
-from bench.tracking.server import damaged_store
+from bench.tracking.server import damaged_store, server_problem
 from todsynth.files import folder_problem
 from todsynth.sample.config import rectified_step_problem
 
@@ -240,7 +240,7 @@ def check_runnable(suite: Suite, stages: Collection[str] | None = None) -> list[
         if entry.exists() and entry.is_dir() != folder:  # what the run writes there; was a traceback (after the stages)
             problems.append(f"workspace: {entry} is a {'file' if folder else 'folder'}, where the run keeps its "
                             f"{'folder' if folder else 'results file'}; move it away")
-    if (store := damaged_store(suite.tracking_uri)) is not None:
+    if (store := damaged_store(suite.tracking_uri) or server_problem(suite.tracking_uri)) is not None:
         problems.append(f"tracking: {store}")
     if suite.dataset.kind == "loveda":
         root = suite.dataset.root

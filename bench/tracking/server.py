@@ -26,7 +26,7 @@ class StoreNotFoundError(TodsynthError):
 
 
 class StoreDamagedError(TodsynthError):
-    """A workspace's MLflow store is not an SQLite database file."""
+    """An MLflow store that cannot be opened: a damaged SQLite file, a URI MLflow does not know, a server not answering."""
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database file
@@ -52,6 +52,36 @@ def damaged_store(tracking_uri: str) -> str | None:
     if head and head != SQLITE_HEADER:
         return (f"MLflow store {db} is not an SQLite database (damaged, or another file); move it away (the next run "
                 "starts a new store) or pass another --workspace / --tracking-uri")
+    return None
+
+
+def _without_password(url: str) -> str:
+    """``url`` with the password of its user info (``http://user:pw@host``) replaced by ``***``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"))
+
+
+def server_problem(tracking_uri: str, timeout_s: float = 5.0) -> str | None:
+    """Why the tracking server of an ``http(s)://`` URI does not answer, or None; other URIs are not looked at.
+
+    One GET of the server's ``/health`` within ``timeout_s``: any HTTP answer counts (a proxy asking for a login, a
+    server without that page). Without this check a server that is down costs minutes of MLflow's HTTP retries
+    (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``) before the first stage, or after a ``bench perf`` has measured.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    import requests
+
+    try:
+        requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s).close()
+    except requests.RequestException as exc:
+        return (f"the MLflow tracking server {_without_password(tracking_uri)} does not answer ({type(exc).__name__} within "
+                f"{timeout_s:g} s); start it (`todsynth ui`, or `mlflow server` on that host) or pass another "
+                "tracking.uri / --tracking-uri")
     return None
 
 

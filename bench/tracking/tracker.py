@@ -19,7 +19,7 @@ Runs left RUNNING by a killed process (``todsynth.pid``/``todsynth.host`` tags, 
 KILLED at the start of the next invocation. All writes go through one client in the main process and
 retry with backoff on sqlite ``database is locked``.
 
-Imports :mod:`bench.tracking.limits`, :mod:`bench.tracking.server` (``opening_store``), :mod:`bench.cache`
+Imports :mod:`bench.tracking.limits`, :mod:`bench.tracking.server` (``opening_store``, ``server_problem``), :mod:`bench.cache`
 (``process_alive``) and mlflow (lazily, inside the methods).
 """
 
@@ -37,7 +37,7 @@ from filelock import FileLock
 
 from bench.cache import process_alive
 from bench.tracking.limits import BATCH, MAX_PARAM_VALUE, MAX_TAG_VALUE, clean_key, cut, flatten, retry
-from bench.tracking.server import opening_store
+from bench.tracking.server import StoreDamagedError, opening_store, server_problem
 
 
 class Tracker:
@@ -48,6 +48,8 @@ class Tracker:
 
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment
+        if (problem := server_problem(tracking_uri)) is not None:
+            raise StoreDamagedError(problem)
         lock_dir.mkdir(parents=True, exist_ok=True)
         # The first client on a fresh sqlite file runs alembic migrations: one process at a time.
         with FileLock(str(lock_dir / ".mlflow.lock")), opening_store(tracking_uri):
