@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,29 @@ def test_pickled_objects_need_trust(model: torch.nn.Module, tmp_path: Path) -> N
     torch.testing.assert_close(_logits(loaded), _logits(model))
 
 
+def test_a_suite_checkpoint_refusal_names_the_suite_key(model: torch.nn.Module, tmp_path: Path) -> None:
+    """The judge/evaluator stage told suite users to pass --trust-checkpoint, an option `bench run` does not have."""
+    from mmengine.logging import HistoryBuffer
+
+    from bench.cache import CachedStage
+    from bench.specs import CheckpointSpec
+    from bench.stages.models import stage_judge
+
+    path = tmp_path / "full.pth"
+    torch.save({"meta": {"hub": HistoryBuffer()}, "state_dict": model.state_dict()}, path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "samples.json").write_text(json.dumps({"Train": [], "Val": []}))
+    inputs = {"data": CachedStage(data, {"artifacts": {"samples": "samples.json", "root": "."}})}
+    spec = CheckpointSpec(model="fcn-tiny", checkpoint=str(path), trust_checkpoint=False)
+    with pytest.raises(UntrustedCheckpointError, match="set trust_checkpoint: true beside this checkpoint") as info:
+        stage_judge(spec, inputs, tmp_path / "out")
+    assert "--trust-checkpoint" not in str(info.value)
+    trusted = stage_judge(CheckpointSpec(model="fcn-tiny", checkpoint=str(path), trust_checkpoint=True), inputs,
+                          tmp_path / "out")
+    torch.testing.assert_close(_logits(load_segmentor(trusted["model"])), _logits(model))
+
+
 def test_user_checkpoint_errors(model: torch.nn.Module, tmp_path: Path) -> None:
     with pytest.raises(WeightsNotFoundError, match="missing.pth"):
         load_user_checkpoint(tmp_path / "missing.pth", "fcn-tiny")
@@ -111,6 +135,13 @@ def test_damaged_saved_segmentor_files_are_named(model: torch.nn.Module, tmp_pat
     (out / "model.safetensors").write_bytes(b"junk")
     with pytest.raises(ConfigError, match=r"cannot read weights .*model\.safetensors"):
         load_segmentor(out)
+    for meta, message in (({"name": "unet-xl", "num_classes": 7}, "unknown segmentation model 'unet-xl'"),
+                          ({"name": ["fcn-tiny"], "num_classes": 7}, "unknown segmentation model"),
+                          ({"name": "fcn-tiny", "num_classes": "7"}, "num_classes '7' must be an int >= 1"),
+                          ({"name": "fcn-tiny", "num_classes": 0}, "num_classes 0 must be an int >= 1")):
+        (out / "segmentor.json").write_text(json.dumps(meta))  # named with its file (was a bare model error)
+        with pytest.raises(ConfigError, match=rf"segmentor\.json: {re.escape(message)}"):
+            load_segmentor(out)
     (out / "segmentor.json").write_text("{not json")
     with pytest.raises(ConfigError, match=r"cannot read .*segmentor\.json"):
         load_segmentor(out)

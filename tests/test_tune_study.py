@@ -396,7 +396,7 @@ def test_a_storage_file_that_cannot_be_made_is_named(tmp_path, tune_data, fake_s
     taken.write_text("not a folder")
     assert storage_file_problem(f"journal:{taken}/s.journal") == f"{taken} is a file, not a folder"
     assert storage_file_problem(f"sqlite:///{taken}/s.db") == f"{taken} is a file, not a folder"
-    assert storage_file_problem(f"journal:{tmp_path}") == f"{tmp_path} is a folder, not a file"
+    assert storage_file_problem(f"journal:{tmp_path}") == f"{tmp_path} is a folder; give a file path"
     assert storage_file_problem(f"journal:{tmp_path}/new/s.journal") is None  # made on open
     assert storage_file_problem("sqlite:///:memory:") is None
     assert storage_file_problem("postgresql+psycopg2://u@h/db") is None  # no file of ours

@@ -59,6 +59,17 @@ def folder_problem(path: str | Path) -> str | None:
     return None
 
 
+def file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be (or be created as) a file this process writes, or None; creates nothing.
+
+    A folder there, or (:func:`folder_problem`) a parent that cannot be a folder this user writes in.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return f"{path} is a folder; give a file path"
+    return folder_problem(path.absolute().parent)
+
+
 def read_json(path: str | Path) -> Any:
     """The JSON in ``path``.
 

@@ -42,18 +42,11 @@ def out_file(value: Path | None) -> Path | None:
     A folder there, or a parent that cannot be a folder this user writes in, is a usage error (exit 2) before any
     work starts (not after minutes of it).
     """
+    from todsynth.files import file_problem
+
     if value is not None and (problem := file_problem(value)) is not None:
         raise typer.BadParameter(problem)
     return value
-
-
-def file_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be an output file (a folder there; a parent this user cannot write in), or None."""
-    from todsynth.files import folder_problem
-
-    if path.is_dir():
-        return f"{path} is a folder; give a file path"
-    return folder_problem(path.absolute().parent)
 
 
 def positive(value: float | None) -> float | None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typ
 import typer
 from rich.markup import escape
 
-from bench.cli.common import console, err_console, fail, file_problem, out_file, out_folder
+from bench.cli.common import console, err_console, fail, out_file, out_folder
 
 
 def data_procedural(
@@ -66,6 +66,7 @@ def data_index(
 ) -> None:
     """Write index.jsonl: source (mask), target (image), prompt; paths relative to ROOT."""
     from todsynth.data.index import read_index, write_index
+    from todsynth.files import file_problem
 
     if out is None:  # the default is checked as --out is
         out = root / ("index.jsonl" if split == "Train" else f"index_{split.lower()}.jsonl")

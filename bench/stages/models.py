@@ -102,7 +102,8 @@ def _segmenter(spec: SegmenterSpec | CheckpointSpec, inputs: dict[str, CachedSta
     data = inputs["data"]
     val = split_samples(data, "Val")
     if isinstance(spec, CheckpointSpec):
-        model = load_user_checkpoint(spec.checkpoint, spec.model, trust=spec.trust_checkpoint)
+        model = load_user_checkpoint(spec.checkpoint, spec.model, trust=spec.trust_checkpoint,
+                                     trust_hint="set trust_checkpoint: true beside this checkpoint in the suite")
     else:
         model = train_segmentor(
             spec.model, train_samples(spec.subset, data), out_dir / "work", max_iters=spec.iters,

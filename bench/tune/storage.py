@@ -77,17 +77,13 @@ def storage_file_problem(url: str) -> str | None:
     The study lock and the journal/database file go beside each other; a file in the way of their folder or a folder
     this user cannot write in is named before either is opened.
     """
-    from todsynth.files import folder_problem
+    from todsynth.files import file_problem
 
     try:
         path = storage_file(url)
     except Exception:  # a malformed URL is open_storage's to report
         return None
-    if path is None:
-        return None
-    if path.is_dir():
-        return f"{path} is a folder, not a file"
-    return folder_problem(path.parent)
+    return None if path is None else file_problem(path)
 
 
 def driver_missing(url: str, exc: ImportError) -> ConfigError:

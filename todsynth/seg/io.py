@@ -38,10 +38,9 @@ def save_segmentor(model: nn.Module, name: str, dir: str | Path, num_classes: in
     """
     from safetensors.torch import save as st_save
 
-    from todsynth.seg.models import SEG_MODELS
+    from todsynth.seg.models import require_model
 
-    if name not in SEG_MODELS:
-        raise ConfigError(f"unknown segmentation model {name!r}; choose one of {', '.join(SEG_MODELS)}")
+    require_model(name)
     names = list(class_names) if class_names is not None else list(CLASSES[:num_classes])
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} class names for num_classes={num_classes}")
@@ -59,8 +58,11 @@ def read_segmentor_meta(dir: str | Path) -> dict[str, Any]:
 
     Raises:
         WeightsNotFoundError: the directory or one of its two files is missing.
-        ConfigError: the JSON is unreadable or lacks ``name``/``num_classes``.
+        ConfigError: the JSON is unreadable, lacks ``name``/``num_classes``, or names a model or class count that
+            cannot be built (the message names the file).
     """
+    from todsynth.seg.models import require_model
+
     d = Path(dir)
     for f in (d / CONFIG_FILE, d / WEIGHTS_FILE):
         if not f.is_file():
@@ -71,6 +73,13 @@ def read_segmentor_meta(dir: str | Path) -> dict[str, Any]:
     meta = read_json(d / CONFIG_FILE)
     if not isinstance(meta, dict) or "name" not in meta or "num_classes" not in meta:
         raise ConfigError(f"{d / CONFIG_FILE} must hold 'name' and 'num_classes'")
+    try:
+        require_model(meta["name"])
+    except ConfigError as exc:
+        raise ConfigError(f"{d / CONFIG_FILE}: {exc}") from None
+    n = meta["num_classes"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"{d / CONFIG_FILE}: num_classes {n!r} must be an int >= 1")
     return meta
 
 
@@ -120,14 +129,16 @@ def _unpickler_reason(exc: pickle.UnpicklingError) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def load_user_checkpoint(path: str | Path, name: str, trust: bool = False, num_classes: int | None = None) -> nn.Module:
+def load_user_checkpoint(path: str | Path, name: str, trust: bool = False, num_classes: int | None = None,
+                         trust_hint: str = "pass --trust-checkpoint (trust=True)") -> nn.Module:
     """Load a user's MMSeg checkpoint (``.pth``) into model ``name`` (eval mode, CPU).
 
     The file is read with ``torch.load(weights_only=True)``: plain state dicts and mmengine checkpoints
     whose contents are tensors/containers load without running pickled code. A file that needs full
     unpickling (e.g. mmengine's ``message_hub`` objects) is refused with
     :class:`UntrustedCheckpointError` unless ``trust=True``. Nothing is patched globally.
-    ``num_classes`` defaults to the decode head's output width found in the file.
+    ``num_classes`` defaults to the decode head's output width found in the file. ``trust_hint``: how the caller's
+    user sets ``trust`` (the CLI's option, a suite's key), named in the refusal.
 
     Raises:
         WeightsNotFoundError: no such file.
@@ -146,7 +157,7 @@ def load_user_checkpoint(path: str | Path, name: str, trust: bool = False, num_c
         if not trust:
             raise UntrustedCheckpointError(
                 f"{p} cannot be read without full unpickling, which can run arbitrary code "
-                f"({_unpickler_reason(exc)}); pass --trust-checkpoint (trust=True) only if you trust its source"
+                f"({_unpickler_reason(exc)}); {trust_hint} only if you trust its source"
             ) from exc
         try:
             obj = torch.load(p, map_location="cpu", weights_only=False)

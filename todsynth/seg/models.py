@@ -245,7 +245,7 @@ def default_norm() -> dict[str, Any]:
 
 def require_model(name: str) -> None:
     """Raise :class:`ConfigError` unless ``name`` is one of :data:`SEG_MODELS`."""
-    if name not in SEG_MODELS:
+    if not isinstance(name, str) or name not in SEG_MODELS:
         raise ConfigError(f"unknown segmentation model {name!r}; choose one of {', '.join(SEG_MODELS)}")
 
 
