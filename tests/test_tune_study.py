@@ -404,3 +404,21 @@ def test_a_storage_file_that_cannot_be_made_is_named(tmp_path, tune_data, fake_s
     with pytest.raises(ConfigError, match=rf"--storage journal:{taken}/s.journal: {taken} is a file"):
         _tune(tune_data, fns, 1, track=False, storage=f"journal:{taken}/s.journal")
     assert taken.read_text() == "not a folder"
+
+
+def test_a_database_that_refuses_the_study_is_named(tmp_path) -> None:
+    """A PostgreSQL storage with no server behind it was a psycopg2 traceback from the study lock."""
+    import socket
+
+    from bench.tune.storage import StudyLock
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql+psycopg2://someone:secret@127.0.0.1:{port}/db"
+    with pytest.raises(ConfigError) as info, StudyLock(url, "s").hold():
+        pass
+    message = str(info.value)
+    assert message.startswith(f"--storage postgresql+psycopg2://someone:***@127.0.0.1:{port}/db: cannot connect "
+                              "(OperationalError: "), message
+    assert "secret" not in message

@@ -29,6 +29,7 @@ from todsynth.errors import ConfigError
 
 JOURNAL = "optuna.journal"
 ATTR_HOST, ATTR_PID, ATTR_BEAT = "todsynth:host", "todsynth:pid", "todsynth:heartbeat"
+CONNECT_TIMEOUT_S = 30  # PostgreSQL/MySQL: a host that drops packets fails in this time, not the OS's minutes
 
 
 def journal_path(suite: Suite) -> Path:
@@ -93,6 +94,12 @@ def driver_missing(url: str, exc: ImportError) -> ConfigError:
     return ConfigError(f"--storage {redact(url)}: database driver missing ({exc}); {hint}")
 
 
+def storage_error(url: str, what: str, exc: BaseException) -> ConfigError:
+    """The error for a storage that failed (``what``: "cannot open", "cannot connect"), with the driver's first line."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return ConfigError(f"--storage {redact(url)}: {what} ({type(exc).__name__}: {first})")
+
+
 def open_storage(url: str, tune: Tune) -> Any:
     """Optuna storage: JournalStorage over a file for ``journal:<path>``, else RDBStorage with heartbeat + retry."""
     import optuna
@@ -108,6 +115,8 @@ def open_storage(url: str, tune: Tune) -> Any:
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    elif url.startswith(("postgresql", "mysql")):
+        kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # heartbeat_interval / failed_trial_callback are "experimental"
@@ -118,8 +127,7 @@ def open_storage(url: str, tune: Tune) -> Any:
     except ImportError as exc:
         raise driver_missing(url, exc) from None
     except Exception as exc:  # sqlalchemy OperationalError, ArgumentError ...
-        raise ConfigError(f"--storage {redact(url)}: cannot open ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise storage_error(url, "cannot open", exc) from None
 
 
 class StudyLock:
@@ -144,7 +152,8 @@ class StudyLock:
 
             self.kind = "postgresql" if url.startswith("postgresql") else "mysql"
             try:  # the engine loads the driver: the first place a missing one shows
-                self._engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+                self._engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                                        connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
             except ImportError as exc:
                 raise driver_missing(url, exc) from None
         self.key = int.from_bytes(hashlib.sha256(f"todsynth-tune:{study_name}".encode()).digest()[:8], "big",
@@ -160,7 +169,11 @@ class StudyLock:
         if self.kind in ("postgresql", "mysql"):
             import sqlalchemy
 
-            with self._engine.connect() as conn:
+            try:
+                conn = self._engine.connect()
+            except sqlalchemy.exc.SQLAlchemyError as exc:  # a server that is down or refuses us: was a traceback
+                raise storage_error(self.url, "cannot connect", exc) from None
+            with conn:
                 if self.kind == "postgresql":
                     conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
                 else:
