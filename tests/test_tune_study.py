@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -422,3 +423,35 @@ def test_a_database_that_refuses_the_study_is_named(tmp_path) -> None:
     assert message.startswith(f"--storage postgresql+psycopg2://someone:***@127.0.0.1:{port}/db: cannot connect "
                               "(OperationalError: "), message
     assert "secret" not in message
+
+
+def test_a_journal_record_cut_by_a_kill_is_removed_before_the_next_append(tune_data, fake_stages) -> None:
+    """A kill inside Optuna's append left a last line without its newline. Optuna skips it when reading, but the next
+    append joined it, and from then on every read of the study raised JSONDecodeError."""
+    fns, _ = fake_stages
+    assert _tune(tune_data, fns, 2, track=False).summary["n_complete"] == 2
+    journal = Path(tune_data["workspace"]) / "t" / "optuna.journal"
+    whole = journal.read_bytes()
+    cut = b'{"op_code":6,"worker_id":"x","trial_id":1,"st'
+    journal.write_bytes(whole + cut)  # the kill
+    outcome = _tune(tune_data, fns, 3, track=False)
+    assert outcome.summary["n_complete"] == 3
+    assert journal.read_bytes().startswith(whole) and cut not in journal.read_bytes()
+    assert (journal.parent / "optuna.journal.cut").read_bytes() == cut  # kept beside, not lost
+    assert _tune(tune_data, fns, 3, track=False).summary["n_complete"] == 3  # reads whole again
+    assert (journal.parent / "optuna.journal.cut").read_bytes() == cut  # a whole journal is left as it is
+
+
+def test_repair_journal_keeps_every_whole_line(tmp_path) -> None:
+    from bench.tune.storage import repair_journal
+
+    journal = tmp_path / "j"
+    assert repair_journal(journal) == 0  # none yet
+    journal.write_bytes(b'{"a"')  # the first record cut: nothing whole to keep
+    assert repair_journal(journal) == 4 and journal.read_bytes() == b""
+    lines = b"".join(b'{"n":%d}\n' % i for i in range(20000))
+    long_cut = b'{"s":"' + b"x" * 100_000  # longer than the 64 KiB block the search steps back by
+    journal.write_bytes(lines + long_cut)
+    assert repair_journal(journal) == len(long_cut) and journal.read_bytes() == lines
+    assert repair_journal(journal) == 0 and (tmp_path / "j.cut").read_bytes() == b'{"a"' + long_cut
+    assert not (tmp_path / "j.lock").exists()  # Optuna's lock released

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
+
 from bench.cache import CachedStage
 from bench.engine import run_nodes
 from bench.graph import node_key, variant_graph
@@ -46,6 +48,8 @@ from bench.tune.storage import (
     open_storage,
     reap,
     redact,
+    repair_journal,
+    storage_file,
     storage_file_problem,
     storage_url,
 )
@@ -119,6 +123,10 @@ class Session:
         self.study_name = opts.study or suite.name
         self.lock = StudyLock(self.url, self.study_name)
         with self.lock.hold():  # two processes creating the RDB schema at once collide on a fresh database
+            journal = storage_file(self.url) if self.url.startswith("journal:") else None
+            if journal is not None and (cut := repair_journal(journal)):
+                console.print(f"[yellow]{escape(str(journal))}: removed the last record, {cut} bytes a killed process "
+                              f"left unfinished (kept in {escape(journal.name)}.cut)[/]", soft_wrap=True)
             self.storage = open_storage(self.url, self.tune)
         self.directions = [o.optuna_direction for o in self.tune.objectives]
         self.tracker: Any = None

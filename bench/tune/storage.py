@@ -94,6 +94,50 @@ def driver_missing(url: str, exc: ImportError) -> ConfigError:
     return ConfigError(f"--storage {redact(url)}: database driver missing ({exc}); {hint}")
 
 
+def repair_journal(path: Path) -> int:
+    """Cut a record a killed process left unfinished off the end of a journal file; returns the bytes cut (0: whole).
+
+    Optuna appends one JSON line per record; a kill inside an append leaves a last line without its newline.
+    Optuna's reader skips such a line, but the next append is joined to it, and from then on every read of the study
+    raises. The cut bytes go to ``<journal>.cut`` (appended), and the file keeps every whole line. Runs under
+    Optuna's own journal lock (:class:`JournalFileSymlinkLock`, the backend's default), so no live append is cut.
+    """
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return 0
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        with path.open("rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return 0
+            keep = pos = size
+            while pos > 0:  # back to the last newline, a block at a time
+                step = min(1 << 16, pos)
+                pos -= step
+                f.seek(pos)
+                if (i := f.read(step).rfind(b"\n")) >= 0:
+                    keep = pos + i + 1
+                    break
+            else:
+                keep = 0
+            f.seek(keep)
+            cut = f.read()
+            with path.with_name(path.name + ".cut").open("ab") as out:
+                out.write(cut)
+                out.flush()
+                os.fsync(out.fileno())
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+        return len(cut)
+    finally:
+        lock.release()
+
+
 def storage_error(url: str, what: str, exc: BaseException) -> ConfigError:
     """The error for a storage that failed (``what``: "cannot open", "cannot connect"), with the driver's first line."""
     first = (str(exc).strip().splitlines() or [""])[0]
