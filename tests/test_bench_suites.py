@@ -346,6 +346,11 @@ def test_train_override_clashes_are_named():
     assert _problems(gen(overrides={"vae_train": {"stepz": 3}})) == [
         "generator.overrides: preset 'tiny': unknown vae_train key(s) ['stepz']; known keys: ['batch_size', "
         "'kl_weight', 'lr', 'seed', 'steps']"]
+    # the generator's choices (before: `bench validate` said ok, and the generator stage failed building the model)
+    assert _problems(gen(overrides={"prediction": "eps"})) == [
+        "generator.overrides: preset 'tiny': prediction='eps' must be one of ('velocity', 'sample')"]
+    assert _problems(gen(overrides={"mask_stream": {"encoding": "rgb"}})) == [
+        "generator.overrides: preset 'tiny': mask_stream.encoding='rgb' must be one of ('grey', 'onehot')"]
     # the preset's class count: every suite dataset is LoveDA-format (7 classes); before, the generator stage failed
     assert _problems(gen(overrides={"num_classes": 5})) == [
         "generator.overrides.num_classes: 5 is not the 7 LoveDA classes every suite dataset has"]

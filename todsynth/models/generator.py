@@ -23,7 +23,7 @@ from todsynth.errors import ConfigError, WeightsNotFoundError
 from todsynth.files import read_json, read_safetensors
 from todsynth.models.io import atomic_dir, save_tensors
 from todsynth.models.mmdit import MaskMMDiT, is_text_stream
-from todsynth.models.presets import SD35_DOWNLOAD_HINT, is_scratch, mask_stream, noise_offset
+from todsynth.models.presets import SD35_DOWNLOAD_HINT, is_scratch, mask_encoding, mask_stream, noise_offset
 from todsynth.models.vae import (
     Autoencoder,
     build_vae,
@@ -169,21 +169,6 @@ def _subdir(source: Path, section: Mapping[str, Any], what: str) -> str:
             f"SD3.5 {what} not found: {source / sub} (needs config.json and weights); {SD35_DOWNLOAD_HINT}"
         )
     return sub
-
-
-MASK_ENCODINGS = ("grey", "onehot")
-
-
-def mask_encoding(preset: Mapping[str, Any]) -> str:
-    """The preset's ``mask_stream.encoding`` (default ``grey``), checked (ConfigError naming the value)."""
-    stream = mask_stream(preset)
-    encoding = str(stream["encoding"])
-    if encoding not in MASK_ENCODINGS:
-        raise ConfigError(f"mask_stream.encoding={encoding!r} must be one of {MASK_ENCODINGS}")
-    if encoding == "onehot" and bool(stream["tokens"]):
-        raise ConfigError("mask_stream.encoding='onehot' needs mask_stream.tokens: false (the mask token stream "
-                          "embeds VAE latents with the image stream's patch embedding)")
-    return encoding
 
 
 def _check_shapes(transformer: SD3Transformer2DModel, vae: Autoencoder, image_size: int) -> None:

@@ -324,6 +324,7 @@ def resolve_preset(name: str, overrides: Mapping[str, Any] | None = None) -> dic
         if stray:
             raise ConfigError(f"preset {name!r}: unknown {section} key(s) {stray}; known keys: {sorted(known)}")
     _check_model_keys(name, preset, overrides)
+    _check_choices(name, preset)
     noise_offset(preset)
     preset["name"] = name
     return preset
@@ -351,6 +352,35 @@ def _check_model_keys(name: str, preset: Mapping[str, Any], overrides: Mapping[s
             known = vae_argument_names(preset["vae"].get("kind"))
         if stray := sorted(added - known - {"self", "kind"}):
             raise ConfigError(f"preset {name!r}: unknown {section} key(s) {stray}")
+
+
+MASK_ENCODINGS = ("grey", "onehot")
+PREDICTIONS = ("velocity", "sample")  # todsynth.models.mmdit.MaskMMDiT's
+
+
+def mask_encoding(preset: Mapping[str, Any]) -> str:
+    """The preset's ``mask_stream.encoding`` (default ``grey``), checked (ConfigError naming the value)."""
+    stream = mask_stream(preset)
+    encoding = str(stream["encoding"])
+    if encoding not in MASK_ENCODINGS:
+        raise ConfigError(f"mask_stream.encoding={encoding!r} must be one of {MASK_ENCODINGS}")
+    if encoding == "onehot" and bool(stream["tokens"]):
+        raise ConfigError("mask_stream.encoding='onehot' needs mask_stream.tokens: false (the mask token stream "
+                          "embeds VAE latents with the image stream's patch embedding)")
+    return encoding
+
+
+def _check_choices(name: str, preset: Mapping[str, Any]) -> None:
+    """Refuse values the generator cannot pick: ``prediction`` and ``mask_stream.encoding`` (ConfigError).
+
+    Checked when the preset resolves, so ``bench validate`` names them; before, only building the generator did.
+    """
+    if (prediction := preset.get("prediction", "velocity")) not in PREDICTIONS:
+        raise ConfigError(f"preset {name!r}: prediction={prediction!r} must be one of {PREDICTIONS}")
+    try:
+        mask_encoding(preset)
+    except ConfigError as exc:
+        raise ConfigError(f"preset {name!r}: {exc}") from None
 
 
 def is_scratch(preset: Mapping[str, Any]) -> bool:
