@@ -178,6 +178,7 @@ def test_study_runs_exact_trials_and_continues(tune_data, fake_stages):
         assert run.data.params["crfm.rectified_step"] == str(t["params"]["crfm.rectified_step"])
         arts = [a.path for a in client.list_artifacts(run.info.run_id, "synthesize/seed0")]
         assert arts == ["synthesize/seed0/grid.png"]
+        assert "downstream_gain" not in run.data.metrics  # these trials stop before downstream
 
 
 def test_changed_search_space_refuses_the_old_study(tune_data, fake_stages):
@@ -455,3 +456,25 @@ def test_repair_journal_keeps_every_whole_line(tmp_path) -> None:
     assert repair_journal(journal) == len(long_cut) and journal.read_bytes() == lines
     assert repair_journal(journal) == 0 and (tmp_path / "j.cut").read_bytes() == b'{"a"' + long_cut
     assert not (tmp_path / "j.lock").exists()  # Optuna's lock released
+
+
+def test_trials_that_reach_downstream_log_their_gain_over_the_baseline(tune_data, fake_stages) -> None:
+    """A trial's MLflow run carries real_only_miou and downstream_gain as a `bench run` variant run does (before, only
+    when a constraint happened to name the baseline), and tune.json's correlation reads the same baseline."""
+    from mlflow.tracking import MlflowClient
+
+    fns, calls = fake_stages
+    tune_data["tune"]["objectives"] = ["downstream_miou"]
+    out = _tune(tune_data, fns, 2)
+    assert out.summary["n_complete"] == 2
+    # fake downstream: 0.5 + 0.01 * seed, plus 0.05 + 0.01 * rectified_step with synthetic images; seed 0 only
+    client = MlflowClient(tracking_uri=f"sqlite:///{tune_data['workspace']}/mlflow.db")
+    for t in out.summary["trials"]:
+        run = client.get_run(t["mlflow_run_id"])
+        assert run.data.metrics["real_only_miou"] == pytest.approx(0.5)
+        assert run.data.metrics["downstream_gain"] == pytest.approx(0.05 + 0.01 * t["params"]["crfm.rectified_step"])
+    assert out.summary["downstream_correlation"]["real_only_miou"] == pytest.approx(0.5)
+    n = calls.count("downstream")
+    assert n == 3  # the baseline's once (a study reference), then one per trial
+    _tune(tune_data, fns, 2)
+    assert calls.count("downstream") == n  # the reference is kept in the study

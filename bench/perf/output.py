@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.perf.config import SCHEMA
 from todsynth.files import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from bench.tracking import Tracker
 
 
 def json_safe(value: Any) -> Any:
@@ -76,7 +79,7 @@ def perf_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def perf_tracker(tracking_uri: str) -> Any:
+def perf_tracker(tracking_uri: str) -> Tracker:
     """The :class:`bench.tracking.Tracker` of experiment ``todsynth/perf`` in a store, opened before measuring.
 
     A store that cannot be opened (damaged, unknown URI, a server not answering) is named up front, not after the
@@ -97,7 +100,7 @@ def perf_tracker(tracking_uri: str) -> Any:
     return Tracker(tracking_uri, artifacts, "todsynth/perf", lock_dir)
 
 
-def log_perf(report: dict[str, Any], tracker: Any, json_path: Path | None = None) -> str:
+def log_perf(report: dict[str, Any], tracker: Tracker, json_path: Path | None = None) -> str:
     """Log a report to MLflow through ``tracker`` (:func:`perf_tracker`); returns the run id.
 
     The config goes in as params, the numbers as metrics, the JSON as an artifact.

@@ -31,9 +31,11 @@ from bench.schema import ResolvedVariant, Suite, resolve_variants
 from bench.tune.space import (
     base_variant,
     constraint_values,
+    gain_baseline,
     grid_size,
     make_sampler,
     metric_value,
+    real_only_miou,
     reference_metrics,
     reference_stages,
     suggest,
@@ -177,6 +179,8 @@ class Session:
         """Metric values of the variants constraints are relative to (computed once, kept in the study)."""
         stored = dict(self.study.user_attrs.get(REFERENCE) or {})
         wanted = reference_metrics(self.tune)
+        if (baseline := gain_baseline(self.suite)) is not None:  # each trial's downstream gain is over it
+            wanted.setdefault(baseline.name, set()).add("downstream_miou")
         if all(m in stored.get(v, {}) for v, ms in wanted.items() for m in ms):
             return stored
         variants = {v.name: v for v in resolve_variants(self.suite)}
@@ -271,7 +275,8 @@ class Session:
                 trial.set_constraint(key, value)
             seconds = time.perf_counter() - t0
             if run_id:
-                log_trial(self.tracker, run_id, self.suite, out["done"], variant, metrics, cons, seconds)
+                log_trial(self.tracker, run_id, self.suite, out["done"], variant, metrics, cons, seconds,
+                          real_only_miou(self.suite, self.study.user_attrs.get(REFERENCE) or {}))
             self.study.tell(trial, values if len(values) > 1 else values[0])
         except BaseException as exc:
             self._fail_trial(trial, run_id, exc)
@@ -335,15 +340,17 @@ class Session:
 
 
 def log_trial(tracker: Any, run_id: str, suite: Suite, done: Mapping[str, CachedStage], variant: ResolvedVariant,
-              metrics: Mapping[str, Any], cons: Mapping[str, float], seconds: float) -> None:
+              metrics: Mapping[str, Any], cons: Mapping[str, float], seconds: float,
+              real_only: float | None = None) -> None:
     """Log a finished trial to its MLflow run ``run_id``.
 
-    The trial's run gets a variant run's params and metrics (:func:`bench.results.run_metrics`), plus its
-    constraints, time and feasibility, and each seed's synthesis artifacts (the sample grid).
+    The trial's run gets a variant run's params and metrics (:func:`bench.results.run_metrics`; with ``real_only``,
+    the baseline's downstream mIoU, also ``real_only_miou`` and ``downstream_gain``), plus its constraints, time and
+    feasibility, and each seed's synthesis artifacts (the sample grid).
     """
     if "fid_extractor" in metrics:
         tracker.log_params(run_id, {"fid": run_params(variant.name, "", {}, metrics)["fid"]})
-    tracker.log_metrics(run_id, {**run_metrics(metrics), **{f"constraint/{k}": v for k, v in cons.items()},
+    tracker.log_metrics(run_id, {**run_metrics(metrics, real_only), **{f"constraint/{k}": v for k, v in cons.items()},
                                  "trial_seconds": seconds,
                                  "feasible": float(all(v <= 0 for v in cons.values()))})
     for seed in suite.seeds:

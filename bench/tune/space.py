@@ -188,6 +188,25 @@ def reference_metrics(tune: Tune) -> dict[str, set[str]]:
     return wanted
 
 
+def gain_baseline(suite: Suite) -> ResolvedVariant | None:
+    """The baseline a trial's downstream gain is over: the suite's baseline variant on the trials' labelled subset.
+
+    None when trials stop before downstream (no gain to read) or the suite has no such baseline. Its downstream mIoU
+    is a study reference (:func:`bench.tune.session.Session.reference`), so every trial's MLflow run carries
+    ``real_only_miou`` and ``downstream_gain`` as a ``bench run`` variant run does.
+    """
+    if "downstream" not in trial_stages(tune_spec(suite)):
+        return None
+    subset = base_variant(suite).subset
+    return next((v for v in resolve_variants(suite) if v.kind == "baseline" and v.subset == subset), None)
+
+
+def real_only_miou(suite: Suite, reference: Mapping[str, Mapping[str, float]]) -> float | None:
+    """The downstream mIoU of the trials' baseline (:func:`gain_baseline`) in a study's references, or None."""
+    baseline = gain_baseline(suite)
+    return None if baseline is None else reference.get(baseline.name, {}).get("downstream_miou")
+
+
 def reference_stages(variant: ResolvedVariant, metrics: Iterable[str]) -> tuple[str, ...]:
     """Stages giving a constraint's reference variant its ``metrics`` (a baseline or ceiling has only downstream)."""
     if variant.kind != "synthetic":

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.correlation import gain_correlations, study_settings
-from bench.schema import KNOWN_METRICS, Suite, resolve_variants
-from bench.tune.space import tune_spec
+from bench.schema import KNOWN_METRICS, Suite
+from bench.tune.space import real_only_miou, tune_spec
 from bench.tune.storage import redact
 from bench.tune.study import PARENT, REFERENCE
 
@@ -121,12 +121,11 @@ def downstream_correlation(suite: Suite, records: list[dict[str, Any]], referenc
                            ) -> dict[str, Any] | None:
     """Which image metric predicts downstream gain, over the COMPLETE trials; None when none has a downstream mIoU.
 
-    Computed by :mod:`bench.correlation`, as the report computes it. The real-only value is the study's reference of
-    a baseline variant when a constraint made one; else the target is the downstream mIoU (one shared real-only: same
-    ranks, same rho).
+    Computed by :mod:`bench.correlation`, as the report computes it. The real-only value is the study's reference
+    of the trials' baseline (:func:`bench.tune.space.gain_baseline`); without one (a suite with no baseline) the
+    target is the downstream mIoU (one shared real-only: same ranks, same rho).
     """
-    real_only = next((float(reference[v.name]["downstream_miou"]) for v in resolve_variants(suite)
-                      if v.kind == "baseline" and "downstream_miou" in reference.get(v.name, {})), None)
+    real_only = real_only_miou(suite, reference)
     settings, target = study_settings([{"name": f"trial-{r['number']}", "metrics": r["metrics"] or {}}
                                        for r in records], real_only)
     if not settings:
