@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typ
 
 import typer
 
-from bench.cli.common import console, fail, out_folder, positive
+from bench.cli.common import console, err_console, fail, out_folder, positive
 
 
 def _num_classes(seg: Any) -> int:
@@ -72,6 +72,7 @@ def seg_train(
         fail(f"--model {model!r} is not one of {', '.join(SEG_MODELS)}")
     if optimizer not in ("sgd", "adamw"):
         fail(f"--optimizer {optimizer!r} is not one of sgd, adamw")
+    valid_data(data)
     train_items = list_samples(data, "Train")
     val_items = None if no_val or not (data / "Val").is_dir() else list_samples(data, "Val")
     rate = lr if lr is not None else SEG_DEFAULT_LR[optimizer]
@@ -120,10 +121,26 @@ def seg_eval(
         assert model_dir is not None  # exactly one of the two, checked above
         seg = load_segmentor(model_dir)
         label = f"{read_segmentor_meta(model_dir)['name']} ({model_dir})"
+    valid_data(data)
     items = list_samples(data, split)
     n_classes = _num_classes(seg)
     scores = evaluate_segmentor(seg, items, batch_size, num_classes=n_classes, class_names=_class_names(n_classes))
     _print_seg_scores(scores, f"{label} on {data}/{split} ({len(items)} images)")
+
+
+def valid_data(data: Path) -> None:
+    """Exit 2 naming the first files of ``data`` that are not LoveDA-format (:func:`validate_dataset`).
+
+    MMSeg's loader reads what it is given: a grey image was trained on as three equal channels, a 16-bit mask's
+    values as labels. The generator's and the suite's data paths refuse such files; the segmentation commands too.
+    """
+    from todsynth.data.validate import problems_summary, validate_dataset
+
+    with err_console.status(f"checking {data}"):
+        problems = validate_dataset(data)
+    if problems:
+        fail(f"--data {data}: {problems_summary(problems)}; fix or remove the files (`todsynth data validate {data}` "
+             "lists all)")
 
 
 def _class_names(num_classes: int) -> tuple[str, ...]:
