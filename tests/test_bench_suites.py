@@ -306,7 +306,7 @@ def test_partial_evaluator_keeps_the_evaluators_defaults():
 def test_segmenter_lr_defaults_to_its_optimizers():
     """lr left out is the optimizer's default, as `todsynth seg train` has it (0.01 SGD, 1e-3 AdamW); before, a suite's
     AdamW segmenter silently trained at SGD's 0.01, ten times the CLI's rate."""
-    from bench.schema.sections import SEG_DEFAULT_LR
+    from todsynth.seg.defaults import SEG_DEFAULT_LR
 
     base = {"name": "x", "variants": [{"name": "a"}]}
     adamw = validate_data({**base, "judge": {"optimizer": "adamw"}, "evaluator": {"optimizer": "adamw"},

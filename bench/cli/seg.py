@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional  # noqa: F401  (Optional used by typ
 import typer
 
 from bench.cli.common import console, err_console, fail, out_folder, positive
+from todsynth.seg.defaults import SEG_BATCH_SIZE, SEG_DEFAULT_LR, SEG_ITERS, SEG_MODEL, SEG_OPTIMIZER
 
 
 def _num_classes(seg: Any) -> int:
@@ -46,14 +47,14 @@ def seg_models() -> None:
 
 
 def seg_train(
-    model: Annotated[str, typer.Option("--model", help="Model name (see `todsynth seg models`).")] = "fcn-r18",
+    model: Annotated[str, typer.Option("--model", help="Model name (see `todsynth seg models`).")] = SEG_MODEL,
     data: Annotated[Path, typer.Option("--data", help="LoveDA-layout root (Train used for training, Val for scores).")] = Path("data"),
     out: Annotated[Path, typer.Option("--out", help="Output dir: model.safetensors + segmentor.json + logs.",
                                       callback=out_folder)] = Path("seg"),
-    iters: Annotated[int, typer.Option("--iters", min=1, help="Training iterations.")] = 200,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per iteration.")] = 8,
+    iters: Annotated[int, typer.Option("--iters", min=1, help="Training iterations.")] = SEG_ITERS,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per iteration.")] = SEG_BATCH_SIZE,
     lr: Annotated[float | None, typer.Option("--lr", callback=positive, help="Peak learning rate (default 0.01 for sgd, 0.001 for adamw).")] = None,
-    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (MMSeg default) or adamw.")] = "sgd",
+    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (MMSeg default) or adamw.")] = SEG_OPTIMIZER,
     crop: Annotated[int | None, typer.Option("--crop", min=8, help="Random square crop size (LoveDA: 512).")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Training seed.")] = 0,
     no_val: Annotated[bool, typer.Option("--no-val", help="Skip scoring on Val after training.")] = False,
@@ -62,7 +63,6 @@ def seg_train(
     """Train a segmentor on ROOT/Train (MMSeg Runner), save it as safetensors, score it on ROOT/Val."""
     import json
 
-    from bench.schema.sections import SEG_DEFAULT_LR
     from todsynth.data.loveda import list_samples
     from todsynth.seg.io import save_segmentor
     from todsynth.seg.models import SEG_MODELS

@@ -26,6 +26,7 @@ from bench.schema.base import (
     Strict,
     env_path,
 )
+from todsynth.seg.defaults import SEG_BATCH_SIZE, SEG_DEFAULT_LR, SEG_ITERS, SEG_MODEL, SEG_OPTIMIZER
 
 
 class Tracking(Strict):
@@ -181,13 +182,12 @@ class GeneratorSpec(Strict):
 
 
 # A segmenter's learning rate when none is given, by optimizer (suites and `todsynth seg train` alike).
-SEG_DEFAULT_LR: dict[str, float] = {"sgd": 0.01, "adamw": 1e-3}
 
 
 def _default_lr(data: Any) -> Any:
     """Fill a missing ``lr`` from the optimizer's :data:`SEG_DEFAULT_LR` (a model_validator's ``before`` step)."""
-    if isinstance(data, dict) and "lr" not in data and data.get("optimizer", "sgd") in SEG_DEFAULT_LR:
-        return {**data, "lr": SEG_DEFAULT_LR[data.get("optimizer", "sgd")]}
+    if isinstance(data, dict) and "lr" not in data and data.get("optimizer", SEG_OPTIMIZER) in SEG_DEFAULT_LR:
+        return {**data, "lr": SEG_DEFAULT_LR[data.get("optimizer", SEG_OPTIMIZER)]}
     return data
 
 
@@ -197,11 +197,11 @@ class Segmenter(Strict):
     ``lr`` left out: :data:`SEG_DEFAULT_LR` of the optimizer (0.01 for SGD, 1e-3 for AdamW).
     """
 
-    model: SegModelName = "fcn-r18"
-    iters: PositiveInt = 200
-    batch_size: PositiveInt = 4
-    lr: PositiveFloat = 0.01
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    model: SegModelName = SEG_MODEL
+    iters: PositiveInt = SEG_ITERS
+    batch_size: PositiveInt = SEG_BATCH_SIZE
+    lr: PositiveFloat = SEG_DEFAULT_LR["sgd"]
+    optimizer: Literal["sgd", "adamw"] = SEG_OPTIMIZER
     seed: NonNegativeInt = 0
     crop_size: PositiveInt | None = None
     checkpoint: Path | None = None
@@ -245,10 +245,10 @@ class Downstream(Strict):
     """
 
     model: SegModelName = "deeplabv3plus-r18"
-    iters: PositiveInt = 200
-    batch_size: PositiveInt = 4
-    lr: PositiveFloat = 0.01
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    iters: PositiveInt = SEG_ITERS
+    batch_size: PositiveInt = SEG_BATCH_SIZE
+    lr: PositiveFloat = SEG_DEFAULT_LR["sgd"]
+    optimizer: Literal["sgd", "adamw"] = SEG_OPTIMIZER
     seed: NonNegativeInt = 0
     crop_size: PositiveInt | None = None
     ratio: PositiveFloat = 3.0
