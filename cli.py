@@ -281,7 +281,7 @@ def bench_perf(
     cfg = PerfConfig(preset=preset, device=device, batch=batch, res=res, steps=steps, rectified=rectified,
                      repeats=repeats, train_batch=train_batch, clock=clock, precision=precision,
                      channels_last=channels_last, compile=compile_, judge=judge, threads=threads)
-    tracker = perf_tracker(tracking_uri) if tracking_uri else None  # a store that cannot be opened: named before measuring
+    tracker = perf_tracker(tracking_uri) if tracking_uri else None  # a bad store is named before measuring
     with err_console.status("bench perf") as status:
         report = run_perf(cfg, progress=lambda phase: status.update(f"bench perf: {phase}"))
     table = Table(title=f"todsynth bench perf: {preset} on {device}")
@@ -293,7 +293,8 @@ def bench_perf(
     if json_out is not None:
         console.print(f"json: {write_json(report, json_out)}", highlight=False, soft_wrap=True)
     if tracker is not None:
-        console.print(f"MLflow run {log_perf(report, tracker, json_out)} in {tracking_uri}", highlight=False, soft_wrap=True)
+        console.print(f"MLflow run {log_perf(report, tracker, json_out)} in {tracking_uri}", highlight=False,
+                      soft_wrap=True)
 
 
 

@@ -478,3 +478,10 @@ def test_trials_that_reach_downstream_log_their_gain_over_the_baseline(tune_data
     assert n == 3  # the baseline's once (a study reference), then one per trial
     _tune(tune_data, fns, 2)
     assert calls.count("downstream") == n  # the reference is kept in the study
+
+
+def test_a_database_connect_timeout_is_set_unless_the_url_sets_one() -> None:
+    from bench.tune.storage import CONNECT_TIMEOUT_S, connect_args
+
+    assert connect_args("postgresql+psycopg2://u@h/db") == {"connect_timeout": CONNECT_TIMEOUT_S}
+    assert connect_args("postgresql+psycopg2://u@h/db?connect_timeout=5") == {}  # the user's own wins

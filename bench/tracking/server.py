@@ -26,7 +26,7 @@ class StoreNotFoundError(TodsynthError):
 
 
 class StoreDamagedError(TodsynthError):
-    """An MLflow store that cannot be opened: a damaged SQLite file, a URI MLflow does not know, a server not answering."""
+    """An MLflow store that cannot be opened: a damaged SQLite file, an unknown URI, a server that does not answer."""
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database file
@@ -79,8 +79,8 @@ def server_problem(tracking_uri: str, timeout_s: float = 5.0) -> str | None:
     try:
         requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s).close()
     except requests.RequestException as exc:
-        return (f"the MLflow tracking server {_without_password(tracking_uri)} does not answer ({type(exc).__name__} within "
-                f"{timeout_s:g} s); start it (`todsynth ui`, or `mlflow server` on that host) or pass another "
+        return (f"the MLflow tracking server {_without_password(tracking_uri)} does not answer "
+                f"({type(exc).__name__} within {timeout_s:g} s); start it (`todsynth ui`, or `mlflow server` on that host) or pass another "
                 "tracking.uri / --tracking-uri")
     return None
 

@@ -19,8 +19,8 @@ Runs left RUNNING by a killed process (``todsynth.pid``/``todsynth.host`` tags, 
 KILLED at the start of the next invocation. All writes go through one client in the main process and
 retry with backoff on sqlite ``database is locked``.
 
-Imports :mod:`bench.tracking.limits`, :mod:`bench.tracking.server` (``opening_store``, ``server_problem``), :mod:`bench.cache`
-(``process_alive``) and mlflow (lazily, inside the methods).
+Imports :mod:`bench.tracking.limits`, :mod:`bench.tracking.server` (``opening_store``, ``server_problem``),
+:mod:`bench.cache` (``process_alive``) and mlflow (lazily, inside the methods).
 """
 
 from __future__ import annotations

@@ -138,6 +138,17 @@ def repair_journal(path: Path) -> int:
         lock.release()
 
 
+def connect_args(url: str) -> dict[str, Any]:
+    """A PostgreSQL/MySQL driver's ``connect_timeout`` (:data:`CONNECT_TIMEOUT_S`) unless the URL's query sets one."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        query = make_url(url).query
+    except Exception:  # a malformed URL is for create_engine / RDBStorage to name
+        return {}
+    return {} if "connect_timeout" in query else {"connect_timeout": CONNECT_TIMEOUT_S}
+
+
 def storage_error(url: str, what: str, exc: BaseException) -> ConfigError:
     """The error for a storage that failed (``what``: "cannot open", "cannot connect"), with the driver's first line."""
     first = (str(exc).strip().splitlines() or [""])[0]
@@ -160,7 +171,7 @@ def open_storage(url: str, tune: Tune) -> Any:
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     elif url.startswith(("postgresql", "mysql")):
-        kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+        kwargs["engine_kwargs"] = {"connect_args": connect_args(url)}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # heartbeat_interval / failed_trial_callback are "experimental"
@@ -197,7 +208,7 @@ class StudyLock:
             self.kind = "postgresql" if url.startswith("postgresql") else "mysql"
             try:  # the engine loads the driver: the first place a missing one shows
                 self._engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
-                                                        connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+                                                        connect_args=connect_args(url))
             except ImportError as exc:
                 raise driver_missing(url, exc) from None
         self.key = int.from_bytes(hashlib.sha256(f"todsynth-tune:{study_name}".encode()).digest()[:8], "big",
