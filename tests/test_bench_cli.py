@@ -296,3 +296,23 @@ def test_ls_reads_damaged_workspace_files(tmp_path, results, log_line):
     (tmp_path / "demo" / "runs.jsonl").write_text(log_line + "\n")
     (row,) = list_suites(tmp_path)
     assert row["results"].endswith("results.json (unreadable)") and row["last_status"] == "KILLED" and row["runs"] == 1
+
+
+@pytest.mark.parametrize("command", [["bench", "run", "{S}"], ["bench", "tune", "{S}", "--trials", "1"],
+                                     ["bench", "report", "{S}"]])
+def test_a_tracking_server_that_does_not_answer_exits_2_naming_it(tmp_path, command):
+    """Each command waited minutes on MLflow's HTTP retries (bench report and tune included) before failing."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{s.getsockname()[1]}"
+    ws = tmp_path / "ws"
+    argv = [a.format(S=REPO / "suites" / "smoke.yaml") for a in command]
+    t0 = time.monotonic()
+    proc = _cli(*argv, "--workspace", str(ws), "--set", f"tracking.uri={uri}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"the MLflow tracking server {uri} does not answer" in proc.stderr and "Traceback" not in proc.stderr
+    assert time.monotonic() - t0 < 60  # the CLI's start-up included; MLflow's retries take minutes
+    assert not (ws / "cache").exists()  # no stage ran

@@ -108,14 +108,14 @@ def store_uri(workspace: Path) -> str:
 
 
 def check_store(tracking_uri: str, workspace: Path) -> None:
-    """Refuse a missing or damaged sqlite store up front; server URIs pass.
+    """Refuse a missing or damaged sqlite store, or a server that does not answer (:func:`server_problem`), up front.
 
     Opening a missing store would create an empty one; a damaged one fails deep in SQLAlchemy.
 
     Raises:
-        StoreNotFoundError: no store file; StoreDamagedError: see :func:`damaged_store`.
+        StoreNotFoundError: no store file; StoreDamagedError: see :func:`damaged_store` and :func:`server_problem`.
     """
-    if (problem := damaged_store(tracking_uri)) is not None:
+    if (problem := damaged_store(tracking_uri) or server_problem(tracking_uri)) is not None:
         raise StoreDamagedError(problem)
     db = _sqlite_file(tracking_uri)
     if db is not None and not db.is_file():
