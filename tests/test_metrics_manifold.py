@@ -49,5 +49,9 @@ def test_too_few_rows_give_nan_and_bad_shapes_raise():
         precision_recall(np.ones((10, 2)), np.ones((10, 3)))
     with pytest.raises(ValueError, match="k must be"):
         precision_recall(np.ones((10, 2)), np.ones((10, 2)), k=0)
+    fake = np.random.default_rng(0).normal(size=(21, 2))
+    fake[4] = np.nan  # was counted as outside every ball: precision 20/21, no error
+    with pytest.raises(ValueError, match="NaN or inf"):
+        precision_recall(np.random.default_rng(1).normal(size=(20, 2)), fake)
     with pytest.raises(ValueError, match="at least 4"):
         knn_radii(x, k=3)

@@ -53,8 +53,13 @@ def test_empty_and_bad_inputs() -> None:
     assert math.isnan(s["miou"]) and math.isnan(s["oa"]) and s["n_pixels"] == 0
     with pytest.raises(ValueError, match="labels must be in 0..2"):
         confusion_matrix(torch.tensor([0, 5]), torch.tensor([0, 1]), 3)
-    with pytest.raises(ValueError, match="differ in size"):
+    with pytest.raises(ValueError, match="differ in shape"):
         confusion_matrix(torch.tensor([0, 1, 2]), torch.tensor([0, 1]), 3)
+    with pytest.raises(ValueError, match=r"differ in shape: \(2, 3\) vs \(3, 2\)"):  # same size: was accepted
+        confusion_matrix(torch.zeros(2, 3, dtype=torch.long), torch.zeros(3, 2, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match="pred labels must be integers, got torch.float32"):  # 2.7 was class 2
+        confusion_matrix(torch.tensor([2.7, 0.0]), torch.tensor([2, 0]), 3)
+    assert confusion_matrix(np.array([[2, 0]], np.uint8), np.array([[2, 255]], np.uint8), 3)[2, 2] == 1
     with pytest.raises(ValueError, match="3 classes but 2"):
         scores_from_confusion(np.eye(3), ("a", "b"))
 

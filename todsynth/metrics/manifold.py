@@ -58,7 +58,7 @@ def precision_recall(real_feats: np.ndarray, fake_feats: np.ndarray, k: int = DE
     Either set with ``k`` rows or fewer gives NaN for both (its manifold is undefined), never an exception.
 
     Raises:
-        ValueError: the sets are not (N, D) with equal D, or ``k < 1``.
+        ValueError: the sets are not (N, D) with equal D, hold NaN or inf, or ``k < 1``.
     """
     real = np.asarray(real_feats, dtype=np.float64)
     fake = np.asarray(fake_feats, dtype=np.float64)
@@ -66,6 +66,8 @@ def precision_recall(real_feats: np.ndarray, fake_feats: np.ndarray, k: int = DE
         raise ValueError(f"feature sets must be (N, D) with equal D, got {real.shape} and {fake.shape}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if not (np.isfinite(real).all() and np.isfinite(fake).all()):  # a NaN row fell outside every ball, silently
+        raise ValueError("feature rows with NaN or inf: precision and recall are undefined")
     if min(real.shape[0], fake.shape[0]) <= k:
         return {"precision": math.nan, "recall": math.nan}
     return {"precision": _coverage(real, knn_radii(real, k), fake),

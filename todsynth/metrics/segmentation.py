@@ -30,12 +30,16 @@ def confusion_matrix(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.
         ignore_index: target value to skip (255 for reduced LoveDA labels).
 
     Raises:
-        ValueError: shapes differ, or a label outside ``0..C-1`` (other than ``ignore_index``).
+        ValueError: shapes differ, labels are not integers, or a label is outside ``0..C-1`` (other than
+            ``ignore_index``).
     """
-    pred_t = torch.as_tensor(np.asarray(pred) if isinstance(pred, np.ndarray) else pred).long().reshape(-1).cpu()
-    target_t = torch.as_tensor(np.asarray(target) if isinstance(target, np.ndarray) else target).long().reshape(-1).cpu()
-    if pred_t.shape != target_t.shape:
-        raise ValueError(f"pred and target differ in size: {tuple(pred.shape)} vs {tuple(target.shape)}")
+    pred_t, target_t = torch.as_tensor(pred), torch.as_tensor(target)
+    if pred_t.shape != target_t.shape:  # compared before flattening: (2, 3) against (3, 2) was accepted
+        raise ValueError(f"pred and target differ in shape: {tuple(pred_t.shape)} vs {tuple(target_t.shape)}")
+    for name, t in (("pred", pred_t), ("target", target_t)):
+        if t.is_floating_point() or t.is_complex():  # 2.7 was truncated to class 2
+            raise ValueError(f"{name} labels must be integers, got {t.dtype}")
+    pred_t, target_t = pred_t.long().reshape(-1).cpu(), target_t.long().reshape(-1).cpu()
     keep = target_t != ignore_index
     pred_t, target_t = pred_t[keep], target_t[keep]
     for name, t in (("target", target_t), ("pred", pred_t)):
