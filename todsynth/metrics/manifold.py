@@ -40,7 +40,14 @@ def knn_radii(feats: np.ndarray, k: int = DEFAULT_K) -> np.ndarray:
 
 
 def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Euclidean distances (len(a), len(b)), clamped at 0 against round-off."""
+    """Euclidean distances (len(a), len(b)), clamped at 0 against round-off.
+
+    Both sets are first shifted by the same vector (``a``'s mean): distances do not change, and the expansion
+    ``|a|^2 + |b|^2 - 2 a.b`` no longer loses the spread to a large common offset (an offset 1e7 times the
+    spread moved a precision from 0.61 to 0.67).
+    """
+    centre = a.mean(axis=0)
+    a, b = a - centre, b - centre
     sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
     dist: np.ndarray = np.sqrt(np.maximum(sq, 0.0))
     return dist
