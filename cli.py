@@ -330,8 +330,17 @@ def ui(
 
 
 def main() -> None:
-    """Console-script entry point: run the app, turning domain errors into exit code 2."""
+    """Console-script entry point: run the app, turning domain errors into exit code 2.
+
+    Nothing is downloaded at run time: every model loads from a local path (``local_files_only=True``), and the
+    Hugging Face libraries are told so too (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``, unless already set).
+    """
+    import os
+
     from todsynth.errors import TodsynthError
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(name, "1")
 
     try:
         app()

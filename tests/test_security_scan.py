@@ -192,3 +192,18 @@ def test_tests_suite_runs_offline_and_writes_no_pickles(no_network, bench_worksp
     assert json.loads(out.results_file.read_text())["variants"]
     assert no_network == []
     assert _assert_no_pickles(bench_workspace / "cache") > 10
+
+
+def test_the_cli_tells_the_hugging_face_libraries_it_is_offline(monkeypatch):
+    """README: nothing is downloaded at run time; the entry point sets the offline switches unless the user did."""
+    import os
+    import sys
+
+    from cli import main
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")  # the user's own choice is kept
+    monkeypatch.setattr(sys, "argv", ["todsynth", "--help"])
+    with pytest.raises(SystemExit):
+        main()
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "0"

@@ -406,6 +406,7 @@ def test_a_storage_file_that_cannot_be_made_is_named(tmp_path, tune_data, fake_s
     with pytest.raises(ConfigError, match=rf"--storage journal:{taken}/s.journal: {taken} is a file"):
         _tune(tune_data, fns, 1, track=False, storage=f"journal:{taken}/s.journal")
     assert taken.read_text() == "not a folder"
+    assert not (Path(tune_data["workspace"]) / "t").exists()  # nothing made before the refusal (was an empty folder)
 
 
 def test_a_database_that_refuses_the_study_is_named(tmp_path) -> None:

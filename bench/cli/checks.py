@@ -35,11 +35,9 @@ def bench_check_conditioning(
 ) -> None:
     """Does the generator draw its mask? Evaluator mIoU of samples from true vs shuffled masks (one JSON line)."""
     import json
-    import os
 
     from bench.checks.conditioning import measure_conditioning, parse_overrides
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if threads:
         import torch
 
@@ -73,12 +71,10 @@ def bench_check_crfm(
 ) -> None:
     """CRFM settings vs plain sampling, same seeds: evaluator, judge and scorers' mIoU (one JSON line per setting)."""
     import json
-    import os
     from contextlib import nullcontext
 
     from bench.checks.crfm import check_crfm
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if threads:
         import torch
 

@@ -102,10 +102,10 @@ def tune_suite(
     check_options(opts, stage_fns, stage_versions, on_trial_start)
     preflight(suite, every_stage=True)
     t0 = time.perf_counter()
+    session = Session(suite, opts, stage_fns=stage_fns, stage_versions=stage_versions, on_trial_start=on_trial_start,
+                      console=console, create=True)  # a storage it cannot use is named before anything is made
     (suite.workspace / suite.name).mkdir(parents=True, exist_ok=True)
     StageCache(suite.workspace).cleanup_stale()
-    session = Session(suite, opts, stage_fns=stage_fns, stage_versions=stage_versions, on_trial_start=on_trial_start,
-                      console=console, create=True)
     session.prepare()
     complete, running = session.counts()
     session.console.print(
