@@ -34,6 +34,10 @@ from bench.cli.data import data_index, data_procedural, data_validate, prompts_v
 from bench.cli.gen import gen_train
 from bench.cli.seg import seg_eval, seg_models, seg_train
 from bench.cli.suites import bench_ls, bench_report, bench_run, bench_validate
+from todsynth.sample.config import (  # the sampling options' defaults (a light import)
+    CRFMConfig,
+    SamplerConfig,
+)
 
 if TYPE_CHECKING:
     from todsynth.seg.judge import SegmentorLogits
@@ -135,19 +139,19 @@ def gen_sample(
     data: Annotated[Path, typer.Option("--data", help="LoveDA-layout root whose Train masks condition the images.")],
     out: Annotated[Path, typer.Option("--out", help="Output root: Train/<domain>/{images_png,masks_png} + manifest.json.",
                                       callback=out_folder)],
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Euler steps (release: 28 plain, 23 with CRFM).")] = 28,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Euler steps (release: 28 plain, 23 with CRFM).")] = SamplerConfig.num_inference_steps,
     crfm: Annotated[bool, typer.Option("--crfm", help="Control-rectify the first --rectified-step steps (needs --judge).")] = False,
     rectified_step: Annotated[int, typer.Option("--rectified-step", min=0, help="Rectified leading steps with --crfm.")] = 4,
-    max_step_size: Annotated[float, typer.Option("--max-step-size", min=0.0, callback=finite, help="CRFM alpha_max.")] = 0.1,
-    step_scheme: Annotated[str, typer.Option("--step-scheme", help="CRFM step sizes: C, LI, LD or cosine.")] = "LD",
+    max_step_size: Annotated[float, typer.Option("--max-step-size", min=0.0, callback=finite, help="CRFM alpha_max.")] = CRFMConfig.max_step_size,
+    step_scheme: Annotated[str, typer.Option("--step-scheme", help="CRFM step sizes: C, LI, LD or cosine.")] = CRFMConfig.step_scheme,
     judge: Annotated[Path | None, typer.Option("--judge", help="Judge segmentor: dir from `todsynth seg train`, or a .pth.")] = None,
     judge_model: Annotated[str, typer.Option("--judge-model", help="Model name of a .pth judge (e.g. deeplabv3plus-r18).")] = "deeplabv3plus-r18",
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow full unpickling of a .pth judge you trust.")] = False,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Run seed; each image's seed derives from it and the sample id.")] = 0,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N training masks.")] = None,
-    guidance: Annotated[float, typer.Option("--guidance", callback=finite, help="CFG scale; 1.0 = off (the release's setting).")] = 1.0,
+    guidance: Annotated[float, typer.Option("--guidance", callback=finite, help="CFG scale; 1.0 = off (the release's setting).")] = SamplerConfig.guidance_scale,
     mask_guidance: Annotated[bool, typer.Option("--mask-guidance", help="The CFG negative has no mask either (a generator trained with mask_dropout, e.g. the tiny preset).")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per transformer call.")] = 4,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per transformer call.")] = SamplerConfig.batch_size,
     prompt_cache: Annotated[Path | None, typer.Option("--prompt-cache", callback=out_folder, help="Prompt-embedding cache dir (default: OUT/prompt_cache).")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="fp32 or bf16 (default: bf16 weights + autocast on CUDA, fp32 on CPU).")] = None,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the transformer (pays on long runs; first batch compiles).")] = False,
@@ -156,7 +160,7 @@ def gen_sample(
     """Generate one image per real training mask (optionally CRFM-guided) into a LoveDA-layout dataset."""
     from todsynth.data.loveda import list_samples
     from todsynth.models.generator import load_generator
-    from todsynth.sample.config import STEP_SCHEMES, CRFMConfig, SamplerConfig, rectified_step_problem
+    from todsynth.sample.config import STEP_SCHEMES, rectified_step_problem
     from todsynth.sample.speed import prepare_sampling_run
     from todsynth.sample.synthesize import synthesize
     from todsynth.text import PromptCache, preset_prompt_encoder
