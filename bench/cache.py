@@ -28,7 +28,7 @@ import psutil
 from filelock import FileLock, Timeout
 
 from todsynth import __version__
-from todsynth.errors import StageError
+from todsynth.errors import StageError, first_few
 from todsynth.files import atomic_write_bytes
 
 DONE = "done.json"
@@ -144,9 +144,8 @@ class StageCache:
                                     f"delete {final} or --force {stage}")
         missing = [f for f in marker.get("files", []) if not (final / f).is_file()]
         if missing:
-            shown = ", ".join(missing[:3]) + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")
             raise CacheCorruptError(
-                f"cache dir {final} is missing {len(missing)} declared file(s): {shown}; "
+                f"cache dir {final} is missing {len(missing)} declared file(s): {first_few(missing)}; "
                 f"delete it or rerun with --force {stage}"
             )
         return CachedStage(final, marker)

@@ -6,6 +6,12 @@ The CLI turns any :class:`TodsynthError` into a one-line message and exit code 2
 from __future__ import annotations
 
 
+def first_few(items: list[str], shown: int = 3, sep: str = ", ") -> str:
+    """The first ``shown`` of ``items`` joined by ``sep``, with how many more there are (for one-line messages)."""
+    more = f" (+{len(items) - shown} more)" if len(items) > shown else ""
+    return sep.join(items[:shown]) + more
+
+
 class TodsynthError(Exception):
     """Base class: a user-facing problem with inputs or configuration (exit code 2)."""
 

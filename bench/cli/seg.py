@@ -134,13 +134,14 @@ def valid_data(data: Path) -> None:
     MMSeg's loader reads what it is given: a grey image was trained on as three equal channels, a 16-bit mask's
     values as labels. The generator's and the suite's data paths refuse such files; the segmentation commands too.
     """
-    from todsynth.data.validate import problems_summary, validate_dataset
+    from todsynth.data.validate import validate_dataset
+    from todsynth.errors import first_few
 
     with err_console.status(f"checking {data}"):
         problems = validate_dataset(data)
     if problems:
-        fail(f"--data {data}: {problems_summary(problems)}; fix or remove the files (`todsynth data validate {data}` "
-             "lists all)")
+        fail(f"--data {data}: {first_few(problems, sep='; ')}; fix or remove the files (`todsynth data validate "
+             f"{data}` lists all)")
 
 
 def _class_names(num_classes: int) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from bench.report.context import build_context
 from bench.report.gather import ReportError, load_report_data
 from bench.report.tables import render_csv, render_latex
 from bench.schema import Suite
+from todsynth.errors import first_few
 from todsynth.files import folder_problem
 
 TEMPLATES = Path(__file__).parent.parent / "templates"
@@ -67,9 +68,8 @@ def write_report(suite: Suite, out_dir: Path | None = None, run_id: str | None =
     if (problem := folder_problem(out)) is not None:  # a file on the path, no permission: the default's too
         raise ReportError(f"--out: {problem}; give a new or empty dir, or a previous report's dir")
     if out.exists() and (foreign := foreign_entries(out)):
-        shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
-        raise ReportError(f"--out {out} is not a report dir: it holds {shown}, which a report does not write, and "
-                          "it would be replaced whole; give a new or empty dir, or a previous report's dir")
+        raise ReportError(f"--out {out} is not a report dir: it holds {first_few(foreign)}, which a report does not "
+                          "write, and it would be replaced whole; give a new or empty dir, or a previous report's dir")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     umask = os.umask(0)

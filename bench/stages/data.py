@@ -30,15 +30,15 @@ def stage_data(spec: DataSpec, inputs: dict[str, CachedStage], out_dir: Path) ->
         p = spec.procedural
         root = generate_dataset(out_dir / "data", p.n_train, p.n_val, p.size, p.seed, progress=spec.runtime.progress)
     else:
-        from todsynth.data.validate import problems_summary, validate_dataset
-        from todsynth.errors import DataValidationError
+        from todsynth.data.validate import validate_dataset
+        from todsynth.errors import DataValidationError, first_few
 
         root = Path(str(spec.root))
         problems = validate_dataset(root)
         skip = bad_sample_files(root, problems) if spec.on_bad_sample == "skip" else None
         if problems and skip is None:
             hint = "fix or remove the files, or set dataset.on_bad_sample: skip"
-            raise DataValidationError(f"dataset.root {root}: {problems_summary(problems)}; {hint} (`todsynth data "
+            raise DataValidationError(f"dataset.root {root}: {first_few(problems, sep='; ')}; {hint} (`todsynth data "
                                       f"validate {root}` lists all)",
                                       problems)
     skip = skip or {}

@@ -64,12 +64,6 @@ def _split_dirs(root: Path) -> Iterator[tuple[str, str, Path]]:
                 yield split, domain, d
 
 
-def problems_summary(problems: list[str], shown: int = 3) -> str:
-    """The first ``shown`` problems on one line, with how many more there are."""
-    more = f" (+{len(problems) - shown} more)" if len(problems) > shown else ""
-    return "; ".join(problems[:shown]) + more
-
-
 def validate_dataset(root: str | Path, progress: Callable[[Path], None] | None = None) -> list[str]:
     """Every problem found under ``root``, each a line starting with the offending path; [] if clean.
 
