@@ -181,13 +181,10 @@ class GeneratorSpec(Strict):
         return self.preset == "tiny"
 
 
-# A segmenter's learning rate when none is given, by optimizer (suites and `todsynth seg train` alike).
-
-
 def _default_lr(data: Any) -> Any:
     """Fill a missing ``lr`` from the optimizer's :data:`SEG_DEFAULT_LR` (a model_validator's ``before`` step)."""
-    if isinstance(data, dict) and "lr" not in data and data.get("optimizer", SEG_OPTIMIZER) in SEG_DEFAULT_LR:
-        return {**data, "lr": SEG_DEFAULT_LR[data.get("optimizer", SEG_OPTIMIZER)]}
+    if isinstance(data, dict) and "lr" not in data and (opt := data.get("optimizer", SEG_OPTIMIZER)) in SEG_DEFAULT_LR:
+        return {**data, "lr": SEG_DEFAULT_LR[opt]}
     return data
 
 
@@ -200,7 +197,7 @@ class Segmenter(Strict):
     model: SegModelName = SEG_MODEL
     iters: PositiveInt = SEG_ITERS
     batch_size: PositiveInt = SEG_BATCH_SIZE
-    lr: PositiveFloat = SEG_DEFAULT_LR["sgd"]
+    lr: PositiveFloat = SEG_DEFAULT_LR[SEG_OPTIMIZER]
     optimizer: Literal["sgd", "adamw"] = SEG_OPTIMIZER
     seed: NonNegativeInt = 0
     crop_size: PositiveInt | None = None
@@ -247,7 +244,7 @@ class Downstream(Strict):
     model: SegModelName = "deeplabv3plus-r18"
     iters: PositiveInt = SEG_ITERS
     batch_size: PositiveInt = SEG_BATCH_SIZE
-    lr: PositiveFloat = SEG_DEFAULT_LR["sgd"]
+    lr: PositiveFloat = SEG_DEFAULT_LR[SEG_OPTIMIZER]
     optimizer: Literal["sgd", "adamw"] = SEG_OPTIMIZER
     seed: NonNegativeInt = 0
     crop_size: PositiveInt | None = None
