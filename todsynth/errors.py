@@ -12,6 +12,11 @@ def first_few(items: list[str], shown: int = 3, sep: str = ", ") -> str:
     return sep.join(items[:shown]) + more
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message ("" for none): a driver's multi-line text in a one-line error."""
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
 class TodsynthError(Exception):
     """Base class: a user-facing problem with inputs or configuration (exit code 2)."""
 

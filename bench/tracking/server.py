@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from todsynth.errors import TodsynthError
+from todsynth.errors import TodsynthError, first_line
 
 
 class StoreNotFoundError(TodsynthError):
@@ -80,8 +80,8 @@ def server_problem(tracking_uri: str, timeout_s: float = 5.0) -> str | None:
         requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s).close()
     except requests.RequestException as exc:
         return (f"the MLflow tracking server {_without_password(tracking_uri)} does not answer "
-                f"({type(exc).__name__} within {timeout_s:g} s); start it (`todsynth ui`, or `mlflow server` on that host) or pass another "
-                "tracking.uri / --tracking-uri")
+                f"({type(exc).__name__} within {timeout_s:g} s); start it (`todsynth ui`, or `mlflow server` on that "
+                "host) or pass another tracking.uri / --tracking-uri")
     return None
 
 
@@ -96,10 +96,9 @@ def opening_store(tracking_uri: str) -> Iterator[None]:
     except TodsynthError:
         raise
     except Exception as exc:  # noqa: BLE001  (whatever the store's driver raises)
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise StoreDamagedError(f"cannot open the MLflow store {tracking_uri} ({type(exc).__name__}: {first}); move a "
-                                "damaged mlflow.db away (the next run starts a new store) or pass another "
-                                "--workspace / tracking.uri") from exc
+        raise StoreDamagedError(f"cannot open the MLflow store {tracking_uri} ({type(exc).__name__}: "
+                                f"{first_line(exc)[:300]}); move a damaged mlflow.db away (the next run starts a new "
+                                "store) or pass another --workspace / tracking.uri") from exc
 
 
 def store_uri(workspace: Path) -> str:

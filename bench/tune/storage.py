@@ -25,7 +25,7 @@ from typing import Any
 from bench.cache import process_alive
 from bench.schema import Suite, Tune
 from bench.tune.space import tune_spec
-from todsynth.errors import ConfigError
+from todsynth.errors import ConfigError, first_line
 
 JOURNAL = "optuna.journal"
 ATTR_HOST, ATTR_PID, ATTR_BEAT = "todsynth:host", "todsynth:pid", "todsynth:heartbeat"
@@ -151,8 +151,7 @@ def connect_args(url: str) -> dict[str, Any]:
 
 def storage_error(url: str, what: str, exc: BaseException) -> ConfigError:
     """The error for a storage that failed (``what``: "cannot open", "cannot connect"), with the driver's first line."""
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return ConfigError(f"--storage {redact(url)}: {what} ({type(exc).__name__}: {first})")
+    return ConfigError(f"--storage {redact(url)}: {what} ({type(exc).__name__}: {first_line(exc)})")
 
 
 def open_storage(url: str, tune: Tune) -> Any:
